@@ -1,0 +1,106 @@
+//! Syslog input: RFC 6587 framing ([`frame`]), RFC 5424 parsing ([`message`]) and the
+//! mapping of a message to a [`LogLine`] ([`to_line`]).
+//!
+//! Mapping (documented contract with senders such as the host agent):
+//!
+//! | RFC 5424 field | [`LogLine`] field                                             |
+//! |----------------|---------------------------------------------------------------|
+//! | APP-NAME       | `app` (required: a message without one is rejected)          |
+//! | PROCID         | `<type>.<job>` → `process_type`, `job`; without a dot, `job` |
+//! | MSGID          | `stdout` / `stderr` → `stream`, anything else `Unknown`      |
+//! | HOSTNAME       | `host`                                                        |
+//! | TIMESTAMP      | `timestamp_ns`; nil → the time the line was received         |
+//! | MSG            | `message` (invalid UTF-8 replaced, trailing CR/LF removed)   |
+
+pub mod frame;
+pub mod message;
+
+use thiserror::Error;
+
+use crate::line::{LogLine, Stream};
+pub use frame::{Check, FrameError, Framing};
+pub use message::{parse, ParseError, SyslogMessage};
+
+/// Why a well-formed syslog message cannot become a [`LogLine`].
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MapError {
+    /// APP-NAME is nil, so the line belongs to no app.
+    #[error("message has no APP-NAME")]
+    NoApp,
+}
+
+/// Maps a parsed message to a line; `received_ns` stands in for a nil TIMESTAMP.
+pub fn to_line(msg: &SyslogMessage<'_>, received_ns: i64) -> Result<LogLine, MapError> {
+    let app = msg.app_name.ok_or(MapError::NoApp)?;
+    let (process_type, job) = match msg.proc_id {
+        Some(p) => match p.split_once('.') {
+            Some((t, j)) => (Some(t.to_owned()), Some(j.to_owned())),
+            None => (None, Some(p.to_owned())),
+        },
+        None => (None, None),
+    };
+    let stream = match msg.msg_id {
+        Some("stdout") => Stream::Stdout,
+        Some("stderr") => Stream::Stderr,
+        _ => Stream::Unknown,
+    };
+    let mut text = msg.msg;
+    while let [rest @ .., b'\n' | b'\r'] = text {
+        text = rest;
+    }
+    let message = match std::str::from_utf8(text) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(text).into_owned(),
+    };
+    Ok(LogLine {
+        id: 0,
+        app: app.to_owned(),
+        process_type,
+        job,
+        host: msg.hostname.map(str::to_owned),
+        stream,
+        timestamp_ns: msg.timestamp_ns.unwrap_or(received_ns),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &[u8], expected: Result<LogLine, MapError>) {
+        let msg = parse(input).expect("valid syslog");
+        assert_eq!(to_line(&msg, 42), expected, "{input:?}");
+    }
+
+    #[test]
+    fn maps_fields() {
+        check(
+            b"<14>1 1970-01-01T00:00:01Z host1 shop web.a1b2 stderr - boom\r\n",
+            Ok(LogLine {
+                id: 0,
+                app: "shop".into(),
+                process_type: Some("web".into()),
+                job: Some("a1b2".into()),
+                host: Some("host1".into()),
+                stream: Stream::Stderr,
+                timestamp_ns: 1_000_000_000,
+                message: "boom".into(),
+            }),
+        );
+        check(
+            b"<14>1 - - shop 4711 - - \xff",
+            Ok(LogLine {
+                id: 0,
+                app: "shop".into(),
+                process_type: None,
+                job: Some("4711".into()),
+                host: None,
+                stream: Stream::Unknown,
+                timestamp_ns: 42,
+                message: "\u{fffd}".into(),
+            }),
+        );
+        check(b"<14>1 - - - - - - hi", Err(MapError::NoApp));
+    }
+}
