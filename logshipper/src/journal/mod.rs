@@ -1,0 +1,579 @@
+//! The journal: an append-only, disk-backed log of [`LogLine`]s with named, persisted
+//! reader cursors. Drains read from it so a sink outage loses nothing and memory stays
+//! bounded; the host agent's shipper uses one as its spool.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! <dir>/
+//!   00000000000000000001.seg      segment: records with ids 1..
+//!   00000000000000052113.seg      next segment: file name = first id it holds (20 digits)
+//!   cursors/
+//!     es-main.cursor              12 bytes: committed id u64le + crc32(u64le)
+//! ```
+//!
+//! A segment is a plain sequence of records (see [`record`]): `len u32le | crc u32le |
+//! id u64le | payload`, payload = the line as a MessagePack map. Ids are consecutive across
+//! segments: a segment's first record has the id in its file name. The last segment is the
+//! *active* one; only it is written to.
+//!
+//! # Invariants
+//!
+//! - Ids start at 1, increase by one per line, and never repeat, also across restarts
+//!   (the active segment's name records the next id even when it is empty).
+//! - Every record with id <= the published last id is completely written to the OS, so a
+//!   reader never sees a partial record for an id it was told exists.
+//! - The active segment is never deleted. A segment is deleted when every known reader
+//!   has committed past its last id, or, oldest first, when the journal exceeds
+//!   `max_bytes` (lines dropped; readers behind learn it as [`ReadBatch::Dropped`]).
+//! - Memory does not grow with the backlog: the writer keeps no buffer after `append`
+//!   returns, readers read at most `max` lines at a time through a fixed-size buffer, and
+//!   the segment list holds one small entry per segment.
+//!
+//! # Flows
+//!
+//! - **Write**: [`Journal::append`] encodes lines outside the lock, then under it assigns
+//!   ids, frames the records into one buffer and writes it to the active segment with one
+//!   `write_all`. When the segment reaches `segment_bytes` it is fsynced and a new one is
+//!   created (directory fsynced). Then the last id is published to waiting readers.
+//! - **Sync**: [`Journal::sync`] is a group commit: concurrent callers share one fsync of
+//!   the active segment; a caller returns once an fsync covering its lines completed.
+//! - **Read**: [`JournalReader::next_batch`] starts at `committed + 1`, locates the segment
+//!   holding that id (largest first id <= id), skips records before it, and returns up to
+//!   `max` lines, waiting for a publish when it has caught up. Reads are small buffered
+//!   reads of local files done inline; the only await happens before any line is read,
+//!   so the future is cancel-safe.
+//! - **Ack**: [`JournalReader::commit`] writes the cursor file atomically (tmp, fsync,
+//!   rename), then deletes segments every reader has fully committed.
+//! - **Delete/drop**: after an append, while the total size exceeds `max_bytes` and more
+//!   than one segment exists, the oldest segment is deleted. A reader whose next id is
+//!   below the oldest retained id skips to it and reports how many lines it lost.
+//! - **Recovery**: on open, the active segment is scanned; a torn or corrupt tail (a crash
+//!   mid-write) is truncated at the last valid record and logged. Older segments are
+//!   trusted; if a reader later finds corruption in one, it skips the rest of that segment
+//!   and reports the skipped lines as dropped.
+//!
+//! A new reader name starts at the end of the journal (it sees lines appended after it
+//! was first created); its cursor file is written at creation so this survives restarts.
+
+pub mod cursor;
+pub mod reader;
+pub mod record;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::line::LogLine;
+pub use reader::{JournalReader, ReadBatch};
+use record::{ReadRecord, RecordError};
+
+/// Size limits of a journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// A segment is closed and a new one started once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Total bytes kept on disk; beyond it the oldest segments are deleted (lines dropped).
+    pub max_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 * 1024 * 1024,
+            max_bytes: 4 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Errors from the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A file system operation on the journal directory failed.
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A line could not be encoded, or a record with a valid crc could not be decoded.
+    #[error("journal record: {0}")]
+    Record(#[from] RecordError),
+    /// The configuration is unusable (zero sizes, max smaller than a segment).
+    #[error("invalid journal config: {0}")]
+    Config(&'static str),
+    /// A reader name is empty, too long or has characters other than `[A-Za-z0-9._-]`.
+    #[error("invalid reader name {0:?}")]
+    InvalidReaderName(String),
+    /// A reader with this name is already open in this process.
+    #[error("reader {0:?} is already open")]
+    ReaderBusy(String),
+    /// A commit named an id that was never appended.
+    #[error("commit of id {id} beyond last appended id {last}")]
+    CommitBeyondEnd {
+        /// The id passed to commit.
+        id: u64,
+        /// The last id in the journal.
+        last: u64,
+    },
+    /// A segment lacks a record the journal's bookkeeping says it holds.
+    #[error("segment {segment} does not hold id {id}")]
+    Missing {
+        /// The segment's first id.
+        segment: u64,
+        /// The id that was expected.
+        id: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A point-in-time view of the journal's size, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Oldest id still on disk.
+    pub first_id: u64,
+    /// Last id appended (0 when nothing was ever appended).
+    pub last_id: u64,
+    /// Bytes in all segments.
+    pub bytes: u64,
+    /// Number of segment files.
+    pub segments: usize,
+}
+
+/// A disk-backed, append-only line log with named reader cursors. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    cursors_dir: PathBuf,
+    config: JournalConfig,
+    state: Mutex<State>,
+    /// Last id written to the OS; readers wait on it.
+    written: watch::Sender<u64>,
+    /// Last id known to be fsynced.
+    synced: AtomicU64,
+    /// Serializes fsyncs so concurrent `sync` callers share one.
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+struct Segment {
+    first_id: u64,
+    bytes: u64,
+}
+
+struct State {
+    active: Arc<File>,
+    segments: VecDeque<Segment>,
+    total_bytes: u64,
+    next_id: u64,
+    readers: HashMap<String, ReaderEntry>,
+}
+
+struct ReaderEntry {
+    committed: u64,
+    open: bool,
+}
+
+fn segment_path(dir: &Path, first_id: u64) -> PathBuf {
+    dir.join(format!("{first_id:020}.seg"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, recovering from a torn last write.
+    pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<Journal, JournalError> {
+        if config.segment_bytes == 0 {
+            return Err(JournalError::Config("segment_bytes must be > 0"));
+        }
+        if config.max_bytes < config.segment_bytes {
+            return Err(JournalError::Config("max_bytes must be >= segment_bytes"));
+        }
+        let dir = dir.as_ref().to_path_buf();
+        let cursors_dir = dir.join("cursors");
+        fs::create_dir_all(&cursors_dir).map_err(io_err(&cursors_dir))?;
+
+        let readers = load_cursors(&cursors_dir)?;
+        let mut firsts = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+
+        let mut segments = VecDeque::new();
+        let mut total_bytes = 0;
+        for &first in firsts.iter().take(firsts.len().saturating_sub(1)) {
+            let p = segment_path(&dir, first);
+            let bytes = fs::metadata(&p).map_err(io_err(&p))?.len();
+            total_bytes += bytes;
+            segments.push_back(Segment {
+                first_id: first,
+                bytes,
+            });
+        }
+        let max_committed = readers.values().map(|r| r.committed).max().unwrap_or(0);
+        let (active_first, active_bytes, next_id) = match firsts.last() {
+            Some(&first) => {
+                let (bytes, next) = recover_active(&segment_path(&dir, first), first)?;
+                (first, bytes, next)
+            }
+            None => {
+                let first = max_committed + 1;
+                (first, 0, first)
+            }
+        };
+        let active_path = segment_path(&dir, active_first);
+        let active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&active_path)
+            .map_err(io_err(&active_path))?;
+        active.sync_all().map_err(io_err(&active_path))?;
+        fsync_dir(&dir)?;
+        total_bytes += active_bytes;
+        segments.push_back(Segment {
+            first_id: active_first,
+            bytes: active_bytes,
+        });
+
+        let last = next_id - 1;
+        let (written, _) = watch::channel(last);
+        let journal = Journal {
+            shared: Arc::new(Shared {
+                dir,
+                cursors_dir,
+                config,
+                state: Mutex::new(State {
+                    active: Arc::new(active),
+                    segments,
+                    total_bytes,
+                    next_id,
+                    readers,
+                }),
+                written,
+                synced: AtomicU64::new(last),
+                sync_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        {
+            let mut st = journal.shared.lock();
+            journal.shared.delete_acknowledged(&mut st);
+            journal.shared.enforce_max_bytes(&mut st);
+        }
+        tracing::info!(dir = %journal.shared.dir.display(), next_id, "journal opened");
+        Ok(journal)
+    }
+
+    /// Appends lines, assigning each its id; returns the last id assigned.
+    ///
+    /// On return the records are written to the OS (visible to readers, safe from a
+    /// process crash); call [`Journal::sync`] for safety from a machine crash. With no
+    /// lines it returns the current last id.
+    pub fn append(&self, lines: &mut [LogLine]) -> Result<u64, JournalError> {
+        let payloads = lines
+            .iter()
+            .map(record::encode_payload)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        let mut buf =
+            Vec::with_capacity(payloads.iter().map(|p| p.len() + record::HEADER_LEN).sum());
+        for (line, payload) in lines.iter_mut().zip(&payloads) {
+            let active_bytes = st.segments.back().map_or(0, |s| s.bytes);
+            if active_bytes + buf.len() as u64 >= sh.config.segment_bytes {
+                sh.write_active(&mut st, &buf)?;
+                buf.clear();
+                sh.roll(&mut st)?;
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            line.id = id;
+            record::frame(&mut buf, id, payload);
+        }
+        sh.write_active(&mut st, &buf)?;
+        sh.enforce_max_bytes(&mut st);
+        let last = st.next_id - 1;
+        drop(st);
+        sh.written.send_replace(last);
+        Ok(last)
+    }
+
+    /// Waits until every line appended before this call is fsynced (group commit).
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        let sh = &self.shared;
+        let target = *sh.written.borrow();
+        if sh.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _guard = sh.sync_lock.lock().await;
+        if sh.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let (file, covered, path) = {
+            let st = sh.lock();
+            let first = st.segments.back().map_or(0, |s| s.first_id);
+            (
+                Arc::clone(&st.active),
+                st.next_id - 1,
+                segment_path(&sh.dir, first),
+            )
+        };
+        tokio::task::spawn_blocking(move || file.sync_data().map_err(io_err(&path)))
+            .await
+            .expect("fsync task panicked")?;
+        sh.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Opens the reader `name`, creating its cursor at the journal's end if it is new.
+    pub fn reader(&self, name: &str) -> Result<JournalReader, JournalError> {
+        if !cursor::valid_name(name) {
+            return Err(JournalError::InvalidReaderName(name.to_string()));
+        }
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        let committed = match st.readers.get_mut(name) {
+            Some(entry) if entry.open => return Err(JournalError::ReaderBusy(name.into())),
+            Some(entry) => {
+                entry.open = true;
+                entry.committed
+            }
+            None => {
+                let committed = st.next_id - 1;
+                cursor::store(&sh.cursors_dir, name, committed)
+                    .map_err(io_err(&cursor::path(&sh.cursors_dir, name)))?;
+                st.readers.insert(
+                    name.to_string(),
+                    ReaderEntry {
+                        committed,
+                        open: true,
+                    },
+                );
+                committed
+            }
+        };
+        drop(st);
+        Ok(JournalReader::new(
+            Arc::clone(&self.shared),
+            name.to_string(),
+            committed,
+        ))
+    }
+
+    /// Forgets reader `name` (its cursor file is deleted) so it no longer holds segments.
+    pub fn remove_reader(&self, name: &str) -> Result<(), JournalError> {
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        match st.readers.get(name) {
+            Some(entry) if entry.open => return Err(JournalError::ReaderBusy(name.into())),
+            Some(_) => {}
+            None => return Ok(()),
+        }
+        let p = cursor::path(&sh.cursors_dir, name);
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        st.readers.remove(name);
+        sh.delete_acknowledged(&mut st);
+        Ok(())
+    }
+
+    /// The committed id of every known reader, by name.
+    pub fn cursors(&self) -> HashMap<String, u64> {
+        let st = self.shared.lock();
+        st.readers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.committed))
+            .collect()
+    }
+
+    /// Current size and id range.
+    pub fn stats(&self) -> JournalStats {
+        let st = self.shared.lock();
+        JournalStats {
+            first_id: st.segments.front().map_or(st.next_id, |s| s.first_id),
+            last_id: st.next_id - 1,
+            bytes: st.total_bytes,
+            segments: st.segments.len(),
+        }
+    }
+
+    /// The directory this journal lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+/// Scans the active segment, truncates a torn or corrupt tail, returns (bytes, next id).
+fn recover_active(path: &Path, first: u64) -> Result<(u64, u64), JournalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut r = BufReader::with_capacity(256 * 1024, &file);
+    let mut payload = Vec::new();
+    let mut good = 0u64;
+    let mut next = first;
+    let problem = loop {
+        match record::read_record(&mut r, &mut payload).map_err(io_err(path))? {
+            ReadRecord::Record { id, bytes } if id == next => {
+                good += bytes;
+                next += 1;
+            }
+            ReadRecord::Record { .. } => break Some("unexpected id"),
+            ReadRecord::End => break None,
+            ReadRecord::Torn => break Some("torn record"),
+            ReadRecord::Corrupt(why) => break Some(why),
+        }
+    };
+    if let Some(why) = problem {
+        tracing::warn!(
+            segment = %path.display(),
+            valid_bytes = good,
+            dropped_bytes = len - good,
+            reason = why,
+            "journal: truncating damaged tail of active segment"
+        );
+        file.set_len(good).map_err(io_err(path))?;
+        (&file).seek(SeekFrom::End(0)).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+    }
+    Ok((good, next))
+}
+
+fn load_cursors(dir: &Path) -> Result<HashMap<String, ReaderEntry>, JournalError> {
+    let mut out = HashMap::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name
+            .to_str()
+            .and_then(|n| n.strip_suffix(cursor::SUFFIX))
+        else {
+            continue;
+        };
+        let p = entry.path();
+        let bytes = fs::read(&p).map_err(io_err(&p))?;
+        // A damaged cursor replays from the start of what is retained: at-least-once.
+        let committed = cursor::decode(&bytes).unwrap_or_else(|| {
+            tracing::warn!(cursor = %p.display(), "journal: damaged cursor file, replaying from oldest line");
+            0
+        });
+        out.insert(
+            name.to_string(),
+            ReaderEntry {
+                committed,
+                open: false,
+            },
+        );
+    }
+    Ok(out)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn active_path(&self, st: &State) -> PathBuf {
+        segment_path(&self.dir, st.segments.back().map_or(0, |s| s.first_id))
+    }
+
+    fn write_active(&self, st: &mut State, buf: &[u8]) -> Result<(), JournalError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        (&*st.active)
+            .write_all(buf)
+            .map_err(io_err(&self.active_path(st)))?;
+        if let Some(seg) = st.segments.back_mut() {
+            seg.bytes += buf.len() as u64;
+        }
+        st.total_bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the active segment (fsynced) and starts a new one at `next_id`.
+    fn roll(&self, st: &mut State) -> Result<(), JournalError> {
+        let old = self.active_path(st);
+        st.active.sync_data().map_err(io_err(&old))?;
+        self.synced.fetch_max(st.next_id - 1, Ordering::AcqRel);
+        let p = segment_path(&self.dir, st.next_id);
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        fsync_dir(&self.dir)?;
+        st.active = Arc::new(f);
+        st.segments.push_back(Segment {
+            first_id: st.next_id,
+            bytes: 0,
+        });
+        Ok(())
+    }
+
+    fn delete_front(&self, st: &mut State) {
+        let Some(seg) = st.segments.pop_front() else {
+            return;
+        };
+        st.total_bytes -= seg.bytes;
+        let p = segment_path(&self.dir, seg.first_id);
+        if let Err(e) = fs::remove_file(&p) {
+            tracing::warn!(segment = %p.display(), error = %e, "journal: could not delete segment");
+        }
+    }
+
+    /// Deletes oldest segments while over `max_bytes` (never the active one).
+    fn enforce_max_bytes(&self, st: &mut State) {
+        while st.total_bytes > self.config.max_bytes && st.segments.len() > 1 {
+            let first = st.segments[0].first_id;
+            let last = st.segments[1].first_id - 1;
+            tracing::warn!(
+                first_id = first,
+                last_id = last,
+                "journal: over max_bytes, dropping oldest segment"
+            );
+            self.delete_front(st);
+        }
+    }
+
+    /// Deletes segments every known reader has committed past.
+    fn delete_acknowledged(&self, st: &mut State) {
+        let Some(min) = st.readers.values().map(|r| r.committed).min() else {
+            return;
+        };
+        while st.segments.len() > 1 && st.segments[1].first_id <= min + 1 {
+            self.delete_front(st);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Record framing inside a journal segment: encode one line, read one framed record back.
+//!
+//! A record is a 16-byte header followed by the payload:
+//!
+//! ```text
+//! +-----------+-----------+-----------+-------------------------+
+//! | len u32le | crc u32le | id u64le  | payload (len bytes)     |
+//! +-----------+-----------+-----------+-------------------------+
+//! ```
+//!
+//! `crc` is CRC-32 (IEEE) over the 8 id bytes followed by the payload. The payload is the
+//! [`LogLine`] as a MessagePack map (`rmp_serde::to_vec_named`); the `id` inside it is not
+//! trusted, the header id is. Reading is pure over [`std::io::Read`], so torn and corrupt
+//! records are tested on byte slices.
+
+use std::io::{self, Read};
+
+use crate::line::LogLine;
+
+/// Bytes in a record header (length, crc, id).
+pub const HEADER_LEN: usize = 16;
+
+/// Largest payload accepted when reading; anything bigger is treated as corruption.
+pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+
+/// Errors from encoding or decoding a record payload.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A line could not be serialized to MessagePack (should not happen for valid UTF-8).
+    #[error("encode line: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// A payload whose crc matched could not be decoded as a line (format change or bug).
+    #[error("decode line: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+/// What reading at the current position of a segment found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadRecord {
+    /// A complete record with a valid crc; its payload is in the caller's buffer.
+    Record {
+        /// The record's line id.
+        id: u64,
+        /// Total bytes consumed (header + payload).
+        bytes: u64,
+    },
+    /// Clean end of data exactly at a record boundary.
+    End,
+    /// Data ends inside a record: a write that did not complete (or is in progress).
+    Torn,
+    /// The bytes at this position are not a valid record.
+    Corrupt(&'static str),
+}
+
+/// Serializes a line into a record payload.
+pub fn encode_payload(line: &LogLine) -> Result<Vec<u8>, RecordError> {
+    Ok(rmp_serde::to_vec_named(line)?)
+}
+
+/// Decodes a payload read by [`read_record`], giving the line the header's `id`.
+pub fn decode_payload(id: u64, payload: &[u8]) -> Result<LogLine, RecordError> {
+    let mut line: LogLine = rmp_serde::from_slice(payload)?;
+    line.id = id;
+    Ok(line)
+}
+
+/// Appends the framed record (`header + payload`) for `id` to `out`.
+pub fn frame(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload larger than 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(id, payload).to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn checksum(id: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&id.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Reads the next record from `r` into `payload` (cleared first).
+pub fn read_record(r: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<ReadRecord> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_full(r, &mut header)?;
+    if got == 0 {
+        return Ok(ReadRecord::End);
+    }
+    if got < HEADER_LEN {
+        return Ok(ReadRecord::Torn);
+    }
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let id = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if len > MAX_PAYLOAD {
+        return Ok(ReadRecord::Corrupt("record length over limit"));
+    }
+    payload.clear();
+    payload.resize(len as usize, 0);
+    if read_full(r, payload)? < len as usize {
+        return Ok(ReadRecord::Torn);
+    }
+    if checksum(id, payload) != crc {
+        return Ok(ReadRecord::Corrupt("crc mismatch"));
+    }
+    Ok(ReadRecord::Record {
+        id,
+        bytes: HEADER_LEN as u64 + u64::from(len),
+    })
+}
+
+/// Reads until `buf` is full or end of data; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::Stream;
+
+    fn line(msg: &str) -> LogLine {
+        LogLine {
+            id: 0,
+            app: "shop".into(),
+            process_type: Some("web".into()),
+            job: None,
+            host: None,
+            stream: Stream::Stdout,
+            timestamp_ns: 1_700_000_000_000_000_000,
+            message: msg.into(),
+        }
+    }
+
+    fn framed(id: u64, msg: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame(&mut out, id, &encode_payload(&line(msg)).unwrap());
+        out
+    }
+
+    #[test]
+    fn round_trip_sets_header_id() {
+        let bytes = framed(42, "hello");
+        let mut buf = Vec::new();
+        let mut r = &bytes[..];
+        let got = read_record(&mut r, &mut buf).unwrap();
+        assert_eq!(
+            got,
+            ReadRecord::Record {
+                id: 42,
+                bytes: bytes.len() as u64
+            }
+        );
+        let l = decode_payload(42, &buf).unwrap();
+        assert_eq!(l.id, 42);
+        assert_eq!(l.message, "hello");
+        assert_eq!(read_record(&mut r, &mut buf).unwrap(), ReadRecord::End);
+    }
+
+    #[test]
+    fn every_truncation_is_torn_or_end() {
+        let bytes = framed(7, "a line that is long enough");
+        let mut buf = Vec::new();
+        for cut in 0..bytes.len() {
+            let mut r = &bytes[..cut];
+            let expected = if cut == 0 {
+                ReadRecord::End
+            } else {
+                ReadRecord::Torn
+            };
+            assert_eq!(
+                read_record(&mut r, &mut buf).unwrap(),
+                expected,
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn flipped_bits_are_corrupt() {
+        let bytes = framed(7, "payload");
+        let mut buf = Vec::new();
+        for i in 4..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            let mut r = &b[..];
+            assert_eq!(
+                read_record(&mut r, &mut buf).unwrap(),
+                ReadRecord::Corrupt("crc mismatch"),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_length_is_corrupt() {
+        let mut b = framed(1, "x");
+        b[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_record(&mut &b[..], &mut buf).unwrap(),
+            ReadRecord::Corrupt("record length over limit")
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Journal behaviour on a real directory: ids across restarts, torn tails, group sync,
+//! drops over `max_bytes`, deletion of acknowledged segments, reader exclusivity.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::Duration;
+
+use paas_logshipper::journal::{Journal, JournalConfig, JournalError, ReadBatch};
+use paas_logshipper::{LogLine, Stream};
+
+fn line(i: u64) -> LogLine {
+    LogLine {
+        id: 0,
+        app: "shop".into(),
+        process_type: Some("web".into()),
+        job: Some(format!("job-{}", i % 3)),
+        host: None,
+        stream: if i.is_multiple_of(2) {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        },
+        timestamp_ns: 1_700_000_000_000_000_000 + i as i64,
+        message: format!("message number {i}"),
+    }
+}
+
+fn lines(range: std::ops::Range<u64>) -> Vec<LogLine> {
+    range.map(line).collect()
+}
+
+fn small() -> JournalConfig {
+    JournalConfig {
+        segment_bytes: 1024,
+        max_bytes: 1024 * 1024,
+    }
+}
+
+async fn read_all(r: &mut paas_logshipper::journal::JournalReader, n: usize) -> Vec<LogLine> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match r.next_batch(n - out.len()).await.unwrap() {
+            ReadBatch::Lines(l) => out.extend(l),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn ids_continue_across_restart_and_reader_resumes_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("es").unwrap();
+    let mut batch = lines(0..50);
+    assert_eq!(j.append(&mut batch).unwrap(), 50);
+    assert_eq!(batch[0].id, 1);
+    let got = read_all(&mut r, 30).await;
+    assert_eq!(
+        got.iter().map(|l| l.id).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(got[4].message, "message number 4");
+    r.commit(20).await.unwrap();
+    drop(r);
+    drop(j);
+
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut more = lines(50..60);
+    assert_eq!(j.append(&mut more).unwrap(), 60);
+    assert_eq!(more[0].id, 51);
+    let mut r = j.reader("es").unwrap();
+    let got = read_all(&mut r, 40).await;
+    assert_eq!(
+        got.iter().map(|l| l.id).collect::<Vec<_>>(),
+        (21..=60).collect::<Vec<_>>()
+    );
+    assert_eq!(got.last().unwrap().message, "message number 59");
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("d").unwrap();
+    j.append(&mut lines(0..5)).unwrap();
+    drop(r);
+    drop(j);
+    let active = segment_files(dir.path()).pop().unwrap();
+    let good_len = std::fs::metadata(&active).unwrap().len();
+    // A crash in the middle of writing a sixth record: a header and half a payload.
+    let mut f = OpenOptions::new().append(true).open(&active).unwrap();
+    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 6, 0, 0, 0, 0, 0, 0, 0, b'x', b'y'])
+        .unwrap();
+    drop(f);
+
+    let j = Journal::open(dir.path(), small()).unwrap();
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), good_len);
+    assert_eq!(j.stats().last_id, 5);
+    let mut next = lines(5..7);
+    assert_eq!(j.append(&mut next).unwrap(), 7);
+    r = j.reader("d").unwrap();
+    // The reader was created before the first append, so it sees all of them.
+    let got = read_all(&mut r, 7).await;
+    assert_eq!(
+        got.iter().map(|l| l.id).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert_eq!(got[6].message, "message number 6");
+}
+
+#[tokio::test]
+async fn reader_waits_for_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("d").unwrap();
+    let j2 = j.clone();
+    let waiter = tokio::spawn(async move {
+        let b = r.next_batch(10).await.unwrap();
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished());
+    j2.append(&mut lines(0..3)).unwrap();
+    let (_r, b) = waiter.await.unwrap();
+    match b {
+        ReadBatch::Lines(l) => assert_eq!(l.len(), 3),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn over_max_bytes_drops_oldest_and_reader_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig {
+        segment_bytes: 1000,
+        max_bytes: 4000,
+    };
+    let j = Journal::open(dir.path(), cfg).unwrap();
+    let mut r = j.reader("slow").unwrap();
+    for i in 0..100 {
+        j.append(&mut lines(i * 10..i * 10 + 10)).unwrap();
+    }
+    let stats = j.stats();
+    assert!(stats.bytes <= 4000 + 1000, "bytes {}", stats.bytes);
+    assert!(stats.first_id > 1);
+    let mut seen = 0u64;
+    let mut dropped = 0u64;
+    let mut expect = 1u64;
+    while expect <= 1000 {
+        match r.next_batch(64).await.unwrap() {
+            ReadBatch::Dropped { count, through_id } => {
+                assert_eq!(through_id + 1 - count, expect);
+                dropped += count;
+                expect = through_id + 1;
+            }
+            ReadBatch::Lines(l) => {
+                for x in l {
+                    assert_eq!(x.id, expect);
+                    assert_eq!(x.message, format!("message number {}", x.id - 1));
+                    expect += 1;
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(dropped, stats.first_id - 1);
+    assert_eq!(seen + dropped, 1000);
+}
+
+#[tokio::test]
+async fn committed_segments_are_deleted_once_every_reader_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut a = j.reader("a").unwrap();
+    let mut b = j.reader("b").unwrap();
+    j.append(&mut lines(0..200)).unwrap();
+    let before = j.stats().segments;
+    assert!(before > 5);
+    read_all(&mut a, 200).await;
+    a.commit(200).await.unwrap();
+    assert_eq!(j.stats().segments, before, "b still needs them");
+    read_all(&mut b, 150).await;
+    b.commit(150).await.unwrap();
+    let mid = j.stats();
+    assert!(mid.segments < before);
+    assert!(mid.first_id <= 151);
+    b.commit(200).await.unwrap();
+    assert_eq!(j.stats().segments, 1);
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    // Removing a reader releases what it held.
+    j.append(&mut lines(0..100)).unwrap();
+    drop(b);
+    j.remove_reader("b").unwrap();
+    read_all(&mut a, 100).await;
+    a.commit(300).await.unwrap();
+    assert_eq!(j.stats().segments, 1);
+}
+
+#[tokio::test]
+async fn reader_names_are_exclusive_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let r = j.reader("x").unwrap();
+    assert!(matches!(j.reader("x"), Err(JournalError::ReaderBusy(_))));
+    drop(r);
+    j.reader("x").unwrap();
+    assert!(matches!(
+        j.reader("../etc"),
+        Err(JournalError::InvalidReaderName(_))
+    ));
+}
+
+#[tokio::test]
+async fn commit_beyond_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("x").unwrap();
+    j.append(&mut lines(0..3)).unwrap();
+    assert!(matches!(
+        r.commit(4).await,
+        Err(JournalError::CommitBeyondEnd { id: 4, last: 3 })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_and_syncs_assign_unique_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(
+        dir.path(),
+        JournalConfig {
+            segment_bytes: 64 * 1024,
+            max_bytes: 1 << 30,
+        },
+    )
+    .unwrap();
+    let mut r = j.reader("all").unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..50u64 {
+                let mut b = lines(t * 1000 + k * 10..t * 1000 + k * 10 + 10);
+                j.append(&mut b).unwrap();
+                j.sync().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = read_all(&mut r, 4000).await;
+    let ids: Vec<u64> = got.iter().map(|l| l.id).collect();
+    assert_eq!(ids, (1..=4000).collect::<Vec<_>>());
+    let mut msgs: Vec<String> = got.into_iter().map(|l| l.message).collect();
+    msgs.sort();
+    msgs.dedup();
+    assert_eq!(msgs.len(), 4000);
+}
+
+#[tokio::test]
+async fn damaged_middle_segment_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let _ = j.reader("r").unwrap();
+    j.append(&mut lines(0..100)).unwrap();
+    drop(j);
+    let segs = segment_files(dir.path());
+    assert!(segs.len() > 3);
+    // Flip a byte in the middle of the second segment.
+    let victim = &segs[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(victim, bytes).unwrap();
+
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("r").unwrap();
+    let (mut seen, mut dropped, mut expect) = (0u64, 0u64, 1u64);
+    while expect <= 100 {
+        match r.next_batch(1000).await.unwrap() {
+            ReadBatch::Lines(l) => {
+                for x in l {
+                    assert_eq!(x.id, expect);
+                    expect += 1;
+                    seen += 1;
+                }
+            }
+            ReadBatch::Dropped { count, through_id } => {
+                assert_eq!(through_id + 1 - count, expect);
+                expect = through_id + 1;
+                dropped += count;
+            }
+        }
+    }
+    assert!(dropped > 0);
+    assert_eq!(seen + dropped, 100);
+}
