@@ -1,0 +1,481 @@
+//! The per-app store behind `paas log`: the last N lines of every app, kept in memory
+//! ([`ring`]) and in segment files ([`segment`]) so they survive a restart, with queries
+//! ([`filter`]) and live follow.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <dir>/<hex(app name)>/<first seq:020>.seg     see `segment` for the record format
+//! ```
+//!
+//! App names are hex-encoded so any name is a safe directory name.
+//!
+//! # Invariants
+//!
+//! - Each app holds at most `lines_per_app` lines in memory; its segments hold those plus
+//!   at most one more segment.
+//! - Within an app, lines are numbered by a sequence (`seq`) that grows by one per line.
+//!   Lines are pushed to the ring, written to segments and published to followers under
+//!   the app's lock, so followers see batches in seq order.
+//! - A follower takes its backlog and subscribes under that same lock: no line falls
+//!   between backlog and live lines, none is seen twice. A follower that falls behind
+//!   the live buffer gets [`FollowEvent::Skipped`] with the exact number of lines it
+//!   missed (from the seq gap), never a silent gap.
+
+pub mod filter;
+pub mod ring;
+pub mod segment;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::line::LogLine;
+pub use filter::Filter;
+use ring::Ring;
+use segment::{SegmentError, SegmentSet};
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding one subdirectory of segments per app.
+    pub dir: PathBuf,
+    /// Lines kept per app (memory and disk).
+    pub lines_per_app: usize,
+    /// Batches a follower may fall behind before it skips lines.
+    pub follow_buffer: usize,
+}
+
+impl StoreConfig {
+    /// Defaults: 10,000 lines per app, 1,024 batches of follow buffer.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            dir: dir.into(),
+            lines_per_app: 10_000,
+            follow_buffer: 1024,
+        }
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The store directory cannot be created or listed.
+    #[error("store directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An app's segment files cannot be read or written.
+    #[error("app {app:?}: {source}")]
+    Segment {
+        /// The app whose segments failed.
+        app: String,
+        /// The underlying error.
+        source: SegmentError,
+    },
+}
+
+/// Lines published to followers: consecutive seqs starting at `first_seq`.
+#[derive(Debug)]
+pub struct Batch {
+    /// Seq of `lines[0]`.
+    pub first_seq: u64,
+    /// The lines, in seq order.
+    pub lines: Vec<LogLine>,
+}
+
+/// What a follower receives next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FollowEvent {
+    /// New lines that pass the follower's filter (never empty).
+    Lines(Vec<LogLine>),
+    /// The follower fell behind and this many lines of the app were not delivered.
+    Skipped(u64),
+}
+
+/// Where a received batch stands relative to what a follower expects; pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// Lines missed before this batch.
+    pub skipped: u64,
+    /// Index of the first line in the batch the follower has not seen.
+    pub start: usize,
+}
+
+/// Compares a batch with the seq a follower expects next.
+pub fn gap(expected_seq: u64, batch_first_seq: u64, batch_len: usize) -> Gap {
+    if batch_first_seq >= expected_seq {
+        Gap {
+            skipped: batch_first_seq - expected_seq,
+            start: 0,
+        }
+    } else {
+        let seen = (expected_seq - batch_first_seq).min(batch_len as u64);
+        Gap {
+            skipped: 0,
+            start: seen as usize,
+        }
+    }
+}
+
+struct AppState {
+    ring: Ring,
+    /// `None` when the app's segment files failed; the app then lives in memory only.
+    segments: Option<SegmentSet>,
+}
+
+struct AppLog {
+    state: Mutex<AppState>,
+    tx: broadcast::Sender<Arc<Batch>>,
+}
+
+/// All apps' recent lines. Shared by reference (`Arc<Store>`).
+pub struct Store {
+    config: StoreConfig,
+    apps: RwLock<HashMap<String, Arc<AppLog>>>,
+}
+
+/// A live subscription to one app's lines.
+pub struct Follower {
+    rx: broadcast::Receiver<Arc<Batch>>,
+    next_seq: u64,
+    filter: Filter,
+    /// A batch received after a gap, delivered after the skipped marker.
+    pending: Option<Arc<Batch>>,
+}
+
+impl Follower {
+    /// Waits for the next lines passing the filter or a skipped marker; `None` once the
+    /// store is gone.
+    pub async fn next(&mut self) -> Option<FollowEvent> {
+        loop {
+            let batch = match self.pending.take() {
+                Some(batch) => batch,
+                None => match self.rx.recv().await {
+                    Ok(batch) => batch,
+                    // The next batch received tells exactly how many lines were missed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let g = gap(self.next_seq, batch.first_seq, batch.lines.len());
+            if g.skipped > 0 {
+                // Report the gap first; the batch itself is delivered on the next call.
+                self.next_seq = batch.first_seq;
+                self.pending = Some(batch);
+                return Some(FollowEvent::Skipped(g.skipped));
+            }
+            self.next_seq = self
+                .next_seq
+                .max(batch.first_seq + batch.lines.len() as u64);
+            let lines: Vec<LogLine> = batch.lines[g.start..]
+                .iter()
+                .filter(|l| self.filter.matches(l))
+                .cloned()
+                .collect();
+            if !lines.is_empty() {
+                return Some(FollowEvent::Lines(lines));
+            }
+        }
+    }
+}
+
+fn app_dir_name(app: &str) -> String {
+    hex::encode(app.as_bytes())
+}
+
+impl Store {
+    /// Opens the store, reloading every app's last lines from its segments.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let dir_err = |source| StoreError::Dir {
+            path: config.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.dir).map_err(dir_err)?;
+        let mut apps = HashMap::new();
+        for entry in std::fs::read_dir(&config.dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let Some(app) = name
+                .to_str()
+                .and_then(|n| hex::decode(n).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+            else {
+                tracing::warn!(entry = ?name, "ignoring unknown entry in store directory");
+                continue;
+            };
+            let log = Self::open_app(&config, &app)?;
+            apps.insert(app, Arc::new(log));
+        }
+        tracing::info!(dir = %config.dir.display(), apps = apps.len(), "store opened");
+        Ok(Store {
+            config,
+            apps: RwLock::new(apps),
+        })
+    }
+
+    fn open_app(config: &StoreConfig, app: &str) -> Result<AppLog, StoreError> {
+        let rec = SegmentSet::open(&config.dir.join(app_dir_name(app)), config.lines_per_app)
+            .map_err(|source| StoreError::Segment {
+                app: app.to_owned(),
+                source,
+            })?;
+        let mut ring = Ring::new(config.lines_per_app, rec.next_seq - rec.lines.len() as u64);
+        ring.push(rec.lines);
+        let (tx, _) = broadcast::channel(config.follow_buffer.max(1));
+        Ok(AppLog {
+            state: Mutex::new(AppState {
+                ring,
+                segments: Some(rec.set),
+            }),
+            tx,
+        })
+    }
+
+    fn app(&self, app: &str) -> Option<Arc<AppLog>> {
+        self.apps
+            .read()
+            .expect("store lock poisoned")
+            .get(app)
+            .cloned()
+    }
+
+    fn app_or_create(&self, app: &str) -> Arc<AppLog> {
+        if let Some(log) = self.app(app) {
+            return log;
+        }
+        let mut apps = self.apps.write().expect("store lock poisoned");
+        if let Some(log) = apps.get(app) {
+            return Arc::clone(log);
+        }
+        let log = Self::open_app(&self.config, app).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "app segments unusable; keeping its lines in memory only");
+            let (tx, _) = broadcast::channel(self.config.follow_buffer.max(1));
+            AppLog {
+                state: Mutex::new(AppState {
+                    ring: Ring::new(self.config.lines_per_app, 0),
+                    segments: None,
+                }),
+                tx,
+            }
+        });
+        let log = Arc::new(log);
+        apps.insert(app.to_owned(), Arc::clone(&log));
+        log
+    }
+
+    /// Adds accepted lines (ids already assigned), grouped into runs of one app.
+    ///
+    /// Lines always reach memory and followers; a segment write failure is returned
+    /// after that (the lines are then missing only from the on-disk copy).
+    pub fn push(&self, mut lines: Vec<LogLine>) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        while !lines.is_empty() {
+            let app = lines[0].app.clone();
+            let run_len = lines.iter().take_while(|l| l.app == app).count();
+            let rest = lines.split_off(run_len);
+            if let Err(e) = self.push_run(&app, lines) {
+                result = Err(e);
+            }
+            lines = rest;
+        }
+        result
+    }
+
+    fn push_run(&self, app: &str, lines: Vec<LogLine>) -> Result<(), StoreError> {
+        let log = self.app_or_create(app);
+        let mut st = log.state.lock().expect("app lock poisoned");
+        let first_seq = st.ring.next_seq();
+        let written = match st.segments.as_mut() {
+            Some(set) => set
+                .append(first_seq, &lines)
+                .map_err(|source| StoreError::Segment {
+                    app: app.to_owned(),
+                    source,
+                }),
+            None => Ok(()),
+        };
+        if log.tx.receiver_count() > 0 {
+            let batch = Arc::new(Batch {
+                first_seq,
+                lines: lines.clone(),
+            });
+            st.ring.push(lines);
+            // Receivers may all have gone since the count; that is fine.
+            let _ = log.tx.send(batch);
+        } else {
+            st.ring.push(lines);
+        }
+        written
+    }
+
+    /// The last `n` lines of `app` passing `filter`, oldest first.
+    pub fn tail(&self, app: &str, n: usize, filter: &Filter) -> Vec<LogLine> {
+        match self.app(app) {
+            Some(log) => log
+                .state
+                .lock()
+                .expect("app lock poisoned")
+                .ring
+                .tail(n, filter),
+            None => Vec::new(),
+        }
+    }
+
+    /// Like [`Store::tail`], plus a follower that continues exactly after those lines.
+    pub fn follow(&self, app: &str, n: usize, filter: Filter) -> (Vec<LogLine>, Follower) {
+        let log = self.app_or_create(app);
+        let st = log.state.lock().expect("app lock poisoned");
+        let backlog = st.ring.tail(n, &filter);
+        let follower = Follower {
+            rx: log.tx.subscribe(),
+            next_seq: st.ring.next_seq(),
+            filter,
+            pending: None,
+        };
+        (backlog, follower)
+    }
+
+    /// Names of the apps with a log.
+    pub fn apps(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .apps
+            .read()
+            .expect("store lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::Stream;
+
+    fn line(app: &str, n: u64, stream: Stream) -> LogLine {
+        LogLine {
+            id: n,
+            app: app.into(),
+            process_type: Some("web".into()),
+            job: Some("j".into()),
+            host: None,
+            stream,
+            timestamp_ns: n as i64,
+            message: format!("m{n}"),
+        }
+    }
+
+    fn ids(lines: &[LogLine]) -> Vec<u64> {
+        lines.iter().map(|l| l.id).collect()
+    }
+
+    #[test]
+    fn gap_decisions() {
+        assert_eq!(
+            gap(5, 5, 3),
+            Gap {
+                skipped: 0,
+                start: 0
+            }
+        );
+        assert_eq!(
+            gap(5, 9, 3),
+            Gap {
+                skipped: 4,
+                start: 0
+            }
+        );
+        assert_eq!(
+            gap(5, 3, 3),
+            Gap {
+                skipped: 0,
+                start: 2
+            }
+        );
+        assert_eq!(
+            gap(10, 3, 3),
+            Gap {
+                skipped: 0,
+                start: 3
+            }
+        );
+    }
+
+    #[test]
+    fn push_tail_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.lines_per_app = 5;
+        let store = Store::open(config.clone()).unwrap();
+        let mut batch: Vec<LogLine> = (1..=4).map(|n| line("a", n, Stream::Stdout)).collect();
+        batch.extend((5..=6).map(|n| line("b/../x", n, Stream::Stderr)));
+        batch.extend((7..=9).map(|n| line("a", n, Stream::Stderr)));
+        store.push(batch).unwrap();
+        assert_eq!(
+            ids(&store.tail("a", 100, &Filter::default())),
+            vec![3, 4, 7, 8, 9]
+        );
+        let stderr = Filter {
+            stream: Some(Stream::Stderr),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&store.tail("a", 2, &stderr)), vec![8, 9]);
+        assert_eq!(
+            ids(&store.tail("b/../x", 100, &Filter::default())),
+            vec![5, 6]
+        );
+        assert!(store.tail("nope", 10, &Filter::default()).is_empty());
+        drop(store);
+        let store = Store::open(config).unwrap();
+        assert_eq!(store.apps(), vec!["a".to_string(), "b/../x".to_string()]);
+        assert_eq!(
+            ids(&store.tail("a", 100, &Filter::default())),
+            vec![3, 4, 7, 8, 9]
+        );
+    }
+
+    #[tokio::test]
+    async fn follower_sees_backlog_then_live_lines_and_explicit_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.follow_buffer = 2;
+        let store = Store::open(config).unwrap();
+        store.push(vec![line("a", 1, Stream::Stdout)]).unwrap();
+        let (backlog, mut f) = store.follow("a", 10, Filter::default());
+        assert_eq!(ids(&backlog), vec![1]);
+        store.push(vec![line("a", 2, Stream::Stdout)]).unwrap();
+        assert_eq!(
+            f.next().await,
+            Some(FollowEvent::Lines(vec![line("a", 2, Stream::Stdout)]))
+        );
+        // Five batches of two lines with room for two batches: three batches are lost.
+        for n in 0..5 {
+            store
+                .push(vec![
+                    line("a", 10 + 2 * n, Stream::Stdout),
+                    line("a", 11 + 2 * n, Stream::Stdout),
+                ])
+                .unwrap();
+        }
+        assert_eq!(f.next().await, Some(FollowEvent::Skipped(6)));
+        match f.next().await {
+            Some(FollowEvent::Lines(lines)) => assert_eq!(ids(&lines), vec![16, 17]),
+            other => panic!("{other:?}"),
+        }
+        match f.next().await {
+            Some(FollowEvent::Lines(lines)) => assert_eq!(ids(&lines), vec![18, 19]),
+            other => panic!("{other:?}"),
+        }
+        drop(store);
+        assert_eq!(f.next().await, None);
+    }
+}
