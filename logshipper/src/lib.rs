@@ -3,7 +3,12 @@
 pub mod encode;
 pub mod journal;
 pub mod forward;
+pub mod aggregator;
+pub mod api;
+pub mod ingest;
 pub mod line;
+pub mod metrics;
+pub mod store;
 pub mod syslog;
 
 pub use line::{LogLine, Stream};

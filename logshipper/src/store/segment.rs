@@ -336,10 +336,8 @@ mod tests {
         let rec = SegmentSet::open(dir.path(), 8).unwrap();
         assert_eq!((rec.lines.len(), rec.next_seq), (0, 0));
         let mut set = rec.set;
-        let mut seq = 0;
         for n in 1..=30u64 {
-            set.append(seq, &[line(n)]).unwrap();
-            seq += 1;
+            set.append(n - 1, &[line(n)]).unwrap();
         }
         // 8 lines in segments of 2: at most 5 segments on disk.
         assert!(set.segment_count() <= 5, "{}", set.segment_count());

@@ -1,0 +1,819 @@
+//! TCP listeners for the syslog and Fluent Forward inputs (optionally TLS), one task per
+//! connection, feeding [`Aggregator::accept`].
+//!
+//! Per connection: read into one large buffer; decode every complete message in it
+//! (two phases: `check` finds a frame, then it is parsed); accept the decoded lines as one
+//! batch; send forward replies (PONG, then acks once the batch is durable); read again.
+//!
+//! Syslog framing is chosen per connection by its first byte (digit: RFC 6587 octet
+//! counting; `<`: newline-delimited). See [`crate::syslog`] and [`crate::forward`] for the
+//! formats and the mapping to lines.
+//!
+//! # Bad input
+//!
+//! A connection is closed, with a logged reason and a `parse_errors` count, when its
+//! stream cannot be decoded any more: unknown framing or a bad frame length, garbage
+//! MessagePack or a non-forward value, a message over `max_message_bytes`, a failed
+//! handshake, or a stall (a partial message and no byte for `idle_timeout`). Lines decoded
+//! before the bad bytes are accepted first. A syslog message that is framed correctly but
+//! is not valid RFC 5424 is skipped (counted and logged), and the connection goes on.
+//! Other connections and stored lines are never affected.
+//!
+//! # Shutdown
+//!
+//! [`Ingest::shutdown`] stops the listeners, tells every connection to stop reading (each
+//! has already accepted every complete message it read) and waits until all connection
+//! tasks have finished.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregator::Aggregator;
+use crate::forward::handshake::{self, PingVerdict, SharedKey};
+use crate::forward::{self, Message};
+use crate::line::LogLine;
+use crate::syslog::{self, Framing};
+
+/// Settings of the inputs.
+#[derive(Clone)]
+pub struct IngestConfig {
+    /// Address of the syslog listener (`None`: no syslog input).
+    pub syslog_addr: Option<SocketAddr>,
+    /// Address of the Fluent Forward listener (`None`: no forward input).
+    pub forward_addr: Option<SocketAddr>,
+    /// TLS for both listeners (`None`: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Largest message (syslog frame, forward MessagePack value) accepted.
+    pub max_message_bytes: usize,
+    /// Largest decompressed body of a CompressedPackedForward message.
+    pub max_inflated_bytes: usize,
+    /// A connection holding a partial message with no new byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// Forward shared key; when set, clients must complete the HELO/PING/PONG handshake.
+    pub shared_key: Option<SharedKey>,
+    /// Bytes requested per read.
+    pub read_buffer: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            syslog_addr: None,
+            forward_addr: None,
+            tls: None,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_inflated_bytes: 64 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            shared_key: None,
+            read_buffer: 256 * 1024,
+        }
+    }
+}
+
+/// Errors starting the inputs.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// A listener could not bind its address.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The TLS certificate or key cannot be read or used.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Which input a connection belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// RFC 5424 over RFC 6587 framing.
+    Syslog,
+    /// Fluent Forward v1.
+    Forward,
+}
+
+impl Input {
+    /// Label value used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Syslog => "syslog",
+            Input::Forward => "forward",
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection at a message boundary.
+    Eof,
+    /// The client closed the connection in the middle of a message.
+    Truncated {
+        /// Bytes of the unfinished message that were discarded.
+        pending: usize,
+    },
+    /// The server is shutting down.
+    Shutdown,
+    /// A partial message and no new byte for the idle timeout.
+    Stalled {
+        /// Bytes of the unfinished message that were discarded.
+        pending: usize,
+    },
+    /// The stream cannot be framed (unknown framing, bad length prefix, bad marker).
+    Frame(String),
+    /// A message exceeds `max_message_bytes`.
+    TooLarge(String),
+    /// A forward message is not valid MessagePack or not a forward shape.
+    Decode(String),
+    /// The shared-key handshake failed or was skipped.
+    Handshake(&'static str),
+    /// The TLS handshake failed.
+    Tls(String),
+    /// Lines could not be accepted (journal failure); they were not acked.
+    Accept(String),
+    /// Reading or writing the socket failed.
+    Io(String),
+}
+
+impl CloseReason {
+    /// The metric reason for a close caused by bad input or failure; `None` for normal
+    /// closes.
+    pub fn error_kind(&self) -> Option<&'static str> {
+        match self {
+            CloseReason::Eof | CloseReason::Shutdown => None,
+            CloseReason::Truncated { .. } => Some("truncated"),
+            CloseReason::Stalled { .. } => Some("stalled"),
+            CloseReason::Frame(_) => Some("frame"),
+            CloseReason::TooLarge(_) => Some("too_large"),
+            CloseReason::Decode(_) => Some("decode"),
+            CloseReason::Handshake(_) => Some("handshake"),
+            CloseReason::Tls(_) => Some("tls"),
+            CloseReason::Accept(_) => Some("accept"),
+            CloseReason::Io(_) => Some("io"),
+        }
+    }
+}
+
+/// Running inputs; dropping it without [`Ingest::shutdown`] leaves them running until the
+/// runtime stops.
+pub struct Ingest {
+    syslog_addr: Option<SocketAddr>,
+    forward_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+struct Ctx {
+    config: IngestConfig,
+    aggregator: Aggregator,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Reads a PEM certificate chain and private key into a TLS server configuration.
+pub fn load_tls(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, IngestError> {
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| IngestError::Tls(format!("{}: {e}", p.display())));
+    let cert_bytes = read(cert_pem)?;
+    let key_bytes = read(key_pem)?;
+    let certs = rustls_pemfile::certs(&mut cert_bytes.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IngestError::Tls(format!("certificates: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut key_bytes.as_slice())
+        .map_err(|e| IngestError::Tls(format!("private key: {e}")))?
+        .ok_or_else(|| IngestError::Tls(format!("no private key in {}", key_pem.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| IngestError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| IngestError::Tls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+impl Ingest {
+    /// Binds the configured listeners and starts accepting connections.
+    pub async fn start(
+        config: IngestConfig,
+        aggregator: Aggregator,
+    ) -> Result<Ingest, IngestError> {
+        let shutdown = CancellationToken::new();
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let ctx = Arc::new(Ctx {
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            config: config.clone(),
+            aggregator,
+        });
+        let mut bound = [None, None];
+        for (slot, (addr, input)) in bound.iter_mut().zip([
+            (config.syslog_addr, Input::Syslog),
+            (config.forward_addr, Input::Forward),
+        ]) {
+            let Some(addr) = addr else { continue };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| IngestError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| IngestError::Bind { addr, source })?;
+            tracing::info!(input = input.name(), addr = %local, tls = ctx.tls.is_some(), "listening");
+            *slot = Some(local);
+            tokio::spawn(listen(
+                listener,
+                input,
+                Arc::clone(&ctx),
+                shutdown.clone(),
+                done_tx.clone(),
+            ));
+        }
+        Ok(Ingest {
+            syslog_addr: bound[0],
+            forward_addr: bound[1],
+            shutdown,
+            done_tx,
+            done_rx,
+        })
+    }
+
+    /// Bound address of the syslog listener.
+    pub fn syslog_addr(&self) -> Option<SocketAddr> {
+        self.syslog_addr
+    }
+
+    /// Bound address of the forward listener.
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward_addr
+    }
+
+    /// Stops accepting, lets every connection finish its complete messages, and waits
+    /// for all of them.
+    pub async fn shutdown(self) {
+        let Ingest {
+            shutdown,
+            done_tx,
+            mut done_rx,
+            ..
+        } = self;
+        shutdown.cancel();
+        drop(done_tx);
+        // Every listener and connection task holds a sender; `None` means all are gone.
+        let _ = done_rx.recv().await;
+        tracing::info!("inputs shut down");
+    }
+}
+
+async fn listen(
+    listener: TcpListener,
+    input: Input,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(input = input.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        ctx.aggregator
+            .metrics()
+            .connections
+            .get_or_create(&crate::metrics::InputLabel {
+                input: input.name().to_owned(),
+            })
+            .inc();
+        let ctx = Arc::clone(&ctx);
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let reason = serve(socket, input, &ctx, &shutdown).await;
+            match reason.error_kind() {
+                None => tracing::debug!(input = input.name(), %peer, ?reason, "connection closed"),
+                Some(kind) => {
+                    ctx.aggregator.metrics().parse_error(input.name(), kind);
+                    tracing::warn!(input = input.name(), %peer, ?reason, "connection closed");
+                }
+            }
+            drop(done);
+        });
+    }
+}
+
+async fn serve(
+    socket: TcpStream,
+    input: Input,
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> CloseReason {
+    match &ctx.tls {
+        None => serve_stream(socket, input, ctx, shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(ctx.config.idle_timeout, acceptor.accept(socket));
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                r = handshake => match r {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return CloseReason::Tls(e.to_string()),
+                    Err(_) => return CloseReason::Tls("handshake timed out".into()),
+                },
+            };
+            serve_stream(stream, input, ctx, shutdown).await
+        }
+    }
+}
+
+async fn serve_stream<S>(
+    mut stream: S,
+    input: Input,
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let reason = match input {
+        Input::Syslog => syslog_conn(&mut stream, ctx, shutdown).await,
+        Input::Forward => forward_conn(&mut stream, ctx, shutdown).await,
+    };
+    let _ = stream.shutdown().await;
+    reason
+}
+
+/// Outcome of one read.
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    Shutdown,
+    Stalled,
+    Failed(io::Error),
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> ReadOutcome {
+    if buf.capacity() - buf.len() < ctx.config.read_buffer / 2 {
+        buf.reserve(ctx.config.read_buffer);
+    }
+    // Only a connection holding part of a message can stall; an idle one may wait.
+    let read = async {
+        if buf.is_empty() {
+            Ok(stream.read_buf(buf).await)
+        } else {
+            tokio::time::timeout(ctx.config.idle_timeout, stream.read_buf(buf)).await
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => ReadOutcome::Shutdown,
+        r = read => match r {
+            Ok(Ok(0)) => ReadOutcome::Eof,
+            Ok(Ok(n)) => ReadOutcome::Data(n),
+            Ok(Err(e)) => ReadOutcome::Failed(e),
+            Err(_) => ReadOutcome::Stalled,
+        },
+    }
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// What decoding the buffered syslog bytes found; pure, no I/O.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SyslogScan {
+    /// Bytes of complete frames (to drop from the buffer).
+    pub consumed: usize,
+    /// Well-framed messages that were not valid RFC 5424 (skipped).
+    pub bad_messages: u64,
+    /// Set when the stream cannot be framed any more.
+    pub close: Option<CloseReason>,
+}
+
+/// Decodes every complete syslog frame at the start of `buf` into `out`.
+///
+/// `framing` is detected from the first byte the first time and kept. Message-level
+/// errors skip the message; framing errors stop the scan with a close reason.
+pub fn scan_syslog(
+    buf: &[u8],
+    framing: &mut Option<Framing>,
+    max: usize,
+    received_ns: i64,
+    out: &mut Vec<LogLine>,
+) -> SyslogScan {
+    let mut scan = SyslogScan {
+        consumed: 0,
+        bad_messages: 0,
+        close: None,
+    };
+    while scan.consumed < buf.len() {
+        let rest = &buf[scan.consumed..];
+        let f = match framing {
+            Some(f) => *f,
+            None => match Framing::detect(rest[0]) {
+                Ok(f) => *framing.insert(f),
+                Err(e) => {
+                    scan.close = Some(CloseReason::Frame(e.to_string()));
+                    break;
+                }
+            },
+        };
+        match syslog::frame::check(rest, f, max) {
+            Ok(syslog::Check::Incomplete) => break,
+            Ok(syslog::Check::Frame {
+                start,
+                end,
+                consumed,
+            }) => {
+                let frame = &rest[start..end];
+                scan.consumed += consumed;
+                // Empty lines between newline-delimited messages carry nothing.
+                if frame.is_empty() && f == Framing::NewlineDelimited {
+                    continue;
+                }
+                match syslog::parse(frame)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| syslog::to_line(&m, received_ns).map_err(|e| e.to_string()))
+                {
+                    Ok(line) => out.push(line),
+                    Err(e) => {
+                        scan.bad_messages += 1;
+                        let shown = &frame[..frame.len().min(80)];
+                        tracing::warn!(error = %e, message = %String::from_utf8_lossy(shown), "skipping invalid syslog message");
+                    }
+                }
+            }
+            Err(e @ syslog::FrameError::TooLarge { .. }) => {
+                scan.close = Some(CloseReason::TooLarge(e.to_string()));
+                break;
+            }
+            Err(e) => {
+                scan.close = Some(CloseReason::Frame(e.to_string()));
+                break;
+            }
+        }
+    }
+    scan
+}
+
+async fn syslog_conn<S>(stream: &mut S, ctx: &Ctx, shutdown: &CancellationToken) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = ctx.aggregator.metrics();
+    let (lines_counter, bytes_counter) = metrics.input_counters(Input::Syslog.name());
+    let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+    let mut framing = None;
+    let mut batch = Vec::new();
+    let mut at_eof = false;
+    loop {
+        let mut scan = scan_syslog(
+            &buf,
+            &mut framing,
+            ctx.config.max_message_bytes,
+            now_ns(),
+            &mut batch,
+        );
+        buf.advance(scan.consumed);
+        if at_eof && scan.close.is_none() && !buf.is_empty() {
+            // A newline-delimited stream may end without a final LF.
+            if framing == Some(Framing::NewlineDelimited) {
+                buf.extend_from_slice(b"\n");
+                let last = scan_syslog(
+                    &buf,
+                    &mut framing,
+                    ctx.config.max_message_bytes,
+                    now_ns(),
+                    &mut batch,
+                );
+                buf.advance(last.consumed);
+                scan.bad_messages += last.bad_messages;
+            }
+        }
+        if scan.bad_messages > 0 {
+            for _ in 0..scan.bad_messages {
+                metrics.parse_error(Input::Syslog.name(), "message");
+            }
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            if let Err(e) = ctx.aggregator.accept(std::mem::take(&mut batch)) {
+                metrics.dropped("accept", n);
+                return CloseReason::Accept(e.to_string());
+            }
+            lines_counter.inc_by(n);
+        }
+        if let Some(close) = scan.close {
+            return close;
+        }
+        if at_eof {
+            return if buf.is_empty() {
+                CloseReason::Eof
+            } else {
+                CloseReason::Truncated { pending: buf.len() }
+            };
+        }
+        match read_more(stream, &mut buf, ctx, shutdown).await {
+            ReadOutcome::Data(n) => {
+                bytes_counter.inc_by(n as u64);
+            }
+            ReadOutcome::Eof => at_eof = true,
+            ReadOutcome::Shutdown => return CloseReason::Shutdown,
+            ReadOutcome::Stalled => return CloseReason::Stalled { pending: buf.len() },
+            ReadOutcome::Failed(e) => return CloseReason::Io(e.to_string()),
+        }
+    }
+}
+
+/// Where a forward connection is in the shared-key handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// HELO was sent with this nonce; only a PING is acceptable.
+    AwaitPing {
+        /// Nonce sent in HELO.
+        nonce: Vec<u8>,
+    },
+    /// Data may flow.
+    Open,
+}
+
+/// What to do with one decoded forward message; pure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForwardStep {
+    /// Its entries were decoded into the batch; ack this chunk once durable.
+    Ingest {
+        /// Chunk id to ack, if the client asked.
+        ack: Option<String>,
+    },
+    /// Nothing to do (heartbeat).
+    Ignore,
+    /// Send this PONG; then the connection is open, or closed with the reason.
+    Pong {
+        /// Encoded PONG.
+        reply: Vec<u8>,
+        /// Why the connection must close after the PONG, if it must.
+        close: Option<&'static str>,
+    },
+    /// Close the connection.
+    Close(&'static str),
+}
+
+/// Decides what a decoded message means in the current handshake state.
+pub fn forward_step(state: &Handshake, key: Option<&SharedKey>, message: Message) -> ForwardStep {
+    match (state, message) {
+        (_, Message::Heartbeat) => ForwardStep::Ignore,
+        (Handshake::Open, Message::Events { chunk }) => ForwardStep::Ingest { ack: chunk },
+        (Handshake::AwaitPing { .. }, Message::Events { .. }) => {
+            ForwardStep::Close("data sent before the shared-key handshake")
+        }
+        (Handshake::Open, Message::Ping(_)) => ForwardStep::Close("unexpected PING"),
+        (Handshake::AwaitPing { nonce }, Message::Ping(ping)) => {
+            let Some(key) = key else {
+                return ForwardStep::Close("unexpected PING");
+            };
+            let verdict = handshake::verify_ping(key, nonce, &ping);
+            let reply = handshake::pong(key, nonce, &ping, &verdict);
+            let close = match verdict {
+                PingVerdict::Accepted => None,
+                PingVerdict::Rejected(reason) => Some(reason),
+            };
+            ForwardStep::Pong { reply, close }
+        }
+    }
+}
+
+async fn forward_conn<S>(stream: &mut S, ctx: &Ctx, shutdown: &CancellationToken) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = ctx.aggregator.metrics();
+    let (lines_counter, bytes_counter) = metrics.input_counters(Input::Forward.name());
+    let key = ctx.config.shared_key.as_ref();
+    let mut state = match key {
+        Some(_) => {
+            let nonce: [u8; 16] = rand::random();
+            if let Err(e) = write_flush(stream, &handshake::helo(&nonce)).await {
+                return CloseReason::Io(e.to_string());
+            }
+            Handshake::AwaitPing {
+                nonce: nonce.to_vec(),
+            }
+        }
+        None => Handshake::Open,
+    };
+    let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+    let mut batch: Vec<LogLine> = Vec::new();
+    let mut acks: Vec<String> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let mut consumed = 0;
+        let mut close = None;
+        while consumed < buf.len() && close.is_none() {
+            let rest = &buf[consumed..];
+            let len = match forward::frame::check(rest, ctx.config.max_message_bytes) {
+                Ok(forward::frame::Check::Complete(len)) => len,
+                Ok(forward::frame::Check::Incomplete) => break,
+                Err(e @ forward::frame::FrameError::TooLarge { .. }) => {
+                    close = Some(CloseReason::TooLarge(e.to_string()));
+                    break;
+                }
+                Err(e) => {
+                    close = Some(CloseReason::Frame(e.to_string()));
+                    break;
+                }
+            };
+            consumed += len;
+            let before = batch.len();
+            let message =
+                match forward::decode(&rest[..len], ctx.config.max_inflated_bytes, &mut batch) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        close = Some(CloseReason::Decode(e.to_string()));
+                        break;
+                    }
+                };
+            match forward_step(&state, key, message) {
+                ForwardStep::Ingest { ack } => acks.extend(ack),
+                ForwardStep::Ignore => {}
+                ForwardStep::Pong { reply, close: c } => {
+                    out.extend_from_slice(&reply);
+                    match c {
+                        None => state = Handshake::Open,
+                        Some(reason) => close = Some(CloseReason::Handshake(reason)),
+                    }
+                }
+                ForwardStep::Close(reason) => {
+                    batch.truncate(before);
+                    close = Some(CloseReason::Handshake(reason));
+                }
+            }
+        }
+        buf.advance(consumed);
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            if let Err(e) = ctx.aggregator.accept(std::mem::take(&mut batch)) {
+                metrics.dropped("accept", n);
+                return CloseReason::Accept(e.to_string());
+            }
+            lines_counter.inc_by(n);
+        }
+        if !acks.is_empty() {
+            if let Err(e) = ctx.aggregator.sync().await {
+                return CloseReason::Accept(e.to_string());
+            }
+            for chunk in acks.drain(..) {
+                out.extend_from_slice(&handshake::ack(&chunk));
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = write_flush(stream, &out).await {
+                return CloseReason::Io(e.to_string());
+            }
+            out.clear();
+        }
+        if let Some(close) = close {
+            return close;
+        }
+        match read_more(stream, &mut buf, ctx, shutdown).await {
+            ReadOutcome::Data(n) => {
+                bytes_counter.inc_by(n as u64);
+            }
+            ReadOutcome::Eof if buf.is_empty() => return CloseReason::Eof,
+            ReadOutcome::Eof => return CloseReason::Truncated { pending: buf.len() },
+            ReadOutcome::Shutdown => return CloseReason::Shutdown,
+            ReadOutcome::Stalled => return CloseReason::Stalled { pending: buf.len() },
+            ReadOutcome::Failed(e) => return CloseReason::Io(e.to_string()),
+        }
+    }
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::Ping;
+
+    fn scan(input: &[u8], framing: Option<Framing>) -> (SyslogScan, Vec<String>, Option<Framing>) {
+        let mut framing = framing;
+        let mut out = Vec::new();
+        let s = scan_syslog(input, &mut framing, 1000, 5, &mut out);
+        (s, out.into_iter().map(|l| l.message).collect(), framing)
+    }
+
+    #[test]
+    fn syslog_scan_detects_framing_and_skips_bad_messages() {
+        let (s, msgs, f) = scan(
+            b"<14>1 - - a - - - one\n\n<14>1 - - a - - - two\r\nbad\n<14>1 - - a",
+            None,
+        );
+        assert_eq!(msgs, vec!["one", "two"]);
+        assert_eq!(f, Some(Framing::NewlineDelimited));
+        assert_eq!(s.bad_messages, 1);
+        assert_eq!(s.close, None);
+        assert_eq!(s.consumed, 50);
+
+        let (s, msgs, f) = scan(b"21 <14>1 - - a - - - one30 <14", None);
+        assert_eq!(msgs, vec!["one"]);
+        assert_eq!(f, Some(Framing::OctetCounted));
+        assert_eq!((s.consumed, s.close), (24, None));
+
+        let (s, msgs, _) = scan(
+            b"21 <14>1 - - a - - - oneX2 <1",
+            Some(Framing::OctetCounted),
+        );
+        assert_eq!(msgs, vec!["one"]);
+        assert_eq!(
+            s.close,
+            Some(CloseReason::Frame("bad frame length prefix".into()))
+        );
+
+        let (s, msgs, _) = scan(b"\x00garbage", None);
+        assert!(msgs.is_empty());
+        assert!(matches!(s.close, Some(CloseReason::Frame(_))));
+
+        let (s, _, _) = scan(b"99999 <14>", None);
+        assert!(matches!(s.close, Some(CloseReason::TooLarge(_))));
+    }
+
+    #[test]
+    fn forward_steps_follow_the_handshake() {
+        let key = SharedKey {
+            key: "k".into(),
+            server_hostname: "srv".into(),
+        };
+        let nonce = vec![9u8; 16];
+        let waiting = Handshake::AwaitPing {
+            nonce: nonce.clone(),
+        };
+        let events = || Message::Events {
+            chunk: Some("c".into()),
+        };
+        assert_eq!(
+            forward_step(&Handshake::Open, None, events()),
+            ForwardStep::Ingest {
+                ack: Some("c".into())
+            }
+        );
+        assert_eq!(
+            forward_step(&waiting, Some(&key), events()),
+            ForwardStep::Close("data sent before the shared-key handshake")
+        );
+        assert_eq!(
+            forward_step(&waiting, Some(&key), Message::Heartbeat),
+            ForwardStep::Ignore
+        );
+        let good = Ping {
+            hostname: b"cli".to_vec(),
+            salt: b"salt".to_vec(),
+            digest: handshake::digest(b"salt", b"cli", &nonce, "k").into_bytes(),
+        };
+        match forward_step(&waiting, Some(&key), Message::Ping(good.clone())) {
+            ForwardStep::Pong { close: None, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        let bad = Ping {
+            digest: b"nope".to_vec(),
+            ..good.clone()
+        };
+        match forward_step(&waiting, Some(&key), Message::Ping(bad)) {
+            ForwardStep::Pong {
+                close: Some("shared key mismatch"),
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            forward_step(&Handshake::Open, Some(&key), Message::Ping(good)),
+            ForwardStep::Close("unexpected PING")
+        );
+    }
+}
