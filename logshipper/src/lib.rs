@@ -1,5 +1,6 @@
 //! Log aggregator. See ARCHITECTURE.md for the map of this crate.
 
+pub mod drain;
 pub mod encode;
 pub mod journal;
 pub mod forward;
