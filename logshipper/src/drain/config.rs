@@ -215,7 +215,9 @@ fn validate_index(pattern: &str) -> Result<(), ConfigError> {
         .chars()
         .any(|c| c.is_uppercase() || " \\/*?\"<>|,#:".contains(c))
     {
-        return Err(bad("index name must be lowercase without spaces or \\/*?\"<>|,#:"));
+        return Err(bad(
+            "index name must be lowercase without spaces or \\/*?\"<>|,#:",
+        ));
     }
     Ok(())
 }
@@ -365,7 +367,11 @@ mod tests {
     }
 
     fn check(s: DrainSpec, expected: Result<SinkConfig, ConfigError>) {
-        assert_eq!(DrainConfig::from_spec(&s).map(|c| c.sink), expected, "{s:?}");
+        assert_eq!(
+            DrainConfig::from_spec(&s).map(|c| c.sink),
+            expected,
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -454,7 +460,10 @@ mod tests {
                 reason: "missing port".into(),
             }),
         );
-        check(spec(None, "ftp://x:1"), Err(ConfigError::UnknownKind("ftp".into())));
+        check(
+            spec(None, "ftp://x:1"),
+            Err(ConfigError::UnknownKind("ftp".into())),
+        );
     }
 
     #[test]

@@ -54,11 +54,9 @@ pub fn decode_ack(buf: &[u8]) -> Ack {
                 None => Ack::Invalid(format!("not an ack: {v}")),
             }
         }
-        Err(rmpv::decode::Error::InvalidMarkerRead(e) | rmpv::decode::Error::InvalidDataRead(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
-        {
-            Ack::Incomplete
-        }
+        Err(
+            rmpv::decode::Error::InvalidMarkerRead(e) | rmpv::decode::Error::InvalidDataRead(e),
+        ) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ack::Incomplete,
         Err(e) => Ack::Invalid(e.to_string()),
     }
 }

@@ -24,7 +24,7 @@ use super::config::{BatchLimits, ConfigError, DrainConfig, DrainSpec};
 use super::dead_letter::DeadLetter;
 use super::retry::{Backoff, RetryReason};
 use super::sink::{Sink, SinkError};
-use super::status::{DrainMetrics, DrainStats, DrainStatus};
+use super::status::{DrainFamilies, DrainStats, DrainStatus};
 use crate::journal::{Journal, JournalError, JournalReader, ReadBatch};
 use crate::line::{LogLine, Stream};
 
@@ -64,15 +64,15 @@ struct Running {
 pub struct DrainManager {
     journal: Journal,
     dead_letter_dir: PathBuf,
-    metrics: DrainMetrics,
+    metrics: DrainFamilies,
     backoff: Backoff,
     drains: Mutex<HashMap<String, Running>>,
 }
 
 impl DrainManager {
     /// A manager draining `journal`; refused lines go to files in `dead_letter_dir`;
-    /// counters are series of `metrics` (register it once in the process registry).
-    pub fn new(journal: Journal, dead_letter_dir: PathBuf, metrics: DrainMetrics) -> Self {
+    /// counters are series of `metrics` ([`DrainFamilies::register`] in the process registry).
+    pub fn new(journal: Journal, dead_letter_dir: PathBuf, metrics: DrainFamilies) -> Self {
         DrainManager {
             journal,
             dead_letter_dir,
@@ -262,8 +262,12 @@ impl Runner {
                 tracing::warn!(drain = %self.id, count, through_id, "drain: journal dropped lines before delivery");
                 self.stats.dropped.inc_by(count);
                 c.last_id = through_id;
-                c.lines
-                    .push(drop_marker(&self.id, self.app.as_deref(), count, through_id));
+                c.lines.push(drop_marker(
+                    &self.id,
+                    self.app.as_deref(),
+                    count,
+                    through_id,
+                ));
             }
         }
     }

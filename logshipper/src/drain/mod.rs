@@ -30,4 +30,4 @@ pub mod syslog;
 
 pub use config::{DrainConfig, DrainSpec};
 pub use manager::{DrainError, DrainManager};
-pub use status::{DrainMetrics, DrainStatus};
+pub use status::{DrainFamilies, DrainStatus};

@@ -168,8 +168,14 @@ mod tests {
             object_key("logs/prod", "shop", ts, 5, 9),
             "logs/prod/shop/2023/11/14/22/5-9.ndjson.gz"
         );
-        assert_eq!(object_key("", "a/b", 0, 1, 1), "a_b/1970/01/01/00/1-1.ndjson.gz");
-        assert_eq!(object_key("", "..", 0, 1, 1), "_/1970/01/01/00/1-1.ndjson.gz");
+        assert_eq!(
+            object_key("", "a/b", 0, 1, 1),
+            "a_b/1970/01/01/00/1-1.ndjson.gz"
+        );
+        assert_eq!(
+            object_key("", "..", 0, 1, 1),
+            "_/1970/01/01/00/1-1.ndjson.gz"
+        );
     }
 
     #[test]

@@ -1,80 +1,60 @@
 //! Per-drain counters (delivered, failed, dropped, lag, last error) and their snapshots.
 //!
-//! The counters are Prometheus metrics from one set of families labelled by drain id, so
-//! `paas drain list` (via [`DrainStatus`]) and `/metrics` read the same numbers:
-//! `paas_drain_delivered_total`, `paas_drain_failed_total` (dead-lettered),
-//! `paas_drain_dropped_total` (lost to the journal size limit) and `paas_drain_lag_lines`
-//! (lines in the journal not yet delivered).
+//! The counters are Prometheus series labelled by drain id, so `paas drain list` (via
+//! [`DrainStatus`]) and `/metrics` read the same numbers: delivered, failed
+//! (dead-lettered lines) and lag come from the shared [`crate::metrics::DrainMetrics`]
+//! families; `logshipper_drain_dropped_lines_total` (lines lost to the journal size limit)
+//! is registered here.
 
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-/// Label set of every drain metric.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DrainLabels {
-    /// The drain's id.
-    pub drain: String,
-}
+use crate::metrics::{DrainLabel, DrainMetrics, PREFIX};
 
 /// The metric families of all drains; register once, then hand out per-drain stats.
 #[derive(Clone, Default)]
-pub struct DrainMetrics {
-    delivered: Family<DrainLabels, Counter>,
-    failed: Family<DrainLabels, Counter>,
-    dropped: Family<DrainLabels, Counter>,
-    lag: Family<DrainLabels, Gauge>,
+pub struct DrainFamilies {
+    shared: DrainMetrics,
+    dropped: Family<DrainLabel, Counter>,
 }
 
-impl DrainMetrics {
-    /// Registers the families in `registry` (names get the registry's prefix, if any).
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "paas_drain_delivered",
-            "Lines a drain's sink accepted",
-            self.delivered.clone(),
-        );
-        registry.register(
-            "paas_drain_failed",
-            "Lines a sink rejected permanently (written to the dead-letter file)",
-            self.failed.clone(),
-        );
-        registry.register(
-            "paas_drain_dropped",
+impl DrainFamilies {
+    /// Creates the families and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let shared = DrainMetrics::register(registry);
+        let dropped = Family::<DrainLabel, Counter>::default();
+        registry.sub_registry_with_prefix(PREFIX).register(
+            "drain_dropped_lines",
             "Lines lost before delivery because the journal reached its size limit",
-            self.dropped.clone(),
+            dropped.clone(),
         );
-        registry.register(
-            "paas_drain_lag_lines",
-            "Lines in the journal a drain has not delivered yet",
-            self.lag.clone(),
-        );
+        DrainFamilies { shared, dropped }
     }
 
     /// The counters of drain `id`.
     pub fn stats(&self, id: &str) -> Arc<DrainStats> {
-        let labels = DrainLabels { drain: id.into() };
+        let label = DrainMetrics::label(id);
         Arc::new(DrainStats {
-            delivered: self.delivered.get_or_create(&labels).clone(),
-            failed: self.failed.get_or_create(&labels).clone(),
-            dropped: self.dropped.get_or_create(&labels).clone(),
-            lag: self.lag.get_or_create(&labels).clone(),
+            delivered: self.shared.delivered.get_or_create(&label).clone(),
+            failed: self.shared.failed.get_or_create(&label).clone(),
+            dropped: self.dropped.get_or_create(&label).clone(),
+            lag: self.shared.lag.get_or_create(&label).clone(),
             last_error: Mutex::new(None),
         })
     }
 
     /// Forgets the series of a removed drain.
     pub fn remove(&self, id: &str) {
-        let labels = DrainLabels { drain: id.into() };
-        self.delivered.remove(&labels);
-        self.failed.remove(&labels);
-        self.dropped.remove(&labels);
-        self.lag.remove(&labels);
+        let label = DrainMetrics::label(id);
+        self.shared.delivered.remove(&label);
+        self.shared.failed.remove(&label);
+        self.shared.lag.remove(&label);
+        self.dropped.remove(&label);
     }
 }
 
@@ -105,7 +85,8 @@ impl DrainStats {
     /// Records a delivery problem as the drain's last error.
     pub fn set_error(&self, message: String) {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastError { message, at });
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(LastError { message, at });
     }
 
     /// The last recorded problem, if any.
