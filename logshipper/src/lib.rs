@@ -9,6 +9,7 @@ pub mod api;
 pub mod ingest;
 pub mod line;
 pub mod metrics;
+pub mod shipper;
 pub mod store;
 pub mod syslog;
 

@@ -101,7 +101,7 @@ async fn serve(listener: tokio::net::TcpListener, es: Arc<Mutex<Es>>) {
 fn line(i: u64) -> LogLine {
     LogLine {
         id: 0,
-        app: if i % 2 == 0 { "shop" } else { "blog" }.into(),
+        app: if i.is_multiple_of(2) { "shop" } else { "blog" }.into(),
         process_type: Some("web".into()),
         job: Some("j1".into()),
         host: Some("h".into()),
@@ -185,6 +185,7 @@ async fn bulk_errors_are_retried_or_dead_lettered_with_exact_counts() {
     assert_eq!(s.delivered, 1960);
     assert_eq!(s.dropped, 0);
     assert!(s.last_error.is_some());
+    manager.shutdown().await;
 
     let es = es.lock().unwrap();
     assert_eq!(es.docs.len(), 1960);
@@ -231,7 +232,6 @@ async fn bulk_errors_are_retried_or_dead_lettered_with_exact_counts() {
         .filter(|i| i % 100 == 7 || i % 100 == 13)
         .collect();
     assert_eq!(dead_ids, expected);
-    manager.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,9 +307,9 @@ async fn per_app_drain_ships_only_its_app_and_resumes_after_restart() {
     let s = wait_for(&manager, "delivery after restart", |s| s.lag == 0).await;
     // Second run: the odd ids in 101..=200, 50 shop lines (107 and 113 refused).
     assert_eq!(s.delivered + s.failed, 50);
+    manager.shutdown().await;
     let es = es.lock().unwrap();
     assert!(es.docs.values().all(|(_, d)| d["app"] == "shop"));
     // Shop ids are the odd ids 1..=199; 7, 13, 107 and 113 are refused.
     assert_eq!(es.docs.len(), 100 - 4);
-    manager.shutdown().await;
 }

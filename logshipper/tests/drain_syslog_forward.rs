@@ -83,11 +83,11 @@ async fn receive(reader: &mut JournalReader, n: usize) -> Vec<LogLine> {
 fn line(i: u64) -> LogLine {
     LogLine {
         id: 0,
-        app: if i % 2 == 0 { "shop" } else { "blog" }.into(),
+        app: if i.is_multiple_of(2) { "shop" } else { "blog" }.into(),
         process_type: Some("worker".into()),
         job: Some(format!("j{}", i % 5)),
         host: Some("host-a".into()),
-        stream: if i % 3 == 0 {
+        stream: if i.is_multiple_of(3) {
             Stream::Stderr
         } else {
             Stream::Stdout

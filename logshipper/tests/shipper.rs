@@ -1,0 +1,238 @@
+//! The host agent's shipper against a real aggregator input (syslog over TCP on
+//! 127.0.0.1): output of a real child process, an aggregator restart while lines flow,
+//! and a shipper restart with lines still spooled. Lines are counted by their unique
+//! message text on the aggregator side; replays may duplicate, never lose.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paas_logshipper::aggregator::Aggregator;
+use paas_logshipper::drain::retry::Backoff;
+use paas_logshipper::ingest::{Ingest, IngestConfig};
+use paas_logshipper::journal::{Journal, JournalConfig, JournalReader, ReadBatch};
+use paas_logshipper::metrics::IngestMetrics;
+use paas_logshipper::shipper::{JobSource, Shipper, ShipperConfig};
+use paas_logshipper::store::{Store, StoreConfig};
+use paas_logshipper::{LogLine, Stream};
+use prometheus_client::registry::Registry;
+
+/// A receiving aggregator whose syslog input can be stopped and restarted on one port.
+struct Aggregatord {
+    ingest: Option<Ingest>,
+    journal: Journal,
+    store: Arc<Store>,
+    config: IngestConfig,
+}
+
+impl Aggregatord {
+    async fn start(dir: &std::path::Path) -> (Aggregatord, JournalReader) {
+        let journal = Journal::open(dir.join("journal"), JournalConfig::default()).unwrap();
+        let reader = journal.reader("check").unwrap();
+        let store = Arc::new(Store::open(StoreConfig::new(dir.join("store"))).unwrap());
+        let mut a = Aggregatord {
+            ingest: None,
+            journal,
+            store,
+            config: IngestConfig {
+                syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
+                ..IngestConfig::default()
+            },
+        };
+        a.restart().await;
+        (a, reader)
+    }
+
+    async fn restart(&mut self) {
+        let metrics = IngestMetrics::register(&mut Registry::default());
+        let agg = Aggregator::new(self.journal.clone(), Arc::clone(&self.store), metrics);
+        let ingest = Ingest::start(self.config.clone(), agg).await.unwrap();
+        self.config.syslog_addr = ingest.syslog_addr();
+        self.ingest = Some(ingest);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(i) = self.ingest.take() {
+            i.shutdown().await;
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.config.syslog_addr.unwrap().to_string()
+    }
+}
+
+/// Reads the aggregator's journal until `expected` distinct messages arrived; returns
+/// how often each message was seen.
+async fn receive_all(
+    reader: &mut JournalReader,
+    expected: &HashSet<String>,
+) -> HashMap<String, (usize, LogLine)> {
+    let mut seen: HashMap<String, (usize, LogLine)> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !expected.iter().all(|m| seen.contains_key(m)) {
+        let batch = tokio::time::timeout_at(deadline, reader.next_batch(5000))
+            .await
+            .unwrap_or_else(|_| {
+                let missing = expected.iter().filter(|m| !seen.contains_key(*m)).count();
+                panic!("{missing} of {} lines never arrived", expected.len())
+            })
+            .unwrap();
+        let ReadBatch::Lines(lines) = batch else {
+            panic!("unexpected {batch:?}")
+        };
+        for l in lines {
+            seen.entry(l.message.clone()).or_insert((0, l)).0 += 1;
+        }
+    }
+    seen
+}
+
+fn config(spool: &std::path::Path, addr: String) -> ShipperConfig {
+    let mut c = ShipperConfig::new(spool, addr);
+    c.confirm_after = Duration::from_millis(300);
+    c.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(300),
+    };
+    c
+}
+
+fn source() -> JobSource {
+    JobSource {
+        app: "shop".into(),
+        process_type: Some("web".into()),
+        job: Some("abc123".into()),
+        host: Some("host-7".into()),
+    }
+}
+
+fn line(i: u64) -> LogLine {
+    LogLine {
+        id: 0,
+        app: "shop".into(),
+        process_type: Some("web".into()),
+        job: Some("abc123".into()),
+        host: Some("host-7".into()),
+        stream: Stream::Stdout,
+        timestamp_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
+        message: format!("shipped line {i}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ships_a_child_process_output_with_job_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agg, mut reader) = Aggregatord::start(&dir.path().join("agg")).await;
+    let shipper = Shipper::start(config(&dir.path().join("spool"), agg.addr())).unwrap();
+    let mut child = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 1500 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done; printf 'no newline at end'",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let src = source();
+    let (a, b) = tokio::join!(
+        shipper.pipe(&src, Stream::Stdout, out),
+        shipper.pipe(&src, Stream::Stderr, err)
+    );
+    assert_eq!((a.unwrap(), b.unwrap()), (1501, 1500));
+    assert!(child.wait().await.unwrap().success());
+
+    let mut expected: HashSet<String> = (0..1500)
+        .flat_map(|i| [format!("out {i}"), format!("err {i}")])
+        .collect();
+    expected.insert("no newline at end".into());
+    let seen = receive_all(&mut reader, &expected).await;
+    for (msg, (count, l)) in &seen {
+        assert_eq!(*count, 1, "{msg} duplicated without any failure");
+        assert_eq!(l.app, "shop");
+        assert_eq!(l.process_type.as_deref(), Some("web"));
+        assert_eq!(l.job.as_deref(), Some("abc123"));
+        assert_eq!(l.host.as_deref(), Some("host-7"));
+        let want = if msg.starts_with("err") {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        assert_eq!(l.stream, want, "{msg}");
+    }
+    assert_eq!(seen.len(), expected.len());
+    shipper.shutdown().await;
+    agg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_restart_while_lines_flow_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agg, mut reader) = Aggregatord::start(&dir.path().join("agg")).await;
+    let shipper = Shipper::start(config(&dir.path().join("spool"), agg.addr())).unwrap();
+    let total = 20_000u64;
+    for chunk in 0..40u64 {
+        let mut lines: Vec<LogLine> = (chunk * 500..(chunk + 1) * 500).map(line).collect();
+        shipper.ship(&mut lines).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if chunk == 15 {
+            agg.stop().await;
+        }
+        if chunk == 30 {
+            agg.restart().await;
+        }
+    }
+    let expected: HashSet<String> = (0..total).map(|i| format!("shipped line {i}")).collect();
+    let seen = receive_all(&mut reader, &expected).await;
+    let dups: usize = seen.values().map(|(c, _)| c - 1).sum();
+    let status = shipper.status();
+    println!(
+        "received {} distinct lines, {dups} duplicates, shipper {status:?}",
+        seen.len()
+    );
+    assert_eq!(seen.len() as u64, total);
+    assert!(status.reconnects >= 1, "{status:?}");
+    assert!(status.last_error.is_some());
+    assert_eq!(status.dropped, 0);
+    shipper.shutdown().await;
+    agg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_lines_survive_a_shipper_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agg, mut reader) = Aggregatord::start(&dir.path().join("agg")).await;
+    let addr = agg.addr();
+    agg.stop().await;
+    let spool = dir.path().join("spool");
+    let shipper = Shipper::start(config(&spool, addr.clone())).unwrap();
+    let mut lines: Vec<LogLine> = (0..1000).map(line).collect();
+    assert_eq!(shipper.ship(&mut lines).unwrap(), 1000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = shipper.status();
+    assert_eq!(status.pending, 1000);
+    assert_eq!(status.confirmed, 0);
+    shipper.shutdown().await;
+
+    agg.restart().await;
+    let shipper = Shipper::start(config(&spool, addr)).unwrap();
+    let mut more: Vec<LogLine> = (1000..1200).map(line).collect();
+    assert_eq!(shipper.ship(&mut more).unwrap(), 1200, "spool ids continue");
+    let expected: HashSet<String> = (0..1200).map(|i| format!("shipped line {i}")).collect();
+    let seen = receive_all(&mut reader, &expected).await;
+    assert_eq!(seen.len(), 1200);
+    // Confirmation follows once the writes have aged on an open connection.
+    for _ in 0..200 {
+        if shipper.status().pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shipper.status().pending, 0);
+    assert_eq!(shipper.status().confirmed, 1200);
+    shipper.shutdown().await;
+    agg.stop().await;
+}
