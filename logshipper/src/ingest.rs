@@ -522,7 +522,7 @@ where
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            if let Err(e) = ctx.aggregator.accept(std::mem::take(&mut batch)) {
+            if let Err(e) = ctx.aggregator.accept(take_batch(&mut batch)) {
                 metrics.dropped("accept", n);
                 return CloseReason::Accept(e.to_string());
             }
@@ -676,7 +676,7 @@ where
         buf.advance(consumed);
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            if let Err(e) = ctx.aggregator.accept(std::mem::take(&mut batch)) {
+            if let Err(e) = ctx.aggregator.accept(take_batch(&mut batch)) {
                 metrics.dropped("accept", n);
                 return CloseReason::Accept(e.to_string());
             }
@@ -710,6 +710,13 @@ where
             ReadOutcome::Failed(e) => return CloseReason::Io(e.to_string()),
         }
     }
+}
+
+/// Takes the decoded lines, leaving an empty batch with the same capacity for the next
+/// read (batches are similar in size, so this avoids regrowing the vector every time).
+fn take_batch(batch: &mut Vec<LogLine>) -> Vec<LogLine> {
+    let capacity = batch.capacity();
+    std::mem::replace(batch, Vec::with_capacity(capacity))
 }
 
 async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {

@@ -99,7 +99,10 @@ pub fn entry_to_line(
         return Err(DecodeError::Shape("no app in tag or record"));
     }
     line.message = match text {
-        Some((_, ValueRef::String(s))) => trim_newline(&String::from_utf8_lossy(s.as_bytes())),
+        Some((_, ValueRef::String(s))) => match s.as_str() {
+            Some(text) => trim_newline(text),
+            None => trim_newline(&String::from_utf8_lossy(s.as_bytes())),
+        },
         Some((_, ValueRef::Binary(b))) => trim_newline(&String::from_utf8_lossy(b)),
         Some((_, other)) => to_json(other).to_string(),
         None => to_json(record).to_string(),
@@ -115,7 +118,14 @@ fn trim_newline(s: &str) -> String {
 }
 
 fn text_of(v: &ValueRef<'_>) -> Option<String> {
-    bytes_of(v).map(|b| String::from_utf8_lossy(b).into_owned())
+    match v {
+        ValueRef::String(s) => Some(match s.as_str() {
+            Some(text) => text.to_owned(),
+            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        }),
+        ValueRef::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
 }
 
 /// Converts a MessagePack value to JSON for records without a text field.

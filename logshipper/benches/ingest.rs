@@ -1,0 +1,261 @@
+//! Ingest throughput: syslog (octet counting) and Fluent Forward (PackedForward) into the
+//! full accept path (parse, journal, store), against a raw TCP read baseline measured in
+//! the same run with the same clients and bytes.
+//!
+//! Each scenario opens `CONNECTIONS` client connections on 127.0.0.1; every connection
+//! sends `MIB_PER_CONNECTION` MiB of pre-encoded 200-byte lines. A scenario's time runs
+//! from the first write until the server has accepted every line (or, for the baseline,
+//! read every byte). Prints lines/s, MiB/s of wire bytes and the ratio to the baseline.
+//!
+//! Run: `cargo bench -p paas-logshipper --bench ingest` (or `scripts/bench`).
+//! Environment: `BENCH_CONNECTIONS` (default 4), `BENCH_MIB` per connection (default 64).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paas_logshipper::aggregator::Aggregator;
+use paas_logshipper::ingest::{Ingest, IngestConfig};
+use paas_logshipper::journal::{Journal, JournalConfig};
+use paas_logshipper::metrics::IngestMetrics;
+use paas_logshipper::store::{Store, StoreConfig};
+use prometheus_client::registry::Registry;
+use rmpv::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes of each line's message text.
+const LINE_BYTES: usize = 200;
+/// Lines per PackedForward message.
+const FORWARD_BATCH: usize = 1000;
+
+/// Wire bytes and line count one connection sends.
+struct Payload {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
+fn message_text(conn: usize, i: u64) -> String {
+    let mut s = format!("conn {conn} line {i} ");
+    while s.len() < LINE_BYTES {
+        s.push_str("lorem ipsum dolor sit amet ");
+    }
+    s.truncate(LINE_BYTES);
+    s
+}
+
+fn syslog_payload(conn: usize, target: usize) -> Payload {
+    let mut bytes = Vec::with_capacity(target + 1024);
+    let mut lines = 0;
+    while bytes.len() < target {
+        let msg = format!(
+            "<14>1 2026-01-01T00:00:00.000000Z host bench{conn} web.{conn} stdout - {}",
+            message_text(conn, lines)
+        );
+        bytes.extend_from_slice(format!("{} ", msg.len()).as_bytes());
+        bytes.extend_from_slice(msg.as_bytes());
+        lines += 1;
+    }
+    Payload { bytes, lines }
+}
+
+fn forward_payload(conn: usize, target: usize) -> Payload {
+    let mut bytes = Vec::with_capacity(target + 1024 * 1024);
+    let mut lines = 0;
+    while bytes.len() < target {
+        let mut entries = Vec::new();
+        for _ in 0..FORWARD_BATCH {
+            let mut time = 1_767_225_600u32.to_be_bytes().to_vec();
+            time.extend_from_slice(&(lines as u32).to_be_bytes());
+            let entry = Value::Array(vec![
+                Value::Ext(0, time),
+                Value::Map(vec![
+                    (Value::from("log"), Value::from(message_text(conn, lines))),
+                    (Value::from("stream"), Value::from("stdout")),
+                ]),
+            ]);
+            rmpv::encode::write_value(&mut entries, &entry).unwrap();
+            lines += 1;
+        }
+        let msg = Value::Array(vec![
+            Value::from(format!("bench{conn}.web")),
+            Value::Binary(entries),
+        ]);
+        rmpv::encode::write_value(&mut bytes, &msg).unwrap();
+    }
+    Payload { bytes, lines }
+}
+
+/// Sends every payload on its own connection; returns when all are written.
+async fn send_all(addr: SocketAddr, payloads: Arc<Vec<Payload>>) {
+    let mut tasks = Vec::new();
+    for i in 0..payloads.len() {
+        let payloads = Arc::clone(&payloads);
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for chunk in payloads[i].bytes.chunks(256 * 1024) {
+                s.write_all(chunk).await.unwrap();
+            }
+            s.shutdown().await.unwrap();
+            // Keep the connection until the server has read everything.
+            let mut sink = [0u8; 64];
+            let _ = s.read(&mut sink).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+struct Figures {
+    name: &'static str,
+    lines: u64,
+    bytes: u64,
+    secs: f64,
+}
+
+impl Figures {
+    fn mib_s(&self) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / self.secs
+    }
+    fn lines_s(&self) -> f64 {
+        self.lines as f64 / self.secs
+    }
+}
+
+/// Raw baseline: the server only reads and discards bytes.
+async fn raw_baseline(payloads: Arc<Vec<Payload>>) -> Figures {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let total: u64 = payloads.iter().map(|p| p.bytes.len() as u64).sum();
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&read);
+    let conns = payloads.len();
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let counter = Arc::clone(&counter);
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let start = Instant::now();
+    send_all(addr, Arc::clone(&payloads)).await;
+    server.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(read.load(Ordering::Relaxed), total);
+    Figures {
+        name: "raw tcp read",
+        lines: payloads.iter().map(|p| p.lines).sum(),
+        bytes: total,
+        secs,
+    }
+}
+
+/// Full ingest of `payloads` on the syslog or forward input.
+async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("journal"), JournalConfig::default()).unwrap();
+    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("store"))).unwrap());
+    let mut registry = Registry::default();
+    let metrics = IngestMetrics::register(&mut registry);
+    let input = if forward { "forward" } else { "syslog" };
+    let (accepted, _) = metrics.input_counters(input);
+    let aggregator = Aggregator::new(journal, store, metrics);
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let config = IngestConfig {
+        syslog_addr: (!forward).then_some(local),
+        forward_addr: forward.then_some(local),
+        ..IngestConfig::default()
+    };
+    let ingest = Ingest::start(config, aggregator).await.unwrap();
+    let addr = if forward {
+        ingest.forward_addr().unwrap()
+    } else {
+        ingest.syslog_addr().unwrap()
+    };
+    let total_lines: u64 = payloads.iter().map(|p| p.lines).sum();
+    let total_bytes: u64 = payloads.iter().map(|p| p.bytes.len() as u64).sum();
+    let start = Instant::now();
+    let sender = tokio::spawn(send_all(addr, Arc::clone(&payloads)));
+    while accepted.get() < total_lines {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{name}: only {} of {total_lines} lines accepted",
+            accepted.get()
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    sender.await.unwrap();
+    ingest.shutdown().await;
+    Figures {
+        name,
+        lines: total_lines,
+        bytes: total_bytes,
+        secs,
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn print(f: &Figures, baseline: Option<&Figures>) {
+    let ratio = baseline
+        .map(|b| format!("{:>6.1}%", 100.0 * f.mib_s() / b.mib_s()))
+        .unwrap_or_else(|| "      -".into());
+    println!(
+        "{:<16} {:>10} {:>8.2} {:>12.0} {:>9.1} {}",
+        f.name,
+        f.lines,
+        f.secs,
+        f.lines_s(),
+        f.mib_s(),
+        ratio
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let conns = env_usize("BENCH_CONNECTIONS", 4);
+    let mib = env_usize("BENCH_MIB", 64);
+    let target = mib * 1024 * 1024;
+    let syslog: Arc<Vec<Payload>> =
+        Arc::new((0..conns).map(|c| syslog_payload(c, target)).collect());
+    let forward: Arc<Vec<Payload>> =
+        Arc::new((0..conns).map(|c| forward_payload(c, target)).collect());
+    println!(
+        "ingest bench: {conns} connections x {mib} MiB, {LINE_BYTES}-byte lines, release={}",
+        !cfg!(debug_assertions)
+    );
+    println!(
+        "{:<16} {:>10} {:>8} {:>12} {:>9} {:>7}",
+        "scenario", "lines", "secs", "lines/s", "MiB/s", "vs raw"
+    );
+    let raw_syslog = raw_baseline(Arc::clone(&syslog)).await;
+    print(&raw_syslog, None);
+    let s = ingest("syslog", false, Arc::clone(&syslog)).await;
+    print(&s, Some(&raw_syslog));
+    let raw_forward = raw_baseline(Arc::clone(&forward)).await;
+    print(&raw_forward, None);
+    let f = ingest("forward", true, Arc::clone(&forward)).await;
+    print(&f, Some(&raw_forward));
+}
