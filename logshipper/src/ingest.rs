@@ -14,9 +14,10 @@
 //! A connection is closed, with a logged reason and a `parse_errors` count, when its
 //! stream cannot be decoded any more: unknown framing or a bad frame length, garbage
 //! MessagePack or a non-forward value, a message over `max_message_bytes`, a failed
-//! handshake, or a stall (a partial message and no byte for `idle_timeout`). Lines decoded
-//! before the bad bytes are accepted first. A syslog message that is framed correctly but
-//! is not valid RFC 5424 is skipped (counted and logged), and the connection goes on.
+//! handshake, or a stall (a partial message and no byte for `idle_timeout`, or replies
+//! left unread that long). Lines decoded before the bad bytes are accepted first. A
+//! syslog message that is framed correctly but is not valid RFC 5424 is skipped (counted
+//! and logged), and the connection goes on.
 //! Other connections and stored lines are never affected.
 //!
 //! # Shutdown
@@ -127,9 +128,10 @@ pub enum CloseReason {
     },
     /// The server is shutting down.
     Shutdown,
-    /// A partial message and no new byte for the idle timeout.
+    /// A partial message and no new byte for the idle timeout, or a reply the client did
+    /// not read for that long.
     Stalled {
-        /// Bytes of the unfinished message that were discarded.
+        /// Bytes of the unfinished message (or unsent reply) that were discarded.
         pending: usize,
     },
     /// The stream cannot be framed (unknown framing, bad length prefix, bad marker).
@@ -617,8 +619,8 @@ where
     let mut state = match key {
         Some(_) => {
             let nonce: [u8; 16] = rand::random();
-            if let Err(e) = write_flush(stream, &handshake::helo(&nonce)).await {
-                return CloseReason::Io(e.to_string());
+            if let Err(reason) = write_out(stream, &handshake::helo(&nonce), ctx, shutdown).await {
+                return reason;
             }
             Handshake::AwaitPing {
                 nonce: nonce.to_vec(),
@@ -691,8 +693,8 @@ where
             }
         }
         if !out.is_empty() {
-            if let Err(e) = write_flush(stream, &out).await {
-                return CloseReason::Io(e.to_string());
+            if let Err(reason) = write_out(stream, &out, ctx, shutdown).await {
+                return reason;
             }
             out.clear();
         }
@@ -719,9 +721,26 @@ fn take_batch(batch: &mut Vec<LogLine>) -> Vec<LogLine> {
     std::mem::replace(batch, Vec::with_capacity(capacity))
 }
 
-async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+/// Writes a reply; a client that stops reading for the idle timeout counts as stalled,
+/// and shutdown interrupts the write.
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> Result<(), CloseReason> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
+        r = tokio::time::timeout(ctx.config.idle_timeout, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CloseReason::Io(e.to_string())),
+            Err(_) => Err(CloseReason::Stalled { pending: bytes.len() }),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Syslog input end to end: real `logger` (util-linux) over TCP with octet counting and
-//! with newline framing, TLS, bad input isolation, stalls, restart, follow and metrics.
+//! with newline framing, real `rsyslogd` forwarding a file with octet counting, TLS, bad
+//! input isolation, stalls, graceful shutdown, restart, follow and metrics.
 
 mod ingest_support;
 
@@ -113,6 +114,66 @@ async fn logger_octet_counted_and_newline_lines_all_appear_and_survive_restart()
     let h = Harness::start(dir.path(), |_| {}).await;
     let after = h.log("shop", "lines=2").await;
     assert_eq!(messages(&after), vec!["octet line 499", "newline framed"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_forwards_a_file_with_octet_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), |_| {}).await;
+    let input = dir.path().join("app.log");
+    let lines: Vec<String> = (0..1000).map(|i| format!("rsyslog line {i}")).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let conf = dir.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{work}")
+module(load="imfile")
+input(type="imfile" File="{input}" Tag="blog")
+action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
+       TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+"#,
+            work = dir.path().display(),
+            input = input.display(),
+            port = h.syslog().port(),
+        ),
+    )
+    .unwrap();
+    let _rsyslogd = tokio::process::Command::new("rsyslogd")
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.path().join("rsyslogd.pid"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rsyslogd must be installed (apt-get install rsyslog)");
+    let got = h.wait_for_lines("blog", 1000).await;
+    assert_eq!(messages(&got), lines);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_every_complete_message_of_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), |_| {}).await;
+    let mut open = TcpStream::connect(h.syslog()).await.unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..100 {
+        bytes.extend(frame(&format!("<14>1 - h keep 1 stdout - line {i}")));
+    }
+    bytes.extend_from_slice(b"50 <14>1 - h keep"); // an unfinished message
+    open.write_all(&bytes).await.unwrap();
+    h.wait_for_lines("keep", 100).await;
+    // The client never closes; shutdown must still finish, and nothing is lost.
+    h.stop().await;
+    assert_eq!(read_until_closed(&mut open).await, 0);
+    let h = Harness::start(dir.path(), |_| {}).await;
+    let got = h.log("keep", "lines=1000").await;
+    assert_eq!(got.len(), 100);
+    assert_eq!(got[99]["message"], "line 99");
     h.stop().await;
 }
 

@@ -151,7 +151,9 @@ fn packed_entries(
     let compressed = option.as_ref().and_then(|o| map_get(o, "compressed"));
     let inflated;
     let mut body = match compressed {
+        // Fluentd writes "text" for an uncompressed body.
         None => packed,
+        Some(c) if bytes_of(c) == Some(b"text") => packed,
         Some(c) if bytes_of(c) == Some(b"gzip") => {
             inflated = gunzip(packed, max_inflated)?;
             inflated.as_slice()
@@ -200,8 +202,18 @@ fn read_one(frame: &[u8]) -> Result<ValueRef<'_>, DecodeError> {
 }
 
 /// Reads an entry time as nanoseconds since the Unix epoch.
+///
+/// Fluent Bit (2.1+) may send `[time, metadata]` in the time position; the metadata is
+/// ignored.
 pub fn event_time(v: &ValueRef<'_>) -> Result<i64, DecodeError> {
     match v {
+        ValueRef::Array(parts) => match parts.as_slice() {
+            [time @ (ValueRef::Integer(_)
+            | ValueRef::F64(_)
+            | ValueRef::F32(_)
+            | ValueRef::Ext(..)), ValueRef::Map(_)] => event_time(time),
+            _ => Err(DecodeError::Time),
+        },
         ValueRef::Integer(i) => i
             .as_i64()
             .and_then(|s| s.checked_mul(1_000_000_000))
@@ -340,6 +352,24 @@ mod tests {
             (lines, chunk),
             (vec![line("b", 1_000_000_005)], Some("c1".into()))
         );
+    }
+
+    #[test]
+    fn time_with_metadata_and_text_compression() {
+        let timed = Value::Array(vec![event_time_value(9, 1), Value::Map(vec![])]);
+        let body = packed(&[(timed, record("meta"))]);
+        let opts = Value::Map(vec![(Value::from("compressed"), Value::from("text"))]);
+        let (lines, _) = decode_ok(&Value::Array(vec![
+            Value::from("shop.web"),
+            Value::Binary(body),
+            opts,
+        ]));
+        assert_eq!(lines, vec![line("meta", 9_000_000_001)]);
+        let bad_time = Value::Array(vec![Value::Array(vec![Value::from(1)]), Value::Map(vec![])]);
+        let body = packed(&[(bad_time, record("x"))]);
+        let bytes = encode(&Value::Array(vec![Value::from("t"), Value::Binary(body)]));
+        let mut out = Vec::new();
+        assert_eq!(decode(&bytes, 1 << 20, &mut out), Err(DecodeError::Time));
     }
 
     #[test]
