@@ -1,0 +1,91 @@
+//! A thin HTTP client for the controller API that turns error bodies into messages.
+
+use anyhow::{anyhow, Context, Result};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::ClientConfig;
+
+/// Authenticated client for one controller.
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Builds a client for the configured URL and token.
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?;
+        Ok(Client { http, config })
+    }
+
+    /// Sends a request and decodes a JSON reply; a non-2xx reply becomes an error
+    /// carrying the server's message.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let text = self.call_raw(method, path, body).await?;
+        let text = if text.is_empty() { "null" } else { &text };
+        serde_json::from_str(text).with_context(|| format!("unexpected reply from {path}"))
+    }
+
+    /// Like [`Client::call`] but returns the raw body.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<String> {
+        let url = format!("{}{}", self.config.url.trim_end_matches('/'), path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.config.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the paas API at {}", self.config.url))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(anyhow!(error_message(status, &text)))
+        }
+    }
+}
+
+/// The server's `{"error":{"message"}}`, or the status and raw body if it sent none.
+fn error_message(status: StatusCode, body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{status}: {}", body.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages() {
+        let body = r#"{"error":{"code":"not_found","message":"app \"x\" not found"}}"#;
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, body),
+            "app \"x\" not found"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, "oops"),
+            "502 Bad Gateway: oops"
+        );
+    }
+}

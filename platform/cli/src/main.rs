@@ -1,0 +1,200 @@
+//! `paas`: the command-line client and the platform daemons in one binary.
+//!
+//! Client commands talk to the controller API (see `client.rs`, `config.rs`);
+//! `paas up` runs the single-node platform (see `up.rs`).
+
+mod client;
+mod commands;
+mod config;
+mod table;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// paas: a small self-hosted platform for apps, databases and logs.
+#[derive(Parser)]
+#[command(name = "paas", version, about)]
+struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the single-node platform (etcd, controller) until interrupted.
+    Up(UpArgs),
+    /// Create, list, inspect and destroy apps.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Read and change an app's environment (each change makes a release).
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// List an app's releases, newest first.
+    Releases {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Make a new release from an earlier one (default: the previous release).
+    Rollback {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Release version to return to, e.g. 3 or v3.
+        version: Option<String>,
+    },
+    /// Manage API tokens (admin only).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Attach managed resources (databases) to apps.
+    #[command(subcommand)]
+    Resource(ResourceCmd),
+    /// Show the API's status as seen with the current token.
+    Status,
+}
+
+/// Options of `paas up`.
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where all state lives (etcd data, logs, admin token).
+    #[arg(long, env = "PAAS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Use this etcd (comma-separated client URLs) instead of starting one.
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// Address of the controller API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+}
+
+#[derive(Subcommand)]
+enum AppsCmd {
+    /// Create an app.
+    Create { name: String },
+    /// List apps.
+    List,
+    /// Show an app: current release, variables, resources.
+    Info { name: String },
+    /// Destroy an app, its releases and resources.
+    Destroy {
+        name: String,
+        /// Repeat the app name to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Set variables: KEY=VALUE...
+    Set {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Show all variables, or one.
+    Get {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        key: Option<String>,
+    },
+    /// Remove variables.
+    Unset {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token; with -a it can only see and change that app.
+    Create {
+        #[arg(short, long)]
+        app: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (secrets are never shown again).
+    List,
+    /// Revoke a token by id; it stops working at once.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum ResourceCmd {
+    /// Provision a resource of KIND (e.g. postgres) and set its variables on the app.
+    Add {
+        kind: String,
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// List an app's resources.
+    List {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Remove a resource: its data is destroyed and its variables unset.
+    Remove {
+        id: String,
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("paas: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paas: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    use commands as c;
+    let json = cli.json;
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
+        Command::Apps(AppsCmd::List) => c::apps_list(json).await,
+        Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,
+        Command::Apps(AppsCmd::Destroy { name, confirm }) => {
+            c::apps_destroy(json, &name, &confirm).await
+        }
+        Command::Env(EnvCmd::Set { app, pairs }) => c::env_set(json, &app, &pairs).await,
+        Command::Env(EnvCmd::Get { app, key }) => c::env_get(json, &app, key.as_deref()).await,
+        Command::Env(EnvCmd::Unset { app, keys }) => c::env_unset(json, &app, &keys).await,
+        Command::Releases { app } => c::releases(json, &app).await,
+        Command::Rollback { app, version } => c::rollback(json, &app, version.as_deref()).await,
+        Command::Tokens(TokensCmd::Create { app, description }) => {
+            c::tokens_create(json, app.as_deref(), &description).await
+        }
+        Command::Tokens(TokensCmd::List) => c::tokens_list(json).await,
+        Command::Tokens(TokensCmd::Revoke { id }) => c::tokens_revoke(json, &id).await,
+        Command::Resource(ResourceCmd::Add { kind, app }) => {
+            c::resource_add(json, &app, &kind).await
+        }
+        Command::Resource(ResourceCmd::List { app }) => c::resource_list(json, &app).await,
+        Command::Resource(ResourceCmd::Remove { id, app }) => {
+            c::resource_remove(json, &app, &id).await
+        }
+        Command::Status => c::status(json).await,
+    }
+}

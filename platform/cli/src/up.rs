@@ -1,0 +1,325 @@
+//! `paas up`: the single-node platform.
+//!
+//! Starts (unless `--etcd` is given) a single-member etcd as a child process, then the
+//! controller API, writes the client config and waits for SIGINT/SIGTERM. Everything
+//! lives under the data directory, so a restart on the same directory keeps all state:
+//!
+//! ```text
+//! DATA_DIR/paas.lock     flock held while running (a second `paas up` refuses)
+//! DATA_DIR/ports.toml    etcd ports chosen on first start, reused afterwards
+//! DATA_DIR/admin-token   the admin token's secret (0600), printed at every start
+//! DATA_DIR/etcd/         etcd's data;   DATA_DIR/etcd.log: its output
+//! ```
+
+use std::fs;
+use std::future::IntoFuture;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, ClientConfig};
+use crate::UpArgs;
+
+/// Ports of the embedded etcd, fixed at first start so its member URL never changes.
+#[derive(Serialize, Deserialize)]
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+}
+
+/// Runs the platform until a signal arrives, then stops every child.
+pub async fn run(args: UpArgs) -> Result<()> {
+    init_tracing();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))?;
+    let data_dir = data_dir.canonicalize()?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let mut etcd_child = None;
+    let endpoints: Vec<String> = match &args.etcd {
+        Some(urls) => urls.split(',').map(|s| s.trim().to_string()).collect(),
+        None => {
+            let (child, endpoint) = start_etcd(&data_dir).await?;
+            etcd_child = Some(child);
+            vec![endpoint]
+        }
+    };
+
+    let result = serve(&data_dir, &endpoints, &args.listen, etcd_child.as_mut()).await;
+    if let Some(child) = etcd_child.as_mut() {
+        stop_child("etcd", child).await;
+    }
+    result
+}
+
+async fn serve(
+    data_dir: &Path,
+    endpoints: &[String],
+    listen: &str,
+    etcd: Option<&mut Child>,
+) -> Result<()> {
+    let controller =
+        paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
+            .await
+            .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?;
+    let admin_token = admin_token(data_dir)?;
+    controller
+        .ensure_admin_token(&admin_token)
+        .await
+        .context("cannot store the admin token")?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (is another paas running? use --listen)")
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config_path = config::save(&ClientConfig {
+        url: url.clone(),
+        token: admin_token.clone(),
+    })?;
+    println!("paas is up");
+    println!("  API:      {url}");
+    println!("  token:    {admin_token}");
+    println!("  etcd:     {}", endpoints.join(","));
+    println!("  data dir: {}", data_dir.display());
+    println!("  config:   {}", config_path.display());
+    println!("Press Ctrl-C to stop.");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, controller.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    shutdown_signal(etcd).await;
+    let _ = stop_tx.send(true);
+    server
+        .await
+        .context("API server task panicked")?
+        .context("API server failed")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, or when the embedded etcd dies (nothing can work then).
+async fn shutdown_signal(etcd: Option<&mut Child>) {
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let etcd_exit = async {
+        match etcd {
+            Some(child) => {
+                let status = child.wait().await;
+                tracing::error!(?status, "etcd exited; shutting down");
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        _ = etcd_exit => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    if let Ok(d) = std::env::var("XDG_DATA_HOME") {
+        if !d.is_empty() {
+            return Ok(PathBuf::from(d).join("paas"));
+        }
+    }
+    let home = std::env::var("HOME").context("HOME is not set; pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/paas"))
+}
+
+/// Holds an exclusive flock on `DATA_DIR/paas.lock` for the life of the process.
+fn lock_data_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join("paas.lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        bail!(
+            "another `paas up` (pid {}) is already running with data dir {}",
+            holder.trim(),
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(file)
+}
+
+/// Reads the admin token, creating it (0600) on first start.
+fn admin_token(dir: &Path) -> Result<String> {
+    let path = dir.join("admin-token");
+    match fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret = paas_controller::auth::generate_secret().secret;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    Ok(secret)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn ports(dir: &Path) -> Result<Ports> {
+    let path = dir.join("ports.toml");
+    if let Ok(text) = fs::read_to_string(&path) {
+        return toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()));
+    }
+    let ports = Ports {
+        etcd_client: free_port()?,
+        etcd_peer: free_port()?,
+    };
+    fs::write(&path, toml::to_string(&ports)?)?;
+    Ok(ports)
+}
+
+/// Starts the embedded etcd and waits until it answers.
+async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
+    let ports = ports(dir)?;
+    let client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    let log_path = dir.join("etcd.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = Command::new("etcd");
+    cmd.arg("--name")
+        .arg("paas")
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .arg("--listen-client-urls")
+        .arg(&client)
+        .arg("--advertise-client-urls")
+        .arg(&client)
+        .arg("--listen-peer-urls")
+        .arg(&peer)
+        .arg("--initial-advertise-peer-urls")
+        .arg(&peer)
+        .arg("--initial-cluster")
+        .arg(format!("paas={peer}"))
+        .arg("--auto-compaction-mode=revision")
+        .arg("--auto-compaction-retention=10000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it makes etcd die with us even on SIGKILL.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "etcd is not installed (apt-get install etcd-server), or pass --etcd URL"
+            )
+        } else {
+            anyhow::anyhow!("cannot start etcd: {e}")
+        }
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "etcd exited during start-up ({status}); last lines of {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 15)
+            );
+        }
+        if paas_coord::Coord::connect(&[client.clone()], "/health-probe/")
+            .await
+            .is_ok()
+        {
+            tracing::info!(endpoint = %client, "etcd is ready");
+            return Ok((child, client));
+        }
+        if Instant::now() > deadline {
+            let _ = child.start_kill();
+            bail!(
+                "etcd did not become ready in 30 s; last lines of {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 15)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+async fn stop_child(name: &str, child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => tracing::info!(?status, "{name} stopped"),
+        Err(_) => {
+            tracing::warn!("{name} did not stop in 10 s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}

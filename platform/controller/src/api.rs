@@ -1,0 +1,459 @@
+//! HTTP routes: request parsing, authorization and response shapes. State changes go
+//! through [`crate::store::Store`]; nothing here talks to etcd directly.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{generate_secret, short_id, Principal};
+use crate::error::ApiError;
+use crate::model::{validate_app_name, validate_env_key, Release, Resource, Scope, Token};
+use crate::AppState;
+
+/// The controller's routes, ready to be served.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/apps", post(create_app).get(list_apps))
+        .route("/apps/{app}", get(show_app).delete(destroy_app))
+        .route("/apps/{app}/env", get(get_env).patch(change_env))
+        .route("/apps/{app}/releases", get(list_releases))
+        .route("/apps/{app}/releases/{version}", get(show_release))
+        .route("/apps/{app}/rollback", post(rollback))
+        .route(
+            "/apps/{app}/resources",
+            post(add_resource).get(list_resources),
+        )
+        .route("/apps/{app}/resources/{id}", delete(remove_resource))
+        .route("/tokens", post(create_token).get(list_tokens))
+        .route("/tokens/{id}", delete(revoke_token))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// `Json<T>` whose rejections are reported in the API's error format (400).
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::Invalid(json_rejection_message(e))),
+        }
+    }
+}
+
+fn json_rejection_message(e: JsonRejection) -> String {
+    match e {
+        JsonRejection::MissingJsonContentType(_) => {
+            "request body must be JSON (Content-Type: application/json)".into()
+        }
+        other => format!("invalid request body: {}", other.body_text()),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+struct StatusReply {
+    version: &'static str,
+    apps: usize,
+    resource_kinds: Vec<String>,
+    scope: Scope,
+}
+
+async fn status(p: Principal, State(s): State<AppState>) -> Result<Json<StatusReply>, ApiError> {
+    let apps = s.store.list_apps().await?;
+    Ok(Json(StatusReply {
+        version: env!("CARGO_PKG_VERSION"),
+        apps: apps.iter().filter(|a| p.can_see(&a.name)).count(),
+        resource_kinds: s.providers.kinds(),
+        scope: p.0,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateApp {
+    name: String,
+}
+
+async fn create_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Body(req): Body<CreateApp>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.require_admin("creating an app")?;
+    validate_app_name(&req.name)?;
+    let app = s.store.create_app(&req.name).await?;
+    tracing::info!(app = %app.name, "app created");
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+async fn list_apps(p: Principal, State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut apps = s.store.list_apps().await?;
+    apps.retain(|a| p.can_see(&a.name));
+    Ok(Json(apps))
+}
+
+#[derive(Serialize)]
+struct AppInfo {
+    #[serde(flatten)]
+    app: crate::model::App,
+    env_keys: Vec<String>,
+    resources: Vec<Resource>,
+}
+
+async fn show_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    let a = s.store.get_app(&app).await?;
+    let release = s.store.release(&app, a.release).await?;
+    let resources = s.store.list_resources(&app).await?;
+    Ok(Json(AppInfo {
+        app: a,
+        env_keys: release.env.keys().cloned().collect(),
+        resources,
+    }))
+}
+
+async fn destroy_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    p.require_admin("destroying an app")?;
+    s.store.get_app(&app).await?;
+    for r in s.store.list_resources(&app).await? {
+        deprovision(&s, &r).await?;
+        s.store.delete_resource(&app, &r.id).await?;
+    }
+    s.store.destroy_app(&app).await?;
+    tracing::info!(%app, "app destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_env(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    let a = s.store.get_app(&app).await?;
+    Ok(Json(s.store.release(&app, a.release).await?.env))
+}
+
+/// `PATCH /apps/{app}/env`: set and unset variables in one new release.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvChange {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    unset: Vec<String>,
+}
+
+async fn change_env(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    Body(change): Body<EnvChange>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    if change.set.is_empty() && change.unset.is_empty() {
+        return Err(ApiError::Invalid(
+            "nothing to change: give 'set' or 'unset'".into(),
+        ));
+    }
+    for key in change.set.keys().chain(change.unset.iter()) {
+        validate_env_key(key)?;
+    }
+    let description = describe_env_change(&change);
+    let release = s
+        .store
+        .new_release(&app, |current| {
+            let mut env = current.env.clone();
+            for key in &change.unset {
+                env.remove(key);
+            }
+            env.extend(change.set.clone());
+            Ok((env, description.clone()))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+fn describe_env_change(change: &EnvChange) -> String {
+    let mut parts = Vec::new();
+    if !change.set.is_empty() {
+        let keys: Vec<&str> = change.set.keys().map(String::as_str).collect();
+        parts.push(format!("Set {}", keys.join(", ")));
+    }
+    if !change.unset.is_empty() {
+        parts.push(format!("Unset {}", change.unset.join(", ")));
+    }
+    parts.join("; ")
+}
+
+async fn list_releases(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<Json<Vec<Release>>, ApiError> {
+    p.check_app(&app)?;
+    s.store.get_app(&app).await?;
+    let mut releases = s.store.list_releases(&app).await?;
+    releases.sort_by(|a, b| b.version.cmp(&a.version));
+    Ok(Json(releases))
+}
+
+async fn show_release(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((app, version)): Path<(String, String)>,
+) -> Result<Json<Release>, ApiError> {
+    p.check_app(&app)?;
+    let version: u64 = version
+        .trim_start_matches('v')
+        .parse()
+        .map_err(|_| ApiError::Invalid(format!("invalid release version {version:?}")))?;
+    s.store.get_app(&app).await?;
+    Ok(Json(s.store.release(&app, version).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+async fn rollback(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    Body(req): Body<RollbackRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    let current = s.store.get_app(&app).await?;
+    let target = match req.version {
+        Some(v) => v,
+        None if current.release > 1 => current.release - 1,
+        None => {
+            return Err(ApiError::Invalid(
+                "app has a single release: nothing to roll back to".into(),
+            ))
+        }
+    };
+    let old = s.store.release(&app, target).await?;
+    let release = s
+        .store
+        .new_release(&app, |_| {
+            Ok((old.env.clone(), format!("Rollback to v{target}")))
+        })
+        .await?;
+    tracing::info!(%app, to = target, version = release.version, "rolled back");
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddResource {
+    kind: String,
+}
+
+async fn add_resource(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    Body(req): Body<AddResource>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    s.store.get_app(&app).await?;
+    let provider = s.providers.get(&req.kind).ok_or_else(|| {
+        let kinds = s.providers.kinds();
+        let available = if kinds.is_empty() {
+            "none are configured".to_string()
+        } else {
+            kinds.join(", ")
+        };
+        ApiError::Invalid(format!(
+            "unknown resource kind {:?}; available kinds: {available}",
+            req.kind
+        ))
+    })?;
+    let id = format!("{}-{}", req.kind, short_id());
+    let provisioned = provider
+        .provision(&app, &id)
+        .await
+        .map_err(|e| ApiError::Provider(format!("{} provider: {e}", req.kind)))?;
+    let resource = Resource {
+        id: id.clone(),
+        app: app.clone(),
+        kind: req.kind.clone(),
+        env: provisioned.env,
+        data: provisioned.data,
+        created_at: Utc::now(),
+    };
+    let description = format!("Add {} resource {id}", req.kind);
+    let stored = async {
+        s.store.put_resource(&resource).await?;
+        s.store
+            .new_release(&app, |current| {
+                let mut env = current.env.clone();
+                env.extend(resource.env.clone());
+                Ok((env, description.clone()))
+            })
+            .await
+    }
+    .await;
+    match stored {
+        Ok(release) => {
+            tracing::info!(%app, %id, kind = %req.kind, version = release.version, "resource added");
+            Ok((StatusCode::CREATED, Json(resource)))
+        }
+        Err(e) => {
+            // Do not leave an orphaned database behind a failed request.
+            if let Err(undo) = provider.deprovision(&app, &id, &resource.data).await {
+                tracing::error!(%app, %id, error = %undo, "could not undo provisioning");
+            }
+            let _ = s.store.delete_resource(&app, &id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn list_resources(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<Json<Vec<Resource>>, ApiError> {
+    p.check_app(&app)?;
+    s.store.get_app(&app).await?;
+    Ok(Json(s.store.list_resources(&app).await?))
+}
+
+async fn deprovision(s: &AppState, r: &Resource) -> Result<(), ApiError> {
+    let provider = s.providers.get(&r.kind).ok_or_else(|| {
+        ApiError::Provider(format!(
+            "resource {} is of kind {:?}, which no configured provider serves",
+            r.id, r.kind
+        ))
+    })?;
+    provider
+        .deprovision(&r.app, &r.id, &r.data)
+        .await
+        .map_err(|e| ApiError::Provider(format!("{} provider: {e}", r.kind)))
+}
+
+async fn remove_resource(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.check_app(&app)?;
+    let resource = s.store.resource(&app, &id).await?;
+    deprovision(&s, &resource).await?;
+    let keys: Vec<String> = resource.env.keys().cloned().collect();
+    s.store
+        .new_release(&app, |current| {
+            let mut env = current.env.clone();
+            for k in &keys {
+                // Only remove values the resource set: the user may have overridden one.
+                if env.get(k) == resource.env.get(k) {
+                    env.remove(k);
+                }
+            }
+            Ok((env, format!("Remove {} resource {id}", resource.kind)))
+        })
+        .await?;
+    s.store.delete_resource(&app, &id).await?;
+    tracing::info!(%app, %id, "resource removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Serialize)]
+struct CreatedToken {
+    /// The secret; shown only in this response.
+    token: String,
+    #[serde(flatten)]
+    info: Token,
+}
+
+async fn create_token(
+    p: Principal,
+    State(s): State<AppState>,
+    Body(req): Body<CreateToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.require_admin("creating tokens")?;
+    let scope = match req.app {
+        Some(app) => {
+            s.store.get_app(&app).await?;
+            Scope::App { app }
+        }
+        None => Scope::Admin,
+    };
+    let secret = generate_secret();
+    let token = Token {
+        id: short_id(),
+        scope,
+        description: req.description,
+        created_at: Utc::now(),
+    };
+    s.store.put_token(&secret.hash, &token).await?;
+    tracing::info!(id = %token.id, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token: secret.secret,
+            info: token,
+        }),
+    ))
+}
+
+async fn list_tokens(
+    p: Principal,
+    State(s): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.require_admin("listing tokens")?;
+    let mut tokens = s.store.list_tokens().await?;
+    tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    Ok(Json(tokens))
+}
+
+async fn revoke_token(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    p.require_admin("revoking tokens")?;
+    s.store.delete_token(&id).await?;
+    tracing::info!(%id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,100 @@
+//! The controller: the platform's HTTP+JSON API over its desired state in etcd.
+//!
+//! Map:
+//! - `model`    apps, releases, tokens, resources and their name rules (pure).
+//! - `store`    every read and revision-checked write of that state in etcd.
+//! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
+//! - `provider` the interface resource kinds (postgres...) implement.
+//! - `api`      routes: parse, authorize, call the store, shape the reply.
+//! - `error`    the error enum and its JSON form.
+//!
+//! Invariants: the controller keeps no state of its own between requests (several can
+//! run against one etcd); every multi-key change is one etcd transaction guarded by the
+//! revisions it read, retried on conflict.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod model;
+pub mod provider;
+pub mod store;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+pub use error::ApiError;
+pub use provider::{Provider, ProviderError, Providers, Provisioned};
+pub use store::Store;
+
+/// Key prefix under which `paas up` keeps its state in etcd.
+pub const DEFAULT_PREFIX: &str = "/paas/";
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Desired state in etcd.
+    pub store: Store,
+    /// Resource kinds that can be provisioned.
+    pub providers: Arc<Providers>,
+}
+
+/// A connected controller, ready to serve its router.
+pub struct Controller {
+    state: AppState,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// etcd could not be reached or refused a request.
+    #[error(transparent)]
+    Coord(#[from] paas_coord::CoordError),
+    /// The state store refused a bootstrap write.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl Controller {
+    /// Connects to etcd at `endpoints`, keeping all keys under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StartError> {
+        let coord = paas_coord::Coord::connect(endpoints, prefix).await?;
+        Ok(Controller {
+            state: AppState {
+                store: Store::new(coord),
+                providers: Arc::new(Providers::default()),
+            },
+        })
+    }
+
+    /// Replaces the set of resource providers.
+    pub fn with_providers(mut self, providers: Providers) -> Self {
+        self.state.providers = Arc::new(providers);
+        self
+    }
+
+    /// Makes sure the admin token with this secret exists (idempotent; used at start-up).
+    pub async fn ensure_admin_token(&self, secret: &str) -> Result<(), StartError> {
+        let hash = auth::hash_secret(secret);
+        if self.state.store.token_by_hash(&hash).await?.is_none() {
+            let token = model::Token {
+                id: "admin".to_string(),
+                scope: model::Scope::Admin,
+                description: "created by paas up".to_string(),
+                created_at: Utc::now(),
+            };
+            self.state.store.put_token(&hash, &token).await?;
+        }
+        Ok(())
+    }
+
+    /// The shared state, for embedding the store in other services.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The API routes.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+}

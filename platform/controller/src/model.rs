@@ -1,0 +1,256 @@
+//! The platform's desired state as stored in etcd: apps, releases, tokens, resources.
+//!
+//! Invariants:
+//! - An app always has a current release (`App::release >= 1`); release 1 is created with
+//!   the app. Releases are immutable: every change writes release N+1 and moves the app's
+//!   pointer in the same revision-checked transaction.
+//! - Tokens are stored by the SHA-256 of their secret; the secret itself is never stored.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An application: a name and a pointer to its current release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    /// Unique name, see [`validate_app_name`].
+    pub name: String,
+    /// When the app was created.
+    pub created_at: DateTime<Utc>,
+    /// Version of the current release.
+    pub release: u64,
+}
+
+/// One immutable, numbered configuration of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The app this release belongs to.
+    pub app: String,
+    /// 1, 2, 3... per app.
+    pub version: u64,
+    /// Environment variables given to every process of the release.
+    pub env: BTreeMap<String, String>,
+    /// Process types and their commands (a Procfile: `web: ...`, `worker: ...`).
+    #[serde(default)]
+    pub processes: BTreeMap<String, String>,
+    /// The code the processes run, if any was uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    /// What changed, for people reading `paas releases`.
+    pub description: String,
+    /// When the release was made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An uploaded code bundle: a gzip'd tarball stored by the controller, fetched by hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Content address: hex SHA-256 of the tarball.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Desired process counts of an app; the scheduler runs them at the app's current release.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Formation {
+    /// The app.
+    pub app: String,
+    /// Process type -> number of jobs.
+    pub processes: BTreeMap<String, u32>,
+}
+
+/// A host agent, registered on a lease: the key vanishes when the agent dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Stable host id.
+    pub id: String,
+    /// Address of the agent's HTTP API (`ip:port`).
+    pub api_addr: String,
+    /// IP address jobs on this host listen on and are reached at.
+    pub job_ip: String,
+    /// When the agent started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// A job placed on a host by the scheduler (`placements/<host>/<job>`); the host agent
+/// runs exactly the placements under its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique job id.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// Release version whose env, command and artifact the job runs.
+    pub release: u64,
+    /// Process type (`web`...).
+    pub process_type: String,
+    /// Host the job is placed on.
+    pub host: String,
+    /// When the scheduler placed it.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Lifecycle state of a job as reported by its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Being prepared or started, or waiting for its first health check.
+    Starting,
+    /// Running (and healthy, when a check is configured).
+    Up,
+    /// Exited or failed its health check; will be restarted after a backoff.
+    Crashed,
+    /// Being stopped.
+    Stopping,
+    /// Stopped for good.
+    Down,
+}
+
+/// What a host reports about a job (`job-status/<job>`, on the host's lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// Release version.
+    pub release: u64,
+    /// Process type.
+    pub process_type: String,
+    /// Host running it.
+    pub host: String,
+    /// Current state.
+    pub state: JobState,
+    /// Process id of the job's process group leader, while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `$PORT` given to the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How many times the host restarted it.
+    pub restarts: u32,
+    /// When the current process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Last exit code or signal, and why it is in this state.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Scope {
+    /// Everything, including tokens and app creation.
+    Admin,
+    /// Only the named app: other apps are invisible (404).
+    App {
+        /// The app this token is bound to.
+        app: String,
+    },
+}
+
+/// A stored API token (its secret is not stored, only the secret's hash as the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Short public identifier used to list and revoke the token.
+    pub id: String,
+    /// What the token may do.
+    pub scope: Scope,
+    /// Free text given at creation.
+    #[serde(default)]
+    pub description: String,
+    /// When the token was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A provisioned add-on (a database, a cache) attached to an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// Identifier, unique per app.
+    pub id: String,
+    /// The app the resource is attached to.
+    pub app: String,
+    /// Provider kind, e.g. `postgres`.
+    pub kind: String,
+    /// Variables the provider returned; they are set on the app's release.
+    pub env: BTreeMap<String, String>,
+    /// Provider-private data needed to deprovision (database and role names...).
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// When it was provisioned.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a name or a variable was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// App names must match `[a-z][a-z0-9-]{0,29}`.
+    #[error("invalid app name {0:?}: must start with a-z, contain only a-z, 0-9 and '-', and be at most 30 characters")]
+    App(String),
+    /// Environment variable names must match `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("invalid environment variable name {0:?}: must match [A-Za-z_][A-Za-z0-9_]*")]
+    EnvKey(String),
+}
+
+/// Checks an app name against `[a-z][a-z0-9-]{0,29}`.
+pub fn validate_app_name(name: &str) -> Result<(), NameError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 30
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::App(name.to_string()))
+    }
+}
+
+/// Checks an environment variable name against `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn validate_env_key(key: &str) -> Result<(), NameError> {
+    let mut chars = key.chars();
+    let ok = matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::EnvKey(key.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_app(name: &str, ok: bool) {
+        assert_eq!(validate_app_name(name).is_ok(), ok, "{name:?}");
+    }
+
+    #[test]
+    fn app_names() {
+        check_app("a", true);
+        check_app("shop", true);
+        check_app("shop-2", true);
+        check_app("a23456789012345678901234567890", true);
+        check_app("a234567890123456789012345678901", false);
+        check_app("", false);
+        check_app("2shop", false);
+        check_app("-shop", false);
+        check_app("Shop", false);
+        check_app("shop_2", false);
+        check_app("shop.io", false);
+        check_app("shöp", false);
+    }
+
+    #[test]
+    fn env_keys() {
+        for ok in ["A", "_X", "DATABASE_URL", "a1"] {
+            assert!(validate_env_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "A=B"] {
+            assert!(validate_env_key(bad).is_err(), "{bad}");
+        }
+    }
+}

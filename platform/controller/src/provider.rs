@@ -1,0 +1,62 @@
+//! Resource providers: the interface `paas resource add KIND` is served through.
+//!
+//! A provider creates something in a managed cluster (a database and a role, say) for one
+//! app and returns the environment variables the app needs to use it. The controller
+//! stores the result and puts the variables on a new release; it never looks inside
+//! `data`, which belongs to the provider and is handed back to `deprovision`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// What a provider returns for a new resource.
+#[derive(Debug, Clone, Default)]
+pub struct Provisioned {
+    /// Variables set on the app (DATABASE_URL, PGHOST...).
+    pub env: BTreeMap<String, String>,
+    /// Provider-private data needed later to remove the resource.
+    pub data: serde_json::Value,
+}
+
+/// Why a provider could not do its part.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(pub String);
+
+/// A kind of resource the platform can provision.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Creates the resource for `app`; `id` is unique per app and safe to embed in names.
+    async fn provision(&self, app: &str, id: &str) -> Result<Provisioned, ProviderError>;
+    /// Removes what `provision` created; must succeed if it is already gone.
+    async fn deprovision(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), ProviderError>;
+}
+
+/// The providers available in this platform, by kind.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_kind: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// Registers `provider` under `kind` (e.g. `postgres`).
+    pub fn register(&mut self, kind: &str, provider: Arc<dyn Provider>) {
+        self.by_kind.insert(kind.to_string(), provider);
+    }
+
+    /// The provider for `kind`, if registered.
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Provider>> {
+        self.by_kind.get(kind).cloned()
+    }
+
+    /// Registered kinds, sorted, for error messages and `paas status`.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.by_kind.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+}

@@ -1,0 +1,351 @@
+//! All reads and writes of the platform's desired state in etcd.
+//!
+//! Keys (under the coordination prefix):
+//!
+//! ```text
+//! apps/<app>                     App
+//! releases/<app>/<version:020>   Release (immutable once written)
+//! formations/<app>               Formation
+//! resources/<app>/<id>           Resource
+//! tokens/<sha256(secret)>        Token
+//! ```
+//!
+//! Every write that spans keys is one etcd transaction whose compares are the
+//! mod-revisions read just before; a lost race is retried ([`MAX_ATTEMPTS`]) and then
+//! reported as a conflict.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use paas_coord::{Coord, CoordError, Op};
+
+use crate::error::ApiError;
+use crate::model::{App, Formation, Release, Resource, Token};
+
+/// How often a read-modify-write is retried when another writer got in between.
+pub const MAX_ATTEMPTS: usize = 16;
+
+/// The controller's view of etcd.
+#[derive(Clone)]
+pub struct Store {
+    coord: Coord,
+}
+
+fn app_key(app: &str) -> String {
+    format!("apps/{app}")
+}
+
+fn release_prefix(app: &str) -> String {
+    format!("releases/{app}/")
+}
+
+fn release_key(app: &str, version: u64) -> String {
+    format!("releases/{app}/{version:020}")
+}
+
+fn resource_prefix(app: &str) -> String {
+    format!("resources/{app}/")
+}
+
+fn formation_key(app: &str) -> String {
+    format!("formations/{app}")
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl Store {
+    /// Wraps a connected coordination client.
+    pub fn new(coord: Coord) -> Self {
+        Store { coord }
+    }
+
+    /// The coordination client, for components that share the controller's prefix.
+    pub fn coord(&self) -> &Coord {
+        &self.coord
+    }
+
+    /// Creates an app with release v1 ("Initial release") in one transaction.
+    pub async fn create_app(&self, name: &str) -> Result<App, ApiError> {
+        let now = Utc::now();
+        let app = App {
+            name: name.to_string(),
+            created_at: now,
+            release: 1,
+        };
+        let release = Release {
+            app: name.to_string(),
+            version: 1,
+            env: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            artifact: None,
+            description: "Initial release".to_string(),
+            created_at: now,
+        };
+        let ops = vec![
+            Op::create(app_key(name), &app)?,
+            Op::put(release_key(name, 1), &release)?,
+        ];
+        match self.coord.txn(ops).await {
+            Ok(_) => Ok(app),
+            Err(CoordError::Conflict { .. }) => {
+                Err(ApiError::Conflict(format!("app {name:?} already exists")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// All apps, sorted by name.
+    pub async fn list_apps(&self) -> Result<Vec<App>, ApiError> {
+        let mut apps: Vec<App> = self
+            .coord
+            .list::<App>("apps/")
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(apps)
+    }
+
+    /// One app, or 404.
+    pub async fn get_app(&self, name: &str) -> Result<App, ApiError> {
+        Ok(self.get_app_versioned(name).await?.0)
+    }
+
+    async fn get_app_versioned(&self, name: &str) -> Result<(App, i64), ApiError> {
+        match self.coord.get::<App>(&app_key(name)).await? {
+            Some(doc) => Ok((doc.value, doc.mod_revision)),
+            None => Err(ApiError::NotFound(format!("app {name:?} not found"))),
+        }
+    }
+
+    /// Deletes an app with its releases, formation, resources and app-scoped tokens.
+    pub async fn destroy_app(&self, name: &str) -> Result<(), ApiError> {
+        let (_, rev) = self.get_app_versioned(name).await?;
+        let mut ops = vec![
+            Op::delete_if(app_key(name), rev),
+            Op::delete_prefix(release_prefix(name)),
+            Op::delete_prefix(resource_prefix(name)),
+            Op::delete(formation_key(name)),
+        ];
+        for (hash, token) in self.list_tokens_with_hash().await? {
+            if token.scope
+                == (crate::model::Scope::App {
+                    app: name.to_string(),
+                })
+            {
+                ops.push(Op::delete(format!("tokens/{hash}")));
+            }
+        }
+        self.coord.txn(ops).await.map_err(|e| match e {
+            CoordError::Conflict { .. } => {
+                ApiError::Conflict(format!("app {name:?} changed while being destroyed; retry"))
+            }
+            other => other.into(),
+        })?;
+        Ok(())
+    }
+
+    /// One release of an app, or 404.
+    pub async fn release(&self, app: &str, version: u64) -> Result<Release, ApiError> {
+        match self
+            .coord
+            .get::<Release>(&release_key(app, version))
+            .await?
+        {
+            Some(doc) => Ok(doc.value),
+            None => Err(ApiError::NotFound(format!(
+                "release v{version} of app {app:?} not found"
+            ))),
+        }
+    }
+
+    /// All releases of an app, oldest first.
+    pub async fn list_releases(&self, app: &str) -> Result<Vec<Release>, ApiError> {
+        let mut releases: Vec<Release> = self
+            .coord
+            .list::<Release>(&release_prefix(app))
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        releases.sort_by_key(|r| r.version);
+        Ok(releases)
+    }
+
+    /// Makes release N+1 from the current release N: `change` gets release N and
+    /// returns the new env and description (other fields are carried over). The new
+    /// release and the app's pointer are written in one transaction guarded by the app's
+    /// revision; a concurrent change makes it start over with the newer release.
+    pub async fn new_release<F>(&self, app: &str, change: F) -> Result<Release, ApiError>
+    where
+        F: Fn(&Release) -> Result<(BTreeMap<String, String>, String), ApiError>,
+    {
+        self.new_release_with(app, |current| {
+            let (env, description) = change(current)?;
+            let mut next = current.clone();
+            next.env = env;
+            next.description = description;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Like [`Store::new_release`], but `change` builds the whole next release (its
+    /// version, app and creation time are set here).
+    pub async fn new_release_with<F>(&self, app: &str, change: F) -> Result<Release, ApiError>
+    where
+        F: Fn(&Release) -> Result<Release, ApiError>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut a, rev) = self.get_app_versioned(app).await?;
+            let current = self.release(app, a.release).await?;
+            let mut next = change(&current)?;
+            next.app = app.to_string();
+            next.version = a.release + 1;
+            next.created_at = Utc::now();
+            a.release = next.version;
+            let ops = vec![
+                Op::put_if(app_key(app), &a, rev)?,
+                Op::create(release_key(app, next.version), &next)?,
+            ];
+            match self.coord.txn(ops).await {
+                Ok(_) => return Ok(next),
+                Err(CoordError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "app {app:?} is changing too fast; retry"
+        )))
+    }
+
+    /// The app's formation (empty when never scaled).
+    pub async fn formation(&self, app: &str) -> Result<Formation, ApiError> {
+        Ok(self
+            .coord
+            .get::<Formation>(&formation_key(app))
+            .await?
+            .map(|d| d.value)
+            .unwrap_or_else(|| Formation {
+                app: app.to_string(),
+                processes: BTreeMap::new(),
+            }))
+    }
+
+    /// Writes the app's formation (only while the app exists).
+    pub async fn put_formation(&self, formation: &Formation) -> Result<(), ApiError> {
+        let (_, rev) = self.get_app_versioned(&formation.app).await?;
+        let ops = vec![
+            Op::unchanged(app_key(&formation.app), rev),
+            Op::put(formation_key(&formation.app), formation)?,
+        ];
+        self.coord.txn(ops).await?;
+        Ok(())
+    }
+
+    /// Stores a resource record.
+    pub async fn put_resource(&self, r: &Resource) -> Result<(), ApiError> {
+        self.coord
+            .put(&format!("{}{}", resource_prefix(&r.app), r.id), r)
+            .await?;
+        Ok(())
+    }
+
+    /// One resource of an app, or 404.
+    pub async fn resource(&self, app: &str, id: &str) -> Result<Resource, ApiError> {
+        match self
+            .coord
+            .get::<Resource>(&format!("{}{id}", resource_prefix(app)))
+            .await?
+        {
+            Some(doc) => Ok(doc.value),
+            None => Err(ApiError::NotFound(format!(
+                "resource {id:?} of app {app:?} not found"
+            ))),
+        }
+    }
+
+    /// An app's resources, oldest first.
+    pub async fn list_resources(&self, app: &str) -> Result<Vec<Resource>, ApiError> {
+        let mut list: Vec<Resource> = self
+            .coord
+            .list::<Resource>(&resource_prefix(app))
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        list.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(list)
+    }
+
+    /// Deletes a resource record (absent is fine).
+    pub async fn delete_resource(&self, app: &str, id: &str) -> Result<(), ApiError> {
+        self.coord
+            .delete(&format!("{}{id}", resource_prefix(app)))
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a token under the hash of its secret.
+    pub async fn put_token(&self, hash: &str, token: &Token) -> Result<(), ApiError> {
+        self.coord.put(&format!("tokens/{hash}"), token).await?;
+        Ok(())
+    }
+
+    /// The token whose secret hashes to `hash`, if it exists (not revoked).
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>, ApiError> {
+        Ok(self
+            .coord
+            .get::<Token>(&format!("tokens/{hash}"))
+            .await?
+            .map(|d| d.value))
+    }
+
+    async fn list_tokens_with_hash(&self) -> Result<Vec<(String, Token)>, ApiError> {
+        Ok(self
+            .coord
+            .list::<Token>("tokens/")
+            .await?
+            .into_iter()
+            .map(|d| {
+                let hash = d.key.rsplit('/').next().unwrap_or_default().to_string();
+                (hash, d.value)
+            })
+            .collect())
+    }
+
+    /// All tokens (without secrets, which are not stored).
+    pub async fn list_tokens(&self) -> Result<Vec<Token>, ApiError> {
+        Ok(self
+            .list_tokens_with_hash()
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    /// Revokes the token with this id, or 404.
+    pub async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
+        let found = self
+            .list_tokens_with_hash()
+            .await?
+            .into_iter()
+            .find(|(_, t)| t.id == id);
+        match found {
+            Some((hash, _)) => {
+                self.coord.delete(&format!("tokens/{hash}")).await?;
+                Ok(())
+            }
+            None => Err(ApiError::NotFound(format!("token {id:?} not found"))),
+        }
+    }
+}
