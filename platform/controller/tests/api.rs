@@ -1,0 +1,571 @@
+//! The controller API against a real etcd: names, releases, tokens, resources, errors.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use paas_controller::{Controller, Provider, ProviderError, Providers, Provisioned};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// A provider that hands out numbered fake credentials and records what it was asked.
+#[derive(Default)]
+struct RecordingProvider {
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Provider for RecordingProvider {
+    async fn provision(&self, app: &str, id: &str) -> Result<Provisioned, ProviderError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("provision {app} {id}"));
+        let mut env = BTreeMap::new();
+        env.insert("DATABASE_URL".to_string(), format!("test://{id}"));
+        Ok(Provisioned {
+            env,
+            data: json!({ "db": id }),
+        })
+    }
+
+    async fn deprovision(&self, app: &str, id: &str, data: &Value) -> Result<(), ProviderError> {
+        assert_eq!(data["db"], id);
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("deprovision {app} {id}"));
+        Ok(())
+    }
+}
+
+struct Api {
+    _etcd: paas_it::EtcdServer,
+    url: String,
+    admin: String,
+    http: reqwest::Client,
+    provider: Arc<RecordingProvider>,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let etcd = paas_it::EtcdServer::start().expect("etcd");
+        let provider = Arc::new(RecordingProvider::default());
+        let mut providers = Providers::default();
+        providers.register("testdb", provider.clone());
+        let controller = Controller::connect(&[etcd.endpoint()], "/test/")
+            .await
+            .expect("connect")
+            .with_providers(providers);
+        let admin = paas_controller::auth::generate_secret().secret;
+        controller.ensure_admin_token(&admin).await.unwrap();
+        // Idempotent at every start.
+        controller.ensure_admin_token(&admin).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, controller.router()).await });
+        Api {
+            _etcd: etcd,
+            url,
+            admin,
+            http: reqwest::Client::new(),
+            provider,
+        }
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON reply {text:?}"))
+        };
+        (status, value)
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(Some(&self.admin.clone()), method, path, body)
+            .await
+    }
+}
+
+fn assert_error(reply: &(StatusCode, Value), status: StatusCode, code: &str, needle: &str) {
+    assert_eq!(reply.0, status, "{:?}", reply.1);
+    assert_eq!(reply.1["error"]["code"], code, "{:?}", reply.1);
+    let msg = reply.1["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+}
+
+#[tokio::test]
+async fn apps_lifecycle_and_name_rules() {
+    let api = Api::start().await;
+    let r = api
+        .admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED);
+    assert_eq!(r.1["name"], "shop");
+    assert_eq!(r.1["release"], 1);
+
+    assert_error(
+        &api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "already exists",
+    );
+    for bad in [
+        "Shop",
+        "2shop",
+        "",
+        "a234567890123456789012345678901",
+        "sh_op",
+    ] {
+        assert_error(
+            &api.admin("POST", "/apps", Some(json!({"name": bad}))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "invalid app name",
+        );
+    }
+    assert_error(
+        &api.admin("POST", "/apps", Some(json!({"nom": "x"}))).await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "invalid request body",
+    );
+
+    // A malformed body is a JSON 400, not a plain-text one.
+    let resp = api
+        .http
+        .post(format!("{}/apps", api.url))
+        .bearer_auth(&api.admin)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid");
+
+    api.admin("POST", "/apps", Some(json!({"name": "blog"})))
+        .await;
+    let (_, list) = api.admin("GET", "/apps", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blog", "shop"]);
+
+    let (s, info) = api.admin("GET", "/apps/shop", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(info["release"], 1);
+
+    assert_eq!(
+        api.admin("DELETE", "/apps/shop", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &api.admin("GET", "/apps/shop", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "shop",
+    );
+    assert_error(
+        &api.admin("DELETE", "/apps/shop", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "shop",
+    );
+    assert_error(
+        &api.admin("GET", "/apps/shop/releases", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "shop",
+    );
+    // The name is free again, with fresh history.
+    let r = api
+        .admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED);
+    let (_, releases) = api.admin("GET", "/apps/shop/releases", None).await;
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+    assert_error(
+        &api.admin("GET", "/no/such/thing", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "endpoint",
+    );
+}
+
+#[tokio::test]
+async fn env_changes_make_numbered_releases_and_rollback() {
+    let api = Api::start().await;
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    let (s, rel) = api
+        .admin(
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"set": {"A": "1", "B": "two=2"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(rel["version"], 2);
+    assert_eq!(rel["description"], "Set A, B");
+    let (_, rel) = api
+        .admin(
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"unset": ["A"], "set": {"C": "3"}})),
+        )
+        .await;
+    assert_eq!(rel["version"], 3);
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert_eq!(env, json!({"B": "two=2", "C": "3"}));
+
+    assert_error(
+        &api.admin(
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"set": {"1BAD": "x"}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "1BAD",
+    );
+    assert_error(
+        &api.admin("PATCH", "/apps/shop/env", Some(json!({}))).await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "nothing to change",
+    );
+    assert_error(
+        &api.admin("PATCH", "/apps/nope/env", Some(json!({"set": {"A": "1"}})))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "nope",
+    );
+
+    // Rollback without a version goes to the previous release, as a new release.
+    let (s, rel) = api
+        .admin("POST", "/apps/shop/rollback", Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(rel["version"], 4);
+    assert_eq!(rel["description"], "Rollback to v2");
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert_eq!(env, json!({"A": "1", "B": "two=2"}));
+    let (_, rel) = api
+        .admin("POST", "/apps/shop/rollback", Some(json!({"version": 1})))
+        .await;
+    assert_eq!(rel["version"], 5);
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert_eq!(env, json!({}));
+    assert_error(
+        &api.admin("POST", "/apps/shop/rollback", Some(json!({"version": 99})))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "v99",
+    );
+
+    // Old releases are untouched.
+    let (_, v2) = api.admin("GET", "/apps/shop/releases/v2", None).await;
+    assert_eq!(v2["env"], json!({"A": "1", "B": "two=2"}));
+    let (_, list) = api.admin("GET", "/apps/shop/releases", None).await;
+    let versions: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [5, 4, 3, 2, 1]);
+}
+
+#[tokio::test]
+async fn concurrent_env_changes_are_all_kept() {
+    let api = Arc::new(Api::start().await);
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("K{i}");
+            api.admin(
+                "PATCH",
+                "/apps/shop/env",
+                Some(json!({"set": {key: i.to_string()}})),
+            )
+            .await
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        let (s, rel) = t.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED, "{rel}");
+        versions.push(rel["version"].as_u64().unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (2..14).collect::<Vec<u64>>());
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert_eq!(env.as_object().unwrap().len(), 12, "{env}");
+}
+
+#[tokio::test]
+async fn tokens_authenticate_scope_and_revoke() {
+    let api = Api::start().await;
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    api.admin("POST", "/apps", Some(json!({"name": "blog"})))
+        .await;
+
+    assert_error(
+        &api.call(None, "GET", "/apps", None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing",
+    );
+    assert_error(
+        &api.call(Some("paas_wrong"), "GET", "/apps", None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid or revoked",
+    );
+    let resp = api
+        .http
+        .get(format!("{}/apps", api.url))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.call(None, "GET", "/health", None).await.0,
+        StatusCode::OK
+    );
+
+    let (s, created) = api
+        .admin(
+            "POST",
+            "/tokens",
+            Some(json!({"app": "shop", "description": "ci"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let scoped = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_error(
+        &api.admin("POST", "/tokens", Some(json!({"app": "nope"})))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "nope",
+    );
+
+    // The scoped token sees only its app; others look absent.
+    let (_, list) = api.call(Some(&scoped), "GET", "/apps", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "shop");
+    assert_eq!(
+        api.call(Some(&scoped), "GET", "/apps/shop", None).await.0,
+        StatusCode::OK
+    );
+    let hidden = api.call(Some(&scoped), "GET", "/apps/blog", None).await;
+    let missing = api.call(Some(&scoped), "GET", "/apps/zzz", None).await;
+    assert_error(&hidden, StatusCode::NOT_FOUND, "not_found", "blog");
+    assert_eq!(
+        hidden.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("blog", "X"),
+        missing.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("zzz", "X")
+    );
+    assert_error(
+        &api.call(
+            Some(&scoped),
+            "PATCH",
+            "/apps/blog/env",
+            Some(json!({"set": {"A": "1"}})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "blog",
+    );
+    assert_eq!(
+        api.call(
+            Some(&scoped),
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"set": {"A": "1"}}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &api.call(Some(&scoped), "POST", "/apps", Some(json!({"name": "x"})))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "admin",
+    );
+    assert_error(
+        &api.call(Some(&scoped), "GET", "/tokens", None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "admin",
+    );
+    assert_error(
+        &api.call(Some(&scoped), "DELETE", "/apps/shop", None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "admin",
+    );
+
+    // Listed without secrets; revocation is immediate.
+    let (_, tokens) = api.admin("GET", "/tokens", None).await;
+    assert!(tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("token").is_none()));
+    assert!(!tokens.to_string().contains(&scoped));
+    assert_eq!(
+        api.admin("DELETE", &format!("/tokens/{id}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &api.call(Some(&scoped), "GET", "/apps/shop", None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "revoked",
+    );
+    assert_error(
+        &api.admin("DELETE", &format!("/tokens/{id}"), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &id,
+    );
+
+    // Destroying an app revokes the tokens scoped to it.
+    let (_, created) = api
+        .admin("POST", "/tokens", Some(json!({"app": "blog"})))
+        .await;
+    let blog_token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.admin("DELETE", "/apps/blog", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call(Some(&blog_token), "GET", "/apps", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn resources_go_through_providers_and_releases() {
+    let api = Api::start().await;
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    assert_error(
+        &api.admin(
+            "POST",
+            "/apps/shop/resources",
+            Some(json!({"kind": "oracle"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "available kinds: testdb",
+    );
+    assert_error(
+        &api.admin(
+            "POST",
+            "/apps/nope/resources",
+            Some(json!({"kind": "testdb"})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "nope",
+    );
+
+    let (s, r) = api
+        .admin(
+            "POST",
+            "/apps/shop/resources",
+            Some(json!({"kind": "testdb"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("testdb-"));
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert_eq!(env["DATABASE_URL"], format!("test://{id}"));
+    let (_, list) = api.admin("GET", "/apps/shop/resources", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, info) = api.admin("GET", "/apps/shop/releases/2", None).await;
+    assert!(info["description"].as_str().unwrap().contains(&id));
+
+    assert_eq!(
+        api.admin("DELETE", &format!("/apps/shop/resources/{id}"), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, env) = api.admin("GET", "/apps/shop/env", None).await;
+    assert!(env.get("DATABASE_URL").is_none());
+    assert_error(
+        &api.admin("DELETE", &format!("/apps/shop/resources/{id}"), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &id,
+    );
+
+    // Destroying the app deprovisions what is left.
+    let (_, r2) = api
+        .admin(
+            "POST",
+            "/apps/shop/resources",
+            Some(json!({"kind": "testdb"})),
+        )
+        .await;
+    let id2 = r2["id"].as_str().unwrap().to_string();
+    api.admin("DELETE", "/apps/shop", None).await;
+    let calls = api.provider.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            format!("provision shop {id}"),
+            format!("deprovision shop {id}"),
+            format!("provision shop {id2}"),
+            format!("deprovision shop {id2}")
+        ]
+    );
+}
