@@ -20,6 +20,9 @@
 //! and logged), and the connection goes on.
 //! Other connections and stored lines are never affected.
 //!
+//! Forward heartbeats: a `nil` value on a TCP connection is ignored; a UDP datagram to the
+//! forward port is answered with one zero byte (Fluentd `in_forward` behaviour).
+//!
 //! # Shutdown
 //!
 //! [`Ingest::shutdown`] stops the listeners, tells every connection to stop reading (each
@@ -235,6 +238,15 @@ impl Ingest {
                 .map_err(|source| IngestError::Bind { addr, source })?;
             tracing::info!(input = input.name(), addr = %local, tls = ctx.tls.is_some(), "listening");
             *slot = Some(local);
+            if input == Input::Forward {
+                let udp = tokio::net::UdpSocket::bind(local).await.map_err(|source| {
+                    IngestError::Bind {
+                        addr: local,
+                        source,
+                    }
+                })?;
+                tokio::spawn(heartbeat_responder(udp, shutdown.clone(), done_tx.clone()));
+            }
             tokio::spawn(listen(
                 listener,
                 input,
@@ -323,6 +335,36 @@ async fn listen(
             drop(done);
         });
     }
+}
+
+/// Reply sent to a UDP heartbeat, as Fluentd's `in_forward` does.
+pub const HEARTBEAT_REPLY: &[u8] = b"\0";
+
+/// Answers forward heartbeats: each datagram on the forward port gets [`HEARTBEAT_REPLY`].
+async fn heartbeat_responder(
+    socket: tokio::net::UdpSocket,
+    shutdown: CancellationToken,
+    done: mpsc::Sender<()>,
+) {
+    let mut buf = [0u8; 128];
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        match received {
+            Ok((_, peer)) => {
+                if let Err(e) = socket.send_to(HEARTBEAT_REPLY, peer).await {
+                    tracing::debug!(%peer, error = %e, "heartbeat reply failed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(done);
 }
 
 async fn serve(

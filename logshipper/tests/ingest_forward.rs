@@ -281,6 +281,15 @@ async fn hand_built_frames_in_every_mode_are_acked() {
     }
     // A heartbeat (nil) is accepted silently.
     conn.write_all(&[0xc0]).await.unwrap();
+    // A UDP heartbeat to the forward port is answered.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(&[0xc0], h.forward()).await.unwrap();
+    let mut reply = [0xffu8; 8];
+    let (n, _) = tokio::time::timeout(ingest_support::DEADLINE, udp.recv_from(&mut reply))
+        .await
+        .expect("no heartbeat reply")
+        .unwrap();
+    assert_eq!(&reply[..n], paas_logshipper::ingest::HEARTBEAT_REPLY);
     let got = h.log("hand", "lines=100").await;
     assert_eq!(
         messages(&got),
