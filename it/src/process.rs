@@ -1,0 +1,347 @@
+//! The process guard every fixture is built on, and the few OS helpers around it.
+//!
+//! Invariants:
+//! - Each server runs in its own process group (`setpgid(0, 0)`), so stopping it reaches
+//!   every process it forked (postgres backends, ...).
+//! - [`ServerProcess`] is stopped on drop, also during a panic's unwinding: first the
+//!   server's own graceful signal to the leader, then after [`STOP_GRACE`] SIGKILL to
+//!   the whole group, then the leader is reaped. No zombie and no stray child remains.
+//! - Each server gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies even when the test
+//!   process is SIGKILLed and no destructor runs. Linux sends that signal when the
+//!   *thread* that forked the child exits, not the process; test threads and tokio's
+//!   blocking threads come and go, so all servers are forked by one spawner thread
+//!   that lives as long as the test process.
+//! - A server's stdout and stderr go to one log file; its tail is put into every
+//!   start-up error.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{FixtureError, Result};
+
+/// How long a server gets to exit after its graceful stop signal before its whole
+/// process group is SIGKILLed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How many log lines start-up errors include.
+const LOG_TAIL_LINES: usize = 30;
+
+/// How often a readiness probe is retried.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A running server process that is stopped, with its whole process group, when
+/// dropped. Fixtures hold one and hand out addresses; tests normally never touch it.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+    stop_signal: libc::c_int,
+}
+
+impl ServerProcess {
+    /// Spawns `command` as server `name` in a new process group with a parent-death
+    /// signal, its stdout and stderr truncating and then appending to `log_path`.
+    /// `stop_signal` is the server's graceful (fast) shutdown signal.
+    pub fn spawn(
+        name: impl Into<String>,
+        mut command: Command,
+        log_path: &Path,
+        stop_signal: libc::c_int,
+    ) -> Result<Self> {
+        let name = name.into();
+        let log = File::create(log_path).map_err(FixtureError::io(format!(
+            "creating log {}",
+            log_path.display()
+        )))?;
+        let log_err = log
+            .try_clone()
+            .map_err(FixtureError::io("duplicating the log file handle"))?;
+        let parent = std::process::id();
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        // SAFETY: the closure runs between fork and exec and only makes the
+        // async-signal-safe system calls prctl and getppid.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl: then no signal would come.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::other("test process died during spawn"));
+                }
+                Ok(())
+            });
+        }
+        let child = spawn_from_keeper_thread(command)
+            .map_err(FixtureError::io(format!("spawning {name}")))?;
+        Ok(ServerProcess {
+            name,
+            child: Some(child),
+            log_path: log_path.to_path_buf(),
+            stop_signal,
+        })
+    }
+
+    /// The server's name as used in errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The process id of the server (the leader of its process group), or `None` once
+    /// it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where the server's stdout and stderr go.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `lines` lines of the server's log, for error messages and debugging.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, lines)
+    }
+
+    /// Polls `probe` until it succeeds, the server exits, or `timeout` passes. The probe
+    /// returns a description of what it saw when the server is not ready yet.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut probe: impl FnMut() -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status()? {
+                self.child = None;
+                return Err(FixtureError::Exited {
+                    server: self.name.clone(),
+                    status,
+                    log: self.log_path.clone(),
+                    log_tail: self.log_tail(LOG_TAIL_LINES),
+                });
+            }
+            let last_probe = match probe() {
+                Ok(()) => return Ok(()),
+                Err(seen) => seen,
+            };
+            if started.elapsed() >= timeout {
+                let err = FixtureError::NotReady {
+                    server: self.name.clone(),
+                    waited: started.elapsed(),
+                    last_probe,
+                    log: self.log_path.clone(),
+                    log_tail: self.log_tail(LOG_TAIL_LINES),
+                };
+                self.stop();
+                return Err(err);
+            }
+            thread::sleep(PROBE_INTERVAL);
+        }
+    }
+
+    /// Whether the server process is still running (not exited, not stopped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.exit_status(), Ok(None)) && self.child.is_some()
+    }
+
+    fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.child {
+            None => Ok(None),
+            Some(child) => child.try_wait().map_err(FixtureError::io(format!(
+                "checking whether {} runs",
+                self.name
+            ))),
+        }
+    }
+
+    /// Stops the server: its graceful signal, up to [`STOP_GRACE`] to exit, then SIGKILL
+    /// to the whole process group, and reaps it. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on a child we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, self.stop_signal) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        // SAFETY: kill(2) on the process group this server leads; stray members too.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Forks `command` from the one long-lived spawner thread (see the module doc for why).
+fn spawn_from_keeper_thread(command: Command) -> io::Result<Child> {
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+    static KEEPER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (jobs, incoming) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("paas-it-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("starting the server spawner thread");
+        jobs
+    });
+    let (reply, answer) = mpsc::channel();
+    keeper
+        .send((command, reply))
+        .map_err(|_| io::Error::other("server spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("server spawner thread is gone"))?
+}
+
+/// The last `lines` lines of a log file (empty when it cannot be read).
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether a start-up failure was a lost race for a port, worth retrying on another.
+pub(crate) fn lost_port_race(err: &FixtureError) -> bool {
+    match err {
+        FixtureError::Exited { log_tail, .. } => log_tail
+            .to_ascii_lowercase()
+            .contains("address already in use"),
+        _ => false,
+    }
+}
+
+/// Runs `attempt` up to three times while it fails because a port was taken meanwhile.
+pub(crate) fn retry_port_races<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt() {
+            Err(err) if tries < 3 && lost_port_race(&err) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Finds `binary` (a name looked up on PATH, or an absolute path), or fails with the
+/// command that installs it.
+pub fn require_binary(binary: &str, hint: &'static str) -> Result<PathBuf> {
+    let missing = || FixtureError::MissingBinary {
+        binary: binary.to_string(),
+        hint,
+    };
+    if binary.contains('/') {
+        let path = PathBuf::from(binary);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(missing())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(missing)
+}
+
+/// An OS account a server must run as because it refuses to run as root.
+#[derive(Debug, Clone)]
+pub struct OsUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+impl OsUser {
+    /// Looks the account up in the user database.
+    pub fn lookup(name: &str) -> Result<Self> {
+        let c_name =
+            std::ffi::CString::new(name).map_err(|_| FixtureError::NoSuchUser(name.into()))?;
+        // SAFETY: getpwnam returns a pointer into static storage or null; the fields are
+        // copied out before any other call could overwrite it. Fixtures are started from
+        // test threads, so concurrent getpwnam calls are serialised below.
+        static LOOKUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOOKUP.lock().unwrap_or_else(|e| e.into_inner());
+        unsafe {
+            let entry = libc::getpwnam(c_name.as_ptr());
+            if entry.is_null() {
+                return Err(FixtureError::NoSuchUser(name.into()));
+            }
+            let home = std::ffi::CStr::from_ptr((*entry).pw_dir);
+            Ok(OsUser {
+                name: name.to_string(),
+                uid: (*entry).pw_uid,
+                gid: (*entry).pw_gid,
+                home: PathBuf::from(home.to_string_lossy().into_owned()),
+            })
+        }
+    }
+
+    /// Makes `command` run as this user when the test runs as root (what `runuser -u`
+    /// does, minus the PAM parent process that would keep the parent-death signal from
+    /// reaching the server). As any other user, the command runs as that user.
+    pub fn apply(&self, command: &mut Command) {
+        if running_as_root() {
+            command
+                .uid(self.uid)
+                .gid(self.gid)
+                .env("HOME", &self.home)
+                .env("USER", &self.name)
+                .env("LOGNAME", &self.name);
+        }
+    }
+
+    /// Gives `path` to this user when running as root, so the server can write there.
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        if !running_as_root() {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).map_err(FixtureError::io(
+            format!("chown {} to {}", path.display(), self.name),
+        ))
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Creates the temp dir a server lives in; removed when the returned guard drops.
+pub(crate) fn server_dir(server: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("paas-it-{server}-"))
+        .tempdir()
+        .map_err(FixtureError::io(format!(
+            "creating a temp dir for {server}"
+        )))
+}

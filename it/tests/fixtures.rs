@@ -1,0 +1,185 @@
+//! Each fixture started for real and checked with its own protocol, plus the cleanup
+//! guarantees: a panicking test and a SIGKILLed test process leave no server behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+
+use paas_it::EtcdServer;
+
+/// Whether a process with this pid exists (zombies count as gone: they were reaped or
+/// are about to be, and hold no port).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// One HTTP GET with `Connection: close`, returning the whole answer.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+#[test]
+fn etcd_is_healthy_and_serves_keys() {
+    let etcd = EtcdServer::start().expect("etcd starts");
+    assert!(etcd.endpoint().starts_with("http://127.0.0.1:"));
+    assert!(http_get(etcd.client_port(), "/health").contains("\"health\":\"true\""));
+    let put = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint(), "put", "k", "v"])
+        .output()
+        .expect("etcdctl runs");
+    assert!(put.status.success(), "{put:?}");
+    let get = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "get",
+            "k",
+            "--print-value-only",
+        ])
+        .output()
+        .expect("etcdctl runs");
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+}
+
+#[test]
+fn etcd_restart_keeps_data() {
+    let mut etcd = EtcdServer::start().expect("etcd starts");
+    let etcdctl = |args: &[&str], endpoint: &str| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint])
+            .args(args)
+            .output()
+            .expect("etcdctl runs")
+    };
+    assert!(etcdctl(&["put", "kept", "yes"], &etcd.endpoint())
+        .status
+        .success());
+    let pid = etcd.process().pid().expect("running");
+    etcd.stop();
+    assert!(!process_alive(pid));
+    assert!(!etcdctl(
+        &[
+            "get",
+            "kept",
+            "--dial-timeout=300ms",
+            "--command-timeout=500ms"
+        ],
+        &etcd.endpoint()
+    )
+    .status
+    .success());
+    etcd.restart().expect("etcd restarts");
+    let get = etcdctl(&["get", "kept", "--print-value-only"], &etcd.endpoint());
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "yes");
+}
+
+#[test]
+fn panicking_test_still_cleans_up() {
+    let seen = std::sync::Mutex::new((0u32, std::path::PathBuf::new()));
+    let outcome = std::panic::catch_unwind(|| {
+        let etcd = EtcdServer::start().expect("etcd starts");
+        *seen.lock().unwrap() = (etcd.process().pid().unwrap(), etcd.data_dir());
+        panic!("the test body fails while etcd runs");
+    });
+    assert!(outcome.is_err());
+    let (pid, data_dir) = seen.into_inner().unwrap();
+    assert!(pid != 0);
+    assert!(!process_alive(pid), "etcd {pid} survived the panic");
+    assert!(!data_dir.parent().unwrap().exists(), "temp dir survived");
+}
+
+/// Helper for `sigkilled_test_process_leaves_no_server`: started as a child test
+/// process, prints the etcd pid and blocks until killed.
+#[test]
+#[ignore = "run only as the child of sigkilled_test_process_leaves_no_server"]
+fn child_holding_etcd() {
+    let etcd = EtcdServer::start().expect("etcd starts");
+    println!(
+        "ETCD_PID={} DIR={}",
+        etcd.process().pid().unwrap(),
+        etcd.data_dir().parent().unwrap().display()
+    );
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+/// Kills the child test process if the parent test fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigkilled_test_process_leaves_no_server() {
+    let me = std::env::current_exe().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(me)
+            .args([
+                "--exact",
+                "child_holding_etcd",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("child test process"),
+    );
+    let mut out = child.0.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    let line = loop {
+        if let Some(line) = seen
+            .split_inclusive('\n')
+            .find(|l| l.contains("ETCD_PID=") && l.ends_with('\n'))
+        {
+            break line[line.find("ETCD_PID=").unwrap()..]
+                .trim_end()
+                .to_string();
+        }
+        let n = out.read(&mut buf).expect("read child output");
+        if n == 0 {
+            panic!("child ended without starting etcd: {seen}");
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    };
+    let (pid, dir) = line
+        .trim_start_matches("ETCD_PID=")
+        .split_once(" DIR=")
+        .unwrap();
+    let pid: u32 = pid.parse().unwrap();
+    assert!(process_alive(pid));
+    child.0.kill().expect("SIGKILL the child test process");
+    child.0.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while process_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !process_alive(pid),
+        "etcd {pid} outlived its SIGKILLed test process"
+    );
+    // No destructor ran in the child, so its temp dir is left; remove it here.
+    std::fs::remove_dir_all(Path::new(dir)).unwrap();
+}
