@@ -294,6 +294,62 @@ async fn follow_streams_new_lines_after_the_backlog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_falls_behind_gets_skipped_markers_not_gaps() {
+    const TOTAL: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_with_store(dir.path(), |s| s.follow_buffer = 2, |_| {}).await;
+    // The follower connects, then reads nothing while the lines arrive.
+    let mut resp = reqwest::get(h.url("/apps/flood/log?lines=0&follow=true"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut conn = TcpStream::connect(h.syslog()).await.unwrap();
+    let pad = "x".repeat(150);
+    let mut bytes = Vec::new();
+    for i in 0..TOTAL {
+        bytes.extend(frame(&format!("<14>1 - h flood 1 stdout - {i} {pad}")));
+    }
+    conn.write_all(&bytes).await.unwrap();
+    h.wait_for_metric(&format!(
+        r#"logshipper_lines_received_total{{input="syslog"}} {TOTAL}"#
+    ))
+    .await;
+    // Every line is either delivered or counted in a marker, in order.
+    let (mut delivered, mut skipped, mut markers) = (0u64, 0u64, 0u64);
+    let mut last_seen: Option<u64> = None;
+    let mut pending = String::new();
+    while delivered + skipped < TOTAL {
+        let chunk = tokio::time::timeout(ingest_support::DEADLINE, resp.chunk())
+            .await
+            .expect("follow stream stalled")
+            .unwrap()
+            .expect("follow stream ended");
+        pending.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(nl) = pending.find('\n') {
+            let line: serde_json::Value = serde_json::from_str(&pending[..nl]).unwrap();
+            pending.drain(..=nl);
+            if let Some(n) = line["skipped"].as_u64() {
+                assert_eq!(line["message"], format!("{n} lines skipped"));
+                skipped += n;
+                markers += 1;
+                let next = last_seen.map_or(0, |l| l + 1) + n;
+                last_seen = Some(next - 1);
+            } else {
+                let msg = line["message"].as_str().unwrap();
+                let n: u64 = msg.split(' ').next().unwrap().parse().unwrap();
+                assert_eq!(n, last_seen.map_or(0, |l| l + 1), "gap before line {n}");
+                last_seen = Some(n);
+                delivered += 1;
+            }
+        }
+    }
+    assert_eq!(delivered + skipped, TOTAL);
+    assert!(markers > 0 && skipped > 0, "the follower never fell behind");
+    assert!(delivered > 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_syslog() {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();

@@ -34,6 +34,15 @@ pub struct Harness {
 impl Harness {
     /// Starts an aggregator over `data` (created if missing) with both inputs enabled.
     pub async fn start(data: &Path, tweak: impl FnOnce(&mut IngestConfig)) -> Harness {
+        Self::start_with_store(data, |_| {}, tweak).await
+    }
+
+    /// Like [`Harness::start`], also adjusting the store configuration.
+    pub async fn start_with_store(
+        data: &Path,
+        store_tweak: impl FnOnce(&mut StoreConfig),
+        tweak: impl FnOnce(&mut IngestConfig),
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,7 +51,9 @@ impl Harness {
             .with_test_writer()
             .try_init();
         let journal = Journal::open(data.join("journal"), JournalConfig::default()).unwrap();
-        let store = Arc::new(Store::open(StoreConfig::new(data.join("store"))).unwrap());
+        let mut store_config = StoreConfig::new(data.join("store"));
+        store_tweak(&mut store_config);
+        let store = Arc::new(Store::open(store_config).unwrap());
         let mut registry = Registry::default();
         let metrics = IngestMetrics::register(&mut registry);
         let aggregator = Aggregator::new(journal, Arc::clone(&store), metrics);
