@@ -124,10 +124,20 @@ pub fn gap(expected_seq: u64, batch_first_seq: u64, batch_len: usize) -> Gap {
     }
 }
 
+/// State of an app's segment files.
+enum Disk {
+    /// Not opened yet: the app was created by a follower or its first lines are coming.
+    /// Opened on the first push, so reading an unknown app never touches the disk.
+    Unopened,
+    /// Open and appended to.
+    Open(SegmentSet),
+    /// Opening or writing failed; the app lives in memory only (logged once).
+    Failed,
+}
+
 struct AppState {
     ring: Ring,
-    /// `None` when the app's segment files failed; the app then lives in memory only.
-    segments: Option<SegmentSet>,
+    disk: Disk,
 }
 
 struct AppLog {
@@ -210,7 +220,18 @@ impl Store {
                 tracing::warn!(entry = ?name, "ignoring unknown entry in store directory");
                 continue;
             };
-            let log = Self::open_app(&config, &app)?;
+            let log = match SegmentSet::open(&entry.path(), config.lines_per_app) {
+                Ok(rec) => {
+                    let mut ring =
+                        Ring::new(config.lines_per_app, rec.next_seq - rec.lines.len() as u64);
+                    ring.push(rec.lines);
+                    Self::new_app_log(&config, ring, Disk::Open(rec.set))
+                }
+                Err(e) => {
+                    tracing::error!(%app, error = %e, "cannot reload app; its earlier lines are unavailable and new ones stay in memory");
+                    Self::new_app_log(&config, Ring::new(config.lines_per_app, 0), Disk::Failed)
+                }
+            };
             apps.insert(app, Arc::new(log));
         }
         tracing::info!(dir = %config.dir.display(), apps = apps.len(), "store opened");
@@ -220,22 +241,12 @@ impl Store {
         })
     }
 
-    fn open_app(config: &StoreConfig, app: &str) -> Result<AppLog, StoreError> {
-        let rec = SegmentSet::open(&config.dir.join(app_dir_name(app)), config.lines_per_app)
-            .map_err(|source| StoreError::Segment {
-                app: app.to_owned(),
-                source,
-            })?;
-        let mut ring = Ring::new(config.lines_per_app, rec.next_seq - rec.lines.len() as u64);
-        ring.push(rec.lines);
+    fn new_app_log(config: &StoreConfig, ring: Ring, disk: Disk) -> AppLog {
         let (tx, _) = broadcast::channel(config.follow_buffer.max(1));
-        Ok(AppLog {
-            state: Mutex::new(AppState {
-                ring,
-                segments: Some(rec.set),
-            }),
+        AppLog {
+            state: Mutex::new(AppState { ring, disk }),
             tx,
-        })
+        }
     }
 
     fn app(&self, app: &str) -> Option<Arc<AppLog>> {
@@ -251,23 +262,13 @@ impl Store {
             return log;
         }
         let mut apps = self.apps.write().expect("store lock poisoned");
-        if let Some(log) = apps.get(app) {
-            return Arc::clone(log);
-        }
-        let log = Self::open_app(&self.config, app).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "app segments unusable; keeping its lines in memory only");
-            let (tx, _) = broadcast::channel(self.config.follow_buffer.max(1));
-            AppLog {
-                state: Mutex::new(AppState {
-                    ring: Ring::new(self.config.lines_per_app, 0),
-                    segments: None,
-                }),
-                tx,
-            }
-        });
-        let log = Arc::new(log);
-        apps.insert(app.to_owned(), Arc::clone(&log));
-        log
+        Arc::clone(apps.entry(app.to_owned()).or_insert_with(|| {
+            Arc::new(Self::new_app_log(
+                &self.config,
+                Ring::new(self.config.lines_per_app, 0),
+                Disk::Unopened,
+            ))
+        }))
     }
 
     /// Adds accepted lines (ids already assigned), grouped into runs of one app.
@@ -292,14 +293,25 @@ impl Store {
         let log = self.app_or_create(app);
         let mut st = log.state.lock().expect("app lock poisoned");
         let first_seq = st.ring.next_seq();
-        let written = match st.segments.as_mut() {
-            Some(set) => set
-                .append(first_seq, &lines)
-                .map_err(|source| StoreError::Segment {
-                    app: app.to_owned(),
-                    source,
-                }),
-            None => Ok(()),
+        if matches!(st.disk, Disk::Unopened) {
+            let dir = self.config.dir.join(app_dir_name(app));
+            st.disk = match SegmentSet::open(&dir, self.config.lines_per_app) {
+                Ok(rec) => Disk::Open(rec.set),
+                Err(e) => {
+                    tracing::error!(%app, error = %e, "cannot create app segments; keeping its lines in memory only");
+                    Disk::Failed
+                }
+            };
+        }
+        let written = match &mut st.disk {
+            Disk::Open(set) => {
+                set.append(first_seq, &lines)
+                    .map_err(|source| StoreError::Segment {
+                        app: app.to_owned(),
+                        source,
+                    })
+            }
+            Disk::Unopened | Disk::Failed => Ok(()),
         };
         if log.tx.receiver_count() > 0 {
             let batch = Arc::new(Batch {
@@ -434,6 +446,10 @@ mod tests {
             vec![5, 6]
         );
         assert!(store.tail("nope", 10, &Filter::default()).is_empty());
+        // Following an unknown app creates nothing on disk.
+        let (backlog, _follower) = store.follow("ghost", 10, Filter::default());
+        assert!(backlog.is_empty());
+        assert!(!dir.path().join(app_dir_name("ghost")).exists());
         drop(store);
         let store = Store::open(config).unwrap();
         assert_eq!(store.apps(), vec!["a".to_string(), "b/../x".to_string()]);
