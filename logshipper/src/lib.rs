@@ -1,12 +1,12 @@
 //! Log aggregator. See ARCHITECTURE.md for the map of this crate.
 
-pub mod drain;
-pub mod encode;
-pub mod journal;
-pub mod forward;
 pub mod aggregator;
 pub mod api;
+pub mod drain;
+pub mod encode;
+pub mod forward;
 pub mod ingest;
+pub mod journal;
 pub mod line;
 pub mod metrics;
 pub mod shipper;
