@@ -1,0 +1,246 @@
+//! Starting a local N-member cluster: one supervisor OS process per member, on free
+//! ports, each in `<base>/<member>/`. Used by the tests, the failover bench and
+//! `paas up` (single machine).
+//!
+//! Members are named `pg0`, `pg1`, ... Each supervisor gets a parent-death signal
+//! (SIGKILL), and its PostgreSQL gets one from the supervisor, so nothing outlives the
+//! process that started the cluster. Dropping a [`LocalCluster`] stops every member
+//! gracefully (SIGTERM, SIGKILL after 20 s) but keeps the directories, which belong to
+//! the caller.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a member could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Finding a port, creating a directory or spawning failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to start the cluster.
+#[derive(Debug, Clone)]
+pub struct LocalClusterSpec {
+    /// The supervisor program (`paas-pg-supervisor`, or `paas` with `args_prefix`).
+    pub program: PathBuf,
+    /// Arguments before the supervisor's own (e.g. `["appliance", "postgres"]`).
+    pub args_prefix: Vec<String>,
+    /// The cluster name.
+    pub cluster: String,
+    /// How many members.
+    pub members: usize,
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    pub prefix: String,
+    /// Where member directories go.
+    pub base_dir: PathBuf,
+    /// The superuser password all members share.
+    pub superuser_password: String,
+    /// Lease TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+/// One member's process and addresses.
+#[derive(Debug)]
+pub struct Member {
+    /// `pgN`.
+    pub name: String,
+    /// Its PostgreSQL port on 127.0.0.1.
+    pub pg_port: u16,
+    /// Its health API port on 127.0.0.1.
+    pub health_port: u16,
+    /// Its directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// The supervisor's pid while it runs.
+    pub fn supervisor_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The postmaster's pid, from PGDATA's `postmaster.pid`, if present.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+}
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    spec: LocalClusterSpec,
+    members: Vec<Member>,
+}
+
+impl LocalCluster {
+    /// Starts every member's supervisor; they bootstrap the cluster among themselves.
+    pub fn start(spec: LocalClusterSpec) -> Result<Self, LaunchError> {
+        let mut members = Vec::new();
+        for i in 0..spec.members {
+            let name = format!("pg{i}");
+            let dir = spec.base_dir.join(&name);
+            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            members.push(Member {
+                name,
+                pg_port: free_port()?,
+                health_port: free_port()?,
+                dir,
+                child: None,
+            });
+        }
+        let mut cluster = LocalCluster { spec, members };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The spec it was started with.
+    pub fn spec(&self) -> &LocalClusterSpec {
+        &self.spec
+    }
+
+    /// Sends `signal` to member `i`'s supervisor (SIGKILL, SIGSTOP, SIGCONT...).
+    pub fn signal(&mut self, i: usize, signal: i32) {
+        if let Some(child) = &self.members[i].child {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+        if signal == libc::SIGKILL {
+            if let Some(mut child) = self.members[i].child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Starts member `i`'s supervisor again (after a kill), same ports and directory.
+    pub fn restart(&mut self, i: usize) -> Result<(), LaunchError> {
+        self.stop(i);
+        self.spawn(i)
+    }
+
+    /// Stops member `i`'s supervisor gracefully (it stops its PostgreSQL).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), LaunchError> {
+        let spec = &self.spec;
+        let member = &mut self.members[i];
+        let log_path = member.dir.join("supervisor.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(io("duplicating the log handle"))?;
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args_prefix)
+            .args(["--cluster", &spec.cluster, "--name", &member.name])
+            .args([
+                "--etcd",
+                &spec.etcd_endpoints.join(","),
+                "--prefix",
+                &spec.prefix,
+            ])
+            .arg("--dir")
+            .arg(&member.dir)
+            .args([
+                "--pg-port",
+                &member.pg_port.to_string(),
+                "--health-port",
+                &member.health_port.to_string(),
+            ])
+            .args(["--ttl-secs", &spec.ttl_secs.to_string()])
+            .env("PAAS_PG_SUPERUSER_PASSWORD", &spec.superuser_password)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(io(format!("spawning {}", spec.program.display())))?;
+        member.child = Some(child);
+        Ok(())
+    }
+
+    /// The path of member `i`'s supervisor log.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.members[i].dir.join("supervisor.log")
+    }
+
+    /// The base directory.
+    pub fn base_dir(&self) -> &Path {
+        &self.spec.base_dir
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            if let Some(child) = &self.members[i].child {
+                // SAFETY: kill(2) on our own child; SIGCONT first in case it was frozen.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        for i in 0..self.members.len() {
+            self.stop(i);
+        }
+    }
+}
+
+fn free_port() -> Result<u16, LaunchError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Io { what, source }
+}

@@ -1,0 +1,686 @@
+//! One local PostgreSQL 15 server: its files, its process and the few queries the
+//! supervisor needs.
+//!
+//! Files in the instance directory (`<dir>`):
+//!
+//! ```text
+//! data/                    PGDATA (mode 0700, owned by the `postgres` OS user when root)
+//! data/paas.conf           listen address, port, replication settings (rewritten before
+//!                          every start, because pg_basebackup copies the primary's)
+//! data/paas_sync.conf      synchronous_standby_names, rewritten by the primary
+//! data/paas_standby.conf   primary_conninfo of a standby (mode 0600: holds the password)
+//! data/standby.signal      present iff the data is started as a standby
+//! data/paas_upstream       the member a standby's data follows; absent for a primary
+//! postgres.log             the server's stderr
+//! ```
+//!
+//! `postgresql.conf` gets three `include_if_exists` lines at initdb, and `pg_hba.conf`
+//! requires scram-sha-256 for every TCP connection (no Unix sockets are opened). The
+//! superuser `postgres` also replicates; its password comes from the supervisor config.
+//!
+//! When the supervisor runs as root, short-lived tools (initdb, pg_basebackup, pg_rewind)
+//! run through `runuser -u postgres --`, and the server itself is spawned directly with
+//! its uid/gid switched in the child, so it can carry a parent-death signal: when the
+//! supervisor dies (even by SIGKILL), the postmaster is killed with it and never lingers
+//! as an unsupervised primary.
+//!
+//! Invariant: `synchronous_standby_names` is never empty. A primary with no confirmed
+//! sync names [`NO_SYNC`], a name no standby has, so commits wait instead of being
+//! acknowledged without a copy.
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+/// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
+pub const NO_SYNC: &str = "paas_no_sync_standby";
+
+/// How long a query may take before PostgreSQL counts as not answering.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why an operation on the local PostgreSQL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A file operation or spawn failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool (initdb, pg_basebackup, pg_rewind) exited unsuccessfully.
+    #[error("{tool} failed ({status}): {output}")]
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its last output lines.
+        output: String,
+    },
+    /// A query failed or the connection was refused.
+    #[error("query: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// A query or the start did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(String),
+    /// The server process exited while it was expected to run.
+    #[error("postgres exited: {0}")]
+    Exited(String),
+    /// The `postgres` OS user does not exist while running as root.
+    #[error("running as root but there is no `postgres` OS user (apt-get install -y postgresql)")]
+    NoOsUser,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
+    let what = what.into();
+    move |source| PgError::Io { what, source }
+}
+
+/// Where and how the instance runs.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// The member name (also `application_name` when it streams).
+    pub name: String,
+    /// The instance directory.
+    pub dir: PathBuf,
+    /// PostgreSQL binaries, e.g. `/usr/lib/postgresql/15/bin`.
+    pub bin_dir: PathBuf,
+    /// The address PostgreSQL listens on and others reach it at.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The `postgres` superuser's password (also used for replication).
+    pub superuser_password: String,
+}
+
+/// How the data is to be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAs {
+    /// As primary requiring `sync` (or [`NO_SYNC`]) for commits.
+    Primary {
+        /// The confirmed sync, if any.
+        sync: Option<String>,
+    },
+    /// As standby streaming from `upstream` at `addr` (`host:port`).
+    Standby {
+        /// The member followed.
+        upstream: String,
+        /// Its PostgreSQL address.
+        addr: String,
+    },
+}
+
+/// What a status query saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// Writable primary.
+    Primary {
+        /// `pg_current_wal_flush_lsn()`.
+        flush_lsn: u64,
+        /// `pg_stat_replication`: (application_name, streaming?, flush_lsn).
+        replicas: Vec<(String, bool, u64)>,
+    },
+    /// In recovery.
+    Standby {
+        /// `pg_last_wal_replay_lsn()`.
+        replay_lsn: u64,
+        /// Whether the WAL receiver is streaming.
+        streaming: bool,
+    },
+}
+
+/// The local server and its connection.
+pub struct Postgres {
+    cfg: PgConfig,
+    child: Option<Child>,
+    client: Option<Client>,
+    pid: Arc<AtomicI32>,
+}
+
+impl Postgres {
+    /// A handle for the instance in `cfg.dir`; nothing is started.
+    pub fn new(cfg: PgConfig) -> Self {
+        Postgres {
+            cfg,
+            child: None,
+            client: None,
+            pid: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    /// The postmaster's pid (0 when none runs), shared so the fencing watchdog can kill
+    /// the server while a long action holds this handle.
+    pub fn pid_cell(&self) -> Arc<AtomicI32> {
+        self.pid.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+
+    /// PGDATA.
+    pub fn data_dir(&self) -> PathBuf {
+        self.cfg.dir.join("data")
+    }
+
+    /// Whether PGDATA holds a cluster.
+    pub fn has_data(&self) -> bool {
+        self.data_dir().join("PG_VERSION").exists()
+            && self.data_dir().join("global/pg_control").exists()
+    }
+
+    /// The member the data follows, from `paas_upstream`; `None` for primary data.
+    pub fn upstream(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("paas_upstream"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether the server process runs; reaps it (and returns its status) if it exited.
+    pub fn poll_exit(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => {
+                self.child = None;
+                self.pid.store(0, Ordering::SeqCst);
+                self.client = None;
+                Some(status.to_string())
+            }
+            Err(err) => Some(err.to_string()),
+        }
+    }
+
+    /// Whether a server process was started and has not been seen to exit.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Creates a fresh cluster in PGDATA (removing whatever was there).
+    pub async fn initdb(&self) -> Result<(), PgError> {
+        let data = self.data_dir();
+        self.fresh_data_dir().await?;
+        let pwfile = self.cfg.dir.join("pwfile");
+        write_owned(&pwfile, &self.cfg.superuser_password, 0o600)?;
+        let result = self
+            .tool("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .await;
+        let _ = std::fs::remove_file(&pwfile);
+        check("initdb", result)?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
+        text.push_str(
+            "\n# managed by the paas supervisor\ninclude_if_exists = 'paas.conf'\ninclude_if_exists = 'paas_sync.conf'\ninclude_if_exists = 'paas_standby.conf'\n",
+        );
+        write_owned(&conf, &text, 0o600)?;
+        write_owned(
+            &data.join("pg_hba.conf"),
+            "# managed by the paas supervisor: TCP only, passwords always\nhost all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\nhost replication all 0.0.0.0/0 scram-sha-256\nhost replication all ::/0 scram-sha-256\n",
+            0o600,
+        )
+    }
+
+    /// Replaces PGDATA with a copy of the server at `addr`, streaming WAL, and marks it
+    /// as following `upstream`.
+    pub async fn basebackup(&self, upstream: &str, addr: &str) -> Result<(), PgError> {
+        self.fresh_data_dir().await?;
+        let (host, port) = split_addr(addr);
+        let result = self
+            .tool("pg_basebackup")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-X", "stream", "-c", "fast", "--no-sync"])
+            .arg("-d")
+            .arg(format!(
+                "host={host} port={port} user=postgres application_name={}",
+                self.cfg.name
+            ))
+            .output()
+            .await;
+        check("pg_basebackup", result)?;
+        self.mark_upstream(Some(upstream))
+    }
+
+    /// Rewinds stopped PGDATA onto the timeline of the server at `addr` (pg_rewind runs
+    /// crash recovery first if the data was not shut down cleanly).
+    pub async fn rewind(&self, addr: &str) -> Result<(), PgError> {
+        let (host, port) = split_addr(addr);
+        let result = self
+            .tool("pg_rewind")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg(format!(
+                "--source-server=host={host} port={port} user=postgres dbname=postgres"
+            ))
+            .output()
+            .await;
+        check("pg_rewind", result)
+    }
+
+    /// Writes the configuration for `how` and starts the server, waiting until it answers.
+    pub async fn start(&mut self, how: &StartAs) -> Result<(), PgError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.write_config(how)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cfg.dir.join("postgres.log"))
+            .map_err(io("opening postgres.log"))?;
+        let log_err = log.try_clone().map_err(io("duplicating the log handle"))?;
+        let mut command = std::process::Command::new(self.cfg.bin_dir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        let ids = os_user()?;
+        // SAFETY: between fork and exec the closure makes only async-signal-safe calls
+        // (setgroups, setgid, setuid, prctl). PDEATHSIG is set after the uid change,
+        // which would otherwise clear it.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if ids.is_some() {
+            command.env("HOME", self.cfg.dir.as_os_str());
+        }
+        let child = Command::from(command)
+            .spawn()
+            .map_err(io("spawning postgres"))?;
+        self.pid
+            .store(child.id().map_or(0, |id| id as i32), Ordering::SeqCst);
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.poll_exit() {
+                return Err(PgError::Exited(format!(
+                    "{status} during start-up; see {}",
+                    self.cfg.dir.join("postgres.log").display()
+                )));
+            }
+            if self.connect().await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                self.kill_now();
+                return Err(PgError::Timeout("start-up".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fast shutdown (SIGINT: abort sessions, checkpoint), SIGKILL after 10 s.
+    pub async fn stop(&mut self) {
+        self.client = None;
+        self.pid.store(0, Ordering::SeqCst);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            kill_group(&mut child);
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGKILL to the postmaster and every backend at once: the fence. Commits waiting
+    /// for the sync die unacknowledged.
+    pub fn kill_now(&mut self) {
+        self.client = None;
+        self.pid.store(0, Ordering::SeqCst);
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+            // Reaped by tokio's orphan handling; the group is dead already.
+        }
+    }
+
+    /// Points `synchronous_standby_names` at `sync` (or [`NO_SYNC`]) and reloads, waiting
+    /// until a new session sees the new value.
+    pub async fn set_sync(&mut self, sync: Option<&str>) -> Result<(), PgError> {
+        let value = sync.unwrap_or(NO_SYNC);
+        write_owned(
+            &self.data_dir().join("paas_sync.conf"),
+            &format!("synchronous_standby_names = '\"{value}\"'\n"),
+            0o600,
+        )?;
+        self.query_one_bool("SELECT pg_reload_conf()").await?;
+        let started = Instant::now();
+        loop {
+            // A fresh session reads the reloaded file.
+            self.client = None;
+            let shown = self.client().await?;
+            let row = timed(shown.query_one("SHOW synchronous_standby_names", &[])).await?;
+            let now: String = row.get(0);
+            if now.trim_matches('"') == value {
+                // Walsenders pick the reload up on their next wake-up, within milliseconds.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(PgError::Timeout(
+                    "reloading synchronous_standby_names".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `pg_promote()` and a checkpoint, so pg_rewind on others sees the new timeline.
+    pub async fn promote(&mut self) -> Result<(), PgError> {
+        if !self.query_one_bool("SELECT pg_promote(true, 60)").await? {
+            return Err(PgError::Timeout("pg_promote".into()));
+        }
+        std::fs::remove_file(self.data_dir().join("paas_upstream")).ok();
+        write_owned(&self.data_dir().join("paas_standby.conf"), "", 0o600)?;
+        let client = self.client().await?;
+        timed(client.batch_execute("CHECKPOINT")).await?;
+        Ok(())
+    }
+
+    /// What the running server says about itself.
+    pub async fn runtime(&mut self) -> Result<Runtime, PgError> {
+        let client = self.client().await?;
+        let recovery: bool = timed(client.query_one("SELECT pg_is_in_recovery()", &[]))
+            .await?
+            .get(0);
+        if recovery {
+            let row = timed(client.query_one(
+                "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
+                 EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+                &[],
+            ))
+            .await?;
+            Ok(Runtime::Standby {
+                replay_lsn: row.get::<_, i64>(0) as u64,
+                streaming: row.get(1),
+            })
+        } else {
+            let flush: i64 = timed(client.query_one(
+                "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint",
+                &[],
+            ))
+            .await?
+            .get(0);
+            let rows = timed(client.query(
+                "SELECT application_name, state = 'streaming', COALESCE((flush_lsn - '0/0'::pg_lsn)::bigint, 0) \
+                 FROM pg_stat_replication",
+                &[],
+            ))
+            .await?;
+            let replicas = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, bool>(1),
+                        r.get::<_, i64>(2) as u64,
+                    )
+                })
+                .collect();
+            Ok(Runtime::Primary {
+                flush_lsn: flush as u64,
+                replicas,
+            })
+        }
+    }
+
+    /// A connected superuser client, reconnecting if the last one broke.
+    pub async fn client(&mut self) -> Result<&Client, PgError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.connect().await?;
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    async fn connect(&mut self) -> Result<(), PgError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.cfg.host)
+            .port(self.cfg.port)
+            .user("postgres")
+            .password(&self.cfg.superuser_password)
+            .dbname("postgres")
+            .application_name("paas-supervisor")
+            .connect_timeout(Duration::from_secs(2));
+        let (client, connection) = timed(config.connect(NoTls)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn query_one_bool(&mut self, sql: &str) -> Result<bool, PgError> {
+        let client = self.client().await?;
+        Ok(timed(client.query_one(sql, &[])).await?.get(0))
+    }
+
+    fn write_config(&self, how: &StartAs) -> Result<(), PgError> {
+        let data = self.data_dir();
+        write_owned(
+            &data.join("paas.conf"),
+            &format!(
+                "listen_addresses = '{host}'\nport = {port}\nunix_socket_directories = ''\n\
+                 wal_level = replica\nmax_wal_senders = 10\nwal_keep_size = '256MB'\nwal_log_hints = on\n\
+                 hot_standby = on\nsynchronous_commit = on\nwal_sender_timeout = '5s'\nwal_receiver_timeout = '5s'\n\
+                 wal_retrieve_retry_interval = '500ms'\nshared_buffers = '32MB'\nmax_connections = 100\n\
+                 logging_collector = off\nrecovery_target_timeline = 'latest'\n",
+                host = self.cfg.host,
+                port = self.cfg.port
+            ),
+            0o600,
+        )?;
+        match how {
+            StartAs::Primary { sync } => {
+                std::fs::remove_file(data.join("standby.signal")).ok();
+                write_owned(&data.join("paas_standby.conf"), "", 0o600)?;
+                write_owned(
+                    &data.join("paas_sync.conf"),
+                    &format!(
+                        "synchronous_standby_names = '\"{}\"'\n",
+                        sync.as_deref().unwrap_or(NO_SYNC)
+                    ),
+                    0o600,
+                )?;
+                self.mark_upstream(None)
+            }
+            StartAs::Standby { upstream, addr } => {
+                let (host, port) = split_addr(addr);
+                write_owned(&data.join("standby.signal"), "", 0o600)?;
+                write_owned(
+                    &data.join("paas_sync.conf"),
+                    &format!("synchronous_standby_names = '\"{NO_SYNC}\"'\n"),
+                    0o600,
+                )?;
+                let password = self
+                    .cfg
+                    .superuser_password
+                    .replace('\\', "\\\\")
+                    .replace('\'', "\\'");
+                write_owned(
+                    &data.join("paas_standby.conf"),
+                    &format!(
+                        "primary_conninfo = 'host={host} port={port} user=postgres password=''{password}'' application_name={}'\n",
+                        self.cfg.name
+                    ),
+                    0o600,
+                )?;
+                self.mark_upstream(Some(upstream))
+            }
+        }
+    }
+
+    fn mark_upstream(&self, upstream: Option<&str>) -> Result<(), PgError> {
+        let path = self.data_dir().join("paas_upstream");
+        match upstream {
+            Some(name) => write_owned(&path, name, 0o600),
+            None => {
+                std::fs::remove_file(&path).ok();
+                Ok(())
+            }
+        }
+    }
+
+    async fn fresh_data_dir(&self) -> Result<(), PgError> {
+        let data = self.data_dir();
+        if data.exists() {
+            tokio::fs::remove_dir_all(&data)
+                .await
+                .map_err(io(format!("removing {}", data.display())))?;
+        }
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod PGDATA"))?;
+        chown(&self.cfg.dir)?;
+        chown(&data)
+    }
+
+    fn tool(&self, name: &str) -> Command {
+        let binary = self.cfg.bin_dir.join(name);
+        let mut command = if nix_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(binary);
+            c
+        } else {
+            Command::new(binary)
+        };
+        command
+            .env("PGPASSWORD", &self.cfg.superuser_password)
+            .current_dir(&self.cfg.dir)
+            .kill_on_drop(true);
+        command
+    }
+}
+
+fn nix_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `postgres` OS user's (uid, gid) when running as root; `None` otherwise.
+fn os_user() -> Result<Option<(libc::uid_t, libc::gid_t)>, PgError> {
+    if !nix_root() {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam returns a pointer into static storage or null; we copy the ids out
+    // immediately and do not call it concurrently from this crate.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(PgError::NoOsUser);
+    }
+    // SAFETY: non-null pointer from getpwnam.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn chown(path: &Path) -> Result<(), PgError> {
+    if let Some((uid, gid)) = os_user()? {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` with `mode`, owned by the `postgres` user when root.
+fn write_owned(path: &Path, contents: &str, mode: u32) -> Result<(), PgError> {
+    std::fs::write(path, contents).map_err(io(format!("writing {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", path.display())))?;
+    chown(path)
+}
+
+/// SIGKILL to the process group of postmaster `pid` (0: nothing runs).
+pub fn kill_pid_group(pid: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on the process group of the postmaster we started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
+
+fn kill_group(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on the process group our unreaped child leads.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    }
+    let _ = child.start_kill();
+}
+
+fn split_addr(addr: &str) -> (&str, &str) {
+    addr.rsplit_once(':').unwrap_or((addr, "5432"))
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PgError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, f).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(PgError::Timeout("query".into())),
+    }
+}
+
+fn check(tool: &str, result: std::io::Result<std::process::Output>) -> Result<(), PgError> {
+    let output = result.map_err(io(format!("running {tool}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+    Err(PgError::Tool {
+        tool: tool.into(),
+        status: output.status,
+        output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+    })
+}

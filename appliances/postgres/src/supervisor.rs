@@ -1,0 +1,851 @@
+//! The supervisor of one PostgreSQL instance: the tick loop, the long actions, the
+//! fencing watchdog and the health API.
+//!
+//! Every `tick` the loop (1) reads the cluster's records from etcd in one request,
+//! (2) looks at the local server unless a long action holds it, (3) calls
+//! `decide::decide`, logging the sentence at INFO whenever it differs from the previous
+//! tick's (and at DEBUG otherwise, to keep logs readable at 4 ticks a second), (4)
+//! publishes the member's status in etcd and on the health API, and (5) carries the
+//! decision out. Quick decisions (fence, resign) run inline; long ones (initdb,
+//! basebackup, rewind, start, promotion, choosing a sync) run in a task that owns the
+//! local server's handle, which is how the next tick knows an action is in progress.
+//!
+//! Fencing has two layers. The watchdog task checks every 100 ms, independently of the
+//! tick, whether the leader's lease is still safely held (`fence::lease_verdict`) and
+//! SIGKILLs PostgreSQL's whole process group the moment it is not. And the primary only
+//! acknowledges commits its sync standby flushed, so even a primary whose supervisor is
+//! frozen (SIGSTOP: no watchdog runs) cannot acknowledge a write once its sync has been
+//! promoted. Backends waiting for the sync are never cancelled, only killed.
+//!
+//! Choosing a sync (the only way a member becomes promotable) is ordered so that the
+//! state document never names a member lacking an acknowledged write:
+//! 1. `synchronous_standby_names` := a name nobody has: no commit is acknowledged now;
+//! 2. `X` := the primary's WAL flush position; every acknowledged commit is at or below X;
+//! 3. wait until the candidate streams and has flushed X;
+//! 4. write `sync = candidate` (compare-and-set, only while still holding the leader key);
+//! 5. `synchronous_standby_names` := the candidate: commits are acknowledged again.
+//!
+//! If any step fails, commits stay blocked and the next tick tries again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paas_router::tcp::LeaderRecord;
+use tokio::sync::{watch, OwnedMutexGuard};
+
+use crate::cluster::{ClusterState, Keys, MemberStatus, Role};
+use crate::decide::{decide, Decision, Leader, Local, Observed, Replica};
+use crate::fence::{lease_verdict, LeaseVerdict};
+use crate::health;
+use crate::lease::{LeaseHandle, LeaseState};
+use crate::pg::{kill_pid_group, PgConfig, PgError, Postgres, Runtime, StartAs};
+use crate::store::{Snapshot, Store, StoreError};
+
+/// Why the supervisor could not start or an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The configuration is unusable (bad name, TTL too small...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// etcd could not be reached or refused a request.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The local PostgreSQL failed an operation.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// The health API could not bind its port.
+    #[error("binding the health API on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A conditional write lost against another member.
+    #[error("{0}")]
+    LostRace(String),
+}
+
+/// Everything one supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// The cluster's name (etcd keys `<prefix>pg/<cluster>/`).
+    pub cluster: String,
+    /// This member's name: `[a-z0-9_]`, unique in the cluster.
+    pub name: String,
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix, e.g. `/paas/`.
+    pub prefix: String,
+    /// The instance directory (PGDATA is `<dir>/data`).
+    pub dir: PathBuf,
+    /// PostgreSQL binaries.
+    pub bin_dir: PathBuf,
+    /// The address PostgreSQL and the health API listen on.
+    pub host: String,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// The health API's port.
+    pub health_port: u16,
+    /// The `postgres` superuser's password, the same on every member.
+    pub superuser_password: String,
+    /// The lease TTL: a dead primary is replaced after at most this long.
+    pub ttl: Duration,
+    /// How long before the lease's earliest expiry the primary fences itself.
+    pub fence_margin: Duration,
+    /// The tick interval.
+    pub tick: Duration,
+    /// How long a standby may fail to stream from a running primary before it rewinds.
+    pub stall_after: Duration,
+}
+
+impl SupervisorConfig {
+    /// A configuration with the defaults for everything but identity and addresses.
+    pub fn new(
+        cluster: &str,
+        name: &str,
+        etcd_endpoints: Vec<String>,
+        dir: PathBuf,
+        pg_port: u16,
+        health_port: u16,
+        superuser_password: &str,
+    ) -> Self {
+        SupervisorConfig {
+            cluster: cluster.into(),
+            name: name.into(),
+            etcd_endpoints,
+            prefix: "/paas/".into(),
+            dir,
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            host: "127.0.0.1".into(),
+            pg_port,
+            health_port,
+            superuser_password: superuser_password.into(),
+            ttl: Duration::from_secs(3),
+            fence_margin: Duration::from_millis(1000),
+            tick: Duration::from_millis(250),
+            stall_after: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the configuration without touching anything.
+    pub fn validate(&self) -> Result<(), SupervisorError> {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 48
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ident(&self.name) || self.name == crate::pg::NO_SYNC {
+            return Err(SupervisorError::Config(format!(
+                "member name {:?} must be 1-48 of [a-z0-9_]",
+                self.name
+            )));
+        }
+        if !ident(&self.cluster) {
+            return Err(SupervisorError::Config(format!(
+                "cluster name {:?} must be 1-48 of [a-z0-9_]",
+                self.cluster
+            )));
+        }
+        if self.ttl < Duration::from_secs(2) || self.ttl.subsec_nanos() != 0 {
+            return Err(SupervisorError::Config(
+                "ttl must be whole seconds, at least 2 s (etcd's minimum)".into(),
+            ));
+        }
+        if self.fence_margin.is_zero() || self.fence_margin >= self.ttl / 2 {
+            return Err(SupervisorError::Config(
+                "fence margin must be positive and below half the TTL".into(),
+            ));
+        }
+        if self.superuser_password.is_empty() || self.superuser_password.contains('\'') {
+            return Err(SupervisorError::Config(
+                "superuser password must be non-empty and contain no single quote".into(),
+            ));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(SupervisorError::Config("no etcd endpoint".into()));
+        }
+        Ok(())
+    }
+
+    fn pg_addr(&self) -> String {
+        format!("{}:{}", self.host, self.pg_port)
+    }
+}
+
+/// State shared by the tick loop, the actions and the watchdog.
+#[derive(Clone)]
+struct Shared {
+    me: String,
+    store: Store,
+    /// The lease id we lead with; 0 when not leading. The watchdog fences while non-zero.
+    leading: Arc<AtomicI64>,
+    /// The postmaster's pid, for the watchdog.
+    pid: Arc<AtomicI32>,
+    /// Whether PostgreSQL exited without being asked to since it was last started.
+    crashed: Arc<AtomicBool>,
+    /// The running long action's description.
+    busy: Arc<Mutex<Option<String>>>,
+    leader_record: LeaderRecord,
+}
+
+/// Runs the supervisor until `shutdown` completes; then stops PostgreSQL, releases the
+/// leader key and revokes the lease.
+pub async fn run(
+    config: SupervisorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SupervisorError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.dir).map_err(|e| {
+        SupervisorError::Pg(PgError::Io {
+            what: format!("creating {}", config.dir.display()),
+            source: e,
+        })
+    })?;
+    let keys = Keys::new(&config.prefix, &config.cluster);
+    let store = Store::connect(&config.etcd_endpoints, keys).await?;
+    let lease = LeaseHandle::spawn(store.client(), config.ttl);
+    let postgres = Postgres::new(PgConfig {
+        name: config.name.clone(),
+        dir: config.dir.clone(),
+        bin_dir: config.bin_dir.clone(),
+        host: config.host.clone(),
+        port: config.pg_port,
+        superuser_password: config.superuser_password.clone(),
+    });
+    let addr: SocketAddr = config.pg_addr().parse().map_err(|e| {
+        SupervisorError::Config(format!(
+            "host {:?} with port {} is not an IP address: {e}",
+            config.host, config.pg_port
+        ))
+    })?;
+    let shared = Shared {
+        me: config.name.clone(),
+        store,
+        leading: Arc::new(AtomicI64::new(0)),
+        pid: postgres.pid_cell(),
+        crashed: Arc::new(AtomicBool::new(false)),
+        busy: Arc::new(Mutex::new(None)),
+        leader_record: LeaderRecord {
+            member: config.name.clone(),
+            addr,
+        },
+    };
+    let pg = Arc::new(tokio::sync::Mutex::new(postgres));
+
+    let health_addr = format!("{}:{}", config.host, config.health_port);
+    let listener = tokio::net::TcpListener::bind(&health_addr)
+        .await
+        .map_err(|source| SupervisorError::Bind {
+            addr: health_addr.clone(),
+            source,
+        })?;
+    let initial = MemberStatus {
+        name: config.name.clone(),
+        pg_addr: config.pg_addr(),
+        health_addr: health_addr.clone(),
+        role: Role::Stopped,
+        running: false,
+        wal_lsn: None,
+        lag_bytes: None,
+        generation: None,
+        decision: "starting".into(),
+    };
+    let (published, health_rx) = watch::channel((initial.clone(), false));
+    let (stop_health, mut stop_health_rx) = watch::channel(false);
+    let health_task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_health_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = axum::serve(listener, health::router(health_rx))
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %err, "health API failed");
+        }
+    });
+    let watchdog = tokio::spawn(watchdog(
+        shared.clone(),
+        lease.subscribe(),
+        config.ttl,
+        config.fence_margin,
+    ));
+    tracing::info!(member = %config.name, cluster = %config.cluster, pg = %config.pg_addr(), health = %health_addr, "supervisor started");
+
+    let mut tick = Tick {
+        config: config.clone(),
+        shared: shared.clone(),
+        pg: pg.clone(),
+        lease: &lease,
+        published,
+        status: initial,
+        last_reason: String::new(),
+        known_addrs: BTreeMap::new(),
+        not_streaming_since: None,
+    };
+    let mut interval = tokio::time::interval(config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = interval.tick() => tick.run().await,
+        }
+    }
+
+    tracing::info!(member = %config.name, "shutting down: stopping PostgreSQL, releasing leadership");
+    shared.leading.store(0, Ordering::SeqCst);
+    watchdog.abort();
+    let mut guard =
+        match tokio::time::timeout(Duration::from_secs(60), pg.clone().lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                kill_pid_group(shared.pid.load(Ordering::SeqCst));
+                pg.clone().lock_owned().await
+            }
+        };
+    guard.stop().await;
+    if let Some(state) = lease.current() {
+        let mut store = shared.store.clone();
+        let _ = store.release_leadership(state.id).await;
+        LeaseHandle::revoke(&mut store.client(), state.id).await;
+    }
+    let _ = stop_health.send(true);
+    let _ = health_task.await;
+    Ok(())
+}
+
+/// Fences: SIGKILLs PostgreSQL the moment the lease we lead with may be expiring.
+async fn watchdog(
+    shared: Shared,
+    lease: watch::Receiver<Option<LeaseState>>,
+    ttl: Duration,
+    margin: Duration,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let leading = shared.leading.load(Ordering::SeqCst);
+        if leading == 0 {
+            continue;
+        }
+        let current = *lease.borrow();
+        let verdict = match current {
+            Some(state) if state.id == leading => {
+                lease_verdict(Instant::now(), state.confirmed_sent, ttl, margin)
+            }
+            _ => LeaseVerdict::Expiring("the lease I lead with is gone".into()),
+        };
+        if let LeaseVerdict::Expiring(reason) = verdict {
+            kill_pid_group(shared.pid.load(Ordering::SeqCst));
+            shared.leading.store(0, Ordering::SeqCst);
+            tracing::error!(member = %shared.me, %reason, "fenced: PostgreSQL killed before the leader lease can expire");
+        }
+    }
+}
+
+/// The tick loop's state between ticks.
+struct Tick<'a> {
+    config: SupervisorConfig,
+    shared: Shared,
+    pg: Arc<tokio::sync::Mutex<Postgres>>,
+    lease: &'a LeaseHandle,
+    published: watch::Sender<(MemberStatus, bool)>,
+    status: MemberStatus,
+    last_reason: String,
+    known_addrs: BTreeMap<String, String>,
+    not_streaming_since: Option<Instant>,
+}
+
+impl Tick<'_> {
+    async fn run(&mut self) {
+        let Some(lease) = self.lease.current() else {
+            self.log("no etcd lease: cannot take part until etcd answers");
+            return;
+        };
+        let mut store = self.shared.store.clone();
+        let snapshot = match store.read().await {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                self.log(&format!("cannot read the cluster state from etcd: {err}"));
+                return;
+            }
+        };
+        for member in snapshot.members.values() {
+            self.known_addrs
+                .insert(member.name.clone(), member.pg_addr.clone());
+        }
+        let leader = match &snapshot.leader {
+            None => Leader::Nobody,
+            Some(key) if key.record.member == self.shared.me && key.lease == lease.id => Leader::Me,
+            Some(key) if key.record.member == self.shared.me => Leader::MyOldLease,
+            Some(key) => Leader::Other(key.record.member.clone()),
+        };
+        if let Some(key) = &snapshot.leader {
+            self.known_addrs
+                .insert(key.record.member.clone(), key.record.addr.to_string());
+        }
+        self.shared.leading.store(
+            if leader == Leader::Me { lease.id } else { 0 },
+            Ordering::SeqCst,
+        );
+
+        let busy = self.shared.busy.lock().expect("busy lock").clone();
+        let guard = match (&busy, self.pg.clone().try_lock_owned()) {
+            (None, Ok(guard)) => Some(guard),
+            _ => None,
+        };
+        let (local, runtime, guard) = match guard {
+            Some(mut guard) => {
+                let (local, runtime) = self.observe_local(&mut guard, &snapshot).await;
+                (local, runtime, Some(guard))
+            }
+            None => (Local::Starting, None, None),
+        };
+        let observed = Observed {
+            me: self.shared.me.clone(),
+            state: snapshot.state.as_ref().map(|(s, _)| s.clone()),
+            leader: leader.clone(),
+            members: snapshot.members.clone(),
+            local: local.clone(),
+            busy: if guard.is_none() {
+                Some(busy.unwrap_or_else(|| "an action".into()))
+            } else {
+                None
+            },
+        };
+        let decision = decide(&observed);
+        self.log(decision.reason());
+        self.publish(
+            &observed,
+            runtime.as_ref(),
+            &snapshot,
+            decision.reason(),
+            lease.id,
+            &mut store,
+        )
+        .await;
+        if let Some(guard) = guard {
+            self.execute(decision, guard, &snapshot, lease.id, &local)
+                .await;
+        }
+    }
+
+    async fn observe_local(
+        &mut self,
+        pg: &mut Postgres,
+        snapshot: &Snapshot,
+    ) -> (Local, Option<Runtime>) {
+        if let Some(status) = pg.poll_exit() {
+            self.shared.crashed.store(true, Ordering::SeqCst);
+            tracing::warn!(member = %self.shared.me, %status, "PostgreSQL exited unexpectedly");
+        }
+        if !pg.is_running() {
+            self.not_streaming_since = None;
+            let local = if pg.has_data() {
+                Local::Stopped {
+                    upstream: pg.upstream(),
+                    crashed: self.shared.crashed.load(Ordering::SeqCst),
+                }
+            } else {
+                Local::Empty
+            };
+            return (local, None);
+        }
+        match pg.runtime().await {
+            Ok(runtime @ Runtime::Primary { .. }) => {
+                self.not_streaming_since = None;
+                let Runtime::Primary { replicas, .. } = &runtime else {
+                    unreachable!()
+                };
+                let replicas = replicas
+                    .iter()
+                    .map(|(name, streaming, flush_lsn)| Replica {
+                        name: name.clone(),
+                        streaming: *streaming,
+                        flush_lsn: *flush_lsn,
+                    })
+                    .collect();
+                (Local::Primary { replicas }, Some(runtime))
+            }
+            Ok(runtime @ Runtime::Standby { streaming, .. }) => {
+                let upstream = pg.upstream().unwrap_or_default();
+                let upstream_runs = snapshot
+                    .members
+                    .get(&upstream)
+                    .is_some_and(|m| m.running && m.role == Role::Primary);
+                let stalled = if streaming {
+                    self.not_streaming_since = None;
+                    false
+                } else {
+                    let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+                    upstream_runs && since.elapsed() > self.config.stall_after
+                };
+                (
+                    Local::Standby {
+                        upstream,
+                        streaming,
+                        stalled,
+                    },
+                    Some(runtime),
+                )
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "PostgreSQL does not answer yet");
+                (Local::Starting, None)
+            }
+        }
+    }
+
+    fn log(&mut self, reason: &str) {
+        if reason != self.last_reason {
+            tracing::info!(member = %self.shared.me, "{reason}");
+            self.last_reason = reason.to_string();
+        } else {
+            tracing::debug!(member = %self.shared.me, "{reason}");
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        o: &Observed,
+        runtime: Option<&Runtime>,
+        snapshot: &Snapshot,
+        reason: &str,
+        lease: i64,
+        store: &mut Store,
+    ) {
+        let role = match (&o.local, &o.leader) {
+            (_, _) if o.busy.is_some() => self.status.role,
+            (Local::Primary { .. }, Leader::Me) => Role::Primary,
+            (Local::Primary { .. }, _) => Role::Deposed,
+            (Local::Standby { .. }, _)
+                if o.state.as_ref().and_then(|s| s.sync.as_deref()) == Some(o.me.as_str()) =>
+            {
+                Role::Sync
+            }
+            (Local::Standby { .. }, _) => Role::Async,
+            _ => Role::Stopped,
+        };
+        let primary_lsn = snapshot
+            .members
+            .values()
+            .find(|m| m.role == Role::Primary)
+            .and_then(|m| m.wal_lsn);
+        let (wal_lsn, lag_bytes, streaming) = match runtime {
+            Some(Runtime::Primary { flush_lsn, .. }) => (Some(*flush_lsn), Some(0), false),
+            Some(Runtime::Standby {
+                replay_lsn,
+                streaming,
+            }) => (
+                Some(*replay_lsn),
+                primary_lsn.map(|p| p.saturating_sub(*replay_lsn)),
+                *streaming,
+            ),
+            None => (None, None, false),
+        };
+        let running = match (&o.busy, runtime) {
+            (Some(_), _) => self.status.running,
+            (None, runtime) => runtime.is_some(),
+        };
+        self.status = MemberStatus {
+            role,
+            running,
+            wal_lsn: wal_lsn.or(if o.busy.is_some() {
+                self.status.wal_lsn
+            } else {
+                None
+            }),
+            lag_bytes,
+            generation: o.state.as_ref().map(|s| s.generation),
+            decision: reason.to_string(),
+            ..self.status.clone()
+        };
+        self.published
+            .send_replace((self.status.clone(), streaming));
+        if let Err(err) = store.register(&self.status, lease).await {
+            tracing::warn!(error = %err, "publishing member status failed");
+        }
+    }
+
+    async fn execute(
+        &mut self,
+        decision: Decision,
+        mut pg: OwnedMutexGuard<Postgres>,
+        snapshot: &Snapshot,
+        lease: i64,
+        local: &Local,
+    ) {
+        let state = snapshot.state.as_ref().map(|(s, _)| s.clone());
+        let revision = snapshot.state_revision();
+        let shared = self.shared.clone();
+        match decision {
+            Decision::Nothing(_) | Decision::Wait(_) => {}
+            Decision::Fence(_) => {
+                self.shared.leading.store(0, Ordering::SeqCst);
+                pg.kill_now();
+            }
+            Decision::Resign(_) => {
+                if matches!(local, Local::Primary { .. }) {
+                    pg.kill_now();
+                }
+                self.shared.leading.store(0, Ordering::SeqCst);
+                let mut store = self.shared.store.clone();
+                if let Err(err) = store.release_leadership(lease).await {
+                    tracing::warn!(error = %err, "releasing the leader key failed; it expires with the lease");
+                }
+            }
+            Decision::Bootstrap(_) => spawn_action("bootstrap", shared, pg, move |pg, shared| {
+                Box::pin(bootstrap(pg, shared, lease))
+            }),
+            Decision::Promote(_) => {
+                let state = state.expect("promotion needs a state document");
+                spawn_action("promotion", shared, pg, move |pg, shared| {
+                    Box::pin(promote(pg, shared, lease, state, revision))
+                })
+            }
+            Decision::FinishPromotion(_) => spawn_action("promotion", shared, pg, |mut pg, _| {
+                Box::pin(async move { Ok(pg.promote().await?) })
+            }),
+            Decision::Reclaim(_) => {
+                let state = state.expect("reclaiming needs a state document");
+                spawn_action("reclaiming leadership", shared, pg, move |pg, shared| {
+                    Box::pin(reclaim(pg, shared, lease, state, revision))
+                })
+            }
+            Decision::StartPrimary(_) => {
+                let sync = state.and_then(|s| s.sync);
+                spawn_action("starting the primary", shared, pg, move |mut pg, shared| {
+                    Box::pin(async move {
+                        shared.crashed.store(false, Ordering::SeqCst);
+                        Ok(pg.start(&StartAs::Primary { sync }).await?)
+                    })
+                })
+            }
+            Decision::Follow { primary, .. } => {
+                let Some(addr) = self.known_addrs.get(&primary).cloned() else {
+                    tracing::warn!(%primary, "address of the primary unknown; waiting for its registration");
+                    return;
+                };
+                spawn_action("rebuilding as a standby", shared, pg, move |pg, shared| {
+                    Box::pin(follow(pg, shared, primary, addr))
+                })
+            }
+            Decision::StartStandby { primary, .. } => {
+                let addr = self
+                    .known_addrs
+                    .get(&primary)
+                    .cloned()
+                    .unwrap_or_else(|| self.config.pg_addr());
+                spawn_action("starting the standby", shared, pg, move |mut pg, shared| {
+                    Box::pin(async move {
+                        shared.crashed.store(false, Ordering::SeqCst);
+                        Ok(pg
+                            .start(&StartAs::Standby {
+                                upstream: primary,
+                                addr,
+                            })
+                            .await?)
+                    })
+                })
+            }
+            Decision::ChooseSync { candidate, .. } => {
+                let state = state.expect("choosing a sync needs a state document");
+                spawn_action("choosing a sync standby", shared, pg, move |pg, shared| {
+                    Box::pin(choose_sync(pg, shared, lease, state, revision, candidate))
+                })
+            }
+        }
+    }
+}
+
+type ActionFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), SupervisorError>> + Send>>;
+
+/// Runs a long action in its own task; it owns the server handle until it finishes, so
+/// the next ticks see it in progress.
+fn spawn_action(
+    name: &str,
+    shared: Shared,
+    pg: OwnedMutexGuard<Postgres>,
+    action: impl FnOnce(OwnedMutexGuard<Postgres>, Shared) -> ActionFuture,
+) {
+    *shared.busy.lock().expect("busy lock") = Some(name.to_string());
+    let future = action(pg, shared.clone());
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = future.await;
+        *shared.busy.lock().expect("busy lock") = None;
+        match result {
+            Ok(()) => {
+                tracing::info!(member = %shared.me, action = %name, took = ?started.elapsed(), "action finished")
+            }
+            Err(err) => {
+                tracing::warn!(member = %shared.me, action = %name, error = %err, "action failed")
+            }
+        }
+    });
+}
+
+async fn bootstrap(
+    mut pg: OwnedMutexGuard<Postgres>,
+    shared: Shared,
+    lease: i64,
+) -> Result<(), SupervisorError> {
+    let mut store = shared.store.clone();
+    if !store.claim_bootstrap(&shared.leader_record, lease).await? {
+        return Err(SupervisorError::LostRace(
+            "another member claimed the bootstrap".into(),
+        ));
+    }
+    shared.leading.store(lease, Ordering::SeqCst);
+    pg.initdb().await?;
+    shared.crashed.store(false, Ordering::SeqCst);
+    pg.start(&StartAs::Primary { sync: None }).await?;
+    let state = ClusterState {
+        generation: 1,
+        primary: shared.me.clone(),
+        sync: None,
+    };
+    if !store.write_state(lease, &state, 0).await? {
+        return Err(SupervisorError::LostRace(
+            "lost the leader key before writing generation 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn promote(
+    mut pg: OwnedMutexGuard<Postgres>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+) -> Result<(), SupervisorError> {
+    let mut store = shared.store.clone();
+    let next = ClusterState {
+        generation: state.generation + 1,
+        primary: shared.me.clone(),
+        sync: None,
+    };
+    if !store
+        .take_leadership(&shared.leader_record, lease, &next, revision)
+        .await?
+    {
+        return Err(SupervisorError::LostRace(
+            "the leader key or the state changed before I could take it".into(),
+        ));
+    }
+    shared.leading.store(lease, Ordering::SeqCst);
+    tracing::info!(member = %shared.me, generation = next.generation, "took the leader key; promoting");
+    pg.promote().await?;
+    Ok(())
+}
+
+async fn reclaim(
+    mut pg: OwnedMutexGuard<Postgres>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+) -> Result<(), SupervisorError> {
+    let mut store = shared.store.clone();
+    let next = ClusterState {
+        generation: state.generation + 1,
+        ..state
+    };
+    if !store
+        .take_leadership(&shared.leader_record, lease, &next, revision)
+        .await?
+    {
+        return Err(SupervisorError::LostRace(
+            "the leader key or the state changed before I could take it back".into(),
+        ));
+    }
+    shared.leading.store(lease, Ordering::SeqCst);
+    if !pg.is_running() {
+        shared.crashed.store(false, Ordering::SeqCst);
+        pg.start(&StartAs::Primary {
+            sync: next.sync.clone(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn follow(
+    mut pg: OwnedMutexGuard<Postgres>,
+    shared: Shared,
+    primary: String,
+    addr: String,
+) -> Result<(), SupervisorError> {
+    pg.stop().await;
+    if pg.has_data() {
+        if let Err(err) = pg.rewind(&addr).await {
+            tracing::warn!(member = %shared.me, error = %err, "pg_rewind failed; cloning afresh with pg_basebackup");
+            pg.basebackup(&primary, &addr).await?;
+        }
+    } else {
+        pg.basebackup(&primary, &addr).await?;
+    }
+    shared.crashed.store(false, Ordering::SeqCst);
+    pg.start(&StartAs::Standby {
+        upstream: primary,
+        addr,
+    })
+    .await?;
+    Ok(())
+}
+
+async fn choose_sync(
+    mut pg: OwnedMutexGuard<Postgres>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+    candidate: String,
+) -> Result<(), SupervisorError> {
+    pg.set_sync(None).await?;
+    let target = match pg.runtime().await? {
+        Runtime::Primary { flush_lsn, .. } => flush_lsn,
+        Runtime::Standby { .. } => {
+            return Err(SupervisorError::LostRace("no longer a primary".into()))
+        }
+    };
+    let started = Instant::now();
+    loop {
+        if let Runtime::Primary { replicas, .. } = pg.runtime().await? {
+            if replicas.iter().any(|(name, streaming, flush)| {
+                name == &candidate && *streaming && *flush >= target
+            }) {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(SupervisorError::LostRace(format!(
+                "{candidate} did not flush {} in time",
+                crate::cluster::format_lsn(target)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next = ClusterState {
+        sync: Some(candidate.clone()),
+        ..state
+    };
+    let mut store = shared.store.clone();
+    if !store.write_state(lease, &next, revision).await? {
+        return Err(SupervisorError::LostRace(
+            "the state document changed or I lost the leader key".into(),
+        ));
+    }
+    pg.set_sync(Some(&candidate)).await?;
+    tracing::info!(member = %shared.me, sync = %candidate, "sync standby confirmed; commits are acknowledged again");
+    Ok(())
+}
