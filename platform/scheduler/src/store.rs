@@ -132,12 +132,13 @@ impl Store {
     }
 
     /// Creates `key` with `value` on `lease` if it does not exist; returns whether it did.
-    pub async fn create_leased(
+    pub async fn create_leased<T: Serialize>(
         &self,
         key: &str,
-        value: &str,
+        value: &T,
         lease: i64,
     ) -> Result<bool, StoreError> {
+        let value = encode(key, value)?;
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(

@@ -1,0 +1,400 @@
+//! The agent loop: register this host on a lease, then every poll interval read the
+//! placements under this host's id and make the running job tasks match them.
+//!
+//! Each job task ([`run_job`]) prepares the job (release, command, port, working dir),
+//! runs [`supervisor::supervise`], and in parallel mirrors the supervisor's [`Report`] to
+//! `job-status/<job>` and, while the job is `Up` and exposed, to
+//! `services/<app>-<type>/<job>` — both on the current lease. When the lease is lost
+//! (etcd unreachable for a TTL) the agent takes a new one, registers again and every job
+//! task rewrites its keys on it.
+//!
+//! [`plan_jobs`] is the pure part: placements vs. running tasks -> which to start and
+//! which to stop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use paas_controller::model::{Host, Job, JobState, JobStatus, Release};
+use paas_scheduler::keys::ServiceEntry;
+use paas_scheduler::lease::Lease;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::LineOrigin;
+use crate::health::{self, Exposure};
+use crate::supervisor::{self, backoff, JobSpec, Report};
+use crate::{HostError, Shared};
+
+/// Time between checks of an `Up` job.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What to change so running tasks match placements.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JobPlan {
+    /// Placed jobs without a task: start them.
+    pub start: Vec<String>,
+    /// Tasks whose placement is gone: stop them.
+    pub stop: Vec<String>,
+}
+
+/// Compares placed job ids with running (not already stopping) task ids.
+pub fn plan_jobs(placed: &BTreeSet<String>, running: &BTreeSet<String>) -> JobPlan {
+    JobPlan {
+        start: placed.difference(running).cloned().collect(),
+        stop: running.difference(placed).cloned().collect(),
+    }
+}
+
+/// A job task and how to stop it.
+struct Running {
+    stop: CancellationToken,
+    stopping: bool,
+}
+
+/// Registers the host and runs the placement loop until `shutdown`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    api_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), HostError> {
+    let cfg = &shared.cfg;
+    let host = Host {
+        id: cfg.id.clone(),
+        api_addr: api_addr.to_string(),
+        job_ip: cfg.job_ip.to_string(),
+        started_at: Utc::now(),
+    };
+    let mut lease = register(&shared, &host).await?;
+    let (lease_tx, lease_rx) = watch::channel(lease.id());
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    tracing::info!(host = %cfg.id, api = %api_addr, job_ip = %cfg.job_ip, "host agent registered");
+    loop {
+        let lost = lease.lost();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = lost.cancelled() => {
+                tracing::warn!(host = %cfg.id, "host lease lost; registering again");
+                match register(&shared, &host).await {
+                    Ok(new) => {
+                        lease = new;
+                        lease_tx.send_replace(lease.id());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registering again failed; retrying");
+                        tokio::time::sleep(cfg.poll_interval).await;
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(cfg.poll_interval) => {}
+        }
+        while let Some(done) = tasks.try_join_next() {
+            match done {
+                Ok(id) => {
+                    running.remove(&id);
+                }
+                Err(e) => tracing::error!(error = %e, "job task failed"),
+            }
+        }
+        let placed: Vec<(String, Job)> =
+            match shared.store.list(&shared.keys.placements_of(&cfg.id)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading placements failed");
+                    continue;
+                }
+            };
+        let placed: BTreeMap<String, Job> =
+            placed.into_iter().map(|(_, j)| (j.id.clone(), j)).collect();
+        let live: BTreeSet<String> = running
+            .iter()
+            .filter(|(_, r)| !r.stopping)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let plan = plan_jobs(&placed.keys().cloned().collect(), &live);
+        for id in plan.stop {
+            if let Some(r) = running.get_mut(&id) {
+                tracing::info!(job = %id, "placement removed: stopping job");
+                r.stopping = true;
+                r.stop.cancel();
+            }
+        }
+        for id in plan.start {
+            if running.contains_key(&id) {
+                continue; // still stopping from an earlier placement with this id
+            }
+            let job = placed[&id].clone();
+            tracing::info!(job = %id, app = %job.app, process_type = %job.process_type, release = job.release, "starting placed job");
+            let stop = CancellationToken::new();
+            tasks.spawn(run_job(
+                Arc::clone(&shared),
+                job,
+                stop.clone(),
+                lease_rx.clone(),
+            ));
+            running.insert(
+                id,
+                Running {
+                    stop,
+                    stopping: false,
+                },
+            );
+        }
+    }
+    tracing::info!(host = %cfg.id, jobs = running.len(), "host agent stopping its jobs");
+    for r in running.values() {
+        r.stop.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
+    lease.revoke().await;
+    Ok(())
+}
+
+/// Grants a lease and writes the host key on it.
+async fn register(shared: &Shared, host: &Host) -> Result<Lease, HostError> {
+    let lease = Lease::grant(shared.store.client(), shared.cfg.lease_ttl).await?;
+    shared
+        .store
+        .put(&shared.keys.host(&host.id), host, Some(lease.id()))
+        .await?;
+    Ok(lease)
+}
+
+/// Everything about a job that is fixed once it is prepared.
+struct Prepared {
+    spec: JobSpec,
+}
+
+/// Why preparing a job failed (reported in its status, retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// etcd could not be read.
+    #[error(transparent)]
+    Store(#[from] paas_scheduler::store::StoreError),
+    /// The job's release does not exist.
+    #[error("release {0} not found")]
+    NoRelease(u64),
+    /// The release has no command for the job's process type.
+    #[error("release {release} has no command for process type {process_type:?}")]
+    NoCommand {
+        /// The release.
+        release: u64,
+        /// The process type.
+        process_type: String,
+    },
+    /// No port could be reserved on the job IP.
+    #[error("reserving a port: {0}")]
+    Port(std::io::Error),
+    /// The working directory could not be made.
+    #[error(transparent)]
+    Artifact(#[from] crate::artifacts::ArtifactError),
+    /// The preparation task panicked or was cancelled.
+    #[error("preparation task: {0}")]
+    Task(String),
+}
+
+/// Reads the release, picks a port, makes the working dir.
+async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
+    let release: Release = shared
+        .store
+        .get(&shared.keys.release(&job.app, job.release))
+        .await?
+        .ok_or(PrepareError::NoRelease(job.release))?;
+    let command = release
+        .processes
+        .get(&job.process_type)
+        .cloned()
+        .ok_or_else(|| PrepareError::NoCommand {
+            release: job.release,
+            process_type: job.process_type.clone(),
+        })?;
+    let exposure = health::plan(&job.process_type, &release.env).unwrap_or_else(|e| {
+        tracing::warn!(job = %job.id, error = %e, "bad health check setting; using the default");
+        health::plan(&job.process_type, &BTreeMap::new()).unwrap_or(Exposure::Internal)
+    });
+    let addr = reserve_port(shared.cfg.job_ip).map_err(PrepareError::Port)?;
+    let workdir = shared.cfg.data_dir.join("jobs").join(&job.id);
+    let artifacts = shared.artifacts.clone();
+    let (artifact, dir) = (release.artifact.clone(), workdir.clone());
+    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir))
+        .await
+        .map_err(|e| PrepareError::Task(e.to_string()))??;
+    let env = supervisor::job_env(&release.env, job, addr, &workdir);
+    Ok(Prepared {
+        spec: JobSpec {
+            job: job.clone(),
+            command,
+            env,
+            workdir,
+            addr,
+            exposure,
+            stop_grace: shared.cfg.stop_grace,
+            check_interval: CHECK_INTERVAL,
+        },
+    })
+}
+
+/// A free port on `ip` (bound and released; the job binds it right after).
+fn reserve_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind((ip, 0))?.local_addr()
+}
+
+/// One job from placement to removal; returns its id.
+async fn run_job(
+    shared: Arc<Shared>,
+    job: Job,
+    stop: CancellationToken,
+    lease: watch::Receiver<i64>,
+) -> String {
+    let (report_tx, report_rx) = watch::channel(Report {
+        state: JobState::Starting,
+        pid: None,
+        restarts: 0,
+        started_at: None,
+        message: "preparing".into(),
+    });
+    let (exposure_tx, exposure_rx) = watch::channel(None::<(SocketAddr, Exposure)>);
+    let reporter = tokio::spawn(report(
+        Arc::clone(&shared),
+        job.clone(),
+        report_rx,
+        exposure_rx,
+        lease,
+    ));
+    let mut streak = 0;
+    let prepared = loop {
+        match prepare(&shared, &job).await {
+            Ok(p) => break Some(p),
+            Err(e) => {
+                let next = backoff(streak, Duration::ZERO);
+                streak = next.streak;
+                tracing::warn!(job = %job.id, error = %e, delay = ?next.delay, "cannot prepare job");
+                report_tx.send_modify(|r| {
+                    r.state = JobState::Crashed;
+                    r.message = format!("{e}; retrying in {:?}", next.delay);
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => break None,
+                    _ = tokio::time::sleep(next.delay) => {}
+                }
+            }
+        }
+    };
+    if let Some(Prepared { spec }) = prepared {
+        exposure_tx.send_replace(Some((spec.addr, spec.exposure.clone())));
+        let origin = LineOrigin {
+            app: job.app.clone(),
+            process_type: job.process_type.clone(),
+            job: job.id.clone(),
+            host: shared.cfg.id.clone(),
+        };
+        let workdir = spec.workdir.clone();
+        supervisor::supervise(spec, shared.sink.clone(), origin, stop, report_tx.clone()).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&workdir).await {
+            tracing::warn!(job = %job.id, error = %e, "removing the working dir failed");
+        }
+    }
+    report_tx.send_modify(|r| r.state = JobState::Down);
+    drop(report_tx);
+    let _ = reporter.await;
+    job.id
+}
+
+/// Mirrors a job's report into etcd until the job is down, then removes its keys.
+async fn report(
+    shared: Arc<Shared>,
+    job: Job,
+    mut reports: watch::Receiver<Report>,
+    mut exposure: watch::Receiver<Option<(SocketAddr, Exposure)>>,
+    mut lease: watch::Receiver<i64>,
+) {
+    let keys = &shared.keys;
+    let status_key = keys.job_status(&job.id);
+    let service_key = keys.service_instance(&job.app, &job.process_type, &job.id);
+    let mut registered = false;
+    loop {
+        let r = reports.borrow_and_update().clone();
+        let lease_id = *lease.borrow_and_update();
+        let exposed = exposure.borrow_and_update().clone();
+        if r.state == JobState::Down {
+            break;
+        }
+        let status = JobStatus {
+            id: job.id.clone(),
+            app: job.app.clone(),
+            release: job.release,
+            process_type: job.process_type.clone(),
+            host: job.host.clone(),
+            state: r.state,
+            pid: r.pid,
+            port: exposed.as_ref().map(|(a, _)| a.port()),
+            restarts: r.restarts,
+            started_at: r.started_at,
+            message: r.message.clone(),
+        };
+        if let Err(e) = shared.store.put(&status_key, &status, Some(lease_id)).await {
+            tracing::warn!(job = %job.id, error = %e, "writing job status failed");
+        }
+        let serve = match &exposed {
+            Some((addr, Exposure::Service { .. })) if r.state == JobState::Up => Some(*addr),
+            _ => None,
+        };
+        match serve {
+            Some(addr) => {
+                let entry = ServiceEntry {
+                    addr: addr.to_string(),
+                    app: job.app.clone(),
+                    job: job.id.clone(),
+                    process_type: job.process_type.clone(),
+                };
+                match shared.store.put(&service_key, &entry, Some(lease_id)).await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "registering in discovery failed")
+                    }
+                }
+            }
+            None if registered => match shared.store.delete(&service_key).await {
+                Ok(()) => registered = false,
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "deregistering failed"),
+            },
+            None => {}
+        }
+        tokio::select! {
+            changed = reports.changed() => if changed.is_err() { break },
+            Ok(()) = exposure.changed() => {}
+            Ok(()) = lease.changed() => {}
+        }
+    }
+    for key in [&service_key, &status_key] {
+        if let Err(e) = shared.store.delete(key).await {
+            tracing::warn!(job = %job.id, %key, error = %e, "removing job key failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn plans_starts_and_stops() {
+        assert_eq!(
+            plan_jobs(&set(&["a", "b"]), &set(&["b", "c"])),
+            JobPlan {
+                start: vec!["a".into()],
+                stop: vec!["c".into()],
+            }
+        );
+        assert_eq!(plan_jobs(&set(&[]), &set(&[])), JobPlan::default());
+    }
+}

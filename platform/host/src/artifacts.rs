@@ -1,0 +1,255 @@
+//! Release artifacts: gzip'd tarballs stored as `<sha256>.tar.gz` in the shared
+//! artifacts directory. Each is verified (size and SHA-256) and unpacked once per host
+//! into `DATA_DIR/artifacts/<sha256>/`; every job then gets its own copy of that tree as
+//! its working directory, so jobs never see each other's writes.
+//!
+//! Invariants: an unpacked tree exists only if its tarball verified (trees are unpacked
+//! into a temporary directory and renamed into place); a sha256 that is not 64 lowercase
+//! hex digits is refused before any path is built from it. All functions here block
+//! (filesystem work): call them from `spawn_blocking`.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use paas_controller::model::Artifact;
+use sha2::{Digest, Sha256};
+
+/// Why an artifact could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The artifact's sha256 is not 64 lowercase hex digits.
+    #[error("invalid artifact id {0:?}")]
+    InvalidId(String),
+    /// The tarball's size or digest differs from the release's record.
+    #[error("artifact {sha256}: expected {expected} bytes, found {actual_size} bytes with sha256 {actual}")]
+    Mismatch {
+        /// The expected digest.
+        sha256: String,
+        /// The expected size.
+        expected: u64,
+        /// The size found.
+        actual_size: u64,
+        /// The digest found.
+        actual: String,
+    },
+    /// Reading, unpacking or copying failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError {
+    let path = path.to_path_buf();
+    move |source| ArtifactError::Io { what, path, source }
+}
+
+/// Where tarballs come from and where they are unpacked.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    source: PathBuf,
+    unpacked: PathBuf,
+}
+
+impl Artifacts {
+    /// Tarballs in `source` (shared with the controller), trees under `data_dir/artifacts`.
+    pub fn new(source: impl Into<PathBuf>, data_dir: &Path) -> Artifacts {
+        Artifacts {
+            source: source.into(),
+            unpacked: data_dir.join("artifacts"),
+        }
+    }
+
+    /// The verified, unpacked tree of `artifact` (unpacking it if not yet done).
+    pub fn unpacked(&self, artifact: &Artifact) -> Result<PathBuf, ArtifactError> {
+        let id = &artifact.sha256;
+        if id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ArtifactError::InvalidId(id.clone()));
+        }
+        let tree = self.unpacked.join(id);
+        if tree.is_dir() {
+            return Ok(tree);
+        }
+        let tarball = self.source.join(format!("{id}.tar.gz"));
+        verify(&tarball, artifact)?;
+        fs::create_dir_all(&self.unpacked).map_err(io("creating", &self.unpacked))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(&self.unpacked)
+            .map_err(io("creating", &self.unpacked))?;
+        let file = fs::File::open(&tarball).map_err(io("opening", &tarball))?;
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(tmp.path())
+            .map_err(io("unpacking", &tarball))?;
+        let tmp = tmp.keep();
+        if let Err(e) = fs::rename(&tmp, &tree) {
+            // Another job of the same release won the race: use its tree.
+            let _ = fs::remove_dir_all(&tmp);
+            if !tree.is_dir() {
+                return Err(io("renaming to", &tree)(e));
+            }
+        }
+        tracing::info!(artifact = %id, tree = %tree.display(), "artifact unpacked");
+        Ok(tree)
+    }
+
+    /// Makes `workdir` a fresh copy of `artifact`'s tree (or an empty directory).
+    pub fn prepare_workdir(
+        &self,
+        artifact: Option<&Artifact>,
+        workdir: &Path,
+    ) -> Result<(), ArtifactError> {
+        if workdir.exists() {
+            fs::remove_dir_all(workdir).map_err(io("removing", workdir))?;
+        }
+        match artifact {
+            None => fs::create_dir_all(workdir).map_err(io("creating", workdir)),
+            Some(a) => copy_tree(&self.unpacked(a)?, workdir),
+        }
+    }
+}
+
+/// Checks size and SHA-256 of `tarball` against `artifact`.
+fn verify(tarball: &Path, artifact: &Artifact) -> Result<(), ArtifactError> {
+    let mut file = fs::File::open(tarball).map_err(io("opening", tarball))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("reading", tarball))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != artifact.sha256 || size != artifact.size {
+        return Err(ArtifactError::Mismatch {
+            sha256: artifact.sha256.clone(),
+            expected: artifact.size,
+            actual_size: size,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Copies a tree: directories, files (with permissions) and symlinks.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ArtifactError> {
+    fs::create_dir_all(to).map_err(io("creating", to))?;
+    for entry in fs::read_dir(from).map_err(io("reading", from))? {
+        let entry = entry.map_err(io("reading", from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(io("reading", &src))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&src).map_err(io("reading", &src))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(io("linking", &dst))?;
+        } else {
+            fs::copy(&src, &dst).map_err(io("copying", &src))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Writes a tarball with `files` into `dir` and returns its Artifact record.
+    fn tarball(dir: &Path, files: &[(&str, &str, u32)]) -> Artifact {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, body, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(*mode);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, body.as_bytes())
+                .unwrap();
+        }
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        fs::write(dir.join(format!("{sha256}.tar.gz")), &bytes).unwrap();
+        Artifact {
+            sha256,
+            size: bytes.len() as u64,
+        }
+    }
+
+    #[test]
+    fn unpacks_once_and_copies_per_job() {
+        let src = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let a = tarball(
+            src.path(),
+            &[("bin/run.sh", "echo hi", 0o755), ("README", "x", 0o644)],
+        );
+        let arts = Artifacts::new(src.path(), data.path());
+        let w1 = data.path().join("jobs/1");
+        let w2 = data.path().join("jobs/2");
+        arts.prepare_workdir(Some(&a), &w1).unwrap();
+        arts.prepare_workdir(Some(&a), &w2).unwrap();
+        assert_eq!(
+            fs::read_to_string(w1.join("bin/run.sh")).unwrap(),
+            "echo hi"
+        );
+        let mode = fs::metadata(w2.join("bin/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        // Jobs have separate copies.
+        fs::write(w1.join("README"), "changed").unwrap();
+        assert_eq!(fs::read_to_string(w2.join("README")).unwrap(), "x");
+        // A second unpack uses the cached tree even if the tarball is gone.
+        fs::remove_file(src.path().join(format!("{}.tar.gz", a.sha256))).unwrap();
+        arts.prepare_workdir(Some(&a), &data.path().join("jobs/3"))
+            .unwrap();
+    }
+
+    #[test]
+    fn refuses_corrupt_and_invalid_artifacts() {
+        let src = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut a = tarball(src.path(), &[("f", "x", 0o644)]);
+        let arts = Artifacts::new(src.path(), data.path());
+        a.size += 1;
+        assert!(matches!(
+            arts.unpacked(&a),
+            Err(ArtifactError::Mismatch { .. })
+        ));
+        let bad = Artifact {
+            sha256: "../../etc".into(),
+            size: 1,
+        };
+        assert!(matches!(
+            arts.unpacked(&bad),
+            Err(ArtifactError::InvalidId(_))
+        ));
+        assert!(!data.path().join("artifacts").join(&a.sha256).exists());
+    }
+
+    #[test]
+    fn no_artifact_means_empty_workdir() {
+        let data = tempfile::tempdir().unwrap();
+        let arts = Artifacts::new(data.path().join("none"), data.path());
+        let w = data.path().join("jobs/x");
+        fs::create_dir_all(&w).unwrap();
+        fs::write(w.join("stale"), "old run").unwrap();
+        arts.prepare_workdir(None, &w).unwrap();
+        assert_eq!(fs::read_dir(&w).unwrap().count(), 0);
+    }
+}

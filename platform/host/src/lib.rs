@@ -1,0 +1,191 @@
+//! `paas-host`: the host agent. One runs per machine; it runs exactly the jobs the
+//! scheduler placed under its id (`placements/<host>/<job>` in etcd) and reports on them.
+//!
+//! Map:
+//! - [`agent`]      registration on a lease, the placement loop, one task per job that
+//!   prepares it, supervises it and writes its status and discovery entry.
+//! - [`supervisor`] one job's process group: spawn, restart with backoff, health, stop.
+//! - [`capture`]    stdout/stderr -> timestamped lines -> shipper or log files.
+//! - [`health`]     discovery exposure and TCP/HTTP checks.
+//! - [`artifacts`]  verify + unpack release tarballs once, copy a tree per job.
+//! - [`api`]        the agent's HTTP API: `/health`, `/run` (upgraded to an attach stream).
+//! - [`attach`]     the `/run` wire protocol: request, frame codec, client.
+//!
+//! Invariants:
+//! - Everything the agent writes to etcd (its host key, job statuses, discovery entries)
+//!   is on its lease: when the agent dies all of it vanishes within the TTL, and the
+//!   scheduler moves the jobs.
+//! - A job whose placement disappears is stopped (SIGTERM to its group, SIGKILL after the
+//!   grace period) and its status and discovery entry are removed.
+//! - A discovery entry exists only while its job is `Up` (passing its check, if any).
+//! - If the agent task is dropped (crash, abort), every job task is dropped with it and
+//!   each job's whole process group is killed.
+
+pub mod agent;
+pub mod api;
+pub mod artifacts;
+pub mod attach;
+pub mod capture;
+pub mod health;
+pub mod supervisor;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paas_logshipper::shipper::{Shipper, ShipperConfig};
+use paas_scheduler::keys::Keys;
+use paas_scheduler::store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::Artifacts;
+use crate::capture::LogSink;
+
+/// Settings of one host agent.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Stable host id (`hosts/<id>`).
+    pub id: String,
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// The controller's key prefix (`/paas/`).
+    pub prefix: String,
+    /// Where job working dirs, unpacked artifacts, log files and the log spool live.
+    pub data_dir: PathBuf,
+    /// Address of the agent's HTTP API (port 0 picks one; the bound one is registered).
+    pub api_listen: SocketAddr,
+    /// IP jobs listen on and are registered with.
+    pub job_ip: IpAddr,
+    /// Directory of `<sha256>.tar.gz` release artifacts.
+    pub artifacts_dir: PathBuf,
+    /// Log aggregator syslog address; without one, logs go to `DATA_DIR/logs`.
+    pub log_addr: Option<SocketAddr>,
+    /// TTL of the host lease: how long a dead agent's jobs stay placed on it.
+    pub lease_ttl: Duration,
+    /// SIGTERM -> SIGKILL grace period when stopping a job.
+    pub stop_grace: Duration,
+    /// How often placements are read.
+    pub poll_interval: Duration,
+}
+
+impl HostConfig {
+    /// Defaults: API and jobs on 127.0.0.1, 5 s lease, 10 s grace, 300 ms polling.
+    pub fn new(
+        id: impl Into<String>,
+        etcd_endpoints: Vec<String>,
+        prefix: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        artifacts_dir: impl Into<PathBuf>,
+    ) -> HostConfig {
+        HostConfig {
+            id: id.into(),
+            etcd_endpoints,
+            prefix: prefix.into(),
+            data_dir: data_dir.into(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            job_ip: IpAddr::from([127, 0, 0, 1]),
+            artifacts_dir: artifacts_dir.into(),
+            log_addr: None,
+            lease_ttl: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// etcd could not be reached or refused the registration at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data dir could not be created or the API address could not be bound.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The log shipper's spool could not be opened.
+    #[error("log shipper: {0}")]
+    Shipper(#[from] paas_logshipper::shipper::ShipperError),
+}
+
+/// What the agent loop, job tasks and API handlers share.
+pub(crate) struct Shared {
+    pub(crate) cfg: HostConfig,
+    pub(crate) store: Store,
+    pub(crate) keys: Keys,
+    pub(crate) artifacts: Artifacts,
+    pub(crate) sink: LogSink,
+}
+
+/// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
+/// lease (so the scheduler moves its jobs at once).
+pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), HostError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| HostError::Io {
+        what: format!("creating {}", cfg.data_dir.display()),
+        source,
+    })?;
+    let store = Store::connect(&cfg.etcd_endpoints).await?;
+    let shipper = match cfg.log_addr {
+        Some(addr) => Some(Arc::new(Shipper::start(ShipperConfig::new(
+            cfg.data_dir.join("spool"),
+            addr.to_string(),
+        ))?)),
+        None => None,
+    };
+    let sink = match &shipper {
+        Some(s) => LogSink::Shipper(Arc::clone(s)),
+        None => LogSink::Files(cfg.data_dir.join("logs")),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.api_listen)
+        .await
+        .map_err(|source| HostError::Io {
+            what: format!("binding {}", cfg.api_listen),
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| HostError::Io {
+        what: "reading the API address".into(),
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        keys: Keys::new(&cfg.prefix),
+        artifacts: Artifacts::new(&cfg.artifacts_dir, &cfg.data_dir),
+        cfg,
+        store,
+        sink,
+    });
+    let api_stop = CancellationToken::new();
+    let mut server = AbortOnDrop(tokio::spawn({
+        let router = api::router(Arc::clone(&shared));
+        let stop = api_stop.clone();
+        async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::warn!(error = %e, "agent API stopped");
+            }
+        }
+    }));
+    let result = agent::run(Arc::clone(&shared), api_addr, shutdown).await;
+    api_stop.cancel();
+    let _ = (&mut server.0).await;
+    drop(shared);
+    if let Some(shipper) = shipper.and_then(|s| Arc::try_unwrap(s).ok()) {
+        shipper.shutdown().await;
+    }
+    result
+}
+
+/// Aborts a task when dropped, so an aborted agent takes its API server with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,584 @@
+//! Supervises one job: runs `sh -c COMMAND` as the leader of its own process group in
+//! the job's working directory, captures its output, checks its health, restarts it with
+//! backoff when it exits or fails its check, and stops it on request.
+//!
+//! Life of a job, as published on the [`Report`] watch channel:
+//! `Starting` (spawned; waiting for the first passing check, if there is one) -> `Up` ->
+//! on exit or [`UNHEALTHY_AFTER`] failed checks in a row: `Crashed` (whole group killed,
+//! waiting [`backoff`]) -> `Starting` ... ; on a stop request from any state: `Stopping`
+//! (SIGTERM to the group, SIGKILL after the grace period) -> `Down`, and the task ends.
+//!
+//! Invariants: no process of the group outlives an exit, a health failure or a stop (the
+//! whole group is SIGKILLed before a restart); the restart delay is a pure function of the
+//! quick-crash streak and the uptime.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use paas_controller::model::{Job, JobState};
+use paas_logshipper::Stream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, LineOrigin, LogSink};
+use crate::health::{self, Check, Exposure};
+
+/// First restart delay after a quick crash.
+pub const BASE_DELAY: Duration = Duration::from_millis(200);
+/// Longest restart delay.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+/// A run at least this long resets the quick-crash streak.
+pub const STABLE_UPTIME: Duration = Duration::from_secs(10);
+/// Failed checks in a row that make an `Up` job count as crashed.
+pub const UNHEALTHY_AFTER: u32 = 3;
+/// How long a job may stay `Starting` without passing its check before it is restarted.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a job is restarted, and how soon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// Wait this long first.
+    pub delay: Duration,
+    /// Quick crashes in a row, this one included (0 after a stable run).
+    pub streak: u32,
+    /// Why this delay.
+    pub reason: RestartReason,
+}
+
+/// The reason behind a [`Restart`]'s delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It ran for at least [`STABLE_UPTIME`]: restart after the base delay.
+    AfterStableRun,
+    /// It crashed quickly again: exponential delay.
+    QuickCrash,
+}
+
+/// Decides the restart delay from the quick-crash streak before this exit and the uptime
+/// of the run that just ended: `BASE_DELAY * 2^streak`, capped at [`MAX_DELAY`]; a stable
+/// run resets the streak.
+pub fn backoff(streak: u32, uptime: Duration) -> Restart {
+    if uptime >= STABLE_UPTIME {
+        return Restart {
+            delay: BASE_DELAY,
+            streak: 0,
+            reason: RestartReason::AfterStableRun,
+        };
+    }
+    let delay = BASE_DELAY
+        .checked_mul(1u32 << streak.min(16))
+        .unwrap_or(MAX_DELAY)
+        .min(MAX_DELAY);
+    Restart {
+        delay,
+        streak: streak + 1,
+        reason: RestartReason::QuickCrash,
+    }
+}
+
+/// A process exit as a shell would report it: the code, or 128 + signal.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Describes an exit for people (`exit code 3`, `killed by signal 9`).
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exited".to_string(),
+    }
+}
+
+/// The environment of a job: the release's env, then `PORT`, `HOST_IP` (the address to
+/// bind), `APP`, `RELEASE` and `JOB_ID` (which win over release values of the same name),
+/// plus `PATH` and `HOME` when the release does not set them.
+pub fn job_env(
+    release_env: &BTreeMap<String, String>,
+    job: &Job,
+    addr: SocketAddr,
+    workdir: &Path,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+    );
+    env.insert("HOME".to_string(), workdir.display().to_string());
+    env.extend(release_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert("PORT".to_string(), addr.port().to_string());
+    env.insert("HOST_IP".to_string(), addr.ip().to_string());
+    env.insert("APP".to_string(), job.app.clone());
+    env.insert("RELEASE".to_string(), job.release.to_string());
+    env.insert("JOB_ID".to_string(), job.id.clone());
+    env
+}
+
+/// Spawns `sh -c command` as the leader of a new process group, with exactly `env`,
+/// in `workdir`, stdout and stderr piped.
+pub fn spawn_group(
+    command: &str,
+    env: &BTreeMap<String, String>,
+    workdir: &Path,
+    stdin: Stdio,
+) -> std::io::Result<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .envs(env)
+        .current_dir(workdir)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Sends `signal` to the process group led by `pgid` (absent groups are fine).
+pub fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid only sends a signal; no memory is involved.
+    let rc = unsafe { libc::kill(-(pgid as i32), signal) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(pgid, signal, error = %err, "signalling process group failed");
+        }
+    }
+}
+
+/// Kills a process group when dropped, so a dropped supervisor (an agent that died or
+/// was aborted) leaves no process behind.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit.
+pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let pgid = child.id()?;
+    signal_group(pgid, libc::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            tracing::info!(pgid, "grace period over: SIGKILL");
+            signal_group(pgid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    // Stragglers that ignored SIGTERM while the leader exited.
+    signal_group(pgid, libc::SIGKILL);
+    status
+}
+
+/// What a supervisor publishes about its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Process group leader, while running.
+    pub pid: Option<u32>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// When the current process started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Why it is in this state.
+    pub message: String,
+}
+
+/// Everything needed to run one job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The placement.
+    pub job: Job,
+    /// Shell command (the release's process type command).
+    pub command: String,
+    /// Complete environment (see [`job_env`]).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// Address the job listens on (`job_ip:$PORT`).
+    pub addr: SocketAddr,
+    /// Discovery exposure and health check.
+    pub exposure: Exposure,
+    /// SIGTERM -> SIGKILL grace period.
+    pub stop_grace: Duration,
+    /// Time between checks once up.
+    pub check_interval: Duration,
+}
+
+impl JobSpec {
+    /// The IP the job listens on.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
+
+/// How one run of the process ended.
+enum Ended {
+    Exited(String),
+    Unhealthy(String),
+    StopRequested,
+}
+
+/// Runs the job until `stop` is cancelled, publishing its state on `report`.
+pub async fn supervise(
+    spec: JobSpec,
+    sink: LogSink,
+    origin: LineOrigin,
+    stop: CancellationToken,
+    report: watch::Sender<Report>,
+) {
+    let mut streak = 0;
+    let mut restarts = 0;
+    loop {
+        let started = Instant::now();
+        let mut child = match spawn_group(&spec.command, &spec.env, &spec.workdir, Stdio::null()) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(job = %spec.job.id, error = %e, "cannot start job");
+                let next = backoff(streak, Duration::ZERO);
+                if !crashed(
+                    &report,
+                    &stop,
+                    format!("cannot start: {e}"),
+                    &next,
+                    restarts,
+                )
+                .await
+                {
+                    return;
+                }
+                streak = next.streak;
+                restarts += 1;
+                continue;
+            }
+        };
+        let pid = child.id();
+        let _group = pid.map(GroupGuard);
+        report.send_replace(Report {
+            state: JobState::Starting,
+            pid,
+            restarts,
+            started_at: Some(Utc::now()),
+            message: format!(
+                "started {}",
+                pid.map(|p| format!("pid {p}")).unwrap_or_default()
+            ),
+        });
+        tracing::info!(job = %spec.job.id, pid, restarts, "job started");
+        let pumps = start_capture(&mut child, &sink, &origin);
+        let ended = watch_run(&mut child, &spec, &report, &stop).await;
+        let message = match ended {
+            Ended::StopRequested => {
+                report.send_modify(|r| {
+                    r.state = JobState::Stopping;
+                    r.message = "stopping".into();
+                });
+                let status = terminate(&mut child, spec.stop_grace).await;
+                finish_capture(pumps).await;
+                let how = status.map(describe_exit).unwrap_or_else(|| "gone".into());
+                tracing::info!(job = %spec.job.id, %how, "job stopped");
+                report.send_replace(Report {
+                    state: JobState::Down,
+                    pid: None,
+                    restarts,
+                    started_at: None,
+                    message: format!("stopped ({how})"),
+                });
+                return;
+            }
+            Ended::Exited(how) => how,
+            Ended::Unhealthy(why) => {
+                terminate(&mut child, spec.stop_grace).await;
+                format!("health check failed: {why}")
+            }
+        };
+        if let Some(pgid) = pid {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        finish_capture(pumps).await;
+        let next = backoff(streak, started.elapsed());
+        tracing::warn!(job = %spec.job.id, %message, delay = ?next.delay, reason = ?next.reason, "job crashed; restarting");
+        if !crashed(&report, &stop, message, &next, restarts).await {
+            return;
+        }
+        streak = next.streak;
+        restarts += 1;
+    }
+}
+
+/// Publishes `Crashed` and waits out the delay; false if a stop came meanwhile
+/// (then `Down` is published).
+async fn crashed(
+    report: &watch::Sender<Report>,
+    stop: &CancellationToken,
+    message: String,
+    next: &Restart,
+    restarts: u32,
+) -> bool {
+    report.send_replace(Report {
+        state: JobState::Crashed,
+        pid: None,
+        restarts,
+        started_at: None,
+        message: format!("{message}; restarting in {:?}", next.delay),
+    });
+    tokio::select! {
+        _ = stop.cancelled() => {
+            report.send_modify(|r| {
+                r.state = JobState::Down;
+                r.message = format!("stopped after: {message}");
+            });
+            false
+        }
+        _ = tokio::time::sleep(next.delay) => true,
+    }
+}
+
+/// Waits for exit, a stop request, or a decisive health result.
+async fn watch_run(
+    child: &mut Child,
+    spec: &JobSpec,
+    report: &watch::Sender<Report>,
+    stop: &CancellationToken,
+) -> Ended {
+    let check: Option<&Check> = match &spec.exposure {
+        Exposure::Service { check } => check.as_ref(),
+        Exposure::Internal => None,
+    };
+    let started = Instant::now();
+    let mut up = false;
+    let mut failures = 0;
+    if check.is_none() {
+        set_up(report, "running".into());
+        up = true;
+    }
+    loop {
+        let delay = if up {
+            spec.check_interval
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            status = child.wait() => {
+                return Ended::Exited(match status {
+                    Ok(s) => describe_exit(s),
+                    Err(e) => format!("wait failed: {e}"),
+                });
+            }
+            _ = stop.cancelled() => return Ended::StopRequested,
+            _ = tokio::time::sleep(delay), if check.is_some() => {
+                let Some(check) = check else { continue };
+                match health::probe(check, spec.addr).await {
+                    Ok(()) => {
+                        failures = 0;
+                        if !up {
+                            up = true;
+                            set_up(report, format!("healthy ({check:?} on {})", spec.addr));
+                        }
+                    }
+                    Err(why) if up => {
+                        failures += 1;
+                        tracing::warn!(job = %spec.job.id, %why, failures, "health check failed");
+                        if failures >= UNHEALTHY_AFTER {
+                            return Ended::Unhealthy(why);
+                        }
+                    }
+                    Err(why) => {
+                        if started.elapsed() >= START_TIMEOUT {
+                            return Ended::Unhealthy(format!("not healthy after {START_TIMEOUT:?}: {why}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_up(report: &watch::Sender<Report>, message: String) {
+    report.send_modify(|r| {
+        r.state = JobState::Up;
+        r.message = message;
+    });
+}
+
+type Pumps = Vec<tokio::task::JoinHandle<()>>;
+
+fn start_capture(child: &mut Child, sink: &LogSink, origin: &LineOrigin) -> Pumps {
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(spawn_pump(
+            sink.clone(),
+            origin.clone(),
+            Stream::Stdout,
+            out,
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(spawn_pump(
+            sink.clone(),
+            origin.clone(),
+            Stream::Stderr,
+            err,
+        ));
+    }
+    pumps
+}
+
+fn spawn_pump(
+    sink: LogSink,
+    origin: LineOrigin,
+    stream: Stream,
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = capture::pump(&sink, &origin, stream, output).await {
+            tracing::warn!(job = %origin.job, error = %e, "capturing job output failed");
+        }
+    })
+}
+
+/// Waits briefly for the pipes to drain (the group is gone, so they close), then gives up
+/// on any pipe a detached process still holds.
+async fn finish_capture(pumps: Pumps) {
+    for mut pump in pumps {
+        if tokio::time::timeout(Duration::from_secs(2), &mut pump)
+            .await
+            .is_err()
+        {
+            pump.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(streak: u32, uptime_ms: u64, delay_ms: u64, next_streak: u32) {
+        let r = backoff(streak, Duration::from_millis(uptime_ms));
+        assert_eq!(
+            (r.delay, r.streak),
+            (Duration::from_millis(delay_ms), next_streak),
+            "streak {streak} uptime {uptime_ms}ms: {r:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_on_quick_crashes_and_resets_after_stable_runs() {
+        check(0, 0, 200, 1);
+        check(1, 500, 400, 2);
+        check(3, 9_999, 1_600, 4);
+        check(7, 100, 25_600, 8);
+        check(8, 100, 30_000, 9);
+        check(40, 100, 30_000, 41);
+        check(40, 10_000, 200, 0);
+        assert_eq!(
+            backoff(5, STABLE_UPTIME).reason,
+            RestartReason::AfterStableRun
+        );
+        assert_eq!(backoff(5, Duration::ZERO).reason, RestartReason::QuickCrash);
+    }
+
+    #[test]
+    fn job_env_sets_runtime_variables_over_release_ones() {
+        let job = Job {
+            id: "j1".into(),
+            app: "shop".into(),
+            release: 4,
+            process_type: "web".into(),
+            host: "h1".into(),
+            created_at: Utc::now(),
+        };
+        let release: BTreeMap<String, String> =
+            [("PORT", "1"), ("DATABASE_URL", "pg://x"), ("HOME", "/h")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let env = job_env(
+            &release,
+            &job,
+            "127.0.0.3:5000".parse().unwrap(),
+            Path::new("/w"),
+        );
+        assert_eq!(env["PORT"], "5000");
+        assert_eq!(env["HOST_IP"], "127.0.0.3");
+        assert_eq!(env["APP"], "shop");
+        assert_eq!(env["RELEASE"], "4");
+        assert_eq!(env["JOB_ID"], "j1");
+        assert_eq!(env["DATABASE_URL"], "pg://x");
+        assert_eq!(env["HOME"], "/h");
+        assert!(env.contains_key("PATH"));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_signals() {
+        let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = spawn_group("exit 7", &env, dir.path(), Stdio::null()).unwrap();
+        assert_eq!(exit_code(c.wait().await.unwrap()), 7);
+        let mut c = spawn_group("sleep 30", &env, dir.path(), Stdio::null()).unwrap();
+        let status = terminate(&mut c, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(exit_code(status), 128 + libc::SIGTERM);
+    }
+
+    #[tokio::test]
+    async fn terminate_kills_a_group_that_ignores_sigterm() {
+        let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
+        let dir = tempfile::tempdir().unwrap();
+        // The shell ignores TERM and so does its background child; both must die.
+        let mut c = spawn_group(
+            "trap '' TERM; sleep 60 & echo $! > child.pid; wait",
+            &env,
+            dir.path(),
+            Stdio::null(),
+        )
+        .unwrap();
+        let pid_file = dir.path().join("child.pid");
+        while !pid_file.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let child_pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let status = terminate(&mut c, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(exit_code(status), 128 + libc::SIGKILL);
+        // The background sleep is gone too.
+        let mut gone = false;
+        for _ in 0..100 {
+            // A zombie (dead, not yet reaped by its new parent) counts as gone.
+            let zombie = std::fs::read_to_string(format!("/proc/{child_pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            if zombie {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "background child {child_pid} survived");
+    }
+}

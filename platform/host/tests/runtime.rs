@@ -1,0 +1,549 @@
+//! The runtime end to end against a real etcd with real job processes: host agents on
+//! distinct 127.0.0.x addresses, the scheduler, HTTP jobs (`python3 -m http.server`),
+//! restarts, host death, rollover, health checks with an artifact, and `/run`.
+//!
+//! The documents the controller would write (app, release, formation) are written
+//! directly to etcd.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use paas_controller::model::{App, Artifact, Formation, Job, JobState, JobStatus, Release};
+use paas_host::attach::{run_remote, AttachError, RunRequest};
+use paas_host::HostConfig;
+use paas_scheduler::keys::{Keys, ServiceEntry};
+use paas_scheduler::store::Store;
+use paas_scheduler::SchedulerConfig;
+use sha2::Digest;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "/paas/";
+const HTTP: &str = "exec /usr/bin/python3 -m http.server $PORT --bind $HOST_IP";
+
+/// etcd plus a store and a scratch dir (artifacts, agents' data dirs).
+struct Cluster {
+    etcd: paas_it::EtcdServer,
+    store: Store,
+    keys: Keys,
+    dir: tempfile::TempDir,
+}
+
+/// A running agent task and how to stop it.
+struct Agent {
+    task: JoinHandle<Result<(), paas_host::HostError>>,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,paas_logshipper=warn")
+            .with_test_writer()
+            .try_init();
+        let etcd = paas_it::EtcdServer::start().expect("etcd");
+        let store = Store::connect(&[etcd.endpoint()]).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+        Cluster {
+            etcd,
+            store,
+            keys: Keys::new(PREFIX),
+            dir,
+        }
+    }
+
+    fn agent(&self, id: &str, ip: [u8; 4]) -> Agent {
+        let mut cfg = HostConfig::new(
+            id,
+            vec![self.etcd.endpoint()],
+            PREFIX,
+            self.dir.path().join(id),
+            self.dir.path().join("artifacts"),
+        );
+        cfg.job_ip = ip.into();
+        cfg.api_listen = (ip, 0).into();
+        cfg.lease_ttl = Duration::from_secs(2);
+        cfg.stop_grace = Duration::from_secs(2);
+        cfg.poll_interval = Duration::from_millis(100);
+        let stop = CancellationToken::new();
+        Agent {
+            task: tokio::spawn(paas_host::run(cfg, stop.clone())),
+            stop,
+        }
+    }
+
+    fn scheduler(
+        &self,
+        id: &str,
+    ) -> (
+        JoinHandle<Result<(), paas_scheduler::SchedulerError>>,
+        CancellationToken,
+    ) {
+        let mut cfg = SchedulerConfig::new(id, vec![self.etcd.endpoint()], PREFIX);
+        cfg.lease_ttl = Duration::from_secs(2);
+        cfg.interval = Duration::from_millis(100);
+        let stop = CancellationToken::new();
+        (tokio::spawn(paas_scheduler::run(cfg, stop.clone())), stop)
+    }
+
+    /// Writes release `version` of `app` and points the app at it, as the controller does.
+    async fn release(
+        &self,
+        app: &str,
+        version: u64,
+        processes: &[(&str, &str)],
+        env: &[(&str, &str)],
+        artifact: Option<Artifact>,
+    ) {
+        let release = Release {
+            app: app.into(),
+            version,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            processes: processes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            artifact,
+            description: format!("release {version}"),
+            created_at: Utc::now(),
+        };
+        self.store
+            .put(&self.keys.release(app, version), &release, None)
+            .await
+            .unwrap();
+        let doc = App {
+            name: app.into(),
+            created_at: Utc::now(),
+            release: version,
+        };
+        self.store
+            .put(&format!("{}{app}", self.keys.apps()), &doc, None)
+            .await
+            .unwrap();
+    }
+
+    async fn scale(&self, app: &str, counts: &[(&str, u32)]) {
+        let f = Formation {
+            app: app.into(),
+            processes: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        self.store
+            .put(&self.keys.formation(app), &f, None)
+            .await
+            .unwrap();
+    }
+
+    async fn statuses(&self) -> Vec<JobStatus> {
+        let s: Vec<(String, JobStatus)> = self.store.list(&self.keys.job_statuses()).await.unwrap();
+        s.into_iter().map(|(_, s)| s).collect()
+    }
+
+    async fn placements(&self) -> Vec<Job> {
+        let p: Vec<(String, Job)> = self.store.list(&self.keys.placements()).await.unwrap();
+        p.into_iter().map(|(_, j)| j).collect()
+    }
+
+    async fn services(&self, service: &str) -> Vec<ServiceEntry> {
+        let s: Vec<(String, ServiceEntry)> =
+            self.store.list(&self.keys.service(service)).await.unwrap();
+        s.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Up statuses of `app`, sorted by job id, once exactly `n` jobs are placed and up
+    /// (and nothing else of the app is placed).
+    async fn wait_up(&self, app: &str, n: usize, release: u64, limit: Duration) -> Vec<JobStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let placed: Vec<Job> = self
+                .placements()
+                .await
+                .into_iter()
+                .filter(|j| j.app == app)
+                .collect();
+            let mut up: Vec<JobStatus> = self
+                .statuses()
+                .await
+                .into_iter()
+                .filter(|s| s.app == app && s.state == JobState::Up && s.release == release)
+                .filter(|s| placed.iter().any(|j| j.id == s.id))
+                .collect();
+            if placed.len() == n && up.len() == n {
+                up.sort_by(|a, b| a.id.cmp(&b.id));
+                return up;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {n} up jobs of {app} release {release}: placed {placed:#?}, statuses {:#?}",
+                self.statuses().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GET / on `addr` answers 200.
+async fn http_ok(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if c.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf).await;
+    buf.starts_with(b"HTTP/1.0 200")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_restart_and_host_death() {
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 2]);
+    let a2 = c.agent("h2", [127, 0, 0, 3]);
+    let (sched, sched_stop) = c.scheduler("s1");
+    c.release(
+        "shop",
+        1,
+        &[
+            ("web", HTTP),
+            ("clock", "while true; do echo tick; sleep 0.2; done"),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    c.scale("shop", &[("web", 3), ("clock", 1)]).await;
+
+    let up = c.wait_up("shop", 4, 1, Duration::from_secs(30)).await;
+    let web: Vec<&JobStatus> = up.iter().filter(|s| s.process_type == "web").collect();
+    assert_eq!(web.len(), 3);
+    // Spread: both hosts run web jobs.
+    assert!(
+        web.iter().any(|s| s.host == "h1") && web.iter().any(|s| s.host == "h2"),
+        "{web:#?}"
+    );
+    // Discovery: three entries, each a real HTTP server on its host's address.
+    wait_for("3 discovery entries", Duration::from_secs(10), || async {
+        c.services("shop-web").await.len() == 3
+    })
+    .await;
+    for entry in c.services("shop-web").await {
+        let status = web
+            .iter()
+            .find(|s| s.id == entry.job)
+            .expect("entry of a web job");
+        let ip = if status.host == "h1" {
+            "127.0.0.2"
+        } else {
+            "127.0.0.3"
+        };
+        assert_eq!(entry.addr, format!("{ip}:{}", status.port.unwrap()));
+        assert!(http_ok(&entry.addr).await, "GET {}", entry.addr);
+    }
+    // The clock job is not exposed and logs to a file (no aggregator configured).
+    assert!(c.services("shop-clock").await.is_empty());
+    let clock = up.iter().find(|s| s.process_type == "clock").unwrap();
+    let log = c
+        .dir
+        .path()
+        .join(&clock.host)
+        .join("logs/shop")
+        .join(format!("{}.log", clock.id));
+    wait_for("clock log lines", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().filter(|l| l.ends_with(" stdout tick")).count() >= 2)
+            .unwrap_or(false)
+    })
+    .await;
+
+    // kill -9 a web job's process: the same job comes back with one more restart.
+    let victim = web[0].clone();
+    // SAFETY: sending a signal to a pid we read from the job status.
+    assert_eq!(
+        unsafe { libc::kill(victim.pid.unwrap() as i32, libc::SIGKILL) },
+        0
+    );
+    wait_for(
+        "the killed job to be restarted and up",
+        Duration::from_secs(20),
+        || async {
+            c.statuses().await.iter().any(|s| {
+                s.id == victim.id
+                    && s.restarts >= 1
+                    && s.state == JobState::Up
+                    && s.pid != victim.pid
+            })
+        },
+    )
+    .await;
+
+    // Host h1 dies (its task and its jobs vanish, its lease expires): everything ends
+    // up on h2.
+    let on_h1: Vec<String> = c
+        .placements()
+        .await
+        .into_iter()
+        .filter(|j| j.host == "h1")
+        .map(|j| j.id)
+        .collect();
+    assert!(!on_h1.is_empty());
+    a1.task.abort();
+    let _ = a1.task.await;
+    let up = c.wait_up("shop", 4, 1, Duration::from_secs(30)).await;
+    assert!(up.iter().all(|s| s.host == "h2"), "{up:#?}");
+    assert!(up.iter().all(|s| !on_h1.contains(&s.id)));
+    wait_for(
+        "discovery to list only h2",
+        Duration::from_secs(10),
+        || async {
+            let s = c.services("shop-web").await;
+            s.len() == 3 && s.iter().all(|e| e.addr.starts_with("127.0.0.3:"))
+        },
+    )
+    .await;
+
+    // Scale to zero: placements, statuses and discovery entries go away.
+    c.scale("shop", &[("web", 0), ("clock", 0)]).await;
+    wait_for("everything stopped", Duration::from_secs(20), || async {
+        c.placements().await.is_empty()
+            && c.statuses().await.is_empty()
+            && c.services("shop-web").await.is_empty()
+    })
+    .await;
+
+    sched_stop.cancel();
+    sched.await.unwrap().unwrap();
+    a2.stop.cancel();
+    a2.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_to_a_new_release() {
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 4]);
+    let (sched, sched_stop) = c.scheduler("s1");
+    c.release("blog", 1, &[("web", HTTP)], &[("V", "1")], None)
+        .await;
+    c.scale("blog", &[("web", 2)]).await;
+    let old = c.wait_up("blog", 2, 1, Duration::from_secs(30)).await;
+
+    c.release("blog", 2, &[("web", HTTP)], &[("V", "2")], None)
+        .await;
+    let new = c.wait_up("blog", 2, 2, Duration::from_secs(30)).await;
+    assert!(new.iter().all(|s| old.iter().all(|o| o.id != s.id)));
+    // Old jobs are gone from discovery too.
+    wait_for(
+        "discovery to list only new jobs",
+        Duration::from_secs(10),
+        || async {
+            let s = c.services("blog-web").await;
+            s.len() == 2 && s.iter().all(|e| new.iter().any(|n| n.id == e.job))
+        },
+    )
+    .await;
+
+    sched_stop.cancel();
+    sched.await.unwrap().unwrap();
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
+
+/// Writes a gzip'd tarball with `files` as `<sha256>.tar.gz` into `dir`.
+fn artifact(dir: &Path, files: &[(&str, &str)]) -> Artifact {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, body) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, body.as_bytes())
+            .unwrap();
+    }
+    let bytes = builder.into_inner().unwrap().finish().unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    let mut f = std::fs::File::create(dir.join(format!("{sha256}.tar.gz"))).unwrap();
+    f.write_all(&bytes).unwrap();
+    Artifact {
+        sha256,
+        size: bytes.len() as u64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_check_on_an_artifact_deregisters_a_failing_job() {
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 5]);
+    let (sched, sched_stop) = c.scheduler("s1");
+    let art = artifact(
+        &c.dir.path().join("artifacts"),
+        &[("healthz", "ok"), ("index.html", "hello")],
+    );
+    c.release(
+        "api",
+        1,
+        &[("web", HTTP)],
+        &[("PAAS_HEALTHCHECK_WEB", "http:/healthz")],
+        Some(art),
+    )
+    .await;
+    c.scale("api", &[("web", 1)]).await;
+    let up = c.wait_up("api", 1, 1, Duration::from_secs(30)).await;
+    wait_for("registration", Duration::from_secs(10), || async {
+        c.services("api-web").await.len() == 1
+    })
+    .await;
+
+    // The job serves its own copy of the artifact; removing the checked file fails the check.
+    let workdir = c.dir.path().join("h1/jobs").join(&up[0].id);
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("index.html")).unwrap(),
+        "hello"
+    );
+    std::fs::remove_file(workdir.join("healthz")).unwrap();
+    wait_for(
+        "deregistration after failed checks",
+        Duration::from_secs(20),
+        || async { c.services("api-web").await.is_empty() },
+    )
+    .await;
+    wait_for(
+        "a restart with a health failure message",
+        Duration::from_secs(20),
+        || async {
+            c.statuses()
+                .await
+                .iter()
+                .any(|s| s.id == up[0].id && s.restarts >= 1 && s.state != JobState::Up)
+        },
+    )
+    .await;
+
+    sched_stop.cancel();
+    sched.await.unwrap().unwrap();
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_passes_stdin_output_and_exit_code() {
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 6]);
+    c.release("tool", 1, &[], &[("GREETING", "hi")], None).await;
+    let api = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let hosts: Vec<(String, paas_controller::model::Host)> =
+                c.store.list(&c.keys.hosts()).await.unwrap();
+            if let Some((_, h)) = hosts.first() {
+                break h.api_addr.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "host never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let req = |cmd: &[&str]| RunRequest {
+        app: "tool".into(),
+        release: None,
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+    };
+
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_remote(
+        &api,
+        &req(&["sh", "-c", "exit 7"]),
+        tokio::io::empty(),
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 7);
+
+    let code = run_remote(
+        &api,
+        &req(&[
+            "sh",
+            "-c",
+            "cat; echo \"$GREETING $APP $RELEASE\"; echo oops >&2; exit 3",
+        ]),
+        &b"line one\nline two\n"[..],
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 3);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "line one\nline two\nhi tool 1\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+
+    // A signal comes back as 128 + signal.
+    let code = run_remote(
+        &api,
+        &req(&["sh", "-c", "kill -9 $$"]),
+        tokio::io::empty(),
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 128 + 9);
+
+    let mut missing = req(&["true"]);
+    missing.app = "nope".into();
+    let e = run_remote(
+        &api,
+        &missing,
+        tokio::io::empty(),
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, AttachError::Refused { status: 404, .. }), "{e}");
+    let e = run_remote(
+        &api,
+        &req(&["/no/such/program"]),
+        tokio::io::empty(),
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, AttachError::Refused { status: 400, .. }), "{e}");
+
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
