@@ -52,10 +52,11 @@ impl Aggregator {
         if lines.is_empty() {
             return Ok(last);
         }
-        let n = lines.len() as u64;
-        if let Err(e) = self.store.push(lines) {
-            tracing::error!(error = %e, lines = n, "store write failed; lines are journaled but missing from the on-disk recent lines");
-            self.metrics.dropped("store_write", n);
+        for e in self.store.push(lines) {
+            tracing::error!(error = %e, "lines are journaled (drains get them) but not kept in the store");
+            if let Some((n, reason)) = e.dropped() {
+                self.metrics.dropped(reason, n);
+            }
         }
         Ok(last)
     }

@@ -47,15 +47,20 @@ pub struct StoreConfig {
     pub lines_per_app: usize,
     /// Batches a follower may fall behind before it skips lines.
     pub follow_buffer: usize,
+    /// Apps the store holds at most; lines of further apps are not stored (they are still
+    /// journaled and drained), so a flood of made-up app names cannot exhaust memory or
+    /// disk.
+    pub max_apps: usize,
 }
 
 impl StoreConfig {
-    /// Defaults: 10,000 lines per app, 1,024 batches of follow buffer.
+    /// Defaults: 10,000 lines per app, 1,024 batches of follow buffer, 10,000 apps.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             dir: dir.into(),
             lines_per_app: 10_000,
             follow_buffer: 1024,
+            max_apps: 10_000,
         }
     }
 }
@@ -71,14 +76,37 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// An app's segment files cannot be read or written.
-    #[error("app {app:?}: {source}")]
+    /// An app's segment files cannot be written; the lines are in memory only.
+    #[error("app {app:?}: {lines} lines not written to disk: {source}")]
     Segment {
         /// The app whose segments failed.
         app: String,
+        /// Lines missing from the on-disk copy.
+        lines: u64,
         /// The underlying error.
         source: SegmentError,
     },
+    /// A new app arrived while the store already holds `max_apps` apps.
+    #[error("app {app:?}: {lines} lines not stored, the store already holds {limit} apps")]
+    TooManyApps {
+        /// The app that was not added.
+        app: String,
+        /// Lines not stored.
+        lines: u64,
+        /// The configured maximum.
+        limit: usize,
+    },
+}
+
+impl StoreError {
+    /// Lines a push error concerns, and a short fixed reason for the drop metric.
+    pub fn dropped(&self) -> Option<(u64, &'static str)> {
+        match self {
+            StoreError::Dir { .. } => None,
+            StoreError::Segment { lines, .. } => Some((*lines, "store_write")),
+            StoreError::TooManyApps { lines, .. } => Some((*lines, "store_app_limit")),
+        }
+    }
 }
 
 /// Lines published to followers: consecutive seqs starting at `first_seq`.
@@ -257,40 +285,53 @@ impl Store {
             .cloned()
     }
 
-    fn app_or_create(&self, app: &str) -> Arc<AppLog> {
+    /// The app's log, created (without disk I/O) if it is new and the app limit allows.
+    fn app_or_create(&self, app: &str) -> Option<Arc<AppLog>> {
         if let Some(log) = self.app(app) {
-            return log;
+            return Some(log);
         }
         let mut apps = self.apps.write().expect("store lock poisoned");
-        Arc::clone(apps.entry(app.to_owned()).or_insert_with(|| {
-            Arc::new(Self::new_app_log(
-                &self.config,
-                Ring::new(self.config.lines_per_app, 0),
-                Disk::Unopened,
-            ))
-        }))
+        if let Some(log) = apps.get(app) {
+            return Some(Arc::clone(log));
+        }
+        if apps.len() >= self.config.max_apps {
+            return None;
+        }
+        let log = Arc::new(Self::new_app_log(
+            &self.config,
+            Ring::new(self.config.lines_per_app, 0),
+            Disk::Unopened,
+        ));
+        apps.insert(app.to_owned(), Arc::clone(&log));
+        Some(log)
     }
 
     /// Adds accepted lines (ids already assigned), grouped into runs of one app.
     ///
-    /// Lines always reach memory and followers; a segment write failure is returned
-    /// after that (the lines are then missing only from the on-disk copy).
-    pub fn push(&self, mut lines: Vec<LogLine>) -> Result<(), StoreError> {
-        let mut result = Ok(());
+    /// Returns what could not be kept: lines of apps beyond `max_apps`, and lines that
+    /// reached memory and followers but not the segment files. Empty when all went well.
+    pub fn push(&self, mut lines: Vec<LogLine>) -> Vec<StoreError> {
+        let mut errors = Vec::new();
         while !lines.is_empty() {
             let app = lines[0].app.clone();
             let run_len = lines.iter().take_while(|l| l.app == app).count();
             let rest = lines.split_off(run_len);
             if let Err(e) = self.push_run(&app, lines) {
-                result = Err(e);
+                errors.push(e);
             }
             lines = rest;
         }
-        result
+        errors
     }
 
     fn push_run(&self, app: &str, lines: Vec<LogLine>) -> Result<(), StoreError> {
-        let log = self.app_or_create(app);
+        let Some(log) = self.app_or_create(app) else {
+            return Err(StoreError::TooManyApps {
+                app: app.to_owned(),
+                lines: lines.len() as u64,
+                limit: self.config.max_apps,
+            });
+        };
         let mut st = log.state.lock().expect("app lock poisoned");
         let first_seq = st.ring.next_seq();
         if matches!(st.disk, Disk::Unopened) {
@@ -308,6 +349,7 @@ impl Store {
                 set.append(first_seq, &lines)
                     .map_err(|source| StoreError::Segment {
                         app: app.to_owned(),
+                        lines: lines.len() as u64,
                         source,
                     })
             }
@@ -341,8 +383,20 @@ impl Store {
     }
 
     /// Like [`Store::tail`], plus a follower that continues exactly after those lines.
+    ///
+    /// Following an app that does not exist yet waits for its first lines; if the store
+    /// is at `max_apps`, the follower ends at once.
     pub fn follow(&self, app: &str, n: usize, filter: Filter) -> (Vec<LogLine>, Follower) {
-        let log = self.app_or_create(app);
+        let Some(log) = self.app_or_create(app) else {
+            let (_, rx) = broadcast::channel(1);
+            let follower = Follower {
+                rx,
+                next_seq: 0,
+                filter,
+                pending: None,
+            };
+            return (Vec::new(), follower);
+        };
         let st = log.state.lock().expect("app lock poisoned");
         let backlog = st.ring.tail(n, &filter);
         let follower = Follower {
@@ -431,7 +485,7 @@ mod tests {
         let mut batch: Vec<LogLine> = (1..=4).map(|n| line("a", n, Stream::Stdout)).collect();
         batch.extend((5..=6).map(|n| line("b/../x", n, Stream::Stderr)));
         batch.extend((7..=9).map(|n| line("a", n, Stream::Stderr)));
-        store.push(batch).unwrap();
+        assert!(store.push(batch).is_empty());
         assert_eq!(
             ids(&store.tail("a", 100, &Filter::default())),
             vec![3, 4, 7, 8, 9]
@@ -460,27 +514,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn apps_beyond_the_limit_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.max_apps = 2;
+        let store = Store::open(config).unwrap();
+        let errors = store.push(vec![
+            line("a", 1, Stream::Stdout),
+            line("b", 2, Stream::Stdout),
+            line("c", 3, Stream::Stdout),
+            line("c", 4, Stream::Stdout),
+            line("a", 5, Stream::Stdout),
+        ]);
+        let dropped: Vec<_> = errors.iter().map(StoreError::dropped).collect();
+        assert_eq!(dropped, vec![Some((2, "store_app_limit"))]);
+        assert_eq!(store.apps(), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(ids(&store.tail("a", 10, &Filter::default())), vec![1, 5]);
+        let (backlog, mut f) = store.follow("d", 10, Filter::default());
+        assert!(backlog.is_empty());
+        assert_eq!(f.next().await, None);
+    }
+
+    #[tokio::test]
     async fn follower_sees_backlog_then_live_lines_and_explicit_skips() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = StoreConfig::new(dir.path());
         config.follow_buffer = 2;
         let store = Store::open(config).unwrap();
-        store.push(vec![line("a", 1, Stream::Stdout)]).unwrap();
+        assert!(store.push(vec![line("a", 1, Stream::Stdout)]).is_empty());
         let (backlog, mut f) = store.follow("a", 10, Filter::default());
         assert_eq!(ids(&backlog), vec![1]);
-        store.push(vec![line("a", 2, Stream::Stdout)]).unwrap();
+        assert!(store.push(vec![line("a", 2, Stream::Stdout)]).is_empty());
         assert_eq!(
             f.next().await,
             Some(FollowEvent::Lines(vec![line("a", 2, Stream::Stdout)]))
         );
         // Five batches of two lines with room for two batches: three batches are lost.
         for n in 0..5 {
-            store
-                .push(vec![
-                    line("a", 10 + 2 * n, Stream::Stdout),
-                    line("a", 11 + 2 * n, Stream::Stdout),
-                ])
-                .unwrap();
+            let errors = store.push(vec![
+                line("a", 10 + 2 * n, Stream::Stdout),
+                line("a", 11 + 2 * n, Stream::Stdout),
+            ]);
+            assert!(errors.is_empty());
         }
         assert_eq!(f.next().await, Some(FollowEvent::Skipped(6)));
         match f.next().await {
