@@ -16,7 +16,9 @@
 //!    hand leadership to the sync if it crashed, and make sure a streaming standby is the
 //!    confirmed sync.
 //! 5. Another member leads: a local primary is fenced at once; otherwise follow the leader
-//!    as a standby, rewinding or re-cloning when the data may have diverged.
+//!    as a standby: a running standby is re-pointed (cheap, and enough when its WAL did
+//!    not go past the new primary's); stopped, stalled or former-primary data is rewound
+//!    or re-cloned.
 //! 6. Nobody leads: the sync promotes itself; the recorded primary takes the key back when
 //!    the sync is not there to do it; everyone else waits and says for whom. Only these two
 //!    members can have every acknowledged write.
@@ -126,6 +128,14 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// Point the running standby at `primary` (new `primary_conninfo`, reload); if its
+    /// timeline diverged it stalls, and a later tick rebuilds it with [`Decision::Follow`].
+    Repoint {
+        /// The member to stream from.
+        primary: String,
+        /// Why.
+        reason: String,
+    },
     /// Start the stopped standby data, which already follows `primary`.
     StartStandby {
         /// The member it follows.
@@ -157,6 +167,7 @@ impl Decision {
             | Decision::Resign(r)
             | Decision::Fence(r) => r,
             Decision::Follow { reason, .. }
+            | Decision::Repoint { reason, .. }
             | Decision::StartStandby { reason, .. }
             | Decision::ChooseSync { reason, .. } => reason,
         }
@@ -290,8 +301,8 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
             primary,
         },
         Local::Starting => Decision::Wait(format!("PostgreSQL is starting; {primary} leads generation {g}")),
-        Local::Standby { upstream, .. } if upstream != leader => Decision::Follow {
-            reason: format!("I follow {upstream} but {primary} leads generation {g}: rewinding to follow it"),
+        Local::Standby { upstream, .. } if upstream != leader => Decision::Repoint {
+            reason: format!("I follow {upstream} but {primary} leads generation {g}: streaming from it instead"),
             primary,
         },
         Local::Standby { stalled: true, .. } => Decision::Follow {

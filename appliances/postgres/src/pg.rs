@@ -350,6 +350,18 @@ impl Postgres {
         }
     }
 
+    /// Points a running standby at another upstream: rewrites `primary_conninfo` and
+    /// reloads (the WAL receiver reconnects; `recovery_target_timeline = 'latest'` lets
+    /// it follow the new primary's timeline).
+    pub async fn repoint(&mut self, upstream: &str, addr: &str) -> Result<(), PgError> {
+        self.write_config(&StartAs::Standby {
+            upstream: upstream.into(),
+            addr: addr.into(),
+        })?;
+        self.query_one_bool("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+
     /// Fast shutdown (SIGINT: abort sessions, checkpoint), SIGKILL after 10 s.
     pub async fn stop(&mut self) {
         self.client = None;

@@ -130,7 +130,7 @@ impl SupervisorConfig {
             ttl: Duration::from_secs(3),
             fence_margin: Duration::from_millis(1000),
             tick: Duration::from_millis(250),
-            stall_after: Duration::from_secs(5),
+            stall_after: Duration::from_secs(3),
         }
     }
 
@@ -636,6 +636,17 @@ impl Tick<'_> {
                 spawn_action("rebuilding as a standby", shared, pg, move |pg, shared| {
                     Box::pin(follow(pg, shared, primary, addr))
                 })
+            }
+            Decision::Repoint { primary, .. } => {
+                let Some(addr) = self.known_addrs.get(&primary).cloned() else {
+                    tracing::warn!(%primary, "address of the primary unknown; waiting for its registration");
+                    return;
+                };
+                // The stall clock restarts: the standby gets a fair chance on the new upstream.
+                self.not_streaming_since = Some(Instant::now());
+                if let Err(err) = pg.repoint(&primary, &addr).await {
+                    tracing::warn!(member = %self.shared.me, error = %err, "re-pointing the standby failed");
+                }
             }
             Decision::StartStandby { primary, .. } => {
                 let addr = self
