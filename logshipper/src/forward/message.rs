@@ -373,6 +373,29 @@ mod tests {
     }
 
     #[test]
+    fn ping_with_a_binary_salt_in_a_str_as_fluent_bit_sends_it() {
+        // ["PING", "fluent-bit", <16 raw bytes as str>, <128 hex chars>, "", ""]
+        let mut frame = vec![0x96, 0xa4];
+        frame.extend_from_slice(b"PING");
+        frame.push(0xaa);
+        frame.extend_from_slice(b"fluent-bit");
+        frame.push(0xb0);
+        frame.extend_from_slice(&[0xff; 16]);
+        frame.extend_from_slice(&[0xd9, 128]);
+        frame.extend_from_slice(&[b'a'; 128]);
+        frame.extend_from_slice(&[0xa0, 0xa0]);
+        let mut out = Vec::new();
+        assert_eq!(
+            decode(&frame, 1024, &mut out),
+            Ok(Message::Ping(Ping {
+                hostname: b"fluent-bit".to_vec(),
+                salt: vec![0xff; 16],
+                digest: vec![b'a'; 128],
+            }))
+        );
+    }
+
+    #[test]
     fn forward_mode() {
         let (lines, chunk) = decode_ok(&Value::Array(vec![
             Value::from("shop.web"),
