@@ -1,67 +1,49 @@
-//! `paas-coord`: coordination on etcd, the one source of truth of the platform.
+//! `paas-coord`: the platform's coordination library on etcd.
 //!
-//! - [`Coord`]: a connected client whose every key lives under a prefix, so clusters
-//!   and tests sharing one etcd never collide.
-//! - Documents (`doc.rs`): JSON values with their mod-revision, and multi-key
-//!   transactions ([`Op`]) whose compares make read-modify-write safe (compare-and-set).
+//! etcd is the one source of truth for platform state; this crate is the only code that
+//! speaks to it. Everything is JSON values under string keys, all inside one namespace
+//! per [`Coord`] (`<namespace>/<key>` in etcd) so clusters and tests sharing an etcd do
+//! not collide.
 //!
-//! Invariant: every key passed to this API is relative to the prefix; nothing outside
-//! this crate builds etcd keys or talks to etcd directly.
+//! ```no_run
+//! # async fn demo() -> paas_coord::Result<()> {
+//! use paas_coord::{Batch, Coord, CoordError};
+//! use std::time::Duration;
+//!
+//! let coord = Coord::connect(&["http://127.0.0.1:2379"], "prod", Duration::from_secs(5)).await?;
+//!
+//! // State documents: every write names the revision it read.
+//! coord.create("apps/shop", &serde_json::json!({"name": "shop"})).await?;
+//! let (mut app, rev): (serde_json::Value, i64) = coord.get("apps/shop").await?.unwrap();
+//! app["scale"] = 2.into();
+//! match coord.cas("apps/shop", &app, rev).await {
+//!     Ok(_new_revision) => {}
+//!     Err(CoordError::Conflict { .. }) => { /* someone wrote meanwhile: re-read, retry */ }
+//!     Err(e) => return Err(e),
+//! }
+//!
+//! // Several keys atomically: the app and its name index, or neither.
+//! let mut batch = Batch::new();
+//! batch
+//!     .create("apps/blog", &serde_json::json!({"name": "blog"}))?
+//!     .create("app-names/blog", &"blog")?;
+//! coord.commit(batch).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: `coord` (connect), `keys` (namespacing, pure), `docs` (documents and
+//! batches), `error`.
+//!
+//! Invariants:
+//! - A write that names a revision or absence either happens exactly as checked or not
+//!   at all, reported as [`CoordError::Conflict`] / [`CoordError::NotFound`].
+//! - Keys outside the namespace are never read, written or returned.
 
-mod doc;
+mod coord;
+mod docs;
 mod error;
+mod keys;
 
-pub use doc::{Doc, Op};
-pub use error::CoordError;
-
-use std::time::Duration;
-
-use etcd_client::{Client, ConnectOptions};
-
-/// How long connecting (and each request's first byte) may take before giving up.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A connected etcd client scoped to a key prefix. Cheap to clone.
-#[derive(Clone)]
-pub struct Coord {
-    client: Client,
-    prefix: String,
-}
-
-impl Coord {
-    /// Connects to `endpoints` and checks that etcd answers; all keys are put under
-    /// `prefix` (e.g. `/paas/`).
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Coord, CoordError> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let mut client = Client::connect(endpoints, Some(opts)).await?;
-        // connect() is lazy about cluster health; ask for something real.
-        client.status().await?;
-        Ok(Coord {
-            client,
-            prefix: prefix.to_string(),
-        })
-    }
-
-    /// The key prefix this client works under.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The underlying etcd client, for the other modules of this crate.
-    pub(crate) fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    /// `key` with the prefix.
-    pub(crate) fn full_key(&self, key: &str) -> String {
-        format!("{}{}", self.prefix, key)
-    }
-
-    /// `full` without the prefix.
-    pub(crate) fn strip<'a>(&self, full: &'a str) -> &'a str {
-        full.strip_prefix(self.prefix.as_str()).unwrap_or(full)
-    }
-}
+pub use coord::Coord;
+pub use docs::Batch;
+pub use error::{CoordError, Result};

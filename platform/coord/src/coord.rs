@@ -1,0 +1,75 @@
+//! [`Coord`]: the connected, namespaced etcd client every other module hangs off.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::error::{CoordError, Result};
+use crate::keys::Namespace;
+
+/// Upper bound for one unary request (streams are not cut: the bound covers only the
+/// wait for a stream's response headers).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 keep-alive ping interval: a dead connection is noticed within about
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`, well inside any sensible lease TTL.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a keep-alive ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A connection to etcd whose keys all live under one namespace.
+///
+/// Cheap to clone (clones share the HTTP/2 connection). Every method takes and returns
+/// keys without the namespace.
+#[derive(Clone)]
+pub struct Coord {
+    pub(crate) client: Client,
+    pub(crate) ns: Namespace,
+}
+
+impl std::fmt::Debug for Coord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coord").field("ns", &self.ns).finish()
+    }
+}
+
+impl Coord {
+    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`) and proves the
+    /// connection with one status request, all within `timeout`. Keys are placed under
+    /// `namespace` (empty for none). Requests fail rather than answer stale when the
+    /// member has lost its raft leader.
+    pub async fn connect<E: AsRef<str>>(
+        endpoints: &[E],
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let endpoint_list: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
+        let unreachable = |reason: String| CoordError::Unreachable {
+            endpoints: endpoint_list.clone(),
+            timeout,
+            reason,
+        };
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let attempt = async {
+            let mut client = Client::connect(&endpoint_list, Some(options)).await?;
+            // connect() is lazy about cluster health; ask for something real.
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        let client = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(err)) => return Err(unreachable(err.to_string())),
+            Err(_) => return Err(unreachable("timed out".into())),
+        };
+        tracing::debug!(endpoints = ?endpoint_list, namespace, "connected to etcd");
+        Ok(Coord {
+            client,
+            ns: Namespace::new(namespace),
+        })
+    }
+}
