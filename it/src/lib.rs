@@ -10,6 +10,7 @@
 //! | fixture            | binary                      | address helpers              |
 //! |--------------------|-----------------------------|------------------------------|
 //! | [`EtcdServer`]     | `etcd`                      | `endpoint()`                 |
+//! | [`S3Server`]       | `moto_server`               | `endpoint()`, `create_bucket`|
 //!
 //! Building blocks: [`free_port`], [`ServerProcess`] (the process guard),
 //! [`require_binary`], [`OsUser`]. Errors: [`FixtureError`].
@@ -27,8 +28,10 @@ mod etcd;
 mod http;
 mod port;
 mod process;
+mod s3;
 
 pub use error::{FixtureError, Result};
 pub use etcd::EtcdServer;
 pub use port::free_port;
 pub use process::{require_binary, OsUser, ServerProcess, STOP_GRACE};
+pub use s3::S3Server;

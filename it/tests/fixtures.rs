@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use paas_it::EtcdServer;
+use paas_it::{EtcdServer, S3Server};
 
 /// Whether a process with this pid exists (zombies count as gone: they were reaped or
 /// are about to be, and hold no port).
@@ -182,4 +182,40 @@ fn sigkilled_test_process_leaves_no_server() {
     );
     // No destructor ran in the child, so its temp dir is left; remove it here.
     std::fs::remove_dir_all(Path::new(dir)).unwrap();
+}
+
+/// Bucket listing as moto answers it.
+fn list_buckets(port: u16) -> String {
+    http_get(port, "/")
+}
+
+#[test]
+fn s3_creates_buckets_and_survives_a_restart_with_its_buckets() {
+    let mut s3 = S3Server::start().expect("moto_server starts");
+    assert_eq!(s3.region(), "us-east-1");
+    s3.create_bucket("drain-a").expect("bucket");
+    assert!(list_buckets(s3.port()).contains("<Name>drain-a</Name>"));
+    // Put an object with a plain unsigned request and read it back.
+    let mut stream = TcpStream::connect(("127.0.0.1", s3.port())).unwrap();
+    write!(
+        stream,
+        "PUT /drain-a/obj HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let listing = http_get(s3.port(), "/drain-a?list-type=2");
+    assert!(listing.contains("<Key>obj</Key>"), "{listing}");
+
+    s3.stop();
+    assert!(TcpStream::connect(("127.0.0.1", s3.port())).is_err());
+    s3.restart().expect("moto_server restarts");
+    assert!(list_buckets(s3.port()).contains("<Name>drain-a</Name>"));
+    // moto is in-memory: objects do not survive (documented on S3Server).
+    let listing = http_get(s3.port(), "/drain-a?list-type=2");
+    assert!(
+        listing.starts_with("HTTP/1.1 200") && !listing.contains("<Key>obj</Key>"),
+        "{listing}"
+    );
 }
