@@ -23,6 +23,15 @@ fn print_json(v: &Value) {
     );
 }
 
+/// An RFC 3339 timestamp as `YYYY-MM-DD HH:MM:SS` (UTC), for tables.
+fn when(v: &Value) -> String {
+    let t = s(v);
+    match t.get(..19) {
+        Some(head) if t.len() > 19 => head.replacen('T', " ", 1),
+        _ => t,
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -59,7 +68,7 @@ pub async fn apps_list(json: bool) -> Result<()> {
             vec![
                 s(&a["name"]),
                 format!("v{}", s(&a["release"])),
-                s(&a["created_at"]),
+                when(&a["created_at"]),
             ]
         })
         .collect();
@@ -207,7 +216,7 @@ pub async fn releases(json: bool, app: &str) -> Result<()> {
         .map(|r| {
             vec![
                 format!("v{}", s(&r["version"])),
-                s(&r["created_at"]),
+                when(&r["created_at"]),
                 s(&r["description"]),
             ]
         })
@@ -281,7 +290,7 @@ pub async fn tokens_list(json: bool) -> Result<()> {
             vec![
                 s(&t["id"]),
                 scope_text(&t["scope"]),
-                s(&t["created_at"]),
+                when(&t["created_at"]),
                 s(&t["description"]),
             ]
         })
@@ -346,7 +355,7 @@ pub async fn resource_list(json: bool, app: &str) -> Result<()> {
             vec![
                 s(&r["id"]),
                 s(&r["kind"]),
-                s(&r["created_at"]),
+                when(&r["created_at"]),
                 keys.join(","),
             ]
         })

@@ -143,6 +143,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -281,7 +282,7 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
                 tail(&log_path, 15)
             );
         }
-        if paas_coord::Coord::connect(&[client.clone()], "/health-probe/")
+        if paas_coord::Coord::connect(&[client.as_str()], "", Duration::from_secs(1))
             .await
             .is_ok()
         {

@@ -1,13 +1,16 @@
 //! HTTP routes: request parsing, authorization and response shapes. State changes go
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
+mod runtime;
+
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
@@ -26,7 +29,6 @@ pub fn router(state: AppState) -> Router {
         .route("/apps", post(create_app).get(list_apps))
         .route("/apps/{app}", get(show_app).delete(destroy_app))
         .route("/apps/{app}/env", get(get_env).patch(change_env))
-        .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/releases/{version}", get(show_release))
         .route("/apps/{app}/rollback", post(rollback))
         .route(
@@ -34,6 +36,20 @@ pub fn router(state: AppState) -> Router {
             post(add_resource).get(list_resources),
         )
         .route("/apps/{app}/resources/{id}", delete(remove_resource))
+        .route(
+            "/artifacts",
+            put(runtime::upload_artifact).layer(DefaultBodyLimit::max(runtime::MAX_ARTIFACT_BYTES)),
+        )
+        .route(
+            "/apps/{app}/releases",
+            get(list_releases).post(runtime::create_release),
+        )
+        .route(
+            "/apps/{app}/formation",
+            get(runtime::get_formation).put(runtime::scale),
+        )
+        .route("/apps/{app}/jobs", get(runtime::list_jobs))
+        .route("/apps/{app}/jobs/{id}", delete(runtime::kill_job))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

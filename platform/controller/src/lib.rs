@@ -19,6 +19,7 @@ pub mod model;
 pub mod provider;
 pub mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -27,8 +28,8 @@ pub use error::ApiError;
 pub use provider::{Provider, ProviderError, Providers, Provisioned};
 pub use store::Store;
 
-/// Key prefix under which `paas up` keeps its state in etcd.
-pub const DEFAULT_PREFIX: &str = "/paas/";
+/// etcd namespace under which `paas up` keeps its state.
+pub const DEFAULT_PREFIX: &str = "paas";
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -37,6 +38,8 @@ pub struct AppState {
     pub store: Store,
     /// Resource kinds that can be provisioned.
     pub providers: Arc<Providers>,
+    /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
+    pub artifacts_dir: PathBuf,
 }
 
 /// A connected controller, ready to serve its router.
@@ -58,11 +61,14 @@ pub enum StartError {
 impl Controller {
     /// Connects to etcd at `endpoints`, keeping all keys under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StartError> {
-        let coord = paas_coord::Coord::connect(endpoints, prefix).await?;
+        let coord =
+            paas_coord::Coord::connect(endpoints, prefix, std::time::Duration::from_secs(5))
+                .await?;
         Ok(Controller {
             state: AppState {
                 store: Store::new(coord),
                 providers: Arc::new(Providers::default()),
+                artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
             },
         })
     }
@@ -70,6 +76,12 @@ impl Controller {
     /// Replaces the set of resource providers.
     pub fn with_providers(mut self, providers: Providers) -> Self {
         self.state.providers = Arc::new(providers);
+        self
+    }
+
+    /// Sets the directory uploaded artifacts are stored in.
+    pub fn with_artifacts_dir(mut self, dir: PathBuf) -> Self {
+        self.state.artifacts_dir = dir;
         self
     }
 

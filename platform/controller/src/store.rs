@@ -8,6 +8,8 @@
 //! formations/<app>               Formation
 //! resources/<app>/<id>           Resource
 //! tokens/<sha256(secret)>        Token
+//! placements/<host>/<job>        Job        (written by the scheduler)
+//! job-status/<job>               JobStatus  (written by hosts, on their lease)
 //! ```
 //!
 //! Every write that spans keys is one etcd transaction whose compares are the
@@ -17,10 +19,10 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use paas_coord::{Coord, CoordError, Op};
+use paas_coord::{Batch, Coord, CoordError};
 
 use crate::error::ApiError;
-use crate::model::{App, Formation, Release, Resource, Token};
+use crate::model::{App, Formation, Job, JobStatus, Release, Resource, Token};
 
 /// How often a read-modify-write is retried when another writer got in between.
 pub const MAX_ATTEMPTS: usize = 16;
@@ -54,8 +56,12 @@ fn formation_key(app: &str) -> String {
 impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
         match e {
-            CoordError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
+            CoordError::Conflict { .. } | CoordError::NotFound { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            CoordError::Decode { .. } | CoordError::Encode { .. } => {
+                ApiError::Internal(e.to_string())
+            }
             other => ApiError::Unavailable(other.to_string()),
         }
     }
@@ -89,11 +95,11 @@ impl Store {
             description: "Initial release".to_string(),
             created_at: now,
         };
-        let ops = vec![
-            Op::create(app_key(name), &app)?,
-            Op::put(release_key(name, 1), &release)?,
-        ];
-        match self.coord.txn(ops).await {
+        let mut batch = Batch::new();
+        batch
+            .create(&app_key(name), &app)?
+            .create(&release_key(name, 1), &release)?;
+        match self.coord.commit(batch).await {
             Ok(_) => Ok(app),
             Err(CoordError::Conflict { .. }) => {
                 Err(ApiError::Conflict(format!("app {name:?} already exists")))
@@ -109,7 +115,7 @@ impl Store {
             .list::<App>("apps/")
             .await?
             .into_iter()
-            .map(|d| d.value)
+            .map(|(_, v, _)| v)
             .collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(apps)
@@ -122,31 +128,35 @@ impl Store {
 
     async fn get_app_versioned(&self, name: &str) -> Result<(App, i64), ApiError> {
         match self.coord.get::<App>(&app_key(name)).await? {
-            Some(doc) => Ok((doc.value, doc.mod_revision)),
+            Some(found) => Ok(found),
             None => Err(ApiError::NotFound(format!("app {name:?} not found"))),
         }
     }
 
-    /// Deletes an app with its releases, formation, resources and app-scoped tokens.
+    /// Deletes an app with its releases, formation, resources and app-scoped tokens, in
+    /// one transaction guarded by the revision of every key it deletes.
     pub async fn destroy_app(&self, name: &str) -> Result<(), ApiError> {
         let (_, rev) = self.get_app_versioned(name).await?;
-        let mut ops = vec![
-            Op::delete_if(app_key(name), rev),
-            Op::delete_prefix(release_prefix(name)),
-            Op::delete_prefix(resource_prefix(name)),
-            Op::delete(formation_key(name)),
-        ];
-        for (hash, token) in self.list_tokens_with_hash().await? {
-            if token.scope
-                == (crate::model::Scope::App {
-                    app: name.to_string(),
-                })
-            {
-                ops.push(Op::delete(format!("tokens/{hash}")));
+        let mut batch = Batch::new();
+        batch.delete(&app_key(name), rev);
+        for prefix in [release_prefix(name), resource_prefix(name)] {
+            for (key, _, rev) in self.coord.list::<serde_json::Value>(&prefix).await? {
+                batch.delete(&key, rev);
             }
         }
-        self.coord.txn(ops).await.map_err(|e| match e {
-            CoordError::Conflict { .. } => {
+        if let Some((_, rev)) = self.coord.get::<Formation>(&formation_key(name)).await? {
+            batch.delete(&formation_key(name), rev);
+        }
+        let scope = crate::model::Scope::App {
+            app: name.to_string(),
+        };
+        for (key, token, rev) in self.coord.list::<Token>("tokens/").await? {
+            if token.scope == scope {
+                batch.delete(&key, rev);
+            }
+        }
+        self.coord.commit(batch).await.map_err(|e| match e {
+            CoordError::Conflict { .. } | CoordError::NotFound { .. } => {
                 ApiError::Conflict(format!("app {name:?} changed while being destroyed; retry"))
             }
             other => other.into(),
@@ -161,7 +171,7 @@ impl Store {
             .get::<Release>(&release_key(app, version))
             .await?
         {
-            Some(doc) => Ok(doc.value),
+            Some((value, _)) => Ok(value),
             None => Err(ApiError::NotFound(format!(
                 "release v{version} of app {app:?} not found"
             ))),
@@ -175,7 +185,7 @@ impl Store {
             .list::<Release>(&release_prefix(app))
             .await?
             .into_iter()
-            .map(|d| d.value)
+            .map(|(_, v, _)| v)
             .collect();
         releases.sort_by_key(|r| r.version);
         Ok(releases)
@@ -213,13 +223,13 @@ impl Store {
             next.version = a.release + 1;
             next.created_at = Utc::now();
             a.release = next.version;
-            let ops = vec![
-                Op::put_if(app_key(app), &a, rev)?,
-                Op::create(release_key(app, next.version), &next)?,
-            ];
-            match self.coord.txn(ops).await {
+            let mut batch = Batch::new();
+            batch
+                .update(&app_key(app), &a, rev)?
+                .create(&release_key(app, next.version), &next)?;
+            match self.coord.commit(batch).await {
                 Ok(_) => return Ok(next),
-                Err(CoordError::Conflict { .. }) => continue,
+                Err(CoordError::Conflict { .. } | CoordError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -234,7 +244,7 @@ impl Store {
             .coord
             .get::<Formation>(&formation_key(app))
             .await?
-            .map(|d| d.value)
+            .map(|(formation, _)| formation)
             .unwrap_or_else(|| Formation {
                 app: app.to_string(),
                 processes: BTreeMap::new(),
@@ -244,20 +254,18 @@ impl Store {
     /// Writes the app's formation (only while the app exists).
     pub async fn put_formation(&self, formation: &Formation) -> Result<(), ApiError> {
         let (_, rev) = self.get_app_versioned(&formation.app).await?;
-        let ops = vec![
-            Op::unchanged(app_key(&formation.app), rev),
-            Op::put(formation_key(&formation.app), formation)?,
-        ];
-        self.coord.txn(ops).await?;
+        let mut batch = Batch::new();
+        batch
+            .require(&app_key(&formation.app), rev)
+            .put(&formation_key(&formation.app), formation)?;
+        self.coord.commit(batch).await?;
         Ok(())
     }
 
     /// Stores a resource record.
     pub async fn put_resource(&self, r: &Resource) -> Result<(), ApiError> {
-        self.coord
-            .put(&format!("{}{}", resource_prefix(&r.app), r.id), r)
-            .await?;
-        Ok(())
+        self.put(&format!("{}{}", resource_prefix(&r.app), r.id), r)
+            .await
     }
 
     /// One resource of an app, or 404.
@@ -267,7 +275,7 @@ impl Store {
             .get::<Resource>(&format!("{}{id}", resource_prefix(app)))
             .await?
         {
-            Some(doc) => Ok(doc.value),
+            Some((value, _)) => Ok(value),
             None => Err(ApiError::NotFound(format!(
                 "resource {id:?} of app {app:?} not found"
             ))),
@@ -281,7 +289,7 @@ impl Store {
             .list::<Resource>(&resource_prefix(app))
             .await?
             .into_iter()
-            .map(|d| d.value)
+            .map(|(_, v, _)| v)
             .collect();
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         Ok(list)
@@ -289,16 +297,12 @@ impl Store {
 
     /// Deletes a resource record (absent is fine).
     pub async fn delete_resource(&self, app: &str, id: &str) -> Result<(), ApiError> {
-        self.coord
-            .delete(&format!("{}{id}", resource_prefix(app)))
-            .await?;
-        Ok(())
+        self.remove(&format!("{}{id}", resource_prefix(app))).await
     }
 
     /// Stores a token under the hash of its secret.
     pub async fn put_token(&self, hash: &str, token: &Token) -> Result<(), ApiError> {
-        self.coord.put(&format!("tokens/{hash}"), token).await?;
-        Ok(())
+        self.put(&format!("tokens/{hash}"), token).await
     }
 
     /// The token whose secret hashes to `hash`, if it exists (not revoked).
@@ -307,45 +311,87 @@ impl Store {
             .coord
             .get::<Token>(&format!("tokens/{hash}"))
             .await?
-            .map(|d| d.value))
-    }
-
-    async fn list_tokens_with_hash(&self) -> Result<Vec<(String, Token)>, ApiError> {
-        Ok(self
-            .coord
-            .list::<Token>("tokens/")
-            .await?
-            .into_iter()
-            .map(|d| {
-                let hash = d.key.rsplit('/').next().unwrap_or_default().to_string();
-                (hash, d.value)
-            })
-            .collect())
+            .map(|(token, _)| token))
     }
 
     /// All tokens (without secrets, which are not stored).
     pub async fn list_tokens(&self) -> Result<Vec<Token>, ApiError> {
         Ok(self
-            .list_tokens_with_hash()
+            .coord
+            .list::<Token>("tokens/")
             .await?
             .into_iter()
-            .map(|(_, t)| t)
+            .map(|(_, token, _)| token)
             .collect())
     }
 
     /// Revokes the token with this id, or 404.
     pub async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
         let found = self
-            .list_tokens_with_hash()
+            .coord
+            .list::<Token>("tokens/")
             .await?
             .into_iter()
-            .find(|(_, t)| t.id == id);
+            .find(|(_, t, _)| t.id == id);
         match found {
-            Some((hash, _)) => {
-                self.coord.delete(&format!("tokens/{hash}")).await?;
-                Ok(())
-            }
+            Some((key, _, rev)) => match self.coord.delete(&key, rev).await {
+                Ok(()) | Err(CoordError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
             None => Err(ApiError::NotFound(format!("token {id:?} not found"))),
         }
+    }
+
+    /// Every job placed by the scheduler, on every host.
+    pub async fn placements(&self) -> Result<Vec<Job>, ApiError> {
+        Ok(self
+            .coord
+            .list::<Job>("placements/")
+            .await?
+            .into_iter()
+            .map(|(_, v, _)| v)
+            .collect())
+    }
+
+    /// Removes a job's placement: its host stops it.
+    pub async fn delete_placement(&self, job: &Job) -> Result<(), ApiError> {
+        self.remove(&format!("placements/{}/{}", job.host, job.id))
+            .await
+    }
+
+    /// What hosts report about their jobs.
+    pub async fn job_statuses(&self) -> Result<Vec<JobStatus>, ApiError> {
+        Ok(self
+            .coord
+            .list::<JobStatus>("job-status/")
+            .await?
+            .into_iter()
+            .map(|(_, v, _)| v)
+            .collect())
+    }
+
+    /// Writes `key` whatever it holds now.
+    async fn put<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), ApiError> {
+        let mut batch = Batch::new();
+        batch.put(key, value)?;
+        self.coord.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Deletes `key` if present, retrying when it changes underneath.
+    async fn remove(&self, key: &str) -> Result<(), ApiError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((_, rev)) = self.coord.get::<serde_json::Value>(key).await? else {
+                return Ok(());
+            };
+            match self.coord.delete(key, rev).await {
+                Ok(()) | Err(CoordError::NotFound { .. }) => return Ok(()),
+                Err(CoordError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "{key} is changing too fast; retry"
+        )))
     }
 }

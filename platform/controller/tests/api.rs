@@ -52,7 +52,7 @@ impl Api {
         let provider = Arc::new(RecordingProvider::default());
         let mut providers = Providers::default();
         providers.register("testdb", provider.clone());
-        let controller = Controller::connect(&[etcd.endpoint()], "/test/")
+        let controller = Controller::connect(&[etcd.endpoint()], "test")
             .await
             .expect("connect")
             .with_providers(providers);
