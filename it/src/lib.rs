@@ -11,6 +11,14 @@
 //! |--------------------|-----------------------------|------------------------------|
 //! | [`EtcdServer`]     | `etcd`                      | `endpoint()`                 |
 //! | [`S3Server`]       | `moto_server`               | `endpoint()`, `create_bucket`|
+//! | [`PostgresServer`] | `initdb`, `postgres` (15)   | `url()`, `socket_dir()`      |
+//! | [`RedisServer`]    | `redis-server`              | `url()`                      |
+//! | [`MariaDbServer`]  | `mariadb-install-db`, `mariadbd` | `url()`, `socket()`     |
+//!
+//! PostgreSQL and MariaDB refuse to run as root: when the tests run as root, their
+//! temp dirs are chowned to `postgres` / `mysql` and the processes run under those
+//! uids (set directly, like `runuser -u`, but without runuser's extra parent process,
+//! which would keep the parent-death signal from reaching the server).
 //!
 //! Building blocks: [`free_port`], [`ServerProcess`] (the process guard),
 //! [`require_binary`], [`OsUser`]. Errors: [`FixtureError`].
@@ -26,12 +34,18 @@
 mod error;
 mod etcd;
 mod http;
+mod mariadb;
 mod port;
+mod postgres;
 mod process;
+mod redis;
 mod s3;
 
 pub use error::{FixtureError, Result};
 pub use etcd::EtcdServer;
+pub use mariadb::MariaDbServer;
 pub use port::free_port;
+pub use postgres::{PostgresServer, PG_BIN};
 pub use process::{require_binary, OsUser, ServerProcess, STOP_GRACE};
+pub use redis::RedisServer;
 pub use s3::S3Server;

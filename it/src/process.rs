@@ -272,6 +272,27 @@ pub fn require_binary(binary: &str, hint: &'static str) -> Result<PathBuf> {
         .ok_or_else(missing)
 }
 
+/// Runs a short setup command to completion, failing with its output when it fails.
+pub(crate) fn run_setup(mut command: Command) -> Result<()> {
+    let line = format!("{command:?}");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(FixtureError::io(format!("running {line}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(FixtureError::Setup {
+        command: line,
+        status: output.status,
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
+
 /// An OS account a server must run as because it refuses to run as root.
 #[derive(Debug, Clone)]
 pub struct OsUser {

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use paas_it::{EtcdServer, S3Server};
+use paas_it::{EtcdServer, MariaDbServer, PostgresServer, RedisServer, S3Server, PG_BIN};
 
 /// Whether a process with this pid exists (zombies count as gone: they were reaped or
 /// are about to be, and hold no port).
@@ -218,4 +218,120 @@ fn s3_creates_buckets_and_survives_a_restart_with_its_buckets() {
         listing.starts_with("HTTP/1.1 200") && !listing.contains("<Key>obj</Key>"),
         "{listing}"
     );
+}
+
+#[test]
+fn postgres_answers_sql_over_tcp_and_socket() {
+    let pg = PostgresServer::start_with(&[("max_connections", "20")]).expect("postgres starts");
+    let psql = format!("{PG_BIN}/psql");
+    let over_tcp = Command::new(&psql)
+        .args([&pg.url(), "-XAtc", "select 1 + 1"])
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&over_tcp.stdout).trim(),
+        "2",
+        "{over_tcp:?}"
+    );
+    let over_socket = Command::new(&psql)
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .args([
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-XAtc",
+            "show max_connections",
+        ])
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&over_socket.stdout).trim(),
+        "20",
+        "{over_socket:?}"
+    );
+    assert!(pg.data_dir().join("PG_VERSION").exists());
+}
+
+#[test]
+fn redis_answers_ping_and_keeps_a_key() {
+    let redis = RedisServer::start().expect("redis starts");
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["ping"]), "PONG");
+    assert_eq!(cli(&["set", "k", "v"]), "OK");
+    assert_eq!(cli(&["get", "k"]), "v");
+    assert_eq!(
+        cli(&["config", "get", "repl-diskless-sync-delay"]),
+        "repl-diskless-sync-delay\n0"
+    );
+}
+
+#[test]
+fn mariadb_answers_sql_as_root_over_tcp() {
+    let db = MariaDbServer::start().expect("mariadb starts");
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.port().to_string(),
+            "-u",
+            "root",
+        ])
+        .args(["-N", "-e", "select 1 + 1"])
+        .output()
+        .expect("mariadb client runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+    assert!(db.url().starts_with("mysql://root@127.0.0.1:"));
+}
+
+#[test]
+fn every_fixture_cleans_up_on_drop() {
+    let pg = PostgresServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let db = MariaDbServer::start().expect("mariadb");
+    let dirs = [
+        pg.socket_dir().to_path_buf(),
+        redis.dir().to_path_buf(),
+        db.dir().to_path_buf(),
+    ];
+    let pids = [
+        pg.process().pid().unwrap(),
+        redis.process().pid().unwrap(),
+        db.process().pid().unwrap(),
+    ];
+    // Postgres forks helpers into its process group; they must go too.
+    let pg_group = pids[0];
+    drop((pg, redis, db));
+    for pid in pids {
+        assert!(!process_alive(pid), "server {pid} still running");
+    }
+    for dir in dirs {
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+    let stray = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, r)| r)
+                    .split_whitespace()
+                    .collect();
+                fields.get(2) == Some(&pg_group.to_string().as_str())
+                    && fields.first() != Some(&"Z")
+            })
+        })
+        .count();
+    assert_eq!(stray, 0, "processes left in the postgres process group");
 }
