@@ -31,5 +31,6 @@ pub mod health;
 pub mod launcher;
 pub mod lease;
 pub mod pg;
+pub mod provision;
 pub mod store;
 pub mod supervisor;

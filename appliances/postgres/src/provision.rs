@@ -1,0 +1,315 @@
+//! Databases for apps: `paas resource add postgres -a APP` creates a login role and a
+//! database it owns in the shared cluster, and returns the variables the app connects
+//! with; `resource remove` ends the database's sessions and drops both.
+//!
+//! Every statement goes through the leader-following endpoint, so provisioning works
+//! whichever member leads, and the `DATABASE_URL` handed out points at the same endpoint
+//! and keeps working across failovers. An operation that fails on a broken connection
+//! (a failover in progress) is retried on a fresh connection for up to
+//! [`RETRY_FOR`]; both operations are idempotent, so a retry after an unknown outcome is
+//! safe.
+//!
+//! Names: role and database are both `<app>_<id>` reduced to `[a-z0-9_]` (anything else
+//! becomes `_`), at most 63 bytes, always double-quoted in SQL. Passwords are 24 random
+//! bytes from the OS-seeded CSPRNG, hex-encoded (192 bits), so they need no escaping in a
+//! URL or SQL literal. `CONNECT` on the database is revoked from `PUBLIC`: only its owner
+//! (and the superuser) may connect to it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+/// How long an operation is retried on connection failures (covers a failover).
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The app or resource id yields no usable name.
+    #[error("cannot derive a database name from app {app:?} and id {id:?}")]
+    BadName {
+        /// The app name given.
+        app: String,
+        /// The resource id given.
+        id: String,
+    },
+    /// The data handed back to `deprovision` is not what `provision` returned.
+    #[error("unrecognised resource data: {0}")]
+    BadData(#[from] serde_json::Error),
+    /// PostgreSQL refused a statement, or stayed unreachable for [`RETRY_FOR`].
+    #[error("postgres: {}", detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// The server's own message for database errors (the driver's `Display` says only
+/// "db error").
+fn detail(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
+/// Where the provider reaches the cluster and how it logs in.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The leader-following endpoint's host, as apps should use it.
+    pub host: String,
+    /// The endpoint's port.
+    pub port: u16,
+    /// The `postgres` superuser's password.
+    pub superuser_password: String,
+}
+
+/// What `provision` remembers for `deprovision` (the controller stores it opaquely).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceData {
+    /// The role created.
+    pub role: String,
+    /// The database created.
+    pub database: String,
+}
+
+/// Creates and removes app databases in the shared cluster.
+pub struct PostgresProvider {
+    config: ProviderConfig,
+    admin: Mutex<Option<Client>>,
+}
+
+impl PostgresProvider {
+    /// A provider for the cluster behind `config`; connects on first use.
+    pub fn new(config: ProviderConfig) -> Self {
+        PostgresProvider {
+            config,
+            admin: Mutex::new(None),
+        }
+    }
+
+    /// Creates role and database for (`app`, `id`); returns the app's variables and the
+    /// data `deprovision` needs. Calling it again for the same pair sets a new password.
+    pub async fn provision_database(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<(BTreeMap<String, String>, ResourceData), ProvisionError> {
+        let name = derive_name(app, id).ok_or_else(|| ProvisionError::BadName {
+            app: app.into(),
+            id: id.into(),
+        })?;
+        let password = hex::encode(rand::random::<[u8; 24]>());
+        let started = Instant::now();
+        self.with_retry(&Op::Create {
+            name: name.clone(),
+            password: password.clone(),
+        })
+        .await?;
+        tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "postgres database provisioned");
+        let (host, port) = (&self.config.host, self.config.port);
+        let env = BTreeMap::from([
+            (
+                "DATABASE_URL".to_string(),
+                format!("postgres://{name}:{password}@{host}:{port}/{name}"),
+            ),
+            ("PGHOST".to_string(), host.clone()),
+            ("PGPORT".to_string(), port.to_string()),
+            ("PGUSER".to_string(), name.clone()),
+            ("PGPASSWORD".to_string(), password),
+            ("PGDATABASE".to_string(), name.clone()),
+        ]);
+        Ok((
+            env,
+            ResourceData {
+                role: name.clone(),
+                database: name,
+            },
+        ))
+    }
+
+    /// Ends every session of the database, drops it and its role. Succeeds when they
+    /// are already gone.
+    pub async fn deprovision_database(&self, data: &ResourceData) -> Result<(), ProvisionError> {
+        self.with_retry(&Op::Drop {
+            role: data.role.clone(),
+            database: data.database.clone(),
+        })
+        .await?;
+        tracing::info!(database = %data.database, "postgres database removed");
+        Ok(())
+    }
+
+    /// Runs `op` on the admin connection, reconnecting and retrying while the failure is
+    /// a connection failure (not an SQL error) and [`RETRY_FOR`] has not passed.
+    async fn with_retry(&self, op: &Op) -> Result<(), ProvisionError> {
+        let started = Instant::now();
+        let mut admin = self.admin.lock().await;
+        loop {
+            let client = match admin.take().filter(|c| !c.is_closed()) {
+                Some(client) => Ok(client),
+                None => self.connect().await,
+            };
+            let result = match client {
+                Ok(client) => {
+                    let result = op.run(&client).await;
+                    *admin = Some(client);
+                    result
+                }
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(err) if err.as_db_error().is_none() && started.elapsed() < RETRY_FOR => {
+                    tracing::warn!(error = %err, "provisioning connection failed; retrying");
+                    *admin = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.config.host)
+            .port(self.config.port)
+            .user("postgres")
+            .password(&self.config.superuser_password)
+            .dbname("postgres")
+            .application_name("paas-provisioner")
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// One idempotent provisioning operation.
+enum Op {
+    /// Create (or re-password) role `name` and create database `name` owned by it.
+    Create { name: String, password: String },
+    /// End the sessions of `database`, drop it and `role`.
+    Drop { role: String, database: String },
+}
+
+impl Op {
+    async fn run(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Op::Create { name, password } => {
+                let ident = quote_ident(name);
+                let exists = client
+                    .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[name])
+                    .await?
+                    .is_some();
+                let verb = if exists { "ALTER" } else { "CREATE" };
+                client
+                    .batch_execute(&format!(
+                        "{verb} ROLE {ident} LOGIN PASSWORD {}",
+                        quote_literal(password)
+                    ))
+                    .await?;
+                if client
+                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
+                    .await?
+                    .is_none()
+                {
+                    // CREATE DATABASE cannot run inside a transaction: its own statement.
+                    client
+                        .batch_execute(&format!("CREATE DATABASE {ident} OWNER {ident}"))
+                        .await?;
+                }
+                client
+                    .batch_execute(&format!(
+                        "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC"
+                    ))
+                    .await
+            }
+            Op::Drop { role, database } => {
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[database],
+                    )
+                    .await?;
+                client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_ident(database)
+                    ))
+                    .await?;
+                client
+                    .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+                    .await
+            }
+        }
+    }
+}
+
+/// `<app>_<id>` reduced to `[a-z0-9_]`, at most 63 bytes (PostgreSQL's identifier limit).
+pub fn derive_name(app: &str, id: &str) -> Option<String> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let (app, id) = (clean(app), clean(id));
+    if app.trim_matches('_').is_empty() || id.trim_matches('_').is_empty() {
+        return None;
+    }
+    let mut name = format!("{app}_{id}");
+    if name.len() > 63 {
+        // Keep the id whole: it is what makes the name unique within the app.
+        let keep = 63usize.checked_sub(id.len() + 1)?;
+        name = format!("{}_{id}", &app[..keep.min(app.len())]);
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, 'r');
+        name.truncate(63);
+    }
+    Some(name)
+}
+
+/// `"ident"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'literal'` with embedded quotes doubled (standard_conforming_strings is on).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_identifiers() {
+        assert_eq!(derive_name("shop", "r1").as_deref(), Some("shop_r1"));
+        assert_eq!(
+            derive_name("My-Shop", "a.b").as_deref(),
+            Some("my_shop_a_b")
+        );
+        assert_eq!(derive_name("1shop", "x").as_deref(), Some("r1shop_x"));
+        assert_eq!(derive_name("--", "x"), None);
+        let long = derive_name(&"a".repeat(100), "abcdef").unwrap();
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with("_abcdef"));
+    }
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

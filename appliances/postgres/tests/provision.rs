@@ -1,0 +1,113 @@
+//! Provisioning against a real 3-member cluster, through the leader-following endpoint.
+
+mod common;
+
+use common::{connect, Harness, PASSWORD};
+use paas_postgres::provision::{PostgresProvider, ProviderConfig, ProvisionError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_and_remove_an_app_database() {
+    let h = Harness::start(3).await;
+    let addr = h.endpoint_addr();
+    let provider = PostgresProvider::new(ProviderConfig {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        superuser_password: PASSWORD.into(),
+    });
+
+    let (env, data) = provider
+        .provision_database("shop", "r1")
+        .await
+        .expect("provision");
+    for key in [
+        "DATABASE_URL",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+    ] {
+        assert!(env.contains_key(key), "{key} missing from {env:?}");
+    }
+    assert_eq!(env["PGPORT"], addr.port().to_string());
+    assert_eq!(env["PGPASSWORD"].len(), 48, "24 random bytes, hex");
+    assert_eq!(
+        (data.role.as_str(), data.database.as_str()),
+        ("shop_r1", "shop_r1")
+    );
+
+    // The app connects with exactly what it was given and owns its database.
+    let app = connect(&env["DATABASE_URL"])
+        .await
+        .expect("app connects with DATABASE_URL");
+    app.batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("app writes");
+
+    // Another app's role cannot connect to it.
+    let (other_env, other_data) = provider
+        .provision_database("other", "r1")
+        .await
+        .expect("provision other");
+    let intruder = format!(
+        "host={} port={} user={} password={} dbname=shop_r1",
+        addr.ip(),
+        addr.port(),
+        other_env["PGUSER"],
+        other_env["PGPASSWORD"]
+    );
+    let refused = connect(&intruder)
+        .await
+        .err()
+        .expect("other app must not connect");
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("permission denied"), "{refused:?}");
+    // A wrong password is refused too.
+    let wrong = env["DATABASE_URL"].replace(&env["PGPASSWORD"], "00");
+    assert!(connect(&wrong).await.is_err());
+
+    // Remove: the open session is ended, database and role are gone; removing again is fine.
+    provider
+        .deprovision_database(&data)
+        .await
+        .expect("deprovision");
+    assert!(
+        app.simple_query("SELECT 1").await.is_err(),
+        "session survived removal"
+    );
+    let admin = connect(&format!(
+        "host={} port={} user=postgres password={PASSWORD} dbname=postgres",
+        addr.ip(),
+        addr.port()
+    ))
+    .await
+    .unwrap();
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'shop_r1') + (SELECT count(*) FROM pg_roles WHERE rolname = 'shop_r1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    provider
+        .deprovision_database(&data)
+        .await
+        .expect("removing twice succeeds");
+    provider
+        .deprovision_database(&other_data)
+        .await
+        .expect("deprovision other");
+
+    // Names that reduce to nothing are refused with a clear error, and the provider keeps working.
+    let err = provider.provision_database("--", "r1").await.unwrap_err();
+    assert!(matches!(err, ProvisionError::BadName { .. }), "{err}");
+    provider
+        .provision_database("shop", "r2")
+        .await
+        .expect("still provisions after bad input");
+}
