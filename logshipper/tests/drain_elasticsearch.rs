@@ -94,7 +94,16 @@ async fn bulk(State(es): State<Arc<Mutex<Es>>>, body: Bytes) -> Response {
 }
 
 async fn serve(listener: tokio::net::TcpListener, es: Arc<Mutex<Es>>) {
-    let app = Router::new().route("/_bulk", post(bulk)).with_state(es);
+    serve_limited(listener, es, 100 << 20).await
+}
+
+/// Serves `_bulk`, answering 413 to bodies over `limit` bytes (as ES does over
+/// `http.max_content_length`).
+async fn serve_limited(listener: tokio::net::TcpListener, es: Arc<Mutex<Es>>, limit: usize) {
+    let app = Router::new()
+        .route("/_bulk", post(bulk))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(es);
     axum::serve(listener, app).await.unwrap();
 }
 
@@ -312,4 +321,42 @@ async fn per_app_drain_ships_only_its_app_and_resumes_after_restart() {
     assert!(es.docs.values().all(|(_, d)| d["app"] == "shop"));
     // Shop ids are the odd ids 1..=199; 7, 13, 107 and 113 are refused.
     assert_eq!(es.docs.len(), 100 - 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_requests_are_split_and_an_oversized_line_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let es = Arc::new(Mutex::new(Es::default()));
+    tokio::spawn(serve_limited(listener, Arc::clone(&es), 30_000));
+    let journal = Journal::open(dir.path().join("journal"), JournalConfig::default()).unwrap();
+    let manager = DrainManager::new(
+        journal.clone(),
+        dir.path().join("dead"),
+        DrainFamilies::default(),
+    )
+    .with_backoff(backoff());
+    let mut big_batches = spec("split", addr);
+    big_batches.batch_bytes = Some(1 << 20);
+    big_batches.flush_ms = Some(200);
+    manager.add(&big_batches).unwrap();
+    let mut lines: Vec<LogLine> = (0..501).map(line).collect();
+    lines[250].message = "x".repeat(40_000);
+    journal.append(&mut lines).unwrap();
+
+    let s = wait_for(&manager, "delivery", |s| s.lag == 0).await;
+    manager.shutdown().await;
+    // Ids 1..=501: ten end in 07/13 (refused items) and id 251 is too large alone.
+    assert_eq!(s.failed, 11);
+    assert_eq!(s.delivered, 490);
+    assert_eq!(es.lock().unwrap().docs.len(), 490);
+    let dead = std::fs::read_to_string(dir.path().join("dead/split.ndjson")).unwrap();
+    let too_large: Vec<Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["status"] == 413)
+        .collect();
+    assert_eq!(too_large.len(), 1);
+    assert_eq!(too_large[0]["line"]["id"], 251);
 }

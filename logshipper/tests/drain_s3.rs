@@ -231,8 +231,16 @@ async fn objects_are_keyed_by_app_and_hour_and_hold_every_line() {
     manager.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_outage_while_lines_flow_loses_nothing() {
+/// Sizes of an outage run: lines before the stop, during it (in 100 steps spread over
+/// `outage`), and after the restart.
+struct Outage {
+    before: u64,
+    during: u64,
+    after: u64,
+    outage: Duration,
+}
+
+async fn outage_run(o: Outage) {
     set_credentials();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -250,27 +258,27 @@ async fn server_outage_while_lines_flow_loses_nothing() {
     });
     manager.add(&spec(&moto.endpoint())).unwrap();
 
-    let total: u64 = 100_000;
-    let before = 30_000;
+    let total = o.before + o.during + o.after;
     let mut next = 0u64;
     let mut append_until = |upto: u64, journal: &Journal| {
         let mut batch: Vec<LogLine> = (next..upto).map(line).collect();
         journal.append(&mut batch).unwrap();
         next = upto;
     };
-    for step in (1_000..=before).step_by(1_000) {
-        append_until(step, &journal);
+    let step = (o.before / 30).max(1);
+    while next < o.before {
+        append_until((next + step).min(o.before), &journal);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(&manager, "delivery before the outage", |s| s.lag == 0).await;
     let (first_ids, _, _) = landed(&moto.endpoint(), "logs", "archive").await;
-    assert_eq!(first_ids, (1..=before).collect::<HashSet<u64>>());
+    assert_eq!(first_ids, (1..=o.before).collect::<HashSet<u64>>());
 
     moto.stop();
-    // ~20 s of outage with lines flowing: 50k lines in 100 steps of 200 ms.
-    for step in 1..=100u64 {
-        append_until(before + step * 500, &journal);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    for k in 1..=100u64 {
+        append_until(o.before + o.during * k / 100, &journal);
+        tokio::time::sleep(o.outage / 100).await;
     }
     let s = manager.list().pop().unwrap();
     assert!(
@@ -278,12 +286,18 @@ async fn server_outage_while_lines_flow_loses_nothing() {
         "nothing can be delivered while S3 is down: {s:?}"
     );
     let err = s.last_error.expect("the outage is reported");
-    println!("during outage: lag {} last error {}", s.lag, err.message);
+    println!(
+        "S3 down for {:.1} s: lag {} last error {}",
+        started.elapsed().as_secs_f64(),
+        s.lag,
+        err.message
+    );
 
     let moto = Moto::start(port, dir.path().join("moto2.log"));
     moto.create_bucket("logs").await;
-    for step in (before + 50_000 + 2_000..=total).step_by(2_000) {
-        append_until(step, &journal);
+    let step = (o.after / 10).max(1);
+    while next < total {
+        append_until((next + step).min(total), &journal);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = wait_for(&manager, "delivery after the outage", |s| s.lag == 0).await;
@@ -292,12 +306,41 @@ async fn server_outage_while_lines_flow_loses_nothing() {
     assert_eq!(s.failed, 0);
     assert_eq!(s.dropped, 0);
 
-    let (after_ids, _, _) = landed(&moto.endpoint(), "logs", "archive").await;
+    let (after_ids, rows, _) = landed(&moto.endpoint(), "logs", "archive").await;
     let all: HashSet<u64> = first_ids.union(&after_ids).copied().collect();
     let missing: Vec<u64> = (1..=total).filter(|i| !all.contains(i)).take(10).collect();
     assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
     assert_eq!(all.len() as u64, total);
     // Everything appended after the stop landed on the new server.
-    assert!((before + 1..=total).all(|i| after_ids.contains(&i)));
+    assert!((o.before + 1..=total).all(|i| after_ids.contains(&i)));
+    println!(
+        "{total} lines: {} unique ids landed ({rows} rows after the restart)",
+        all.len()
+    );
     manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_outage_while_lines_flow_loses_nothing() {
+    outage_run(Outage {
+        before: 30_000,
+        during: 50_000,
+        after: 20_000,
+        outage: Duration::from_secs(20),
+    })
+    .await;
+}
+
+/// The full-size check: a million lines, S3 down for a minute. Run with
+/// `cargo test -p paas-logshipper --release --test drain_s3 -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes minutes; run explicitly"]
+async fn million_lines_with_a_one_minute_outage() {
+    outage_run(Outage {
+        before: 300_000,
+        during: 500_000,
+        after: 200_000,
+        outage: Duration::from_secs(60),
+    })
+    .await;
 }

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{BatchLimits, ConfigError, DrainConfig, DrainSpec};
 use super::dead_letter::DeadLetter;
-use super::retry::{Backoff, RetryReason};
-use super::sink::{Sink, SinkError};
+use super::retry::{resend, Backoff, Resend, RetryReason};
+use super::sink::{DeadItem, Sink, SinkError};
 use super::status::{DrainFamilies, DrainStats, DrainStatus};
 use crate::journal::{Journal, JournalError, JournalReader, ReadBatch};
 use crate::line::{LogLine, Stream};
@@ -324,42 +324,78 @@ impl Runner {
         }
     }
 
+    /// Counts and records lines the sink refused for good.
+    async fn dead_letter(&self, dead: &[DeadItem]) {
+        if dead.is_empty() {
+            return;
+        }
+        self.stats.failed.inc_by(dead.len() as u64);
+        let first = &dead[0];
+        let msg = format!(
+            "{} lines refused (first: status {}: {}); see {}",
+            dead.len(),
+            first.status,
+            first.error,
+            self.dead_letter.path().display()
+        );
+        tracing::warn!(drain = %self.id, "drain: {msg}");
+        self.stats.set_error(msg);
+        if let Err(e) = self.dead_letter.write(dead).await {
+            tracing::error!(drain = %self.id, error = %e, "drain: could not write dead-letter file");
+        }
+    }
+
     /// Sends until every line is delivered or dead-lettered; false when cancelled.
+    ///
+    /// Lines go in requests of at most `chunk` lines (the whole batch unless the sink
+    /// said 413); lines the sink asks to retry go back to the front of the queue.
     async fn deliver(&mut self, lines: Vec<LogLine>) -> bool {
         let mut pending = lines;
+        let mut chunk = pending.len();
         let mut attempt = 0;
-        loop {
+        while !pending.is_empty() {
+            let n = chunk.min(pending.len());
             let sent = tokio::select! {
                 _ = self.cancel.cancelled() => return false,
-                r = self.sink.send(&pending) => r,
+                r = self.sink.send(&pending[..n]) => r,
             };
             let reason = match sent {
                 Ok(out) => {
                     self.stats.delivered.inc_by(out.delivered);
-                    if !out.dead.is_empty() {
-                        self.stats.failed.inc_by(out.dead.len() as u64);
-                        let first = &out.dead[0];
-                        let msg = format!(
-                            "{} lines refused (first: status {}: {}); see {}",
-                            out.dead.len(),
-                            first.status,
-                            first.error,
-                            self.dead_letter.path().display()
-                        );
-                        tracing::warn!(drain = %self.id, "drain: {msg}");
-                        self.stats.set_error(msg);
-                        if let Err(e) = self.dead_letter.write(&out.dead).await {
-                            tracing::error!(drain = %self.id, error = %e, "drain: could not write dead-letter file");
-                        }
-                    }
+                    self.dead_letter(&out.dead).await;
+                    let rest = pending.split_off(n);
                     if out.retry.is_empty() {
-                        return true;
+                        pending = rest;
+                        attempt = 0;
+                        continue;
                     }
-                    let n = out.retry.len();
+                    let k = out.retry.len();
                     pending = out.retry;
-                    out.retry_reason.unwrap_or(RetryReason::Items(n))
+                    pending.extend(rest);
+                    out.retry_reason.unwrap_or(RetryReason::Items(k))
                 }
-                Err(reason) => reason,
+                Err(reason) => match resend(reason, n) {
+                    Resend::Split { size } => {
+                        tracing::info!(drain = %self.id, lines = size, "drain: sink says request too large, splitting");
+                        chunk = size;
+                        continue;
+                    }
+                    Resend::DeadLetter(status) => {
+                        let rest = pending.split_off(n);
+                        let dead: Vec<DeadItem> = pending
+                            .into_iter()
+                            .map(|line| DeadItem {
+                                line,
+                                status,
+                                error: "line too large for the sink".into(),
+                            })
+                            .collect();
+                        self.dead_letter(&dead).await;
+                        pending = rest;
+                        continue;
+                    }
+                    Resend::Wait(reason) => reason,
+                },
             };
             tracing::warn!(drain = %self.id, attempt, lines = pending.len(), %reason, "drain: send failed, will retry");
             self.stats.set_error(reason.to_string());
@@ -369,5 +405,6 @@ impl Runner {
             }
             attempt = attempt.saturating_add(1);
         }
+        true
     }
 }

@@ -7,9 +7,11 @@
 //! - how long to wait before the next attempt ([`Backoff::delay`]): exponential, capped,
 //!   with jitter supplied by the caller so tests are deterministic.
 //!
-//! A whole-request failure (connection refused, timeout, 429, 5xx, unreadable body) is
-//! always retried: the batch stays in the journal and the cursor does not move, so an
-//! outage of any length loses nothing.
+//! A whole-request failure (connection refused, timeout, 429, 5xx, unreadable body, auth)
+//! is retried ([`resend`]): the batch stays in the journal and the cursor does not move,
+//! so an outage of any length loses nothing. The one exception is 413 (request too
+//! large): the batch is split in halves, and a single line the sink still refuses is
+//! dead-lettered.
 
 use std::time::Duration;
 
@@ -73,6 +75,29 @@ pub fn request_failure(status: u16) -> RetryReason {
     }
 }
 
+/// What to do after a whole request of `size` lines failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resend {
+    /// The request was too large (413): send the first `size` lines alone, at once.
+    Split {
+        /// Lines in the next request.
+        size: usize,
+    },
+    /// A single line is too large for the sink: it will never be accepted.
+    DeadLetter(u16),
+    /// Wait (backoff), then send the same lines again.
+    Wait(RetryReason),
+}
+
+/// Decides how to resend after a whole-request failure of `size` lines.
+pub fn resend(reason: RetryReason, size: usize) -> Resend {
+    match reason {
+        RetryReason::Rejected(413) if size > 1 => Resend::Split { size: size / 2 },
+        RetryReason::Rejected(413) => Resend::DeadLetter(413),
+        other => Resend::Wait(other),
+    }
+}
+
 /// Exponential backoff with a cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -128,6 +153,26 @@ mod tests {
         assert_eq!(request_failure(429), RetryReason::RateLimited);
         assert_eq!(request_failure(502), RetryReason::ServerError(502));
         assert_eq!(request_failure(403), RetryReason::Rejected(403));
+    }
+
+    #[test]
+    fn too_large_requests_are_split_down_to_one_line() {
+        assert_eq!(
+            resend(RetryReason::Rejected(413), 1000),
+            Resend::Split { size: 500 }
+        );
+        assert_eq!(
+            resend(RetryReason::Rejected(413), 1),
+            Resend::DeadLetter(413)
+        );
+        assert_eq!(
+            resend(RetryReason::RateLimited, 1000),
+            Resend::Wait(RetryReason::RateLimited)
+        );
+        assert_eq!(
+            resend(RetryReason::Rejected(403), 1),
+            Resend::Wait(RetryReason::Rejected(403))
+        );
     }
 
     #[test]
