@@ -5,7 +5,9 @@
 //! Each scenario opens `CONNECTIONS` client connections on 127.0.0.1; every connection
 //! sends `MIB_PER_CONNECTION` MiB of pre-encoded 200-byte lines. A scenario's time runs
 //! from the first write until the server has accepted every line (or, for the baseline,
-//! read every byte). Prints lines/s, MiB/s of wire bytes and the ratio to the baseline.
+//! read every byte). Prints lines/s, MiB/s of wire bytes and the ratio to the baseline,
+//! then, on one core and without sockets, decoding alone, the journal append alone and
+//! the store push alone, to show where the time of the full path goes.
 //!
 //! Run: `cargo bench -p paas-logshipper --bench ingest` (or `scripts/bench`).
 //! Environment: `BENCH_CONNECTIONS` (default 4), `BENCH_MIB` per connection (default 64).
@@ -210,6 +212,93 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
     }
 }
 
+/// Decoding alone, on one core, over the first connection's payload: where the time of
+/// the full path goes (the rest is journal, store and I/O).
+fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures {
+    let start = Instant::now();
+    let mut lines = Vec::with_capacity(4096);
+    let mut decoded = 0u64;
+    let mut rest: &[u8] = &payload.bytes;
+    if forward {
+        while let Ok(paas_logshipper::forward::frame::Check::Complete(len)) =
+            paas_logshipper::forward::frame::check(rest, 16 << 20)
+        {
+            paas_logshipper::forward::decode(&rest[..len], 64 << 20, &mut lines).unwrap();
+            decoded += lines.len() as u64;
+            lines.clear();
+            rest = &rest[len..];
+        }
+    } else {
+        let mut framing = None;
+        while !rest.is_empty() {
+            let take = rest.len().min(256 * 1024);
+            let scan = paas_logshipper::ingest::scan_syslog(
+                &rest[..take],
+                &mut framing,
+                16 << 20,
+                0,
+                &mut lines,
+            );
+            decoded += lines.len() as u64;
+            lines.clear();
+            rest = &rest[scan.consumed..];
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(decoded, payload.lines);
+    Figures {
+        name,
+        lines: decoded,
+        bytes: payload.bytes.len() as u64,
+        secs,
+    }
+}
+
+/// The journal append and the store push alone, on one core, over pre-decoded batches
+/// of the first syslog connection's lines (batches as one 256 KiB read yields).
+fn accept_parts(payload: &Payload) -> (Figures, Figures) {
+    let mut batches = Vec::new();
+    let mut rest: &[u8] = &payload.bytes;
+    let mut framing = None;
+    while !rest.is_empty() {
+        let take = rest.len().min(256 * 1024);
+        let mut lines = Vec::new();
+        let scan = paas_logshipper::ingest::scan_syslog(
+            &rest[..take],
+            &mut framing,
+            16 << 20,
+            0,
+            &mut lines,
+        );
+        batches.push(lines);
+        rest = &rest[scan.consumed..];
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("journal"), JournalConfig::default()).unwrap();
+    let store = Store::open(StoreConfig::new(dir.path().join("store"))).unwrap();
+    let mut for_journal = batches.clone();
+    let start = Instant::now();
+    for batch in &mut for_journal {
+        journal.append(batch).unwrap();
+    }
+    let journal_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for batch in batches {
+        assert!(store.push(batch).is_empty());
+    }
+    let store_secs = start.elapsed().as_secs_f64();
+    let fig = |name, secs| Figures {
+        name,
+        lines: payload.lines,
+        bytes: payload.bytes.len() as u64,
+        secs,
+    };
+    (
+        fig("journal append", journal_secs),
+        fig("store push", store_secs),
+    )
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -258,4 +347,9 @@ async fn main() {
     print(&raw_forward, None);
     let f = ingest("forward", true, Arc::clone(&forward)).await;
     print(&f, Some(&raw_forward));
+    print(&decode_only("syslog decode", false, &syslog[0]), None);
+    print(&decode_only("forward decode", true, &forward[0]), None);
+    let (journal, store) = accept_parts(&syslog[0]);
+    print(&journal, None);
+    print(&store, None);
 }
