@@ -10,7 +10,7 @@ use paas_logshipper::drain::retry::Backoff;
 use paas_logshipper::drain::{DrainFamilies, DrainManager, DrainSpec, DrainStatus};
 use paas_logshipper::ingest::{Ingest, IngestConfig};
 use paas_logshipper::journal::{Journal, JournalConfig, JournalReader, ReadBatch};
-use paas_logshipper::metrics::IngestMetrics;
+use paas_logshipper::metrics::{IngestMetrics, InputLabel};
 use paas_logshipper::store::{Store, StoreConfig};
 use paas_logshipper::{LogLine, Stream};
 use prometheus_client::registry::Registry;
@@ -21,6 +21,7 @@ struct Downstream {
     journal: Journal,
     store: Arc<Store>,
     config: IngestConfig,
+    metrics: IngestMetrics,
 }
 
 impl Downstream {
@@ -33,14 +34,18 @@ impl Downstream {
             journal,
             store,
             config,
+            metrics: IngestMetrics::register(&mut Registry::default()),
         };
         d.restart().await;
         (d, reader)
     }
 
     async fn restart(&mut self) {
-        let metrics = IngestMetrics::register(&mut Registry::default());
-        let aggregator = Aggregator::new(self.journal.clone(), Arc::clone(&self.store), metrics);
+        let aggregator = Aggregator::new(
+            self.journal.clone(),
+            Arc::clone(&self.store),
+            self.metrics.clone(),
+        );
         let ingest = Ingest::start(self.config.clone(), aggregator)
             .await
             .unwrap();
@@ -54,6 +59,16 @@ impl Downstream {
         if let Some(i) = self.ingest.take() {
             i.shutdown().await;
         }
+    }
+
+    /// Syslog connections accepted so far.
+    fn syslog_connections(&self) -> u64 {
+        self.metrics
+            .connections
+            .get_or_create(&InputLabel {
+                input: "syslog".into(),
+            })
+            .get()
     }
 
     fn syslog(&self) -> SocketAddr {
@@ -238,10 +253,26 @@ async fn syslog_tls_drain_verifies_the_receiver_with_the_given_roots() {
         .unwrap()
         .message
         .contains("unreachable"));
+    m.remove("untrusted").await.unwrap();
+
+    // Later batches reuse the trusted drain's connection (session tickets the server
+    // sends after the handshake must not look like a closed connection).
+    wait_for(&m, "commit", |s| s.lag == 0).await;
+    let connections = down.syslog_connections();
+    let mut later = Vec::new();
+    for round in 0..5u64 {
+        let mut batch: Vec<LogLine> = (500 + round * 10..510 + round * 10).map(line).collect();
+        journal.append(&mut batch).unwrap();
+        later.extend(batch);
+        wait_for(&m, "commit", |s| s.lag == 0).await;
+    }
+    let got = receive(&mut received, 50).await;
+    assert_same(&later, &got);
+    assert_eq!(down.syslog_connections(), connections);
     m.shutdown().await;
     down.stop().await;
-    // Nothing beyond the 500 trusted lines reached the receiver.
-    assert_eq!(down.journal.stats().last_id, 500);
+    // Nothing beyond the trusted lines reached the receiver.
+    assert_eq!(down.journal.stats().last_id, 550);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -54,14 +55,19 @@ enum Conn {
 }
 
 impl Conn {
-    /// Whether the peer closed (or sent something, which a syslog server never does).
-    fn peer_closed(&self) -> bool {
-        let tcp = match self {
-            Conn::Tcp(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
-        };
+    /// Whether the peer closed (or sent data, which a syslog server never does).
+    ///
+    /// Polls one read without waiting; for TLS the read goes through the session, so
+    /// handshake messages the server sends after connecting (session tickets) are
+    /// consumed by rustls rather than mistaken for data.
+    fn peer_closed(&mut self) -> bool {
         let mut probe = [0u8; 1];
-        !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let polled = match self {
+            Conn::Tcp(s) => s.read(&mut probe).now_or_never(),
+            Conn::Tls(s) => s.read(&mut probe).now_or_never(),
+        };
+        // `None`: nothing to read yet, the connection is open.
+        polled.is_some()
     }
 
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -146,7 +152,7 @@ impl SyslogSink {
 
     /// Writes the batch as octet-counted frames.
     pub async fn send(&mut self, lines: &[LogLine]) -> Result<SendOutcome, RetryReason> {
-        if self.conn.as_ref().is_some_and(Conn::peer_closed) {
+        if self.conn.as_mut().is_some_and(Conn::peer_closed) {
             self.conn = None;
         }
         let mut conn = match self.conn.take() {
