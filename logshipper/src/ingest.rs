@@ -559,10 +559,8 @@ where
                 scan.bad_messages += last.bad_messages;
             }
         }
-        if scan.bad_messages > 0 {
-            for _ in 0..scan.bad_messages {
-                metrics.parse_error(Input::Syslog.name(), "message");
-            }
+        for _ in 0..scan.bad_messages {
+            metrics.parse_error(Input::Syslog.name(), "message");
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
