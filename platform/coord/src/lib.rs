@@ -31,8 +31,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Leases, registrations, watches and elections:
+//!
+//! ```no_run
+//! # async fn demo(coord: paas_coord::Coord) -> paas_coord::Result<()> {
+//! use std::time::Duration;
+//! let ttl = Duration::from_secs(5);
+//!
+//! // Service discovery: the key lives while this process renews its lease.
+//! let me = coord.register("pg", "pg-1", &serde_json::json!({"addr": "10.0.0.1:5432"}), ttl).await?;
+//! me.update(&serde_json::json!({"addr": "10.0.0.1:5432", "role": "primary"})).await?;
+//! let mut instances = coord.watch_service::<serde_json::Value>("pg").await?;
+//! println!("{:?}", instances.current().instances.keys());
+//! let _next = instances.changed().await; // full set after the next change
+//!
+//! // Leader election with a fencing token; stop acting as soon as `lost()` fires.
+//! let leadership = coord.campaign("pg-primary", &"pg-1", ttl).await?;
+//! let token = leadership.token(); // strictly greater for every later leader
+//! tokio::select! {
+//!     reason = leadership.lost() => eprintln!("deposed: {reason}"),
+//!     () = async { /* lead, passing `token` along with writes */ } => {}
+//! }
+//! # drop(token); Ok(()) }
+//! ```
+//!
 //! Modules: `coord` (connect), `keys` (namespacing, pure), `docs` (documents and
-//! batches), `error`.
+//! batches), `lease` (keep-alive and the lost signal; its module doc holds the timing
+//! argument), `watch` (prefix snapshots without gaps), `registry` (registrations and
+//! service watches), `election` (leaders and fencing tokens), `error`. Decisions are
+//! pure functions next to the I/O that uses them: `first_failed_check`,
+//! `lease::after_attempt`, `watch::apply`, `election::is_ours`.
 //!
 //! Invariants:
 //! - A write that names a revision or absence either happens exactly as checked or not
@@ -41,9 +69,17 @@
 
 mod coord;
 mod docs;
+mod election;
 mod error;
 mod keys;
+mod lease;
+mod registry;
+mod task;
+mod watch;
 
 pub use coord::Coord;
 pub use docs::Batch;
+pub use election::{FencingToken, Leader, LeaderWatch, Leadership, LeadershipLost};
 pub use error::{CoordError, Result};
+pub use lease::{Lease, LeaseState, LostReason};
+pub use registry::{Registration, ServiceSnapshot, ServiceWatch};

@@ -1,0 +1,400 @@
+//! Leases kept alive in the background, with a prompt "lost" signal.
+//!
+//! A [`Lease`] is an etcd lease plus a task renewing it every `ttl/3`. Whoever holds
+//! keys bound to the lease (a registration, a leader key) watches [`Lease::lost`]: it
+//! fires when etcd says the lease is gone, when it was revoked, or when no renewal
+//! succeeded in time.
+//!
+//! Timing argument (why a holder can stop acting before anyone else can take over):
+//! a renewal sent at local time `s` and answered with TTL `t` makes etcd expire the
+//! lease no earlier than `s' + t`, where `s' >= s` is when etcd received it; leader
+//! changes in etcd only extend leases. So the lease is certainly valid until
+//! `valid_until = s + t` on our clock. The keeper declares the lease lost at
+//! `valid_until - t/4` (the *safe deadline*) if no later renewal succeeded by then. A
+//! holder that stops acting within `t/4` of that signal therefore stops before etcd can
+//! expire the lease and before any other process can acquire the keys. The argument
+//! assumes clock *rates* are close (no assumption on clock offsets); `t/4` is the
+//! margin for rate drift, scheduling delay and the holder's reaction.
+//!
+//! The decisions (when to renew next, when to give up) are the pure function
+//! [`after_attempt`]; the task around it only does I/O.
+
+use std::time::Duration;
+
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::coord::Coord;
+use crate::error::{CoordError, Result};
+
+/// Why a lease is no longer held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostReason {
+    /// etcd answered that the lease does not exist (it expired or was revoked elsewhere).
+    Expired,
+    /// No renewal succeeded before the safe deadline; the last error is attached.
+    Unrenewed {
+        /// The last renewal failure seen.
+        last_error: String,
+    },
+    /// This process revoked it.
+    Revoked,
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostReason::Expired => f.write_str("etcd reports the lease expired"),
+            LostReason::Unrenewed { last_error } => {
+                write!(f, "not renewed before the safe deadline: {last_error}")
+            }
+            LostReason::Revoked => f.write_str("revoked"),
+        }
+    }
+}
+
+/// Whether a lease is still held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Renewed in time; valid at least until the instant given (local clock).
+    Held {
+        /// The renewal-based lower bound of the lease's life.
+        valid_until: Instant,
+    },
+    /// No longer held; keys bound to it are gone or about to go.
+    Lost(LostReason),
+}
+
+/// The result of one renewal attempt, as seen by the keeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// etcd renewed the lease for this many seconds (0 or less: no such lease).
+    Renewed {
+        /// The TTL etcd granted.
+        ttl_secs: i64,
+    },
+    /// The request failed or got no answer in time.
+    Failed(String),
+}
+
+/// What the keeper does after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Renew again at `at`; the lease is valid until `valid_until`.
+    RenewAt {
+        /// When to send the next renewal.
+        at: Instant,
+        /// The updated validity bound.
+        valid_until: Instant,
+    },
+    /// Give up: the lease is lost.
+    Lost(LostReason),
+}
+
+/// The safe deadline: the keeper declares the lease lost when this passes without a
+/// renewal (see the module doc for the timing argument).
+pub(crate) fn safe_deadline(valid_until: Instant, ttl: Duration) -> Instant {
+    valid_until - ttl / 4
+}
+
+/// How long to wait before retrying a failed renewal.
+fn retry_delay(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_millis(200))
+}
+
+/// Decides what follows a renewal attempt sent at `sent_at`, observed at `now`. Pure.
+pub(crate) fn after_attempt(
+    sent_at: Instant,
+    now: Instant,
+    attempt: Attempt,
+    valid_until: Instant,
+    ttl: Duration,
+) -> Next {
+    match attempt {
+        Attempt::Renewed { ttl_secs } if ttl_secs <= 0 => Next::Lost(LostReason::Expired),
+        Attempt::Renewed { ttl_secs } => {
+            let granted = Duration::from_secs(ttl_secs as u64);
+            Next::RenewAt {
+                at: sent_at + granted / 3,
+                valid_until: (sent_at + granted).max(valid_until),
+            }
+        }
+        Attempt::Failed(last_error) => {
+            let retry = now + retry_delay(ttl);
+            if retry >= safe_deadline(valid_until, ttl) {
+                Next::Lost(LostReason::Unrenewed { last_error })
+            } else {
+                Next::RenewAt {
+                    at: retry,
+                    valid_until,
+                }
+            }
+        }
+    }
+}
+
+/// An etcd lease renewed in the background until revoked, forgotten or dropped.
+///
+/// Dropping it stops the renewals and revokes it (best effort, in the background), so
+/// its keys vanish at once; [`Lease::forget`] stops renewals without revoking, as a
+/// crashed process would, so its keys vanish when the TTL runs out.
+#[derive(Debug)]
+pub struct Lease {
+    id: i64,
+    ttl: Duration,
+    coord: Coord,
+    state: watch::Receiver<LeaseState>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl Coord {
+    /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s) and starts
+    /// renewing it.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let secs = secs.max(1) as i64;
+        let sent_at = Instant::now();
+        let granted = self.client.lease_client().grant(secs, None).await?;
+        let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
+        let valid_until = sent_at + ttl;
+        let (tx, state) = watch::channel(LeaseState::Held { valid_until });
+        let keeper = tokio::spawn(keep_alive(self.clone(), granted.id(), ttl, valid_until, tx));
+        tracing::debug!(
+            lease = format_args!("{:x}", granted.id()),
+            ?ttl,
+            "lease granted"
+        );
+        Ok(Lease {
+            id: granted.id(),
+            ttl,
+            coord: self.clone(),
+            state,
+            keeper: Some(keeper),
+        })
+    }
+}
+
+impl Lease {
+    /// The etcd lease id (part of a fencing token).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The TTL etcd granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of state changes, for `select!` loops.
+    pub fn subscribe(&self) -> watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    /// Waits until the lease is lost and says why.
+    pub async fn lost(&self) -> LostReason {
+        wait_lost(self.state.clone()).await
+    }
+
+    /// Stops renewing and revokes the lease: every key bound to it is deleted now.
+    pub async fn revoke(mut self) -> Result<()> {
+        self.stop_keeper();
+        self.coord.client.lease_client().revoke(self.id).await?;
+        Ok(())
+    }
+
+    /// Stops renewing without revoking, like a crash: keys bound to the lease vanish
+    /// once its TTL runs out.
+    pub fn forget(mut self) {
+        // With the keeper gone, drop has nothing to revoke.
+        self.stop_keeper();
+    }
+
+    /// An error for operations that need this lease while it is lost.
+    pub(crate) fn lost_error(&self, reason: &LostReason) -> CoordError {
+        CoordError::LeaseLost {
+            lease: self.id,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn stop_keeper(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        keeper.abort();
+        let (coord, id) = (self.coord.clone(), self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = coord.client.lease_client().revoke(id).await {
+                    tracing::debug!(lease = format_args!("{id:x}"), %err, "revoke on drop failed; the lease will expire");
+                }
+            });
+        }
+    }
+}
+
+/// Waits until a lease state receiver reports the lease lost.
+pub(crate) async fn wait_lost(mut state: watch::Receiver<LeaseState>) -> LostReason {
+    loop {
+        if let LeaseState::Lost(reason) = &*state.borrow_and_update() {
+            return reason.clone();
+        }
+        if state.changed().await.is_err() {
+            // The keeper is gone without a verdict: the lease was revoked or forgotten.
+            return match &*state.borrow() {
+                LeaseState::Lost(reason) => reason.clone(),
+                LeaseState::Held { .. } => LostReason::Revoked,
+            };
+        }
+    }
+}
+
+/// The keeper task: renews until the lease is lost, publishing every state change.
+async fn keep_alive(
+    coord: Coord,
+    id: i64,
+    ttl: Duration,
+    mut valid_until: Instant,
+    state: watch::Sender<LeaseState>,
+) {
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut next = Instant::now() + ttl / 3;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let sent_at = Instant::now();
+        let deadline = safe_deadline(valid_until, ttl);
+        let renewal = renew(&coord, id, ttl, &mut stream);
+        let attempt = match tokio::time::timeout_at(deadline, renewal).await {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::Failed("no answer before the safe deadline".into()),
+        };
+        if matches!(attempt, Attempt::Failed(_)) {
+            stream = None;
+        }
+        match after_attempt(sent_at, Instant::now(), attempt, valid_until, ttl) {
+            Next::RenewAt {
+                at,
+                valid_until: until,
+            } => {
+                next = at;
+                if until != valid_until {
+                    valid_until = until;
+                    state.send_replace(LeaseState::Held { valid_until });
+                }
+            }
+            Next::Lost(reason) => {
+                tracing::warn!(lease = format_args!("{id:x}"), %reason, "lease lost");
+                state.send_replace(LeaseState::Lost(reason));
+                return;
+            }
+        }
+    }
+}
+
+/// One renewal over the keep-alive stream, opening it first when needed (opening it
+/// renews once, to the granted `ttl`).
+async fn renew(
+    coord: &Coord,
+    id: i64,
+    ttl: Duration,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Attempt {
+    let Some((keeper, responses)) = stream else {
+        return match coord.client.lease_client().keep_alive(id).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Attempt::Renewed {
+                    ttl_secs: ttl.as_secs() as i64,
+                }
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(msg)) if msg.contains("not found") => {
+                Attempt::Renewed { ttl_secs: 0 }
+            }
+            Err(err) => Attempt::Failed(err.to_string()),
+        };
+    };
+    if let Err(err) = keeper.keep_alive().await {
+        return Attempt::Failed(err.to_string());
+    }
+    match responses.message().await {
+        Ok(Some(answer)) => Attempt::Renewed {
+            ttl_secs: answer.ttl(),
+        },
+        Ok(None) => Attempt::Failed("keep-alive stream closed".into()),
+        Err(err) => Attempt::Failed(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(4);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn renewal_moves_validity_and_schedules_at_a_third() {
+        let t0 = Instant::now();
+        let next = after_attempt(t0, t0 + ms(30), Attempt::Renewed { ttl_secs: 4 }, t0, TTL);
+        assert_eq!(
+            next,
+            Next::RenewAt {
+                at: t0 + ms(1333) + Duration::from_nanos(333_333),
+                valid_until: t0 + TTL
+            }
+        );
+    }
+
+    #[test]
+    fn zero_ttl_means_expired() {
+        let t0 = Instant::now();
+        let next = after_attempt(t0, t0, Attempt::Renewed { ttl_secs: 0 }, t0 + TTL, TTL);
+        assert_eq!(next, Next::Lost(LostReason::Expired));
+    }
+
+    #[test]
+    fn failure_retries_until_the_safe_deadline() {
+        let t0 = Instant::now();
+        let valid_until = t0 + TTL; // safe deadline at t0 + 3 s
+        let failed = || Attempt::Failed("connection refused".into());
+        assert_eq!(
+            after_attempt(t0 + ms(1400), t0 + ms(1400), failed(), valid_until, TTL),
+            Next::RenewAt {
+                at: t0 + ms(1600),
+                valid_until
+            }
+        );
+        assert_eq!(
+            after_attempt(t0 + ms(2850), t0 + ms(2850), failed(), valid_until, TTL),
+            Next::Lost(LostReason::Unrenewed {
+                last_error: "connection refused".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_stale_answer_never_shortens_validity() {
+        let t0 = Instant::now();
+        let valid_until = t0 + ms(5000);
+        let next = after_attempt(t0, t0, Attempt::Renewed { ttl_secs: 4 }, valid_until, TTL);
+        assert!(matches!(next, Next::RenewAt { valid_until: v, .. } if v == valid_until));
+    }
+}

@@ -1,0 +1,287 @@
+//! Watching a key prefix as a sequence of consistent snapshots.
+//!
+//! Flow: list the prefix (entries + the store revision `R` of that read), publish a
+//! snapshot, then watch from `R + 1`. Every event after the list is seen exactly once
+//! (no gap: the watch starts right after the read; no duplicate: nothing at or before
+//! `R` is replayed). Each watch response is applied to the entries ([`apply`], pure)
+//! and, if anything changed, a new snapshot tagged with the response's revision is
+//! published on a `tokio::sync::watch` channel (readers always see a whole snapshot,
+//! never a half-applied one; a slow reader skips intermediate ones).
+//!
+//! When the watch fails (connection lost, or the start revision was compacted) the
+//! watcher lists again and publishes the re-listed state if it differs, then watches
+//! from the new list's revision. Snapshot revisions never go backwards.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use tokio::sync::watch;
+
+use crate::coord::Coord;
+use crate::error::Result;
+use crate::keys::prefix_end;
+use crate::task::AbortOnDrop;
+
+/// Pause before re-listing after a failed watch or list.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// One key under the watched prefix, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The raw (JSON) value.
+    pub(crate) value: Vec<u8>,
+    /// The revision that created the key (stable while it exists).
+    pub(crate) create_revision: i64,
+    /// The lease the key is bound to (0 = none).
+    pub(crate) lease: i64,
+}
+
+/// Keys relative to the watched prefix.
+pub(crate) type Entries = BTreeMap<String, Entry>;
+
+/// One change to apply to [`Entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The key now holds this entry.
+    Put(String, Entry),
+    /// The key is gone.
+    Delete(String),
+}
+
+/// Applies `changes` in order; returns whether the entries differ from before (a key
+/// created and deleted within one batch is no difference). Pure.
+pub(crate) fn apply(entries: &mut Entries, changes: Vec<Change>) -> bool {
+    let mut before: BTreeMap<String, Option<Entry>> = BTreeMap::new();
+    for change in changes {
+        let key = match &change {
+            Change::Put(key, _) | Change::Delete(key) => key.clone(),
+        };
+        let previous = match change {
+            Change::Put(key, entry) => entries.insert(key, entry),
+            Change::Delete(key) => entries.remove(&key),
+        };
+        before.entry(key).or_insert(previous);
+    }
+    before
+        .iter()
+        .any(|(key, was)| entries.get(key) != was.as_ref())
+}
+
+/// Why one watch stream ended.
+#[derive(Debug)]
+enum WatchEnd {
+    /// Every receiver is gone; stop.
+    Unobserved,
+    /// The watch can no longer deliver a gap-free history; list again.
+    Broken(String),
+}
+
+/// A background watcher publishing `project(revision, entries)` after every change.
+pub(crate) struct PrefixWatch<S> {
+    pub(crate) rx: watch::Receiver<S>,
+    _task: AbortOnDrop,
+}
+
+impl<S: Send + Sync + 'static> PrefixWatch<S> {
+    /// Lists `prefix` (a caller key prefix), publishes the first snapshot and starts
+    /// watching. Fails only if the first list fails.
+    pub(crate) async fn start<F>(coord: &Coord, prefix: &str, project: F) -> Result<Self>
+    where
+        F: Fn(i64, &Entries) -> S + Send + Sync + 'static,
+    {
+        let (entries, revision) = list(coord, prefix).await?;
+        let (tx, rx) = watch::channel(project(revision, &entries));
+        let task = tokio::spawn(run(
+            coord.clone(),
+            prefix.to_string(),
+            entries,
+            revision,
+            tx,
+            project,
+        ));
+        Ok(PrefixWatch {
+            rx,
+            _task: AbortOnDrop(task),
+        })
+    }
+}
+
+/// Reads every key under `prefix` and the store revision of that read.
+async fn list(coord: &Coord, prefix: &str) -> Result<(Entries, i64)> {
+    let start = coord.ns.full(prefix);
+    let options = GetOptions::new().with_range(prefix_end(&start));
+    let response = coord.client.kv_client().get(start, Some(options)).await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let entries = response
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((relative(coord, prefix, kv)?, entry(kv))))
+        .collect();
+    Ok((entries, revision))
+}
+
+fn relative(coord: &Coord, prefix: &str, kv: &KeyValue) -> Option<String> {
+    coord
+        .ns
+        .strip(kv.key())?
+        .strip_prefix(prefix)
+        .map(str::to_string)
+}
+
+fn entry(kv: &KeyValue) -> Entry {
+    Entry {
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    }
+}
+
+async fn run<S, F>(
+    coord: Coord,
+    prefix: String,
+    mut entries: Entries,
+    mut revision: i64,
+    tx: watch::Sender<S>,
+    project: F,
+) where
+    F: Fn(i64, &Entries) -> S,
+{
+    loop {
+        match follow(&coord, &prefix, &mut entries, &mut revision, &tx, &project).await {
+            WatchEnd::Unobserved => return,
+            WatchEnd::Broken(why) => {
+                tracing::info!(prefix, why, "watch broken; listing again");
+            }
+        }
+        loop {
+            tokio::time::sleep(RETRY_DELAY).await;
+            if tx.is_closed() {
+                return;
+            }
+            match list(&coord, &prefix).await {
+                Ok((fresh, at)) => {
+                    if fresh != entries {
+                        entries = fresh;
+                        tx.send_replace(project(at, &entries));
+                    }
+                    revision = revision.max(at);
+                    break;
+                }
+                Err(err) => tracing::warn!(prefix, %err, "listing after a broken watch failed"),
+            }
+        }
+    }
+}
+
+/// Follows one watch stream from `revision + 1`, applying and publishing changes.
+async fn follow<S, F>(
+    coord: &Coord,
+    prefix: &str,
+    entries: &mut Entries,
+    revision: &mut i64,
+    tx: &watch::Sender<S>,
+    project: &F,
+) -> WatchEnd
+where
+    F: Fn(i64, &Entries) -> S,
+{
+    let start = coord.ns.full(prefix);
+    let options = WatchOptions::new()
+        .with_range(prefix_end(&start))
+        .with_start_revision(*revision + 1);
+    let (_watcher, mut stream) = match coord
+        .client
+        .watch_client()
+        .watch(start, Some(options))
+        .await
+    {
+        Ok(opened) => opened,
+        Err(err) => return WatchEnd::Broken(err.to_string()),
+    };
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            () = tx.closed() => return WatchEnd::Unobserved,
+        };
+        let response = match message {
+            Ok(Some(response)) => response,
+            Ok(None) => return WatchEnd::Broken("watch stream ended".into()),
+            Err(err) => return WatchEnd::Broken(err.to_string()),
+        };
+        if response.canceled() {
+            return WatchEnd::Broken(format!(
+                "watch canceled (compacted at {}): {}",
+                response.compact_revision(),
+                response.cancel_reason()
+            ));
+        }
+        let changes = response
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                let key = relative(coord, prefix, kv)?;
+                Some(match event.event_type() {
+                    EventType::Put => Change::Put(key, entry(kv)),
+                    EventType::Delete => Change::Delete(key),
+                })
+            })
+            .collect();
+        if let Some(at) = response.header().map(|h| h.revision()) {
+            *revision = (*revision).max(at);
+        }
+        if apply(entries, changes) {
+            tx.send_replace(project(*revision, entries));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(value: &str, create_revision: i64) -> Entry {
+        Entry {
+            value: value.as_bytes().to_vec(),
+            create_revision,
+            lease: 7,
+        }
+    }
+
+    #[test]
+    fn applies_puts_and_deletes_in_order() {
+        let mut entries = Entries::new();
+        assert!(apply(
+            &mut entries,
+            vec![
+                Change::Put("a".into(), e("1", 10)),
+                Change::Put("b".into(), e("2", 11)),
+                Change::Delete("a".into()),
+            ]
+        ));
+        assert_eq!(entries, Entries::from([("b".to_string(), e("2", 11))]));
+    }
+
+    #[test]
+    fn reports_no_change_for_repeats_and_unknown_deletes() {
+        let mut entries = Entries::from([("b".to_string(), e("2", 11))]);
+        assert!(!apply(
+            &mut entries,
+            vec![Change::Put("b".into(), e("2", 11))]
+        ));
+        assert!(!apply(&mut entries, vec![Change::Delete("zz".into())]));
+        assert!(apply(
+            &mut entries,
+            vec![Change::Put("b".into(), e("3", 11))]
+        ));
+        // Put then delete of a new key within one response nets out to no change.
+        assert!(!apply(
+            &mut entries,
+            vec![
+                Change::Put("c".into(), e("1", 12)),
+                Change::Delete("c".into())
+            ]
+        ));
+    }
+}
