@@ -35,6 +35,31 @@ impl Client {
         serde_json::from_str(text).with_context(|| format!("unexpected reply from {path}"))
     }
 
+    /// Sends raw bytes (an artifact) and decodes the JSON reply.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T> {
+        let url = format!("{}{}", self.config.url.trim_end_matches('/'), path);
+        let resp = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.config.token)
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the paas API at {}", self.config.url))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            return Err(anyhow!(error_message(status, &text)));
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected reply from {path}"))
+    }
+
     /// Like [`Client::call`] but returns the raw body.
     pub async fn call_raw(
         &self,

@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 mod config;
+mod runtime;
 mod table;
 mod up;
 
@@ -55,6 +56,41 @@ enum Command {
     Resource(ResourceCmd),
     /// Show the API's status as seen with the current token.
     Status,
+    /// Create releases with process types and code.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Set how many jobs of each process type run: TYPE=COUNT...
+    Scale {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        #[arg(required = true)]
+        counts: Vec<String>,
+    },
+    /// List an app's jobs.
+    Ps {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Stop a job; the scheduler starts a replacement if the formation wants one.
+    Kill {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        job: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Make a release from a Procfile and code (a directory or a .tar.gz).
+    Add {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Procfile with `type: command` lines.
+        #[arg(long, default_value = "Procfile")]
+        procfile: PathBuf,
+        /// Directory or gzip'd tarball with the app's code.
+        code: Option<PathBuf>,
+    },
 }
 
 /// Options of `paas up`.
@@ -196,5 +232,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             c::resource_remove(json, &app, &id).await
         }
         Command::Status => c::status(json).await,
+        Command::Release(ReleaseCmd::Add {
+            app,
+            procfile,
+            code,
+        }) => runtime::release_add(json, &app, &procfile, code.as_deref()).await,
+        Command::Scale { app, counts } => runtime::scale(json, &app, &counts).await,
+        Command::Ps { app } => runtime::ps(json, &app).await,
+        Command::Kill { app, job } => runtime::kill(json, &app, &job).await,
     }
 }

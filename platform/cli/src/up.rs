@@ -9,6 +9,7 @@
 //! DATA_DIR/ports.toml    etcd ports chosen on first start, reused afterwards
 //! DATA_DIR/admin-token   the admin token's secret (0600), printed at every start
 //! DATA_DIR/etcd/         etcd's data;   DATA_DIR/etcd.log: its output
+//! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! ```
 
 use std::fs;
@@ -74,7 +75,8 @@ async fn serve(
     let controller =
         paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
             .await
-            .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?;
+            .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
+            .with_artifacts_dir(data_dir.join("artifacts"));
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)

@@ -569,3 +569,140 @@ async fn resources_go_through_providers_and_releases() {
         ]
     );
 }
+
+#[tokio::test]
+async fn releases_formations_and_jobs() {
+    let api = Api::start().await;
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    api.admin("PATCH", "/apps/shop/env", Some(json!({"set": {"A": "1"}})))
+        .await;
+
+    // Content-addressed artifact upload.
+    let tarball = b"\x1f\x8b not really a tarball, but bytes".to_vec();
+    let resp = api
+        .http
+        .put(format!("{}/artifacts", api.url))
+        .bearer_auth(&api.admin)
+        .body(tarball.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let artifact: Value = resp.json().await.unwrap();
+    assert_eq!(artifact["size"], tarball.len());
+    assert_eq!(artifact["sha256"].as_str().unwrap().len(), 64);
+    let resp = api
+        .http
+        .put(format!("{}/artifacts", api.url))
+        .body(tarball)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    assert_error(
+        &api.admin(
+            "POST",
+            "/apps/shop/releases",
+            Some(json!({"processes": {"Web!": "x"}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "process type",
+    );
+    assert_error(
+        &api.admin(
+            "POST",
+            "/apps/shop/releases",
+            Some(json!({"processes": {"web": "x"}, "artifact": {"sha256": "00", "size": 1}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "not uploaded",
+    );
+    let (s, rel) = api.admin("POST", "/apps/shop/releases", Some(json!({"processes": {"web": "python3 -m http.server $PORT", "worker": "sleep 1000"}, "artifact": artifact}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{rel}");
+    assert_eq!(rel["version"], 3);
+    assert_eq!(rel["env"], json!({"A": "1"}), "env is carried over");
+    // An env change keeps the processes and code.
+    let (_, rel) = api
+        .admin("PATCH", "/apps/shop/env", Some(json!({"set": {"B": "2"}})))
+        .await;
+    assert_eq!(rel["processes"]["web"], "python3 -m http.server $PORT");
+    assert_eq!(rel["artifact"], artifact);
+
+    assert_error(
+        &api.admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"processes": {"db": 1}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "no process type \"db\"",
+    );
+    let (s, f) = api
+        .admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"processes": {"web": 3, "worker": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{f}");
+    let (_, f) = api
+        .admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"processes": {"worker": 0}})),
+        )
+        .await;
+    assert_eq!(f["processes"], json!({"web": 3}));
+    let (_, f) = api.admin("GET", "/apps/shop/formation", None).await;
+    assert_eq!(f["processes"], json!({"web": 3}));
+
+    // Jobs as the scheduler and a host would write them.
+    let coord = paas_coord::Coord::connect(
+        &[api._etcd.endpoint()],
+        "test",
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let job = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
+    coord.create("placements/h1/j1", &job).await.unwrap();
+    let other = json!({"id": "j2", "app": "blog", "release": 1, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
+    coord.create("placements/h1/j2", &other).await.unwrap();
+    let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert_eq!(jobs[0]["state"], "starting");
+    let status = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "state": "up", "pid": 42, "port": 5000, "restarts": 2, "message": ""});
+    coord.create("job-status/j1", &status).await.unwrap();
+    let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
+    assert_eq!(jobs[0]["state"], "up");
+    assert_eq!(jobs[0]["restarts"], 2);
+
+    assert_error(
+        &api.admin("DELETE", "/apps/shop/jobs/j2", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "j2",
+    );
+    assert_eq!(
+        api.admin("DELETE", "/apps/shop/jobs/j1", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(coord
+        .get::<Value>("placements/h1/j1")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(coord
+        .get::<Value>("placements/h1/j2")
+        .await
+        .unwrap()
+        .is_some());
+}
