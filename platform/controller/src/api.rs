@@ -236,7 +236,7 @@ async fn list_releases(
     p.check_app(&app)?;
     s.store.get_app(&app).await?;
     let mut releases = s.store.list_releases(&app).await?;
-    releases.sort_by(|a, b| b.version.cmp(&a.version));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.version));
     Ok(Json(releases))
 }
 
@@ -459,7 +459,7 @@ async fn list_tokens(
 ) -> Result<impl IntoResponse, ApiError> {
     p.require_admin("listing tokens")?;
     let mut tokens = s.store.list_tokens().await?;
-    tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    tokens.sort_by_key(|t| t.created_at);
     Ok(Json(tokens))
 }
 

@@ -291,7 +291,7 @@ impl Store {
             .into_iter()
             .map(|(_, v, _)| v)
             .collect();
-        list.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        list.sort_by_key(|r| r.created_at);
         Ok(list)
     }
 
