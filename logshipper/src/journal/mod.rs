@@ -424,11 +424,6 @@ impl Journal {
             segments: st.segments.len(),
         }
     }
-
-    /// The directory this journal lives in.
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
 }
 
 /// Scans the active segment, truncates a torn or corrupt tail, returns (bytes, next id).

@@ -70,11 +70,6 @@ impl JournalReader {
         }
     }
 
-    /// The reader's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The last committed id (everything up to it was delivered).
     pub fn committed(&self) -> u64 {
         self.committed
