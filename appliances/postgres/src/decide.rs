@@ -16,9 +16,10 @@
 //!    hand leadership to the sync if it crashed, and make sure a streaming standby is the
 //!    confirmed sync.
 //! 5. Another member leads: a local primary is fenced at once; otherwise follow the leader
-//!    as a standby: a running standby is re-pointed (cheap, and enough when its WAL did
-//!    not go past the new primary's); stopped, stalled or former-primary data is rewound
-//!    or re-cloned.
+//!    as a standby. Asyncs stream from the sync while it runs (Flynn's chain primary ->
+//!    sync -> async), the sync and everyone else from the primary. A running standby is
+//!    re-pointed (cheap, and enough when its WAL did not go past the new primary's);
+//!    stalled or former-primary data is rewound or re-cloned.
 //! 6. Nobody leads: the sync promotes itself; the recorded primary takes the key back when
 //!    the sync is not there to do it; everyone else waits and says for whom. Only these two
 //!    members can have every acknowledged write.
@@ -121,25 +122,28 @@ pub enum Decision {
     Resign(String),
     /// Stop the local primary immediately: someone else leads.
     Fence(String),
-    /// Rebuild as a standby of `primary` (stop, pg_rewind or pg_basebackup, start).
+    /// Rebuild as a standby (stop, pg_rewind or pg_basebackup from `primary`, start
+    /// streaming from `upstream`).
     Follow {
-        /// The member to follow.
+        /// The primary whose data is the source of the rewind or clone.
         primary: String,
+        /// The member to stream from afterwards (the primary, or the sync).
+        upstream: String,
         /// Why.
         reason: String,
     },
-    /// Point the running standby at `primary` (new `primary_conninfo`, reload); if its
+    /// Point the running standby at `upstream` (new `primary_conninfo`, reload); if its
     /// timeline diverged it stalls, and a later tick rebuilds it with [`Decision::Follow`].
     Repoint {
         /// The member to stream from.
-        primary: String,
+        upstream: String,
         /// Why.
         reason: String,
     },
-    /// Start the stopped standby data, which already follows `primary`.
+    /// Start the stopped standby data, which already follows `upstream`.
     StartStandby {
-        /// The member it follows.
-        primary: String,
+        /// The member it streams from.
+        upstream: String,
         /// Why.
         reason: String,
     },
@@ -284,37 +288,74 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
         ));
     }
     let primary = leader.to_string();
+    let want = upstream_for(o, state, leader);
+    let from = if want == primary {
+        format!("primary {primary}")
+    } else {
+        format!("sync {want} of primary {primary}")
+    };
     match &o.local {
         Local::Empty => Decision::Follow {
-            reason: format!("no local data: cloning from primary {primary} (generation {g})"),
+            reason: format!("no local data: cloning from primary {primary} to stream from {from} (generation {g})"),
             primary,
+            upstream: want,
         },
-        Local::Stopped { upstream: Some(upstream), .. } if upstream == leader => Decision::StartStandby {
-            reason: format!("starting as standby of {primary} (generation {g})"),
-            primary,
+        Local::Stopped { upstream: Some(upstream), .. } if *upstream == want => Decision::StartStandby {
+            reason: format!("starting as standby of {from} (generation {g})"),
+            upstream: want,
         },
+        Local::Stopped { upstream: Some(upstream), .. } if o.members.get(upstream).is_some_and(|m| m.role == Role::Sync || m.role == Role::Primary) => {
+            // Data that streamed from the primary or its sync never went past the new
+            // primary's history: it can start and re-point without a rewind.
+            Decision::StartStandby {
+                reason: format!("starting as standby of {from} (generation {g}); my data followed {upstream}, which is on its history"),
+                upstream: want,
+            }
+        }
         Local::Stopped { upstream, .. } => Decision::Follow {
             reason: match upstream {
-                Some(old) => format!("my data followed {old}; rewinding to follow primary {primary} (generation {g})"),
-                None => format!("my data was a primary; rewinding to rejoin as a standby of {primary} (generation {g})"),
+                Some(old) => format!("my data followed {old}; rewinding onto primary {primary} to stream from {from} (generation {g})"),
+                None => format!("my data was a primary; rewinding onto primary {primary} to rejoin as a standby of {from} (generation {g})"),
             },
             primary,
+            upstream: want,
         },
         Local::Starting => Decision::Wait(format!("PostgreSQL is starting; {primary} leads generation {g}")),
-        Local::Standby { upstream, .. } if upstream != leader => Decision::Repoint {
-            reason: format!("I follow {upstream} but {primary} leads generation {g}: streaming from it instead"),
-            primary,
+        Local::Standby { upstream, .. } if *upstream != want => Decision::Repoint {
+            reason: format!("I stream from {upstream} but should from {from} (generation {g}): re-pointing"),
+            upstream: want,
         },
+        Local::Standby { stalled: true, .. } if state.sync.as_deref() == Some(o.me.as_str()) => Decision::Wait(format!(
+            "sync standby of {from} (generation {g}) is not streaming; the sync's data holds every acknowledged write, so it is never rebuilt"
+        )),
         Local::Standby { stalled: true, .. } => Decision::Follow {
-            reason: format!("streaming from {primary} stalled; rewinding or re-cloning (generation {g})"),
+            reason: format!("streaming from {from} stalled; rewinding or re-cloning (generation {g})"),
             primary,
+            upstream: want,
         },
         Local::Standby { streaming, .. } => {
             let role = if state.sync.as_deref() == Some(o.me.as_str()) { "sync" } else { "async" };
             let how = if *streaming { "streaming" } else { "connecting" };
-            Decision::Nothing(format!("{role} standby of {primary} (generation {g}), {how}"))
+            Decision::Nothing(format!("{role} standby of {from} (generation {g}), {how}"))
         }
         Local::Primary { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Whom a standby streams from: asyncs cascade from the sync while it runs (so an async
+/// never holds WAL the sync lacks, and keeps streaming without a rewind when the sync is
+/// promoted), everyone else from the primary.
+fn upstream_for(o: &Observed, state: &ClusterState, leader: &str) -> String {
+    match &state.sync {
+        Some(sync)
+            if sync != &o.me
+                && o.members
+                    .get(sync)
+                    .is_some_and(|m| m.running && m.role == Role::Sync) =>
+        {
+            sync.clone()
+        }
+        _ => leader.to_string(),
     }
 }
 
@@ -327,7 +368,7 @@ fn leaderless(o: &Observed, state: &ClusterState) -> Decision {
                 "primary {primary} lost the leader key; I am the sync of generation {g} and have every acknowledged write: promoting"
             )),
             Local::Stopped { .. } => Decision::StartStandby {
-                primary: primary.clone(),
+                upstream: primary.clone(),
                 reason: format!("nobody leads and I am the sync of generation {g}: starting my standby to promote it"),
             },
             Local::Starting => Decision::Wait(format!("nobody leads; I am the sync of generation {g} and PostgreSQL is starting")),

@@ -246,14 +246,16 @@ impl Postgres {
     }
 
     /// Replaces PGDATA with a copy of the server at `addr`, streaming WAL, and marks it
-    /// as following `upstream`.
+    /// as following `upstream`. The copy is made next to PGDATA and swapped in only when
+    /// complete, so a failed clone (source gone) leaves the old data untouched.
     pub async fn basebackup(&self, upstream: &str, addr: &str) -> Result<(), PgError> {
-        self.fresh_data_dir().await?;
+        let clone = self.cfg.dir.join("data.clone");
+        self.fresh_dir(&clone).await?;
         let (host, port) = split_addr(addr);
         let result = self
             .tool("pg_basebackup")
             .arg("-D")
-            .arg(self.data_dir())
+            .arg(&clone)
             .args(["-X", "stream", "-c", "fast", "--no-sync"])
             .arg("-d")
             .arg(format!(
@@ -263,6 +265,22 @@ impl Postgres {
             .output()
             .await;
         check("pg_basebackup", result)?;
+        let data = self.data_dir();
+        if data.exists() {
+            let old = self.cfg.dir.join("data.old");
+            if old.exists() {
+                tokio::fs::remove_dir_all(&old)
+                    .await
+                    .map_err(io("removing data.old"))?;
+            }
+            std::fs::rename(&data, &old).map_err(io("moving old PGDATA aside"))?;
+            std::fs::rename(&clone, &data).map_err(io("moving the clone into place"))?;
+            tokio::fs::remove_dir_all(&old)
+                .await
+                .map_err(io("removing the old PGDATA"))?;
+        } else {
+            std::fs::rename(&clone, &data).map_err(io("moving the clone into place"))?;
+        }
         self.mark_upstream(Some(upstream))
     }
 
@@ -582,17 +600,21 @@ impl Postgres {
     }
 
     async fn fresh_data_dir(&self) -> Result<(), PgError> {
-        let data = self.data_dir();
-        if data.exists() {
-            tokio::fs::remove_dir_all(&data)
+        self.fresh_dir(&self.data_dir()).await
+    }
+
+    /// Empties (or creates) `dir` with mode 0700, owned by the server's OS user.
+    async fn fresh_dir(&self, dir: &Path) -> Result<(), PgError> {
+        if dir.exists() {
+            tokio::fs::remove_dir_all(dir)
                 .await
-                .map_err(io(format!("removing {}", data.display())))?;
+                .map_err(io(format!("removing {}", dir.display())))?;
         }
-        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("chmod PGDATA"))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod 0700"))?;
         chown(&self.cfg.dir)?;
-        chown(&data)
+        chown(dir)
     }
 
     fn tool(&self, name: &str) -> Command {

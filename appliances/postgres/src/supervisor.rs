@@ -130,7 +130,7 @@ impl SupervisorConfig {
             ttl: Duration::from_secs(3),
             fence_margin: Duration::from_millis(1000),
             tick: Duration::from_millis(250),
-            stall_after: Duration::from_secs(3),
+            stall_after: Duration::from_secs(2),
         }
     }
 
@@ -479,7 +479,7 @@ impl Tick<'_> {
                 let upstream_runs = snapshot
                     .members
                     .get(&upstream)
-                    .is_some_and(|m| m.running && m.role == Role::Primary);
+                    .is_some_and(|m| m.running && matches!(m.role, Role::Primary | Role::Sync));
                 let stalled = if streaming {
                     self.not_streaming_since = None;
                     false
@@ -628,41 +628,46 @@ impl Tick<'_> {
                     })
                 })
             }
-            Decision::Follow { primary, .. } => {
-                let Some(addr) = self.known_addrs.get(&primary).cloned() else {
-                    tracing::warn!(%primary, "address of the primary unknown; waiting for its registration");
+            Decision::Follow {
+                primary, upstream, ..
+            } => {
+                let (Some(addr), Some(upstream_addr)) = (
+                    self.known_addrs.get(&primary).cloned(),
+                    self.known_addrs.get(&upstream).cloned(),
+                ) else {
+                    tracing::warn!(%primary, %upstream, "address of the primary or upstream unknown; waiting for its registration");
                     return;
                 };
                 spawn_action("rebuilding as a standby", shared, pg, move |pg, shared| {
-                    Box::pin(follow(pg, shared, primary, addr))
+                    Box::pin(follow(
+                        pg,
+                        shared,
+                        (primary, addr),
+                        (upstream, upstream_addr),
+                    ))
                 })
             }
-            Decision::Repoint { primary, .. } => {
-                let Some(addr) = self.known_addrs.get(&primary).cloned() else {
-                    tracing::warn!(%primary, "address of the primary unknown; waiting for its registration");
+            Decision::Repoint { upstream, .. } => {
+                let Some(addr) = self.known_addrs.get(&upstream).cloned() else {
+                    tracing::warn!(%upstream, "address of the upstream unknown; waiting for its registration");
                     return;
                 };
                 // The stall clock restarts: the standby gets a fair chance on the new upstream.
                 self.not_streaming_since = Some(Instant::now());
-                if let Err(err) = pg.repoint(&primary, &addr).await {
+                if let Err(err) = pg.repoint(&upstream, &addr).await {
                     tracing::warn!(member = %self.shared.me, error = %err, "re-pointing the standby failed");
                 }
             }
-            Decision::StartStandby { primary, .. } => {
+            Decision::StartStandby { upstream, .. } => {
                 let addr = self
                     .known_addrs
-                    .get(&primary)
+                    .get(&upstream)
                     .cloned()
                     .unwrap_or_else(|| self.config.pg_addr());
                 spawn_action("starting the standby", shared, pg, move |mut pg, shared| {
                     Box::pin(async move {
                         shared.crashed.store(false, Ordering::SeqCst);
-                        Ok(pg
-                            .start(&StartAs::Standby {
-                                upstream: primary,
-                                addr,
-                            })
-                            .await?)
+                        Ok(pg.start(&StartAs::Standby { upstream, addr }).await?)
                     })
                 })
             }
@@ -793,8 +798,8 @@ async fn reclaim(
 async fn follow(
     mut pg: OwnedMutexGuard<Postgres>,
     shared: Shared,
-    primary: String,
-    addr: String,
+    (primary, addr): (String, String),
+    (upstream, upstream_addr): (String, String),
 ) -> Result<(), SupervisorError> {
     pg.stop().await;
     if pg.has_data() {
@@ -807,8 +812,8 @@ async fn follow(
     }
     shared.crashed.store(false, Ordering::SeqCst);
     pg.start(&StartAs::Standby {
-        upstream: primary,
-        addr,
+        upstream,
+        addr: upstream_addr,
     })
     .await?;
     Ok(())

@@ -237,28 +237,72 @@ fn everything_failed_and_the_primary_comes_back_first() {
 }
 
 #[test]
-fn standbys_follow_the_new_leader() {
-    check(
-        &observed("pg2", other("pg0"), standby("pg0")),
-        "Nothing",
-        "async standby of pg0",
-    );
+fn standbys_chain_behind_the_sync_and_follow_the_new_leader() {
     check(
         &observed("pg1", other("pg0"), standby("pg0")),
         "Nothing",
-        "sync standby of pg0",
+        "sync standby of primary pg0",
     );
-    // After a failover to pg1: pg2 still streams from the old primary.
-    let mut o = observed("pg2", other("pg1"), standby("pg0"));
-    o.state.as_mut().unwrap().primary = "pg1".into();
-    check(&o, "Repoint", "I follow pg0 but pg1 leads");
-    // Its timeline diverged: re-pointing did not make it stream.
+    check(
+        &observed("pg2", other("pg0"), standby("pg1")),
+        "Nothing",
+        "async standby of sync pg1 of primary pg0",
+    );
+    check(
+        &observed("pg2", other("pg0"), standby("pg0")),
+        "Repoint",
+        "should from sync pg1 of primary pg0",
+    );
+    // The sync is down: the async streams from the primary instead.
+    let mut o = observed("pg2", other("pg0"), standby("pg1"));
+    o.members.get_mut("pg1").unwrap().running = false;
+    check(
+        &o,
+        "Repoint",
+        "I stream from pg1 but should from primary pg0",
+    );
+
+    // After a failover to pg1 (no sync confirmed yet), the chained async already streams
+    // from pg1 and needs nothing.
+    let mut o = observed("pg2", other("pg1"), standby("pg1"));
+    o.state = Some(ClusterState {
+        generation: 8,
+        primary: "pg1".into(),
+        sync: None,
+    });
+    o.members.get_mut("pg1").unwrap().role = Role::Primary;
+    check(&o, "Nothing", "async standby of primary pg1 (generation 8)");
+    // One that still streams from the old primary is re-pointed...
+    o.local = standby("pg0");
+    check(
+        &o,
+        "Repoint",
+        "I stream from pg0 but should from primary pg1",
+    );
+    // ...and rebuilt if its timeline diverged so that it cannot stream.
     o.local = Local::Standby {
         upstream: "pg1".into(),
         streaming: false,
         stalled: true,
     };
     check(&o, "Follow", "stalled");
+    // The sync is never rebuilt, even when it stops streaming (its primary may be dead
+    // with its registration not yet expired): its data has every acknowledged write.
+    let mut o = observed(
+        "pg1",
+        other("pg0"),
+        Local::Standby {
+            upstream: "pg0".into(),
+            streaming: false,
+            stalled: true,
+        },
+    );
+    o.local = Local::Standby {
+        upstream: "pg0".into(),
+        streaming: false,
+        stalled: true,
+    };
+    check(&o, "Wait", "never rebuilt");
 }
 
 #[test]
@@ -271,11 +315,17 @@ fn a_deposed_primary_rejoins_by_rewinding() {
             crashed: true,
         },
     );
-    o.state.as_mut().unwrap().primary = "pg1".into();
+    o.state = Some(ClusterState {
+        generation: 8,
+        primary: "pg1".into(),
+        sync: None,
+    });
+    o.members.get_mut("pg1").unwrap().role = Role::Primary;
+    o.members.get_mut("pg0").unwrap().role = Role::Stopped;
     check(
         &o,
         "Follow",
-        "my data was a primary; rewinding to rejoin as a standby of pg1",
+        "my data was a primary; rewinding onto primary pg1",
     );
     o.local = Local::Empty;
     check(&o, "Follow", "no local data: cloning from primary pg1");
@@ -283,7 +333,13 @@ fn a_deposed_primary_rejoins_by_rewinding() {
         upstream: Some("pg1".into()),
         crashed: false,
     };
-    check(&o, "StartStandby", "starting as standby of pg1");
+    check(&o, "StartStandby", "starting as standby of primary pg1");
+    // Data that followed the deposed primary may hold WAL the new one never had.
+    o.local = Local::Stopped {
+        upstream: Some("pg0".into()),
+        crashed: false,
+    };
+    check(&o, "Follow", "my data followed pg0; rewinding");
 }
 
 #[test]

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paas_postgres::cluster::{ClusterState, Keys, MemberStatus, Role};
@@ -42,7 +44,7 @@ impl Harness {
         .unwrap();
         let keys = Keys::new("/paas/", "main");
         let cluster = LocalCluster::start(LocalClusterSpec {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_paas-pg-supervisor")),
+            program: supervisor_program(),
             args_prefix: vec![],
             cluster: "main".into(),
             members: n,
@@ -181,4 +183,259 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_pos
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// The rows the writer got an acknowledgement for, and when the last one came.
+/// The rows the writer got an acknowledgement for: id, when, and which server's port.
+#[derive(Default)]
+pub struct Acked {
+    pub ids: Vec<i64>,
+    pub at: Vec<Instant>,
+    pub ports: Vec<i32>,
+}
+
+impl Acked {
+    /// When the first write acknowledged by a server other than `old_port` after `t0` came.
+    pub fn first_elsewhere_after(&self, t0: Instant, old_port: u16) -> Option<Instant> {
+        let from = self.at.partition_point(|at| *at <= t0);
+        (from..self.at.len())
+            .find(|&i| self.ports[i] != i32::from(old_port))
+            .map(|i| self.at[i])
+    }
+}
+
+pub fn endpoint_conninfo(h: &Harness) -> String {
+    let addr = h.endpoint_addr();
+    format!(
+        "host={} port={} user=postgres password={PASSWORD} dbname=postgres connect_timeout=3",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Inserts ids 1, 2, 3... through the endpoint, recording the acknowledged ones. An id
+/// whose insert failed or timed out is never retried (its fate is unknown, so it is not
+/// counted as acknowledged).
+pub async fn writer(conninfo: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
+    let mut next = 0i64;
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(client) = connect(&conninfo).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        while !stop.load(Ordering::SeqCst) {
+            next += 1;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&next];
+            let insert = client.query_one(
+                "INSERT INTO acked (id) VALUES ($1) RETURNING inet_server_port()",
+                &params,
+            );
+            match tokio::time::timeout(Duration::from_secs(20), insert).await {
+                Ok(Ok(row)) => {
+                    let mut a = acked.lock().unwrap();
+                    a.ids.push(next);
+                    a.at.push(Instant::now());
+                    a.ports.push(row.get(0));
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Probes every instance with a direct write each round; returns the rounds in which
+/// more than one instance acknowledged a write.
+pub async fn monitor(ports: Vec<(String, u16)>, stop: Arc<AtomicBool>) -> Vec<String> {
+    let mut clients: Vec<Option<tokio_postgres::Client>> = ports.iter().map(|_| None).collect();
+    let mut violations = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let mut probes = Vec::new();
+        for (i, (_, port)) in ports.iter().enumerate() {
+            let client = clients[i].take();
+            let port = *port;
+            probes.push(tokio::spawn(async move {
+                let client = match client {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match tokio::time::timeout(Duration::from_secs(1), connect_direct(port))
+                        .await
+                    {
+                        Ok(Ok(c)) => c,
+                        _ => return (false, None),
+                    },
+                };
+                // No statement_timeout: cancelling a commit that waits for the sync would
+                // make it visible locally. A timed-out probe's connection is dropped.
+                let write = client.execute("INSERT INTO probe (at) VALUES (now())", &[]);
+                match tokio::time::timeout(Duration::from_millis(800), write).await {
+                    Ok(Ok(_)) => (true, Some(client)),
+                    Ok(Err(_)) => (false, Some(client)),
+                    Err(_) => (false, None),
+                }
+            }));
+        }
+        let mut writable = Vec::new();
+        for (i, probe) in probes.into_iter().enumerate() {
+            let (ok, client) = probe.await.unwrap();
+            clients[i] = client;
+            if ok {
+                writable.push(ports[i].0.clone());
+            }
+        }
+        if writable.len() > 1 {
+            violations.push(format!("{writable:?} accepted writes in the same round"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    violations
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    KillPostgres,
+    KillSupervisor,
+    FreezeSupervisor,
+}
+
+pub async fn wait_until(
+    what: &str,
+    h: &Harness,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let started = Instant::now();
+    while !check().await {
+        if started.elapsed() > timeout {
+            panic!(
+                "{what}: not within {timeout:?}\n{}\n{}",
+                describe(&h.snapshot().await),
+                h.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn verify_acked(h: &Harness, acked: &Arc<Mutex<Acked>>) -> usize {
+    let expected: BTreeSet<i64> = acked.lock().unwrap().ids.iter().copied().collect();
+    let conninfo = endpoint_conninfo(h);
+    let started = Instant::now();
+    loop {
+        let present = async {
+            let client = connect(&conninfo).await.ok()?;
+            let rows = client.query("SELECT id FROM acked", &[]).await.ok()?;
+            Some(
+                rows.iter()
+                    .map(|r| r.get::<_, i64>(0))
+                    .collect::<BTreeSet<i64>>(),
+            )
+        }
+        .await;
+        if let Some(present) = present {
+            let missing: Vec<&i64> = expected.difference(&present).collect();
+            assert!(
+                missing.is_empty(),
+                "acknowledged rows lost: {missing:?}\n{}",
+                h.logs()
+            );
+            return expected.len();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cannot read back rows through the endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The supervisor binary: Cargo's path for tests, next to the examples dir otherwise.
+fn supervisor_program() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_paas-pg-supervisor") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .join("paas-pg-supervisor")
+        }
+    }
+}
+
+/// One forced failover's outcome.
+pub struct Failover {
+    pub old: String,
+    pub new: String,
+    pub generation: u64,
+    /// From the kill to the first write acknowledged by another server.
+    pub took: Duration,
+    /// Acknowledged rows, all verified present.
+    pub rows: usize,
+}
+
+/// Forces the current primary out by `kind`, waits until another member leads, writes are
+/// acknowledged by it through the endpoint, the old primary rejoined as a standby, and
+/// every acknowledged row is present. Panics (with logs) otherwise.
+pub async fn force_failover(h: &mut Harness, kind: Kind, acked: &Arc<Mutex<Acked>>) -> Failover {
+    let state = h.wait_healthy(Duration::from_secs(90), None).await;
+    let old = state.primary.clone();
+    let i = h.index(&old);
+    let old_port = h.cluster.members()[i].pg_port;
+    let before = acked.lock().unwrap().ids.len();
+    wait_until(
+        "writes flowing before the failover",
+        h,
+        Duration::from_secs(30),
+        async || acked.lock().unwrap().ids.len() > before + 5,
+    )
+    .await;
+    let t0 = Instant::now();
+    match kind {
+        Kind::KillPostgres => {
+            let pid = h.cluster.members()[i]
+                .postmaster_pid()
+                .expect("postmaster.pid");
+            // SAFETY: kill(2) on the postmaster of a test cluster.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        Kind::KillSupervisor => h.cluster.signal(i, libc::SIGKILL),
+        Kind::FreezeSupervisor => h.cluster.signal(i, libc::SIGSTOP),
+    }
+    wait_until(
+        "writes resume on a new primary through the same endpoint",
+        h,
+        Duration::from_secs(30),
+        async || {
+            acked
+                .lock()
+                .unwrap()
+                .first_elsewhere_after(t0, old_port)
+                .is_some()
+        },
+    )
+    .await;
+    let took = acked
+        .lock()
+        .unwrap()
+        .first_elsewhere_after(t0, old_port)
+        .expect("checked")
+        - t0;
+    match kind {
+        Kind::KillPostgres => {}
+        Kind::KillSupervisor => h.cluster.restart(i).expect("restart supervisor"),
+        Kind::FreezeSupervisor => {
+            // Let the monitor watch the frozen side's still-running PostgreSQL a while.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.cluster.signal(i, libc::SIGCONT);
+        }
+    }
+    let healthy = h.wait_healthy(Duration::from_secs(90), Some(&old)).await;
+    assert!(healthy.generation > state.generation);
+    let rows = verify_acked(h, acked).await;
+    Failover {
+        old,
+        new: healthy.primary,
+        generation: healthy.generation,
+        took,
+        rows,
+    }
 }
