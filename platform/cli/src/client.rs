@@ -10,6 +10,8 @@ use crate::config::ClientConfig;
 /// Authenticated client for one controller.
 pub struct Client {
     http: reqwest::Client,
+    /// Without a total timeout, for bodies that stay open (`log --follow`).
+    streaming: reqwest::Client,
     config: ClientConfig,
 }
 
@@ -19,7 +21,14 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()?;
-        Ok(Client { http, config })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            http,
+            streaming,
+            config,
+        })
     }
 
     /// Sends a request and decodes a JSON reply; a non-2xx reply becomes an error
@@ -58,6 +67,24 @@ impl Client {
             return Err(anyhow!(error_message(status, &text)));
         }
         serde_json::from_str(&text).with_context(|| format!("unexpected reply from {path}"))
+    }
+
+    /// Sends a GET and returns the response for streaming its body (e.g. `log -f`).
+    pub async fn stream(&self, method: Method, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.config.url.trim_end_matches('/'), path);
+        let resp = self
+            .streaming
+            .request(method, &url)
+            .bearer_auth(&self.config.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the paas API at {}", self.config.url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await?;
+            return Err(anyhow!(error_message(status, &text)));
+        }
+        Ok(resp)
     }
 
     /// Like [`Client::call`] but returns the raw body.

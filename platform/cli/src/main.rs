@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 mod config;
+mod logs;
 mod runtime;
 mod table;
 mod up;
@@ -71,12 +72,67 @@ enum Command {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
     },
+    /// Show an app's logs (the last lines, then new ones with --follow).
+    Log {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// How many past lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this process type.
+        #[arg(long = "type")]
+        process_type: Option<String>,
+        /// Only stdout or stderr.
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    /// Manage log drains (Elasticsearch, S3, syslog, forward).
+    #[command(subcommand)]
+    Drain(DrainCmd),
     /// Stop a job; the scheduler starts a replacement if the formation wants one.
     Kill {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
         job: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DrainCmd {
+    /// Ship logs (of one app, or of every app) to a sink.
+    Add {
+        #[arg(short, long)]
+        app: Option<String>,
+        /// elasticsearch, s3, syslog or forward.
+        kind: String,
+        /// https://es:9200, s3://bucket/prefix, syslog+tls://host:port, forward://host:port
+        url: String,
+        /// Elasticsearch index pattern (strftime), e.g. 'logs-%Y.%m.%d'.
+        #[arg(long)]
+        index: Option<String>,
+        /// S3 endpoint of an S3-compatible server.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long)]
+        region: Option<String>,
+        /// PEM file with the CA roots for syslog+tls.
+        #[arg(long)]
+        ca_file: Option<String>,
+    },
+    /// List drains with delivered, failed, dropped, lag and last error.
+    List {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Remove a drain.
+    Remove { id: String },
 }
 
 #[derive(Subcommand)]
@@ -240,5 +296,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale { app, counts } => runtime::scale(json, &app, &counts).await,
         Command::Ps { app } => runtime::ps(json, &app).await,
         Command::Kill { app, job } => runtime::kill(json, &app, &job).await,
+        Command::Log {
+            app,
+            lines,
+            follow,
+            job,
+            process_type,
+            stream,
+        } => {
+            let args = logs::LogArgs {
+                app: &app,
+                lines,
+                follow,
+                job: job.as_deref(),
+                process_type: process_type.as_deref(),
+                stream: stream.as_deref(),
+            };
+            logs::log(json, args).await
+        }
+        Command::Drain(DrainCmd::Add {
+            app,
+            kind,
+            url,
+            index,
+            endpoint,
+            region,
+            ca_file,
+        }) => {
+            let args = logs::DrainArgs {
+                app: app.as_deref(),
+                kind: &kind,
+                url: &url,
+                index: index.as_deref(),
+                endpoint: endpoint.as_deref(),
+                region: region.as_deref(),
+                ca_file: ca_file.as_deref(),
+            };
+            logs::drain_add(json, args).await
+        }
+        Command::Drain(DrainCmd::List { app }) => logs::drain_list(json, app.as_deref()).await,
+        Command::Drain(DrainCmd::Remove { id }) => logs::drain_remove(json, &id).await,
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP routes: request parsing, authorization and response shapes. State changes go
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
+pub mod logs;
 mod runtime;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/apps/{app}/jobs", get(runtime::list_jobs))
         .route("/apps/{app}/jobs/{id}", delete(runtime::kill_job))
+        .route("/apps/{app}/log", get(logs::app_log))
+        .route("/drains", post(logs::add_drain).get(logs::list_drains))
+        .route("/drains/{id}", delete(logs::remove_drain))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -40,6 +40,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
     pub artifacts_dir: PathBuf,
+    /// Client for calls to other platform services (the log aggregator).
+    pub http: reqwest::Client,
 }
 
 /// A connected controller, ready to serve its router.
@@ -69,6 +71,7 @@ impl Controller {
                 store: Store::new(coord),
                 providers: Arc::new(Providers::default()),
                 artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
+                http: reqwest::Client::new(),
             },
         })
     }

@@ -10,6 +10,7 @@
 //! tokens/<sha256(secret)>        Token
 //! placements/<host>/<job>        Job        (written by the scheduler)
 //! job-status/<job>               JobStatus  (written by hosts, on their lease)
+//! drains/<id>                    DrainSpec  (watched by the log aggregator)
 //! ```
 //!
 //! Every write that spans keys is one etcd transaction whose compares are the
@@ -393,5 +394,29 @@ impl Store {
         Err(ApiError::Conflict(format!(
             "{key} is changing too fast; retry"
         )))
+    }
+
+    /// Stores a drain (`drains/<id>`).
+    pub async fn put_drain(
+        &self,
+        spec: &paas_logshipper::drain::DrainSpec,
+    ) -> Result<(), ApiError> {
+        self.put(&format!("drains/{}", spec.id), spec).await
+    }
+
+    /// Every drain.
+    pub async fn list_drains(&self) -> Result<Vec<paas_logshipper::drain::DrainSpec>, ApiError> {
+        Ok(self
+            .coord
+            .list::<paas_logshipper::drain::DrainSpec>("drains/")
+            .await?
+            .into_iter()
+            .map(|(_, v, _)| v)
+            .collect())
+    }
+
+    /// Deletes a drain (absent is fine).
+    pub async fn delete_drain(&self, id: &str) -> Result<(), ApiError> {
+        self.remove(&format!("drains/{id}")).await
     }
 }
