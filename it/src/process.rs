@@ -366,3 +366,76 @@ pub(crate) fn server_dir(server: &str) -> Result<tempfile::TempDir> {
             "creating a temp dir for {server}"
         )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exited(log_tail: &str) -> FixtureError {
+        FixtureError::Exited {
+            server: "etcd".into(),
+            status: ExitStatus::from_raw(256),
+            log: PathBuf::from("/tmp/x.log"),
+            log_tail: log_tail.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_taken_port_is_worth_a_retry() {
+        assert!(lost_port_race(&exited(
+            "listen tcp 127.0.0.1:4001: bind: address already in use"
+        )));
+        assert!(lost_port_race(&exited(
+            "could not bind IPv4 address \"127.0.0.1\": Address already in use"
+        )));
+        assert!(!lost_port_race(&exited(
+            "FATAL: data directory has wrong ownership"
+        )));
+        assert!(!lost_port_race(&FixtureError::NoSuchUser(
+            "postgres".into()
+        )));
+    }
+
+    #[test]
+    fn retries_port_races_at_most_three_times() {
+        let mut attempts = 0;
+        let result: Result<()> = retry_port_races(|| {
+            attempts += 1;
+            Err(exited("address already in use"))
+        });
+        assert!(result.is_err());
+        assert_eq!(attempts, 3);
+        let mut attempts = 0;
+        let result = retry_port_races(|| {
+            attempts += 1;
+            if attempts < 2 {
+                Err(exited("address already in use"))
+            } else {
+                Ok(attempts)
+            }
+        });
+        assert_eq!(result.unwrap(), 2);
+    }
+
+    #[test]
+    fn a_missing_binary_names_the_install_command() {
+        let err =
+            require_binary("paas-it-no-such-server", "apt-get install -y nothing").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`paas-it-no-such-server` not found on PATH; install it with: apt-get install -y nothing"
+        );
+        assert!(require_binary("/nonexistent/bin/postgres", "hint").is_err());
+        assert!(require_binary("sh", "hint").is_ok());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "1\n2\n3\n4\n").unwrap();
+        assert_eq!(log_tail(&path, 2), "3\n4");
+        assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
+    }
+}
