@@ -231,6 +231,13 @@ async fn objects_are_keyed_by_app_and_hour_and_hold_every_line() {
     manager.shutdown().await;
 }
 
+/// Appends the lines numbered `*next..upto` and advances `*next`.
+fn append_until(journal: &Journal, upto: u64, next: &mut u64) {
+    let mut batch: Vec<LogLine> = (*next..upto).map(line).collect();
+    journal.append(&mut batch).unwrap();
+    *next = upto;
+}
+
 /// Sizes of an outage run: lines before the stop, during it (in 100 steps spread over
 /// `outage`), and after the restart.
 struct Outage {
@@ -260,14 +267,9 @@ async fn outage_run(o: Outage) {
 
     let total = o.before + o.during + o.after;
     let mut next = 0u64;
-    let mut append_until = |upto: u64, journal: &Journal| {
-        let mut batch: Vec<LogLine> = (next..upto).map(line).collect();
-        journal.append(&mut batch).unwrap();
-        next = upto;
-    };
     let step = (o.before / 30).max(1);
     while next < o.before {
-        append_until((next + step).min(o.before), &journal);
+        append_until(&journal, (next + step).min(o.before), &mut next);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(&manager, "delivery before the outage", |s| s.lag == 0).await;
@@ -277,7 +279,7 @@ async fn outage_run(o: Outage) {
     moto.stop();
     let started = std::time::Instant::now();
     for k in 1..=100u64 {
-        append_until(o.before + o.during * k / 100, &journal);
+        append_until(&journal, o.before + o.during * k / 100, &mut next);
         tokio::time::sleep(o.outage / 100).await;
     }
     let s = manager.list().pop().unwrap();
@@ -297,7 +299,7 @@ async fn outage_run(o: Outage) {
     moto.create_bucket("logs").await;
     let step = (o.after / 10).max(1);
     while next < total {
-        append_until((next + step).min(total), &journal);
+        append_until(&journal, (next + step).min(total), &mut next);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = wait_for(&manager, "delivery after the outage", |s| s.lag == 0).await;
