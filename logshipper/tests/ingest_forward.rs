@@ -228,6 +228,8 @@ async fn hand_built_frames_in_every_mode_are_acked() {
     gz.write_all(&packed(&["gz 1", "gz 2"])).unwrap();
     let gz = gz.finish().unwrap();
 
+    // Acked entries must already be in the journal (an fsync covered them).
+    let mut journaled = 0;
     let frames = [
         (
             "c-message",
@@ -277,6 +279,12 @@ async fn hand_built_frames_in_every_mode_are_acked() {
         assert_eq!(
             ack,
             Value::Map(vec![(Value::from("ack"), Value::from(*chunk))])
+        );
+        // Checked at once, without waiting: the ack came after the journal append.
+        journaled += if *chunk == "c-message" { 1 } else { 2 };
+        assert!(
+            h.journal.stats().last_id >= journaled,
+            "{chunk} acked before its lines were journaled"
         );
     }
     // A heartbeat (nil) is accepted silently.

@@ -24,6 +24,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// A running aggregator.
 pub struct Harness {
     pub ingest: Option<Ingest>,
+    pub journal: Journal,
     pub api: SocketAddr,
     pub store: Arc<Store>,
     pub data: PathBuf,
@@ -56,7 +57,7 @@ impl Harness {
         let store = Arc::new(Store::open(store_config).unwrap());
         let mut registry = Registry::default();
         let metrics = IngestMetrics::register(&mut registry);
-        let aggregator = Aggregator::new(journal, Arc::clone(&store), metrics);
+        let aggregator = Aggregator::new(journal.clone(), Arc::clone(&store), metrics);
         let mut config = IngestConfig {
             syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
             forward_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -75,6 +76,7 @@ impl Harness {
         });
         Harness {
             ingest: Some(ingest),
+            journal,
             api,
             store,
             data: data.to_path_buf(),
