@@ -145,15 +145,18 @@ pub async fn run_remote(
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(&body).await?;
 
-    let (status, mut buf) = read_head(&mut conn).await?;
+    let (status, length, mut buf) = read_head(&mut conn).await?;
     if status != 101 {
-        // The rest of the answer is its body (bounded).
-        let mut rest = Vec::new();
-        let _ = (&mut conn)
-            .take(MAX_HEAD as u64)
-            .read_to_end(&mut rest)
-            .await;
-        buf.extend(rest);
+        // The error body: Content-Length bytes (the connection may stay open).
+        let want = length.unwrap_or(MAX_HEAD).min(MAX_HEAD);
+        let mut chunk = [0u8; 4096];
+        while buf.len() < want {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.truncate(want);
         return Err(AttachError::Refused {
             status,
             body: String::from_utf8_lossy(&buf).trim().to_string(),
@@ -196,8 +199,9 @@ pub async fn run_remote(
     result
 }
 
-/// Reads an HTTP/1.1 response head; returns the status and any bytes after the head.
-async fn read_head(conn: &mut TcpStream) -> Result<(u16, Vec<u8>), AttachError> {
+/// Reads an HTTP/1.1 response head; returns the status, the Content-Length if any, and
+/// the bytes after the head.
+async fn read_head(conn: &mut TcpStream) -> Result<(u16, Option<usize>, Vec<u8>), AttachError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -209,7 +213,13 @@ async fn read_head(conn: &mut TcpStream) -> Result<(u16, Vec<u8>), AttachError> 
                 .and_then(|s| s.parse::<u16>().ok())
                 .filter(|_| head.starts_with("HTTP/1."))
                 .ok_or_else(|| AttachError::BadAnswer(head.clone()))?;
-            return Ok((status, buf[end + 4..].to_vec()));
+            let length = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            });
+            return Ok((status, length, buf[end + 4..].to_vec()));
         }
         if buf.len() > MAX_HEAD {
             return Err(AttachError::BadAnswer("response head too long".into()));

@@ -398,17 +398,17 @@ mod tests {
             self
         }
 
-        /// Placement `id` = "app/type/release/host/n" style, with an optional state.
+        /// Placement `id` of `what` (`app/type`) with an optional reported state.
         fn job(
             mut self,
             id: &str,
-            app: &str,
-            ptype: &str,
+            what: &str,
             release: u64,
             host: &str,
             created: i64,
             state: Option<JobState>,
         ) -> Self {
+            let (app, ptype) = what.split_once('/').unwrap();
             self.view.placements.push(Job {
                 id: id.into(),
                 app: app.into(),
@@ -453,7 +453,7 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 1, &["web"], &[("web", 1)])
-                .job("j1", "shop", "web", 1, "h1", 0, UP),
+                .job("j1", "shop/web", 1, "h1", 0, UP),
             &[],
         );
     }
@@ -477,10 +477,10 @@ mod tests {
             Fixture::new(&["h1", "h2", "h3"])
                 .app("shop", 1, &["web"], &[("web", 3)])
                 .app("blog", 1, &["web"], &[("web", 3)])
-                .job("s1", "shop", "web", 1, "h1", 0, UP)
-                .job("b1", "blog", "web", 1, "h2", 0, UP)
-                .job("b2", "blog", "web", 1, "h2", 0, UP)
-                .job("b3", "blog", "web", 1, "h3", 0, UP),
+                .job("s1", "shop/web", 1, "h1", 0, UP)
+                .job("b1", "blog/web", 1, "h2", 0, UP)
+                .job("b2", "blog/web", 1, "h2", 0, UP)
+                .job("b3", "blog/web", 1, "h3", 0, UP),
             &[
                 "place shop/web release 1 on h3: formation wants 3, 1 placed",
                 "place shop/web release 1 on h2: formation wants 3, 1 placed",
@@ -493,9 +493,9 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 1, &["web"], &[("web", 1)])
-                .job("old-up", "shop", "web", 1, "h1", 0, UP)
-                .job("new-up", "shop", "web", 1, "h1", 5, UP)
-                .job("starting", "shop", "web", 1, "h1", 1, STARTING),
+                .job("old-up", "shop/web", 1, "h1", 0, UP)
+                .job("new-up", "shop/web", 1, "h1", 5, UP)
+                .job("starting", "shop/web", 1, "h1", 1, STARTING),
             &[
                 "stop starting (shop/web release 1 on h1): formation wants 1",
                 "stop new-up (shop/web release 1 on h1): formation wants 1",
@@ -508,8 +508,8 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 1, &["web"], &[("web", 2)])
-                .job("a", "shop", "web", 1, "h1", 0, UP)
-                .job("b", "shop", "web", 1, "dead", 0, UP),
+                .job("a", "shop/web", 1, "h1", 0, UP)
+                .job("b", "shop/web", 1, "dead", 0, UP),
             &[
                 "stop b (shop/web release 1 on dead): its host vanished",
                 "place shop/web release 1 on h1: replaces a job of vanished host dead",
@@ -522,7 +522,7 @@ mod tests {
         check(
             Fixture::new(&[])
                 .app("shop", 1, &["web"], &[("web", 2)])
-                .job("b", "shop", "web", 1, "dead", 0, UP),
+                .job("b", "shop/web", 1, "dead", 0, UP),
             &["stop b (shop/web release 1 on dead): its host vanished"],
         );
     }
@@ -532,8 +532,8 @@ mod tests {
         check(
             Fixture::new(&["h1", "h2"])
                 .app("shop", 2, &["web"], &[("web", 2)])
-                .job("o1", "shop", "web", 1, "h1", 0, UP)
-                .job("o2", "shop", "web", 1, "h2", 0, UP),
+                .job("o1", "shop/web", 1, "h1", 0, UP)
+                .job("o2", "shop/web", 1, "h2", 0, UP),
             &[
                 "place shop/web release 2 on h1: rollover from release 1",
                 "place shop/web release 2 on h2: rollover from release 1",
@@ -546,10 +546,10 @@ mod tests {
         check(
             Fixture::new(&["h1", "h2"])
                 .app("shop", 2, &["web"], &[("web", 2)])
-                .job("o1", "shop", "web", 1, "h1", 0, UP)
-                .job("o2", "shop", "web", 1, "h2", 1, UP)
-                .job("n1", "shop", "web", 2, "h1", 5, UP)
-                .job("n2", "shop", "web", 2, "h2", 5, STARTING),
+                .job("o1", "shop/web", 1, "h1", 0, UP)
+                .job("o2", "shop/web", 1, "h2", 1, UP)
+                .job("n1", "shop/web", 2, "h1", 5, UP)
+                .job("n2", "shop/web", 2, "h2", 5, STARTING),
             &["stop o2 (shop/web release 1 on h2): replaced: 1 jobs of release 2 are up"],
         );
     }
@@ -559,8 +559,8 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 2, &["web"], &[("web", 1)])
-                .job("o1", "shop", "web", 1, "h1", 0, STARTING)
-                .job("n1", "shop", "web", 2, "h1", 5, UP),
+                .job("o1", "shop/web", 1, "h1", 0, STARTING)
+                .job("n1", "shop/web", 2, "h1", 5, UP),
             &["stop o1 (shop/web release 1 on h1): replaced: 1 jobs of release 2 are up"],
         );
     }
@@ -569,8 +569,8 @@ mod tests {
     fn a_status_of_another_release_does_not_count_as_up() {
         let mut f = Fixture::new(&["h1"])
             .app("shop", 2, &["web"], &[("web", 1)])
-            .job("o1", "shop", "web", 1, "h1", 0, UP)
-            .job("n1", "shop", "web", 2, "h1", 5, UP);
+            .job("o1", "shop/web", 1, "h1", 0, UP)
+            .job("n1", "shop/web", 2, "h1", 5, UP);
         f.view.statuses.get_mut("n1").unwrap().release = 1;
         check(f, &[]);
     }
@@ -580,9 +580,9 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 2, &["web", "worker"], &[("web", 0), ("worker", 1)])
-                .job("o1", "shop", "web", 1, "h1", 0, UP)
-                .job("n1", "shop", "web", 2, "h1", 5, UP)
-                .job("w1", "shop", "worker", 2, "h1", 5, UP),
+                .job("o1", "shop/web", 1, "h1", 0, UP)
+                .job("n1", "shop/web", 2, "h1", 5, UP)
+                .job("w1", "shop/worker", 2, "h1", 5, UP),
             &[
                 "stop n1 (shop/web release 2 on h1): formation wants 0",
                 "stop o1 (shop/web release 1 on h1): formation wants 0",
@@ -595,8 +595,8 @@ mod tests {
         check(
             Fixture::new(&["h1"])
                 .app("shop", 2, &["web"], &[("web", 1), ("worker", 2)])
-                .job("n1", "shop", "web", 2, "h1", 5, UP)
-                .job("w1", "shop", "worker", 1, "h1", 0, UP),
+                .job("n1", "shop/web", 2, "h1", 5, UP)
+                .job("w1", "shop/worker", 1, "h1", 0, UP),
             &["stop w1 (shop/worker release 1 on h1): the current release has no command for its type"],
         );
     }
@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn deleted_app_jobs_are_stopped() {
         check(
-            Fixture::new(&["h1"]).job("j1", "gone", "web", 3, "h1", 0, UP),
+            Fixture::new(&["h1"]).job("j1", "gone/web", 3, "h1", 0, UP),
             &["stop j1 (gone/web release 3 on h1): the app is gone"],
         );
     }

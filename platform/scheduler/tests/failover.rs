@@ -50,7 +50,9 @@ async fn standby_takes_over_when_the_leader_dies() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let etcd = paas_it::EtcdServer::start().expect("etcd");
     let endpoint = etcd.endpoint();
-    let store = Store::connect(&[endpoint.clone()]).await.unwrap();
+    let store = Store::connect(std::slice::from_ref(&endpoint))
+        .await
+        .unwrap();
     let keys = Keys::new(PREFIX);
 
     // A registered host (on a lease, as an agent would) and an app wanting one web job.
