@@ -5,7 +5,10 @@
 //! and stops it and removes the dir when dropped — also when the test panics. Servers
 //! get a parent-death signal, so even a SIGKILLed test process leaves no server behind
 //! (only its temp dir). A missing binary is an error carrying the install command; no
-//! fixture skips silently.
+//! fixture skips silently. The one that may skip, [`MongoServer`] (no registry here
+//! ships mongod), prints `SKIPPED: mongod not on PATH` and returns
+//! [`MongoStart::Skipped`]; its readiness is mongod's "Waiting for connections" log line
+//! plus an open port, untested here for lack of a mongod.
 //!
 //! | fixture            | binary                      | address helpers              |
 //! |--------------------|-----------------------------|------------------------------|
@@ -14,6 +17,7 @@
 //! | [`PostgresServer`] | `initdb`, `postgres` (15)   | `url()`, `socket_dir()`      |
 //! | [`RedisServer`]    | `redis-server`              | `url()`                      |
 //! | [`MariaDbServer`]  | `mariadb-install-db`, `mariadbd` | `url()`, `socket()`     |
+//! | [`MongoServer`]    | `mongod` (may be absent: [`MongoStart::Skipped`]) | `url()` |
 //!
 //! PostgreSQL and MariaDB refuse to run as root: when the tests run as root, their
 //! temp dirs are chowned to `postgres` / `mysql` and the processes run under those
@@ -35,6 +39,7 @@ mod error;
 mod etcd;
 mod http;
 mod mariadb;
+mod mongo;
 mod port;
 mod postgres;
 mod process;
@@ -44,6 +49,7 @@ mod s3;
 pub use error::{FixtureError, Result};
 pub use etcd::EtcdServer;
 pub use mariadb::MariaDbServer;
+pub use mongo::{MongoServer, MongoStart};
 pub use port::free_port;
 pub use postgres::{PostgresServer, PG_BIN};
 pub use process::{require_binary, OsUser, ServerProcess, STOP_GRACE};

@@ -335,3 +335,19 @@ fn every_fixture_cleans_up_on_drop() {
         .count();
     assert_eq!(stray, 0, "processes left in the postgres process group");
 }
+
+#[test]
+fn mongo_runs_when_installed_and_says_skipped_otherwise() {
+    let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|dir| dir.join("mongod").is_file());
+    match paas_it::MongoServer::start().expect("mongo fixture") {
+        paas_it::MongoStart::Skipped(why) => {
+            assert!(!on_path);
+            assert_eq!(why, "SKIPPED: mongod not on PATH");
+        }
+        paas_it::MongoStart::Running(mongo) => {
+            assert!(on_path);
+            assert!(TcpStream::connect(("127.0.0.1", mongo.port())).is_ok());
+        }
+    }
+}
