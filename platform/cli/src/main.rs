@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 mod config;
+mod host;
 mod logs;
 mod runtime;
 mod table;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the single-node platform (etcd, controller) until interrupted.
     Up(UpArgs),
+    /// Run a host agent (and a standby scheduler) that joins an existing cluster.
+    Host(host::HostArgs),
     /// Create, list, inspect and destroy apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -264,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Host(args) => host::run(args).await,
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,

@@ -101,6 +101,19 @@ async fn serve(
     println!("  config:   {}", config_path.display());
     println!("Press Ctrl-C to stop.");
 
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runtime = tokio::spawn(crate::host::run_runtime(
+        crate::host::Runtime {
+            id: crate::host::hostname(),
+            etcd: endpoints.to_vec(),
+            data_dir: data_dir.join("host"),
+            job_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            artifacts: data_dir.join("artifacts"),
+            log_addr: None,
+        },
+        stop.clone(),
+    ));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(
         axum::serve(listener, controller.router())
@@ -111,6 +124,12 @@ async fn serve(
     );
     shutdown_signal(etcd).await;
     let _ = stop_tx.send(true);
+    stop.cancel();
+    match runtime.await {
+        Ok(Ok(())) => tracing::info!("host agent and scheduler stopped"),
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "runtime failed"),
+        Err(e) => tracing::error!(error = %e, "runtime task panicked"),
+    }
     server
         .await
         .context("API server task panicked")?
@@ -119,10 +138,18 @@ async fn serve(
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM, or when the embedded etcd dies (nothing can work then).
-async fn shutdown_signal(etcd: Option<&mut Child>) {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, or when the embedded etcd dies (nothing can work then).
+async fn shutdown_signal(etcd: Option<&mut Child>) {
     let etcd_exit = async {
         match etcd {
             Some(child) => {
@@ -133,13 +160,13 @@ async fn shutdown_signal(etcd: Option<&mut Child>) {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        _ = wait_for_signal() => {}
         _ = etcd_exit => {}
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, at INFO unless RUST_LOG says otherwise.
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -149,7 +176,8 @@ fn init_tracing() {
         .try_init();
 }
 
-fn default_data_dir() -> Result<PathBuf> {
+/// `$XDG_DATA_HOME/paas`, else `~/.local/share/paas`.
+pub fn default_data_dir() -> Result<PathBuf> {
     if let Ok(d) = std::env::var("XDG_DATA_HOME") {
         if !d.is_empty() {
             return Ok(PathBuf::from(d).join("paas"));

@@ -1,0 +1,117 @@
+//! `paas host`: a host agent (and a standby scheduler) joining an existing cluster.
+//!
+//! Every host runs a scheduler candidate: one of them holds the leader lease and places
+//! jobs; when its process dies, another takes over within the lease TTL.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `paas host`.
+#[derive(clap::Args)]
+pub struct HostArgs {
+    /// etcd client URLs of the cluster, comma-separated.
+    #[arg(long)]
+    pub join: String,
+    /// Host id (default: the machine's hostname).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Where job directories, unpacked code and the log spool live.
+    #[arg(long, env = "PAAS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IP address jobs listen on and are reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub job_ip: IpAddr,
+    /// Address of the agent's API (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub api_listen: SocketAddr,
+    /// Directory holding uploaded artifacts (shared with the controller).
+    #[arg(long)]
+    pub artifacts: PathBuf,
+    /// Syslog address of the log aggregator.
+    #[arg(long)]
+    pub log_addr: Option<SocketAddr>,
+}
+
+/// The machine's hostname, the default host id.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string())
+}
+
+/// Settings shared by `paas up` and `paas host` for the runtime on one machine.
+pub struct Runtime {
+    /// Host id.
+    pub id: String,
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// Host data dir.
+    pub data_dir: PathBuf,
+    /// IP jobs bind to.
+    pub job_ip: IpAddr,
+    /// Agent API address.
+    pub api_listen: SocketAddr,
+    /// Artifacts directory.
+    pub artifacts: PathBuf,
+    /// Aggregator syslog address.
+    pub log_addr: Option<SocketAddr>,
+}
+
+/// Runs the host agent and a scheduler candidate until `shutdown`; returns when both
+/// have stopped.
+pub async fn run_runtime(rt: Runtime, shutdown: CancellationToken) -> Result<()> {
+    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let mut host_cfg = paas_host::HostConfig::new(
+        rt.id.clone(),
+        rt.etcd.clone(),
+        prefix.clone(),
+        rt.data_dir,
+        rt.artifacts,
+    );
+    host_cfg.job_ip = rt.job_ip;
+    host_cfg.api_listen = rt.api_listen;
+    host_cfg.log_addr = rt.log_addr;
+    let sched_cfg = paas_scheduler::SchedulerConfig {
+        id: rt.id,
+        etcd_endpoints: rt.etcd,
+        prefix,
+        lease_ttl: Duration::from_secs(5),
+        interval: Duration::from_millis(500),
+    };
+    let (host, sched) = tokio::join!(
+        paas_host::run(host_cfg, shutdown.clone()),
+        paas_scheduler::run(sched_cfg, shutdown.clone()),
+    );
+    host.context("host agent failed")?;
+    sched.context("scheduler failed")?;
+    Ok(())
+}
+
+/// `paas host --join ...`: runs until SIGINT/SIGTERM.
+pub async fn run(args: HostArgs) -> Result<()> {
+    crate::up::init_tracing();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => crate::up::default_data_dir()?.join("host"),
+    };
+    let shutdown = CancellationToken::new();
+    let rt = Runtime {
+        id: args.id.unwrap_or_else(hostname),
+        etcd: args.join.split(',').map(|s| s.trim().to_string()).collect(),
+        data_dir,
+        job_ip: args.job_ip,
+        api_listen: args.api_listen,
+        artifacts: args.artifacts,
+        log_addr: args.log_addr,
+    };
+    let task = tokio::spawn(run_runtime(rt, shutdown.clone()));
+    crate::up::wait_for_signal().await;
+    shutdown.cancel();
+    task.await.context("host task panicked")?
+}
