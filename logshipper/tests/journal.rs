@@ -306,3 +306,48 @@ async fn damaged_middle_segment_is_skipped_and_counted() {
     assert!(dropped > 0);
     assert_eq!(seen + dropped, 100);
 }
+
+#[tokio::test]
+async fn ids_are_not_reused_when_a_crash_lost_lines_a_reader_had_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_segment = JournalConfig {
+        segment_bytes: 1 << 20,
+        max_bytes: 1 << 30,
+    };
+    let j = Journal::open(dir.path(), one_segment.clone()).unwrap();
+    let mut r = j.reader("d").unwrap();
+    let mut other = j.reader("late").unwrap();
+    j.append(&mut lines(0..10)).unwrap();
+    read_all(&mut r, 10).await;
+    r.commit(10).await.unwrap();
+    read_all(&mut other, 4).await;
+    other.commit(4).await.unwrap();
+    drop((r, other, j));
+    // The machine crashed before the segment reached the disk: its records are gone.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let j = Journal::open(dir.path(), one_segment.clone()).unwrap();
+    let mut fresh = lines(10..12);
+    assert_eq!(j.append(&mut fresh).unwrap(), 12);
+    assert_eq!(fresh[0].id, 11, "id 5..=10 are not handed out again");
+    let mut r = j.reader("d").unwrap();
+    let got = read_all(&mut r, 2).await;
+    assert_eq!(got[0].message, "message number 10");
+    // The reader that was behind learns that ids 5..=10 are gone.
+    let mut other = j.reader("late").unwrap();
+    assert_eq!(
+        other.next_batch(100).await.unwrap(),
+        ReadBatch::Dropped {
+            count: 6,
+            through_id: 10
+        }
+    );
+    let got = read_all(&mut other, 2).await;
+    assert_eq!(got[1].id, 12);
+}

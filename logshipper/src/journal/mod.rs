@@ -49,7 +49,9 @@
 //!   than one segment exists, the oldest segment is deleted. A reader whose next id is
 //!   below the oldest retained id skips to it and reports how many lines it lost.
 //! - **Recovery**: on open, the active segment is scanned; a torn or corrupt tail (a crash
-//!   mid-write) is truncated at the last valid record and logged. Older segments are
+//!   mid-write) is truncated at the last valid record and logged. If a cursor is ahead of
+//!   the recovered data (unsynced records lost in a machine crash), ids continue after
+//!   the highest cursor in a new segment, so no id is ever reused. Older segments are
 //!   trusted; if a reader later finds corruption in one, it skips the rest of that segment
 //!   and reports the skipped lines as dropped.
 //!
@@ -241,7 +243,7 @@ impl Journal {
             });
         }
         let max_committed = readers.values().map(|r| r.committed).max().unwrap_or(0);
-        let (active_first, active_bytes, next_id) = match firsts.last() {
+        let (mut active_first, mut active_bytes, mut next_id) = match firsts.last() {
             Some(&first) => {
                 let (bytes, next) = recover_active(&segment_path(&dir, first), first)?;
                 (first, bytes, next)
@@ -251,6 +253,24 @@ impl Journal {
                 (first, 0, first)
             }
         };
+        if next_id <= max_committed {
+            // A machine crash lost unsynced records that a reader had already committed.
+            // Reusing those ids would make that reader skip new lines: start a new
+            // segment after the highest cursor; readers see the hole as dropped lines.
+            tracing::warn!(
+                recovered_next_id = next_id,
+                max_committed,
+                "journal: cursors are ahead of the recovered data, continuing after them"
+            );
+            total_bytes += active_bytes;
+            segments.push_back(Segment {
+                first_id: active_first,
+                bytes: active_bytes,
+            });
+            active_first = max_committed + 1;
+            active_bytes = 0;
+            next_id = active_first;
+        }
         let active_path = segment_path(&dir, active_first);
         let active = OpenOptions::new()
             .create(true)
