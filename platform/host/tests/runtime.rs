@@ -311,6 +311,12 @@ async fn scale_restart_and_host_death() {
     assert!(!on_h1.is_empty());
     a1.task.abort();
     let _ = a1.task.await;
+    wait_for(
+        "h1's lease to expire and its jobs to move",
+        Duration::from_secs(30),
+        || async { c.placements().await.iter().all(|j| j.host == "h2") },
+    )
+    .await;
     let up = c.wait_up("shop", 4, 1, Duration::from_secs(30)).await;
     assert!(up.iter().all(|s| s.host == "h2"), "{up:#?}");
     assert!(up.iter().all(|s| !on_h1.contains(&s.id)));
