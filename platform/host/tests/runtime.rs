@@ -57,6 +57,15 @@ impl Cluster {
     }
 
     fn agent(&self, id: &str, ip: [u8; 4]) -> Agent {
+        self.agent_logging_to(id, ip, None)
+    }
+
+    fn agent_logging_to(
+        &self,
+        id: &str,
+        ip: [u8; 4],
+        log_addr: Option<std::net::SocketAddr>,
+    ) -> Agent {
         let mut cfg = HostConfig::new(
             id,
             vec![self.etcd.endpoint()],
@@ -69,6 +78,7 @@ impl Cluster {
         cfg.lease_ttl = Duration::from_secs(2);
         cfg.stop_grace = Duration::from_secs(2);
         cfg.poll_interval = Duration::from_millis(100);
+        cfg.log_addr = log_addr;
         let stop = CancellationToken::new();
         Agent {
             task: tokio::spawn(paas_host::run(cfg, stop.clone())),
@@ -281,6 +291,7 @@ async fn scale_restart_and_host_death() {
     // kill -9 a web job's process: the same job comes back with one more restart.
     let victim = web[0].clone();
     // SAFETY: sending a signal to a pid we read from the job status.
+    let killed = std::time::Instant::now();
     assert_eq!(
         unsafe { libc::kill(victim.pid.unwrap() as i32, libc::SIGKILL) },
         0
@@ -298,6 +309,10 @@ async fn scale_restart_and_host_death() {
         },
     )
     .await;
+    println!(
+        "figure: kill -9 -> same job up again: {:?}",
+        killed.elapsed()
+    );
 
     // Host h1 dies (its task and its jobs vanish, its lease expires): everything ends
     // up on h2.
@@ -309,6 +324,7 @@ async fn scale_restart_and_host_death() {
         .map(|j| j.id)
         .collect();
     assert!(!on_h1.is_empty());
+    let died = std::time::Instant::now();
     a1.task.abort();
     let _ = a1.task.await;
     wait_for(
@@ -318,6 +334,10 @@ async fn scale_restart_and_host_death() {
     )
     .await;
     let up = c.wait_up("shop", 4, 1, Duration::from_secs(30)).await;
+    println!(
+        "figure: host death -> its jobs up on the other host: {:?} (lease TTL 2 s)",
+        died.elapsed()
+    );
     assert!(up.iter().all(|s| s.host == "h2"), "{up:#?}");
     assert!(up.iter().all(|s| !on_h1.contains(&s.id)));
     wait_for(
@@ -552,4 +572,81 @@ async fn run_passes_stdin_output_and_exit_code() {
 
     a1.stop.cancel();
     a1.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_output_is_shipped_to_the_aggregator() {
+    use paas_logshipper::aggregator::Aggregator;
+    use paas_logshipper::ingest::{Ingest, IngestConfig};
+    use paas_logshipper::journal::{Journal, JournalConfig, ReadBatch};
+    use paas_logshipper::metrics::IngestMetrics;
+    use paas_logshipper::Stream;
+
+    let c = Cluster::start().await;
+    // A real aggregator syslog input writing to its journal.
+    let agg_dir = c.dir.path().join("aggregator");
+    let journal = Journal::open(agg_dir.join("journal"), JournalConfig::default()).unwrap();
+    let mut reader = journal.reader("check").unwrap();
+    let store = std::sync::Arc::new(
+        paas_logshipper::store::Store::open(paas_logshipper::store::StoreConfig::new(
+            agg_dir.join("store"),
+        ))
+        .unwrap(),
+    );
+    let metrics = IngestMetrics::register(&mut prometheus_client::registry::Registry::default());
+    let ingest = Ingest::start(
+        IngestConfig {
+            syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..IngestConfig::default()
+        },
+        Aggregator::new(journal.clone(), store, metrics),
+    )
+    .await
+    .unwrap();
+
+    let a1 = c.agent_logging_to("h1", [127, 0, 0, 7], ingest.syslog_addr());
+    let (sched, sched_stop) = c.scheduler("s1");
+    c.release(
+        "chat",
+        1,
+        &[(
+            "worker",
+            "echo hello-out; echo hello-err >&2; exec sleep 1000",
+        )],
+        &[],
+        None,
+    )
+    .await;
+    c.scale("chat", &[("worker", 1)]).await;
+    let up = c.wait_up("chat", 1, 1, Duration::from_secs(30)).await;
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 {
+        let batch = tokio::time::timeout_at(deadline, reader.next_batch(100))
+            .await
+            .expect("lines reach the aggregator")
+            .unwrap();
+        if let ReadBatch::Lines(lines) = batch {
+            seen.extend(lines);
+        }
+    }
+    seen.sort_by(|a, b| a.message.cmp(&b.message));
+    assert_eq!(seen[0].message, "hello-err");
+    assert_eq!(seen[0].stream, Stream::Stderr);
+    assert_eq!(seen[1].message, "hello-out");
+    assert_eq!(seen[1].stream, Stream::Stdout);
+    for l in &seen {
+        assert_eq!(l.app, "chat");
+        assert_eq!(l.process_type.as_deref(), Some("worker"));
+        assert_eq!(l.job.as_deref(), Some(up[0].id.as_str()));
+        assert_eq!(l.host.as_deref(), Some("h1"));
+        assert!(l.timestamp_ns > 0);
+    }
+
+    sched_stop.cancel();
+    sched.await.unwrap().unwrap();
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+    ingest.shutdown().await;
 }
