@@ -7,7 +7,9 @@
 //! from the first write until the server has accepted every line (or, for the baseline,
 //! read every byte). Prints lines/s, MiB/s of wire bytes and the ratio to the baseline,
 //! then, on one core and without sockets, decoding alone, the journal append alone and
-//! the store push alone, to show where the time of the full path goes.
+//! the store push alone, to show where the time of the full path goes. `cpu-s` is the CPU
+//! time the whole process (server and clients) used, and MiB/cpu-s the bytes per CPU
+//! second: on a machine shared with other work it varies far less than wall-clock rates.
 //!
 //! Run: `cargo bench -p paas-logshipper --bench ingest` (or `scripts/bench`).
 //! Environment: `BENCH_CONNECTIONS` (default 4), `BENCH_MIB` per connection (default 64).
@@ -115,11 +117,27 @@ struct Figures {
     lines: u64,
     bytes: u64,
     secs: f64,
+    /// CPU seconds the whole process used (server and clients), user + system.
+    cpu_secs: f64,
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
+/// (clock ticks of 1/100 s, the Linux default).
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 impl Figures {
     fn mib_s(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.secs
+    }
+    fn mib_per_cpu_s(&self) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / self.cpu_secs.max(0.01)
     }
     fn lines_s(&self) -> f64 {
         self.lines as f64 / self.secs
@@ -155,15 +173,18 @@ async fn raw_baseline(payloads: Arc<Vec<Payload>>) -> Figures {
         }
     });
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     send_all(addr, Arc::clone(&payloads)).await;
     server.await.unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = process_cpu_secs() - cpu_start;
     assert_eq!(read.load(Ordering::Relaxed), total);
     Figures {
         name: "raw tcp read",
         lines: payloads.iter().map(|p| p.lines).sum(),
         bytes: total,
         secs,
+        cpu_secs,
     }
 }
 
@@ -192,6 +213,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
     let total_lines: u64 = payloads.iter().map(|p| p.lines).sum();
     let total_bytes: u64 = payloads.iter().map(|p| p.bytes.len() as u64).sum();
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     let sender = tokio::spawn(send_all(addr, Arc::clone(&payloads)));
     while accepted.get() < total_lines {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -202,6 +224,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
         );
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = process_cpu_secs() - cpu_start;
     sender.await.unwrap();
     ingest.shutdown().await;
     Figures {
@@ -209,6 +232,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
         lines: total_lines,
         bytes: total_bytes,
         secs,
+        cpu_secs,
     }
 }
 
@@ -216,6 +240,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
 /// the full path goes (the rest is journal, store and I/O).
 fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures {
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     let mut lines = Vec::with_capacity(4096);
     let mut decoded = 0u64;
     let mut rest: &[u8] = &payload.bytes;
@@ -245,12 +270,14 @@ fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures 
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = process_cpu_secs() - cpu_start;
     assert_eq!(decoded, payload.lines);
     Figures {
         name,
         lines: decoded,
         bytes: payload.bytes.len() as u64,
         secs,
+        cpu_secs,
     }
 }
 
@@ -278,24 +305,29 @@ fn accept_parts(payload: &Payload) -> (Figures, Figures) {
     let store = Store::open(StoreConfig::new(dir.path().join("store"))).unwrap();
     let mut for_journal = batches.clone();
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     for batch in &mut for_journal {
         journal.append(batch).unwrap();
     }
     let journal_secs = start.elapsed().as_secs_f64();
+    let journal_cpu = process_cpu_secs() - cpu_start;
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     for batch in batches {
         assert!(store.push(batch).is_empty());
     }
     let store_secs = start.elapsed().as_secs_f64();
-    let fig = |name, secs| Figures {
+    let store_cpu = process_cpu_secs() - cpu_start;
+    let fig = |name, secs, cpu_secs| Figures {
         name,
         lines: payload.lines,
         bytes: payload.bytes.len() as u64,
         secs,
+        cpu_secs,
     };
     (
-        fig("journal append", journal_secs),
-        fig("store push", store_secs),
+        fig("journal append", journal_secs, journal_cpu),
+        fig("store push", store_secs, store_cpu),
     )
 }
 
@@ -311,13 +343,15 @@ fn print(f: &Figures, baseline: Option<&Figures>) {
         .map(|b| format!("{:>6.1}%", 100.0 * f.mib_s() / b.mib_s()))
         .unwrap_or_else(|| "      -".into());
     println!(
-        "{:<16} {:>10} {:>8.2} {:>12.0} {:>9.1} {}",
+        "{:<16} {:>10} {:>8.2} {:>12.0} {:>9.1} {} {:>8.2} {:>10.1}",
         f.name,
         f.lines,
         f.secs,
         f.lines_s(),
         f.mib_s(),
-        ratio
+        ratio,
+        f.cpu_secs,
+        f.mib_per_cpu_s()
     );
 }
 
@@ -336,8 +370,8 @@ async fn main() {
         !cfg!(debug_assertions)
     );
     println!(
-        "{:<16} {:>10} {:>8} {:>12} {:>9} {:>7}",
-        "scenario", "lines", "secs", "lines/s", "MiB/s", "vs raw"
+        "{:<16} {:>10} {:>8} {:>12} {:>9} {:>7} {:>8} {:>10}",
+        "scenario", "lines", "secs", "lines/s", "MiB/s", "vs raw", "cpu-s", "MiB/cpu-s"
     );
     let raw_syslog = raw_baseline(Arc::clone(&syslog)).await;
     print(&raw_syslog, None);
