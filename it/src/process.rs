@@ -357,14 +357,70 @@ fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The file in each server dir naming the test process that owns it.
+const OWNER_FILE: &str = "owner";
+
 /// Creates the temp dir a server lives in; removed when the returned guard drops.
+///
+/// A SIGKILLed test process runs no destructor: its servers die (parent-death signal)
+/// but their dirs stay. Each dir therefore records its owner (pid and process start
+/// time, so a reused pid is not mistaken for the owner), and every new dir first sweeps
+/// away `paas-it-*` dirs whose owner is gone.
 pub(crate) fn server_dir(server: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
+    sweep_orphans(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
         .prefix(&format!("paas-it-{server}-"))
         .tempdir()
         .map_err(FixtureError::io(format!(
             "creating a temp dir for {server}"
-        )))
+        )))?;
+    let me = std::process::id();
+    let owner = format!("{me} {}", start_time(me).unwrap_or_default());
+    std::fs::write(dir.path().join(OWNER_FILE), owner)
+        .map_err(FixtureError::io("writing the temp dir's owner file"))?;
+    Ok(dir)
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // Fields after the name start at field 3 (state); start time is field 22.
+    after_name.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether the owner recorded as `pid start_time` is still running. Unreadable or
+/// malformed records count as alive: never delete what might be in use.
+fn owner_alive(record: &str) -> bool {
+    let mut fields = record.split_whitespace();
+    let (Some(pid), Some(started)) = (fields.next(), fields.next()) else {
+        return true;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    start_time(pid).as_deref() == Some(started)
+}
+
+/// Removes `paas-it-*` dirs under `tmp` whose owner process is gone. Dirs without an
+/// owner file are left alone.
+fn sweep_orphans(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry.file_name().to_string_lossy().starts_with("paas-it-");
+        if !is_ours {
+            continue;
+        }
+        match std::fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(record) if !owner_alive(&record) => {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +484,31 @@ mod tests {
         );
         assert!(require_binary("/nonexistent/bin/postgres", "hint").is_err());
         assert!(require_binary("sh", "hint").is_ok());
+    }
+
+    #[test]
+    fn sweeps_only_dirs_of_dead_owners() {
+        let tmp = tempfile::tempdir().unwrap();
+        let make = |name: &str, owner: Option<&str>| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(dir.join(OWNER_FILE), owner).unwrap();
+            }
+            dir
+        };
+        let me = std::process::id();
+        let alive = make(
+            "paas-it-etcd-a",
+            Some(&format!("{me} {}", start_time(me).unwrap())),
+        );
+        let reused_pid = make("paas-it-etcd-b", Some(&format!("{me} 1")));
+        let dead = make("paas-it-etcd-c", Some("4000000 1"));
+        let no_owner = make("paas-it-etcd-d", None);
+        let not_ours = make("other-e", Some("4000000 1"));
+        sweep_orphans(tmp.path());
+        assert!(alive.exists() && no_owner.exists() && not_ours.exists());
+        assert!(!reused_pid.exists() && !dead.exists());
     }
 
     #[test]

@@ -180,8 +180,11 @@ fn sigkilled_test_process_leaves_no_server() {
         !process_alive(pid),
         "etcd {pid} outlived its SIGKILLed test process"
     );
-    // No destructor ran in the child, so its temp dir is left; remove it here.
-    std::fs::remove_dir_all(Path::new(dir)).unwrap();
+    // No destructor ran in the child, so its temp dir is left until the next fixture
+    // start sweeps dirs whose owner process is gone.
+    assert!(Path::new(dir).exists());
+    let _next = EtcdServer::start().expect("etcd starts");
+    assert!(!Path::new(dir).exists(), "orphaned {dir} not swept");
 }
 
 /// Bucket listing as moto answers it.
