@@ -21,7 +21,7 @@ use sha2::Digest;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const PREFIX: &str = "/paas/";
+const PREFIX: &str = "paas";
 const HTTP: &str = "exec /usr/bin/python3 -m http.server $PORT --bind $HOST_IP";
 
 /// etcd plus a store and a scratch dir (artifacts, agents' data dirs).

@@ -1,4 +1,5 @@
-//! The runtime's etcd key layout, relative to the controller's prefix (default `/paas/`).
+//! The runtime's etcd key layout inside the controller's namespace (`paas` -> `paas/...`,
+//! the same keys `paas-coord` builds for that namespace).
 //! Values are JSON documents of `paas_controller::model` types.
 //!
 //! ```text
@@ -19,12 +20,15 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Keys under `prefix`; a missing trailing `/` is added.
+    /// Keys under the namespace `prefix`, spelled as `paas-coord` does: leading and
+    /// trailing slashes are ignored (`paas`, `/paas/` -> `paas/...`); empty means none.
     pub fn new(prefix: &str) -> Keys {
-        let mut prefix = prefix.to_string();
-        if !prefix.ends_with('/') {
-            prefix.push('/');
-        }
+        let name = prefix.trim_matches('/');
+        let prefix = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}/")
+        };
         Keys { prefix }
     }
 
@@ -118,17 +122,19 @@ mod tests {
 
     #[test]
     fn layout() {
-        let k = Keys::new("/paas");
+        let k = Keys::new("paas");
+        assert_eq!(k, Keys::new("/paas/"));
         assert_eq!(
             k.release("shop", 7),
-            "/paas/releases/shop/00000000000000000007"
+            "paas/releases/shop/00000000000000000007"
         );
-        assert_eq!(k.placement("h1", "j1"), "/paas/placements/h1/j1");
-        assert_eq!(k.placements_of("h1"), "/paas/placements/h1/");
+        assert_eq!(k.placement("h1", "j1"), "paas/placements/h1/j1");
+        assert_eq!(k.placements_of("h1"), "paas/placements/h1/");
         assert_eq!(
             k.service_instance("shop", "web", "j1"),
-            "/paas/services/shop-web/j1"
+            "paas/services/shop-web/j1"
         );
-        assert_eq!(k.job_status("j1"), "/paas/job-status/j1");
+        assert_eq!(k.job_status("j1"), "paas/job-status/j1");
+        assert_eq!(Keys::new("").apps(), "apps/");
     }
 }

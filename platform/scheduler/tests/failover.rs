@@ -12,7 +12,7 @@ use paas_scheduler::store::Store;
 use paas_scheduler::{run, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
 
-const PREFIX: &str = "/t/";
+const PREFIX: &str = "t";
 
 fn config(id: &str, endpoint: &str) -> SchedulerConfig {
     let mut cfg = SchedulerConfig::new(id, vec![endpoint.to_string()], PREFIX);
@@ -163,9 +163,9 @@ async fn fenced_writes_fail_without_the_leader_key() {
         key: key.clone(),
         lease: mine.id(),
     };
-    assert!(store.put_fenced(&fence, "/t/x", &1).await.unwrap());
+    assert!(store.put_fenced(&fence, "t/x", &1).await.unwrap());
     mine.revoke().await;
-    assert!(!store.put_fenced(&fence, "/t/y", &1).await.unwrap());
-    assert_eq!(store.get::<i32>("/t/y").await.unwrap(), None);
-    assert_eq!(store.get::<i32>("/t/x").await.unwrap(), Some(1));
+    assert!(!store.put_fenced(&fence, "t/y", &1).await.unwrap());
+    assert_eq!(store.get::<i32>("t/y").await.unwrap(), None);
+    assert_eq!(store.get::<i32>("t/x").await.unwrap(), Some(1));
 }
