@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod journal;
 pub mod line;
 pub mod metrics;
+pub mod service;
 pub mod shipper;
 pub mod store;
 pub mod syslog;

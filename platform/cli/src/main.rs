@@ -3,6 +3,7 @@
 //! Client commands talk to the controller API (see `client.rs`, `config.rs`);
 //! `paas up` runs the single-node platform (see `up.rs`).
 
+mod aggregator;
 mod client;
 mod commands;
 mod config;
@@ -164,6 +165,12 @@ pub struct UpArgs {
     /// Address of the controller API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
+    /// Address of the log aggregator's syslog input.
+    #[arg(long, default_value = "127.0.0.1:5514")]
+    pub syslog_listen: std::net::SocketAddr,
+    /// Address of the log aggregator's Fluent Forward input.
+    #[arg(long, default_value = "127.0.0.1:24224")]
+    pub forward_listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]

@@ -10,6 +10,8 @@
 //! DATA_DIR/admin-token   the admin token's secret (0600), printed at every start
 //! DATA_DIR/etcd/         etcd's data;   DATA_DIR/etcd.log: its output
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
+//! DATA_DIR/host/         the host agent's job directories and log spool
+//! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
 //! ```
 
 use std::fs;
@@ -39,7 +41,7 @@ struct Ports {
 /// Runs the platform until a signal arrives, then stops every child.
 pub async fn run(args: UpArgs) -> Result<()> {
     init_tracing();
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => default_data_dir()?,
     };
@@ -59,7 +61,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     };
 
-    let result = serve(&data_dir, &endpoints, &args.listen, etcd_child.as_mut()).await;
+    let result = serve(&data_dir, &endpoints, &args, etcd_child.as_mut()).await;
     if let Some(child) = etcd_child.as_mut() {
         stop_child("etcd", child).await;
     }
@@ -69,9 +71,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
 async fn serve(
     data_dir: &Path,
     endpoints: &[String],
-    listen: &str,
+    args: &UpArgs,
     etcd: Option<&mut Child>,
 ) -> Result<()> {
+    let listen = args.listen.as_str();
     let controller =
         paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
             .await
@@ -82,6 +85,18 @@ async fn serve(
         .ensure_admin_token(&admin_token)
         .await
         .context("cannot store the admin token")?;
+
+    let logs = crate::aggregator::start(
+        controller.state().store.coord(),
+        &data_dir.join("logs"),
+        crate::aggregator::Listen {
+            syslog: args.syslog_listen,
+            forward: args.forward_listen,
+            api: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        &crate::host::hostname(),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -97,6 +112,12 @@ async fn serve(
     println!("  API:      {url}");
     println!("  token:    {admin_token}");
     println!("  etcd:     {}", endpoints.join(","));
+    if let Some(a) = logs.syslog_addr() {
+        println!("  syslog:   {a} (RFC 5424, octet-counted or newline framed)");
+    }
+    if let Some(a) = logs.forward_addr() {
+        println!("  forward:  {a} (Fluent Forward)");
+    }
     println!("  data dir: {}", data_dir.display());
     println!("  config:   {}", config_path.display());
     println!("Press Ctrl-C to stop.");
@@ -110,7 +131,7 @@ async fn serve(
             job_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             artifacts: data_dir.join("artifacts"),
-            log_addr: None,
+            log_addr: logs.syslog_addr(),
         },
         stop.clone(),
     ));
@@ -130,6 +151,8 @@ async fn serve(
         Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "runtime failed"),
         Err(e) => tracing::error!(error = %e, "runtime task panicked"),
     }
+    logs.shutdown().await;
+    tracing::info!("log aggregator stopped");
     server
         .await
         .context("API server task panicked")?

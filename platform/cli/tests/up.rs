@@ -18,6 +18,12 @@ impl Up {
     fn start(home: &Path, listen: &str) -> Up {
         let mut child = Command::new(PAAS)
             .args(["up", "--listen", listen])
+            .args([
+                "--syslog-listen",
+                "127.0.0.1:0",
+                "--forward-listen",
+                "127.0.0.1:0",
+            ])
             .env("HOME", home)
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
@@ -147,6 +153,12 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
     // A second `paas up` on the same data dir refuses.
     let second = Command::new(PAAS)
         .args(["up", "--listen", "127.0.0.1:0"])
+        .args([
+            "--syslog-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ])
         .env("HOME", home)
         .output()
         .unwrap();
