@@ -650,3 +650,53 @@ async fn job_output_is_shipped_to_the_aggregator() {
     a1.task.await.unwrap().unwrap();
     ingest.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_placements_are_reported_and_do_not_stop_the_agent() {
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 8]);
+    c.release("shop", 1, &[("worker", "exec sleep 1000")], &[], None)
+        .await;
+    let job = |id: &str, release: u64, process_type: &str| Job {
+        id: id.into(),
+        app: "shop".into(),
+        release,
+        process_type: process_type.into(),
+        host: "h1".into(),
+        created_at: Utc::now(),
+    };
+    // Written as the scheduler would (no scheduler runs here): garbage, a job of a
+    // release that does not exist, a type without a command, and a good job.
+    c.store
+        .put(&c.keys.placement("h1", "garbage"), &"not a job", None)
+        .await
+        .unwrap();
+    for j in [
+        job("norel", 99, "worker"),
+        job("nocmd", 1, "web"),
+        job("good", 1, "worker"),
+    ] {
+        c.store
+            .put(&c.keys.placement("h1", &j.id), &j, None)
+            .await
+            .unwrap();
+    }
+    wait_for("statuses of all three jobs", Duration::from_secs(20), || async {
+        let s = c.statuses().await;
+        let find = |id: &str| s.iter().find(|s| s.id == id).cloned();
+        matches!(find("good"), Some(g) if g.state == JobState::Up)
+            && matches!(find("norel"), Some(n) if n.state == JobState::Crashed && n.message.contains("release 99 not found"))
+            && matches!(find("nocmd"), Some(n) if n.state == JobState::Crashed && n.message.contains("no command"))
+    })
+    .await;
+    // Removing the placements stops and forgets them.
+    for id in ["norel", "nocmd", "good", "garbage"] {
+        c.store.delete(&c.keys.placement("h1", id)).await.unwrap();
+    }
+    wait_for("statuses removed", Duration::from_secs(20), || async {
+        c.statuses().await.is_empty()
+    })
+    .await;
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
