@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
 
-use paas_logshipper::journal::{Journal, JournalConfig, JournalError, ReadBatch};
+use paas_logshipper::journal::{record, Journal, JournalConfig, JournalError, ReadBatch};
 use paas_logshipper::{LogLine, Stream};
 
 fn line(i: u64) -> LogLine {
@@ -350,4 +350,49 @@ async fn ids_are_not_reused_when_a_crash_lost_lines_a_reader_had_committed() {
     );
     let got = read_all(&mut other, 2).await;
     assert_eq!(got[1].id, 12);
+}
+
+#[tokio::test]
+async fn an_undecodable_record_is_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("d").unwrap();
+    j.append(&mut lines(0..3)).unwrap();
+    drop(j);
+    // A record with a valid crc whose payload is not a line (0xc1 is never valid).
+    let mut framed = Vec::new();
+    record::frame(&mut framed, 4, &[0xc1]);
+    let active = segment_files(dir.path()).pop().unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .unwrap()
+        .write_all(&framed)
+        .unwrap();
+    drop(r);
+
+    let j = Journal::open(dir.path(), small()).unwrap();
+    j.append(&mut lines(4..6)).unwrap();
+    r = j.reader("d").unwrap();
+    let mut events = Vec::new();
+    while events.len() < 6 {
+        match r.next_batch(100).await.unwrap() {
+            ReadBatch::Lines(l) => events.extend(l.into_iter().map(|l| l.id.to_string())),
+            ReadBatch::Dropped { count, through_id } => {
+                events.push(format!("dropped {count} through {through_id}"))
+            }
+        }
+    }
+    assert_eq!(events, ["1", "2", "3", "dropped 1 through 4", "5", "6"]);
+}
+
+#[tokio::test]
+async fn oversized_lines_are_refused_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut batch = lines(0..3);
+    batch[1].message = "x".repeat(record::MAX_PAYLOAD as usize);
+    assert!(matches!(j.append(&mut batch), Err(JournalError::Record(_))));
+    assert_eq!(j.stats().last_id, 0);
+    assert_eq!(j.append(&mut lines(0..1)).unwrap(), 1);
 }

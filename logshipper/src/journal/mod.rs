@@ -315,6 +315,9 @@ impl Journal {
 
     /// Appends lines, assigning each its id; returns the last id assigned.
     ///
+    /// All or nothing for bad input: if any line is over the record limit, none is
+    /// written and the error says so.
+    ///
     /// On return the records are written to the OS (visible to readers, safe from a
     /// process crash); call [`Journal::sync`] for safety from a machine crash. With no
     /// lines it returns the current last id.

@@ -46,6 +46,8 @@ pub struct JournalReader {
     segment: Option<OpenSegment>,
     written: watch::Receiver<u64>,
     payload: Vec<u8>,
+    /// Id of a record with a valid crc that could not be decoded, to report as dropped.
+    undecodable: Option<u64>,
 }
 
 /// How the reader finished scanning for lines.
@@ -67,6 +69,7 @@ impl JournalReader {
             segment: None,
             written,
             payload: Vec::new(),
+            undecodable: None,
         }
     }
 
@@ -81,6 +84,12 @@ impl JournalReader {
     pub async fn next_batch(&mut self, max: usize) -> Result<ReadBatch, JournalError> {
         let max = max.max(1);
         loop {
+            if let Some(id) = self.undecodable.take() {
+                return Ok(ReadBatch::Dropped {
+                    count: 1,
+                    through_id: id,
+                });
+            }
             let published = *self.written.borrow_and_update();
             let first_retained = {
                 let st = self.shared.lock();
@@ -99,6 +108,7 @@ impl JournalReader {
                 let mut lines = Vec::with_capacity(max.min(4096));
                 match self.scan(&mut lines, max, published)? {
                     Scan::Done if !lines.is_empty() => return Ok(ReadBatch::Lines(lines)),
+                    Scan::Done if self.undecodable.is_some() => continue,
                     Scan::Done => {}
                     Scan::Damaged(_) if !lines.is_empty() => {
                         // Hand over good lines first; the damage is found again next call.
@@ -133,8 +143,17 @@ impl JournalReader {
             {
                 ReadRecord::Record { id, .. } if id < self.next_id => {}
                 ReadRecord::Record { id, .. } if id == self.next_id => {
-                    lines.push(record::decode_payload(id, &self.payload)?);
                     self.next_id += 1;
+                    match record::decode_payload(id, &self.payload) {
+                        Ok(line) => lines.push(line),
+                        Err(e) => {
+                            // Valid crc, unknown content (format change or bug): skip
+                            // this one record and report it, rather than stall the reader.
+                            tracing::error!(reader = %self.name, id, error = %e, "journal: undecodable record, skipping it");
+                            self.undecodable = Some(id);
+                            return Ok(Scan::Done);
+                        }
+                    }
                 }
                 ReadRecord::Record { .. } => return Ok(Scan::Damaged("id gap")),
                 ReadRecord::End | ReadRecord::Torn => {

@@ -20,8 +20,9 @@ use crate::line::LogLine;
 /// Bytes in a record header (length, crc, id).
 pub const HEADER_LEN: usize = 16;
 
-/// Largest payload accepted when reading; anything bigger is treated as corruption.
-pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Largest payload: appending a bigger line is refused, reading a bigger length is
+/// corruption. Above the inputs' 16 MiB message limit, so every accepted line fits.
+pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
 
 /// Errors from encoding or decoding a record payload.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub enum RecordError {
     /// A payload whose crc matched could not be decoded as a line (format change or bug).
     #[error("decode line: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// A line encodes to more than [`MAX_PAYLOAD`] bytes.
+    #[error("line of {0} bytes is over the {MAX_PAYLOAD} byte record limit")]
+    TooLarge(usize),
 }
 
 /// What reading at the current position of a segment found.
@@ -54,7 +58,11 @@ pub enum ReadRecord {
 
 /// Serializes a line into a record payload.
 pub fn encode_payload(line: &LogLine) -> Result<Vec<u8>, RecordError> {
-    Ok(rmp_serde::to_vec_named(line)?)
+    let payload = rmp_serde::to_vec_named(line)?;
+    if payload.len() > MAX_PAYLOAD as usize {
+        return Err(RecordError::TooLarge(payload.len()));
+    }
+    Ok(payload)
 }
 
 /// Decodes a payload read by [`read_record`], giving the line the header's `id`.
@@ -200,6 +208,13 @@ mod tests {
                 "byte {i}"
             );
         }
+    }
+
+    #[test]
+    fn oversized_lines_are_refused() {
+        let mut l = line("");
+        l.message = "x".repeat(MAX_PAYLOAD as usize);
+        assert!(matches!(encode_payload(&l), Err(RecordError::TooLarge(_))));
     }
 
     #[test]
