@@ -118,3 +118,30 @@ pub struct DrainStatus {
     /// The last problem, if any.
     pub last_error: Option<LastError>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_series_are_rendered_and_removed() {
+        let mut registry = Registry::default();
+        let families = DrainFamilies::register(&mut registry);
+        let stats = families.stats("es1");
+        stats.delivered.inc_by(5);
+        stats.failed.inc_by(2);
+        stats.dropped.inc_by(3);
+        stats.lag.set(7);
+        let text = crate::metrics::render(&registry);
+        for expected in [
+            r#"logshipper_drain_delivered_lines_total{drain="es1"} 5"#,
+            r#"logshipper_drain_failed_total{drain="es1"} 2"#,
+            r#"logshipper_drain_dropped_lines_total{drain="es1"} 3"#,
+            r#"logshipper_drain_lag_lines{drain="es1"} 7"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing in\n{text}");
+        }
+        families.remove("es1");
+        assert!(!crate::metrics::render(&registry).contains("es1"));
+    }
+}
