@@ -157,40 +157,40 @@ impl fmt::Display for Action {
 
 /// Jobs per host, kept current while actions are decided, for spreading.
 struct Load {
-    /// host -> app -> jobs.
-    per_app: BTreeMap<String, BTreeMap<String, u32>>,
+    /// host -> (app -> jobs, total jobs).
+    hosts: BTreeMap<String, (BTreeMap<String, u32>, u32)>,
 }
 
 impl Load {
     fn new(view: &View) -> Load {
-        let mut per_app: BTreeMap<String, BTreeMap<String, u32>> = view
+        let mut hosts: BTreeMap<String, (BTreeMap<String, u32>, u32)> = view
             .hosts
             .keys()
-            .map(|h| (h.clone(), BTreeMap::new()))
+            .map(|h| (h.clone(), (BTreeMap::new(), 0)))
             .collect();
         for job in &view.placements {
-            if let Some(apps) = per_app.get_mut(&job.host) {
+            if let Some((apps, total)) = hosts.get_mut(&job.host) {
                 *apps.entry(job.app.clone()).or_default() += 1;
+                *total += 1;
             }
         }
-        Load { per_app }
+        Load { hosts }
     }
 
     fn add(&mut self, host: &str, app: &str, delta: i64) {
-        if let Some(apps) = self.per_app.get_mut(host) {
+        if let Some((apps, total)) = self.hosts.get_mut(host) {
             let n = apps.entry(app.to_string()).or_default();
             *n = (i64::from(*n) + delta).max(0) as u32;
+            *total = (i64::from(*total) + delta).max(0) as u32;
         }
     }
 
     /// The host with the fewest jobs of `app`, then the fewest overall, then smallest id.
     fn pick(&self, app: &str) -> Option<String> {
-        self.per_app
+        self.hosts
             .iter()
-            .min_by_key(|(host, apps)| {
-                let mine = apps.get(app).copied().unwrap_or(0);
-                let total: u32 = apps.values().sum();
-                (mine, total, (*host).clone())
+            .min_by_key(|(host, (apps, total))| {
+                (apps.get(app).copied().unwrap_or(0), *total, *host)
             })
             .map(|(host, _)| host.clone())
     }
