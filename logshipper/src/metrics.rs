@@ -141,7 +141,7 @@ impl IngestMetrics {
 pub struct DrainMetrics {
     /// Lines a sink confirmed.
     pub delivered: Family<DrainLabel, Counter>,
-    /// Failed delivery attempts.
+    /// Lines the sink refused for good and that went to the drain's dead-letter file.
     pub failed: Family<DrainLabel, Counter>,
     /// Lines accepted but not yet delivered.
     pub lag: Family<DrainLabel, Gauge>,
@@ -159,7 +159,7 @@ impl DrainMetrics {
         );
         r.register(
             "drain_failed",
-            "Failed delivery attempts of the drain",
+            "Lines the drain's sink refused for good (dead-lettered)",
             m.failed.clone(),
         );
         r.register(
