@@ -68,6 +68,9 @@ pub struct MemberStatus {
     pub role: Role,
     /// Whether PostgreSQL answers queries.
     pub running: bool,
+    /// Whether this standby's WAL receiver streams (false on a primary).
+    #[serde(default)]
+    pub streaming: bool,
     /// WAL position: flush LSN on a primary, replay LSN on a standby.
     pub wal_lsn: Option<u64>,
     /// Bytes this standby's replay is behind the primary's flush position, when known.

@@ -70,6 +70,8 @@ pub enum Local {
     Primary {
         /// The standbys connected to it.
         replicas: Vec<Replica>,
+        /// The standby its commits currently wait for (`None`: none, commits block).
+        requires: Option<String>,
     },
     /// A running standby.
     Standby {
@@ -147,6 +149,14 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// Point `synchronous_standby_names` at the recorded, streaming `sync` (after a
+    /// failed change of sync left commits blocked).
+    RequireSync {
+        /// The recorded sync.
+        sync: String,
+        /// Why.
+        reason: String,
+    },
     /// Make `candidate` the synchronous standby (block commits, wait until it has
     /// everything, record it, then require it for commits).
     ChooseSync {
@@ -172,6 +182,7 @@ impl Decision {
             | Decision::Fence(r) => r,
             Decision::Follow { reason, .. }
             | Decision::Repoint { reason, .. }
+            | Decision::RequireSync { reason, .. }
             | Decision::StartStandby { reason, .. }
             | Decision::ChooseSync { reason, .. } => reason,
         }
@@ -218,7 +229,7 @@ fn leading(o: &Observed, state: &ClusterState) -> Decision {
         ));
     }
     match &o.local {
-        Local::Primary { replicas } => sync_check(state, replicas),
+        Local::Primary { replicas, requires } => sync_check(state, replicas, requires.as_deref()),
         Local::Standby { .. } => Decision::FinishPromotion(format!(
             "I lead generation {g} but still run as a standby: finishing the promotion"
         )),
@@ -242,10 +253,17 @@ fn leading(o: &Observed, state: &ClusterState) -> Decision {
 }
 
 /// The primary's check of its synchronous standby.
-fn sync_check(state: &ClusterState, replicas: &[Replica]) -> Decision {
+fn sync_check(state: &ClusterState, replicas: &[Replica], requires: Option<&str>) -> Decision {
     let g = state.generation;
     if let Some(sync) = &state.sync {
         if replicas.iter().any(|r| &r.name == sync && r.streaming) {
+            if requires != Some(sync.as_str()) {
+                // Safe at any time: the recorded sync has every acknowledged write.
+                return Decision::RequireSync {
+                    sync: sync.clone(),
+                    reason: format!("primary of generation {g}; sync {sync} streams but commits do not wait for it: requiring it"),
+                };
+            }
             return Decision::Nothing(format!(
                 "primary of generation {g}; sync {sync} is streaming"
             ));
@@ -351,7 +369,7 @@ fn upstream_for(o: &Observed, state: &ClusterState, leader: &str) -> String {
             if sync != &o.me
                 && o.members
                     .get(sync)
-                    .is_some_and(|m| m.running && m.role == Role::Sync) =>
+                    .is_some_and(|m| m.running && m.streaming && m.role == Role::Sync) =>
         {
             sync.clone()
         }

@@ -30,8 +30,9 @@ pub struct Probes {
     pub health: bool,
 }
 
-/// Judges the probes from a status and whether the WAL receiver streams.
-pub fn probes(status: &MemberStatus, streaming: bool) -> Probes {
+/// Judges the probes from a status.
+pub fn probes(status: &MemberStatus) -> Probes {
+    let streaming = status.streaming;
     Probes {
         primary: status.running && status.role == Role::Primary,
         replica: status.running && matches!(status.role, Role::Sync | Role::Async) && streaming,
@@ -39,33 +40,27 @@ pub fn probes(status: &MemberStatus, streaming: bool) -> Probes {
     }
 }
 
-/// What the handlers read: the member's status and whether it streams.
-pub type Published = watch::Receiver<(MemberStatus, bool)>;
+/// What the handlers read: the member's latest status.
+pub type Published = watch::Receiver<MemberStatus>;
 
 /// The health API's routes over the published status.
 pub fn router(published: Published) -> Router {
     Router::new()
         .route(
             "/primary",
-            get(|State(p): State<Published>| async move {
-                code(probes(&p.borrow().0, p.borrow().1).primary)
-            }),
+            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).primary) }),
         )
         .route(
             "/replica",
-            get(|State(p): State<Published>| async move {
-                code(probes(&p.borrow().0, p.borrow().1).replica)
-            }),
+            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).replica) }),
         )
         .route(
             "/health",
-            get(|State(p): State<Published>| async move {
-                code(probes(&p.borrow().0, p.borrow().1).health)
-            }),
+            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).health) }),
         )
         .route(
             "/status",
-            get(|State(p): State<Published>| async move { Json(p.borrow().0.clone()) }),
+            get(|State(p): State<Published>| async move { Json(p.borrow().clone()) }),
         )
         .with_state(published)
 }
@@ -82,13 +77,14 @@ fn code(ok: bool) -> StatusCode {
 mod tests {
     use super::*;
 
-    fn status(role: Role, running: bool) -> MemberStatus {
+    fn status(role: Role, running: bool, streaming: bool) -> MemberStatus {
         MemberStatus {
             name: "pg0".into(),
             pg_addr: "127.0.0.1:1".into(),
             health_addr: "127.0.0.1:2".into(),
             role,
             running,
+            streaming,
             wal_lsn: None,
             lag_bytes: None,
             generation: Some(1),
@@ -99,7 +95,7 @@ mod tests {
     #[test]
     fn probes_follow_role_and_streaming() {
         let check = |role, running, streaming, expected: (bool, bool, bool)| {
-            let p = probes(&status(role, running), streaming);
+            let p = probes(&status(role, running, streaming));
             assert_eq!(
                 (p.primary, p.replica, p.health),
                 expected,

@@ -112,7 +112,8 @@ pub enum StartAs {
         /// The confirmed sync, if any.
         sync: Option<String>,
     },
-    /// As standby streaming from `upstream` at `addr` (`host:port`).
+    /// As standby streaming from `upstream` at `addr` (`host:port`); an empty `addr`:
+    /// replay local WAL only, streaming from no one.
     Standby {
         /// The member followed.
         upstream: String,
@@ -130,6 +131,8 @@ pub enum Runtime {
         flush_lsn: u64,
         /// `pg_stat_replication`: (application_name, streaming?, flush_lsn).
         replicas: Vec<(String, bool, u64)>,
+        /// The standby `synchronous_standby_names` requires (`None`: [`NO_SYNC`]).
+        requires: Option<String>,
     },
     /// In recovery.
     Standby {
@@ -494,9 +497,15 @@ impl Postgres {
                     )
                 })
                 .collect();
+            let names: String = timed(client.query_one("SHOW synchronous_standby_names", &[]))
+                .await?
+                .get(0);
+            let requires =
+                Some(names.trim_matches('"').to_string()).filter(|n| n != NO_SYNC && !n.is_empty());
             Ok(Runtime::Primary {
                 flush_lsn: flush as u64,
                 replicas,
+                requires,
             })
         }
     }
@@ -561,6 +570,13 @@ impl Postgres {
                     0o600,
                 )?;
                 self.mark_upstream(None)
+            }
+            StartAs::Standby { addr, .. } if addr.is_empty() => {
+                // Upstream unknown: replay local WAL only, and say so (empty marker), so
+                // the next tick re-points it once a leader is known.
+                write_owned(&data.join("standby.signal"), "", 0o600)?;
+                write_owned(&data.join("paas_standby.conf"), "", 0o600)?;
+                write_owned(&data.join("paas_upstream"), "", 0o600)
             }
             StartAs::Standby { upstream, addr } => {
                 let (host, port) = split_addr(addr);

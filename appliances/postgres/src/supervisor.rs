@@ -253,12 +253,13 @@ pub async fn run(
         health_addr: health_addr.clone(),
         role: Role::Stopped,
         running: false,
+        streaming: false,
         wal_lsn: None,
         lag_bytes: None,
         generation: None,
         decision: "starting".into(),
     };
-    let (published, health_rx) = watch::channel((initial.clone(), false));
+    let (published, health_rx) = watch::channel(initial.clone());
     let (stop_health, mut stop_health_rx) = watch::channel(false);
     let health_task = tokio::spawn(async move {
         let stop = async move {
@@ -356,7 +357,7 @@ struct Tick<'a> {
     shared: Shared,
     pg: Arc<tokio::sync::Mutex<Postgres>>,
     lease: &'a LeaseHandle,
-    published: watch::Sender<(MemberStatus, bool)>,
+    published: watch::Sender<MemberStatus>,
     status: MemberStatus,
     last_reason: String,
     known_addrs: BTreeMap<String, String>,
@@ -461,7 +462,10 @@ impl Tick<'_> {
         match pg.runtime().await {
             Ok(runtime @ Runtime::Primary { .. }) => {
                 self.not_streaming_since = None;
-                let Runtime::Primary { replicas, .. } = &runtime else {
+                let Runtime::Primary {
+                    replicas, requires, ..
+                } = &runtime
+                else {
                     unreachable!()
                 };
                 let replicas = replicas
@@ -472,7 +476,8 @@ impl Tick<'_> {
                         flush_lsn: *flush_lsn,
                     })
                     .collect();
-                (Local::Primary { replicas }, Some(runtime))
+                let requires = requires.clone();
+                (Local::Primary { replicas, requires }, Some(runtime))
             }
             Ok(runtime @ Runtime::Standby { streaming, .. }) => {
                 let upstream = pg.upstream().unwrap_or_default();
@@ -563,12 +568,12 @@ impl Tick<'_> {
                 None
             }),
             lag_bytes,
+            streaming,
             generation: o.state.as_ref().map(|s| s.generation),
             decision: reason.to_string(),
             ..self.status.clone()
         };
-        self.published
-            .send_replace((self.status.clone(), streaming));
+        self.published.send_replace(self.status.clone());
         if let Err(err) = store.register(&self.status, lease).await {
             tracing::warn!(error = %err, "publishing member status failed");
         }
@@ -658,12 +663,18 @@ impl Tick<'_> {
                     tracing::warn!(member = %self.shared.me, error = %err, "re-pointing the standby failed");
                 }
             }
+            Decision::RequireSync { sync, .. } => {
+                if let Err(err) = pg.set_sync(Some(&sync)).await {
+                    tracing::warn!(member = %self.shared.me, error = %err, "requiring the sync failed");
+                }
+            }
             Decision::StartStandby { upstream, .. } => {
-                let addr = self
-                    .known_addrs
-                    .get(&upstream)
-                    .cloned()
-                    .unwrap_or_else(|| self.config.pg_addr());
+                // Upstream address unknown (nobody registered it yet): start replaying
+                // local WAL only; a later tick re-points the standby.
+                let (upstream, addr) = match self.known_addrs.get(&upstream) {
+                    Some(addr) => (upstream, addr.clone()),
+                    None => (String::new(), String::new()),
+                };
                 spawn_action("starting the standby", shared, pg, move |mut pg, shared| {
                     Box::pin(async move {
                         shared.crashed.store(false, Ordering::SeqCst);
@@ -828,28 +839,13 @@ async fn choose_sync(
     candidate: String,
 ) -> Result<(), SupervisorError> {
     pg.set_sync(None).await?;
-    let target = match pg.runtime().await? {
-        Runtime::Primary { flush_lsn, .. } => flush_lsn,
-        Runtime::Standby { .. } => {
-            return Err(SupervisorError::LostRace("no longer a primary".into()))
+    if let Err(err) = confirm_candidate(&mut pg, &candidate).await {
+        // Nothing was recorded: the old sync still has every acknowledged write, so
+        // commits may wait for it again.
+        if let Some(old) = &state.sync {
+            pg.set_sync(Some(old)).await?;
         }
-    };
-    let started = Instant::now();
-    loop {
-        if let Runtime::Primary { replicas, .. } = pg.runtime().await? {
-            if replicas.iter().any(|(name, streaming, flush)| {
-                name == &candidate && *streaming && *flush >= target
-            }) {
-                break;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err(SupervisorError::LostRace(format!(
-                "{candidate} did not flush {} in time",
-                crate::cluster::format_lsn(target)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        return Err(err);
     }
     let next = ClusterState {
         sync: Some(candidate.clone()),
@@ -863,5 +859,35 @@ async fn choose_sync(
     }
     pg.set_sync(Some(&candidate)).await?;
     tracing::info!(member = %shared.me, sync = %candidate, "sync standby confirmed; commits are acknowledged again");
+    Ok(())
+}
+
+/// Waits until `candidate` streams and has flushed everything the primary had flushed
+/// when commits were blocked (so every acknowledged commit).
+async fn confirm_candidate(pg: &mut Postgres, candidate: &str) -> Result<(), SupervisorError> {
+    let target = match pg.runtime().await? {
+        Runtime::Primary { flush_lsn, .. } => flush_lsn,
+        Runtime::Standby { .. } => {
+            return Err(SupervisorError::LostRace("no longer a primary".into()))
+        }
+    };
+    let started = Instant::now();
+    loop {
+        if let Runtime::Primary { replicas, .. } = pg.runtime().await? {
+            if replicas
+                .iter()
+                .any(|(name, streaming, flush)| name == candidate && *streaming && *flush >= target)
+            {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            return Err(SupervisorError::LostRace(format!(
+                "{candidate} did not flush {} in time",
+                crate::cluster::format_lsn(target)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ fn member(name: &str, role: Role, running: bool) -> MemberStatus {
         health_addr: "127.0.0.1:2".into(),
         role,
         running,
+        streaming: running,
         wal_lsn: None,
         lag_bytes: None,
         generation: Some(7),
@@ -101,9 +102,29 @@ fn a_healthy_primary_with_a_streaming_sync_does_nothing() {
         Leader::Me,
         Local::Primary {
             replicas: vec![replica("pg1", true, 100), replica("pg2", true, 90)],
+            requires: Some("pg1".into()),
         },
     );
     check(&o, "Nothing", "sync pg1 is streaming");
+}
+
+#[test]
+fn commits_left_blocked_by_a_failed_sync_change_wait_for_the_recorded_sync_again() {
+    let o = observed(
+        "pg0",
+        Leader::Me,
+        Local::Primary {
+            replicas: vec![replica("pg1", true, 100)],
+            requires: None,
+        },
+    );
+    assert_eq!(
+        decide(&o),
+        Decision::RequireSync {
+            sync: "pg1".into(),
+            reason: "primary of generation 7; sync pg1 streams but commits do not wait for it: requiring it".into()
+        }
+    );
 }
 
 #[test]
@@ -117,6 +138,7 @@ fn a_lost_sync_is_replaced_by_the_most_advanced_streaming_standby() {
                 replica("pg2", true, 90),
                 replica("pg3", true, 95),
             ],
+            requires: Some("pg1".into()),
         },
     );
     assert_eq!(
@@ -135,6 +157,7 @@ fn a_primary_without_any_streaming_standby_keeps_commits_waiting() {
         Leader::Me,
         Local::Primary {
             replicas: vec![replica("pg2", false, 90)],
+            requires: Some("pg1".into()),
         },
     );
     check(&o, "Wait", "commits wait for a synchronous standby");
@@ -158,14 +181,28 @@ fn a_crashed_primary_hands_over_to_a_live_sync_or_restarts_when_there_is_none() 
 
 #[test]
 fn a_leader_whose_state_names_another_primary_resigns() {
-    let mut o = observed("pg0", Leader::Me, Local::Primary { replicas: vec![] });
+    let mut o = observed(
+        "pg0",
+        Leader::Me,
+        Local::Primary {
+            replicas: vec![],
+            requires: None,
+        },
+    );
     o.state.as_mut().unwrap().primary = "pg1".into();
     check(&o, "Resign", "generation 7 names pg1 as primary");
 }
 
 #[test]
 fn a_primary_that_sees_another_leader_is_fenced() {
-    let o = observed("pg0", other("pg1"), Local::Primary { replicas: vec![] });
+    let o = observed(
+        "pg0",
+        other("pg1"),
+        Local::Primary {
+            replicas: vec![],
+            requires: None,
+        },
+    );
     check(
         &o,
         "Fence",
@@ -361,7 +398,14 @@ fn a_restarted_supervisor_waits_for_its_old_lease() {
 #[test]
 fn a_writable_non_primary_is_fenced_when_nobody_leads() {
     check(
-        &observed("pg2", Leader::Nobody, Local::Primary { replicas: vec![] }),
+        &observed(
+            "pg2",
+            Leader::Nobody,
+            Local::Primary {
+                replicas: vec![],
+                requires: None,
+            },
+        ),
         "Fence",
         "pg0 is its primary",
     );
