@@ -122,7 +122,7 @@ pub async fn apps_destroy(json: bool, name: &str, confirm: &str) -> Result<()> {
 }
 
 /// Splits `KEY=VALUE` arguments; the value may itself contain `=`.
-fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| {

@@ -4,6 +4,7 @@
 //! `paas up` runs the single-node platform (see `up.rs`).
 
 mod aggregator;
+mod attach;
 mod client;
 mod commands;
 mod config;
@@ -99,6 +100,18 @@ enum Command {
     /// Manage log drains (Elasticsearch, S3, syslog, forward).
     #[command(subcommand)]
     Drain(DrainCmd),
+    /// Run a one-off command in the app's environment, attached to this terminal; exits
+    /// with the command's exit code.
+    Run {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Extra environment: KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Stop a job; the scheduler starts a replacement if the formation wants one.
     Kill {
         #[arg(short, long, env = "PAAS_APP")]
@@ -252,6 +265,10 @@ enum ResourceCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { app, env, command } = &cli.command {
+        // The job's exit code is ours: no "paas:" wrapping on success paths.
+        return run_attached(app, env, command);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -262,6 +279,25 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paas: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `paas run`: exits with the job's exit code (or 1 with a message if it never ran).
+fn run_attached(app: &str, env: &[String], command: &[String]) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let env = commands::parse_pairs(env)?;
+                attach::run(app, command, env).await
+            })
+        });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("paas: {e:#}");
             ExitCode::FAILURE
@@ -307,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale { app, counts } => runtime::scale(json, &app, &counts).await,
         Command::Ps { app } => runtime::ps(json, &app).await,
         Command::Kill { app, job } => runtime::kill(json, &app, &job).await,
+        Command::Run { .. } => unreachable!("handled before the runtime starts"),
         Command::Log {
             app,
             lines,

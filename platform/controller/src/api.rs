@@ -1,6 +1,7 @@
 //! HTTP routes: request parsing, authorization and response shapes. State changes go
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
+mod attach;
 pub mod logs;
 mod runtime;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
             get(runtime::get_formation).put(runtime::scale),
         )
         .route("/apps/{app}/jobs", get(runtime::list_jobs))
+        .route("/apps/{app}/run", post(attach::run))
         .route("/apps/{app}/jobs/{id}", delete(runtime::kill_job))
         .route("/apps/{app}/log", get(logs::app_log))
         .route("/drains", post(logs::add_drain).get(logs::list_drains))

@@ -23,7 +23,7 @@ use chrono::Utc;
 use paas_coord::{Batch, Coord, CoordError};
 
 use crate::error::ApiError;
-use crate::model::{App, Formation, Job, JobStatus, Release, Resource, Token};
+use crate::model::{App, Formation, Host, Job, JobStatus, Release, Resource, Token};
 
 /// How often a read-modify-write is retried when another writer got in between.
 pub const MAX_ATTEMPTS: usize = 16;
@@ -418,5 +418,16 @@ impl Store {
     /// Deletes a drain (absent is fine).
     pub async fn delete_drain(&self, id: &str) -> Result<(), ApiError> {
         self.remove(&format!("drains/{id}")).await
+    }
+
+    /// Live host agents (their keys vanish with their leases).
+    pub async fn hosts(&self) -> Result<Vec<Host>, ApiError> {
+        Ok(self
+            .coord
+            .list::<Host>("hosts/")
+            .await?
+            .into_iter()
+            .map(|(_, v, _)| v)
+            .collect())
     }
 }
