@@ -188,6 +188,38 @@ impl PostgresProvider {
     }
 }
 
+/// The controller's interface: `resource add postgres` and `resource remove`.
+#[async_trait::async_trait]
+impl paas_controller::Provider for PostgresProvider {
+    async fn provision(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<paas_controller::Provisioned, paas_controller::ProviderError> {
+        let (env, data) = self.provision_database(app, id).await.map_err(|err| {
+            tracing::error!(%app, %id, error = %err, "postgres provisioning failed");
+            paas_controller::ProviderError(err.to_string())
+        })?;
+        let data = serde_json::to_value(data).expect("ResourceData serializes");
+        Ok(paas_controller::Provisioned { env, data })
+    }
+
+    async fn deprovision(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), paas_controller::ProviderError> {
+        let fail = |err: ProvisionError| {
+            tracing::error!(%app, %id, error = %err, "postgres removal failed");
+            paas_controller::ProviderError(err.to_string())
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
+        self.deprovision_database(&data).await.map_err(fail)
+    }
+}
+
 /// One idempotent provisioning operation.
 enum Op {
     /// Create (or re-password) role `name` and create database `name` owned by it.

@@ -58,8 +58,7 @@ async fn provision_and_remove_an_app_database() {
     );
     let refused = connect(&intruder)
         .await
-        .err()
-        .expect("other app must not connect");
+        .expect_err("other app must not connect");
     let message = refused
         .as_db_error()
         .map(|e| e.message().to_string())
@@ -106,6 +105,24 @@ async fn provision_and_remove_an_app_database() {
     // Names that reduce to nothing are refused with a clear error, and the provider keeps working.
     let err = provider.provision_database("--", "r1").await.unwrap_err();
     assert!(matches!(err, ProvisionError::BadName { .. }), "{err}");
+    // Through the controller's interface, as `paas resource add|remove` calls it.
+    let dynamic: &dyn paas_controller::Provider = &provider;
+    let provisioned = dynamic
+        .provision("shop", "r3")
+        .await
+        .expect("provision via trait");
+    assert!(provisioned.env["DATABASE_URL"].ends_with("/shop_r3"));
+    connect(&provisioned.env["DATABASE_URL"])
+        .await
+        .expect("connects");
+    dynamic
+        .deprovision("shop", "r3", &provisioned.data)
+        .await
+        .expect("remove via trait");
+    let bad = dynamic
+        .deprovision("shop", "r3", &serde_json::json!({"nope": 1}))
+        .await;
+    assert!(bad.is_err(), "unrecognised data is refused with an error");
     provider
         .provision_database("shop", "r2")
         .await
