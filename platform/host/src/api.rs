@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, RunRequest, PROTOCOL};
-use crate::supervisor::{exit_code, job_env, signal_group};
+use crate::supervisor::{exit_code, group_command, job_env, signal_group};
 use crate::Shared;
 
 /// The API routes.
@@ -148,17 +148,10 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
     let mut env: BTreeMap<String, String> = release.env.clone();
     env.extend(request.env.clone());
     let env = job_env(&env, &job, addr, &workdir);
-    let child = Command::new(&request.command[0])
-        .args(&request.command[1..])
-        .env_clear()
-        .envs(&env)
-        .current_dir(&workdir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn();
+    let mut cmd = Command::new(&request.command[0]);
+    cmd.args(&request.command[1..]).stdin(Stdio::piped());
+    group_command(&mut cmd, &env, &workdir);
+    let child = cmd.spawn();
     match child {
         Ok(child) => {
             tracing::info!(job = %id, app = %request.app, release = version, command = ?request.command, "one-off job started");

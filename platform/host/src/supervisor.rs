@@ -132,18 +132,34 @@ pub fn spawn_group(
     workdir: &Path,
     stdin: Stdio,
 ) -> std::io::Result<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env_clear()
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).stdin(stdin);
+    group_command(&mut cmd, env, workdir);
+    cmd.spawn()
+}
+
+/// Sets what every job process gets: exactly `env`, `workdir`, piped stdout/stderr, its
+/// own process group, killed when the `Child` is dropped, and SIGKILLed by the kernel
+/// when the agent dies (parent-death signal), so even a SIGKILLed agent leaves no
+/// job leader behind.
+pub fn group_command(cmd: &mut Command, env: &BTreeMap<String, String>, workdir: &Path) {
+    cmd.env_clear()
         .envs(env)
         .current_dir(workdir)
-        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sends `signal` to the process group led by `pgid` (absent groups are fine).
@@ -537,6 +553,51 @@ mod tests {
         assert_eq!(exit_code(status), 128 + libc::SIGTERM);
     }
 
+    /// A zombie (dead, not yet reaped) counts as gone.
+    fn gone(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn a_job_dies_with_the_thread_that_spawned_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let workdir = dir.path().to_path_buf();
+        // Spawn from a thread that then ends, as a dying agent would: the kernel sends
+        // the parent-death signal. The Child is leaked so kill_on_drop plays no part.
+        let pid = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
+                let child = spawn_group("exec sleep 60", &env, &workdir, Stdio::null()).unwrap();
+                let pid = child.id().unwrap() as i32;
+                std::mem::forget(child);
+                pid
+            })
+        })
+        .join()
+        .unwrap();
+        let mut dead = false;
+        for _ in 0..100 {
+            if gone(pid) {
+                dead = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(dead, "job {pid} outlived its parent thread");
+    }
+
     #[tokio::test]
     async fn terminate_kills_a_group_that_ignores_sigterm() {
         let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
@@ -561,24 +622,14 @@ mod tests {
         let status = terminate(&mut c, Duration::from_millis(300)).await.unwrap();
         assert_eq!(exit_code(status), 128 + libc::SIGKILL);
         // The background sleep is gone too.
-        let mut gone = false;
+        let mut dead = false;
         for _ in 0..100 {
-            // A zombie (dead, not yet reaped by its new parent) counts as gone.
-            let zombie = std::fs::read_to_string(format!("/proc/{child_pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true);
-            if zombie {
-                gone = true;
+            if gone(child_pid) {
+                dead = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(gone, "background child {child_pid} survived");
+        assert!(dead, "background child {child_pid} survived");
     }
 }
