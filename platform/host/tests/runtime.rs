@@ -700,3 +700,40 @@ async fn bad_placements_are_reported_and_do_not_stop_the_agent() {
     a1.stop.cancel();
     a1.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_keep_running_through_a_short_etcd_outage() {
+    let mut c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 9]);
+    let (sched, sched_stop) = c.scheduler("s1");
+    c.release("shop", 1, &[("web", HTTP)], &[], None).await;
+    c.scale("shop", &[("web", 2)]).await;
+    let before = c.wait_up("shop", 2, 1, Duration::from_secs(30)).await;
+
+    // etcd goes away for a moment (shorter than the lease TTL) and comes back with its data.
+    c.etcd.stop();
+    for s in &before {
+        let addr = format!("127.0.0.9:{}", s.port.unwrap());
+        assert!(
+            http_ok(&addr).await,
+            "job {} serves while etcd is down",
+            s.id
+        );
+    }
+    c.etcd.restart().expect("etcd restart");
+    c.store = Store::connect(&[c.etcd.endpoint()]).await.unwrap();
+
+    // Same jobs, same processes, nothing moved or restarted.
+    let after = c.wait_up("shop", 2, 1, Duration::from_secs(30)).await;
+    let ids = |v: &[JobStatus]| {
+        v.iter()
+            .map(|s| (s.id.clone(), s.pid, s.restarts))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
+
+    sched_stop.cancel();
+    sched.await.unwrap().unwrap();
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
