@@ -12,7 +12,8 @@
 //! - [`fence`]: the pure lease clock that decides when a primary must stop itself;
 //! - [`supervisor`]: the tick loop, long actions, fencing watchdog ([`supervisor::run`]);
 //! - [`pg`]: the local PostgreSQL (files, process, queries); [`store`] and [`lease`]: etcd;
-//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`;
+//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`; [`info`]: the table of
+//!   `paas pg info` / `paas cluster status`;
 //! - [`launcher`]: starts a local N-member cluster of supervisor processes (tests, bench,
 //!   `paas up`); [`provision`]: databases and roles for apps (`PostgresProvider`).
 //!
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod decide;
 pub mod fence;
 pub mod health;
+pub mod info;
 pub mod launcher;
 pub mod lease;
 pub mod pg;

@@ -120,4 +120,13 @@ async fn the_cluster_recovers_when_the_primary_returns_after_everything_failed()
         .await
         .unwrap_or_else(|_| panic!("the write after recovery hangs\n{}", h.logs()))
         .expect("writes work again");
+
+    // `paas pg info` shows every member with its role and WAL position.
+    let info = paas_postgres::info::ClusterInfo::read(&[h.etcd.endpoint()], "/paas/", "main")
+        .await
+        .unwrap();
+    let text = info.render();
+    assert!(text.contains(&format!("primary {primary}")), "{text}");
+    assert_eq!(info.members.len(), 3, "{text}");
+    assert!(info.members.iter().all(|m| m.wal_lsn.is_some()), "{text}");
 }
