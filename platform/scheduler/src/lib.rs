@@ -139,6 +139,8 @@ pub async fn run(cfg: SchedulerConfig, shutdown: CancellationToken) -> Result<()
             }
             TermEnd::Deposed(why) => {
                 tracing::warn!(id = %cfg.id, %why, "scheduler: no longer leader");
+                // Whatever is left of the old term goes now, not at its TTL.
+                lease.revoke().await;
             }
         }
     }
