@@ -255,6 +255,7 @@ fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures 
         }
     } else {
         let mut framing = None;
+        let mut batch = paas_logshipper::aggregator::Batch::default();
         while !rest.is_empty() {
             let take = rest.len().min(256 * 1024);
             let scan = paas_logshipper::ingest::scan_syslog(
@@ -262,10 +263,10 @@ fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures 
                 &mut framing,
                 16 << 20,
                 0,
-                &mut lines,
+                &mut batch,
             );
-            decoded += lines.len() as u64;
-            lines.clear();
+            decoded += batch.len() as u64;
+            batch.take();
             rest = &rest[scan.consumed..];
         }
     }
@@ -289,15 +290,15 @@ fn accept_parts(payload: &Payload) -> (Figures, Figures) {
     let mut framing = None;
     while !rest.is_empty() {
         let take = rest.len().min(256 * 1024);
-        let mut lines = Vec::new();
+        let mut batch = paas_logshipper::aggregator::Batch::default();
         let scan = paas_logshipper::ingest::scan_syslog(
             &rest[..take],
             &mut framing,
             16 << 20,
             0,
-            &mut lines,
+            &mut batch,
         );
-        batches.push(lines);
+        batches.push(batch.lines);
         rest = &rest[scan.consumed..];
     }
     let dir = tempfile::tempdir().unwrap();

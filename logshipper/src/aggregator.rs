@@ -7,6 +7,11 @@
 //! the journal took the lines only affects the on-disk copy of recent lines, so it is
 //! counted and logged, not returned.
 //!
+//! Replays are dropped here: [`Aggregator::accept_batch`] hands each line's sender
+//! [`Origin`] to the journal, which leaves out lines whose (HOSTNAME, spool id) it already
+//! holds (see [`crate::dedupe`]); they are counted in `logshipper_duplicates_dropped_total`
+//! and never reach the store.
+//!
 //! [`Aggregator::sync`] waits until everything accepted so far is fsynced (group commit
 //! in the journal); forward `chunk` acks are sent only after it returns.
 
@@ -14,7 +19,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::journal::{Journal, JournalError};
+use crate::dedupe::Origin;
+use crate::journal::{Appended, Journal, JournalError};
 use crate::line::LogLine;
 use crate::metrics::IngestMetrics;
 use crate::store::Store;
@@ -25,6 +31,45 @@ pub enum AcceptError {
     /// The journal could not append or fsync; the batch is not accepted.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+}
+
+/// The lines decoded from one read of a connection, with the sender's [`Origin`] of each.
+///
+/// Invariant: `origins` is empty or has one entry per line ([`Batch::push`] keeps it so).
+#[derive(Debug, Default, PartialEq)]
+pub struct Batch {
+    /// The lines, in arrival order.
+    pub lines: Vec<LogLine>,
+    /// The origin of each line, when its sender numbered it.
+    pub origins: Vec<Option<Origin>>,
+}
+
+impl Batch {
+    /// Adds a line and its origin.
+    pub fn push(&mut self, line: LogLine, origin: Option<Origin>) {
+        self.lines.push(line);
+        self.origins.push(origin);
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there is no line.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Takes the lines out, leaving an empty batch with the same capacities (batches are
+    /// similar in size, so this avoids regrowing the vectors on every read).
+    pub fn take(&mut self) -> Batch {
+        let (lines, origins) = (self.lines.capacity(), self.origins.capacity());
+        Batch {
+            lines: std::mem::replace(&mut self.lines, Vec::with_capacity(lines)),
+            origins: std::mem::replace(&mut self.origins, Vec::with_capacity(origins)),
+        }
+    }
 }
 
 /// Shared accept path (cheap to clone).
@@ -47,10 +92,29 @@ impl Aggregator {
 
     /// Accepts a batch: assigns ids (journal), then adds it to the store. Returns the last
     /// id assigned (the journal's current last id for an empty batch).
-    pub fn accept(&self, mut lines: Vec<LogLine>) -> Result<u64, AcceptError> {
-        let last = self.journal.append(&mut lines)?;
+    pub fn accept(&self, lines: Vec<LogLine>) -> Result<u64, AcceptError> {
+        let batch = Batch {
+            lines,
+            origins: Vec::new(),
+        };
+        Ok(self.accept_batch(batch)?.last)
+    }
+
+    /// Accepts a batch whose lines may carry their sender's origin, dropping replays of
+    /// lines already accepted. Returns the last id and how many lines were dropped.
+    pub fn accept_batch(&self, batch: Batch) -> Result<Appended, AcceptError> {
+        let Batch { mut lines, origins } = batch;
+        let appended = self.journal.append_from(&mut lines, &origins)?;
+        if appended.duplicates > 0 {
+            self.metrics.duplicates.inc_by(appended.duplicates);
+            tracing::info!(
+                dropped = appended.duplicates,
+                kept = lines.len(),
+                "dropped lines a sender replayed"
+            );
+        }
         if lines.is_empty() {
-            return Ok(last);
+            return Ok(appended);
         }
         for e in self.store.push(lines) {
             tracing::error!(error = %e, "lines are journaled (drains get them) but not kept in the store");
@@ -58,7 +122,7 @@ impl Aggregator {
                 self.metrics.dropped(reason, n);
             }
         }
-        Ok(last)
+        Ok(appended)
     }
 
     /// Waits until every line accepted before the call is durable.

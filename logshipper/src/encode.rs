@@ -6,7 +6,9 @@
 //! PRI is facility user with severity info (stdout) or err (stderr), TIMESTAMP is UTC with
 //! microseconds, APP is the app (printable ASCII, at most 48), PROCID is `<type>.<job>` (or
 //! whichever is known, at most 128), MSGID is `stdout`/`stderr`/`-`, and SD carries the
-//! line id as `[paas id="N"]` when it is non-zero so a receiver can drop replays.
+//! line id as `[paas id="N"]` when it is non-zero so a receiver can drop replays; a
+//! sender that numbers lines in a spool adds the spool's incarnation,
+//! `[paas id="N" spool="S"]` with S as 16 lowercase hex digits (see [`crate::dedupe`]).
 //!
 //! Forward frame: Forward mode `[tag, [[EventTime, record], ...], {"chunk": C, "size": N}]`
 //! with tag `<app>[.<type>]` and record keys `message`, `stream`, `job`, `host`, `id`; all
@@ -62,8 +64,9 @@ pub fn procid(line: &LogLine) -> String {
     }
 }
 
-/// Appends one octet-counted RFC 5424 frame for `line` to `out`.
-pub fn syslog_frame(out: &mut Vec<u8>, line: &LogLine) {
+/// Appends one octet-counted RFC 5424 frame for `line` to `out`; `spool` is the sender's
+/// spool incarnation, when the line id is a spool id.
+pub fn syslog_frame(out: &mut Vec<u8>, line: &LogLine, spool: Option<u64>) {
     let mut msg = String::with_capacity(96 + line.message.len());
     let pri = FACILITY_USER * 8 + severity(line.stream);
     let _ = write!(msg, "<{pri}>1 {} ", timestamp(line.timestamp_ns));
@@ -78,10 +81,14 @@ pub fn syslog_frame(out: &mut Vec<u8>, line: &LogLine) {
         Stream::Stderr => "stderr",
         Stream::Unknown => "-",
     });
-    if line.id == 0 {
-        msg.push_str(" - ");
-    } else {
-        let _ = write!(msg, " [paas id=\"{}\"] ", line.id);
+    match (line.id, spool) {
+        (0, _) => msg.push_str(" - "),
+        (id, None) => {
+            let _ = write!(msg, " [paas id=\"{id}\"] ");
+        }
+        (id, Some(s)) => {
+            let _ = write!(msg, " [paas id=\"{id}\" spool=\"{s:016x}\"] ");
+        }
     }
     msg.push_str(&line.message);
     out.extend_from_slice(msg.len().to_string().as_bytes());
@@ -165,8 +172,12 @@ mod tests {
     }
 
     fn check(l: &LogLine, expected: &str) {
+        check_spool(l, None, expected);
+    }
+
+    fn check_spool(l: &LogLine, spool: Option<u64>, expected: &str) {
         let mut out = Vec::new();
-        syslog_frame(&mut out, l);
+        syslog_frame(&mut out, l, spool);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
@@ -174,6 +185,20 @@ mod tests {
     fn syslog_full_line() {
         let msg = "<11>1 2023-11-14T22:13:20.123456Z h1 shop web.abc stderr [paas id=\"42\"] boom: ünïcode\nsecond";
         check(&line(), &format!("{} {msg}", msg.len()));
+    }
+
+    #[test]
+    fn syslog_line_with_spool_round_trips_its_origin() {
+        let msg = "<11>1 2023-11-14T22:13:20.123456Z h1 shop web.abc stderr [paas id=\"42\" spool=\"00000000000000ff\"] boom: ünïcode\nsecond";
+        check_spool(&line(), Some(255), &format!("{} {msg}", msg.len()));
+        let parsed = crate::syslog::parse(msg.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.structured_data.and_then(crate::dedupe::parse_origin),
+            Some(crate::dedupe::Origin {
+                seq: 42,
+                spool: Some(255)
+            })
+        );
     }
 
     #[test]

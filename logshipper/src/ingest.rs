@@ -42,7 +42,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregator::Aggregator;
+use crate::aggregator::{Aggregator, Batch};
+use crate::dedupe;
 use crate::forward::handshake::{self, PingVerdict, SharedKey};
 use crate::forward::{self, Message};
 use crate::line::LogLine;
@@ -459,7 +460,8 @@ pub struct SyslogScan {
     pub close: Option<CloseReason>,
 }
 
-/// Decodes every complete syslog frame at the start of `buf` into `out`.
+/// Decodes every complete syslog frame at the start of `buf` into `out`, each line with
+/// the origin its `[paas id=".." spool=".."]` element names, if any.
 ///
 /// `framing` is detected from the first byte the first time and kept. Message-level
 /// errors skip the message; framing errors stop the scan with a close reason.
@@ -468,7 +470,7 @@ pub fn scan_syslog(
     framing: &mut Option<Framing>,
     max: usize,
     received_ns: i64,
-    out: &mut Vec<LogLine>,
+    out: &mut Batch,
 ) -> SyslogScan {
     let mut scan = SyslogScan {
         consumed: 0,
@@ -502,9 +504,12 @@ pub fn scan_syslog(
                 }
                 match syslog::parse(frame)
                     .map_err(|e| e.to_string())
-                    .and_then(|m| syslog::to_line(&m, received_ns).map_err(|e| e.to_string()))
-                {
-                    Ok(line) => out.push(line),
+                    .and_then(|m| {
+                        let origin = m.structured_data.and_then(dedupe::parse_origin);
+                        let line = syslog::to_line(&m, received_ns).map_err(|e| e.to_string())?;
+                        Ok((line, origin))
+                    }) {
+                    Ok((line, origin)) => out.push(line, origin),
                     Err(e) => {
                         scan.bad_messages += 1;
                         let shown = &frame[..frame.len().min(80)];
@@ -533,7 +538,7 @@ where
     let (lines_counter, bytes_counter) = metrics.input_counters(Input::Syslog.name());
     let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
     let mut framing = None;
-    let mut batch = Vec::new();
+    let mut batch = Batch::default();
     let mut at_eof = false;
     loop {
         let mut scan = scan_syslog(
@@ -564,11 +569,15 @@ where
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            if let Err(e) = ctx.aggregator.accept(take_batch(&mut batch)) {
-                metrics.dropped("accept", n);
-                return CloseReason::Accept(e.to_string());
+            match ctx.aggregator.accept_batch(batch.take()) {
+                Ok(appended) => {
+                    lines_counter.inc_by(n - appended.duplicates);
+                }
+                Err(e) => {
+                    metrics.dropped("accept", n);
+                    return CloseReason::Accept(e.to_string());
+                }
             }
-            lines_counter.inc_by(n);
         }
         if let Some(close) = scan.close {
             return close;
@@ -790,9 +799,33 @@ mod tests {
 
     fn scan(input: &[u8], framing: Option<Framing>) -> (SyslogScan, Vec<String>, Option<Framing>) {
         let mut framing = framing;
-        let mut out = Vec::new();
+        let mut out = Batch::default();
         let s = scan_syslog(input, &mut framing, 1000, 5, &mut out);
-        (s, out.into_iter().map(|l| l.message).collect(), framing)
+        assert_eq!(out.origins.len(), out.lines.len());
+        (
+            s,
+            out.lines.into_iter().map(|l| l.message).collect(),
+            framing,
+        )
+    }
+
+    #[test]
+    fn syslog_scan_reads_the_senders_origin() {
+        let mut framing = None;
+        let mut out = Batch::default();
+        let input =
+            b"<14>1 - h a - - [paas id=\"7\" spool=\"00000000000000ab\"] x\n<14>1 - h a - - - y\n";
+        scan_syslog(input, &mut framing, 1000, 5, &mut out);
+        assert_eq!(
+            out.origins,
+            vec![
+                Some(dedupe::Origin {
+                    seq: 7,
+                    spool: Some(0xab)
+                }),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod aggregator;
 pub mod api;
+pub mod dedupe;
 pub mod drain;
 pub mod encode;
 pub mod forward;

@@ -12,6 +12,7 @@
 //! | `logshipper_parse_errors_total`             | input, reason   |
 //! | `logshipper_connections_total`              | input           |
 //! | `logshipper_lines_dropped_total`            | reason          |
+//! | `logshipper_duplicates_dropped_total`       |                 |
 //! | `logshipper_drain_delivered_lines_total`    | drain           |
 //! | `logshipper_drain_failed_total`             | drain           |
 //! | `logshipper_drain_lag_lines`                | drain           |
@@ -70,6 +71,8 @@ pub struct IngestMetrics {
     pub connections: Family<InputLabel, Counter>,
     /// Lines that were received but could not be kept, by reason.
     pub drops: Family<DropLabel, Counter>,
+    /// Lines dropped because their sender had already delivered them (shipper replays).
+    pub duplicates: Counter,
 }
 
 impl IngestMetrics {
@@ -101,6 +104,11 @@ impl IngestMetrics {
             "lines_dropped",
             "Lines received but not kept, per reason",
             m.drops.clone(),
+        );
+        r.register(
+            "duplicates_dropped",
+            "Lines dropped as replays of lines already accepted from the same sender",
+            m.duplicates.clone(),
         );
         m
     }
@@ -200,6 +208,7 @@ mod tests {
         bytes.inc_by(300);
         ingest.parse_error("forward", "message");
         ingest.dropped("store", 2);
+        ingest.duplicates.inc_by(4);
         drains
             .delivered
             .get_or_create(&DrainMetrics::label("es"))
@@ -211,6 +220,7 @@ mod tests {
             r#"logshipper_bytes_received_total{input="syslog"} 300"#,
             r#"logshipper_parse_errors_total{input="forward",reason="message"} 1"#,
             r#"logshipper_lines_dropped_total{reason="store"} 2"#,
+            "logshipper_duplicates_dropped_total 4",
             r#"logshipper_drain_delivered_lines_total{drain="es"} 5"#,
             r#"logshipper_drain_lag_lines{drain="es"} 7"#,
         ] {

@@ -2,8 +2,12 @@
 //! sends them to the aggregator as RFC 5424 syslog with octet counting over TCP.
 //!
 //! Wire format (see [`crate::encode::syslog_frame`]): APP-NAME = app, PROCID =
-//! `<type>.<job>`, MSGID = `stdout`|`stderr`, STRUCTURED-DATA `[paas id="N"]` with the
-//! line's spool id, HOSTNAME = the host.
+//! `<type>.<job>`, MSGID = `stdout`|`stderr`, STRUCTURED-DATA `[paas id="N" spool="S"]`
+//! with the line's spool id N and the spool's incarnation S, HOSTNAME = the host.
+//!
+//! The incarnation is a random 64-bit number kept in `<spool_dir>/spool-id` (16 hex
+//! digits), created with the spool directory. Wiping the spool restarts its ids at 1 and
+//! creates a new incarnation, so the aggregator sees a new spool rather than replays.
 //!
 //! # Delivery: at-least-once, duplicates bounded
 //!
@@ -17,14 +21,16 @@
 //!
 //! Replays can duplicate the lines written during the last `confirm_after` before a
 //! failure (plus any batch that was being written). Each carries the same
-//! `[paas id="N"]` and host, so the aggregator (or anyone downstream) can drop
-//! duplicates by (host, id). Spool ids are increasing and unique per spool directory.
+//! `[paas id="N" spool="S"]` and host, and the aggregator drops a line whose (host, id)
+//! it already accepted ([`crate::dedupe`]). Spool ids are increasing and unique per
+//! spool incarnation, and sent in increasing order (replays restart after the confirmed
+//! cursor), which is what the aggregator's per-host high-water mark relies on.
 //!
 //! If the spool reaches its size limit the oldest lines are dropped, counted in
 //! [`ShipperStatus::dropped`] and logged.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +48,9 @@ use crate::line::{LogLine, Stream};
 
 /// Journal cursor name of the sender.
 const READER: &str = "shipper";
+
+/// File in the spool directory holding the spool's incarnation.
+const SPOOL_ID_FILE: &str = "spool-id";
 
 /// Longest line shipped; longer output is split.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -86,8 +95,8 @@ pub enum ShipperError {
     /// The spool could not be opened or written.
     #[error("spool: {0}")]
     Spool(#[from] JournalError),
-    /// Reading a job's output failed.
-    #[error("reading job output: {0}")]
+    /// Reading a job's output, or the spool id file, failed.
+    #[error("reading job output or spool id: {0}")]
     Read(#[from] std::io::Error),
 }
 
@@ -148,6 +157,7 @@ impl Shipper {
     /// Opens the spool and starts sending (spooled lines from a previous run first).
     pub fn start(config: ShipperConfig) -> Result<Shipper, ShipperError> {
         let journal = Journal::open(&config.spool_dir, config.spool.clone())?;
+        let spool = spool_incarnation(&config.spool_dir)?;
         let reader = journal.reader(READER)?;
         let counters = Arc::new(Counters::default());
         let cancel = CancellationToken::new();
@@ -159,6 +169,7 @@ impl Shipper {
             cancel: cancel.clone(),
             conn: None,
             unconfirmed: VecDeque::new(),
+            spool,
         };
         let task = tokio::spawn(sender.run());
         Ok(Shipper {
@@ -246,6 +257,33 @@ struct Sender {
     conn: Option<TcpStream>,
     /// Written batches not yet confirmed: (last id, written at).
     unconfirmed: VecDeque<(u64, Instant)>,
+    /// The spool's incarnation, sent with every line.
+    spool: u64,
+}
+
+/// Reads the spool's incarnation, creating it (random, written atomically) when the
+/// file is absent or damaged; a damaged one is logged and replaced, which the aggregator
+/// treats as a new spool (lines accepted, never dropped).
+fn spool_incarnation(dir: &Path) -> Result<u64, ShipperError> {
+    let path = dir.join(SPOOL_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match u64::from_str_radix(text.trim(), 16) {
+            Ok(id) if text.trim().len() == 16 => return Ok(id),
+            _ => {
+                tracing::warn!(file = %path.display(), "shipper: damaged spool id, starting a new incarnation")
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id: u64 = rand::random();
+    let tmp = dir.join(format!("{SPOOL_ID_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, format!("{id:016x}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 /// What the sender does after a write attempt; pure over the attempt's facts.
@@ -400,7 +438,7 @@ impl Sender {
         }
         let mut buf = Vec::with_capacity(lines.len() * 160);
         for line in lines {
-            syslog_frame(&mut buf, line);
+            syslog_frame(&mut buf, line, Some(self.spool));
         }
         let conn = self.conn.as_mut().expect("connected above");
         conn.write_all(&buf)

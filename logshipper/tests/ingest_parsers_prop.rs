@@ -1,6 +1,7 @@
 //! Property tests of the input decoders on arbitrary and on valid-but-split input, run on
 //! stable in every test run (the cargo-fuzz targets in `fuzz/` explore further).
 
+use paas_logshipper::aggregator::Batch;
 use paas_logshipper::forward::{decode, frame};
 use paas_logshipper::ingest::scan_syslog;
 use proptest::prelude::*;
@@ -19,7 +20,7 @@ proptest! {
     #[test]
     fn syslog_never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let mut framing = None;
-        let mut out = Vec::new();
+        let mut out = Batch::default();
         let scan = scan_syslog(&data, &mut framing, 512, 0, &mut out);
         prop_assert!(scan.consumed <= data.len());
     }
@@ -32,13 +33,13 @@ proptest! {
         let bytes = syslog_frames(&msgs);
         let cut = cut.index(bytes.len() + 1);
         let mut framing = None;
-        let mut out = Vec::new();
+        let mut out = Batch::default();
         let first = scan_syslog(&bytes[..cut], &mut framing, 4096, 0, &mut out);
         prop_assert_eq!(first.close, None);
         let second = scan_syslog(&bytes[first.consumed..], &mut framing, 4096, 0, &mut out);
         prop_assert_eq!(second.close, None);
         prop_assert_eq!(first.consumed + second.consumed, bytes.len());
-        let got: Vec<String> = out.into_iter().map(|l| l.message).collect();
+        let got: Vec<String> = out.lines.into_iter().map(|l| l.message).collect();
         let expected: Vec<String> = msgs.iter().map(|m| m.trim_end_matches(['\r', '\n']).to_owned()).collect();
         prop_assert_eq!(got, expected);
     }

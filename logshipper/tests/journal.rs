@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
 
+use paas_logshipper::dedupe::Origin;
 use paas_logshipper::journal::{record, Journal, JournalConfig, JournalError, ReadBatch};
 use paas_logshipper::{LogLine, Stream};
 
@@ -395,4 +396,101 @@ async fn oversized_lines_are_refused_whole_batch() {
     assert!(matches!(j.append(&mut batch), Err(JournalError::Record(_))));
     assert_eq!(j.stats().last_id, 0);
     assert_eq!(j.append(&mut lines(0..1)).unwrap(), 1);
+}
+
+/// Lines from `host` carrying spool ids `seqs` of incarnation `spool`.
+fn shipped(
+    host: &str,
+    spool: u64,
+    seqs: std::ops::Range<u64>,
+) -> (Vec<LogLine>, Vec<Option<Origin>>) {
+    seqs.map(|s| {
+        let mut l = line(s);
+        l.host = Some(host.into());
+        (
+            l,
+            Some(Origin {
+                seq: s,
+                spool: Some(spool),
+            }),
+        )
+    })
+    .unzip()
+}
+
+fn append_shipped(
+    j: &Journal,
+    host: &str,
+    spool: u64,
+    seqs: std::ops::Range<u64>,
+) -> (Vec<u64>, u64) {
+    let (mut batch, origins) = shipped(host, spool, seqs);
+    let appended = j.append_from(&mut batch, &origins).unwrap();
+    (batch.iter().map(|l| l.id).collect(), appended.duplicates)
+}
+
+#[tokio::test]
+async fn replays_are_dropped_also_after_reopen_and_a_new_spool_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), small()).unwrap();
+    let mut r = j.reader("check").unwrap();
+    // 1..=40 from h1 (several segments of 1 KiB), 1..=5 from h2.
+    assert_eq!(append_shipped(&j, "h1", 7, 1..41).1, 0);
+    assert_eq!(append_shipped(&j, "h2", 9, 1..6).1, 0);
+    assert!(segment_files(dir.path()).len() > 3, "rolled segments");
+    // A replay overlapping the end: only the new lines get ids.
+    let (ids, dups) = append_shipped(&j, "h1", 7, 30..45);
+    assert_eq!((ids, dups), (vec![46, 47, 48, 49], 11));
+    // Lines without an origin are never dropped, even from a tracked host.
+    let mut plain = lines(1..3);
+    plain[0].host = Some("h1".into());
+    assert_eq!(j.append_from(&mut plain, &[]).unwrap().duplicates, 0);
+    assert_eq!(plain.len(), 2);
+    // What was written is exactly the accepted lines, under their ids.
+    let got: Vec<(u64, Option<String>, String)> = read_all(&mut r, 51)
+        .await
+        .into_iter()
+        .map(|l| (l.id, l.host, l.message))
+        .collect();
+    let mut want: Vec<(Option<String>, String)> = Vec::new();
+    for (h, seqs) in [("h1", 1..41), ("h2", 1..6), ("h1", 41..45)] {
+        want.extend(seqs.map(|s| (Some(h.to_string()), format!("message number {s}"))));
+    }
+    want.push((Some("h1".into()), "message number 1".into()));
+    want.push((None, "message number 2".into()));
+    let want: Vec<_> = (1..).zip(want).map(|(id, (h, m))| (id, h, m)).collect();
+    assert_eq!(got, want);
+    drop((r, j));
+
+    for round in 0..2 {
+        if round == 1 {
+            // Without the newest checkpoint, the marks come from an older one plus more
+            // segments read.
+            let mut marks: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "marks"))
+                .collect();
+            marks.sort();
+            assert!(marks.len() >= 2, "{marks:?}");
+            std::fs::remove_file(marks.last().unwrap()).unwrap();
+        }
+        let j = Journal::open(dir.path(), small()).unwrap();
+        let last = j.stats().last_id;
+        assert_eq!(
+            append_shipped(&j, "h1", 7, 1..45),
+            (vec![], 44),
+            "round {round}"
+        );
+        assert_eq!(append_shipped(&j, "h2", 9, 1..6), (vec![], 5));
+        assert_eq!(j.stats().last_id, last, "nothing written");
+    }
+
+    let j = Journal::open(dir.path(), small()).unwrap();
+    // h2's spool was wiped: a new incarnation starts at 1 again and is accepted.
+    let (ids, dups) = append_shipped(&j, "h2", 10, 1..4);
+    assert_eq!((ids.len(), dups), (3, 0));
+    assert_eq!(append_shipped(&j, "h2", 10, 1..4).1, 3);
+    // h1 goes on after its mark.
+    assert_eq!(append_shipped(&j, "h1", 7, 44..47).0.len(), 2);
 }

@@ -144,7 +144,7 @@ fn run(ops: Vec<Op>, cfg: JournalConfig, may_drop: bool) {
                     real.journal = None;
                     if let Op::TornRestart(cut) = op {
                         let mut framed = Vec::new();
-                        let payload = record::encode_payload(&make_line(999)).unwrap();
+                        let payload = record::encode_payload(&make_line(999), None).unwrap();
                         record::frame(&mut framed, m.appended.len() as u64 + 1, &payload);
                         let cut = (cut as usize).min(framed.len() - 1);
                         let mut f = OpenOptions::new()

@@ -1,7 +1,9 @@
 //! The host agent's shipper against a real aggregator input (syslog over TCP on
-//! 127.0.0.1): output of a real child process, an aggregator restart while lines flow,
-//! and a shipper restart with lines still spooled. Lines are counted by their unique
-//! message text on the aggregator side; replays may duplicate, never lose.
+//! 127.0.0.1): output of a real child process, an aggregator restart (journal and store
+//! reopened from disk, as after a process restart) while lines flow, and a shipper
+//! restart with lines still spooled. Lines are counted by their unique message text on
+//! the aggregator side: the shipper replays, the aggregator drops the replays, so every
+//! line is in the journal and the store exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
@@ -14,24 +16,36 @@ use paas_logshipper::ingest::{Ingest, IngestConfig};
 use paas_logshipper::journal::{Journal, JournalConfig, JournalReader, ReadBatch};
 use paas_logshipper::metrics::IngestMetrics;
 use paas_logshipper::shipper::{JobSource, Shipper, ShipperConfig};
-use paas_logshipper::store::{Store, StoreConfig};
+use paas_logshipper::store::{Filter, Store, StoreConfig};
 use paas_logshipper::{LogLine, Stream};
 use prometheus_client::registry::Registry;
 
 /// A receiving aggregator whose syslog input can be stopped and restarted on one port.
 struct Aggregatord {
+    dir: std::path::PathBuf,
     ingest: Option<Ingest>,
     journal: Journal,
     store: Arc<Store>,
     config: IngestConfig,
+    /// Kept across restarts, so counters add up over the whole test.
+    metrics: IngestMetrics,
+}
+
+fn open_parts(dir: &std::path::Path) -> (Journal, Arc<Store>) {
+    let journal = Journal::open(dir.join("journal"), JournalConfig::default()).unwrap();
+    let mut store = StoreConfig::new(dir.join("store"));
+    store.lines_per_app = 100_000;
+    (journal, Arc::new(Store::open(store).unwrap()))
 }
 
 impl Aggregatord {
+    /// Starts the aggregator. The `check` reader is created before any line arrives, so
+    /// opening it again later reads everything from the first line.
     async fn start(dir: &std::path::Path) -> (Aggregatord, JournalReader) {
-        let journal = Journal::open(dir.join("journal"), JournalConfig::default()).unwrap();
+        let (journal, store) = open_parts(dir);
         let reader = journal.reader("check").unwrap();
-        let store = Arc::new(Store::open(StoreConfig::new(dir.join("store"))).unwrap());
         let mut a = Aggregatord {
+            dir: dir.to_path_buf(),
             ingest: None,
             journal,
             store,
@@ -39,14 +53,28 @@ impl Aggregatord {
                 syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
                 ..IngestConfig::default()
             },
+            metrics: IngestMetrics::register(&mut Registry::default()),
         };
-        a.restart().await;
+        a.serve().await;
         (a, reader)
     }
 
-    async fn restart(&mut self) {
-        let metrics = IngestMetrics::register(&mut Registry::default());
-        let agg = Aggregator::new(self.journal.clone(), Arc::clone(&self.store), metrics);
+    /// Starts again after [`Aggregatord::stop`], reopening the journal and the store from
+    /// disk the way a restarted process does; returns a new `check` reader.
+    async fn restart(&mut self, old_reader: JournalReader) -> JournalReader {
+        drop(old_reader);
+        (self.journal, self.store) = open_parts(&self.dir);
+        let reader = self.journal.reader("check").unwrap();
+        self.serve().await;
+        reader
+    }
+
+    async fn serve(&mut self) {
+        let agg = Aggregator::new(
+            self.journal.clone(),
+            Arc::clone(&self.store),
+            self.metrics.clone(),
+        );
         let ingest = Ingest::start(self.config.clone(), agg).await.unwrap();
         self.config.syslog_addr = ingest.syslog_addr();
         self.ingest = Some(ingest);
@@ -87,6 +115,20 @@ async fn receive_all(
         }
     }
     seen
+}
+
+/// Every expected message is in the store's tail of app `shop` exactly once.
+fn assert_no_duplicates_in_store(store: &Store, expected: &HashSet<String>) {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for l in store.tail("shop", 200_000, &Filter::default()) {
+        *counts.entry(l.message).or_default() += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(dups.is_empty(), "duplicated in the store: {dups:?}");
+    assert!(
+        expected.iter().all(|m| counts.contains_key(m)),
+        "lines missing in the store"
+    );
 }
 
 fn config(spool: &std::path::Path, addr: String) -> ShipperConfig {
@@ -183,18 +225,25 @@ async fn aggregator_restart_while_lines_flow_loses_nothing() {
             agg.stop().await;
         }
         if chunk == 30 {
-            agg.restart().await;
+            reader = agg.restart(reader).await;
         }
     }
     let expected: HashSet<String> = (0..total).map(|i| format!("shipped line {i}")).collect();
     let seen = receive_all(&mut reader, &expected).await;
     let dups: usize = seen.values().map(|(c, _)| c - 1).sum();
     let status = shipper.status();
+    let dropped = agg.metrics.duplicates.get();
     println!(
-        "received {} distinct lines, {dups} duplicates, shipper {status:?}",
+        "received {} distinct lines, {dups} duplicates in the journal, {dropped} replayed lines dropped, shipper {status:?}",
         seen.len()
     );
     assert_eq!(seen.len() as u64, total);
+    assert_eq!(dups, 0, "replays reached the journal");
+    assert!(
+        dropped > 0,
+        "the shipper replayed lines the aggregator already had"
+    );
+    assert_no_duplicates_in_store(&agg.store, &expected);
     assert!(status.reconnects >= 1, "{status:?}");
     assert!(status.last_error.is_some());
     assert_eq!(status.dropped, 0);
@@ -218,13 +267,18 @@ async fn spooled_lines_survive_a_shipper_restart() {
     assert_eq!(status.confirmed, 0);
     shipper.shutdown().await;
 
-    agg.restart().await;
+    reader = agg.restart(reader).await;
     let shipper = Shipper::start(config(&spool, addr)).unwrap();
     let mut more: Vec<LogLine> = (1000..1200).map(line).collect();
     assert_eq!(shipper.ship(&mut more).unwrap(), 1200, "spool ids continue");
     let expected: HashSet<String> = (0..1200).map(|i| format!("shipped line {i}")).collect();
     let seen = receive_all(&mut reader, &expected).await;
     assert_eq!(seen.len(), 1200);
+    assert!(
+        seen.values().all(|(c, _)| *c == 1),
+        "duplicates in the journal"
+    );
+    assert_no_duplicates_in_store(&agg.store, &expected);
     // Confirmation follows once the writes have aged on an open connection.
     for _ in 0..200 {
         if shipper.status().pending == 0 {

@@ -7,13 +7,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use paas_logshipper::aggregator::Batch;
 use paas_logshipper::ingest::scan_syslog;
 
 const MAX: usize = 4096;
 
 fuzz_target!(|data: &[u8]| {
     let mut framing = None;
-    let mut whole = Vec::new();
+    let mut whole = Batch::default();
     let scan = scan_syslog(data, &mut framing, MAX, 0, &mut whole);
     assert!(scan.consumed <= data.len());
 
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         .first()
         .map_or(0, |b| usize::from(*b) % (data.len() + 1));
     let mut framing2 = None;
-    let mut parts = Vec::new();
+    let mut parts = Batch::default();
     let first = scan_syslog(&data[..split], &mut framing2, MAX, 0, &mut parts);
     if first.close.is_none() {
         let second = scan_syslog(&data[first.consumed..], &mut framing2, MAX, 0, &mut parts);

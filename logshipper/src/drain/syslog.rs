@@ -164,7 +164,7 @@ impl SyslogSink {
         };
         let mut buf = Vec::with_capacity(lines.len() * 160);
         for line in lines {
-            syslog_frame(&mut buf, line);
+            syslog_frame(&mut buf, line, None);
         }
         conn.write_all(&buf)
             .await

@@ -8,6 +8,7 @@
 //! <dir>/
 //!   00000000000000000001.seg      segment: records with ids 1..
 //!   00000000000000052113.seg      next segment: file name = first id it holds (20 digits)
+//!   00000000000000052113.marks    sender marks as of that segment's start (see [`checkpoint`])
 //!   cursors/
 //!     es-main.cursor              12 bytes: committed id u64le + crc32(u64le)
 //! ```
@@ -26,16 +27,24 @@
 //! - The active segment is never deleted. A segment is deleted when every known reader
 //!   has committed past its last id, or, oldest first, when the journal exceeds
 //!   `max_bytes` (lines dropped; readers behind learn it as [`ReadBatch::Dropped`]).
-//! - Memory does not grow with the backlog: the writer keeps no buffer after `append`
-//!   returns, readers read at most `max` lines at a time through a fixed-size buffer, and
+//! - Memory does not grow with the backlog: the writer keeps at most one bounded scratch
+//!   buffer per thread after `append` returns, readers read at most `max` lines at a time through a fixed-size buffer, and
 //!   the segment list holds one small entry per segment.
 //!
 //! # Flows
 //!
-//! - **Write**: [`Journal::append`] encodes lines outside the lock, then under it assigns
-//!   ids, frames the records into one buffer and writes it to the active segment with one
-//!   `write_all`. When the segment reaches `segment_bytes` it is fsynced and a new one is
-//!   created (directory fsynced). Then the last id is published to waiting readers.
+//! - **Write**: [`Journal::append`] encodes the records (header placeholders + payloads)
+//!   into one reused per-thread buffer outside the lock, then under it assigns ids, fills
+//!   in the headers and writes the buffer to the active segment with one `write_all`.
+//!   When the segment reaches `segment_bytes` it is fsynced and a new one is created with
+//!   its sender-mark checkpoint (directory fsynced). Then the last id is published to
+//!   waiting readers.
+//! - **Dedupe**: [`Journal::append_from`] also takes each line's [`Origin`] (the sender's
+//!   spool id). Under the same lock that assigns ids, each line is judged against the
+//!   sender marks ([`crate::dedupe`]); replays are left out, accepted origins are stored
+//!   in the record and move the marks. Deciding and writing under one lock means two
+//!   connections of one sender cannot both get a line in. On a write error the marks
+//!   are put back (a later replay of the batch is accepted again: duplicates, not loss).
 //! - **Sync**: [`Journal::sync`] is a group commit: concurrent callers share one fsync of
 //!   the active segment; a caller returns once an fsync covering its lines completed.
 //! - **Read**: [`JournalReader::next_batch`] starts at `committed + 1`, locates the segment
@@ -53,15 +62,19 @@
 //!   the recovered data (unsynced records lost in a machine crash), ids continue after
 //!   the highest cursor in a new segment, so no id is ever reused. Older segments are
 //!   trusted; if a reader later finds corruption in one, it skips the rest of that segment
-//!   and reports the skipped lines as dropped.
+//!   and reports the skipped lines as dropped. The sender marks are rebuilt from the
+//!   newest readable checkpoint plus the origins stored in the segments from there on
+//!   (all segments when there is none), so they cover every journaled line.
 //!
 //! A new reader name starts at the end of the journal (it sees lines appended after it
 //! was first created); its cursor file is written at creation so this survives restarts.
 
+pub mod checkpoint;
 pub mod cursor;
 pub mod reader;
 pub mod record;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
@@ -71,6 +84,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::dedupe::{Mark, Marks, Origin, Verdict};
 use crate::line::LogLine;
 pub use reader::{JournalReader, ReadBatch};
 use record::{ReadRecord, RecordError};
@@ -184,6 +198,25 @@ struct State {
     total_bytes: u64,
     next_id: u64,
     readers: HashMap<String, ReaderEntry>,
+    /// Highest origin id journaled per sender (covers every line up to `next_id - 1`).
+    marks: Marks,
+}
+
+/// What [`Journal::append_from`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The last id assigned (the journal's last id when no line was written).
+    pub last: u64,
+    /// Lines left out as replays of lines already journaled.
+    pub duplicates: u64,
+}
+
+/// Largest scratch buffer kept per thread between appends.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// Reused encode buffer of [`Journal::append_from`], so a batch does not allocate.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 struct ReaderEntry {
@@ -285,6 +318,7 @@ impl Journal {
             bytes: active_bytes,
         });
 
+        let marks = rebuild_marks(&dir, &segments);
         let last = next_id - 1;
         let (written, _) = watch::channel(last);
         let journal = Journal {
@@ -298,6 +332,7 @@ impl Journal {
                     total_bytes,
                     next_id,
                     readers,
+                    marks,
                 }),
                 written,
                 synced: AtomicU64::new(last),
@@ -322,32 +357,79 @@ impl Journal {
     /// process crash); call [`Journal::sync`] for safety from a machine crash. With no
     /// lines it returns the current last id.
     pub fn append(&self, lines: &mut [LogLine]) -> Result<u64, JournalError> {
-        let payloads = lines
-            .iter()
-            .map(record::encode_payload)
-            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.write_batch(lines, &[])?.last)
+    }
+
+    /// Appends lines that may carry their sender's [`Origin`] (`origins` is empty or has
+    /// one entry per line), leaving out replays of lines already journaled (see
+    /// [`crate::dedupe`]): they are removed from `lines`; the others get their ids.
+    ///
+    /// Same guarantees as [`Journal::append`].
+    pub fn append_from(
+        &self,
+        lines: &mut Vec<LogLine>,
+        origins: &[Option<Origin>],
+    ) -> Result<Appended, JournalError> {
+        let appended = self.write_batch(lines, origins)?;
+        if appended.duplicates > 0 {
+            // Left-out lines are the ones that got no id.
+            lines.retain(|l| l.id != 0);
+        }
+        Ok(appended)
+    }
+
+    /// Encodes, dedupes and writes a batch; left-out lines get id 0.
+    fn write_batch(
+        &self,
+        lines: &mut [LogLine],
+        origins: &[Option<Origin>],
+    ) -> Result<Appended, JournalError> {
+        assert!(
+            origins.is_empty() || origins.len() == lines.len(),
+            "one origin per line"
+        );
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            let result = self.write_batch_with(&mut buf, lines, origins);
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            result
+        })
+    }
+
+    fn write_batch_with(
+        &self,
+        buf: &mut Vec<u8>,
+        lines: &mut [LogLine],
+        origins: &[Option<Origin>],
+    ) -> Result<Appended, JournalError> {
+        let origin_of = |i: usize| origins.get(i).and_then(Option::as_ref);
+        // Records with placeholder headers; ids and crcs are filled in under the lock.
+        let mut ends = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            buf.resize(buf.len() + record::HEADER_LEN, 0);
+            if let Err(e) = record::encode_payload_into(buf, line, origin_of(i)) {
+                return Err(e.into());
+            }
+            ends.push(buf.len());
+        }
         let sh = &self.shared;
         let mut st = sh.lock();
-        let mut buf =
-            Vec::with_capacity(payloads.iter().map(|p| p.len() + record::HEADER_LEN).sum());
-        for (line, payload) in lines.iter_mut().zip(&payloads) {
-            let active_bytes = st.segments.back().map_or(0, |s| s.bytes);
-            if active_bytes + buf.len() as u64 >= sh.config.segment_bytes {
-                sh.write_active(&mut st, &buf)?;
-                buf.clear();
-                sh.roll(&mut st)?;
+        let mut undo: Vec<(String, Option<Mark>)> = Vec::new();
+        let result = sh.place(&mut st, buf, &ends, lines, origins, &mut undo);
+        if result.is_err() {
+            for (sender, previous) in undo.into_iter().rev() {
+                st.marks.restore(&sender, previous);
             }
-            let id = st.next_id;
-            st.next_id += 1;
-            line.id = id;
-            record::frame(&mut buf, id, payload);
         }
-        sh.write_active(&mut st, &buf)?;
+        let duplicates = result?;
         sh.enforce_max_bytes(&mut st);
         let last = st.next_id - 1;
         drop(st);
         sh.written.send_replace(last);
-        Ok(last)
+        Ok(Appended { last, duplicates })
     }
 
     /// Waits until every line appended before this call is fsynced (group commit).
@@ -488,6 +570,58 @@ fn recover_active(path: &Path, first: u64) -> Result<(u64, u64), JournalError> {
     Ok((good, next))
 }
 
+/// Rebuilds the sender marks: the newest readable checkpoint, then every origin stored
+/// in the segments from there on. Problems are logged; marks then cover less (a replay
+/// of the uncovered lines would be accepted again).
+fn rebuild_marks(dir: &Path, segments: &VecDeque<Segment>) -> Marks {
+    let (from, mut marks) = segments
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, s)| checkpoint::load(dir, s.first_id).map(|m| (i, m)))
+        .unwrap_or_default();
+    let mut payload = Vec::new();
+    let mut scanned = 0u64;
+    for seg in segments.iter().skip(from) {
+        let p = segment_path(dir, seg.first_id);
+        let file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(segment = %p.display(), error = %e, "journal: cannot read origins for sender marks");
+                continue;
+            }
+        };
+        let mut r = BufReader::with_capacity(256 * 1024, file);
+        loop {
+            match record::read_record(&mut r, &mut payload) {
+                Ok(ReadRecord::Record { .. }) => {
+                    scanned += 1;
+                    match record::decode_origin(&payload) {
+                        Ok(Some((sender, origin))) => {
+                            marks.admit(Some(&sender), Some(&origin));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(segment = %p.display(), error = %e, "journal: undecodable record while rebuilding sender marks");
+                        }
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(segment = %p.display(), error = %e, "journal: cannot read origins for sender marks");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(
+        senders = marks.len(),
+        records_scanned = scanned,
+        "journal: sender marks rebuilt"
+    );
+    marks
+}
+
 fn load_cursors(dir: &Path) -> Result<HashMap<String, ReaderEntry>, JournalError> {
     let mut out = HashMap::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -526,6 +660,62 @@ impl Shared {
         segment_path(&self.dir, st.segments.back().map_or(0, |s| s.first_id))
     }
 
+    /// Under the lock: judges each encoded record, assigns ids, fills in headers,
+    /// compacts out replays and writes the rest (rolling segments as needed). Returns
+    /// the number of left-out lines; `undo` collects the marks moved.
+    fn place(
+        &self,
+        st: &mut State,
+        buf: &mut [u8],
+        ends: &[usize],
+        lines: &mut [LogLine],
+        origins: &[Option<Origin>],
+        undo: &mut Vec<(String, Option<Mark>)>,
+    ) -> Result<u64, JournalError> {
+        let origin_of = |i: usize| origins.get(i).and_then(Option::as_ref);
+        let mut duplicates = 0;
+        // buf[written..kept] is framed and not yet written; buf[start..end] is record i.
+        let (mut written, mut kept, mut start) = (0, 0, 0);
+        for (i, line) in lines.iter_mut().enumerate() {
+            let end = ends[i];
+            let active_bytes = st.segments.back().map_or(0, |s| s.bytes);
+            if active_bytes + (kept - written) as u64 >= self.config.segment_bytes {
+                self.write_active(st, &buf[written..kept])?;
+                written = kept;
+                self.roll(st)?;
+            }
+            let origin = origin_of(i);
+            let sender = line.host.as_deref();
+            let (verdict, previous) = st.marks.admit(sender, origin);
+            match verdict {
+                Verdict::Drop(why) => {
+                    tracing::debug!(sender, ?why, "journal: dropping a replayed line");
+                    line.id = 0;
+                    duplicates += 1;
+                    start = end;
+                    continue;
+                }
+                Verdict::Accept(_) => {
+                    if let (Some(sender), Some(_)) = (sender, origin) {
+                        undo.push((sender.to_owned(), previous));
+                    }
+                }
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            line.id = id;
+            if start != kept {
+                buf.copy_within(start..end, kept);
+            }
+            let len = end - start;
+            record::fill_header(&mut buf[kept..kept + len], id);
+            kept += len;
+            start = end;
+        }
+        self.write_active(st, &buf[written..kept])?;
+        Ok(duplicates)
+    }
+
     fn write_active(&self, st: &mut State, buf: &[u8]) -> Result<(), JournalError> {
         if buf.is_empty() {
             return Ok(());
@@ -551,6 +741,10 @@ impl Shared {
             .append(true)
             .open(&p)
             .map_err(io_err(&p))?;
+        if let Err(e) = checkpoint::store(&self.dir, st.next_id, &st.marks) {
+            // Opening falls back to an older checkpoint and reads more segments.
+            tracing::error!(segment = %p.display(), error = %e, "journal: cannot write sender marks");
+        }
         fsync_dir(&self.dir)?;
         st.active = Arc::new(f);
         st.segments.push_back(Segment {
@@ -568,6 +762,13 @@ impl Shared {
         let p = segment_path(&self.dir, seg.first_id);
         if let Err(e) = fs::remove_file(&p) {
             tracing::warn!(segment = %p.display(), error = %e, "journal: could not delete segment");
+        }
+        let c = checkpoint::path(&self.dir, seg.first_id);
+        match fs::remove_file(&c) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(checkpoint = %c.display(), error = %e, "journal: could not delete sender marks");
+            }
+            _ => {}
         }
     }
 

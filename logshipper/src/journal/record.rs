@@ -9,13 +9,18 @@
 //! ```
 //!
 //! `crc` is CRC-32 (IEEE) over the 8 id bytes followed by the payload. The payload is the
-//! [`LogLine`] as a MessagePack map (`rmp_serde::to_vec_named`); the `id` inside it is not
-//! trusted, the header id is. Reading is pure over [`std::io::Read`], so torn and corrupt
+//! [`LogLine`] as a MessagePack map with its field names as keys; the `id` inside it is not
+//! trusted, the header id is. A line that came with a sender's spool id
+//! ([`Origin`]) also has the keys `seq` and (when known) `spool`; decoding a [`LogLine`]
+//! ignores them, [`decode_origin`] reads them back to rebuild the duplicate marks. Reading is pure over [`std::io::Read`], so torn and corrupt
 //! records are tested on byte slices.
 
 use std::io::{self, Read};
 
-use crate::line::LogLine;
+use serde::{Deserialize, Serialize};
+
+use crate::dedupe::Origin;
+use crate::line::{LogLine, Stream};
 
 /// Bytes in a record header (length, crc, id).
 pub const HEADER_LEN: usize = 16;
@@ -56,13 +61,90 @@ pub enum ReadRecord {
     Corrupt(&'static str),
 }
 
-/// Serializes a line into a record payload.
-pub fn encode_payload(line: &LogLine) -> Result<Vec<u8>, RecordError> {
-    let payload = rmp_serde::to_vec_named(line)?;
-    if payload.len() > MAX_PAYLOAD as usize {
-        return Err(RecordError::TooLarge(payload.len()));
-    }
+/// The payload map: a [`LogLine`]'s fields (same names, so it decodes as one) plus the
+/// sender's origin.
+#[derive(Serialize)]
+struct StoredLine<'a> {
+    id: u64,
+    app: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    stream: Stream,
+    timestamp_ns: i64,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool: Option<u64>,
+}
+
+/// The part of a payload that identifies where a line came from.
+#[derive(Deserialize)]
+struct StoredOrigin {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    spool: Option<u64>,
+}
+
+/// Serializes a line (and its origin, if any) into a record payload.
+pub fn encode_payload(line: &LogLine, origin: Option<&Origin>) -> Result<Vec<u8>, RecordError> {
+    let mut payload = Vec::with_capacity(64 + line.message.len());
+    encode_payload_into(&mut payload, line, origin)?;
     Ok(payload)
+}
+
+/// Appends the payload of a line (and its origin, if any) to `out`; on error `out` is
+/// left as it was.
+pub fn encode_payload_into(
+    out: &mut Vec<u8>,
+    line: &LogLine,
+    origin: Option<&Origin>,
+) -> Result<(), RecordError> {
+    let start = out.len();
+    let stored = StoredLine {
+        id: line.id,
+        app: &line.app,
+        process_type: line.process_type.as_deref(),
+        job: line.job.as_deref(),
+        host: line.host.as_deref(),
+        stream: line.stream,
+        timestamp_ns: line.timestamp_ns,
+        message: &line.message,
+        seq: origin.map(|o| o.seq),
+        spool: origin.and_then(|o| o.spool),
+    };
+    if let Err(e) = rmp_serde::encode::write_named(out, &stored) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let len = out.len() - start;
+    if len > MAX_PAYLOAD as usize {
+        out.truncate(start);
+        return Err(RecordError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Reads the sender (host) and origin of a payload; `None` for a line without both.
+pub fn decode_origin(payload: &[u8]) -> Result<Option<(String, Origin)>, RecordError> {
+    let o: StoredOrigin = rmp_serde::from_slice(payload)?;
+    Ok(match (o.host, o.seq) {
+        (Some(host), Some(seq)) => Some((
+            host,
+            Origin {
+                seq,
+                spool: o.spool,
+            },
+        )),
+        _ => None,
+    })
 }
 
 /// Decodes a payload read by [`read_record`], giving the line the header's `id`.
@@ -70,6 +152,16 @@ pub fn decode_payload(id: u64, payload: &[u8]) -> Result<LogLine, RecordError> {
     let mut line: LogLine = rmp_serde::from_slice(payload)?;
     line.id = id;
     Ok(line)
+}
+
+/// Fills in the header of a record laid out as `HEADER_LEN` placeholder bytes followed
+/// by its payload (`record` is exactly that), for line `id`.
+pub fn fill_header(record: &mut [u8], id: u64) {
+    let (header, payload) = record.split_at_mut(HEADER_LEN);
+    let len = u32::try_from(payload.len()).expect("payload larger than 4 GiB");
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&checksum(id, payload).to_le_bytes());
+    header[8..16].copy_from_slice(&id.to_le_bytes());
 }
 
 /// Appends the framed record (`header + payload`) for `id` to `out`.
@@ -152,7 +244,7 @@ mod tests {
 
     fn framed(id: u64, msg: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        frame(&mut out, id, &encode_payload(&line(msg)).unwrap());
+        frame(&mut out, id, &encode_payload(&line(msg), None).unwrap());
         out
     }
 
@@ -214,7 +306,33 @@ mod tests {
     fn oversized_lines_are_refused() {
         let mut l = line("");
         l.message = "x".repeat(MAX_PAYLOAD as usize);
-        assert!(matches!(encode_payload(&l), Err(RecordError::TooLarge(_))));
+        assert!(matches!(
+            encode_payload(&l, None),
+            Err(RecordError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn origin_is_stored_beside_the_line() {
+        let mut l = line("m");
+        l.host = Some("h1".into());
+        let origin = Origin {
+            seq: 9,
+            spool: Some(3),
+        };
+        let p = encode_payload(&l, Some(&origin)).unwrap();
+        assert_eq!(
+            decode_payload(5, &p).unwrap(),
+            LogLine { id: 5, ..l.clone() }
+        );
+        assert_eq!(decode_origin(&p).unwrap(), Some(("h1".into(), origin)));
+        let plain = encode_payload(&l, None).unwrap();
+        assert_eq!(
+            plain,
+            rmp_serde::to_vec_named(&l).unwrap(),
+            "same map as before"
+        );
+        assert_eq!(decode_origin(&plain).unwrap(), None);
     }
 
     #[test]
