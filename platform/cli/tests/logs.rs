@@ -1,0 +1,238 @@
+//! Logs as a user drives them through `paas up`: a real syslog client, `paas log`, and an
+//! S3 drain (moto server) that keeps every line through an outage of the sink.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+
+const PAAS: &str = env!("CARGO_BIN_EXE_paas");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn base(home: &Path) -> Command {
+    let mut cmd = Command::new(PAAS);
+    cmd.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("PAAS_URL")
+        .env_remove("PAAS_TOKEN")
+        .env_remove("PAAS_APP");
+    cmd
+}
+
+fn paas(home: &Path, args: &[&str]) -> Output {
+    base(home).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{s} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s
+}
+
+fn syslog(port: u16, app: &str, msg: &str) {
+    let status = Command::new("logger")
+        .args([
+            "--tcp",
+            "--octet-count",
+            "--rfc5424",
+            "-n",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .args(["-t", app, "--msgid", "stdout", msg])
+        .status()
+        .expect("logger (util-linux) must be installed");
+    assert!(status.success());
+}
+
+/// Every line id found in the gzip'd NDJSON objects under `prefix`.
+async fn ids_in_s3(store: &object_store::aws::AmazonS3, prefix: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let objects: Vec<_> = store
+        .list(Some(&prefix.into()))
+        .try_collect()
+        .await
+        .unwrap();
+    for meta in objects {
+        assert!(
+            meta.location.as_ref().ends_with(".ndjson.gz"),
+            "{}",
+            meta.location
+        );
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.insert(v["message"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
+    let mut s3 = paas_it::S3Server::start().expect("moto_server");
+    s3.create_bucket("logs").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_path_buf();
+    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
+    let syslog_port = paas_it::free_port().unwrap();
+    let mut child = base(&home)
+        .args(["up", "--listen", &listen, "--forward-listen", "127.0.0.1:0"])
+        .args(["--syslog-listen", &format!("127.0.0.1:{syslog_port}")])
+        .env("AWS_ACCESS_KEY_ID", s3.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", s3.secret_access_key())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let _up = Daemon(child);
+    let mut out = String::new();
+    while !out.contains("Press Ctrl-C") {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "paas up exited: {out}"
+        );
+        out.push_str(&line);
+    }
+
+    ok(paas(&home, &["apps", "create", "shop"]));
+    ok(paas(
+        &home,
+        &[
+            "drain",
+            "add",
+            "-a",
+            "shop",
+            "s3",
+            "s3://logs/paas",
+            "--endpoint",
+            &s3.endpoint(),
+            "--region",
+            s3.region(),
+        ],
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the aggregator picks drains up every second
+
+    let mut sent = BTreeSet::new();
+    for i in 0..50 {
+        let msg = format!("before-{i}");
+        syslog(syslog_port, "shop", &msg);
+        sent.insert(msg);
+    }
+    // `paas log` shows them, in order.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = ok(paas(&home, &["log", "-a", "shop", "-n", "1000"]));
+        if log.contains("before-49") {
+            assert!(log.find("before-0").unwrap() < log.find("before-49").unwrap());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lines missing from paas log: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(s3.endpoint())
+        .with_allow_http(true)
+        .with_region(s3.region())
+        .with_bucket_name("logs")
+        .with_access_key_id(s3.access_key_id())
+        .with_secret_access_key(s3.secret_access_key())
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut landed = BTreeSet::new();
+    while landed.len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 50 lines reached S3",
+            landed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        landed = ids_in_s3(&store, "paas/shop").await;
+    }
+    assert_eq!(landed, sent);
+
+    // The sink goes away; lines keep coming and wait on disk; the drain reports the problem.
+    s3.stop();
+    let mut during = BTreeSet::new();
+    for i in 0..50 {
+        let msg = format!("during-{i}");
+        syslog(syslog_port, "shop", &msg);
+        during.insert(msg);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = ok(paas(&home, &["--json", "drain", "list"]));
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+        let status = &v[0]["status"];
+        if status["lag"].as_u64().unwrap_or(0) > 0 && !status["last_error"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outage not visible in drain list: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // moto keeps objects in memory: a restart empties the bucket, so only what is sent
+    // after the outage is expected there.
+    s3.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let landed = ids_in_s3(&store, "paas/shop").await;
+        if during.is_subset(&landed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 50 lines sent during the outage landed",
+            during.intersection(&landed).count()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let list = ok(paas(&home, &["--json", "drain", "list"]));
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        v[0]["status"]["delivered"].as_u64().unwrap() >= 100,
+        "{list}"
+    );
+    assert_eq!(v[0]["status"]["dropped"], 0, "{list}");
+}
