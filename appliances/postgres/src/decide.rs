@@ -360,16 +360,18 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
     }
 }
 
-/// Whom a standby streams from: asyncs cascade from the sync while it runs (so an async
-/// never holds WAL the sync lacks, and keeps streaming without a rewind when the sync is
-/// promoted), everyone else from the primary.
+/// Whom a standby streams from: asyncs cascade from the sync while it runs as a standby
+/// (so an async never holds WAL the sync lacks, and keeps streaming without a rewind
+/// when the sync is promoted), everyone else from the primary. Whether the sync streams
+/// does not matter: it stops streaming exactly when the primary dies, which is when the
+/// asyncs should stay behind it.
 fn upstream_for(o: &Observed, state: &ClusterState, leader: &str) -> String {
     match &state.sync {
         Some(sync)
             if sync != &o.me
                 && o.members
                     .get(sync)
-                    .is_some_and(|m| m.running && m.streaming && m.role == Role::Sync) =>
+                    .is_some_and(|m| m.running && m.role == Role::Sync) =>
         {
             sync.clone()
         }

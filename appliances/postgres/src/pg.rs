@@ -77,6 +77,9 @@ pub enum PgError {
     /// The server process exited while it was expected to run.
     #[error("postgres exited: {0}")]
     Exited(String),
+    /// A member's registered address is not `host:port`.
+    #[error("bad address {0:?}")]
+    BadAddress(String),
     /// The `postgres` OS user does not exist while running as root.
     #[error("running as root but there is no `postgres` OS user (apt-get install -y postgresql)")]
     NoOsUser,
@@ -285,6 +288,27 @@ impl Postgres {
             std::fs::rename(&clone, &data).map_err(io("moving the clone into place"))?;
         }
         self.mark_upstream(Some(upstream))
+    }
+
+    /// Checks that the server at `addr` accepts a superuser session (the source of a
+    /// rewind or clone is up).
+    pub async fn probe_source(&self, addr: &str) -> Result<(), PgError> {
+        let (host, port) = split_addr(addr);
+        let port: u16 = port
+            .parse()
+            .map_err(|_| PgError::BadAddress(addr.to_string()))?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user("postgres")
+            .password(&self.cfg.superuser_password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2));
+        let (client, connection) = timed(config.connect(NoTls)).await?;
+        drop(connection);
+        drop(client);
+        Ok(())
     }
 
     /// Rewinds stopped PGDATA onto the timeline of the server at `addr` (pg_rewind runs

@@ -9,7 +9,7 @@
 //! old primary rejoins as a standby, and every acknowledged row is present. At no
 //! sampled moment do two instances accept a write.
 //!
-//! `PAAS_PG_FAILOVERS` sets how many rounds of the three kinds run (default 1).
+//! `PAAS_PG_FAILOVERS` sets how many rounds of the three kinds run (default 2).
 
 mod common;
 
@@ -25,7 +25,7 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
     let rounds: usize = std::env::var("PAAS_PG_FAILOVERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(2);
     let mut h = Harness::start(3).await;
     {
         let setup = connect(&endpoint_conninfo(&h))
