@@ -11,14 +11,22 @@
 //! checks pass and all writes happen at one revision, or nothing happens. When a batch
 //! fails, the same transaction's else-branch reads back the checked keys, so the error
 //! names the key that failed (`first_failed_check`, pure).
+//!
+//! Two kinds of step tie a batch to liveness: [`Batch::put_leased`] binds a key to a
+//! [`Lease`] (one lease can carry any number of keys, all deleted when it ends), and
+//! [`Batch::require_leadership`] makes the whole batch conditional on the leader key
+//! still holding the [`Leadership`]'s fencing token (same create revision, same lease),
+//! so a deposed leader's write is refused by etcd itself ([`CoordError::Fenced`]).
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::coord::Coord;
+use crate::election::Leadership;
 use crate::error::{CoordError, Result};
 use crate::keys::prefix_end;
+use crate::lease::{Lease, LeaseState};
 
 /// What a [`Batch`] requires of a key before it writes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,14 +35,31 @@ enum Check {
     Absent,
     /// The key must exist with exactly this mod revision.
     AtRevision(i64),
+    /// The key must exist with this create revision and lease (a leader key still
+    /// held by the leadership with that fencing token).
+    Leader {
+        /// The fencing token's revision.
+        create_revision: i64,
+        /// The fencing token's lease.
+        lease: i64,
+    },
     /// No requirement (unconditional write).
     Nothing,
+}
+
+/// A checked key as read back by a failed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    mod_revision: i64,
+    create_revision: i64,
+    lease: i64,
 }
 
 /// What a [`Batch`] does to a key once every check passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Write {
-    Put(Vec<u8>),
+    /// Store the value, bound to this lease id when given.
+    Put(Vec<u8>, Option<i64>),
     Delete,
     Nothing,
 }
@@ -62,7 +87,7 @@ impl Batch {
     /// Creates `key` with `value`; the batch fails with `Conflict` if it exists.
     pub fn create<T: Serialize>(&mut self, key: &str, value: &T) -> Result<&mut Self> {
         let bytes = encode(key, value)?;
-        Ok(self.push(key, Check::Absent, Write::Put(bytes)))
+        Ok(self.push(key, Check::Absent, Write::Put(bytes, None)))
     }
 
     /// Replaces `key` if it is still at `expected_revision` (`Conflict` if it changed,
@@ -74,13 +99,37 @@ impl Batch {
         expected_revision: i64,
     ) -> Result<&mut Self> {
         let bytes = encode(key, value)?;
-        Ok(self.push(key, Check::AtRevision(expected_revision), Write::Put(bytes)))
+        Ok(self.push(
+            key,
+            Check::AtRevision(expected_revision),
+            Write::Put(bytes, None),
+        ))
     }
 
     /// Writes `key` whatever it holds now.
     pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<&mut Self> {
         let bytes = encode(key, value)?;
-        Ok(self.push(key, Check::Nothing, Write::Put(bytes)))
+        Ok(self.push(key, Check::Nothing, Write::Put(bytes, None)))
+    }
+
+    /// Writes `key` whatever it holds now, bound to `lease`: the key is deleted when the
+    /// lease ends. `LeaseLost` if the lease is already known to be lost.
+    pub fn put_leased<T: Serialize>(
+        &mut self,
+        key: &str,
+        value: &T,
+        lease: &Lease,
+    ) -> Result<&mut Self> {
+        if let LeaseState::Lost(reason) = lease.state() {
+            return Err(lease.lost_error(&reason));
+        }
+        let bytes = encode(key, value)?;
+        Ok(self.push(key, Check::Nothing, Write::Put(bytes, Some(lease.id()))))
+    }
+
+    /// Deletes `key` whatever it holds now (absent is fine).
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        self.push(key, Check::Nothing, Write::Delete)
     }
 
     /// Deletes `key` if it is still at `expected_revision`.
@@ -97,6 +146,24 @@ impl Batch {
     /// Requires `key` to be absent without writing it.
     pub fn require_absent(&mut self, key: &str) -> &mut Self {
         self.push(key, Check::Absent, Write::Nothing)
+    }
+
+    /// Makes the batch conditional on `leadership` still being current in etcd: its
+    /// leader key must exist with the leadership's fencing token (create revision and
+    /// lease), else the batch fails with `Fenced`. Fails at once with `Fenced` when the
+    /// leadership is already known to be lost.
+    pub fn require_leadership(&mut self, leadership: &Leadership) -> Result<&mut Self> {
+        if leadership.lost_reason().is_some() {
+            return Err(CoordError::Fenced {
+                key: leadership.key().to_string(),
+            });
+        }
+        let token = leadership.token();
+        let check = Check::Leader {
+            create_revision: token.revision,
+            lease: token.lease,
+        };
+        Ok(self.push(leadership.key(), check, Write::Nothing))
     }
 
     fn push(&mut self, key: &str, check: Check, write: Write) -> &mut Self {
@@ -123,19 +190,29 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> 
     })
 }
 
-/// Which check of a failed batch failed, given each checked key's mod revision as read
-/// in the same transaction (`None` = absent), in step order. Pure.
+/// Which check of a failed batch failed, given each checked key as read in the same
+/// transaction (`None` = absent), in step order. Pure.
 ///
 /// When every check looks satisfied (a batch naming one key twice can do that) the
 /// first checked key is reported as the conflict.
-fn first_failed_check(checks: &[(&str, Check)], observed: &[Option<i64>]) -> CoordError {
+fn first_failed_check(checks: &[(&str, Check)], observed: &[Option<Seen>]) -> CoordError {
     for ((key, check), seen) in checks.iter().zip(observed) {
         let key = key.to_string();
         match (check, seen) {
             (Check::Absent, Some(_)) => return CoordError::Conflict { key },
             (Check::AtRevision(_), None) => return CoordError::NotFound { key },
-            (Check::AtRevision(want), Some(have)) if want != have => {
+            (Check::AtRevision(want), Some(have)) if *want != have.mod_revision => {
                 return CoordError::Conflict { key }
+            }
+            (Check::Leader { .. }, None) => return CoordError::Fenced { key },
+            (
+                Check::Leader {
+                    create_revision,
+                    lease,
+                },
+                Some(have),
+            ) if (*create_revision, *lease) != (have.create_revision, have.lease) => {
+                return CoordError::Fenced { key }
             }
             _ => {}
         }
@@ -162,18 +239,47 @@ impl Coord {
     /// Every document whose key starts with `prefix`, in key order, with its revision.
     /// All are read at one revision (a consistent snapshot).
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T, i64)>> {
+        self.list_raw(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, bytes, revision)| decode(&key, &bytes).map(|value| (key, value, revision)))
+            .collect()
+    }
+
+    /// Like [`Coord::list`], but a document that does not decode as `T` is logged and
+    /// left out instead of failing the whole read: for loops that must keep working
+    /// past one bad value written by someone else.
+    pub async fn list_decodable<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T, i64)>> {
+        let raw = self.list_raw(prefix).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(key, bytes, revision)| match decode(&key, &bytes) {
+                Ok(value) => Some((key, value, revision)),
+                Err(err) => {
+                    tracing::warn!(%err, "skipping a document that does not decode");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Every key under `prefix` (one consistent read) with its raw value and revision.
+    async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>, i64)>> {
         let mut kv = self.client.kv_client();
         let start = self.ns.full(prefix);
         let options = GetOptions::new().with_range(prefix_end(&start));
         let response = kv.get(start, Some(options)).await?;
-        response
+        Ok(response
             .kvs()
             .iter()
             .filter_map(|found| {
                 let key = self.ns.strip(found.key())?;
-                Some(decode(&key, found.value()).map(|value| (key, value, found.mod_revision())))
+                Some((key, found.value().to_vec(), found.mod_revision()))
             })
-            .collect()
+            .collect())
     }
 
     /// Creates `key` with `value`, returning its revision; `Conflict` if it exists.
@@ -220,6 +326,17 @@ impl Coord {
                 Check::AtRevision(rev) => {
                     compares.push(Compare::mod_revision(full.clone(), CompareOp::Equal, rev))
                 }
+                Check::Leader {
+                    create_revision,
+                    lease,
+                } => {
+                    compares.push(Compare::create_revision(
+                        full.clone(),
+                        CompareOp::Equal,
+                        create_revision,
+                    ));
+                    compares.push(Compare::lease(full.clone(), CompareOp::Equal, lease));
+                }
                 Check::Nothing => {}
             }
             if step.check != Check::Nothing {
@@ -227,8 +344,12 @@ impl Coord {
                 reads.push(TxnOp::get(full.clone(), Some(keys_only)));
             }
             match &step.write {
-                Write::Put(bytes) => {
-                    writes.push(TxnOp::put(full, bytes.clone(), Some(PutOptions::new())))
+                Write::Put(bytes, lease) => {
+                    let options = match lease {
+                        Some(id) => PutOptions::new().with_lease(*id),
+                        None => PutOptions::new(),
+                    };
+                    writes.push(TxnOp::put(full, bytes.clone(), Some(options)))
                 }
                 Write::Delete => writes.push(TxnOp::delete(full, None)),
                 Write::Nothing => {}
@@ -245,11 +366,15 @@ impl Coord {
             .filter(|s| s.check != Check::Nothing)
             .map(|s| (s.key.as_str(), s.check))
             .collect();
-        let observed: Vec<Option<i64>> = response
+        let observed: Vec<Option<Seen>> = response
             .op_responses()
             .iter()
             .map(|read| match read {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| Seen {
+                    mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
+                    lease: kv.lease(),
+                }),
                 _ => None,
             })
             .collect();
@@ -263,7 +388,16 @@ impl Coord {
 mod tests {
     use super::*;
 
-    fn check(checks: &[(&str, Check)], observed: &[Option<i64>], expected: CoordError) {
+    /// A key seen at `rev` (created there too), on no lease.
+    fn at(rev: i64) -> Option<Seen> {
+        Some(Seen {
+            mod_revision: rev,
+            create_revision: rev,
+            lease: 0,
+        })
+    }
+
+    fn check(checks: &[(&str, Check)], observed: &[Option<Seen>], expected: CoordError) {
         assert_eq!(
             first_failed_check(checks, observed).to_string(),
             expected.to_string()
@@ -275,12 +409,12 @@ mod tests {
         let conflict = |k: &str| CoordError::Conflict { key: k.into() };
         let missing = |k: &str| CoordError::NotFound { key: k.into() };
         use Check::{Absent, AtRevision};
-        check(&[("a", Absent)], &[Some(5)], conflict("a"));
+        check(&[("a", Absent)], &[at(5)], conflict("a"));
         check(&[("a", AtRevision(5))], &[None], missing("a"));
-        check(&[("a", AtRevision(5))], &[Some(6)], conflict("a"));
+        check(&[("a", AtRevision(5))], &[at(6)], conflict("a"));
         check(
             &[("a", AtRevision(5)), ("b", Absent)],
-            &[Some(5), Some(9)],
+            &[at(5), at(9)],
             conflict("b"),
         );
         check(
@@ -291,8 +425,33 @@ mod tests {
         // Nothing visibly failed: blame the first checked key.
         check(
             &[("a", Absent), ("b", AtRevision(3))],
-            &[None, Some(3)],
+            &[None, at(3)],
             conflict("a"),
+        );
+    }
+
+    #[test]
+    fn a_leader_key_with_another_token_fences() {
+        let fenced = |k: &str| CoordError::Fenced { key: k.into() };
+        let leader = Check::Leader {
+            create_revision: 10,
+            lease: 7,
+        };
+        let seen = |create_revision, lease| {
+            Some(Seen {
+                mod_revision: 12,
+                create_revision,
+                lease,
+            })
+        };
+        check(&[("l", leader)], &[None], fenced("l"));
+        check(&[("l", leader)], &[seen(11, 7)], fenced("l"));
+        check(&[("l", leader)], &[seen(10, 8)], fenced("l"));
+        // The leader key held; the other check failed.
+        check(
+            &[("l", leader), ("a", Check::Absent)],
+            &[seen(10, 7), at(3)],
+            CoordError::Conflict { key: "a".into() },
         );
     }
 }

@@ -222,6 +222,11 @@ impl Leadership {
         }
     }
 
+    /// The leader key (what [`crate::Batch::require_leadership`] checks).
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The fencing token of this leadership.
     pub fn token(&self) -> FencingToken {
         self.token

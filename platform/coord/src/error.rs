@@ -22,6 +22,14 @@ pub enum CoordError {
         /// The key (without the prefix).
         key: String,
     },
+    /// A batch guarded by a leadership ([`crate::Batch::require_leadership`]) found the
+    /// leader key deleted or held by a later leadership, or the leadership already lost:
+    /// this process no longer leads, and nothing was written.
+    #[error("not leader any more: {key} no longer holds this leadership")]
+    Fenced {
+        /// The leader key.
+        key: String,
+    },
     /// etcd could not be reached within the connect timeout.
     #[error("etcd at {endpoints:?} unreachable within {timeout:?}: {reason}")]
     Unreachable {

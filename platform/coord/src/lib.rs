@@ -31,6 +31,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Keys on one lease, and writes only a current leader can make:
+//!
+//! ```no_run
+//! # async fn demo(coord: paas_coord::Coord) -> paas_coord::Result<()> {
+//! use paas_coord::{Batch, CoordError};
+//! use std::time::Duration;
+//! let ttl = Duration::from_secs(5);
+//!
+//! // A host key and its job statuses all vanish when this process stops renewing.
+//! let lease = coord.grant_lease(ttl).await?;
+//! let mut batch = Batch::new();
+//! batch
+//!     .put_leased("hosts/h1", &"10.0.0.1", &lease)?
+//!     .put_leased("job-status/j1", &"up", &lease)?;
+//! coord.commit(batch).await?;
+//!
+//! // A placement that commits only while the leader key is still ours.
+//! let leadership = coord.campaign("scheduler", &"h1", ttl).await?;
+//! let mut batch = Batch::new();
+//! batch.require_leadership(&leadership)?.put("placements/h1/j2", &"web")?;
+//! match coord.commit(batch).await {
+//!     Err(CoordError::Fenced { .. }) => { /* deposed: stop acting */ }
+//!     other => { other?; }
+//! }
+//! // React to changes instead of polling.
+//! let mut placements = coord.watch_prefix::<String>("placements/h1/").await?;
+//! let _next = placements.changed().await;
+//! # Ok(()) }
+//! ```
+//!
 //! Leases, registrations, watches and elections:
 //!
 //! ```no_run
@@ -56,15 +86,19 @@
 //! ```
 //!
 //! Modules: `coord` (connect), `keys` (namespacing, pure), `docs` (documents and
-//! batches), `lease` (keep-alive and the lost signal; its module doc holds the timing
-//! argument), `watch` (prefix snapshots without gaps), `registry` (registrations and
-//! service watches), `election` (leaders and fencing tokens), `error`. Decisions are
-//! pure functions next to the I/O that uses them: `first_failed_check`,
+//! batches, leased and leader-guarded writes), `lease` (keep-alive and the lost signal;
+//! its module doc holds the timing argument), `watch` (prefix snapshots without gaps,
+//! [`Coord::watch_prefix`]), `registry` (registrations and service watches), `election`
+//! (leaders and fencing tokens), `error`. Decisions are pure functions next to the I/O
+//! that uses them: `first_failed_check`,
 //! `lease::after_attempt`, `watch::apply`, `election::is_ours`.
 //!
 //! Invariants:
 //! - A write that names a revision or absence either happens exactly as checked or not
 //!   at all, reported as [`CoordError::Conflict`] / [`CoordError::NotFound`].
+//! - A batch requiring a leadership commits only while etcd still holds that
+//!   leadership's leader key (same create revision and lease); otherwise nothing is
+//!   written and the error is [`CoordError::Fenced`].
 //! - Keys outside the namespace are never read, written or returned.
 
 mod coord;
@@ -83,3 +117,4 @@ pub use election::{FencingToken, Leader, LeaderWatch, Leadership, LeadershipLost
 pub use error::{CoordError, Result};
 pub use lease::{Lease, LeaseState, LostReason};
 pub use registry::{Registration, ServiceSnapshot, ServiceWatch};
+pub use watch::{DocWatch, Snapshot};

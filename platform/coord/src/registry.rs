@@ -19,10 +19,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::coord::Coord;
-use crate::docs::{decode, encode};
+use crate::docs::encode;
 use crate::error::{CoordError, Result};
 use crate::lease::{Lease, LeaseState};
-use crate::watch::PrefixWatch;
+use crate::watch::{decode_entries, PrefixWatch};
 
 /// The key prefix of a service's instances.
 fn service_prefix(service: &str) -> String {
@@ -71,23 +71,9 @@ impl Coord {
     {
         let prefix = service_prefix(service);
         let label = prefix.clone();
-        let inner = PrefixWatch::start(self, &prefix, move |revision, entries| {
-            let instances = entries
-                .iter()
-                .filter_map(|(id, entry)| {
-                    match decode::<T>(&format!("{label}{id}"), &entry.value) {
-                        Ok(value) => Some((id.clone(), value)),
-                        Err(err) => {
-                            tracing::warn!(%err, "skipping an undecodable registration");
-                            None
-                        }
-                    }
-                })
-                .collect();
-            ServiceSnapshot {
-                revision,
-                instances,
-            }
+        let inner = PrefixWatch::start(self, &prefix, move |revision, entries| ServiceSnapshot {
+            revision,
+            instances: decode_entries(&label, entries),
         })
         .await?;
         Ok(ServiceWatch { inner })

@@ -11,14 +11,20 @@
 //! When the watch fails (connection lost, or the start revision was compacted) the
 //! watcher lists again and publishes the re-listed state if it differs, then watches
 //! from the new list's revision. Snapshot revisions never go backwards.
+//!
+//! [`Coord::watch_prefix`] is the public face: a [`DocWatch`] publishing [`Snapshot`]s
+//! of JSON documents. A value that does not decode as the requested type is logged and
+//! left out of the snapshot ([`decode_entries`]); it never stops the watch.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::coord::Coord;
+use crate::docs::decode;
 use crate::error::Result;
 use crate::keys::prefix_end;
 use crate::task::AbortOnDrop;
@@ -104,6 +110,79 @@ impl<S: Send + Sync + 'static> PrefixWatch<S> {
             rx,
             _task: AbortOnDrop(task),
         })
+    }
+}
+
+/// The documents under a prefix as etcd held them at one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot<T> {
+    /// The etcd revision this snapshot reflects.
+    pub revision: i64,
+    /// Key (relative to the watched prefix) -> document.
+    pub docs: BTreeMap<String, T>,
+}
+
+/// Decodes every entry as `T`, logging and leaving out those that do not decode.
+/// `prefix` only labels the log line. Pure apart from that log.
+pub(crate) fn decode_entries<T: DeserializeOwned>(
+    prefix: &str,
+    entries: &Entries,
+) -> BTreeMap<String, T> {
+    entries
+        .iter()
+        .filter_map(
+            |(key, entry)| match decode::<T>(&format!("{prefix}{key}"), &entry.value) {
+                Ok(value) => Some((key.clone(), value)),
+                Err(err) => {
+                    tracing::warn!(%err, "leaving an undecodable document out of a snapshot");
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+impl Coord {
+    /// Watches the documents under `prefix`: the current set now, and a new snapshot
+    /// after every change (see the module doc for why no change is missed or seen
+    /// twice). Fails only if the first read fails; later outages are retried in the
+    /// background until the handle is dropped.
+    pub async fn watch_prefix<T>(&self, prefix: &str) -> Result<DocWatch<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let label = prefix.to_string();
+        let inner = PrefixWatch::start(self, prefix, move |revision, entries| Snapshot {
+            revision,
+            docs: decode_entries(&label, entries),
+        })
+        .await?;
+        Ok(DocWatch { inner })
+    }
+}
+
+/// A live view of the documents under a prefix, updated in the background until
+/// dropped: lets a loop react to a change at once instead of polling.
+pub struct DocWatch<T> {
+    inner: PrefixWatch<Snapshot<T>>,
+}
+
+impl<T: Clone> DocWatch<T> {
+    /// The latest snapshot.
+    pub fn current(&self) -> Snapshot<T> {
+        self.inner.rx.borrow().clone()
+    }
+
+    /// Waits for a snapshot newer than the last one this method returned, and returns
+    /// it; `None` only if the background watcher died (it runs until this handle drops).
+    pub async fn changed(&mut self) -> Option<Snapshot<T>> {
+        self.inner.rx.changed().await.ok()?;
+        Some(self.inner.rx.borrow_and_update().clone())
+    }
+
+    /// A receiver for `select!` loops (shares the watcher; it ends with this handle).
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot<T>> {
+        self.inner.rx.clone()
     }
 }
 

@@ -98,3 +98,60 @@ async fn every_snapshot_equals_etcd_at_its_revision() {
     );
     println!("{} snapshots checked against etcd history", snapshots.len());
 }
+
+#[tokio::test]
+async fn document_watch_follows_a_prefix_and_skips_bad_values() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let coord = Coord::connect(&[etcd.endpoint()], "t", Duration::from_secs(5))
+        .await
+        .unwrap();
+    coord.create("placements/h1/a", &1u32).await.unwrap();
+    coord
+        .create("placements/h1/bad", &"not a number")
+        .await
+        .unwrap();
+    coord.create("placements/h2/x", &9u32).await.unwrap();
+    let mut watch = coord.watch_prefix::<u32>("placements/h1/").await.unwrap();
+    let first = watch.current();
+    assert_eq!(first.docs, BTreeMap::from([("a".to_string(), 1u32)]));
+
+    // The same bad value is left out of lists that must keep going, too.
+    let listed: Vec<(String, u32, i64)> = coord.list_decodable("placements/h1/").await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|(k, v, _)| (k.as_str(), *v))
+            .collect::<Vec<_>>(),
+        vec![("placements/h1/a", 1)]
+    );
+    assert!(coord.list::<u32>("placements/h1/").await.is_err());
+
+    let rev = coord.create("placements/h1/b", &2u32).await.unwrap();
+    let next = tokio::time::timeout(PATIENCE, watch.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.revision, rev);
+    assert_eq!(
+        next.docs,
+        BTreeMap::from([("a".to_string(), 1u32), ("b".to_string(), 2u32)])
+    );
+
+    // A change on another host's prefix is not seen; a batch shows up as one snapshot.
+    coord.create("placements/h2/y", &9u32).await.unwrap();
+    let mut batch = Batch::new();
+    batch
+        .remove("placements/h1/a")
+        .put("placements/h1/c", &3u32)
+        .unwrap();
+    let rev = coord.commit(batch).await.unwrap();
+    let next = tokio::time::timeout(PATIENCE, watch.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.revision, rev);
+    assert_eq!(
+        next.docs,
+        BTreeMap::from([("b".to_string(), 2u32), ("c".to_string(), 3u32)])
+    );
+}
