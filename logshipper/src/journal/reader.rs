@@ -106,7 +106,19 @@ impl JournalReader {
             }
             if self.next_id <= published {
                 let mut lines = Vec::with_capacity(max.min(4096));
-                match self.scan(&mut lines, max, published)? {
+                let scanned = match self.scan(&mut lines, max, published) {
+                    // The lines read before the error are past `next_id` already: hand
+                    // them over (dropping them here would lose them silently); the
+                    // error, or a drop report if the segments were deleted meanwhile,
+                    // comes with the next call.
+                    Err(e) if !lines.is_empty() => {
+                        tracing::warn!(reader = %self.name, error = %e, "journal: read stopped after {} lines", lines.len());
+                        self.segment = None;
+                        return Ok(ReadBatch::Lines(lines));
+                    }
+                    r => r?,
+                };
+                match scanned {
                     Scan::Done if !lines.is_empty() => return Ok(ReadBatch::Lines(lines)),
                     Scan::Done if self.undecodable.is_some() => continue,
                     Scan::Done => {}
