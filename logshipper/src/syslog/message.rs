@@ -194,7 +194,14 @@ fn sd_element_end(buf: &[u8], start: usize) -> Result<usize, ParseError> {
 }
 
 /// Parses an RFC 3339 TIMESTAMP (`2003-10-11T22:14:15.003Z`, `...+02:00`) to epoch ns.
+///
+/// The exact form senders use (and RFC 5424 prescribes) goes through [`fast_timestamp`];
+/// anything else (lowercase separators, leap seconds, dates outside the i64 nanosecond
+/// range) through chrono, so the result is chrono's in every case.
 fn parse_timestamp(t: &[u8]) -> Result<i64, ParseError> {
+    if let Some(ns) = fast_timestamp(t) {
+        return Ok(ns);
+    }
     let s = std::str::from_utf8(t).map_err(|_| ParseError::BadTimestamp)?;
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
@@ -202,9 +209,96 @@ fn parse_timestamp(t: &[u8]) -> Result<i64, ParseError> {
         .ok_or(ParseError::BadTimestamp)
 }
 
+/// Parses the `n` ASCII digits at `t[at..]`.
+fn digits(t: &[u8], at: usize, n: usize) -> Option<i64> {
+    t.get(at..at + n)?.iter().try_fold(0i64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+    })
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.F{1,9}](Z|+HH:MM|-HH:MM)` to epoch ns without allocating;
+/// `None` for any other form or value (the caller then asks chrono).
+fn fast_timestamp(t: &[u8]) -> Option<i64> {
+    let sep = |at: usize, c: u8| (t.get(at) == Some(&c)).then_some(());
+    let year = digits(t, 0, 4)?;
+    sep(4, b'-')?;
+    let month = digits(t, 5, 2)?;
+    sep(7, b'-')?;
+    let day = digits(t, 8, 2)?;
+    sep(10, b'T')?;
+    let hour = digits(t, 11, 2)?;
+    sep(13, b':')?;
+    let minute = digits(t, 14, 2)?;
+    sep(16, b':')?;
+    let second = digits(t, 17, 2)?;
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut pos = 19;
+    let mut nanos = 0i64;
+    if t.get(pos) == Some(&b'.') {
+        let frac = t[pos + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&frac) {
+            return None;
+        }
+        nanos = digits(t, pos + 1, frac)? * 10i64.pow(9 - frac as u32);
+        pos += 1 + frac;
+    }
+    let offset_secs = match t.get(pos..)? {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(t, pos + 1, 2)?, digits(t, pos + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn check(input: &str, expected: Result<SyslogMessage<'_>, ParseError>) {
         assert_eq!(parse(input.as_bytes()), expected, "{input:?}");
@@ -252,6 +346,65 @@ mod tests {
         assert_eq!(m.msg, "héllo".as_bytes());
         let m = parse(b"<14>1 - h app 1 stdout - ").unwrap();
         assert_eq!(m.msg, b"");
+    }
+
+    /// What chrono makes of a TIMESTAMP, the reference for the fast path.
+    fn chrono_ns(t: &str) -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .and_then(|dt| dt.timestamp_nanos_opt())
+    }
+
+    #[test]
+    fn fast_timestamps_agree_with_chrono() {
+        let table = [
+            "2003-10-11T22:14:15.003Z",
+            "2003-08-24T05:14:15.000003-07:00",
+            "2026-01-01T00:00:00.000000Z",
+            "1970-01-01T01:00:01+01:00",
+            "2000-02-29T23:59:59.999999999Z",
+            "2100-02-29T00:00:00Z",
+            "2001-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-01T00:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T23:60:00Z",
+            "2016-12-31T23:59:60Z",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00.1234567890Z",
+            "2024-01-01T00:00:00+24:00",
+            "2024-01-01T00:00:00+01:60",
+            "2024-01-01T00:00:00+0100",
+            "2024-01-01t00:00:00z",
+            "2024-01-01 00:00:00Z",
+            "1600-01-01T00:00:00Z",
+            "2300-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.5Z",
+            "2024-01-01T00:00:00",
+            "2024-01-01T00:00:00ZZ",
+            "24-01-01T00:00:00Z",
+        ];
+        for t in table {
+            assert_eq!(parse_timestamp(t.as_bytes()).ok(), chrono_ns(t), "{t}");
+        }
+        // Every day of a few years, at varying times and offsets.
+        let mut day = chrono::NaiveDate::from_ymd_opt(1999, 1, 1).unwrap();
+        let mut i = 0u32;
+        while day.year() < 2030 {
+            let t = format!(
+                "{}T{:02}:{:02}:{:02}.{:06}{}",
+                day,
+                i % 24,
+                (i * 7) % 60,
+                (i * 13) % 60,
+                i * 37 % 1_000_000,
+                ["Z", "+05:30", "-11:45", "+00:00"][i as usize % 4]
+            );
+            assert_eq!(fast_timestamp(t.as_bytes()), chrono_ns(&t), "{t}");
+            day = day.succ_opt().unwrap();
+            i += 1;
+        }
     }
 
     #[test]
