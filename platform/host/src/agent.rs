@@ -1,12 +1,15 @@
-//! The agent loop: register this host on a lease, then every poll interval read the
-//! placements under this host's id and make the running job tasks match them.
+//! The agent loop: register this host on a `paas-coord` lease, then read the placements
+//! under this host's id whenever a watch on them reports a change (and every poll
+//! interval, as a resync) and make the running job tasks match them. The read is a fresh
+//! lenient list: a placement that does not decode is logged and skipped.
 //!
 //! Each job task ([`run_job`]) prepares the job (release, command, port, working dir),
 //! runs [`supervisor::supervise`], and in parallel mirrors the supervisor's [`Report`] to
 //! `job-status/<job>` and, while the job is `Up` and exposed, to
-//! `services/<app>-<type>/<job>` — both on the current lease. When the lease is lost
-//! (etcd unreachable for a TTL) the agent takes a new one, registers again and every job
-//! task rewrites its keys on it.
+//! `services/<app>-<type>/<job>` — both written with `Batch::put_leased` on the current
+//! host lease. When the lease is lost (`Lease::lost`: expired, or unrenewed up to the
+//! safe deadline) the agent takes a new one, registers again and every job task rewrites
+//! its keys on it; jobs keep running throughout.
 //!
 //! [`plan_jobs`] is the pure part: placements vs. running tasks -> which to start and
 //! which to stop.
@@ -18,8 +21,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use paas_controller::model::{Host, Job, JobState, JobStatus, Release};
-use paas_scheduler::keys::ServiceEntry;
-use paas_scheduler::lease::Lease;
+use paas_coord::{Batch, CoordError, DocWatch, Lease};
+use paas_scheduler::keys::{self, ServiceEntry};
+use serde::de::IgnoredAny;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -69,20 +73,25 @@ pub(crate) async fn run(
         started_at: Utc::now(),
     };
     let mut lease = register(&shared, &host).await?;
-    let (lease_tx, lease_rx) = watch::channel(lease.id());
+    let placements_watch: DocWatch<IgnoredAny> = shared
+        .coord
+        .watch_prefix(&keys::placements_of(&cfg.id))
+        .await?;
+    let mut placements_changed = placements_watch.subscribe();
+    let (lease_tx, lease_rx) = watch::channel(Arc::clone(&lease));
     let mut tasks: JoinSet<String> = JoinSet::new();
     let mut running: HashMap<String, Running> = HashMap::new();
     tracing::info!(host = %cfg.id, api = %api_addr, job_ip = %cfg.job_ip, "host agent registered");
     loop {
-        let lost = lease.lost();
+        let current = Arc::clone(&lease);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = lost.cancelled() => {
-                tracing::warn!(host = %cfg.id, "host lease lost; registering again");
+            reason = current.lost() => {
+                tracing::warn!(host = %cfg.id, %reason, "host lease lost; registering again");
                 match register(&shared, &host).await {
                     Ok(new) => {
                         lease = new;
-                        lease_tx.send_replace(lease.id());
+                        lease_tx.send_replace(Arc::clone(&lease));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "registering again failed; retrying");
@@ -92,6 +101,7 @@ pub(crate) async fn run(
                 continue;
             }
             _ = tokio::time::sleep(cfg.poll_interval) => {}
+            Ok(()) = placements_changed.changed() => {}
         }
         while let Some(done) = tasks.try_join_next() {
             match done {
@@ -101,16 +111,21 @@ pub(crate) async fn run(
                 Err(e) => tracing::error!(error = %e, "job task failed"),
             }
         }
-        let placed: Vec<(String, Job)> =
-            match shared.store.list(&shared.keys.placements_of(&cfg.id)).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading placements failed");
-                    continue;
-                }
-            };
-        let placed: BTreeMap<String, Job> =
-            placed.into_iter().map(|(_, j)| (j.id.clone(), j)).collect();
+        let placed: Vec<(String, Job, i64)> = match shared
+            .coord
+            .list_decodable(&keys::placements_of(&cfg.id))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading placements failed");
+                continue;
+            }
+        };
+        let placed: BTreeMap<String, Job> = placed
+            .into_iter()
+            .map(|(_, j, _)| (j.id.clone(), j))
+            .collect();
         let live: BTreeSet<String> = running
             .iter()
             .filter(|(_, r)| !r.stopping)
@@ -151,18 +166,24 @@ pub(crate) async fn run(
         r.stop.cancel();
     }
     while tasks.join_next().await.is_some() {}
-    lease.revoke().await;
+    // Every job task (and its lease receiver) is gone: revoke now so the scheduler moves
+    // nothing stale and the host key vanishes at once.
+    drop((lease_tx, lease_rx));
+    if let Ok(lease) = Arc::try_unwrap(lease) {
+        if let Err(e) = lease.revoke().await {
+            tracing::warn!(error = %e, "revoking the host lease failed; it will expire");
+        }
+    }
     Ok(())
 }
 
 /// Grants a lease and writes the host key on it.
-async fn register(shared: &Shared, host: &Host) -> Result<Lease, HostError> {
-    let lease = Lease::grant(shared.store.client(), shared.cfg.lease_ttl).await?;
-    shared
-        .store
-        .put(&shared.keys.host(&host.id), host, Some(lease.id()))
-        .await?;
-    Ok(lease)
+async fn register(shared: &Shared, host: &Host) -> Result<Arc<Lease>, CoordError> {
+    let lease = shared.coord.grant_lease(shared.cfg.lease_ttl).await?;
+    let mut batch = Batch::new();
+    batch.put_leased(&keys::host(&host.id), host, &lease)?;
+    shared.coord.commit(batch).await?;
+    Ok(Arc::new(lease))
 }
 
 /// Everything about a job that is fixed once it is prepared.
@@ -173,9 +194,9 @@ struct Prepared {
 /// Why preparing a job failed (reported in its status, retried with backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    /// etcd could not be read.
+    /// etcd could not be read, or the release does not decode.
     #[error(transparent)]
-    Store(#[from] paas_scheduler::store::StoreError),
+    Coord(#[from] CoordError),
     /// The job's release does not exist.
     #[error("release {0} not found")]
     NoRelease(u64),
@@ -200,9 +221,9 @@ pub enum PrepareError {
 
 /// Reads the release, picks a port, makes the working dir.
 async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
-    let release: Release = shared
-        .store
-        .get(&shared.keys.release(&job.app, job.release))
+    let (release, _): (Release, i64) = shared
+        .coord
+        .get(&keys::release(&job.app, job.release))
         .await?
         .ok_or(PrepareError::NoRelease(job.release))?;
     let command = release
@@ -249,7 +270,7 @@ async fn run_job(
     shared: Arc<Shared>,
     job: Job,
     stop: CancellationToken,
-    lease: watch::Receiver<i64>,
+    lease: watch::Receiver<Arc<Lease>>,
 ) -> String {
     let (report_tx, report_rx) = watch::channel(Report {
         state: JobState::Starting,
@@ -311,15 +332,14 @@ async fn report(
     job: Job,
     mut reports: watch::Receiver<Report>,
     mut exposure: watch::Receiver<Option<(SocketAddr, Exposure)>>,
-    mut lease: watch::Receiver<i64>,
+    mut lease: watch::Receiver<Arc<Lease>>,
 ) {
-    let keys = &shared.keys;
-    let status_key = keys.job_status(&job.id);
-    let service_key = keys.service_instance(&job.app, &job.process_type, &job.id);
+    let status_key = keys::job_status(&job.id);
+    let service_key = keys::service_instance(&job.app, &job.process_type, &job.id);
     let mut registered = false;
     loop {
         let r = reports.borrow_and_update().clone();
-        let lease_id = *lease.borrow_and_update();
+        let current = Arc::clone(&lease.borrow_and_update());
         let exposed = exposure.borrow_and_update().clone();
         if r.state == JobState::Down {
             break;
@@ -337,7 +357,7 @@ async fn report(
             started_at: r.started_at,
             message: r.message.clone(),
         };
-        if let Err(e) = shared.store.put(&status_key, &status, Some(lease_id)).await {
+        if let Err(e) = put_leased(&shared, &status_key, &status, &current).await {
             tracing::warn!(job = %job.id, error = %e, "writing job status failed");
         }
         let serve = match &exposed {
@@ -352,14 +372,14 @@ async fn report(
                     job: job.id.clone(),
                     process_type: job.process_type.clone(),
                 };
-                match shared.store.put(&service_key, &entry, Some(lease_id)).await {
+                match put_leased(&shared, &service_key, &entry, &current).await {
                     Ok(()) => registered = true,
                     Err(e) => {
                         tracing::warn!(job = %job.id, error = %e, "registering in discovery failed")
                     }
                 }
             }
-            None if registered => match shared.store.delete(&service_key).await {
+            None if registered => match remove(&shared, &[&service_key]).await {
                 Ok(()) => registered = false,
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "deregistering failed"),
             },
@@ -371,11 +391,30 @@ async fn report(
             Ok(()) = lease.changed() => {}
         }
     }
-    for key in [&service_key, &status_key] {
-        if let Err(e) = shared.store.delete(key).await {
-            tracing::warn!(job = %job.id, %key, error = %e, "removing job key failed");
-        }
+    if let Err(e) = remove(&shared, &[&service_key, &status_key]).await {
+        tracing::warn!(job = %job.id, error = %e, "removing job keys failed; they go with the lease");
     }
+}
+
+/// Writes one document on the host lease.
+async fn put_leased<T: serde::Serialize>(
+    shared: &Shared,
+    key: &str,
+    value: &T,
+    lease: &Lease,
+) -> Result<(), CoordError> {
+    let mut batch = Batch::new();
+    batch.put_leased(key, value, lease)?;
+    shared.coord.commit(batch).await.map(drop)
+}
+
+/// Deletes `keys` in one batch (absent ones are fine).
+async fn remove(shared: &Shared, keys: &[&str]) -> Result<(), CoordError> {
+    let mut batch = Batch::new();
+    for key in keys {
+        batch.remove(key);
+    }
+    shared.coord.commit(batch).await.map(drop)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use hyper_util::rt::TokioIo;
 use paas_controller::model::{App, Job, Release};
+use paas_scheduler::keys;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -92,26 +93,27 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
     if request.command.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "empty command"));
     }
-    let store_err = |e: paas_scheduler::store::StoreError| {
+    let coord_err = |e: paas_coord::CoordError| {
+        tracing::warn!(app = %request.app, error = %e, "one-off job: reading the app failed");
         error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     };
     let version = match request.release {
         Some(v) => v,
         None => {
-            shared
-                .store
-                .get::<App>(&format!("{}{}", shared.keys.apps(), request.app))
+            let (app, _) = shared
+                .coord
+                .get::<App>(&keys::app(&request.app))
                 .await
-                .map_err(store_err)?
-                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no app {:?}", request.app)))?
-                .release
+                .map_err(coord_err)?
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no app {:?}", request.app)))?;
+            app.release
         }
     };
-    let release: Release = shared
-        .store
-        .get(&shared.keys.release(&request.app, version))
+    let (release, _): (Release, i64) = shared
+        .coord
+        .get(&keys::release(&request.app, version))
         .await
-        .map_err(store_err)?
+        .map_err(coord_err)?
         .ok_or_else(|| {
             error(
                 StatusCode::NOT_FOUND,

@@ -2,8 +2,9 @@
 //! scheduler placed under its id (`placements/<host>/<job>` in etcd) and reports on them.
 //!
 //! Map:
-//! - [`agent`]      registration on a lease, the placement loop, one task per job that
-//!   prepares it, supervises it and writes its status and discovery entry.
+//! - [`agent`]      registration on a lease, the placement loop (woken by a watch on this
+//!   host's placements, resynced every poll interval), one task per job that prepares
+//!   it, supervises it and writes its status and discovery entry.
 //! - [`supervisor`] one job's process group: spawn, restart with backoff, health, stop.
 //! - [`capture`]    stdout/stderr -> timestamped lines -> shipper or log files.
 //! - [`health`]     discovery exposure and TCP/HTTP checks.
@@ -11,9 +12,11 @@
 //! - [`api`]        the agent's HTTP API: `/health`, `/run` (upgraded to an attach stream).
 //! - [`attach`]     the `/run` wire protocol: request, frame codec, client.
 //!
+//! All etcd access goes through `paas-coord` (the namespace is the controller's prefix).
+//!
 //! Invariants:
 //! - Everything the agent writes to etcd (its host key, job statuses, discovery entries)
-//!   is on its lease: when the agent dies all of it vanishes within the TTL, and the
+//!   is on its one `paas_coord::Lease` (`Batch::put_leased`): when the agent dies all of it vanishes within the TTL, and the
 //!   scheduler moves the jobs.
 //! - A job whose placement disappears is stopped (SIGTERM to its group, SIGKILL after the
 //!   grace period) and its status and discovery entry are removed.
@@ -34,13 +37,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paas_coord::{Coord, CoordError};
 use paas_logshipper::shipper::{Shipper, ShipperConfig};
-use paas_scheduler::keys::Keys;
-use paas_scheduler::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::Artifacts;
 use crate::capture::LogSink;
+
+/// How long start-up waits for etcd.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of one host agent.
 #[derive(Debug, Clone)]
@@ -49,7 +54,7 @@ pub struct HostConfig {
     pub id: String,
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
-    /// The controller's key prefix (`/paas/`).
+    /// The controller's key prefix (`/paas/`): the `paas-coord` namespace.
     pub prefix: String,
     /// Where job working dirs, unpacked artifacts, log files and the log spool live.
     pub data_dir: PathBuf,
@@ -65,7 +70,8 @@ pub struct HostConfig {
     pub lease_ttl: Duration,
     /// SIGTERM -> SIGKILL grace period when stopping a job.
     pub stop_grace: Duration,
-    /// How often placements are read.
+    /// How often placements are re-read even without a change seen by the watch (the
+    /// resync safety net); a watched change is acted on at once.
     pub poll_interval: Duration,
 }
 
@@ -99,7 +105,7 @@ impl HostConfig {
 pub enum HostError {
     /// etcd could not be reached or refused the registration at start-up.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Coord(#[from] CoordError),
     /// The data dir could not be created or the API address could not be bound.
     #[error("{what}: {source}")]
     Io {
@@ -116,8 +122,7 @@ pub enum HostError {
 /// What the agent loop, job tasks and API handlers share.
 pub(crate) struct Shared {
     pub(crate) cfg: HostConfig,
-    pub(crate) store: Store,
-    pub(crate) keys: Keys,
+    pub(crate) coord: Coord,
     pub(crate) artifacts: Artifacts,
     pub(crate) sink: LogSink,
 }
@@ -129,7 +134,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         what: format!("creating {}", cfg.data_dir.display()),
         source,
     })?;
-    let store = Store::connect(&cfg.etcd_endpoints).await?;
+    let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {
         Some(addr) => Some(Arc::new(Shipper::start(ShipperConfig::new(
             cfg.data_dir.join("spool"),
@@ -152,10 +157,9 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         source,
     })?;
     let shared = Arc::new(Shared {
-        keys: Keys::new(&cfg.prefix),
         artifacts: Artifacts::new(&cfg.artifacts_dir, &cfg.data_dir),
         cfg,
-        store,
+        coord,
         sink,
     });
     let api_stop = CancellationToken::new();

@@ -1,39 +1,46 @@
 //! `paas-scheduler`: keeps the jobs placed on hosts in line with the apps' formations.
 //!
 //! Map:
-//! - [`keys`]      the runtime's etcd key layout (shared with the host agent).
-//! - [`store`]     JSON documents in etcd, fenced writes.
-//! - [`lease`]     a lease kept alive while its value lives.
+//! - [`keys`]      the runtime's key layout (shared with the host agent).
 //! - [`reconcile`] the pure decision: [`reconcile::View`] -> [`reconcile::Action`]s.
-//! - this file     the loop: win the leader key, then every tick read the view, decide,
-//!   apply.
+//! - `triggers`    prefix watches that start a tick as soon as something relevant changes.
+//! - this file     the loop: win the `scheduler` election (`paas-coord`), then on every
+//!   change (and at least every interval, as a resync) read the view, decide, apply.
+//!
+//! All etcd access goes through `paas-coord`.
 //!
 //! Invariants:
-//! - Only the leader writes placements, and every placement write is one etcd transaction
-//!   guarded by "the leader key is still on my lease" (a fencing check done by etcd), so a
+//! - Only the leader writes placements, and every placement write or delete is one
+//!   `paas_coord::Batch` guarded by the leadership (`require_leadership`: the leader key
+//!   still has this term's fencing token, checked by etcd in the same transaction), so a
 //!   deposed leader cannot place or remove anything, even mid-tick.
-//! - Losing the lease (keep-alives unanswered for a TTL, or etcd says it expired) stops
-//!   acting at once; the scheduler then campaigns again with a new lease.
-//! - A scheduler that dies (or whose task is aborted) stops keeping its lease alive; a
-//!   standby wins the leader key within the lease TTL.
+//! - Losing leadership (`Leadership::lost`: lease unrenewed or expired, or the key gone)
+//!   stops acting at once; the scheduler resigns what is left and campaigns again.
+//! - A scheduler whose process dies stops renewing its lease; a standby wins the
+//!   election within the lease TTL. One whose task is dropped revokes the lease on the
+//!   way out (`paas_coord::Lease`'s drop), so a standby wins at once.
+//! - The view is always read fresh (lenient lists: a document that does not decode is
+//!   logged and skipped), so a tick never acts on a watch event older than its own
+//!   writes; watches only decide *when* to tick.
 //! - `reconcile` does no I/O; everything it decides is logged at INFO with its reason.
 
 pub mod keys;
-pub mod lease;
 pub mod reconcile;
-pub mod store;
+mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
 use paas_controller::model::{App, Formation, Host, Job, JobStatus, Release};
+use paas_coord::{Batch, Coord, CoordError, Leadership};
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::Keys;
-use crate::lease::Lease;
 use crate::reconcile::{Action, View};
-use crate::store::{Fence, Store, StoreError};
+use crate::triggers::Triggers;
+
+/// How long start-up waits for etcd.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of one scheduler process.
 #[derive(Debug, Clone)]
@@ -42,11 +49,13 @@ pub struct SchedulerConfig {
     pub id: String,
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
-    /// The controller's key prefix (`/paas/`).
+    /// The controller's key prefix (`/paas/`): the `paas-coord` namespace.
     pub prefix: String,
     /// TTL of the leader lease: how long a dead leader blocks a standby.
     pub lease_ttl: Duration,
-    /// Time between reconcile ticks (and between campaigns of a standby).
+    /// Longest time between reconcile ticks (a change to apps, formations, hosts,
+    /// placements or job statuses starts one at once), and the pause before a failed
+    /// campaign is retried.
     pub interval: Duration,
 }
 
@@ -72,7 +81,7 @@ impl SchedulerConfig {
 pub enum SchedulerError {
     /// etcd could not be reached at start-up.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Coord(#[from] CoordError),
 }
 
 /// How a term as leader ended.
@@ -80,68 +89,44 @@ pub enum SchedulerError {
 enum TermEnd {
     /// Shutdown was requested.
     Shutdown,
-    /// The lease was lost or a fenced write found another leader.
+    /// Leadership was lost or a guarded write found another leader.
     Deposed(String),
 }
 
-/// Runs the scheduler until `shutdown` is cancelled: campaign, then reconcile every
-/// `interval` while leader. On shutdown the lease is revoked so a standby takes over now.
+/// Runs the scheduler until `shutdown` is cancelled: campaign, then reconcile on every
+/// change (and every `interval`) while leader. On shutdown it resigns so a standby takes
+/// over now.
 pub async fn run(cfg: SchedulerConfig, shutdown: CancellationToken) -> Result<(), SchedulerError> {
-    let store = Store::connect(&cfg.etcd_endpoints).await?;
-    let keys = Keys::new(&cfg.prefix);
+    let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let mut releases = ReleaseCache::default();
     loop {
-        let lease = tokio::select! {
+        let won = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            lease = Lease::grant(store.client(), cfg.lease_ttl) => lease,
+            won = coord.campaign(keys::SCHEDULER_ELECTION, &cfg.id, cfg.lease_ttl) => won,
         };
-        let lease = match lease {
-            Ok(lease) => lease,
+        let leadership = match won {
+            Ok(leadership) => leadership,
             Err(e) => {
-                tracing::warn!(error = %e, "scheduler: cannot get a lease; retrying");
+                tracing::warn!(error = %e, "scheduler: campaign failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(cfg.interval) => continue,
                 }
             }
         };
-        let fence = Fence {
-            key: keys.scheduler_leader(),
-            lease: lease.id(),
-        };
-        // Campaign.
-        let lost = lease.lost();
-        loop {
-            match store.create_leased(&fence.key, &cfg.id, lease.id()).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "scheduler: campaign failed"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    lease.revoke().await;
-                    return Ok(());
-                }
-                _ = lost.cancelled() => break,
-                _ = tokio::time::sleep(cfg.interval) => {}
-            }
+        tracing::info!(id = %cfg.id, token = ?leadership.token(), "scheduler: became leader");
+        let end = lead(&cfg, &coord, &leadership, &shutdown, &mut releases).await;
+        if let TermEnd::Deposed(why) = &end {
+            tracing::warn!(id = %cfg.id, %why, "scheduler: no longer leader");
         }
-        if lost.is_cancelled() {
-            continue;
+        // Whatever is left of the term goes now, not at its TTL (the delete is guarded
+        // by the token, so a successor's key is never touched).
+        if let Err(e) = leadership.resign().await {
+            tracing::warn!(error = %e, "scheduler: resigning failed; the lease will expire");
         }
-        tracing::info!(id = %cfg.id, lease = lease.id(), "scheduler: became leader");
-        let end = lead(&cfg, &store, &keys, &fence, &lost, &shutdown, &mut releases).await;
-        match end {
-            TermEnd::Shutdown => {
-                lease.revoke().await;
-                tracing::info!(id = %cfg.id, "scheduler: stopped, leadership released");
-                return Ok(());
-            }
-            TermEnd::Deposed(why) => {
-                tracing::warn!(id = %cfg.id, %why, "scheduler: no longer leader");
-                // Whatever is left of the old term goes now, not at its TTL.
-                lease.revoke().await;
-            }
+        if let TermEnd::Shutdown = end {
+            tracing::info!(id = %cfg.id, "scheduler: stopped, leadership released");
+            return Ok(());
         }
     }
 }
@@ -149,40 +134,35 @@ pub async fn run(cfg: SchedulerConfig, shutdown: CancellationToken) -> Result<()
 /// One term as leader: tick until deposed or shut down.
 async fn lead(
     cfg: &SchedulerConfig,
-    store: &Store,
-    keys: &Keys,
-    fence: &Fence,
-    lost: &CancellationToken,
+    coord: &Coord,
+    leadership: &Leadership,
     shutdown: &CancellationToken,
     releases: &mut ReleaseCache,
 ) -> TermEnd {
+    let mut triggers = Triggers::start(coord).await;
     loop {
         let tick = async {
-            let view = read_view(store, keys, releases).await?;
+            let view = read_view(coord, releases).await?;
             for action in reconcile::reconcile(&view) {
-                if lost.is_cancelled() {
-                    return Ok(Some("lease lost".to_string()));
-                }
-                if !apply(store, keys, fence, &action).await? {
-                    return Ok(Some("the leader key is no longer ours".to_string()));
-                }
+                apply(coord, leadership, &action).await?;
                 tracing::info!(scheduler = %cfg.id, "{action}");
             }
-            Ok::<_, StoreError>(None)
+            Ok::<_, CoordError>(())
         };
         tokio::select! {
             _ = shutdown.cancelled() => return TermEnd::Shutdown,
-            _ = lost.cancelled() => return TermEnd::Deposed("lease lost".into()),
+            reason = leadership.lost() => return TermEnd::Deposed(reason.to_string()),
             result = tick => match result {
-                Ok(Some(why)) => return TermEnd::Deposed(why),
-                Ok(None) => {}
+                Ok(()) => {}
+                Err(e @ CoordError::Fenced { .. }) => return TermEnd::Deposed(e.to_string()),
                 Err(e) => tracing::warn!(error = %e, "scheduler: tick failed; retrying"),
             },
         }
         tokio::select! {
             _ = shutdown.cancelled() => return TermEnd::Shutdown,
-            _ = lost.cancelled() => return TermEnd::Deposed("lease lost".into()),
+            reason = leadership.lost() => return TermEnd::Deposed(reason.to_string()),
             _ = tokio::time::sleep(cfg.interval) => {}
+            () = triggers.changed() => {}
         }
     }
 }
@@ -194,46 +174,52 @@ struct ReleaseCache {
 }
 
 /// Reads apps, their current releases, formations, live hosts, placements and statuses.
-async fn read_view(
-    store: &Store,
-    keys: &Keys,
-    cache: &mut ReleaseCache,
-) -> Result<View, StoreError> {
-    let apps: Vec<(String, App)> = store.list(&keys.apps()).await?;
+async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, CoordError> {
+    let apps: Vec<(String, App, i64)> = coord.list_decodable(&keys::apps()).await?;
     let mut view = View::default();
-    for (_, app) in apps {
+    for (_, app, _) in apps {
         let k = (app.name.clone(), app.release);
         if !cache.by_version.contains_key(&k) {
-            match store
-                .get::<Release>(&keys.release(&app.name, app.release))
-                .await?
+            match coord
+                .get::<Release>(&keys::release(&app.name, app.release))
+                .await
             {
-                Some(r) => {
+                Ok(Some((r, _))) => {
                     cache.by_version.insert(k.clone(), r);
                 }
-                None => {
+                Ok(None) => {
                     tracing::warn!(app = %app.name, release = app.release, "current release missing; skipping app");
                     continue;
                 }
+                Err(e @ CoordError::Decode { .. }) => {
+                    tracing::warn!(app = %app.name, error = %e, "current release unreadable; skipping app");
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
         }
         if let Some(r) = cache.by_version.get(&k) {
             view.releases.insert(app.name.clone(), r.clone());
         }
     }
-    let formations: Vec<(String, Formation)> = store.list(&keys.formations()).await?;
+    let formations: Vec<(String, Formation, i64)> =
+        coord.list_decodable(&keys::formations()).await?;
     view.formations = formations
         .into_iter()
-        .map(|(_, f)| (f.app.clone(), f))
+        .map(|(_, f, _)| (f.app.clone(), f))
         .collect();
-    let hosts: Vec<(String, Host)> = store.list(&keys.hosts()).await?;
-    view.hosts = hosts.into_iter().map(|(_, h)| (h.id.clone(), h)).collect();
-    let placements: Vec<(String, Job)> = store.list(&keys.placements()).await?;
-    view.placements = placements.into_iter().map(|(_, j)| j).collect();
-    let statuses: Vec<(String, JobStatus)> = store.list(&keys.job_statuses()).await?;
+    let hosts: Vec<(String, Host, i64)> = coord.list_decodable(&keys::hosts()).await?;
+    view.hosts = hosts
+        .into_iter()
+        .map(|(_, h, _)| (h.id.clone(), h))
+        .collect();
+    let placements: Vec<(String, Job, i64)> = coord.list_decodable(&keys::placements()).await?;
+    view.placements = placements.into_iter().map(|(_, j, _)| j).collect();
+    let statuses: Vec<(String, JobStatus, i64)> =
+        coord.list_decodable(&keys::job_statuses()).await?;
     view.statuses = statuses
         .into_iter()
-        .map(|(_, s)| (s.id.clone(), s))
+        .map(|(_, s, _)| (s.id.clone(), s))
         .collect::<BTreeMap<_, _>>();
     Ok(view)
 }
@@ -243,13 +229,11 @@ fn new_job_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Applies one action under the fence; false when the fence no longer holds.
-async fn apply(
-    store: &Store,
-    keys: &Keys,
-    fence: &Fence,
-    action: &Action,
-) -> Result<bool, StoreError> {
+/// Applies one action as a batch guarded by `leadership`; `Fenced` when it no longer
+/// leads (nothing was written).
+async fn apply(coord: &Coord, leadership: &Leadership, action: &Action) -> Result<(), CoordError> {
+    let mut batch = Batch::new();
+    batch.require_leadership(leadership)?;
     match action {
         Action::Place { job, host, .. } => {
             let job = Job {
@@ -260,14 +244,11 @@ async fn apply(
                 host: host.clone(),
                 created_at: Utc::now(),
             };
-            store
-                .put_fenced(fence, &keys.placement(host, &job.id), &job)
-                .await
+            batch.put(&keys::placement(host, &job.id), &job)?;
         }
         Action::Stop { job, .. } => {
-            store
-                .delete_fenced(fence, &keys.placement(&job.host, &job.id))
-                .await
+            batch.remove(&keys::placement(&job.host, &job.id));
         }
     }
+    coord.commit(batch).await.map(drop)
 }
