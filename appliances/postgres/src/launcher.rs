@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,11 +66,6 @@ pub struct Member {
 }
 
 impl Member {
-    /// The supervisor's pid while it runs.
-    pub fn supervisor_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// The postmaster's pid, from PGDATA's `postmaster.pid`, if present.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
@@ -111,11 +106,6 @@ impl LocalCluster {
     /// The members, in order.
     pub fn members(&self) -> &[Member] {
         &self.members
-    }
-
-    /// The spec it was started with.
-    pub fn spec(&self) -> &LocalClusterSpec {
-        &self.spec
     }
 
     /// Sends `signal` to member `i`'s supervisor (SIGKILL, SIGSTOP, SIGCONT...).
@@ -206,11 +196,6 @@ impl LocalCluster {
     /// The path of member `i`'s supervisor log.
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.members[i].dir.join("supervisor.log")
-    }
-
-    /// The base directory.
-    pub fn base_dir(&self) -> &Path {
-        &self.spec.base_dir
     }
 }
 

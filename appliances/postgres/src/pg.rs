@@ -171,11 +171,6 @@ impl Postgres {
         self.pid.clone()
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &PgConfig {
-        &self.cfg
-    }
-
     /// PGDATA.
     pub fn data_dir(&self) -> PathBuf {
         self.cfg.dir.join("data")

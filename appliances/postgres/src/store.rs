@@ -93,11 +93,6 @@ impl Store {
         self.client.clone()
     }
 
-    /// The key layout.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Reads the state document, the leader key and all registrations in one request.
     pub async fn read(&mut self) -> Result<Snapshot, StoreError> {
         let base = self.keys.base().to_string();
