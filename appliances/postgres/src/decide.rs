@@ -13,13 +13,15 @@
 //! 3. The leader key is held by this member's previous lease (supervisor restarted within
 //!    the TTL): wait for it to expire, touching nothing.
 //! 4. This member leads: keep PostgreSQL a primary, restart it if it stopped cleanly,
-//!    hand leadership to the sync if it crashed, and make sure a streaming standby is the
-//!    confirmed sync.
+//!    hand leadership to the sync if it crashed (the sync takes over in one tick instead
+//!    of waiting for crash recovery here), make sure a streaming standby is the confirmed
+//!    sync, and that commits wait for exactly that sync.
 //! 5. Another member leads: a local primary is fenced at once; otherwise follow the leader
 //!    as a standby. Asyncs stream from the sync while it runs (Flynn's chain primary ->
 //!    sync -> async), the sync and everyone else from the primary. A running standby is
 //!    re-pointed (cheap, and enough when its WAL did not go past the new primary's);
-//!    stalled or former-primary data is rewound or re-cloned.
+//!    stalled or former-primary data is rewound or re-cloned — except the sync's, which
+//!    holds every acknowledged write and is never rebuilt.
 //! 6. Nobody leads: the sync promotes itself; the recorded primary takes the key back when
 //!    the sync is not there to do it; everyone else waits and says for whom. Only these two
 //!    members can have every acknowledged write.
