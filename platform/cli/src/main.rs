@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod host;
 mod logs;
+mod postgres;
 mod runtime;
 mod table;
 mod up;
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Run the single-node platform (etcd, controller) until interrupted.
     Up(UpArgs),
+    /// Run one member of a managed appliance (started by `paas up`).
+    #[command(subcommand, hide = true)]
+    Appliance(ApplianceCmd),
     /// Run a host agent (and a standby scheduler) that joins an existing cluster.
     Host(host::HostArgs),
     /// Create, list, inspect and destroy apps.
@@ -121,6 +125,12 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ApplianceCmd {
+    /// A PostgreSQL supervisor.
+    Postgres(postgres::SupervisorArgs),
+}
+
+#[derive(Subcommand)]
 enum DrainCmd {
     /// Ship logs (of one app, or of every app) to a sink.
     Add {
@@ -184,6 +194,12 @@ pub struct UpArgs {
     /// Address of the log aggregator's Fluent Forward input.
     #[arg(long, default_value = "127.0.0.1:24224")]
     pub forward_listen: std::net::SocketAddr,
+    /// Members of the Postgres cluster started at boot (0: no Postgres).
+    #[arg(long, default_value_t = 3)]
+    pub postgres_members: usize,
+    /// Address of the leader-following Postgres endpoint every DATABASE_URL points at.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub postgres_listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Host(args) => host::run(args).await,
+        Command::Appliance(ApplianceCmd::Postgres(args)) => postgres::supervise(args).await,
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,

@@ -12,6 +12,7 @@
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! DATA_DIR/host/         the host agent's job directories and log spool
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
+//! DATA_DIR/postgres/     the Postgres members (pgN/) and the superuser password
 //! ```
 
 use std::fs;
@@ -47,7 +48,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))?;
+    // Traversable but not listable: server processes running as their own users (the
+    // postgres members) reach their directories; secrets inside are 0600.
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o711))?;
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
 
@@ -75,11 +78,25 @@ async fn serve(
     etcd: Option<&mut Child>,
 ) -> Result<()> {
     let listen = args.listen.as_str();
-    let controller =
+    let mut controller =
         paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
             .await
             .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
             .with_artifacts_dir(data_dir.join("artifacts"));
+    let mut postgres = None;
+    if args.postgres_members > 0 {
+        let (running, provider) = crate::postgres::start(
+            &data_dir.join("postgres"),
+            endpoints,
+            args.postgres_members,
+            args.postgres_listen,
+        )
+        .await?;
+        let mut providers = paas_controller::Providers::default();
+        providers.register("postgres", std::sync::Arc::new(provider));
+        controller = controller.with_providers(providers);
+        postgres = Some(running);
+    }
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)
@@ -118,6 +135,12 @@ async fn serve(
     if let Some(a) = logs.forward_addr() {
         println!("  forward:  {a} (Fluent Forward)");
     }
+    if let Some(pg) = &postgres {
+        println!(
+            "  postgres: {} ({} members; `paas resource add postgres`)",
+            pg.endpoint, args.postgres_members
+        );
+    }
     println!("  data dir: {}", data_dir.display());
     println!("  config:   {}", config_path.display());
     println!("Press Ctrl-C to stop.");
@@ -153,6 +176,12 @@ async fn serve(
     }
     logs.shutdown().await;
     tracing::info!("log aggregator stopped");
+    if let Some(pg) = postgres {
+        tokio::task::spawn_blocking(move || drop(pg))
+            .await
+            .context("stopping postgres")?;
+        tracing::info!("postgres stopped");
+    }
     server
         .await
         .context("API server task panicked")?
@@ -199,8 +228,14 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// `$XDG_DATA_HOME/paas`, else `~/.local/share/paas`.
+/// `/var/lib/paas` for root (the database servers run as their own users and must reach
+/// it; root's home is not traversable), else `$XDG_DATA_HOME/paas` or
+/// `~/.local/share/paas`.
 pub fn default_data_dir() -> Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/var/lib/paas"));
+    }
     if let Ok(d) = std::env::var("XDG_DATA_HOME") {
         if !d.is_empty() {
             return Ok(PathBuf::from(d).join("paas"));

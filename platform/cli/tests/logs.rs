@@ -27,6 +27,7 @@ impl Drop for Daemon {
 fn base(home: &Path) -> Command {
     let mut cmd = Command::new(PAAS);
     cmd.env("HOME", home)
+        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_DATA_HOME")
         .env_remove("PAAS_URL")
@@ -108,7 +109,15 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
     let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
     let syslog_port = paas_it::free_port().unwrap();
     let mut child = base(&home)
-        .args(["up", "--listen", &listen, "--forward-listen", "127.0.0.1:0"])
+        .args([
+            "up",
+            "--listen",
+            &listen,
+            "--forward-listen",
+            "127.0.0.1:0",
+            "--postgres-members",
+            "0",
+        ])
         .args(["--syslog-listen", &format!("127.0.0.1:{syslog_port}")])
         .env("AWS_ACCESS_KEY_ID", s3.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", s3.secret_access_key())

@@ -24,6 +24,7 @@ impl Drop for Daemon {
 fn base(home: &Path) -> Command {
     let mut cmd = Command::new(PAAS);
     cmd.env("HOME", home)
+        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_DATA_HOME")
         .env_remove("PAAS_URL")
@@ -43,6 +44,8 @@ fn start_up(home: &Path) -> (Daemon, String) {
             "127.0.0.1:0",
             "--forward-listen",
             "127.0.0.1:0",
+            "--postgres-members",
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -23,8 +23,11 @@ impl Up {
                 "127.0.0.1:0",
                 "--forward-listen",
                 "127.0.0.1:0",
+                "--postgres-members",
+                "0",
             ])
             .env("HOME", home)
+            .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
             .env_remove("PAAS_URL")
@@ -68,6 +71,7 @@ fn paas(home: &Path, args: &[&str], token: Option<&str>) -> Output {
     let mut cmd = Command::new(PAAS);
     cmd.args(args)
         .env("HOME", home)
+        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("PAAS_URL")
         .env_remove("PAAS_APP");
@@ -158,8 +162,11 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
             "127.0.0.1:0",
             "--forward-listen",
             "127.0.0.1:0",
+            "--postgres-members",
+            "0",
         ])
         .env("HOME", home)
+        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
         .output()
         .unwrap();
     assert!(!second.status.success());

@@ -1,0 +1,156 @@
+//! The Postgres appliance as `paas up` runs it: an N-member cluster of supervisor
+//! processes (`paas appliance postgres ...`, data under `DATA_DIR/postgres/pgN`), the
+//! leader-following endpoint every `DATABASE_URL` points at, and the provider that
+//! `paas resource add postgres` calls.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use paas_postgres::launcher::{LocalCluster, LocalClusterSpec};
+use paas_postgres::provision::{PostgresProvider, ProviderConfig};
+use paas_router::tcp::{EndpointConfig, TcpEndpoint};
+
+/// Name of the cluster `paas up` runs.
+pub const CLUSTER: &str = "main";
+
+/// A running cluster and its endpoint; dropping it stops the members.
+pub struct Running {
+    _cluster: LocalCluster,
+    _endpoint: TcpEndpoint,
+    /// The address in every DATABASE_URL.
+    pub endpoint: SocketAddr,
+}
+
+/// The superuser password of the cluster, created (0600) on first start.
+fn superuser_password(dir: &Path) -> Result<String> {
+    let path = dir.join("superuser-password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        if !p.trim().is_empty() {
+            return Ok(p.trim().to_string());
+        }
+    }
+    let secret = paas_controller::auth::generate_secret().hash; // 64 hex digits, 256 bits
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    Ok(secret)
+}
+
+/// Starts `members` supervisors under `dir` and the endpoint on `listen`; returns them
+/// with the provider to register.
+pub async fn start(
+    dir: &Path,
+    etcd: &[String],
+    members: usize,
+    listen: SocketAddr,
+) -> Result<(Running, PostgresProvider)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let password = superuser_password(dir)?;
+    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let cluster = LocalCluster::start(LocalClusterSpec {
+        program: std::env::current_exe().context("cannot find the paas binary")?,
+        args_prefix: vec!["appliance".into(), "postgres".into()],
+        cluster: CLUSTER.into(),
+        members,
+        etcd_endpoints: etcd.to_vec(),
+        prefix: prefix.clone(),
+        base_dir: dir.to_path_buf(),
+        superuser_password: password.clone(),
+        ttl_secs: 3,
+    })
+    .context("cannot start the postgres supervisors")?;
+    let endpoint = TcpEndpoint::start(
+        listen,
+        EndpointConfig {
+            etcd_endpoints: etcd.to_vec(),
+            leader_key: paas_postgres::cluster::Keys::new(&prefix, CLUSTER).leader(),
+            no_leader_wait: Duration::from_secs(15),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {listen} for postgres (use --postgres-listen)"))?;
+    let addr = endpoint.local_addr();
+    let provider = PostgresProvider::new(ProviderConfig {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        superuser_password: password,
+    });
+    Ok((
+        Running {
+            _cluster: cluster,
+            _endpoint: endpoint,
+            endpoint: addr,
+        },
+        provider,
+    ))
+}
+
+/// `paas appliance postgres ...`: one supervisor (started by `paas up`'s launcher).
+#[derive(Args, Debug)]
+pub struct SupervisorArgs {
+    /// Cluster name.
+    #[arg(long, default_value = CLUSTER)]
+    cluster: String,
+    /// This member's name ([a-z0-9_]).
+    #[arg(long)]
+    name: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// etcd key prefix.
+    #[arg(long, default_value = "paas/")]
+    prefix: String,
+    /// Instance directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// PostgreSQL binaries.
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    bin_dir: PathBuf,
+    /// Listen address of PostgreSQL and the health API.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// PostgreSQL port.
+    #[arg(long)]
+    pg_port: u16,
+    /// Health API port.
+    #[arg(long)]
+    health_port: u16,
+    /// The superuser password (same on all members).
+    #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
+    superuser_password: String,
+    /// Lease TTL in seconds.
+    #[arg(long, default_value_t = 3)]
+    ttl_secs: u64,
+}
+
+/// Runs one supervisor until SIGINT/SIGTERM.
+pub async fn supervise(args: SupervisorArgs) -> Result<()> {
+    crate::up::init_tracing();
+    let mut config = paas_postgres::supervisor::SupervisorConfig::new(
+        &args.cluster,
+        &args.name,
+        args.etcd,
+        args.dir,
+        args.pg_port,
+        args.health_port,
+        &args.superuser_password,
+    );
+    config.prefix = args.prefix;
+    config.bin_dir = args.bin_dir;
+    config.host = args.host;
+    config.ttl = Duration::from_secs(args.ttl_secs);
+    paas_postgres::supervisor::run(config, crate::up::wait_for_signal())
+        .await
+        .context("postgres supervisor failed")
+}
