@@ -130,21 +130,25 @@ impl Marks {
         let (Some(sender), Some(origin)) = (sender, origin) else {
             return (Verdict::Accept(Accept::Untracked), None);
         };
-        let previous = self.senders.get(sender).copied();
-        let verdict = decide(previous.as_ref(), Some(origin));
-        if let Verdict::Accept(_) = verdict {
-            let mark = Mark {
-                spool: origin.spool,
-                high: origin.seq,
-            };
-            match self.senders.get_mut(sender) {
-                Some(m) => *m = mark,
-                None => {
-                    self.senders.insert(sender.to_owned(), mark);
+        let mark = Mark {
+            spool: origin.spool,
+            high: origin.seq,
+        };
+        // One lookup per line on the hot path: the sender is usually known.
+        match self.senders.get_mut(sender) {
+            Some(m) => {
+                let previous = *m;
+                let verdict = decide(Some(&previous), Some(origin));
+                if let Verdict::Accept(_) = verdict {
+                    *m = mark;
                 }
+                (verdict, Some(previous))
+            }
+            None => {
+                self.senders.insert(sender.to_owned(), mark);
+                (decide(None, Some(origin)), None)
             }
         }
-        (verdict, previous)
     }
 
     /// Puts a sender's mark back to `previous` (undoing [`Marks::admit`] for lines that
@@ -175,9 +179,18 @@ impl Marks {
 /// parameters. `None` when there is no such element or `id` is not a positive integer;
 /// a `spool` that is not 16 hex digits counts as absent.
 pub fn parse_origin(structured_data: &str) -> Option<Origin> {
-    let start = structured_data.find("[paas ")?;
-    let element = &structured_data[start + "[paas ".len()..];
-    let element = &element[..element.find(']')?];
+    const OPEN: &str = "[paas ";
+    // The shipper sends the element first; anywhere else is found with memmem.
+    let start = if structured_data.starts_with(OPEN) {
+        0
+    } else {
+        memchr::memmem::find(structured_data.as_bytes(), OPEN.as_bytes())?
+    };
+    let element = &structured_data[start + OPEN.len()..];
+    let element = &element[..memchr::memchr(b']', element.as_bytes())?];
+    if let Some(origin) = shipper_params(element.as_bytes()) {
+        return Some(origin);
+    }
     let mut seq = None;
     let mut spool = None;
     for param in element.split(' ') {
@@ -194,6 +207,32 @@ pub fn parse_origin(structured_data: &str) -> Option<Origin> {
         }
     }
     Some(Origin { seq: seq?, spool })
+}
+
+/// The parameters exactly as the shipper writes them, `id="N" spool="S"`, read without
+/// splitting; `None` for any other layout (the general loop then reads it).
+fn shipper_params(element: &[u8]) -> Option<Origin> {
+    let rest = element.strip_prefix(b"id=\"")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let seq = rest[..digits]
+        .iter()
+        .fold(0u64, |acc, &b| acc * 10 + u64::from(b - b'0'));
+    let spool = rest[digits..].strip_prefix(b"\" spool=\"")?;
+    let (hex, end) = (spool.get(..16)?, spool.get(16..)?);
+    if end != b"\"" || seq == 0 {
+        return None;
+    }
+    let spool = hex.iter().try_fold(0u64, |acc, &b| {
+        let d = (b as char).to_digit(16)?;
+        Some(acc << 4 | u64::from(d))
+    })?;
+    Some(Origin {
+        seq,
+        spool: Some(spool),
+    })
 }
 
 #[cfg(test)]
@@ -307,6 +346,23 @@ mod tests {
                 Some(o(7, Some(255))),
             ),
             (r#"[paas id="42" spool="ff"]"#, Some(o(42, None))),
+            (
+                r#"[paas id="18446744073709551615" spool="FFFFFFFFFFFFFFFF"]"#,
+                Some(o(u64::MAX, Some(u64::MAX))),
+            ),
+            (
+                r#"[paas id="18446744073709551616" spool="0000000000000001"]"#,
+                None,
+            ),
+            (r#"[paas id="0" spool="0000000000000001"]"#, None),
+            (
+                r#"[paas id="5" spool="000000000000000g"]"#,
+                Some(o(5, None)),
+            ),
+            (
+                r#"[paas id="5" spool="0000000000000001" x="y"]"#,
+                Some(o(5, Some(1))),
+            ),
             (r#"[paas id="0"]"#, None),
             (r#"[paas id="x"]"#, None),
             (r#"[paas spool="00000000000000ff"]"#, None),

@@ -420,7 +420,7 @@ impl Journal {
         let mut undo: Vec<(String, Option<Mark>)> = Vec::new();
         let result = sh.place(&mut st, buf, &ends, lines, origins, &mut undo);
         if result.is_err() {
-            for (sender, previous) in undo.into_iter().rev() {
+            for (sender, previous) in undo {
                 st.marks.restore(&sender, previous);
             }
         }
@@ -696,8 +696,11 @@ impl Shared {
                     continue;
                 }
                 Verdict::Accept(_) => {
+                    // The first mark of each sender in the batch is what an undo restores.
                     if let (Some(sender), Some(_)) = (sender, origin) {
-                        undo.push((sender.to_owned(), previous));
+                        if !undo.iter().any(|(s, _)| s == sender) {
+                            undo.push((sender.to_owned(), previous));
+                        }
                     }
                 }
             }
