@@ -1,5 +1,5 @@
-//! Leader election against a real etcd: a standby scheduler takes over when the leader's
-//! task is aborted; a leader whose key is deleted behind its back stops, campaigns again and
+//! Leader election against a real etcd: a standby scheduler takes over when the leader
+//! crashes (its runtime vanishes without a goodbye, so its lease must expire); a leader whose key is deleted behind its back stops, campaigns again and
 //! leads with a greater fencing token; a clean shutdown releases leadership at once.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,42 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "t";
+
+/// A runtime of its own standing in for a separate process: [`Crashable::crash`] makes
+/// every task in it vanish at once, and nothing it would do on the way out (such as
+/// revoking a dropped lease) gets to run, as with `kill -9`.
+struct Crashable(Option<tokio::runtime::Runtime>);
+
+impl Crashable {
+    fn new() -> Crashable {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Crashable(Some(runtime))
+    }
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("not crashed").spawn(future);
+    }
+
+    fn crash(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Crashable {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
 
 fn config(id: &str, endpoint: &str) -> SchedulerConfig {
     let mut cfg = SchedulerConfig::new(id, vec![endpoint.to_string()], PREFIX);
@@ -109,7 +145,8 @@ async fn standby_takes_over_when_the_leader_dies() {
         .await
         .unwrap();
 
-    let a = tokio::spawn(run(config("a", &endpoint), CancellationToken::new()));
+    let mut a = Crashable::new();
+    a.spawn(run(config("a", &endpoint), CancellationToken::new()));
     wait_for("a to lead", Duration::from_secs(10), || async {
         leader(&leaders).as_deref() == Some("a")
     })
@@ -123,18 +160,15 @@ async fn standby_takes_over_when_the_leader_dies() {
     // b stands by: still one placement, a still leads.
     assert_eq!(leader(&leaders).as_deref(), Some("a"));
 
-    // The leader's task is dropped mid-term: its lease is revoked on drop, so b wins
-    // without waiting for the TTL (a killed process waits for the TTL instead; the
-    // end-to-end runtime test measures that).
+    // The leader crashes: nothing revokes its lease, which must expire for b to win.
     let died = std::time::Instant::now();
-    a.abort();
-    let _ = a.await;
+    a.crash();
     wait_for("b to take over", Duration::from_secs(15), || async {
         leader(&leaders).as_deref() == Some("b")
     })
     .await;
     println!(
-        "figure: leader task aborted -> standby leads: {:?} (lease TTL 2 s)",
+        "figure: leader crash -> standby leads: {:?} (lease TTL 2 s)",
         died.elapsed()
     );
     let scaled = std::time::Instant::now();
