@@ -101,6 +101,9 @@ enum Command {
         #[arg(long)]
         stream: Option<String>,
     },
+    /// Postgres resources of an app.
+    #[command(subcommand)]
+    Pg(PgCmd),
     /// Manage log drains (Elasticsearch, S3, syslog, forward).
     #[command(subcommand)]
     Drain(DrainCmd),
@@ -121,6 +124,18 @@ enum Command {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
         job: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PgCmd {
+    /// Open psql on the app's database (its DATABASE_URL).
+    Psql {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Extra psql arguments (after `--`), e.g. `-- -c 'select 1'`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -328,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Host(args) => host::run(args).await,
         Command::Appliance(ApplianceCmd::Postgres(args)) => postgres::supervise(args).await,
+        Command::Pg(PgCmd::Psql { app, args }) => postgres::psql(&app, &args).await,
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,

@@ -81,6 +81,7 @@ pub async fn start(
     .await
     .with_context(|| format!("cannot listen on {listen} for postgres (use --postgres-listen)"))?;
     let addr = endpoint.local_addr();
+    wait_ready(addr, &password, Duration::from_secs(120)).await?;
     let provider = PostgresProvider::new(ProviderConfig {
         host: addr.ip().to_string(),
         port: addr.port(),
@@ -94,6 +95,61 @@ pub async fn start(
         },
         provider,
     ))
+}
+
+/// Why the cluster is not ready yet, or `None` when it accepts durable writes: a primary
+/// reachable through the endpoint with a synchronous standby streaming.
+async fn not_ready(endpoint: SocketAddr, password: &str) -> Option<String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(endpoint.ip().to_string())
+        .port(endpoint.port())
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => return Some(format!("cannot connect: {e}")),
+    };
+    let conn = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "select pg_is_in_recovery(), \
+             (select count(*) from pg_stat_replication where sync_state = 'sync')",
+            &[],
+        )
+        .await;
+    conn.abort();
+    match row {
+        Err(e) => Some(format!("query failed: {e}")),
+        Ok(row) if row.get::<_, bool>(0) => Some("the endpoint reaches a standby".into()),
+        Ok(row) if row.get::<_, i64>(1) == 0 => Some("no synchronous standby yet".into()),
+        Ok(_) => None,
+    }
+}
+
+/// Waits until the cluster takes durable writes through the endpoint, or fails after
+/// `limit` with the last reason.
+async fn wait_ready(endpoint: SocketAddr, password: &str, limit: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        match not_ready(endpoint, password).await {
+            None => {
+                tracing::info!(elapsed = ?started.elapsed(), "postgres cluster ready");
+                return Ok(());
+            }
+            Some(reason) => {
+                if reason != last {
+                    tracing::info!(%reason, "waiting for the postgres cluster");
+                }
+                last = reason;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("postgres cluster not ready after {limit:?}: {last}")
 }
 
 /// `paas appliance postgres ...`: one supervisor (started by `paas up`'s launcher).
@@ -153,4 +209,27 @@ pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     paas_postgres::supervisor::run(config, crate::up::wait_for_signal())
         .await
         .context("postgres supervisor failed")
+}
+
+/// `paas pg psql -a APP [-- ARGS]`: replaces this process with psql on DATABASE_URL.
+pub async fn psql(app: &str, args: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let client = crate::client::Client::new(crate::config::load()?)?;
+    let env: std::collections::BTreeMap<String, String> = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/apps/{app}/env"),
+            None::<&serde_json::Value>,
+        )
+        .await?;
+    let url = env.get("DATABASE_URL").with_context(|| {
+        format!("{app} has no DATABASE_URL: run `paas resource add postgres -a {app}` first")
+    })?;
+    let err = std::process::Command::new("psql")
+        .arg(url)
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!(
+        "cannot run psql: {err} (apt-get install postgresql-client)"
+    ))
 }
