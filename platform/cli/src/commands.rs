@@ -412,6 +412,69 @@ pub async fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `paas cluster status`
+pub async fn cluster_status(json: bool) -> Result<()> {
+    let st: Value = client()?.call(Method::GET, "/cluster", NO_BODY).await?;
+    if json {
+        print_json(&st);
+        return Ok(());
+    }
+    println!(
+        "Scheduler leader: {}",
+        st["scheduler_leader"].as_str().unwrap_or("(none)")
+    );
+    let rows: Vec<Vec<String>> = st["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            vec![
+                s(&h["host"]["id"]),
+                s(&h["host"]["api_addr"]),
+                s(&h["host"]["job_ip"]),
+                s(&h["jobs"]),
+                when(&h["host"]["started_at"]),
+            ]
+        })
+        .collect();
+    table::print(&["HOST", "API", "JOB IP", "JOBS", "STARTED"], &rows);
+    for agg in st["log_aggregators"].as_array().into_iter().flatten() {
+        println!(
+            "Log aggregator: api {} syslog {} forward {}",
+            s(&agg["api"]),
+            s(&agg["syslog"]),
+            s(&agg["forward"])
+        );
+    }
+    for (kind, status) in st["providers"].as_object().into_iter().flatten() {
+        println!();
+        print_provider(kind, status);
+    }
+    Ok(())
+}
+
+fn print_provider(kind: &str, status: &Value) {
+    match (status["text"].as_str(), status["error"].as_str()) {
+        (Some(text), _) => print!("{text}"),
+        (None, Some(err)) => println!("{kind}: status unavailable: {err}"),
+        (None, None) => println!("{kind}: no status reported"),
+    }
+}
+
+/// `paas pg info` and the like: one provider's section of `paas cluster status`.
+pub async fn provider_status(json: bool, kind: &str) -> Result<()> {
+    let st: Value = client()?.call(Method::GET, "/cluster", NO_BODY).await?;
+    let status = st["providers"]
+        .get(kind)
+        .with_context(|| format!("no {kind} provider is configured"))?;
+    if json {
+        print_json(status);
+    } else {
+        print_provider(kind, status);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,9 @@ enum Command {
         #[arg(long)]
         stream: Option<String>,
     },
+    /// The platform's own state (admin).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Postgres resources of an app.
     #[command(subcommand)]
     Pg(PgCmd),
@@ -128,7 +131,15 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// Hosts, the scheduler's leader, the log aggregator and every appliance's roles.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum PgCmd {
+    /// The Postgres cluster: generation, primary, sync, WAL position and lag per member.
+    Info,
     /// Open psql on the app's database (its DATABASE_URL).
     Psql {
         #[arg(short, long, env = "PAAS_APP")]
@@ -344,6 +355,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(args) => host::run(args).await,
         Command::Appliance(ApplianceCmd::Postgres(args)) => postgres::supervise(args).await,
         Command::Pg(PgCmd::Psql { app, args }) => postgres::psql(&app, &args).await,
+        Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
+        Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{app}/log", get(logs::app_log))
         .route("/drains", post(logs::add_drain).get(logs::list_drains))
         .route("/drains/{id}", delete(logs::remove_drain))
+        .route("/cluster", get(cluster_status))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -105,6 +106,54 @@ async fn status(p: Principal, State(s): State<AppState>) -> Result<Json<StatusRe
         resource_kinds: s.providers.kinds(),
         scope: p.0,
     }))
+}
+
+/// `GET /cluster`: hosts, the scheduler's leader, the log aggregator and each
+/// provider's own status (admin only: it names every host and instance).
+async fn cluster_status(
+    p: Principal,
+    State(s): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin("cluster status")?;
+    let hosts = s.store.hosts().await?;
+    let jobs = s.store.job_statuses().await?;
+    let hosts: Vec<serde_json::Value> = hosts
+        .into_iter()
+        .map(|h| {
+            let running = jobs.iter().filter(|j| j.host == h.id).count();
+            serde_json::json!({ "host": h, "jobs": running })
+        })
+        .collect();
+    let scheduler: Option<String> = s
+        .store
+        .coord()
+        .observe_leader::<String>("scheduler")
+        .await?
+        .current()
+        .map(|leader| leader.value);
+    let aggregators: Vec<serde_json::Value> = s
+        .store
+        .coord()
+        .list::<serde_json::Value>("services/logaggregator/")
+        .await?
+        .into_iter()
+        .map(|(_, v, _)| v)
+        .collect();
+    let mut providers = serde_json::Map::new();
+    for kind in s.providers.kinds() {
+        let provider = s.providers.get(&kind).expect("listed kind is registered");
+        let status = match provider.status().await {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        providers.insert(kind, status);
+    }
+    Ok(Json(serde_json::json!({
+        "hosts": hosts,
+        "scheduler_leader": scheduler,
+        "log_aggregators": aggregators,
+        "providers": providers,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,13 @@ pub trait Provider: Send + Sync {
         id: &str,
         data: &serde_json::Value,
     ) -> Result<(), ProviderError>;
+
+    /// The provider's cluster as operators see it (`paas cluster status`, `paas pg
+    /// info`): roles, leaders, positions. Providers without a cluster of their own
+    /// report nothing.
+    async fn status(&self) -> Result<serde_json::Value, ProviderError> {
+        Ok(serde_json::Value::Null)
+    }
 }
 
 /// The providers available in this platform, by kind.
