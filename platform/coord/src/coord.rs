@@ -11,11 +11,16 @@ use crate::keys::Namespace;
 /// wait for a stream's response headers).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HTTP/2 keep-alive ping interval: a dead connection is noticed within about
-/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`, well inside any sensible lease TTL.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a keep-alive ping may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 keep-alive ping interval, sent only while streams (watches, lease
+/// keep-alives) are open. etcd refuses clients that ping more often than its
+/// `--grpc-keepalive-min-time` (5 s by default) or ping with no stream open: after a few
+/// such pings it sends GOAWAY (`too_many_pings`) and every stream on the connection
+/// breaks. So pings stay above that minimum and never go out while idle. Lease safety
+/// does not rest on them: the lease keeper bounds each renewal by its own deadline.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
+/// How long a keep-alive ping may go unanswered before the connection is dropped: a
+/// silently dead connection under a watch is noticed within about 8 s.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection to etcd whose keys all live under one namespace.
 ///
@@ -53,7 +58,7 @@ impl Coord {
             .with_connect_timeout(timeout)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true)
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         let attempt = async {
             let mut client = Client::connect(&endpoint_list, Some(options)).await?;
