@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, endpoint_conninfo, force_failover, monitor, writer, Acked, Harness, Kind, PASSWORD,
+    force_failover, monitor, prepare_app_database, writer, Acked, Harness, Kind, PASSWORD,
 };
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 
@@ -34,17 +34,10 @@ async fn main() {
     let provisions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
 
     let mut h = Harness::start(3).await;
-    connect(&endpoint_conninfo(&h))
-        .await
-        .expect("connect through the endpoint")
-        .batch_execute(
-            "CREATE TABLE acked (id bigint PRIMARY KEY); CREATE TABLE probe (at timestamptz)",
-        )
-        .await
-        .expect("create tables");
+    let url = prepare_app_database(&h).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer_task = tokio::spawn(writer(endpoint_conninfo(&h), acked.clone(), stop.clone()));
+    let writer_task = tokio::spawn(writer(url.clone(), acked.clone(), stop.clone()));
     let ports = h
         .cluster
         .members()
@@ -61,7 +54,7 @@ async fn main() {
     let mut times = Vec::new();
     for n in 0..failovers {
         let kind = kinds[n % kinds.len()];
-        let f = force_failover(&mut h, kind, &acked).await;
+        let f = force_failover(&mut h, kind, &url, &acked).await;
         println!("failover {:>2} {kind:<16?} {} -> {} generation {:>2}: {:>6.2} s, {} acknowledged rows all present", n + 1, f.old, f.new, f.generation, f.took.as_secs_f64(), f.rows);
         times.push(f.took);
     }

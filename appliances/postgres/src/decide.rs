@@ -309,22 +309,39 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
     }
     let primary = leader.to_string();
     let want = upstream_for(o, state, leader);
+    let promoted = o
+        .members
+        .get(leader)
+        .is_some_and(|m| m.running && m.role == Role::Primary);
+    let rebuild = |reason: String| {
+        if promoted {
+            Decision::Follow {
+                primary: leader.to_string(),
+                upstream: want.clone(),
+                reason,
+            }
+        } else {
+            // pg_rewind compares control-file timelines: against a primary still
+            // promoting it would find nothing to rewind and leave the data diverged.
+            Decision::Wait(format!(
+                "{reason}; waiting for {leader} to finish its promotion first"
+            ))
+        }
+    };
     let from = if want == primary {
         format!("primary {primary}")
     } else {
         format!("sync {want} of primary {primary}")
     };
     match &o.local {
-        Local::Empty => Decision::Follow {
-            reason: format!("no local data: cloning from primary {primary} to stream from {from} (generation {g})"),
-            primary,
-            upstream: want,
-        },
+        Local::Empty => rebuild(format!("no local data: cloning from primary {primary} to stream from {from} (generation {g})")),
         Local::Stopped { upstream: Some(upstream), .. } if *upstream == want => Decision::StartStandby {
             reason: format!("starting as standby of {from} (generation {g})"),
             upstream: want,
         },
-        Local::Stopped { upstream: Some(upstream), .. } if o.members.get(upstream).is_some_and(|m| m.role == Role::Sync || m.role == Role::Primary) => {
+        Local::Stopped { upstream: Some(upstream), .. }
+            if o.members.get(upstream).is_some_and(|m| m.role == Role::Sync || m.role == Role::Primary) =>
+        {
             // Data that streamed from the primary or its sync never went past the new
             // primary's history: it can start and re-point without a rewind.
             Decision::StartStandby {
@@ -332,14 +349,10 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
                 upstream: want,
             }
         }
-        Local::Stopped { upstream, .. } => Decision::Follow {
-            reason: match upstream {
-                Some(old) => format!("my data followed {old}; rewinding onto primary {primary} to stream from {from} (generation {g})"),
-                None => format!("my data was a primary; rewinding onto primary {primary} to rejoin as a standby of {from} (generation {g})"),
-            },
-            primary,
-            upstream: want,
-        },
+        Local::Stopped { upstream, .. } => rebuild(match upstream {
+            Some(old) => format!("my data followed {old}; rewinding onto primary {primary} to stream from {from} (generation {g})"),
+            None => format!("my data was a primary; rewinding onto primary {primary} to rejoin as a standby of {from} (generation {g})"),
+        }),
         Local::Starting => Decision::Wait(format!("PostgreSQL is starting; {primary} leads generation {g}")),
         Local::Standby { upstream, .. } if *upstream != want => Decision::Repoint {
             reason: format!("I stream from {upstream} but should from {from} (generation {g}): re-pointing"),
@@ -348,11 +361,9 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
         Local::Standby { stalled: true, .. } if state.sync.as_deref() == Some(o.me.as_str()) => Decision::Wait(format!(
             "sync standby of {from} (generation {g}) is not streaming; the sync's data holds every acknowledged write, so it is never rebuilt"
         )),
-        Local::Standby { stalled: true, .. } => Decision::Follow {
-            reason: format!("streaming from {from} stalled; rewinding or re-cloning (generation {g})"),
-            primary,
-            upstream: want,
-        },
+        Local::Standby { stalled: true, .. } => {
+            rebuild(format!("streaming from {from} stalled; rewinding or re-cloning (generation {g})"))
+        }
         Local::Standby { streaming, .. } => {
             let role = if state.sync.as_deref() == Some(o.me.as_str()) { "sync" } else { "async" };
             let how = if *streaming { "streaming" } else { "connecting" };

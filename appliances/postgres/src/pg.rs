@@ -77,6 +77,9 @@ pub enum PgError {
     /// The server process exited while it was expected to run.
     #[error("postgres exited: {0}")]
     Exited(String),
+    /// The rewind source is not a primary with a checkpoint on its current timeline yet.
+    #[error("{0} is not yet a checkpointed primary")]
+    NotReadySource(String),
     /// A member's registered address is not `host:port`.
     #[error("bad address {0:?}")]
     BadAddress(String),
@@ -285,8 +288,9 @@ impl Postgres {
         self.mark_upstream(Some(upstream))
     }
 
-    /// Checks that the server at `addr` accepts a superuser session (the source of a
-    /// rewind or clone is up).
+    /// Checks that the server at `addr` can be the source of a rewind or clone: it accepts
+    /// a superuser session, is a primary, and its last checkpoint is on its current
+    /// timeline (otherwise pg_rewind would see no divergence and do nothing).
     pub async fn probe_source(&self, addr: &str) -> Result<(), PgError> {
         let (host, port) = split_addr(addr);
         let port: u16 = port
@@ -301,9 +305,22 @@ impl Postgres {
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2));
         let (client, connection) = timed(config.connect(NoTls)).await?;
-        drop(connection);
-        drop(client);
-        Ok(())
+        let driver = tokio::spawn(connection);
+        // A primary whose last checkpoint is on its current timeline: what pg_rewind reads.
+        let ready: bool = timed(client.query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN false ELSE \
+             (SELECT timeline_id FROM pg_control_checkpoint()) = \
+             ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+            &[],
+        ))
+        .await?
+        .get(0);
+        driver.abort();
+        if ready {
+            Ok(())
+        } else {
+            Err(PgError::NotReadySource(addr.to_string()))
+        }
     }
 
     /// Rewinds stopped PGDATA onto the timeline of the server at `addr` (pg_rewind runs

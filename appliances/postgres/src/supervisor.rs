@@ -814,9 +814,7 @@ async fn follow(
 ) -> Result<(), SupervisorError> {
     // A standby is only taken down when the source can serve the rewind or clone: when
     // the primary just died, the running standby stays ready to follow its successor.
-    if pg.is_running() {
-        pg.probe_source(&addr).await?;
-    }
+    pg.probe_source(&addr).await?;
     pg.stop().await;
     if pg.has_data() {
         if let Err(err) = pg.rewind(&addr).await {

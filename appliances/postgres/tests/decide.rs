@@ -377,6 +377,10 @@ fn a_deposed_primary_rejoins_by_rewinding() {
         crashed: false,
     };
     check(&o, "Follow", "my data followed pg0; rewinding");
+    // While the new primary has not published that its promotion finished, rewinding
+    // would compare stale timelines: wait.
+    o.members.get_mut("pg1").unwrap().role = Role::Sync;
+    check(&o, "Wait", "waiting for pg1 to finish its promotion first");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{
-    connect, endpoint_conninfo, force_failover, monitor, verify_acked, writer, Acked, Harness, Kind,
+    force_failover, monitor, prepare_app_database, verify_acked, writer, Acked, Harness, Kind,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -27,20 +27,11 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let mut h = Harness::start(3).await;
-    {
-        let setup = connect(&endpoint_conninfo(&h))
-            .await
-            .expect("connect through the endpoint");
-        setup
-            .batch_execute(
-                "CREATE TABLE acked (id bigint PRIMARY KEY); CREATE TABLE probe (at timestamptz)",
-            )
-            .await
-            .expect("create tables");
-    }
+    // The writer uses exactly what an app gets: its DATABASE_URL, pointing at the endpoint.
+    let url = prepare_app_database(&h).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer_task = tokio::spawn(writer(endpoint_conninfo(&h), acked.clone(), stop.clone()));
+    let writer_task = tokio::spawn(writer(url.clone(), acked.clone(), stop.clone()));
     let ports = h
         .cluster
         .members()
@@ -56,7 +47,7 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
     ];
     for round in 0..rounds {
         for kind in kinds {
-            let f = force_failover(&mut h, kind, &acked).await;
+            let f = force_failover(&mut h, kind, &url, &acked).await;
             println!(
                 "round {round} {kind:?}: {} -> {} (generation {}), writes resumed after {:?}; {} acknowledged rows all present",
                 f.old, f.new, f.generation, f.took, f.rows
@@ -67,7 +58,7 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
     stop.store(true, Ordering::SeqCst);
     writer_task.await.unwrap();
     let violations = monitor_task.await.unwrap();
-    let rows = verify_acked(&h, &acked).await;
+    let rows = verify_acked(&h, &url, &acked).await;
     assert!(
         violations.is_empty(),
         "two writable instances: {violations:#?}"

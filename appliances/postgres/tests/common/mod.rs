@@ -96,7 +96,9 @@ impl Harness {
                 let members = &snapshot.members;
                 let all_up = members.len() == self.cluster.members().len()
                     && members.values().all(|m| {
-                        m.running && matches!(m.role, Role::Primary | Role::Sync | Role::Async)
+                        m.running
+                            && (m.role == Role::Primary
+                                || (m.streaming && matches!(m.role, Role::Sync | Role::Async)))
                     });
                 let sync_ok = state
                     .sync
@@ -131,7 +133,12 @@ impl Harness {
         let mut out = String::new();
         for (i, m) in self.cluster.members().iter().enumerate() {
             let text = std::fs::read_to_string(self.cluster.log_path(i)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("DEBUG"))
+                .take(120)
+                .collect();
             out.push_str(&format!("--- {} supervisor.log (tail)\n", m.name));
             for line in tail.into_iter().rev() {
                 out.push_str(line);
@@ -202,6 +209,37 @@ impl Acked {
             .find(|&i| self.ports[i] != i32::from(old_port))
             .map(|i| self.at[i])
     }
+}
+
+/// Provisions an app database the way `paas resource add postgres` does, creates the
+/// writer's table in it with the app's own credentials, and the monitor's probe table in
+/// the `postgres` database. Returns the app's `DATABASE_URL`.
+pub async fn prepare_app_database(h: &Harness) -> String {
+    let addr = h.endpoint_addr();
+    let provider =
+        paas_postgres::provision::PostgresProvider::new(paas_postgres::provision::ProviderConfig {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            superuser_password: PASSWORD.into(),
+        });
+    let (env, _) = provider
+        .provision_database("shop", "db")
+        .await
+        .expect("provision");
+    let url = env["DATABASE_URL"].clone();
+    connect(&url)
+        .await
+        .expect("connect with DATABASE_URL")
+        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await
+        .expect("create acked");
+    connect(&endpoint_conninfo(h))
+        .await
+        .expect("connect as superuser")
+        .batch_execute("CREATE TABLE probe (at timestamptz)")
+        .await
+        .expect("create probe");
+    url
 }
 
 pub fn endpoint_conninfo(h: &Harness) -> String {
@@ -315,9 +353,8 @@ pub async fn wait_until(
     }
 }
 
-pub async fn verify_acked(h: &Harness, acked: &Arc<Mutex<Acked>>) -> usize {
+pub async fn verify_acked(h: &Harness, conninfo: &str, acked: &Arc<Mutex<Acked>>) -> usize {
     let expected: BTreeSet<i64> = acked.lock().unwrap().ids.iter().copied().collect();
-    let conninfo = endpoint_conninfo(h);
     let started = Instant::now();
     loop {
         let present = async {
@@ -375,7 +412,12 @@ pub struct Failover {
 /// Forces the current primary out by `kind`, waits until another member leads, writes are
 /// acknowledged by it through the endpoint, the old primary rejoined as a standby, and
 /// every acknowledged row is present. Panics (with logs) otherwise.
-pub async fn force_failover(h: &mut Harness, kind: Kind, acked: &Arc<Mutex<Acked>>) -> Failover {
+pub async fn force_failover(
+    h: &mut Harness,
+    kind: Kind,
+    conninfo: &str,
+    acked: &Arc<Mutex<Acked>>,
+) -> Failover {
     let state = h.wait_healthy(Duration::from_secs(90), None).await;
     let old = state.primary.clone();
     let i = h.index(&old);
@@ -430,7 +472,7 @@ pub async fn force_failover(h: &mut Harness, kind: Kind, acked: &Arc<Mutex<Acked
     }
     let healthy = h.wait_healthy(Duration::from_secs(90), Some(&old)).await;
     assert!(healthy.generation > state.generation);
-    let rows = verify_acked(h, acked).await;
+    let rows = verify_acked(h, conninfo, acked).await;
     Failover {
         old,
         new: healthy.primary,
