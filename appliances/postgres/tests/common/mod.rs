@@ -358,7 +358,7 @@ pub async fn verify_acked(h: &Harness, conninfo: &str, acked: &Arc<Mutex<Acked>>
     let started = Instant::now();
     loop {
         let present = async {
-            let client = connect(&conninfo).await.ok()?;
+            let client = connect(conninfo).await.ok()?;
             let rows = client.query("SELECT id FROM acked", &[]).await.ok()?;
             Some(
                 rows.iter()
