@@ -1,8 +1,11 @@
-//! The Postgres appliance as `paas up` runs it: an N-member cluster of supervisor
-//! processes (`paas appliance postgres ...`, data under `DATA_DIR/postgres/pgN`), the
-//! leader-following endpoint every `DATABASE_URL` points at, and the provider that
-//! `paas resource add postgres` calls.
+//! The Postgres appliance as `paas up` runs it, the way Flynn runs its appliances: as
+//! jobs of a system app (`paas-postgres`), one process type per member (`pg0`, `pg1`,
+//! ...) so each member keeps its name and its data directory (`DATA_DIR/postgres/pgN`)
+//! across restarts; the scheduler places them and the host agent supervises them. In
+//! front of them, the leader-following endpoint every `DATABASE_URL` points at, and the
+//! provider `paas resource add postgres` calls.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,16 +14,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use paas_postgres::launcher::{LocalCluster, LocalClusterSpec};
+use paas_controller::model::Formation;
+use paas_controller::{ApiError, Store};
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
+use serde::{Deserialize, Serialize};
 
 /// Name of the cluster `paas up` runs.
 pub const CLUSTER: &str = "main";
 
-/// A running cluster and its endpoint; dropping it stops the members.
+/// The system app whose jobs are the cluster's members.
+pub const SYSTEM_APP: &str = "paas-postgres";
+
+/// Environment variable carrying the superuser password to the members.
+const PASSWORD_ENV: &str = "PAAS_PG_SUPERUSER_PASSWORD";
+
+/// The endpoint in front of the cluster; dropping it stops forwarding.
 pub struct Running {
-    _cluster: LocalCluster,
     _endpoint: TcpEndpoint,
     /// The address in every DATABASE_URL.
     pub endpoint: SocketAddr,
@@ -47,29 +57,127 @@ fn superuser_password(dir: &Path) -> Result<String> {
     Ok(secret)
 }
 
-/// Starts `members` supervisors under `dir` and the endpoint on `listen`; returns them
-/// with the provider to register.
-pub async fn start(
+/// Ports of each member, chosen once so a member's address survives restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MemberPorts {
+    /// `(postgres, health)` per member, in member order.
+    members: Vec<(u16, u16)>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn member_ports(dir: &Path, members: usize) -> Result<MemberPorts> {
+    let path = dir.join("ports.toml");
+    let mut ports: MemberPorts = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?
+        }
+        Err(_) => MemberPorts::default(),
+    };
+    if ports.members.len() < members {
+        while ports.members.len() < members {
+            ports.members.push((free_port()?, free_port()?));
+        }
+        std::fs::write(&path, toml::to_string(&ports)?)?;
+    }
+    Ok(ports)
+}
+
+/// A stable path to this binary, so the members' command does not change (and roll the
+/// members over) when the binary is rebuilt elsewhere.
+fn stable_binary(data_dir: &Path) -> Result<PathBuf> {
+    let bin = data_dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = bin.join("paas");
+    let exe = std::env::current_exe().context("cannot find the paas binary")?;
+    let tmp = bin.join("paas.new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&exe, &tmp)?;
+    std::fs::rename(&tmp, &link)?;
+    Ok(link)
+}
+
+/// The process types of the system app: one per member.
+fn member_processes(
+    binary: &Path,
     dir: &Path,
+    etcd: &[String],
+    ports: &MemberPorts,
+    members: usize,
+) -> BTreeMap<String, String> {
+    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    (0..members)
+        .map(|i| {
+            let (pg, health) = ports.members[i];
+            let command = format!(
+                "exec {} appliance postgres --cluster {CLUSTER} --name pg{i} --etcd {} \
+                 --prefix {prefix} --dir {} --pg-port {pg} --health-port {health} --ttl-secs 3",
+                binary.display(),
+                etcd.join(","),
+                dir.join(format!("pg{i}")).display(),
+            );
+            (format!("pg{i}"), command)
+        })
+        .collect()
+}
+
+/// Makes the system app's release and formation run `processes` (idempotent: an
+/// unchanged configuration makes no new release).
+async fn ensure_system_app(
+    store: &Store,
+    processes: BTreeMap<String, String>,
+    password: &str,
+) -> Result<(), ApiError> {
+    match store.create_app(SYSTEM_APP).await {
+        Ok(_) | Err(ApiError::Conflict(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let app = store.get_app(SYSTEM_APP).await?;
+    let current = store.release(SYSTEM_APP, app.release).await?;
+    let mut env = current.env.clone();
+    env.insert(PASSWORD_ENV.to_string(), password.to_string());
+    if current.processes != processes || current.env != env {
+        store
+            .new_release_with(SYSTEM_APP, |current| {
+                let mut next = current.clone();
+                next.processes = processes.clone();
+                next.env = env.clone();
+                next.description = "Postgres members".to_string();
+                Ok(next)
+            })
+            .await?;
+    }
+    let formation = Formation {
+        app: SYSTEM_APP.to_string(),
+        processes: processes.keys().map(|k| (k.clone(), 1)).collect(),
+    };
+    store.put_formation(&formation).await
+}
+
+/// Runs `members` members as jobs of the system app, starts the endpoint on `listen`
+/// and waits until the cluster takes durable writes; returns the endpoint and the
+/// provider to register.
+pub async fn start(
+    store: &Store,
+    data_dir: &Path,
     etcd: &[String],
     members: usize,
     listen: SocketAddr,
 ) -> Result<(Running, PostgresProvider)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let password = superuser_password(dir)?;
+    let dir = data_dir.join("postgres");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let password = superuser_password(&dir)?;
+    let ports = member_ports(&dir, members)?;
+    let binary = stable_binary(data_dir)?;
+    let processes = member_processes(&binary, &dir, etcd, &ports, members);
+    ensure_system_app(store, processes, &password)
+        .await
+        .context("cannot schedule the postgres members")?;
     let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
-    let cluster = LocalCluster::start(LocalClusterSpec {
-        program: std::env::current_exe().context("cannot find the paas binary")?,
-        args_prefix: vec!["appliance".into(), "postgres".into()],
-        cluster: CLUSTER.into(),
-        members,
-        etcd_endpoints: etcd.to_vec(),
-        prefix: prefix.clone(),
-        base_dir: dir.to_path_buf(),
-        superuser_password: password.clone(),
-        ttl_secs: 3,
-    })
-    .context("cannot start the postgres supervisors")?;
     let endpoint = TcpEndpoint::start(
         listen,
         EndpointConfig {
@@ -89,7 +197,6 @@ pub async fn start(
     });
     Ok((
         Running {
-            _cluster: cluster,
             _endpoint: endpoint,
             endpoint: addr,
         },

@@ -12,7 +12,8 @@
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! DATA_DIR/host/         the host agent's job directories and log spool
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
-//! DATA_DIR/postgres/     the Postgres members (pgN/) and the superuser password
+//! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
+//! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
 
 use std::fs;
@@ -83,20 +84,6 @@ async fn serve(
             .await
             .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
             .with_artifacts_dir(data_dir.join("artifacts"));
-    let mut postgres = None;
-    if args.postgres_members > 0 {
-        let (running, provider) = crate::postgres::start(
-            &data_dir.join("postgres"),
-            endpoints,
-            args.postgres_members,
-            args.postgres_listen,
-        )
-        .await?;
-        let mut providers = paas_controller::Providers::default();
-        providers.register("postgres", std::sync::Arc::new(provider));
-        controller = controller.with_providers(providers);
-        postgres = Some(running);
-    }
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)
@@ -115,36 +102,6 @@ async fn serve(
     )
     .await?;
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| {
-            format!("cannot listen on {listen} (is another paas running? use --listen)")
-        })?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let config_path = config::save(&ClientConfig {
-        url: url.clone(),
-        token: admin_token.clone(),
-    })?;
-    println!("paas is up");
-    println!("  API:      {url}");
-    println!("  token:    {admin_token}");
-    println!("  etcd:     {}", endpoints.join(","));
-    if let Some(a) = logs.syslog_addr() {
-        println!("  syslog:   {a} (RFC 5424, octet-counted or newline framed)");
-    }
-    if let Some(a) = logs.forward_addr() {
-        println!("  forward:  {a} (Fluent Forward)");
-    }
-    if let Some(pg) = &postgres {
-        println!(
-            "  postgres: {} ({} members; `paas resource add postgres`)",
-            pg.endpoint, args.postgres_members
-        );
-    }
-    println!("  data dir: {}", data_dir.display());
-    println!("  config:   {}", config_path.display());
-    println!("Press Ctrl-C to stop.");
-
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = tokio::spawn(crate::host::run_runtime(
         crate::host::Runtime {
@@ -158,16 +115,77 @@ async fn serve(
         },
         stop.clone(),
     ));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(
-        axum::serve(listener, controller.router())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
-    shutdown_signal(etcd).await;
-    let _ = stop_tx.send(true);
+
+    let result = async {
+        let mut postgres = None;
+        if args.postgres_members > 0 {
+            let (running, provider) = crate::postgres::start(
+                &controller.state().store,
+                data_dir,
+                endpoints,
+                args.postgres_members,
+                args.postgres_listen,
+            )
+            .await?;
+            let mut providers = paas_controller::Providers::default();
+            providers.register("postgres", std::sync::Arc::new(provider));
+            controller = controller.with_providers(providers);
+            postgres = Some(running);
+        }
+
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {listen} (is another paas running? use --listen)")
+            })?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let config_path = config::save(&ClientConfig {
+            url: url.clone(),
+            token: admin_token.clone(),
+        })?;
+        println!("paas is up");
+        println!("  API:      {url}");
+        println!("  token:    {admin_token}");
+        println!("  etcd:     {}", endpoints.join(","));
+        if let Some(a) = logs.syslog_addr() {
+            println!("  syslog:   {a} (RFC 5424, octet-counted or newline framed)");
+        }
+        if let Some(a) = logs.forward_addr() {
+            println!("  forward:  {a} (Fluent Forward)");
+        }
+        if let Some(pg) = &postgres {
+            println!(
+                "  postgres: {} ({} members, app {}; `paas resource add postgres`)",
+                pg.endpoint,
+                args.postgres_members,
+                crate::postgres::SYSTEM_APP
+            );
+        }
+        println!("  data dir: {}", data_dir.display());
+        println!("  config:   {}", config_path.display());
+        println!("Press Ctrl-C to stop.");
+
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(
+            axum::serve(listener, controller.router())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+        );
+        shutdown_signal(etcd).await;
+        let _ = stop_tx.send(true);
+        server
+            .await
+            .context("API server task panicked")?
+            .context("API server failed")?;
+        tracing::info!("controller stopped");
+        drop(postgres);
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+
+    // Jobs (the Postgres members among them) stop with the host agent.
     stop.cancel();
     match runtime.await {
         Ok(Ok(())) => tracing::info!("host agent and scheduler stopped"),
@@ -176,18 +194,7 @@ async fn serve(
     }
     logs.shutdown().await;
     tracing::info!("log aggregator stopped");
-    if let Some(pg) = postgres {
-        tokio::task::spawn_blocking(move || drop(pg))
-            .await
-            .context("stopping postgres")?;
-        tracing::info!("postgres stopped");
-    }
-    server
-        .await
-        .context("API server task panicked")?
-        .context("API server failed")?;
-    tracing::info!("controller stopped");
-    Ok(())
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM.

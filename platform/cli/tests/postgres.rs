@@ -138,9 +138,68 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
         "blog's role must not connect to shop's database"
     );
 
+    // The members are jobs of the system app; kill -9 the primary's whole job (its
+    // supervisor and PostgreSQL): the sync takes over behind the same DATABASE_URL and the
+    // acknowledged row is there.
+    let primary_port: u16 = psql(home, "shop", "select inet_server_port()")
+        .trim()
+        .parse()
+        .unwrap();
+    let ports = std::fs::read_to_string(home.join("data/postgres/ports.toml")).unwrap();
+    let ports: toml::Value = toml::from_str(&ports).unwrap();
+    let member = ports["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|p| p[0].as_integer() == Some(primary_port as i64))
+        .expect("primary is a member");
+    let jobs: serde_json::Value =
+        serde_json::from_str(&ok(paas(home, &["--json", "ps", "-a", "paas-postgres"]))).unwrap();
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["process_type"] == format!("pg{member}"))
+        .unwrap();
+    unsafe { libc::kill(-(job["pid"].as_i64().unwrap() as i32), libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = paas(
+            home,
+            &[
+                "pg",
+                "psql",
+                "-a",
+                "shop",
+                "--",
+                "-tA",
+                "-c",
+                "insert into t values (43) returning inet_server_port()",
+            ],
+        );
+        if out.status.success() {
+            let port: u16 = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert_ne!(port, primary_port, "a new primary took the writes");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes did not resume: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(psql(home, "shop", "select x from t order by x"), "42\n43\n");
+
     stop(up);
     let up = start(home, &listen, &pg);
-    assert_eq!(psql(home, "shop", "select x from t"), "42\n");
+    assert_eq!(psql(home, "shop", "select x from t order by x"), "42\n43\n");
 
     // Removing the resource drops the database and unsets the variables.
     ok(paas(home, &["resource", "remove", &id, "-a", "shop"]));
