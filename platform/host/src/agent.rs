@@ -81,20 +81,31 @@ pub(crate) async fn run(
     let (lease_tx, lease_rx) = watch::channel(Arc::clone(&lease));
     let mut tasks: JoinSet<String> = JoinSet::new();
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut failed_registrations = 0u32;
     tracing::info!(host = %cfg.id, api = %api_addr, job_ip = %cfg.job_ip, "host agent registered");
     loop {
         let current = Arc::clone(&lease);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             reason = current.lost() => {
-                tracing::warn!(host = %cfg.id, %reason, "host lease lost; registering again");
+                if failed_registrations == 0 {
+                    tracing::warn!(host = %cfg.id, %reason, "host lease lost; registering again");
+                }
                 match register(&shared, &host).await {
                     Ok(new) => {
+                        tracing::info!(host = %cfg.id, failed_attempts = failed_registrations, "host registered again");
+                        failed_registrations = 0;
                         lease = new;
                         lease_tx.send_replace(Arc::clone(&lease));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "registering again failed; retrying");
+                        // One warning per outage; the retries every poll interval go to debug.
+                        if failed_registrations == 0 {
+                            tracing::warn!(error = %e, "registering again failed; retrying every poll interval");
+                        } else {
+                            tracing::debug!(error = %e, "registering again failed");
+                        }
+                        failed_registrations += 1;
                         tokio::time::sleep(cfg.poll_interval).await;
                     }
                 }

@@ -798,3 +798,51 @@ async fn jobs_keep_running_through_a_short_etcd_outage() {
     a1.stop.cancel();
     a1.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_loses_its_lease_registers_again() {
+    let mut c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 10]);
+    c.release("shop", 1, &[("worker", "exec sleep 1000")], &[], None)
+        .await;
+    let job = Job {
+        id: "w1".into(),
+        app: "shop".into(),
+        release: 1,
+        process_type: "worker".into(),
+        host: "h1".into(),
+        created_at: Utc::now(),
+    };
+    c.put(&keys::placement("h1", &job.id), &job).await;
+    let before = c.wait_up("shop", 1, 1, Duration::from_secs(30)).await;
+
+    // etcd is away for longer than the 2 s lease TTL: the agent gives its lease up as
+    // lost (no renewal before the safe deadline) and stops renewing it.
+    c.etcd.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.etcd.restart().expect("etcd restart");
+    c.coord = connect(&c.etcd).await;
+
+    // The restarted etcd gives the old lease one more TTL; once that has passed, the host
+    // key and the job status are still there only if the agent registered again on a
+    // new lease and rewrote them on it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let hosts: Vec<(String, paas_controller::model::Host, i64)> =
+        c.coord.list(&keys::hosts()).await.unwrap();
+    assert_eq!(
+        hosts
+            .iter()
+            .map(|(_, h, _)| h.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["h1"]
+    );
+    let after = c.wait_up("shop", 1, 1, Duration::from_secs(10)).await;
+    // The job itself ran on throughout: same process, no restart.
+    assert_eq!(
+        (after[0].pid, after[0].restarts),
+        (before[0].pid, before[0].restarts)
+    );
+
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
