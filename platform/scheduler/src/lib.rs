@@ -42,6 +42,10 @@ use crate::triggers::Triggers;
 /// How long start-up waits for etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Least time between the starts of two ticks, so a burst of changes (every job of a
+/// large scale-up reporting its status) costs a few view reads, not one per change.
+const MIN_TICK_GAP: Duration = Duration::from_millis(50);
+
 /// Settings of one scheduler process.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -141,6 +145,7 @@ async fn lead(
 ) -> TermEnd {
     let mut triggers = Triggers::start(coord).await;
     loop {
+        let started = tokio::time::Instant::now();
         let tick = async {
             let view = read_view(coord, releases).await?;
             for action in reconcile::reconcile(&view) {
@@ -164,6 +169,7 @@ async fn lead(
             _ = tokio::time::sleep(cfg.interval) => {}
             () = triggers.changed() => {}
         }
+        tokio::time::sleep_until(started + MIN_TICK_GAP).await;
     }
 }
 
