@@ -1,54 +1,16 @@
 //! Logs as a user drives them through `paas up`: a real syslog client, `paas log`, and an
 //! S3 drain (moto server) that keeps every line through an outage of the sink.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{ok, paas};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-
-const PAAS: &str = env!("CARGO_BIN_EXE_paas");
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn base(home: &Path) -> Command {
-    let mut cmd = Command::new(PAAS);
-    cmd.env("HOME", home)
-        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("PAAS_URL")
-        .env_remove("PAAS_TOKEN")
-        .env_remove("PAAS_APP");
-    cmd
-}
-
-fn paas(home: &Path, args: &[&str]) -> Output {
-    base(home).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let s = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{s} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s
-}
 
 fn syslog(port: u16, app: &str, msg: &str) {
     let status = Command::new("logger")
@@ -106,36 +68,18 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
     s3.create_bucket("logs").unwrap();
     let home = tempfile::tempdir().unwrap();
     let home = home.path().to_path_buf();
-    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
+    let listen = common::free_addr();
     let syslog_port = paas_it::free_port().unwrap();
-    let mut child = base(&home)
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--forward-listen",
-            "127.0.0.1:0",
-            "--postgres-members",
-            "0",
-        ])
-        .args(["--syslog-listen", &format!("127.0.0.1:{syslog_port}")])
-        .env("AWS_ACCESS_KEY_ID", s3.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", s3.secret_access_key())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let _up = Daemon(child);
-    let mut out = String::new();
-    while !out.contains("Press Ctrl-C") {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "paas up exited: {out}"
-        );
-        out.push_str(&line);
-    }
+    let syslog_addr = format!("127.0.0.1:{syslog_port}");
+    let (_up, _) = common::start_up_with_env(
+        &home,
+        &listen,
+        &["--syslog-listen", &syslog_addr],
+        &[
+            ("AWS_ACCESS_KEY_ID", s3.access_key_id()),
+            ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key()),
+        ],
+    );
 
     ok(paas(&home, &["apps", "create", "shop"]));
     ok(paas(

@@ -1,81 +1,24 @@
 //! Postgres as a user gets it from `paas up`: `resource add postgres` hands out a
-//! DATABASE_URL through the leader-following endpoint; `pg psql` uses it; `resource
-//! remove` drops the database and role; the data survives a restart of `paas up`.
+//! DATABASE_URL through the leader-following endpoint; `pg psql` uses it; the primary's
+//! job dies and writes resume through the same URL; `resource remove` drops the database
+//! and role; the data survives a restart of `paas up`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 
-const PAAS: &str = env!("CARGO_BIN_EXE_paas");
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn base(home: &Path) -> Command {
-    let mut cmd = Command::new(PAAS);
-    cmd.env("HOME", home)
-        .env("PAAS_DATA_DIR", home.join("data"))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("PAAS_URL")
-        .env_remove("PAAS_TOKEN")
-        .env_remove("PAAS_APP");
-    cmd
-}
-
-fn paas(home: &Path, args: &[&str]) -> Output {
-    base(home).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let s = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{s} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s
-}
+use common::{ok, paas, Daemon};
 
 fn start(home: &Path, listen: &str, pg: &str) -> Daemon {
-    let mut child = base(home)
-        .args(["up", "--listen", listen, "--postgres-listen", pg])
-        .args([
-            "--syslog-listen",
-            "127.0.0.1:0",
-            "--forward-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut out = String::new();
-    while !out.contains("Press Ctrl-C") {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "paas up exited: {out}"
-        );
-        out.push_str(&line);
-    }
+    let (up, out) = common::start_up(
+        home,
+        listen,
+        &["--postgres-listen", pg, "--postgres-members", "3"],
+    );
     assert!(out.contains(&format!("postgres: {pg}")), "{out}");
-    Daemon(child)
-}
-
-fn stop(mut d: Daemon) {
-    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
-    assert!(d.0.wait().unwrap().success());
+    up
 }
 
 fn psql(home: &Path, app: &str, sql: &str) -> String {
@@ -197,7 +140,7 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
     }
     assert_eq!(psql(home, "shop", "select x from t order by x"), "42\n43\n");
 
-    stop(up);
+    up.stop();
     let up = start(home, &listen, &pg);
     assert_eq!(psql(home, "shop", "select x from t order by x"), "42\n43\n");
 
@@ -211,5 +154,5 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
         .output()
         .unwrap();
     assert!(!gone.status.success(), "the removed database must be gone");
-    stop(up);
+    up.stop();
 }

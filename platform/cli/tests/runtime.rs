@@ -1,87 +1,24 @@
 //! The runtime as a user drives it: `paas up` plus a second host (`paas host --join`),
 //! a web process scaled to 3, crash restarts, a dead host's jobs moving, `paas run`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const PAAS: &str = env!("CARGO_BIN_EXE_paas");
+use common::{base, free_addr, ok, paas, Daemon};
 
-/// A child `paas` daemon, SIGTERMed (then reaped) when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn base(home: &Path) -> Command {
-    let mut cmd = Command::new(PAAS);
-    cmd.env("HOME", home)
-        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("PAAS_URL")
-        .env_remove("PAAS_TOKEN")
-        .env_remove("PAAS_APP");
-    cmd
-}
-
+/// `paas up`, and the etcd URL it printed (for `paas host --join`).
 fn start_up(home: &Path) -> (Daemon, String) {
-    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
-    let mut child = base(home)
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--syslog-listen",
-            "127.0.0.1:0",
-            "--forward-listen",
-            "127.0.0.1:0",
-            "--postgres-members",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut out = String::new();
-    while !out.contains("Press Ctrl-C") {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "paas up exited: {out}"
-        );
-        out.push_str(&line);
-    }
+    let (up, out) = common::start_up(home, &free_addr(), &[]);
     let etcd = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("etcd:"))
         .unwrap()
         .trim()
         .to_string();
-    (Daemon(child), etcd)
-}
-
-fn paas(home: &Path, args: &[&str]) -> Output {
-    base(home).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let s = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{s} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s
+    (up, etcd)
 }
 
 fn jobs(home: &Path) -> Vec<serde_json::Value> {
@@ -120,7 +57,7 @@ fn scale_restart_reschedule_and_run() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let (_up, etcd) = start_up(home);
-    let artifacts = home.join(".local/share/paas/artifacts");
+    let artifacts = home.join("data/artifacts");
 
     // A second host on another loopback address, as another machine would join.
     let _second = Daemon(

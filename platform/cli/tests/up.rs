@@ -1,104 +1,19 @@
 //! `paas up` and the CLI as a user runs them: a temp HOME, the real binary, a real etcd.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-const PAAS: &str = env!("CARGO_BIN_EXE_paas");
+use common::{base, fails, free_addr, ok, start_up};
 
-/// A running `paas up`, stopped with SIGTERM when dropped (also on panic).
-struct Up {
-    child: Child,
-    stdout: String,
-}
-
-impl Up {
-    fn start(home: &Path, listen: &str) -> Up {
-        let mut child = Command::new(PAAS)
-            .args(["up", "--listen", listen])
-            .args([
-                "--syslog-listen",
-                "127.0.0.1:0",
-                "--forward-listen",
-                "127.0.0.1:0",
-                "--postgres-members",
-                "0",
-            ])
-            .env("HOME", home)
-            .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
-            .env_remove("XDG_CONFIG_HOME")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("PAAS_URL")
-            .env_remove("PAAS_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn paas up");
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        let mut stdout = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stdout.contains("Press Ctrl-C") {
-            assert!(Instant::now() < deadline, "paas up did not start: {stdout}");
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("paas up exited early: {stdout} {:?}", child.wait());
-            }
-            stdout.push_str(&line);
-        }
-        Up { child, stdout }
+fn paas(home: &Path, args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut cmd = base(home);
+    cmd.args(args);
+    if let Some(t) = token {
+        cmd.env("PAAS_TOKEN", t);
     }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "paas up exited with {status}");
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn paas(home: &Path, args: &[&str], token: Option<&str>) -> Output {
-    let mut cmd = Command::new(PAAS);
-    cmd.args(args)
-        .env("HOME", home)
-        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("PAAS_URL")
-        .env_remove("PAAS_APP");
-    match token {
-        Some(t) => cmd.env("PAAS_TOKEN", t),
-        None => cmd.env_remove("PAAS_TOKEN"),
-    };
     cmd.output().expect("run paas")
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn fails(out: Output, needle: &str) {
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(!out.status.success(), "should have failed");
-    assert!(
-        stderr.contains(needle),
-        "stderr {stderr:?} lacks {needle:?}"
-    );
 }
 
 fn etcd_alive(data_dir: &Path) -> bool {
@@ -114,18 +29,14 @@ fn etcd_alive(data_dir: &Path) -> bool {
 fn up_serves_the_cli_and_keeps_state_across_restarts() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
-    let up = Up::start(home, &listen);
-    assert!(
-        up.stdout.contains(&format!("http://{listen}")),
-        "{}",
-        up.stdout
-    );
+    let listen = free_addr();
+    let (up, stdout) = start_up(home, &listen, &[]);
+    assert!(stdout.contains(&format!("http://{listen}")), "{stdout}");
 
     let config: PathBuf = home.join(".config/paas/config.toml");
     let mode = std::fs::metadata(&config).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let data_dir = home.join(".local/share/paas");
+    let data_dir = home.join("data");
 
     ok(paas(home, &["apps", "create", "shop"], None));
     assert!(ok(paas(
@@ -155,20 +66,11 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
     );
 
     // A second `paas up` on the same data dir refuses.
-    let second = Command::new(PAAS)
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .args([
-            "--syslog-listen",
-            "127.0.0.1:0",
-            "--forward-listen",
-            "127.0.0.1:0",
-            "--postgres-members",
-            "0",
-        ])
-        .env("HOME", home)
-        .env("PAAS_DATA_DIR", home.join(".local/share/paas"))
-        .output()
-        .unwrap();
+    let second = paas(
+        home,
+        &["up", "--listen", "127.0.0.1:0", "--postgres-members", "0"],
+        None,
+    );
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
@@ -192,7 +94,7 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
     up.stop();
     assert!(!etcd_alive(&data_dir), "etcd outlived paas up");
 
-    let up = Up::start(home, &listen);
+    let (up, _) = start_up(home, &listen, &[]);
     assert_eq!(
         ok(paas(home, &["env", "get", "-a", "shop", "GREETING"], None)),
         "hello world\n"

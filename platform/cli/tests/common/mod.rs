@@ -1,0 +1,128 @@
+//! What the end-to-end tests share: the real `paas` binary in a temp HOME, with its data
+//! dir at `HOME/data`, and `paas up` as a child that is stopped even when a test panics.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// The binary under test.
+pub const PAAS: &str = env!("CARGO_BIN_EXE_paas");
+
+/// A child `paas` daemon, SIGTERMed (then reaped) when dropped.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+
+    /// SIGTERM, and the daemon must exit successfully.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "paas exited with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.signal(libc::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `paas` with `HOME` and the data dir in `home`, and no outside configuration.
+pub fn base(home: &Path) -> Command {
+    let mut cmd = Command::new(PAAS);
+    cmd.env("HOME", home)
+        .env("PAAS_DATA_DIR", home.join("data"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("PAAS_URL")
+        .env_remove("PAAS_TOKEN")
+        .env_remove("PAAS_APP");
+    cmd
+}
+
+/// Runs a client command.
+pub fn paas(home: &Path, args: &[&str]) -> Output {
+    base(home).args(args).output().unwrap()
+}
+
+/// Its stdout; it must have succeeded.
+pub fn ok(out: Output) -> String {
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// It must have failed with `needle` in its message.
+pub fn fails(out: Output, needle: &str) {
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "should have failed");
+    assert!(
+        stderr.contains(needle),
+        "stderr {stderr:?} lacks {needle:?}"
+    );
+}
+
+/// Starts `paas up --listen LISTEN ARGS...` (log inputs on free ports and no Postgres
+/// unless `args` say otherwise) and waits until it is ready; returns it and what it
+/// printed.
+pub fn start_up(home: &Path, listen: &str, args: &[&str]) -> (Daemon, String) {
+    start_up_with_env(home, listen, args, &[])
+}
+
+/// [`start_up`] with extra environment variables.
+pub fn start_up_with_env(
+    home: &Path,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Daemon, String) {
+    let mut cmd = base(home);
+    cmd.envs(env.iter().copied());
+    cmd.args(["up", "--listen", listen]);
+    for (flag, default) in [
+        ("--syslog-listen", "127.0.0.1:0"),
+        ("--forward-listen", "127.0.0.1:0"),
+        ("--postgres-members", "0"),
+    ] {
+        if !args.contains(&flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn paas up");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let daemon = Daemon(child);
+    let mut out = String::new();
+    while !out.contains("Press Ctrl-C") {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "paas up exited: {out}"
+        );
+        out.push_str(&line);
+    }
+    (daemon, out)
+}
+
+/// A free `127.0.0.1:PORT`.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", paas_it::free_port().unwrap())
+}
