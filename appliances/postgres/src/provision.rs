@@ -73,10 +73,19 @@ pub struct ResourceData {
     pub database: String,
 }
 
+/// Where the cluster's records live in etcd, for [`PostgresProvider::with_status_from`].
+#[derive(Debug, Clone)]
+struct StatusSource {
+    etcd_endpoints: Vec<String>,
+    prefix: String,
+    cluster: String,
+}
+
 /// Creates and removes app databases in the shared cluster.
 pub struct PostgresProvider {
     config: ProviderConfig,
     admin: Mutex<Option<Client>>,
+    status: Option<StatusSource>,
 }
 
 impl PostgresProvider {
@@ -85,7 +94,24 @@ impl PostgresProvider {
         PostgresProvider {
             config,
             admin: Mutex::new(None),
+            status: None,
         }
+    }
+
+    /// Reports cluster `cluster` (under `prefix` in etcd) as the provider's status, for
+    /// `paas pg info` and `paas cluster status`.
+    pub fn with_status_from(
+        mut self,
+        etcd_endpoints: Vec<String>,
+        prefix: &str,
+        cluster: &str,
+    ) -> Self {
+        self.status = Some(StatusSource {
+            etcd_endpoints,
+            prefix: prefix.to_string(),
+            cluster: cluster.to_string(),
+        });
+        self
     }
 
     /// Creates role and database for (`app`, `id`); returns the app's variables and the
@@ -217,6 +243,24 @@ impl paas_controller::Provider for PostgresProvider {
         let data: ResourceData =
             serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
         self.deprovision_database(&data).await.map_err(fail)
+    }
+
+    async fn status(&self) -> Result<serde_json::Value, paas_controller::ProviderError> {
+        let Some(src) = &self.status else {
+            return Ok(serde_json::Value::Null);
+        };
+        let info = crate::info::ClusterInfo::read(&src.etcd_endpoints, &src.prefix, &src.cluster)
+            .await
+            .map_err(|e| paas_controller::ProviderError(format!("reading the cluster: {e}")))?;
+        Ok(serde_json::json!({
+            "cluster": info.cluster,
+            "text": info.render(),
+            "state": info.state,
+            "leader": info.leader.as_ref().map(|(member, addr)| {
+                serde_json::json!({ "member": member, "addr": addr })
+            }),
+            "members": info.members,
+        }))
     }
 }
 

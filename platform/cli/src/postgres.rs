@@ -194,7 +194,8 @@ pub async fn start(
         host: addr.ip().to_string(),
         port: addr.port(),
         superuser_password: password,
-    });
+    })
+    .with_status_from(etcd.to_vec(), &prefix, CLUSTER);
     Ok((
         Running {
             _endpoint: endpoint,

@@ -54,6 +54,18 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
         "password of at least 128 bits: {password}"
     );
     ok(paas(home, &["resource", "add", "postgres", "-a", "blog"]));
+    let info = ok(paas(home, &["pg", "info"]));
+    assert!(info.contains("postgres cluster main: generation"), "{info}");
+    assert_eq!(
+        info.matches(" yes ").count(),
+        3,
+        "three running members: {info}"
+    );
+    let status = ok(paas(home, &["cluster", "status"]));
+    assert!(
+        status.contains("Scheduler leader:") && status.contains("primary"),
+        "{status}"
+    );
 
     assert_eq!(
         psql(
