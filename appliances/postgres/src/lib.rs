@@ -25,6 +25,7 @@
 //!   (`synchronous_commit = on`, `synchronous_standby_names` never empty).
 //! - [`decide`] and [`fence`] do no I/O.
 
+pub mod args;
 pub mod cluster;
 pub mod decide;
 pub mod fence;

@@ -153,7 +153,7 @@ enum PgCmd {
 #[derive(Subcommand)]
 enum ApplianceCmd {
     /// A PostgreSQL supervisor.
-    Postgres(postgres::SupervisorArgs),
+    Postgres(paas_postgres::args::SupervisorArgs),
 }
 
 #[derive(Subcommand)]

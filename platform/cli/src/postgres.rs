@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use paas_controller::model::Formation;
 use paas_controller::{ApiError, Store};
+use paas_postgres::args::SupervisorArgs;
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 use serde::{Deserialize, Serialize};
@@ -260,61 +260,10 @@ async fn wait_ready(endpoint: SocketAddr, password: &str, limit: Duration) -> Re
     anyhow::bail!("postgres cluster not ready after {limit:?}: {last}")
 }
 
-/// `paas appliance postgres ...`: one supervisor (started by `paas up`'s launcher).
-#[derive(Args, Debug)]
-pub struct SupervisorArgs {
-    /// Cluster name.
-    #[arg(long, default_value = CLUSTER)]
-    cluster: String,
-    /// This member's name ([a-z0-9_]).
-    #[arg(long)]
-    name: String,
-    /// etcd client URLs, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// etcd key prefix.
-    #[arg(long, default_value = "paas/")]
-    prefix: String,
-    /// Instance directory.
-    #[arg(long)]
-    dir: PathBuf,
-    /// PostgreSQL binaries.
-    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
-    bin_dir: PathBuf,
-    /// Listen address of PostgreSQL and the health API.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// PostgreSQL port.
-    #[arg(long)]
-    pg_port: u16,
-    /// Health API port.
-    #[arg(long)]
-    health_port: u16,
-    /// The superuser password (same on all members).
-    #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
-    superuser_password: String,
-    /// Lease TTL in seconds.
-    #[arg(long, default_value_t = 3)]
-    ttl_secs: u64,
-}
-
 /// Runs one supervisor until SIGINT/SIGTERM.
 pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     crate::up::init_tracing();
-    let mut config = paas_postgres::supervisor::SupervisorConfig::new(
-        &args.cluster,
-        &args.name,
-        args.etcd,
-        args.dir,
-        args.pg_port,
-        args.health_port,
-        &args.superuser_password,
-    );
-    config.prefix = args.prefix;
-    config.bin_dir = args.bin_dir;
-    config.host = args.host;
-    config.ttl = Duration::from_secs(args.ttl_secs);
-    paas_postgres::supervisor::run(config, crate::up::wait_for_signal())
+    paas_postgres::supervisor::run(args.into_config(), crate::up::wait_for_signal())
         .await
         .context("postgres supervisor failed")
 }

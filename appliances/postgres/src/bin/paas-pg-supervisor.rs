@@ -2,49 +2,18 @@
 //! it can be killed (-9), frozen (SIGSTOP) and restarted like in production. Stops
 //! cleanly on SIGTERM or SIGINT.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Parser;
-use paas_postgres::supervisor::{run, SupervisorConfig};
+use paas_postgres::args::SupervisorArgs;
+use paas_postgres::supervisor::run;
 
-/// Supervise one PostgreSQL 15 instance of an HA cluster coordinated through etcd.
 #[derive(Parser, Debug)]
-struct Args {
-    /// Cluster name.
-    #[arg(long, default_value = "main")]
-    cluster: String,
-    /// This member's name ([a-z0-9_]).
-    #[arg(long)]
-    name: String,
-    /// etcd client URLs, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-    etcd: Vec<String>,
-    /// etcd key prefix.
-    #[arg(long, default_value = "/paas/")]
-    prefix: String,
-    /// Instance directory.
-    #[arg(long)]
-    dir: PathBuf,
-    /// PostgreSQL binaries.
-    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
-    bin_dir: PathBuf,
-    /// Listen address of PostgreSQL and the health API.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// PostgreSQL port.
-    #[arg(long)]
-    pg_port: u16,
-    /// Health API port.
-    #[arg(long)]
-    health_port: u16,
-    /// The superuser password (same on all members).
-    #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
-    superuser_password: String,
-    /// Lease TTL in seconds.
-    #[arg(long, default_value_t = 3)]
-    ttl_secs: u64,
+#[command(
+    about = "Supervise one PostgreSQL 15 instance of an HA cluster coordinated through etcd."
+)]
+struct Cli {
+    #[command(flatten)]
+    args: SupervisorArgs,
 }
 
 #[tokio::main]
@@ -54,20 +23,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
-    let mut config = SupervisorConfig::new(
-        &args.cluster,
-        &args.name,
-        args.etcd,
-        args.dir,
-        args.pg_port,
-        args.health_port,
-        &args.superuser_password,
-    );
-    config.prefix = args.prefix;
-    config.bin_dir = args.bin_dir;
-    config.host = args.host;
-    config.ttl = Duration::from_secs(args.ttl_secs);
+    let config = Cli::parse().args.into_config();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

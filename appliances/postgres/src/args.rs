@@ -1,0 +1,65 @@
+//! The supervisor's command line, shared by the `paas-pg-supervisor` binary and
+//! `paas appliance postgres`, so both start a member the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::supervisor::SupervisorConfig;
+
+/// Supervise one PostgreSQL 15 instance of an HA cluster coordinated through etcd.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SupervisorArgs {
+    /// Cluster name.
+    #[arg(long, default_value = "main")]
+    pub cluster: String,
+    /// This member's name ([a-z0-9_]).
+    #[arg(long)]
+    pub name: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd: Vec<String>,
+    /// etcd key prefix.
+    #[arg(long, default_value = "paas/")]
+    pub prefix: String,
+    /// Instance directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// PostgreSQL binaries.
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    pub bin_dir: PathBuf,
+    /// Listen address of PostgreSQL and the health API.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// PostgreSQL port.
+    #[arg(long)]
+    pub pg_port: u16,
+    /// Health API port.
+    #[arg(long)]
+    pub health_port: u16,
+    /// The superuser password (same on all members).
+    #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
+    pub superuser_password: String,
+    /// Lease TTL in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub ttl_secs: u64,
+}
+
+impl SupervisorArgs {
+    /// The supervisor's configuration.
+    pub fn into_config(self) -> SupervisorConfig {
+        let mut config = SupervisorConfig::new(
+            &self.cluster,
+            &self.name,
+            self.etcd,
+            self.dir,
+            self.pg_port,
+            self.health_port,
+            &self.superuser_password,
+        );
+        config.prefix = self.prefix;
+        config.bin_dir = self.bin_dir;
+        config.host = self.host;
+        config.ttl = Duration::from_secs(self.ttl_secs);
+        config
+    }
+}
