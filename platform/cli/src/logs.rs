@@ -101,6 +101,8 @@ pub struct DrainArgs<'a> {
     pub region: Option<&'a str>,
     /// PEM roots for syslog+tls.
     pub ca_file: Option<&'a str>,
+    /// Batch age limit.
+    pub flush_ms: Option<u64>,
 }
 
 /// `paas drain add [-a APP] KIND URL [...]`
@@ -109,6 +111,7 @@ pub async fn drain_add(json: bool, a: DrainArgs<'_>) -> Result<()> {
     let body = json!({
         "app": a.app, "kind": a.kind, "url": a.url, "index": a.index,
         "endpoint": a.endpoint, "region": a.region, "ca_file": a.ca_file,
+        "flush_ms": a.flush_ms,
     });
     let drain: Value = client.call(Method::POST, "/drains", Some(&body)).await?;
     if json {

@@ -178,6 +178,10 @@ enum DrainCmd {
         /// PEM file with the CA roots for syslog+tls.
         #[arg(long)]
         ca_file: Option<String>,
+        /// Send a batch after this many milliseconds even if it is not full
+        /// (defaults per sink: S3 30 s, others about a second).
+        #[arg(long)]
+        flush_ms: Option<u64>,
     },
     /// List drains with delivered, failed, dropped, lag and last error.
     List {
@@ -416,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             endpoint,
             region,
             ca_file,
+            flush_ms,
         }) => {
             let args = logs::DrainArgs {
                 app: app.as_deref(),
@@ -425,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 endpoint: endpoint.as_deref(),
                 region: region.as_deref(),
                 ca_file: ca_file.as_deref(),
+                flush_ms,
             };
             logs::drain_add(json, args).await
         }

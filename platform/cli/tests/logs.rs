@@ -95,6 +95,8 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
             &s3.endpoint(),
             "--region",
             s3.region(),
+            "--flush-ms",
+            "1000",
         ],
     ));
     tokio::time::sleep(Duration::from_secs(2)).await; // the aggregator picks drains up every second
@@ -151,7 +153,7 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
         syslog(syslog_port, "shop", &msg);
         during.insert(msg);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let list = ok(paas(&home, &["--json", "drain", "list"]));
         let v: serde_json::Value = serde_json::from_str(&list).unwrap();
