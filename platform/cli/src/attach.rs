@@ -10,8 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::header;
 use hyper_util::rt::TokioIo;
-use paas_host::attach::{decode, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use paas_host::attach::relay_frames;
+use tokio::io::AsyncWriteExt;
 
 use crate::config;
 
@@ -57,41 +57,16 @@ pub async fn run(app: &str, command: &[String], env: BTreeMap<String, String>) -
         bail!(message);
     }
     let upgraded = TokioIo::new(hyper::upgrade::on(response).await?);
-    let (mut reader, mut writer) = tokio::io::split(upgraded);
+    let (reader, mut writer) = tokio::io::split(upgraded);
 
     let feeder = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let _ = tokio::io::copy(&mut stdin, &mut writer).await;
         let _ = writer.shutdown().await;
     });
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let code = loop {
-        while let Some((frame, used)) = decode(&buf).map_err(|e| anyhow!("bad frame: {e}"))? {
-            buf.drain(..used);
-            match frame {
-                Frame::Stdout(b) => {
-                    stdout.write_all(&b).await?;
-                    stdout.flush().await?;
-                }
-                Frame::Stderr(b) => {
-                    stderr.write_all(&b).await?;
-                    stderr.flush().await?;
-                }
-                Frame::Exit(code) => {
-                    feeder.abort();
-                    return Ok(code);
-                }
-            }
-        }
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            break None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let result = relay_frames(reader, Vec::new(), tokio::io::stdout(), tokio::io::stderr())
+        .await
+        .map_err(|e| anyhow!("{e}"));
     feeder.abort();
-    code.ok_or_else(|| anyhow!("the connection closed before the job's exit code arrived"))
+    result
 }

@@ -163,40 +163,48 @@ pub async fn run_remote(
         });
     }
 
-    let (mut reader, mut writer) = conn.into_split();
+    let (reader, mut writer) = conn.into_split();
     let feeder = tokio::spawn(async move {
         let copied = tokio::io::copy(&mut stdin, &mut writer).await;
         // Half-close: the job sees EOF on its stdin.
         let _ = writer.shutdown().await;
         copied
     });
-    let result = async {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            while let Some((frame, used)) = decode(&buf)? {
-                buf.drain(..used);
-                match frame {
-                    Frame::Stdout(b) => {
-                        stdout.write_all(&b).await?;
-                        stdout.flush().await?;
-                    }
-                    Frame::Stderr(b) => {
-                        stderr.write_all(&b).await?;
-                        stderr.flush().await?;
-                    }
-                    Frame::Exit(code) => return Ok(code),
-                }
-            }
-            let n = reader.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(AttachError::NoExit);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-    .await;
+    let result = relay_frames(reader, buf, &mut stdout, &mut stderr).await;
     feeder.abort();
     result
+}
+
+/// Reads frames from `reader` (after the bytes already in `buf`), copies output to
+/// `stdout`/`stderr` as it arrives, and returns the exit code from the last frame.
+pub async fn relay_frames(
+    mut reader: impl AsyncRead + Unpin,
+    mut buf: Vec<u8>,
+    mut stdout: impl AsyncWrite + Unpin,
+    mut stderr: impl AsyncWrite + Unpin,
+) -> Result<i32, AttachError> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while let Some((frame, used)) = decode(&buf)? {
+            buf.drain(..used);
+            match frame {
+                Frame::Stdout(b) => {
+                    stdout.write_all(&b).await?;
+                    stdout.flush().await?;
+                }
+                Frame::Stderr(b) => {
+                    stderr.write_all(&b).await?;
+                    stderr.flush().await?;
+                }
+                Frame::Exit(code) => return Ok(code),
+            }
+        }
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(AttachError::NoExit);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Reads an HTTP/1.1 response head; returns the status, the Content-Length if any, and
