@@ -35,6 +35,7 @@
 //! # drop(endpoint);
 //! ```
 
+mod crashable;
 mod error;
 mod etcd;
 mod http;
@@ -46,6 +47,7 @@ mod process;
 mod redis;
 mod s3;
 
+pub use crashable::Crashable;
 pub use error::{FixtureError, Result};
 pub use etcd::EtcdServer;
 pub use mariadb::MariaDbServer;

@@ -15,6 +15,7 @@ use paas_controller::model::{App, Artifact, Formation, Job, JobState, JobStatus,
 use paas_coord::{Batch, Coord};
 use paas_host::attach::{run_remote, AttachError, RunRequest};
 use paas_host::HostConfig;
+use paas_it::Crashable;
 use paas_scheduler::keys::{self, ServiceEntry};
 use paas_scheduler::SchedulerConfig;
 use sha2::Digest;
@@ -35,43 +36,6 @@ async fn connect(etcd: &paas_it::EtcdServer) -> Coord {
     Coord::connect(&[etcd.endpoint()], PREFIX, Duration::from_secs(5))
         .await
         .unwrap()
-}
-
-/// A runtime of its own standing in for a separate agent process: [`Crashable::crash`]
-/// makes every task in it vanish at once (its jobs die with their supervisors), and
-/// nothing it would do on the way out, such as revoking its lease, gets to run: as with
-/// `kill -9`, the lease has to expire.
-struct Crashable(Option<tokio::runtime::Runtime>);
-
-impl Crashable {
-    fn new() -> Crashable {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Crashable(Some(runtime))
-    }
-
-    fn spawn<F>(&self, future: F)
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0.as_ref().expect("not crashed").spawn(future);
-    }
-
-    fn crash(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Crashable {
-    fn drop(&mut self) {
-        self.crash();
-    }
 }
 
 /// A running agent task and how to stop it.

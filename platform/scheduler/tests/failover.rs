@@ -8,48 +8,13 @@ use std::time::Duration;
 use chrono::Utc;
 use paas_controller::model::{App, Formation, Host, Job, Release};
 use paas_coord::{Batch, Coord, LeaderWatch, Lease};
+use paas_it::Crashable;
 use paas_scheduler::keys::{self, SCHEDULER_ELECTION};
 use paas_scheduler::{run, SchedulerConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "t";
-
-/// A runtime of its own standing in for a separate process: [`Crashable::crash`] makes
-/// every task in it vanish at once, and nothing it would do on the way out (such as
-/// revoking a dropped lease) gets to run, as with `kill -9`.
-struct Crashable(Option<tokio::runtime::Runtime>);
-
-impl Crashable {
-    fn new() -> Crashable {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Crashable(Some(runtime))
-    }
-
-    fn spawn<F>(&self, future: F)
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0.as_ref().expect("not crashed").spawn(future);
-    }
-
-    fn crash(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Crashable {
-    fn drop(&mut self) {
-        self.crash();
-    }
-}
 
 fn config(id: &str, endpoint: &str) -> SchedulerConfig {
     let mut cfg = SchedulerConfig::new(id, vec![endpoint.to_string()], PREFIX);
