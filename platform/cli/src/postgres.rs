@@ -6,9 +6,7 @@
 //! provider `paas resource add postgres` calls.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,38 +34,11 @@ pub struct Running {
     pub endpoint: SocketAddr,
 }
 
-/// The superuser password of the cluster, created (0600) on first start.
-fn superuser_password(dir: &Path) -> Result<String> {
-    let path = dir.join("superuser-password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
-        if !p.trim().is_empty() {
-            return Ok(p.trim().to_string());
-        }
-    }
-    let secret = paas_controller::auth::generate_secret().hash; // 64 hex digits, 256 bits
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{secret}")?;
-    f.sync_all()?;
-    Ok(secret)
-}
-
 /// Ports of each member, chosen once so a member's address survives restarts.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct MemberPorts {
     /// `(postgres, health)` per member, in member order.
     members: Vec<(u16, u16)>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn member_ports(dir: &Path, members: usize) -> Result<MemberPorts> {
@@ -80,7 +51,9 @@ fn member_ports(dir: &Path, members: usize) -> Result<MemberPorts> {
     };
     if ports.members.len() < members {
         while ports.members.len() < members {
-            ports.members.push((free_port()?, free_port()?));
+            ports
+                .members
+                .push((crate::up::free_port()?, crate::up::free_port()?));
         }
         std::fs::write(&path, toml::to_string(&ports)?)?;
     }
@@ -170,7 +143,10 @@ pub async fn start(
 ) -> Result<(Running, PostgresProvider)> {
     let dir = data_dir.join("postgres");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let password = superuser_password(&dir)?;
+    // 64 hex digits: 256 bits.
+    let password = crate::up::persistent_secret(&dir.join("superuser-password"), || {
+        paas_controller::auth::generate_secret().hash
+    })?;
     let ports = member_ports(&dir, members)?;
     let binary = stable_binary(data_dir)?;
     let processes = member_processes(&binary, &dir, etcd, &ports, members);

@@ -282,26 +282,34 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File> {
 
 /// Reads the admin token, creating it (0600) on first start.
 fn admin_token(dir: &Path) -> Result<String> {
-    let path = dir.join("admin-token");
-    match fs::read_to_string(&path) {
+    persistent_secret(&dir.join("admin-token"), || {
+        paas_controller::auth::generate_secret().secret
+    })
+}
+
+/// The secret kept in `path`, made by `make` and written with mode 0600 the first time.
+pub fn persistent_secret(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    match fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let secret = paas_controller::auth::generate_secret().secret;
+    let secret = make();
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)?;
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     writeln!(f, "{secret}")?;
     f.sync_all()?;
     Ok(secret)
 }
 
-fn free_port() -> Result<u16> {
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
