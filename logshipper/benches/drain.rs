@@ -104,7 +104,7 @@ fn line(i: u64) -> LogLine {
         id: 0,
         app: ["shop", "blog", "api", "billing"][(i % 4) as usize].into(),
         process_type: Some("web".into()),
-        job: Some(format!("web.{}", i % 16)),
+        job: Some(format!("web.{}", i % 16).into()),
         host: Some("host-01".into()),
         stream: Stream::Stdout,
         timestamp_ns: 1_700_000_000_000_000_000 + i as i64 * 1_000_000,

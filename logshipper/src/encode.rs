@@ -58,8 +58,8 @@ fn timestamp(ns: i64) -> String {
 pub fn procid(line: &LogLine) -> String {
     match (&line.process_type, &line.job) {
         (Some(t), Some(j)) => format!("{t}.{j}"),
-        (Some(t), None) => t.clone(),
-        (None, Some(j)) => j.clone(),
+        (Some(t), None) => t.to_string(),
+        (None, Some(j)) => j.to_string(),
         (None, None) => String::new(),
     }
 }
@@ -100,7 +100,7 @@ pub fn syslog_frame(out: &mut Vec<u8>, line: &LogLine, spool: Option<u64>) {
 pub fn forward_tag(line: &LogLine) -> String {
     match &line.process_type {
         Some(t) => format!("{}.{}", line.app, t),
-        None => line.app.clone(),
+        None => line.app.to_string(),
     }
 }
 

@@ -210,10 +210,10 @@ impl Shipper {
             }
             let mut line = [LogLine {
                 id: 0,
-                app: source.app.clone(),
-                process_type: source.process_type.clone(),
-                job: source.job.clone(),
-                host: source.host.clone(),
+                app: source.app.as_str().into(),
+                process_type: source.process_type.as_deref().map(Into::into),
+                job: source.job.as_deref().map(Into::into),
+                host: source.host.as_deref().map(Into::into),
                 stream,
                 timestamp_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
                 message: String::from_utf8_lossy(&buf).into_owned(),

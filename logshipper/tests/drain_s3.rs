@@ -118,7 +118,7 @@ fn line(i: u64) -> LogLine {
         id: 0,
         app: ["shop", "blog", "api"][(i % 3) as usize].into(),
         process_type: Some("web".into()),
-        job: Some(format!("job{}", i % 7)),
+        job: Some(format!("job{}", i % 7).into()),
         host: Some("host-1".into()),
         stream: Stream::Stdout,
         timestamp_ns: 1_700_000_000_000_000_000 + (i as i64) * 50_000_000,

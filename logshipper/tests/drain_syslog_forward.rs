@@ -100,7 +100,7 @@ fn line(i: u64) -> LogLine {
         id: 0,
         app: if i.is_multiple_of(2) { "shop" } else { "blog" }.into(),
         process_type: Some("worker".into()),
-        job: Some(format!("j{}", i % 5)),
+        job: Some(format!("j{}", i % 5).into()),
         host: Some("host-a".into()),
         stream: if i.is_multiple_of(3) {
             Stream::Stderr

@@ -14,7 +14,7 @@ fn line(i: u64) -> LogLine {
         id: 0,
         app: "shop".into(),
         process_type: Some("web".into()),
-        job: Some(format!("job-{}", i % 3)),
+        job: Some(format!("job-{}", i % 3).into()),
         host: None,
         stream: if i.is_multiple_of(2) {
             Stream::Stdout
@@ -450,7 +450,7 @@ async fn replays_are_dropped_also_after_reopen_and_a_new_spool_is_accepted() {
     let got: Vec<(u64, Option<String>, String)> = read_all(&mut r, 51)
         .await
         .into_iter()
-        .map(|l| (l.id, l.host, l.message))
+        .map(|l| (l.id, l.host.map(String::from), l.message))
         .collect();
     let mut want: Vec<(Option<String>, String)> = Vec::new();
     for (h, seqs) in [("h1", 1..41), ("h2", 1..6), ("h1", 41..45)] {

@@ -33,9 +33,9 @@ fn op() -> impl Strategy<Value = Op> {
 fn make_line(n: u64) -> LogLine {
     LogLine {
         id: 0,
-        app: format!("app{}", n % 4),
+        app: format!("app{}", n % 4).into(),
         process_type: None,
-        job: n.is_multiple_of(2).then(|| format!("j{n}")),
+        job: n.is_multiple_of(2).then(|| format!("j{n}").into()),
         host: None,
         stream: Stream::Stdout,
         timestamp_ns: n as i64,

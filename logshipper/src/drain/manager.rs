@@ -197,9 +197,9 @@ struct Collected {
 pub fn drop_marker(drain: &str, app: Option<&str>, count: u64, through_id: u64) -> LogLine {
     LogLine {
         id: through_id,
-        app: app.unwrap_or("paas").to_string(),
+        app: app.unwrap_or("paas").into(),
         process_type: Some("drain".into()),
-        job: Some(drain.to_string()),
+        job: Some(drain.into()),
         host: None,
         stream: Stream::Unknown,
         timestamp_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),

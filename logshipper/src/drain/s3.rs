@@ -74,7 +74,7 @@ pub fn group_objects<'a>(prefix: &str, lines: &'a [LogLine]) -> Vec<(String, Vec
     for line in lines {
         let hour = line.timestamp_ns.div_euclid(3_600_000_000_000);
         groups
-            .entry((line.app.clone(), hour))
+            .entry((line.app.to_string(), hour))
             .or_default()
             .push(line);
     }

@@ -11,7 +11,7 @@
 use rmpv::ValueRef;
 
 use super::message::{bytes_of, DecodeError};
-use crate::line::{LogLine, Stream};
+use crate::line::{LogLine, SmolStr, Stream};
 
 /// A forward tag split into app and optional process type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +53,8 @@ pub fn entry_to_line(
     };
     let mut line = LogLine {
         id: 0,
-        app: String::new(),
-        process_type: tag.process_type.map(str::to_owned),
+        app: SmolStr::default(),
+        process_type: tag.process_type.map(SmolStr::new),
         job: None,
         host: None,
         stream: Stream::Unknown,
@@ -66,10 +66,10 @@ pub fn entry_to_line(
     for (key, value) in fields {
         let Some(key) = bytes_of(key) else { continue };
         match key {
-            b"app" => app = text_of(value),
-            b"type" | b"process_type" => line.process_type = text_of(value),
-            b"job" => line.job = text_of(value),
-            b"host" | b"hostname" => line.host = text_of(value),
+            b"app" => app = name_of(value),
+            b"type" | b"process_type" => line.process_type = name_of(value),
+            b"job" => line.job = name_of(value),
+            b"host" | b"hostname" => line.host = name_of(value),
             b"stream" | b"source" => {
                 line.stream = match bytes_of(value) {
                     Some(b"stdout") => Stream::Stdout,
@@ -93,7 +93,7 @@ pub fn entry_to_line(
     }
     line.app = match app {
         Some(a) if !a.is_empty() => a,
-        _ => tag.app.to_owned(),
+        _ => SmolStr::new(tag.app),
     };
     if line.app.is_empty() {
         return Err(DecodeError::Shape("no app in tag or record"));
@@ -117,13 +117,15 @@ fn trim_newline(s: &str) -> String {
         .to_owned()
 }
 
-fn text_of(v: &ValueRef<'_>) -> Option<String> {
+/// A short text field (app, type, job, host) as a [`SmolStr`], without a heap
+/// allocation when it fits inline.
+fn name_of(v: &ValueRef<'_>) -> Option<SmolStr> {
     match v {
         ValueRef::String(s) => Some(match s.as_str() {
-            Some(text) => text.to_owned(),
-            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            Some(text) => SmolStr::new(text),
+            None => String::from_utf8_lossy(s.as_bytes()).into(),
         }),
-        ValueRef::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Binary(b) => Some(String::from_utf8_lossy(b).into()),
         _ => None,
     }
 }

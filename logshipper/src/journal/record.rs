@@ -404,7 +404,7 @@ mod tests {
         for (i, len) in lens.into_iter().enumerate() {
             l.message = "m".repeat(len);
             l.stream = [Stream::Stdout, Stream::Stderr, Stream::Unknown][i % 3];
-            l.host = (i % 2 == 0).then(|| "h".repeat(len.min(300)));
+            l.host = (i % 2 == 0).then(|| "h".repeat(len.min(300)).into());
             l.job = (i % 3 == 0).then(|| "j".into());
             for v in [
                 0i64,

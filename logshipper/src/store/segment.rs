@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::line::{LogLine, Stream};
+use crate::line::{LogLine, SmolStr, Stream};
 
 /// Bytes before each payload: length and crc.
 const HEADER_LEN: usize = 8;
@@ -125,6 +125,10 @@ fn decode_payload(mut p: &[u8]) -> Option<LogLine> {
         let len = u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize;
         String::from_utf8(take(p, len)?.to_vec()).ok()
     }
+    fn name(p: &mut &[u8]) -> Option<SmolStr> {
+        let len = u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize;
+        std::str::from_utf8(take(p, len)?).ok().map(SmolStr::new)
+    }
     let id = u64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
     let timestamp_ns = i64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
     let stream = match take(&mut p, 1)?[0] {
@@ -134,10 +138,10 @@ fn decode_payload(mut p: &[u8]) -> Option<LogLine> {
         _ => return None,
     };
     let present = take(&mut p, 1)?[0];
-    let app = string(&mut p)?;
-    let mut optional = |bit: u8| -> Option<Option<String>> {
+    let app = name(&mut p)?;
+    let mut optional = |bit: u8| -> Option<Option<SmolStr>> {
         if present & (1 << bit) != 0 {
-            string(&mut p).map(Some)
+            name(&mut p).map(Some)
         } else {
             Some(None)
         }
@@ -306,17 +310,29 @@ impl SegmentSet {
         })
     }
 
-    /// Writes `lines` (whose first has seq `first_seq`) to the active segment, starting a
-    /// new segment when the active one is full and deleting ones no longer needed.
-    pub fn append(&mut self, first_seq: u64, lines: &[LogLine]) -> Result<(), SegmentError> {
-        if lines.is_empty() {
+    /// Writes `lines` (whose first has seq `first_seq`, the rest following on) to the
+    /// active segment, starting a new segment when the active one is full or the lines
+    /// do not continue it (lines evicted before they were written), and deleting ones no
+    /// longer needed.
+    pub fn append<'a>(
+        &mut self,
+        first_seq: u64,
+        lines: impl IntoIterator<Item = &'a LogLine>,
+    ) -> Result<(), SegmentError> {
+        self.buf.clear();
+        let mut count = 0u64;
+        for line in lines {
+            encode_record(&mut self.buf, line)?;
+            count += 1;
+        }
+        if count == 0 {
             return Ok(());
         }
-        let active_full = self
+        let continues = self
             .segments
             .back()
-            .is_none_or(|s| s.count >= self.rotate_at);
-        if self.active.is_none() || active_full {
+            .is_some_and(|s| s.count < self.rotate_at && s.first_seq + s.count == first_seq);
+        if self.active.is_none() || !continues {
             let path = segment_path(&self.dir, first_seq);
             let file = OpenOptions::new()
                 .create(true)
@@ -329,10 +345,6 @@ impl SegmentSet {
                 count: 0,
             });
         }
-        self.buf.clear();
-        for line in lines {
-            encode_record(&mut self.buf, line)?;
-        }
         let active = self.active.as_mut().expect("active segment opened above");
         if let Err(e) = active.write_all(&self.buf) {
             // The file may now end in a torn record: never append to it again.
@@ -341,7 +353,7 @@ impl SegmentSet {
             return Err(io_err(&segment_path(&self.dir, first))(e));
         }
         if let Some(last) = self.segments.back_mut() {
-            last.count += lines.len() as u64;
+            last.count += count;
         }
         self.delete_unneeded()
     }
@@ -390,7 +402,7 @@ mod tests {
         let mut expected = Vec::new();
         for mask in 0..8u8 {
             for stream in [Stream::Unknown, Stream::Stdout, Stream::Stderr] {
-                let opt = |bit: u8, v: &str| (mask & (1 << bit) != 0).then(|| v.to_owned());
+                let opt = |bit: u8, v: &str| (mask & (1 << bit) != 0).then(|| v.into());
                 let line = LogLine {
                     id: u64::MAX - u64::from(mask),
                     app: "äpp".into(),

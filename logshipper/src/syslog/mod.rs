@@ -17,7 +17,7 @@ pub mod message;
 
 use thiserror::Error;
 
-use crate::line::{LogLine, Stream};
+use crate::line::{LogLine, SmolStr, Stream};
 pub use frame::{Check, FrameError, Framing};
 pub use message::{parse, ParseError, SyslogMessage};
 
@@ -34,8 +34,8 @@ pub fn to_line(msg: &SyslogMessage<'_>, received_ns: i64) -> Result<LogLine, Map
     let app = msg.app_name.ok_or(MapError::NoApp)?;
     let (process_type, job) = match msg.proc_id {
         Some(p) => match p.split_once('.') {
-            Some((t, j)) => (Some(t.to_owned()), Some(j.to_owned())),
-            None => (None, Some(p.to_owned())),
+            Some((t, j)) => (Some(SmolStr::new(t)), Some(SmolStr::new(j))),
+            None => (None, Some(SmolStr::new(p))),
         },
         None => (None, None),
     };
@@ -54,10 +54,10 @@ pub fn to_line(msg: &SyslogMessage<'_>, received_ns: i64) -> Result<LogLine, Map
     };
     Ok(LogLine {
         id: 0,
-        app: app.to_owned(),
+        app: SmolStr::new(app),
         process_type,
         job,
-        host: msg.hostname.map(str::to_owned),
+        host: msg.hostname.map(SmolStr::new),
         stream,
         timestamp_ns: msg.timestamp_ns.unwrap_or(received_ns),
         message,

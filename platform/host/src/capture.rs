@@ -131,10 +131,10 @@ impl LogSink {
             LogSink::Shipper(shipper) => {
                 let mut line = [LogLine {
                     id: 0,
-                    app: origin.app.clone(),
-                    process_type: Some(origin.process_type.clone()),
-                    job: Some(origin.job.clone()),
-                    host: Some(origin.host.clone()),
+                    app: origin.app.as_str().into(),
+                    process_type: Some(origin.process_type.as_str().into()),
+                    job: Some(origin.job.as_str().into()),
+                    host: Some(origin.host.as_str().into()),
                     stream,
                     timestamp_ns: at.timestamp_nanos_opt().unwrap_or(0),
                     message,
