@@ -14,13 +14,20 @@
 //!
 //! [`Aggregator::sync`] waits until everything accepted so far is fsynced (group commit
 //! in the journal); forward `chunk` acks are sent only after it returns.
+//!
+//! The store writes its recent lines to disk only at [`Aggregator::flush_store`]; the
+//! journal reader [`STORE_READER`] records up to which id the store's disk copy is
+//! complete, and [`Aggregator::recover_store`] replays the lines after it at start. A
+//! flush reads the journal's last id while no batch is between its journal append and
+//! its store push (`accepting`), so every line up to that id is in the store's memory
+//! when the flush writes it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 
 use crate::dedupe::Origin;
-use crate::journal::{Appended, Journal, JournalError};
+use crate::journal::{Appended, Journal, JournalError, JournalReader, ReadBatch};
 use crate::line::LogLine;
 use crate::metrics::IngestMetrics;
 use crate::store::Store;
@@ -72,12 +79,18 @@ impl Batch {
     }
 }
 
+/// Name of the journal reader whose cursor is the last id the store's disk copy covers.
+pub const STORE_READER: &str = "store";
+
 /// Shared accept path (cheap to clone).
 #[derive(Clone)]
 pub struct Aggregator {
     journal: Journal,
     store: Arc<Store>,
     metrics: IngestMetrics,
+    /// Held shared by every accept from its journal append to its store push, and
+    /// exclusively by a store flush while it reads the journal's last id.
+    accepting: Arc<RwLock<()>>,
 }
 
 impl Aggregator {
@@ -87,6 +100,7 @@ impl Aggregator {
             journal,
             store,
             metrics,
+            accepting: Arc::new(RwLock::new(())),
         }
     }
 
@@ -104,6 +118,7 @@ impl Aggregator {
     /// lines already accepted. Returns the last id and how many lines were dropped.
     pub fn accept_batch(&self, batch: Batch) -> Result<Appended, AcceptError> {
         let Batch { mut lines, origins } = batch;
+        let _accepting = self.accepting.read().expect("accept lock poisoned");
         let appended = self.journal.append_from(&mut lines, &origins)?;
         if appended.duplicates > 0 {
             self.metrics.duplicates.inc_by(appended.duplicates);
@@ -116,13 +131,71 @@ impl Aggregator {
         if lines.is_empty() {
             return Ok(appended);
         }
-        for e in self.store.push(lines) {
+        self.count_store_errors(self.store.push(lines));
+        Ok(appended)
+    }
+
+    /// Replays into the store the journaled lines its disk copy lacks (accepted after
+    /// the last flush before a stop or crash); returns the store's journal reader, for
+    /// [`Aggregator::flush_store`], and the number of lines replayed.
+    ///
+    /// Call before the inputs start.
+    pub async fn recover_store(&self) -> Result<(JournalReader, u64), JournalError> {
+        let mut reader = self.journal.reader(STORE_READER)?;
+        let end = self.journal.stats().last_id;
+        let mut next = reader.committed() + 1;
+        let mut replayed = 0;
+        while next <= end {
+            match reader.next_batch(4096).await? {
+                ReadBatch::Lines(lines) => {
+                    next = lines.last().map_or(next, |l| l.id + 1);
+                    replayed += lines.len() as u64;
+                    self.count_store_errors(self.store.replay(lines));
+                }
+                ReadBatch::Dropped { count, through_id } => {
+                    tracing::warn!(
+                        lost = count,
+                        through_id,
+                        "journal lines the store had not flushed were deleted; they are missing from the recent lines"
+                    );
+                    next = through_id + 1;
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(replayed, "recent lines recovered from the journal");
+        }
+        Ok((reader, replayed))
+    }
+
+    /// Writes the store's new lines to disk and moves `reader` (from
+    /// [`Aggregator::recover_store`]) to the last id they cover, so the journal may free
+    /// what precedes it. When an app's lines cannot be written the cursor stays, and a
+    /// restart replays them.
+    pub async fn flush_store(&self, reader: &mut JournalReader) -> Result<(), JournalError> {
+        let through = {
+            let _quiet = self.accepting.write().expect("accept lock poisoned");
+            self.journal.stats().last_id
+        };
+        let store = Arc::clone(&self.store);
+        let errors = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .expect("store flush panicked");
+        if errors.is_empty() {
+            reader.commit(through).await?;
+        } else {
+            self.count_store_errors(errors);
+        }
+        Ok(())
+    }
+
+    fn count_store_errors(&self, errors: Vec<crate::store::StoreError>) {
+        for e in errors {
             tracing::error!(error = %e, "lines are journaled (drains get them) but not kept in the store");
             if let Some((n, reason)) = e.dropped() {
                 self.metrics.dropped(reason, n);
             }
         }
-        Ok(appended)
     }
 
     /// Waits until every line accepted before the call is durable.
@@ -182,5 +255,58 @@ mod tests {
             .map(|l| l.id)
             .collect();
         assert_eq!(ids, vec![1, 3]);
+    }
+
+    /// Opens journal, store and aggregator over `dir`, as a (re)start does, and recovers
+    /// the store; returns how many lines the recovery replayed.
+    async fn open(dir: &std::path::Path, lines_per_app: usize) -> (Aggregator, JournalReader, u64) {
+        let journal = Journal::open(dir.join("journal"), JournalConfig::default()).unwrap();
+        let mut config = StoreConfig::new(dir.join("store"));
+        config.lines_per_app = lines_per_app;
+        let store = Arc::new(Store::open(config).unwrap());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let agg = Aggregator::new(journal, store, IngestMetrics::register(&mut registry));
+        let (reader, replayed) = agg.recover_store().await.unwrap();
+        (agg, reader, replayed)
+    }
+
+    fn messages(agg: &Aggregator, app: &str) -> Vec<String> {
+        agg.store()
+            .tail(app, 100, &Filter::default())
+            .into_iter()
+            .map(|l| l.message)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lines_after_the_last_flush_come_back_from_the_journal_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agg, mut reader, replayed) = open(dir.path(), 4).await;
+        assert_eq!(replayed, 0);
+        agg.accept(vec![line("a", "1"), line("a", "2"), line("b", "x")])
+            .unwrap();
+        agg.flush_store(&mut reader).await.unwrap();
+        agg.accept(vec![line("a", "3"), line("a", "4"), line("a", "5")])
+            .unwrap();
+        // A crash: no flush after the second batch.
+        drop((agg, reader));
+        let (agg, mut reader, replayed) = open(dir.path(), 4).await;
+        assert_eq!(replayed, 3, "only the unflushed batch is replayed");
+        assert_eq!(messages(&agg, "a"), ["2", "3", "4", "5"]);
+        assert_eq!(messages(&agg, "b"), ["x"]);
+        // A clean stop flushes; the next start replays nothing and shows the same lines.
+        agg.flush_store(&mut reader).await.unwrap();
+        drop((agg, reader));
+        let (agg, reader, replayed) = open(dir.path(), 4).await;
+        assert_eq!(replayed, 0);
+        assert_eq!(messages(&agg, "a"), ["2", "3", "4", "5"]);
+        // A crash between writing the segments and moving the cursor: the replayed lines
+        // that are already on disk are not shown twice.
+        agg.accept(vec![line("a", "6")]).unwrap();
+        agg.store().flush();
+        drop((agg, reader));
+        let (agg, _reader, replayed) = open(dir.path(), 4).await;
+        assert_eq!(replayed, 1);
+        assert_eq!(messages(&agg, "a"), ["3", "4", "5", "6"]);
     }
 }

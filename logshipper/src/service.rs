@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DATA_DIR/journal/      the durable journal every accepted line goes to first
-//! DATA_DIR/store/        per-app recent lines for `paas log`
+//! DATA_DIR/store/        per-app recent lines for `paas log` (flushed every
+//!                        `store_flush_interval`; the journal covers the rest)
 //! DATA_DIR/dead-letter/  items a sink refused for good, per drain
 //! ```
 //!
@@ -14,6 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,6 +44,8 @@ pub struct ServiceConfig {
     pub journal: JournalConfig,
     /// Lines kept per app for `paas log`.
     pub lines_per_app: usize,
+    /// How often the store writes its new recent lines to disk.
+    pub store_flush_interval: Duration,
 }
 
 /// Why the service could not start.
@@ -73,6 +77,8 @@ pub struct Service {
     api_addr: SocketAddr,
     stop_api: CancellationToken,
     api_task: tokio::task::JoinHandle<()>,
+    stop_flusher: CancellationToken,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Service {
@@ -91,6 +97,14 @@ impl Service {
             drain_metrics,
         ));
         let aggregator = Aggregator::new(journal, Arc::clone(&store), ingest_metrics);
+        let (store_reader, _) = aggregator.recover_store().await?;
+        let stop_flusher = CancellationToken::new();
+        let flusher = tokio::spawn(flush_store(
+            aggregator.clone(),
+            store_reader,
+            config.store_flush_interval,
+            stop_flusher.clone(),
+        ));
         let ingest = Ingest::start(config.ingest, aggregator).await?;
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -132,6 +146,8 @@ impl Service {
             api_addr,
             stop_api,
             api_task,
+            stop_flusher,
+            flusher,
         })
     }
 
@@ -159,8 +175,34 @@ impl Service {
     /// the API.
     pub async fn shutdown(self) {
         self.ingest.shutdown().await;
+        self.stop_flusher.cancel();
+        let _ = self.flusher.await;
         self.drains.shutdown().await;
         self.stop_api.cancel();
         let _ = self.api_task.await;
+    }
+}
+
+/// Flushes the store every `every` and once more when stopped (after the inputs have
+/// stopped, so the last flush covers every accepted line).
+async fn flush_store(
+    aggregator: Aggregator,
+    mut reader: crate::journal::JournalReader,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        if let Err(e) = aggregator.flush_store(&mut reader).await {
+            tracing::error!(error = %e, "store flush: the journal cursor was not moved; a restart replays more lines");
+        }
+        if stopping {
+            return;
+        }
     }
 }

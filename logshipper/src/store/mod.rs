@@ -2,6 +2,16 @@
 //! ([`ring`]) and in segment files ([`segment`]) so they survive a restart, with queries
 //! ([`filter`]) and live follow.
 //!
+//! # Persistence
+//!
+//! [`Store::push`] only touches memory; [`Store::flush`] writes what each app gained
+//! since the last flush, and only what its ring still holds. A busy app therefore writes
+//! at most `lines_per_app` lines per flush instead of every line it receives: the
+//! journal already holds every accepted line, so a second per-line copy on the accept
+//! path would buy nothing. Lines accepted after the last flush are recovered from the
+//! journal at start ([`Store::replay`], driven by [`crate::aggregator`]), so a crash loses
+//! none of them from `paas log` either.
+//!
 //! # On-disk layout
 //!
 //! ```text
@@ -12,8 +22,8 @@
 //!
 //! # Invariants
 //!
-//! - Each app holds at most `lines_per_app` lines in memory; its segments hold those plus
-//!   at most one more segment.
+//! - Each app holds at most `lines_per_app` lines in memory; its segments hold the ones
+//!   flushed plus at most one more segment.
 //! - Within an app, lines are numbered by a sequence (`seq`) that grows by one per line.
 //!   Lines are pushed to the ring, written to segments and published to followers under
 //!   the app's lock, so followers see batches in seq order.
@@ -76,7 +86,8 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// An app's segment files cannot be written; the lines are in memory only.
+    /// An app's segment files cannot be written; the lines are in memory only (until a
+    /// later flush succeeds).
     #[error("app {app:?}: {lines} lines not written to disk: {source}")]
     Segment {
         /// The app whose segments failed.
@@ -166,6 +177,11 @@ enum Disk {
 struct AppState {
     ring: Ring,
     disk: Disk,
+    /// Seq of the first line not yet written to disk.
+    flushed_seq: u64,
+    /// Highest journal id among the lines reloaded from disk at open: a journal replay
+    /// skips lines up to it, they are already here.
+    reloaded_id: u64,
 }
 
 struct AppLog {
@@ -252,8 +268,12 @@ impl Store {
                 Ok(rec) => {
                     let mut ring =
                         Ring::new(config.lines_per_app, rec.next_seq - rec.lines.len() as u64);
+                    let reloaded_id = rec.lines.iter().map(|l| l.id).max().unwrap_or(0);
                     ring.push(rec.lines);
-                    Self::new_app_log(&config, ring, Disk::Open(rec.set))
+                    let mut log = Self::new_app_log(&config, ring, Disk::Open(rec.set));
+                    let st = log.state.get_mut().expect("new lock");
+                    st.reloaded_id = reloaded_id;
+                    log
                 }
                 Err(e) => {
                     tracing::error!(%app, error = %e, "cannot reload app; its earlier lines are unavailable and new ones stay in memory");
@@ -271,8 +291,14 @@ impl Store {
 
     fn new_app_log(config: &StoreConfig, ring: Ring, disk: Disk) -> AppLog {
         let (tx, _) = broadcast::channel(config.follow_buffer.max(1));
+        let flushed_seq = ring.next_seq();
         AppLog {
-            state: Mutex::new(AppState { ring, disk }),
+            state: Mutex::new(AppState {
+                ring,
+                disk,
+                flushed_seq,
+                reloaded_id: 0,
+            }),
             tx,
         }
     }
@@ -306,10 +332,11 @@ impl Store {
         Some(log)
     }
 
-    /// Adds accepted lines (ids already assigned), grouped into runs of one app.
+    /// Adds accepted lines (ids already assigned), grouped into runs of one app; they
+    /// reach disk at the next [`Store::flush`].
     ///
-    /// Returns what could not be kept: lines of apps beyond `max_apps`, and lines that
-    /// reached memory and followers but not the segment files. Empty when all went well.
+    /// Returns what could not be kept: lines of apps beyond `max_apps`. Empty when all
+    /// went well.
     pub fn push(&self, mut lines: Vec<LogLine>) -> Vec<StoreError> {
         let mut errors = Vec::new();
         while !lines.is_empty() {
@@ -334,27 +361,6 @@ impl Store {
         };
         let mut st = log.state.lock().expect("app lock poisoned");
         let first_seq = st.ring.next_seq();
-        if matches!(st.disk, Disk::Unopened) {
-            let dir = self.config.dir.join(app_dir_name(app));
-            st.disk = match SegmentSet::open(&dir, self.config.lines_per_app) {
-                Ok(rec) => Disk::Open(rec.set),
-                Err(e) => {
-                    tracing::error!(%app, error = %e, "cannot create app segments; keeping its lines in memory only");
-                    Disk::Failed
-                }
-            };
-        }
-        let written = match &mut st.disk {
-            Disk::Open(set) => {
-                set.append(first_seq, &lines)
-                    .map_err(|source| StoreError::Segment {
-                        app: app.to_owned(),
-                        lines: lines.len() as u64,
-                        source,
-                    })
-            }
-            Disk::Unopened | Disk::Failed => Ok(()),
-        };
         if log.tx.receiver_count() > 0 {
             let batch = Arc::new(Batch {
                 first_seq,
@@ -366,7 +372,65 @@ impl Store {
         } else {
             st.ring.push(lines);
         }
-        written
+        Ok(())
+    }
+
+    /// Adds lines read back from the journal after a restart, leaving out those an app
+    /// already reloaded from its segments (they were flushed before the restart).
+    pub fn replay(&self, mut lines: Vec<LogLine>) -> Vec<StoreError> {
+        lines.retain(|l| {
+            self.app(&l.app)
+                .is_none_or(|log| l.id > log.state.lock().expect("app lock poisoned").reloaded_id)
+        });
+        self.push(lines)
+    }
+
+    /// Writes every app's lines pushed since its last flush that its ring still holds.
+    ///
+    /// Returns the apps whose lines could not be written (they stay in memory; the next
+    /// flush writes what the ring then holds). Apps whose directory cannot be created
+    /// are logged once and kept in memory only.
+    pub fn flush(&self) -> Vec<StoreError> {
+        let logs: Vec<(String, Arc<AppLog>)> = self
+            .apps
+            .read()
+            .expect("store lock poisoned")
+            .iter()
+            .map(|(app, log)| (app.clone(), Arc::clone(log)))
+            .collect();
+        let mut errors = Vec::new();
+        for (app, log) in logs {
+            let mut st = log.state.lock().expect("app lock poisoned");
+            let st = &mut *st;
+            let next_seq = st.ring.next_seq();
+            if st.flushed_seq == next_seq {
+                continue;
+            }
+            if matches!(st.disk, Disk::Unopened) {
+                let dir = self.config.dir.join(app_dir_name(&app));
+                st.disk = match SegmentSet::open(&dir, self.config.lines_per_app) {
+                    Ok(rec) => Disk::Open(rec.set),
+                    Err(e) => {
+                        tracing::error!(%app, error = %e, "cannot create app segments; keeping its lines in memory only");
+                        Disk::Failed
+                    }
+                };
+            }
+            let Disk::Open(set) = &mut st.disk else {
+                st.flushed_seq = next_seq;
+                continue;
+            };
+            let (first, lines) = st.ring.since(st.flushed_seq);
+            match set.append(first, lines) {
+                Ok(()) => st.flushed_seq = next_seq,
+                Err(source) => errors.push(StoreError::Segment {
+                    lines: next_seq - first,
+                    app,
+                    source,
+                }),
+            }
+        }
+        errors
     }
 
     /// The last `n` lines of `app` passing `filter`, oldest first.
@@ -490,6 +554,7 @@ mod tests {
             ids(&store.tail("a", 100, &Filter::default())),
             vec![3, 4, 7, 8, 9]
         );
+        assert!(store.flush().is_empty());
         let stderr = Filter {
             stream: Some(Stream::Stderr),
             ..Filter::default()
@@ -510,6 +575,41 @@ mod tests {
         assert_eq!(
             ids(&store.tail("a", 100, &Filter::default())),
             vec![3, 4, 7, 8, 9]
+        );
+    }
+
+    #[test]
+    fn flush_writes_only_new_lines_the_ring_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.lines_per_app = 3;
+        let store = Store::open(config.clone()).unwrap();
+        store.push((1..=2).map(|n| line("a", n, Stream::Stdout)).collect());
+        // Nothing reaches the disk before a flush.
+        assert!(!dir.path().join(app_dir_name("a")).exists());
+        assert!(store.flush().is_empty());
+        // Ten more lines: only the three the ring holds are written, after a seq gap.
+        for n in 3..=12 {
+            store.push(vec![line("a", n, Stream::Stdout)]);
+        }
+        assert!(store.flush().is_empty());
+        assert!(
+            store.flush().is_empty(),
+            "a flush without new lines writes nothing"
+        );
+        store.push(vec![line("a", 13, Stream::Stdout)]);
+        drop(store);
+        let store = Store::open(config).unwrap();
+        assert_eq!(
+            ids(&store.tail("a", 10, &Filter::default())),
+            vec![10, 11, 12]
+        );
+        // A replay leaves out what was reloaded and adds what was not flushed.
+        let replayed: Vec<LogLine> = (11..=13).map(|n| line("a", n, Stream::Stdout)).collect();
+        assert!(store.replay(replayed).is_empty());
+        assert_eq!(
+            ids(&store.tail("a", 10, &Filter::default())),
+            vec![11, 12, 13]
         );
     }
 

@@ -56,6 +56,14 @@ impl Ring {
         first
     }
 
+    /// The lines with seq >= `seq` that are still held, and the seq of the first of
+    /// them (which is above `seq` when older ones were already evicted).
+    pub fn since(&self, seq: u64) -> (u64, impl Iterator<Item = &LogLine>) {
+        let oldest = self.next_seq - self.lines.len() as u64;
+        let first = seq.clamp(oldest, self.next_seq);
+        (first, self.lines.range((first - oldest) as usize..))
+    }
+
     /// The last `n` lines passing `filter`, oldest first.
     pub fn tail(&self, n: usize, filter: &Filter) -> Vec<LogLine> {
         let mut out: Vec<LogLine> = self
@@ -98,6 +106,14 @@ mod tests {
         let mut r = Ring::new(3, 10);
         assert_eq!(r.push((1..=2).map(|n| line(n, "a"))), 10);
         assert_eq!(r.push((3..=5).map(|n| line(n, "b"))), 12);
+        let since = |seq| {
+            let (first, lines) = r.since(seq);
+            (first, lines.map(|l| l.id).collect::<Vec<_>>())
+        };
+        assert_eq!(since(0), (12, vec![3, 4, 5]));
+        assert_eq!(since(13), (13, vec![4, 5]));
+        assert_eq!(since(15), (15, vec![]));
+        assert_eq!(since(99), (15, vec![]));
         assert_eq!(r.next_seq(), 15);
         assert_eq!(r.len(), 3);
         assert_eq!(ids(&r.tail(10, &Filter::default())), vec![3, 4, 5]);
