@@ -10,13 +10,13 @@
 //! sends `MIB_PER_CONNECTION` MiB of pre-encoded 200-byte lines. A scenario's time runs
 //! from the first write until the server has accepted every line (or, for the baseline,
 //! read every byte). Prints lines/s, MiB/s of wire bytes and the ratio to the baseline,
-//! then, on one core and without sockets, decoding alone, the journal append alone and
-//! the store push alone, to show where the time of the full path goes. `cpu-s` is the CPU
+//! then, on one core and without sockets, decoding alone, the journal append alone, the store
+//! push alone and the store flush alone, to show where the time of the full path goes. `cpu-s` is the CPU
 //! time the whole process (server and clients) used, and MiB/cpu-s the bytes per CPU
 //! second: on a machine shared with other work it varies far less than wall-clock rates.
 //! `cpu vs raw` is the MiB/cpu-s ratio to the raw baseline.
 //!
-//! Two baselines per input, both with the same clients and bytes (each run
+//! Three baselines per input, all with the same clients and bytes (each run
 //! `BASELINE_ROUNDS` times and summed, so their CPU time is measurable):
 //! - `raw tcp read`: the server reads into a buffer and discards it (a memcpy from the
 //!   socket; the baseline the throughput target is stated against).
@@ -25,6 +25,12 @@
 //!   TCP-to-blackhole pipeline does (Vector's and Fluent Bit's published TCP->blackhole
 //!   figures), so it is the fairer comparison for a parse+journal+store path; it is
 //!   printed beside the first, not instead of it.
+//! - `raw + file write` (syslog only): the server writes every byte it reads to a file
+//!   (no parsing, no fsync). This is the floor for any pipeline that persists what it
+//!   receives once; its ratio to `raw tcp read` bounds what such a pipeline can reach.
+//!
+//! The full path's time includes a final store flush (the store writes its recent lines
+//! at a periodic flush, see `paas_logshipper::store`), so its disk work is counted.
 //!
 //! Run: `cargo bench -p paas-logshipper --bench ingest` (or `scripts/bench`).
 //! Environment: `BENCH_CONNECTIONS` (default 4), `BENCH_MIB` per connection (default 64).
@@ -179,6 +185,8 @@ enum Split {
     Syslog,
     /// Split MessagePack values (forward messages).
     Forward,
+    /// Write every read to a file.
+    Write,
 }
 
 /// Times a baseline runs: one run takes well under a second, too short for the
@@ -204,7 +212,7 @@ fn split_frames(buf: &[u8], split: Split) -> (usize, u64) {
     let (mut pos, mut frames) = (0, 0);
     loop {
         let len = match split {
-            Split::None => return (buf.len(), 0),
+            Split::None | Split::Write => return (buf.len(), 0),
             Split::Syslog => {
                 match syslog::frame::check(&buf[pos..], syslog::Framing::OctetCounted, 16 << 20)
                     .unwrap()
@@ -239,6 +247,8 @@ async fn raw_baseline(name: &'static str, split: Split, payloads: Arc<Vec<Payloa
             let (mut s, _) = listener.accept().await.unwrap();
             let counter = Arc::clone(&counter);
             tasks.push(tokio::spawn(async move {
+                let mut file = matches!(split, Split::Write)
+                    .then(|| tempfile::tempfile().expect("temporary file"));
                 let mut buf = vec![0u8; 256 * 1024];
                 // buf[..filled] holds bytes not yet split into frames.
                 let mut filled = 0;
@@ -252,6 +262,10 @@ async fn raw_baseline(name: &'static str, split: Split, payloads: Arc<Vec<Payloa
                         break;
                     }
                     counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(file) = &mut file {
+                        use std::io::Write;
+                        file.write_all(&buf[filled..filled + n]).unwrap();
+                    }
                     filled += n;
                     let (consumed, count) = split_frames(&buf[..filled], split);
                     frames += count;
@@ -275,7 +289,7 @@ async fn raw_baseline(name: &'static str, split: Split, payloads: Arc<Vec<Payloa
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = process_cpu_secs() - cpu_start;
     assert_eq!(read.load(Ordering::Relaxed), total);
-    if !matches!(split, Split::None) {
+    if !matches!(split, Split::None | Split::Write) {
         assert!(frames > 0, "{name}: no frames split");
     }
     Figures {
@@ -297,6 +311,8 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
     let input = if forward { "forward" } else { "syslog" };
     let (accepted, _) = metrics.input_counters(input);
     let aggregator = Aggregator::new(journal, store, metrics);
+    let (mut store_reader, _) = aggregator.recover_store().await.unwrap();
+    let flusher = aggregator.clone();
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let config = IngestConfig {
         syslog_addr: (!forward).then_some(local),
@@ -322,6 +338,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
             accepted.get()
         );
     }
+    flusher.flush_store(&mut store_reader).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = process_cpu_secs() - cpu_start;
     sender.await.unwrap();
@@ -381,9 +398,10 @@ fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures 
     }
 }
 
-/// The journal append and the store push alone, on one core, over pre-decoded batches
-/// of the first syslog connection's lines (batches as one 256 KiB read yields).
-fn accept_parts(payload: &Payload) -> (Figures, Figures) {
+/// The journal append, the store push (memory) and the store flush (disk) alone, on one
+/// core, over pre-decoded batches of the first syslog connection's lines (batches as one
+/// 256 KiB read yields).
+fn accept_parts(payload: &Payload) -> [Figures; 3] {
     let mut batches = Vec::new();
     let mut rest: &[u8] = &payload.bytes;
     let mut framing = None;
@@ -418,6 +436,11 @@ fn accept_parts(payload: &Payload) -> (Figures, Figures) {
     }
     let store_secs = start.elapsed().as_secs_f64();
     let store_cpu = process_cpu_secs() - cpu_start;
+    let start = Instant::now();
+    let cpu_start = process_cpu_secs();
+    assert!(store.flush().is_empty());
+    let flush_secs = start.elapsed().as_secs_f64();
+    let flush_cpu = process_cpu_secs() - cpu_start;
     let fig = |name, secs, cpu_secs| Figures {
         name,
         lines: payload.lines,
@@ -425,10 +448,11 @@ fn accept_parts(payload: &Payload) -> (Figures, Figures) {
         secs,
         cpu_secs,
     };
-    (
+    [
         fig("journal append", journal_secs, journal_cpu),
         fig("store push", store_secs, store_cpu),
-    )
+        fig("store flush", flush_secs, flush_cpu),
+    ]
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -523,7 +547,15 @@ async fn main() {
     print_against(&f, &raw_forward, &framed_forward);
     print(&decode_only("syslog decode", false, &syslog[0]), None);
     print(&decode_only("forward decode", true, &forward[0]), None);
-    let (journal, store) = accept_parts(&syslog[0]);
-    print(&journal, None);
-    print(&store, None);
+    for part in accept_parts(&syslog[0]) {
+        print(&part, None);
+    }
+    // Last, so the gigabytes it leaves for writeback do not slow the scenarios above.
+    let written_syslog = baseline("raw + file write", Split::Write, &syslog).await;
+    print(&written_syslog, Some(&raw_syslog));
+    print_row(
+        &format!("syslog vs {}", written_syslog.name),
+        &s,
+        Some(&written_syslog),
+    );
 }

@@ -182,7 +182,7 @@ impl Aggregator {
             .await
             .expect("store flush panicked");
         if errors.is_empty() {
-            reader.commit(through).await?;
+            reader.commit_relaxed(through).await?;
         } else {
             self.count_store_errors(errors);
         }

@@ -24,6 +24,8 @@ use prometheus_client::registry::Registry;
 struct Aggregatord {
     dir: std::path::PathBuf,
     ingest: Option<Ingest>,
+    /// The accept path and the store's journal reader while serving.
+    serving: Option<(Aggregator, JournalReader)>,
     journal: Journal,
     store: Arc<Store>,
     config: IngestConfig,
@@ -47,6 +49,7 @@ impl Aggregatord {
         let mut a = Aggregatord {
             dir: dir.to_path_buf(),
             ingest: None,
+            serving: None,
             journal,
             store,
             config: IngestConfig {
@@ -75,14 +78,21 @@ impl Aggregatord {
             Arc::clone(&self.store),
             self.metrics.clone(),
         );
-        let ingest = Ingest::start(self.config.clone(), agg).await.unwrap();
+        let (store_reader, _) = agg.recover_store().await.unwrap();
+        let ingest = Ingest::start(self.config.clone(), agg.clone())
+            .await
+            .unwrap();
         self.config.syslog_addr = ingest.syslog_addr();
         self.ingest = Some(ingest);
+        self.serving = Some((agg, store_reader));
     }
 
     async fn stop(&mut self) {
         if let Some(i) = self.ingest.take() {
             i.shutdown().await;
+        }
+        if let Some((agg, mut store_reader)) = self.serving.take() {
+            agg.flush_store(&mut store_reader).await.unwrap();
         }
     }
 

@@ -4,8 +4,9 @@
 //! File `<first id, 20 digits>.marks` beside its segment holds the marks JSON followed
 //! by a newline and the CRC-32 (IEEE) of the JSON as 8 hex digits. It covers exactly the
 //! lines with ids below the segment's first id. It is written by writing
-//! `<name>.tmp`, fsyncing it and renaming it (the directory is fsynced with the new
-//! segment), and deleted with its segment.
+//! `<name>.tmp` and renaming it, without fsync (it is written under the journal's lock):
+//! after a machine crash it may be missing or torn, which the CRC catches, and opening
+//! then falls back to an older checkpoint. It is deleted with its segment.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -43,7 +44,6 @@ pub fn store(dir: &Path, first_id: u64, marks: &Marks) -> io::Result<()> {
     let tmp = dir.join(format!("{first_id:020}.marks.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(&encode(marks))?;
-    f.sync_data()?;
     fs::rename(&tmp, &final_path)
 }
 

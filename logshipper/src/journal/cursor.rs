@@ -2,7 +2,9 @@
 //!
 //! File `cursors/<name>.cursor` holds 12 bytes: `committed u64le` then CRC-32 (IEEE) of
 //! those 8 bytes. It is replaced by writing `<name>.cursor.tmp`, fsyncing it and renaming
-//! it over the old file, so a crash leaves either the old or the new value.
+//! it over the old file, so a crash leaves either the old or the new value. Without the
+//! fsync (`sync: false`, for readers that can re-read) a machine crash may leave the old
+//! value, never a torn one.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -44,13 +46,15 @@ pub fn decode(bytes: &[u8]) -> Option<u64> {
     (crc32fast::hash(&id) == crc).then(|| u64::from_le_bytes(id))
 }
 
-/// Atomically writes the cursor file for `name`.
-pub fn store(cursors_dir: &Path, name: &str, committed: u64) -> io::Result<()> {
+/// Atomically writes the cursor file for `name`; with `sync`, durably.
+pub fn store(cursors_dir: &Path, name: &str, committed: u64, sync: bool) -> io::Result<()> {
     let final_path = path(cursors_dir, name);
     let tmp = cursors_dir.join(format!("{name}{SUFFIX}.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(&encode(committed))?;
-    f.sync_data()?;
+    if sync {
+        f.sync_data()?;
+    }
     fs::rename(&tmp, &final_path)
 }
 

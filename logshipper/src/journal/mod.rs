@@ -36,8 +36,10 @@
 //! - **Write**: [`Journal::append`] encodes the records (header placeholders + payloads)
 //!   into one reused per-thread buffer outside the lock, then under it assigns ids, fills
 //!   in the headers and writes the buffer to the active segment with one `write_all`.
-//!   When the segment reaches `segment_bytes` it is fsynced and a new one is created with
-//!   its sender-mark checkpoint (directory fsynced). Then the last id is published to
+//!   When the segment reaches `segment_bytes` a new one is created with its sender-mark
+//!   checkpoint; the full segment and the directory are fsynced by the next
+//!   [`Journal::sync`], not under the lock, so a roll does not stall every input for
+//!   the length of an fsync of a whole segment. Then the last id is published to
 //!   waiting readers.
 //! - **Dedupe**: [`Journal::append_from`] also takes each line's [`Origin`] (the sender's
 //!   spool id). Under the same lock that assigns ids, each line is judged against the
@@ -46,14 +48,16 @@
 //!   connections of one sender cannot both get a line in. On a write error the marks
 //!   are put back (a later replay of the batch is accepted again: duplicates, not loss).
 //! - **Sync**: [`Journal::sync`] is a group commit: concurrent callers share one fsync of
-//!   the active segment; a caller returns once an fsync covering its lines completed.
+//!   the active segment (and of segments closed since the last sync, and the
+//!   directory); a caller returns once an fsync covering its lines completed.
 //! - **Read**: [`JournalReader::next_batch`] starts at `committed + 1`, locates the segment
 //!   holding that id (largest first id <= id), skips records before it, and returns up to
 //!   `max` lines, waiting for a publish when it has caught up. Reads are small buffered
 //!   reads of local files done inline; the only await happens before any line is read,
 //!   so the future is cancel-safe.
 //! - **Ack**: [`JournalReader::commit`] writes the cursor file atomically (tmp, fsync,
-//!   rename), then deletes segments every reader has fully committed.
+//!   rename), then deletes segments every reader has fully committed. Files are removed
+//!   after the lock is released (an unlink of a large file can take tens of ms).
 //! - **Delete/drop**: after an append, while the total size exceeds `max_bytes` and more
 //!   than one segment exists, the oldest segment is deleted. A reader whose next id is
 //!   below the oldest retained id skips to it and reports how many lines it lost.
@@ -200,6 +204,10 @@ struct State {
     readers: HashMap<String, ReaderEntry>,
     /// Highest origin id journaled per sender (covers every line up to `next_id - 1`).
     marks: Marks,
+    /// Segments closed since the last [`Journal::sync`], not yet fsynced.
+    unsynced: Vec<(Arc<File>, PathBuf)>,
+    /// A segment was created since the last sync: the directory needs an fsync.
+    dir_dirty: bool,
 }
 
 /// What [`Journal::append_from`] did with a batch.
@@ -333,17 +341,21 @@ impl Journal {
                     next_id,
                     readers,
                     marks,
+                    unsynced: Vec::new(),
+                    dir_dirty: false,
                 }),
                 written,
                 synced: AtomicU64::new(last),
                 sync_lock: tokio::sync::Mutex::new(()),
             }),
         };
+        let mut doomed = Vec::new();
         {
             let mut st = journal.shared.lock();
-            journal.shared.delete_acknowledged(&mut st);
-            journal.shared.enforce_max_bytes(&mut st);
+            journal.shared.delete_acknowledged(&mut st, &mut doomed);
+            journal.shared.enforce_max_bytes(&mut st, &mut doomed);
         }
+        remove_files(doomed);
         tracing::info!(dir = %journal.shared.dir.display(), next_id, "journal opened");
         Ok(journal)
     }
@@ -425,10 +437,20 @@ impl Journal {
             }
         }
         let duplicates = result?;
-        sh.enforce_max_bytes(&mut st);
+        let mut doomed = Vec::new();
+        sh.enforce_max_bytes(&mut st, &mut doomed);
         let last = st.next_id - 1;
         drop(st);
-        sh.written.send_replace(last);
+        // Publish outside the lock, but never backwards: a batch that took its ids
+        // earlier may publish after a later one did, and readers wait for the maximum.
+        sh.written.send_if_modified(|published| {
+            let newer = last > *published;
+            if newer {
+                *published = last;
+            }
+            newer
+        });
+        remove_files(doomed);
         Ok(Appended { last, duplicates })
     }
 
@@ -443,18 +465,38 @@ impl Journal {
         if sh.synced.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        let (file, covered, path) = {
-            let st = sh.lock();
+        let (files, dir_dirty, covered) = {
+            let mut st = sh.lock();
             let first = st.segments.back().map_or(0, |s| s.first_id);
-            (
-                Arc::clone(&st.active),
-                st.next_id - 1,
-                segment_path(&sh.dir, first),
-            )
+            let mut files = std::mem::take(&mut st.unsynced);
+            files.push((Arc::clone(&st.active), segment_path(&sh.dir, first)));
+            (files, std::mem::take(&mut st.dir_dirty), st.next_id - 1)
         };
-        tokio::task::spawn_blocking(move || file.sync_data().map_err(io_err(&path)))
-            .await
-            .expect("fsync task panicked")?;
+        let dir = sh.dir.clone();
+        let (files, synced) = tokio::task::spawn_blocking(move || {
+            let mut synced = Ok(());
+            for (file, path) in &files {
+                if let Err(e) = file.sync_data() {
+                    synced = Err(io_err(path)(e));
+                    break;
+                }
+            }
+            if synced.is_ok() && dir_dirty {
+                synced = fsync_dir(&dir);
+            }
+            (files, synced)
+        })
+        .await
+        .expect("fsync task panicked");
+        if let Err(e) = synced {
+            // The next sync tries the closed segments and the directory again.
+            let mut st = sh.lock();
+            let mut files = files;
+            files.pop();
+            st.unsynced.append(&mut files);
+            st.dir_dirty |= dir_dirty;
+            return Err(e);
+        }
         sh.synced.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
@@ -474,7 +516,7 @@ impl Journal {
             }
             None => {
                 let committed = st.next_id - 1;
-                cursor::store(&sh.cursors_dir, name, committed)
+                cursor::store(&sh.cursors_dir, name, committed, true)
                     .map_err(io_err(&cursor::path(&sh.cursors_dir, name)))?;
                 st.readers.insert(
                     name.to_string(),
@@ -506,7 +548,10 @@ impl Journal {
         let p = cursor::path(&sh.cursors_dir, name);
         fs::remove_file(&p).map_err(io_err(&p))?;
         st.readers.remove(name);
-        sh.delete_acknowledged(&mut st);
+        let mut doomed = Vec::new();
+        sh.delete_acknowledged(&mut st, &mut doomed);
+        drop(st);
+        remove_files(doomed);
         Ok(())
     }
 
@@ -733,11 +778,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Closes the active segment (fsynced) and starts a new one at `next_id`.
+    /// Closes the active segment (fsynced by the next [`Journal::sync`]) and starts a new
+    /// one at `next_id`.
     fn roll(&self, st: &mut State) -> Result<(), JournalError> {
         let old = self.active_path(st);
-        st.active.sync_data().map_err(io_err(&old))?;
-        self.synced.fetch_max(st.next_id - 1, Ordering::AcqRel);
         let p = segment_path(&self.dir, st.next_id);
         let f = OpenOptions::new()
             .create(true)
@@ -748,8 +792,9 @@ impl Shared {
             // Opening falls back to an older checkpoint and reads more segments.
             tracing::error!(segment = %p.display(), error = %e, "journal: cannot write sender marks");
         }
-        fsync_dir(&self.dir)?;
-        st.active = Arc::new(f);
+        let closed = std::mem::replace(&mut st.active, Arc::new(f));
+        st.unsynced.push((closed, old));
+        st.dir_dirty = true;
         st.segments.push_back(Segment {
             first_id: st.next_id,
             bytes: 0,
@@ -757,26 +802,19 @@ impl Shared {
         Ok(())
     }
 
-    fn delete_front(&self, st: &mut State) {
+    /// Drops the oldest segment from the bookkeeping; its segment and checkpoint files go
+    /// to `doomed`, for [`remove_files`] once the lock is released.
+    fn delete_front(&self, st: &mut State, doomed: &mut Vec<PathBuf>) {
         let Some(seg) = st.segments.pop_front() else {
             return;
         };
         st.total_bytes -= seg.bytes;
-        let p = segment_path(&self.dir, seg.first_id);
-        if let Err(e) = fs::remove_file(&p) {
-            tracing::warn!(segment = %p.display(), error = %e, "journal: could not delete segment");
-        }
-        let c = checkpoint::path(&self.dir, seg.first_id);
-        match fs::remove_file(&c) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                tracing::warn!(checkpoint = %c.display(), error = %e, "journal: could not delete sender marks");
-            }
-            _ => {}
-        }
+        doomed.push(segment_path(&self.dir, seg.first_id));
+        doomed.push(checkpoint::path(&self.dir, seg.first_id));
     }
 
     /// Deletes oldest segments while over `max_bytes` (never the active one).
-    fn enforce_max_bytes(&self, st: &mut State) {
+    fn enforce_max_bytes(&self, st: &mut State, doomed: &mut Vec<PathBuf>) {
         while st.total_bytes > self.config.max_bytes && st.segments.len() > 1 {
             let first = st.segments[0].first_id;
             let last = st.segments[1].first_id - 1;
@@ -785,17 +823,29 @@ impl Shared {
                 last_id = last,
                 "journal: over max_bytes, dropping oldest segment"
             );
-            self.delete_front(st);
+            self.delete_front(st, doomed);
         }
     }
 
     /// Deletes segments every known reader has committed past.
-    fn delete_acknowledged(&self, st: &mut State) {
+    fn delete_acknowledged(&self, st: &mut State, doomed: &mut Vec<PathBuf>) {
         let Some(min) = st.readers.values().map(|r| r.committed).min() else {
             return;
         };
         while st.segments.len() > 1 && st.segments[1].first_id <= min + 1 {
-            self.delete_front(st);
+            self.delete_front(st, doomed);
+        }
+    }
+}
+
+/// Removes deleted segments' files (a missing checkpoint is normal), logging failures.
+fn remove_files(paths: Vec<PathBuf>) {
+    for p in paths {
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(file = %p.display(), error = %e, "journal: could not delete");
+            }
+            _ => {}
         }
     }
 }

@@ -236,6 +236,19 @@ impl JournalReader {
 
     /// Persists that every line up to `id` was delivered; frees fully committed segments.
     pub async fn commit(&mut self, id: u64) -> Result<(), JournalError> {
+        self.commit_with(id, true).await
+    }
+
+    /// Like [`JournalReader::commit`] but without fsync: after a machine crash the cursor
+    /// may be an older one, so lines after it are read again. For readers that can take
+    /// that (the store, whose replay skips what it already holds); the fsync would force
+    /// the file system to write out every dirty journal page first, hundreds of
+    /// milliseconds under load.
+    pub async fn commit_relaxed(&mut self, id: u64) -> Result<(), JournalError> {
+        self.commit_with(id, false).await
+    }
+
+    async fn commit_with(&mut self, id: u64, sync: bool) -> Result<(), JournalError> {
         let last = *self.written.borrow();
         if id > last {
             return Err(JournalError::CommitBeyondEnd { id, last });
@@ -246,16 +259,24 @@ impl JournalReader {
         let dir = self.shared.cursors_dir.clone();
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
-            cursor::store(&dir, &name, id).map_err(io_err(&cursor::path(&dir, &name)))
+            cursor::store(&dir, &name, id, sync).map_err(io_err(&cursor::path(&dir, &name)))
         })
         .await
         .expect("cursor write task panicked")?;
         self.committed = id;
-        let mut st = self.shared.lock();
-        if let Some(entry) = st.readers.get_mut(&self.name) {
-            entry.committed = id;
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            if let Some(entry) = st.readers.get_mut(&self.name) {
+                entry.committed = id;
+            }
+            self.shared.delete_acknowledged(&mut st, &mut doomed);
         }
-        self.shared.delete_acknowledged(&mut st);
+        if !doomed.is_empty() {
+            tokio::task::spawn_blocking(move || super::remove_files(doomed))
+                .await
+                .expect("segment delete task panicked");
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use paas_logshipper::aggregator::Aggregator;
 use paas_logshipper::api::{router, ApiState};
 use paas_logshipper::ingest::{Ingest, IngestConfig};
-use paas_logshipper::journal::{Journal, JournalConfig};
+use paas_logshipper::journal::{Journal, JournalConfig, JournalReader};
 use paas_logshipper::metrics::IngestMetrics;
 use paas_logshipper::store::{Store, StoreConfig};
 use prometheus_client::registry::Registry;
@@ -28,6 +28,8 @@ pub struct Harness {
     pub api: SocketAddr,
     pub store: Arc<Store>,
     pub data: PathBuf,
+    aggregator: Aggregator,
+    store_reader: JournalReader,
     api_task: tokio::task::JoinHandle<()>,
     http: reqwest::Client,
 }
@@ -58,13 +60,14 @@ impl Harness {
         let mut registry = Registry::default();
         let metrics = IngestMetrics::register(&mut registry);
         let aggregator = Aggregator::new(journal.clone(), Arc::clone(&store), metrics);
+        let (store_reader, _) = aggregator.recover_store().await.unwrap();
         let mut config = IngestConfig {
             syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
             forward_addr: Some("127.0.0.1:0".parse().unwrap()),
             ..IngestConfig::default()
         };
         tweak(&mut config);
-        let ingest = Ingest::start(config, aggregator).await.unwrap();
+        let ingest = Ingest::start(config, aggregator.clone()).await.unwrap();
         let app = router(ApiState {
             store: Arc::clone(&store),
             registry: Arc::new(registry),
@@ -80,6 +83,8 @@ impl Harness {
             api,
             store,
             data: data.to_path_buf(),
+            aggregator,
+            store_reader,
             api_task,
             http: reqwest::Client::new(),
         }
@@ -156,11 +161,15 @@ impl Harness {
         }
     }
 
-    /// Shuts the inputs down gracefully and stops the API.
+    /// Shuts the inputs down gracefully, flushes the store and stops the API.
     pub async fn stop(mut self) {
         if let Some(ingest) = self.ingest.take() {
             ingest.shutdown().await;
         }
+        self.aggregator
+            .flush_store(&mut self.store_reader)
+            .await
+            .unwrap();
         self.api_task.abort();
     }
 }
