@@ -1,6 +1,7 @@
 //! The log aggregator as `paas up` runs it: the logshipper service, registered in
 //! discovery (`services/logaggregator/<host>`) so the controller and hosts find it, with
-//! its drains kept equal to the drain documents in etcd (`drains/<id>`).
+//! its drains kept equal to the drain documents in etcd (`drains/<id>`), followed with a
+//! prefix watch.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,8 +17,8 @@ use paas_logshipper::journal::JournalConfig;
 use paas_logshipper::service::{Service, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 
-/// How often the drain documents are re-read.
-const DRAIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How long until a drain that failed to start, or a failed watch, is tried again.
+const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Addresses of the aggregator's listeners.
 pub struct Listen {
@@ -106,46 +107,127 @@ pub async fn start(
     })
 }
 
-/// Keeps the running drains equal to `drains/` in etcd until `stop`.
+/// What to change so the running drains equal the wanted ones: the ids to stop (gone or
+/// changed) and the specs to start (new or changed). Pure.
+fn drain_changes(
+    running: &BTreeMap<String, DrainSpec>,
+    wanted: &BTreeMap<String, DrainSpec>,
+) -> (Vec<String>, Vec<DrainSpec>) {
+    let stop: Vec<String> = running
+        .iter()
+        .filter(|(id, spec)| wanted.get(*id) != Some(*spec))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let start = wanted
+        .iter()
+        .filter(|(id, spec)| running.get(*id) != Some(*spec))
+        .map(|(_, spec)| spec.clone())
+        .collect();
+    (stop, start)
+}
+
+/// Keeps the running drains equal to `drains/` in etcd until `stop`: applies each
+/// snapshot of a prefix watch as it arrives; a drain that failed to start is tried again
+/// after `DRAIN_RETRY_INTERVAL`, and the watch is re-established if it ends.
 async fn sync_drains(
     coord: Coord,
     drains: std::sync::Arc<paas_logshipper::drain::manager::DrainManager>,
     stop: CancellationToken,
 ) {
     let mut running: BTreeMap<String, DrainSpec> = BTreeMap::new();
-    loop {
-        match coord.list::<DrainSpec>("drains/").await {
-            Ok(docs) => {
-                let wanted: BTreeMap<String, DrainSpec> = docs
-                    .into_iter()
-                    .map(|(_, spec, _)| (spec.id.clone(), spec))
-                    .collect();
-                for (id, spec) in &running.clone() {
-                    if wanted.get(id) != Some(spec) {
-                        match drains.remove(id).await {
-                            Ok(()) => {}
-                            Err(e) => tracing::warn!(drain = %id, error = %e, "cannot stop drain"),
-                        }
-                        running.remove(id);
-                    }
+    'watch: loop {
+        let mut watch = match coord.watch_prefix::<DrainSpec>("drains/").await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch drains in etcd; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(DRAIN_RETRY_INTERVAL) => continue 'watch,
                 }
-                for (id, spec) in wanted {
-                    if running.contains_key(&id) {
-                        continue;
+            }
+        };
+        let mut snapshot = watch.current();
+        loop {
+            let wanted: BTreeMap<String, DrainSpec> = snapshot
+                .docs
+                .values()
+                .map(|spec| (spec.id.clone(), spec.clone()))
+                .collect();
+            let (to_stop, to_start) = drain_changes(&running, &wanted);
+            for id in to_stop {
+                if let Err(e) = drains.remove(&id).await {
+                    tracing::warn!(drain = %id, error = %e, "cannot stop drain");
+                }
+                running.remove(&id);
+            }
+            let mut failed = false;
+            for spec in to_start {
+                match drains.add(&spec) {
+                    Ok(_) => {
+                        running.insert(spec.id.clone(), spec);
                     }
-                    match drains.add(&spec) {
-                        Ok(_) => {
-                            running.insert(id, spec);
-                        }
-                        Err(e) => tracing::warn!(drain = %id, error = %e, "cannot start drain"),
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(drain = %spec.id, error = %e, "cannot start drain");
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read drains from etcd"),
+            let retry = async {
+                if failed {
+                    tokio::time::sleep(DRAIN_RETRY_INTERVAL).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = watch.changed() => match changed {
+                    Some(next) => snapshot = next,
+                    None => continue 'watch,
+                },
+                _ = retry => {}
+            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(DRAIN_SYNC_INTERVAL) => {}
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, url: &str) -> DrainSpec {
+        serde_json::from_value(serde_json::json!({ "id": id, "url": url })).unwrap()
+    }
+
+    fn map(specs: &[DrainSpec]) -> BTreeMap<String, DrainSpec> {
+        specs.iter().map(|s| (s.id.clone(), s.clone())).collect()
+    }
+
+    #[test]
+    fn changed_drains_are_restarted_gone_ones_stopped_new_ones_started() {
+        let running = map(&[
+            spec("keep", "http://es:9200"),
+            spec("change", "http://es:9200"),
+            spec("gone", "s3://b/p"),
+        ]);
+        let wanted = map(&[
+            spec("keep", "http://es:9200"),
+            spec("change", "http://other:9200"),
+            spec("new", "forward://h:24224"),
+        ]);
+        let (stop, start) = drain_changes(&running, &wanted);
+        assert_eq!(stop, ["change", "gone"]);
+        let started: Vec<(&str, &str)> = start
+            .iter()
+            .map(|s| (s.id.as_str(), s.url.as_str()))
+            .collect();
+        assert_eq!(
+            started,
+            [
+                ("change", "http://other:9200"),
+                ("new", "forward://h:24224")
+            ]
+        );
+        assert_eq!(drain_changes(&wanted, &wanted), (vec![], vec![]));
     }
 }
