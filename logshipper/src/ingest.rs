@@ -506,7 +506,8 @@ pub fn scan_syslog(
                     .map_err(|e| e.to_string())
                     .and_then(|m| {
                         let origin = m.structured_data.and_then(dedupe::parse_origin);
-                        let line = syslog::to_line(&m, received_ns).map_err(|e| e.to_string())?;
+                        let line = syslog::to_line(&m, received_ns, out.lines.last())
+                            .map_err(|e| e.to_string())?;
                         Ok((line, origin))
                     }) {
                     Ok((line, origin)) => out.push(line, origin),

@@ -30,12 +30,23 @@ pub enum MapError {
 }
 
 /// Maps a parsed message to a line; `received_ns` stands in for a nil TIMESTAMP.
-pub fn to_line(msg: &SyslogMessage<'_>, received_ns: i64) -> Result<LogLine, MapError> {
+///
+/// `prev` is the line decoded before it on the same connection, if any: a sender's lines
+/// mostly share app, host, type and job, and taking those from `prev` when equal is
+/// cheaper than building them again.
+pub fn to_line(
+    msg: &SyslogMessage<'_>,
+    received_ns: i64,
+    prev: Option<&LogLine>,
+) -> Result<LogLine, MapError> {
     let app = msg.app_name.ok_or(MapError::NoApp)?;
     let (process_type, job) = match msg.proc_id {
         Some(p) => match p.split_once('.') {
-            Some((t, j)) => (Some(SmolStr::new(t)), Some(SmolStr::new(j))),
-            None => (None, Some(SmolStr::new(p))),
+            Some((t, j)) => (
+                Some(name(t, prev.and_then(|l| l.process_type.as_ref()))),
+                Some(name(j, prev.and_then(|l| l.job.as_ref()))),
+            ),
+            None => (None, Some(name(p, prev.and_then(|l| l.job.as_ref())))),
         },
         None => (None, None),
     };
@@ -54,14 +65,24 @@ pub fn to_line(msg: &SyslogMessage<'_>, received_ns: i64) -> Result<LogLine, Map
     };
     Ok(LogLine {
         id: 0,
-        app: SmolStr::new(app),
+        app: name(app, prev.map(|l| &l.app)),
         process_type,
         job,
-        host: msg.hostname.map(SmolStr::new),
+        host: msg
+            .hostname
+            .map(|h| name(h, prev.and_then(|l| l.host.as_ref()))),
         stream,
         timestamp_ns: msg.timestamp_ns.unwrap_or(received_ns),
         message,
     })
+}
+
+/// `text` as a [`SmolStr`], cloned from `prev` when that holds the same text.
+fn name(text: &str, prev: Option<&SmolStr>) -> SmolStr {
+    match prev {
+        Some(p) if p.as_str() == text => p.clone(),
+        _ => SmolStr::new(text),
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +91,11 @@ mod tests {
 
     fn check(input: &[u8], expected: Result<LogLine, MapError>) {
         let msg = parse(input).expect("valid syslog");
-        assert_eq!(to_line(&msg, 42), expected, "{input:?}");
+        assert_eq!(to_line(&msg, 42, None), expected, "{input:?}");
+        // Names taken over from a previous line are only those that are equal.
+        let other = parse(b"<14>1 - other shop web.zz stdout - x").unwrap();
+        let prev = to_line(&other, 1, None).unwrap();
+        assert_eq!(to_line(&msg, 42, Some(&prev)), expected, "{input:?}");
     }
 
     #[test]
