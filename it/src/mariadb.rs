@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{FixtureError, Result};
 use crate::port::free_port;
 use crate::process::{
     require_binary, retry_port_races, run_setup, server_dir, OsUser, ServerProcess,
@@ -46,13 +46,20 @@ impl MariaDbServer {
         let mariadbd = require_binary("mariadbd", INSTALL_HINT)?;
         let user = OsUser::lookup("mysql")?;
         let dir = server_dir("mariadb")?;
+        // Temporary tables go to the server's own directory, not the shared /tmp: once a
+        // bootstrap failed deleting its `#sql-temptable` file there.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(FixtureError::io(format!("create {}", tmp.display())))?;
         user.chown(dir.path())?;
+        user.chown(&tmp)?;
         let data = dir.path().join("data");
+        let tmpdir = format!("--tmpdir={}", tmp.display());
 
         let mut command = Command::new(install_db);
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(&tmpdir)
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg("--skip-name-resolve");
         user.apply(&mut command);
@@ -64,6 +71,7 @@ impl MariaDbServer {
             command
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(&tmpdir)
                 .arg(format!(
                     "--socket={}",
                     dir.path().join("mysqld.sock").display()
