@@ -15,7 +15,8 @@
 //! [`Aggregator::sync`] waits until everything accepted so far is fsynced (group commit
 //! in the journal); forward `chunk` acks are sent only after it returns.
 //!
-//! The store writes its recent lines to disk only at [`Aggregator::flush_store`]; the
+//! [`Aggregator::persist`], run every second by the service, fsyncs the journal and has
+//! the store write its recent lines to disk (they are not written per line); the
 //! journal reader [`STORE_READER`] records up to which id the store's disk copy is
 //! complete, and [`Aggregator::recover_store`] replays the lines after it at start. A
 //! flush reads the journal's last id while no batch is between its journal append and
@@ -137,7 +138,7 @@ impl Aggregator {
 
     /// Replays into the store the journaled lines its disk copy lacks (accepted after
     /// the last flush before a stop or crash); returns the store's journal reader, for
-    /// [`Aggregator::flush_store`], and the number of lines replayed.
+    /// [`Aggregator::persist`], and the number of lines replayed.
     ///
     /// Call before the inputs start.
     pub async fn recover_store(&self) -> Result<(JournalReader, u64), JournalError> {
@@ -168,11 +169,14 @@ impl Aggregator {
         Ok((reader, replayed))
     }
 
-    /// Writes the store's new lines to disk and moves `reader` (from
-    /// [`Aggregator::recover_store`]) to the last id they cover, so the journal may free
-    /// what precedes it. When an app's lines cannot be written the cursor stays, and a
-    /// restart replays them.
-    pub async fn flush_store(&self, reader: &mut JournalReader) -> Result<(), JournalError> {
+    /// Makes what was accepted so far durable, the periodic step of a running
+    /// aggregator: fsyncs the journal (group commit, so inputs without acks such as
+    /// syslog lose at most one period in a machine crash), writes the store's new lines
+    /// and moves `reader` (from [`Aggregator::recover_store`]) to the last id they cover,
+    /// so the journal may free what precedes it. When an app's lines cannot be written
+    /// the cursor stays, and a restart replays them.
+    pub async fn persist(&self, reader: &mut JournalReader) -> Result<(), JournalError> {
+        self.journal.sync().await?;
         let through = {
             let _quiet = self.accepting.write().expect("accept lock poisoned");
             self.journal.stats().last_id
@@ -285,7 +289,7 @@ mod tests {
         assert_eq!(replayed, 0);
         agg.accept(vec![line("a", "1"), line("a", "2"), line("b", "x")])
             .unwrap();
-        agg.flush_store(&mut reader).await.unwrap();
+        agg.persist(&mut reader).await.unwrap();
         agg.accept(vec![line("a", "3"), line("a", "4"), line("a", "5")])
             .unwrap();
         // A crash: no flush after the second batch.
@@ -295,7 +299,7 @@ mod tests {
         assert_eq!(messages(&agg, "a"), ["2", "3", "4", "5"]);
         assert_eq!(messages(&agg, "b"), ["x"]);
         // A clean stop flushes; the next start replays nothing and shows the same lines.
-        agg.flush_store(&mut reader).await.unwrap();
+        agg.persist(&mut reader).await.unwrap();
         drop((agg, reader));
         let (agg, reader, replayed) = open(dir.path(), 4).await;
         assert_eq!(replayed, 0);

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! DATA_DIR/journal/      the durable journal every accepted line goes to first
-//! DATA_DIR/store/        per-app recent lines for `paas log` (flushed every
-//!                        `store_flush_interval`; the journal covers the rest)
+//! DATA_DIR/store/        per-app recent lines for `paas log` (written every
+//!                        `persist_interval`; the journal covers the rest)
 //! DATA_DIR/dead-letter/  items a sink refused for good, per drain
 //! ```
 //!
@@ -44,8 +44,9 @@ pub struct ServiceConfig {
     pub journal: JournalConfig,
     /// Lines kept per app for `paas log`.
     pub lines_per_app: usize,
-    /// How often the store writes its new recent lines to disk.
-    pub store_flush_interval: Duration,
+    /// How often the journal is fsynced and the store writes its new recent lines to
+    /// disk ([`Aggregator::persist`]).
+    pub persist_interval: Duration,
 }
 
 /// Why the service could not start.
@@ -99,10 +100,10 @@ impl Service {
         let aggregator = Aggregator::new(journal, Arc::clone(&store), ingest_metrics);
         let (store_reader, _) = aggregator.recover_store().await?;
         let stop_flusher = CancellationToken::new();
-        let flusher = tokio::spawn(flush_store(
+        let flusher = tokio::spawn(persist_every(
             aggregator.clone(),
             store_reader,
-            config.store_flush_interval,
+            config.persist_interval,
             stop_flusher.clone(),
         ));
         let ingest = Ingest::start(config.ingest, aggregator).await?;
@@ -183,9 +184,9 @@ impl Service {
     }
 }
 
-/// Flushes the store every `every` and once more when stopped (after the inputs have
-/// stopped, so the last flush covers every accepted line).
-async fn flush_store(
+/// Runs [`Aggregator::persist`] every `every` and once more when stopped (after the
+/// inputs have stopped, so the last one covers every accepted line).
+async fn persist_every(
     aggregator: Aggregator,
     mut reader: crate::journal::JournalReader,
     every: Duration,
@@ -198,8 +199,8 @@ async fn flush_store(
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
-        if let Err(e) = aggregator.flush_store(&mut reader).await {
-            tracing::error!(error = %e, "store flush: the journal cursor was not moved; a restart replays more lines");
+        if let Err(e) = aggregator.persist(&mut reader).await {
+            tracing::error!(error = %e, "persisting the journal and the store failed; trying again next period");
         }
         if stopping {
             return;

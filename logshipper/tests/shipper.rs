@@ -92,7 +92,7 @@ impl Aggregatord {
             i.shutdown().await;
         }
         if let Some((agg, mut store_reader)) = self.serving.take() {
-            agg.flush_store(&mut store_reader).await.unwrap();
+            agg.persist(&mut store_reader).await.unwrap();
         }
     }
 

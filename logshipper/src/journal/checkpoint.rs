@@ -4,9 +4,10 @@
 //! File `<first id, 20 digits>.marks` beside its segment holds the marks JSON followed
 //! by a newline and the CRC-32 (IEEE) of the JSON as 8 hex digits. It covers exactly the
 //! lines with ids below the segment's first id. It is written by writing
-//! `<name>.tmp` and renaming it, without fsync (it is written under the journal's lock):
-//! after a machine crash it may be missing or torn, which the CRC catches, and opening
-//! then falls back to an older checkpoint. It is deleted with its segment.
+//! `<name>.tmp` and renaming it, without fsync (it is written under the journal's lock);
+//! the next [`super::Journal::sync`] fsyncs it. A machine crash before that may leave it
+//! missing or torn, which the CRC catches, and opening then falls back to an older
+//! checkpoint. It is deleted with its segment.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -38,13 +39,15 @@ pub fn decode(bytes: &[u8]) -> Option<Marks> {
     serde_json::from_slice(json).ok()
 }
 
-/// Atomically writes the checkpoint of the segment starting at `first_id`.
-pub fn store(dir: &Path, first_id: u64, marks: &Marks) -> io::Result<()> {
+/// Atomically writes the checkpoint of the segment starting at `first_id`; returns the
+/// open file, for the caller to fsync later.
+pub fn store(dir: &Path, first_id: u64, marks: &Marks) -> io::Result<File> {
     let final_path = path(dir, first_id);
     let tmp = dir.join(format!("{first_id:020}.marks.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(&encode(marks))?;
-    fs::rename(&tmp, &final_path)
+    fs::rename(&tmp, &final_path)?;
+    Ok(f)
 }
 
 /// Reads the checkpoint of the segment starting at `first_id`: `None` when there is none

@@ -204,7 +204,8 @@ struct State {
     readers: HashMap<String, ReaderEntry>,
     /// Highest origin id journaled per sender (covers every line up to `next_id - 1`).
     marks: Marks,
-    /// Segments closed since the last [`Journal::sync`], not yet fsynced.
+    /// Segments closed, and checkpoints written, since the last [`Journal::sync`], not yet
+    /// fsynced.
     unsynced: Vec<(Arc<File>, PathBuf)>,
     /// A segment was created since the last sync: the directory needs an fsync.
     dir_dirty: bool,
@@ -788,9 +789,14 @@ impl Shared {
             .append(true)
             .open(&p)
             .map_err(io_err(&p))?;
-        if let Err(e) = checkpoint::store(&self.dir, st.next_id, &st.marks) {
+        match checkpoint::store(&self.dir, st.next_id, &st.marks) {
+            Ok(file) => st
+                .unsynced
+                .push((Arc::new(file), checkpoint::path(&self.dir, st.next_id))),
             // Opening falls back to an older checkpoint and reads more segments.
-            tracing::error!(segment = %p.display(), error = %e, "journal: cannot write sender marks");
+            Err(e) => {
+                tracing::error!(segment = %p.display(), error = %e, "journal: cannot write sender marks")
+            }
         }
         let closed = std::mem::replace(&mut st.active, Arc::new(f));
         st.unsynced.push((closed, old));

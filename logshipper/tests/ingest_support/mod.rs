@@ -167,7 +167,7 @@ impl Harness {
             ingest.shutdown().await;
         }
         self.aggregator
-            .flush_store(&mut self.store_reader)
+            .persist(&mut self.store_reader)
             .await
             .unwrap();
         self.api_task.abort();

@@ -75,7 +75,7 @@ pub async fn start(
         api_addr: listen.api,
         journal: JournalConfig::default(),
         lines_per_app: 10_000,
-        store_flush_interval: Duration::from_secs(1),
+        persist_interval: Duration::from_secs(1),
     })
     .await
     .context("cannot start the log aggregator")?;
