@@ -29,10 +29,11 @@
 //! - `raw + file write` (syslog only, run last): the server writes every byte it reads to
 //!   a file and fsyncs it at the end (no parsing). This is the floor for any pipeline
 //!   that persists what it receives once; its ratio to `raw tcp read` bounds what such a
-//!   pipeline can reach.
-//!   On the 2-core machines this project is measured on, loopback TCP moves about
-//!   5 GiB/s and this floor reaches 44-49% of it, so "50% of raw" is out of reach for
-//!   any ingest that journals to disk; the last row gives the full path against it.
+//!   pipeline can reach. On the 2-core machine this project is measured on, loopback
+//!   TCP moves about 5 GiB/s; writing each byte once to the page cache, without the
+//!   fsync, already falls to 44-49% of that, and with it the disk sets the pace (about
+//!   430 MiB/s there). So "50% of raw" is out of reach for any ingest that journals to
+//!   disk; the last row gives the full path against this floor.
 //!
 //! The full path persists every second while lines flow, as the service does (journal
 //! fsync, store flush: `Aggregator::persist`), and its time runs until a final persist
