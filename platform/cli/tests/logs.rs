@@ -99,7 +99,7 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
             "1000",
         ],
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await; // the aggregator picks drains up every second
+    tokio::time::sleep(Duration::from_secs(2)).await; // the aggregator starts drains it sees in etcd
 
     let mut sent = BTreeSet::new();
     for i in 0..50 {
@@ -190,4 +190,62 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
         "{list}"
     );
     assert_eq!(v[0]["status"]["dropped"], 0, "{list}");
+}
+
+/// Sends `lines` RFC 5424 messages of app `shop` on one connection, octet-counted.
+fn send_lines(port: u16, range: std::ops::Range<u32>) {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut bytes = Vec::new();
+    for i in range {
+        let msg = format!("<14>1 - host1 shop web.1 stdout - crash-{i:04}");
+        bytes.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+    }
+    conn.write_all(&bytes).unwrap();
+}
+
+/// Waits until `paas log` shows `needle`; returns the log.
+fn wait_for_log(home: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ok(paas(home, &["log", "-a", "shop", "-n", "10000"]));
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle} missing from paas log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `paas log` keeps every accepted line through a SIGKILL of `paas up`: the recent lines
+/// reach the store's files only once a second, the rest come back from the journal.
+#[test]
+fn paas_log_keeps_every_line_through_a_kill_9() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_path_buf();
+    let listen = common::free_addr();
+    let port = paas_it::free_port().unwrap();
+    let syslog_addr = format!("127.0.0.1:{port}");
+    let (up, _) = common::start_up(&home, &listen, &["--syslog-listen", &syslog_addr]);
+    ok(paas(&home, &["apps", "create", "shop"]));
+    send_lines(port, 0..300);
+    wait_for_log(&home, "crash-0299");
+    // The last batch is killed right after it shows up, well inside the persist period.
+    send_lines(port, 300..400);
+    wait_for_log(&home, "crash-0399");
+    up.signal(libc::SIGKILL);
+    drop(up);
+
+    let (up, _) = common::start_up(&home, &listen, &["--syslog-listen", &syslog_addr]);
+    let log = wait_for_log(&home, "crash-0399");
+    let seen: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("crash-")))
+        .collect();
+    let want: Vec<String> = (0..400).map(|i| format!("crash-{i:04}")).collect();
+    assert_eq!(seen, want, "every line once, in order");
+    up.stop();
 }
