@@ -25,8 +25,9 @@
 //! - Each app holds at most `lines_per_app` lines in memory; its segments hold the ones
 //!   flushed plus at most one more segment.
 //! - Within an app, lines are numbered by a sequence (`seq`) that grows by one per line.
-//!   Lines are pushed to the ring, written to segments and published to followers under
-//!   the app's lock, so followers see batches in seq order.
+//!   Lines are pushed to the ring and published to followers under the app's lock, so
+//!   followers see batches in seq order; a flush writes them to segments under the same
+//!   lock, after the fact.
 //! - A follower takes its backlog and subscribes under that same lock: no line falls
 //!   between backlog and live lines, none is seen twice. A follower that falls behind
 //!   the live buffer gets [`FollowEvent::Skipped`] with the exact number of lines it

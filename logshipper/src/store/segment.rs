@@ -30,8 +30,9 @@
 //! - Reading stops at the first torn or corrupt record of a segment (a crash mid-write);
 //!   the lines before it are kept.
 //!
-//! Writes go to the OS on every append (no fsync): the store is the recent-lines view,
-//! durability of accepted lines is the journal's job.
+//! Appends happen at the store's periodic flush and go to the OS without fsync: the store
+//! is the recent-lines view, durability of accepted lines is the journal's job (and a
+//! restart replays from it what the segments lack).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
