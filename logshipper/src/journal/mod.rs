@@ -815,8 +815,15 @@ impl Shared {
             return;
         };
         st.total_bytes -= seg.bytes;
-        doomed.push(segment_path(&self.dir, seg.first_id));
-        doomed.push(checkpoint::path(&self.dir, seg.first_id));
+        let (segment, marks) = (
+            segment_path(&self.dir, seg.first_id),
+            checkpoint::path(&self.dir, seg.first_id),
+        );
+        // Never fsynced, now never needed: a journal nobody syncs (a spool) must not keep
+        // the descriptors, and with them the disk space, of deleted files.
+        st.unsynced.retain(|(_, p)| *p != segment && *p != marks);
+        doomed.push(segment);
+        doomed.push(marks);
     }
 
     /// Deletes oldest segments while over `max_bytes` (never the active one).
@@ -853,5 +860,47 @@ fn remove_files(paths: Vec<PathBuf>) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::Stream;
+
+    fn line(n: u64) -> LogLine {
+        LogLine {
+            id: 0,
+            app: "a".into(),
+            process_type: None,
+            job: None,
+            host: None,
+            stream: Stream::Stdout,
+            timestamp_ns: 0,
+            message: format!("line {n} {}", "x".repeat(100)),
+        }
+    }
+
+    #[tokio::test]
+    async fn unsynced_files_are_bounded_without_sync_and_cleared_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            segment_bytes: 1024,
+            max_bytes: 1 << 20,
+        };
+        let j = Journal::open(dir.path(), config).unwrap();
+        let mut r = j.reader("r").unwrap();
+        for n in 0..2000 {
+            let last = j.append(&mut [line(n)]).unwrap();
+            if n % 10 == 9 {
+                r.commit(last).await.unwrap();
+            }
+        }
+        // About 200 rolls, each leaving a segment and a checkpoint to fsync; the deleted
+        // ones are forgotten, not held open.
+        let held = j.shared.lock().unsynced.len();
+        assert!(held <= 4, "{held} unsynced files held");
+        j.sync().await.unwrap();
+        assert!(j.shared.lock().unsynced.is_empty());
     }
 }
