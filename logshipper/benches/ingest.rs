@@ -329,22 +329,14 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
     let input = if forward { "forward" } else { "syslog" };
     let (accepted, _) = metrics.input_counters(input);
     let aggregator = Aggregator::new(journal, store, metrics);
-    let (mut store_reader, _) = aggregator.recover_store().await.unwrap();
+    let (store_reader, _) = aggregator.recover_store().await.unwrap();
     // Persist every second while lines flow, as the service does.
     let stop_persisting = tokio_util::sync::CancellationToken::new();
-    let persister = tokio::spawn({
-        let aggregator = aggregator.clone();
-        let stop = stop_persisting.clone();
-        async move {
-            let mut tick = tokio::time::interval(PERSIST_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => aggregator.persist(&mut store_reader).await.unwrap(),
-                    _ = stop.cancelled() => return (aggregator, store_reader),
-                }
-            }
-        }
-    });
+    let persister = tokio::spawn(aggregator.clone().persist_every(
+        store_reader,
+        PERSIST_INTERVAL,
+        stop_persisting.clone(),
+    ));
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let config = IngestConfig {
         syslog_addr: (!forward).then_some(local),
@@ -371,8 +363,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
         );
     }
     stop_persisting.cancel();
-    let (aggregator, mut store_reader) = persister.await.unwrap();
-    aggregator.persist(&mut store_reader).await.unwrap();
+    persister.await.unwrap().unwrap();
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = process_cpu_secs() - cpu_start;
     sender.await.unwrap();

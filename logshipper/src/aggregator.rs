@@ -24,8 +24,10 @@
 //! when the flush writes it.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Origin;
 use crate::journal::{Appended, Journal, JournalError, JournalReader, ReadBatch};
@@ -191,6 +193,28 @@ impl Aggregator {
             self.count_store_errors(errors);
         }
         Ok(())
+    }
+
+    /// Runs [`Aggregator::persist`] every `every` (a failure is logged and tried again
+    /// next period) and once more when `stop` is cancelled, after the inputs have
+    /// stopped, so that last one covers every accepted line; returns its outcome.
+    pub async fn persist_every(
+        self,
+        mut reader: JournalReader,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> Result<(), JournalError> {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return self.persist(&mut reader).await,
+            }
+            if let Err(e) = self.persist(&mut reader).await {
+                tracing::error!(error = %e, "persisting the journal and the store failed; trying again next period");
+            }
+        }
     }
 
     fn count_store_errors(&self, errors: Vec<crate::store::StoreError>) {

@@ -78,8 +78,8 @@ pub struct Service {
     api_addr: SocketAddr,
     stop_api: CancellationToken,
     api_task: tokio::task::JoinHandle<()>,
-    stop_flusher: CancellationToken,
-    flusher: tokio::task::JoinHandle<()>,
+    stop_persisting: CancellationToken,
+    persister: tokio::task::JoinHandle<Result<(), JournalError>>,
 }
 
 impl Service {
@@ -99,12 +99,11 @@ impl Service {
         ));
         let aggregator = Aggregator::new(journal, Arc::clone(&store), ingest_metrics);
         let (store_reader, _) = aggregator.recover_store().await?;
-        let stop_flusher = CancellationToken::new();
-        let flusher = tokio::spawn(persist_every(
-            aggregator.clone(),
+        let stop_persisting = CancellationToken::new();
+        let persister = tokio::spawn(aggregator.clone().persist_every(
             store_reader,
             config.persist_interval,
-            stop_flusher.clone(),
+            stop_persisting.clone(),
         ));
         let ingest = Ingest::start(config.ingest, aggregator).await?;
 
@@ -147,8 +146,8 @@ impl Service {
             api_addr,
             stop_api,
             api_task,
-            stop_flusher,
-            flusher,
+            stop_persisting,
+            persister,
         })
     }
 
@@ -176,34 +175,12 @@ impl Service {
     /// the API.
     pub async fn shutdown(self) {
         self.ingest.shutdown().await;
-        self.stop_flusher.cancel();
-        let _ = self.flusher.await;
+        self.stop_persisting.cancel();
+        if let Ok(Err(e)) = self.persister.await {
+            tracing::error!(error = %e, "the last persist failed; a restart replays more lines");
+        }
         self.drains.shutdown().await;
         self.stop_api.cancel();
         let _ = self.api_task.await;
-    }
-}
-
-/// Runs [`Aggregator::persist`] every `every` and once more when stopped (after the
-/// inputs have stopped, so the last one covers every accepted line).
-async fn persist_every(
-    aggregator: Aggregator,
-    mut reader: crate::journal::JournalReader,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = stop.cancelled() => true,
-        };
-        if let Err(e) = aggregator.persist(&mut reader).await {
-            tracing::error!(error = %e, "persisting the journal and the store failed; trying again next period");
-        }
-        if stopping {
-            return;
-        }
     }
 }
