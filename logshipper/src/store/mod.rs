@@ -269,12 +269,8 @@ impl Store {
                 Ok(rec) => {
                     let mut ring =
                         Ring::new(config.lines_per_app, rec.next_seq - rec.lines.len() as u64);
-                    let reloaded_id = rec.lines.iter().map(|l| l.id).max().unwrap_or(0);
                     ring.push(rec.lines);
-                    let mut log = Self::new_app_log(&config, ring, Disk::Open(rec.set));
-                    let st = log.state.get_mut().expect("new lock");
-                    st.reloaded_id = reloaded_id;
-                    log
+                    Self::new_app_log(&config, ring, Disk::Open(rec.set))
                 }
                 Err(e) => {
                     tracing::error!(%app, error = %e, "cannot reload app; its earlier lines are unavailable and new ones stay in memory");
@@ -292,13 +288,15 @@ impl Store {
 
     fn new_app_log(config: &StoreConfig, ring: Ring, disk: Disk) -> AppLog {
         let (tx, _) = broadcast::channel(config.follow_buffer.max(1));
+        // Whatever the ring holds now came from disk.
         let flushed_seq = ring.next_seq();
+        let reloaded_id = ring.since(0).1.map(|l| l.id).max().unwrap_or(0);
         AppLog {
             state: Mutex::new(AppState {
                 ring,
                 disk,
                 flushed_seq,
-                reloaded_id: 0,
+                reloaded_id,
             }),
             tx,
         }
