@@ -748,6 +748,27 @@ async fn bootstrap(
     Ok(())
 }
 
+/// Takes the free leader key with `next` as the cluster state, guarded by the state's
+/// `revision`, and from then on leads under `lease`; `lost` says what was lost when the
+/// key or the state changed first.
+async fn take_leader_key(
+    shared: &Shared,
+    lease: i64,
+    next: &ClusterState,
+    revision: i64,
+    lost: &str,
+) -> Result<(), SupervisorError> {
+    let mut store = shared.store.clone();
+    if !store
+        .take_leadership(&shared.leader_record, lease, next, revision)
+        .await?
+    {
+        return Err(SupervisorError::LostRace(lost.into()));
+    }
+    shared.leading.store(lease, Ordering::SeqCst);
+    Ok(())
+}
+
 async fn promote(
     mut pg: OwnedMutexGuard<Postgres>,
     shared: Shared,
@@ -755,21 +776,19 @@ async fn promote(
     state: ClusterState,
     revision: i64,
 ) -> Result<(), SupervisorError> {
-    let mut store = shared.store.clone();
     let next = ClusterState {
         generation: state.generation + 1,
         primary: shared.me.clone(),
         sync: None,
     };
-    if !store
-        .take_leadership(&shared.leader_record, lease, &next, revision)
-        .await?
-    {
-        return Err(SupervisorError::LostRace(
-            "the leader key or the state changed before I could take it".into(),
-        ));
-    }
-    shared.leading.store(lease, Ordering::SeqCst);
+    take_leader_key(
+        &shared,
+        lease,
+        &next,
+        revision,
+        "the leader key or the state changed before I could take it",
+    )
+    .await?;
     tracing::info!(member = %shared.me, generation = next.generation, "took the leader key; promoting");
     pg.promote().await?;
     Ok(())
@@ -782,20 +801,18 @@ async fn reclaim(
     state: ClusterState,
     revision: i64,
 ) -> Result<(), SupervisorError> {
-    let mut store = shared.store.clone();
     let next = ClusterState {
         generation: state.generation + 1,
         ..state
     };
-    if !store
-        .take_leadership(&shared.leader_record, lease, &next, revision)
-        .await?
-    {
-        return Err(SupervisorError::LostRace(
-            "the leader key or the state changed before I could take it back".into(),
-        ));
-    }
-    shared.leading.store(lease, Ordering::SeqCst);
+    take_leader_key(
+        &shared,
+        lease,
+        &next,
+        revision,
+        "the leader key or the state changed before I could take it back",
+    )
+    .await?;
     if !pg.is_running() {
         shared.crashed.store(false, Ordering::SeqCst);
         pg.start(&StartAs::Primary {
