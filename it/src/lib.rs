@@ -25,7 +25,8 @@
 //! which would keep the parent-death signal from reaching the server).
 //!
 //! Building blocks: [`free_port`], [`ServerProcess`] (the process guard),
-//! [`require_binary`], [`OsUser`]. Errors: [`FixtureError`].
+//! [`require_binary`], [`OsUser`], [`Crashable`] (a runtime that dies like kill -9),
+//! [`wait_for`] (poll until a condition holds). Errors: [`FixtureError`].
 //!
 //! Usage, from any crate's tests (`paas-it` as a dev-dependency):
 //!
@@ -46,6 +47,7 @@ mod postgres;
 mod process;
 mod redis;
 mod s3;
+mod wait;
 
 pub use crashable::Crashable;
 pub use error::{FixtureError, Result};
@@ -57,3 +59,4 @@ pub use postgres::{PostgresServer, PG_BIN};
 pub use process::{require_binary, OsUser, ServerProcess, STOP_GRACE};
 pub use redis::RedisServer;
 pub use s3::S3Server;
+pub use wait::wait_for;

@@ -15,7 +15,7 @@ use paas_controller::model::{App, Artifact, Formation, Job, JobState, JobStatus,
 use paas_coord::{Batch, Coord};
 use paas_host::attach::{run_remote, AttachError, RunRequest};
 use paas_host::HostConfig;
-use paas_it::Crashable;
+use paas_it::{wait_for, Crashable};
 use paas_scheduler::keys::{self, ServiceEntry};
 use paas_scheduler::SchedulerConfig;
 use sha2::Digest;
@@ -227,21 +227,6 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

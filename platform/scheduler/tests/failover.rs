@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use paas_controller::model::{App, Formation, Host, Job, Release};
 use paas_coord::{Batch, Coord, LeaderWatch, Lease};
-use paas_it::Crashable;
+use paas_it::{wait_for, Crashable};
 use paas_scheduler::keys::{self, SCHEDULER_ELECTION};
 use paas_scheduler::{run, SchedulerConfig};
 use serde::Serialize;
@@ -21,21 +21,6 @@ fn config(id: &str, endpoint: &str) -> SchedulerConfig {
     cfg.lease_ttl = Duration::from_secs(2);
     cfg.interval = Duration::from_millis(100);
     cfg
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn put<T: Serialize>(coord: &Coord, key: &str, value: &T) {
