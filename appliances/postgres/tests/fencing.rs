@@ -13,18 +13,7 @@ async fn a_primary_that_cannot_renew_its_lease_stops_postgres() {
     let mut h = Harness::start(3).await;
     let state = h.wait_healthy(Duration::from_secs(90), None).await;
     let primary_port = h.cluster.members()[h.index(&state.primary)].pg_port;
-    let client = connect(&endpoint_conninfo(&h)).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE kept (id int)")
-        .await
-        .unwrap();
-    for id in 0..50 {
-        client
-            .execute("INSERT INTO kept VALUES ($1)", &[&id])
-            .await
-            .unwrap();
-    }
-    drop(client);
+    common::create_kept(&h, 50).await;
 
     // etcd goes away: nobody can renew, nobody can be elected.
     h.etcd.stop();

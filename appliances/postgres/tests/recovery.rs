@@ -52,18 +52,7 @@ async fn the_cluster_recovers_when_the_primary_returns_after_everything_failed()
         assert_eq!(http_status(port, "/health"), 200, "{} /health", member.name);
     }
 
-    let client = connect(&endpoint_conninfo(&h)).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE kept (id int)")
-        .await
-        .unwrap();
-    for id in 0..100 {
-        client
-            .execute("INSERT INTO kept VALUES ($1)", &[&id])
-            .await
-            .unwrap();
-    }
-    drop(client);
+    common::create_kept(&h, 100).await;
 
     // Every supervisor dies at once (their PostgreSQL servers die with them).
     for i in 0..3 {

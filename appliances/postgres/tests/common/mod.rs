@@ -251,6 +251,22 @@ pub fn endpoint_conninfo(h: &Harness) -> String {
     )
 }
 
+/// Creates table `kept` through the endpoint and inserts the ids `0..rows`, each
+/// acknowledged before the next: the rows a later check must find again.
+pub async fn create_kept(h: &Harness, rows: i32) {
+    let client = connect(&endpoint_conninfo(h)).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE kept (id int)")
+        .await
+        .unwrap();
+    for id in 0..rows {
+        client
+            .execute("INSERT INTO kept VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+}
+
 /// Inserts ids 1, 2, 3... through the endpoint, recording the acknowledged ones. An id
 /// whose insert failed or timed out is never retried (its fate is unknown, so it is not
 /// counted as acknowledged).
