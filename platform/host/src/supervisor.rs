@@ -603,8 +603,10 @@ mod tests {
         let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
         let dir = tempfile::tempdir().unwrap();
         // The shell ignores TERM and so does its background child; both must die.
+        // The pid is written to a temporary file and renamed, so the test never
+        // reads a file the shell has created but not yet written.
         let mut c = spawn_group(
-            "trap '' TERM; sleep 60 & echo $! > child.pid; wait",
+            "trap '' TERM; sleep 60 & echo $! > child.tmp; mv child.tmp child.pid; wait",
             &env,
             dir.path(),
             Stdio::null(),
