@@ -28,6 +28,9 @@
 //!
 //! If the spool reaches its size limit the oldest lines are dropped, counted in
 //! [`ShipperStatus::dropped`] and logged.
+//!
+//! The spool is fsynced every `sync_interval` (one group commit for all jobs of the
+//! host) and at shutdown, so a machine crash loses at most that much unsent output.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,8 @@ pub struct ShipperConfig {
     pub confirm_after: Duration,
     /// Reconnect backoff.
     pub backoff: Backoff,
+    /// How often the spool is fsynced.
+    pub sync_interval: Duration,
 }
 
 impl ShipperConfig {
@@ -85,6 +90,7 @@ impl ShipperConfig {
             batch_lines: 1000,
             confirm_after: Duration::from_secs(2),
             backoff: Backoff::default(),
+            sync_interval: Duration::from_secs(1),
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct ShipperStatus {
     pub confirmed: u64,
     /// Lines spooled and not yet confirmed.
     pub pending: u64,
+    /// Last spool id fsynced; later lines would be lost in a machine crash.
+    pub synced: u64,
     /// Connections opened after the first.
     pub reconnects: u64,
     /// Lines lost because the spool was full.
@@ -151,6 +159,7 @@ pub struct Shipper {
     counters: Arc<Counters>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    syncer: JoinHandle<()>,
 }
 
 impl Shipper {
@@ -161,6 +170,12 @@ impl Shipper {
         let reader = journal.reader(READER)?;
         let counters = Arc::new(Counters::default());
         let cancel = CancellationToken::new();
+        let syncer = tokio::spawn(sync_spool(
+            journal.clone(),
+            config.sync_interval,
+            Arc::clone(&counters),
+            cancel.clone(),
+        ));
         let sender = Sender {
             journal: journal.clone(),
             reader: Some(reader),
@@ -177,6 +192,7 @@ impl Shipper {
             counters,
             cancel,
             task,
+            syncer,
         })
     }
 
@@ -227,10 +243,12 @@ impl Shipper {
     pub fn status(&self) -> ShipperStatus {
         let c = &self.counters;
         let confirmed = self.journal.cursors().get(READER).copied().unwrap_or(0);
+        let stats = self.journal.stats();
         ShipperStatus {
             sent: c.sent.load(Ordering::Relaxed),
             confirmed,
-            pending: self.journal.stats().last_id.saturating_sub(confirmed),
+            pending: stats.last_id.saturating_sub(confirmed),
+            synced: stats.synced_id,
             reconnects: c.reconnects.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             last_error: c
@@ -241,10 +259,36 @@ impl Shipper {
         }
     }
 
-    /// Stops sending; unconfirmed lines stay spooled and are sent by the next start.
+    /// Stops sending and fsyncs the spool; unconfirmed lines stay spooled and are sent
+    /// by the next start.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+        let _ = self.syncer.await;
+        if let Err(e) = self.journal.sync().await {
+            tracing::error!(error = %e, "shipper: final spool fsync failed");
+        }
+    }
+}
+
+/// Fsyncs the spool every `every` until cancelled.
+async fn sync_spool(
+    journal: Journal,
+    every: Duration,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = journal.sync().await {
+            tracing::error!(error = %e, "shipper: spool fsync failed");
+            counters.set_error(format!("spool fsync: {e}"));
+        }
     }
 }
 

@@ -275,6 +275,14 @@ async fn spooled_lines_survive_a_shipper_restart() {
     let status = shipper.status();
     assert_eq!(status.pending, 1000);
     assert_eq!(status.confirmed, 0);
+    // Undelivered lines are fsynced within the spool's sync interval (1 s).
+    for _ in 0..100 {
+        if shipper.status().synced == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shipper.status().synced, 1000, "spool not fsynced");
     shipper.shutdown().await;
 
     reader = agg.restart(reader).await;

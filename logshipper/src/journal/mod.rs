@@ -166,6 +166,9 @@ pub struct JournalStats {
     pub first_id: u64,
     /// Last id appended (0 when nothing was ever appended).
     pub last_id: u64,
+    /// Last id known to be fsynced ([`Journal::sync`]); lines after it would be lost
+    /// in a machine crash.
+    pub synced_id: u64,
     /// Bytes in all segments.
     pub bytes: u64,
     /// Number of segment files.
@@ -571,6 +574,7 @@ impl Journal {
         JournalStats {
             first_id: st.segments.front().map_or(st.next_id, |s| s.first_id),
             last_id: st.next_id - 1,
+            synced_id: self.shared.synced.load(Ordering::Acquire),
             bytes: st.total_bytes,
             segments: st.segments.len(),
         }

@@ -57,11 +57,13 @@ impl Running {
     }
 }
 
-/// Starts the aggregator under `data_dir` and registers it as `instance`.
+/// Starts the aggregator under `data_dir` and registers it as `instance`; accepted
+/// lines are fsynced and stored every `persist_interval`.
 pub async fn start(
     coord: &Coord,
     data_dir: &Path,
     listen: Listen,
+    persist_interval: Duration,
     instance: &str,
 ) -> Result<Running> {
     let ingest = IngestConfig {
@@ -75,7 +77,7 @@ pub async fn start(
         api_addr: listen.api,
         journal: JournalConfig::default(),
         lines_per_app: 10_000,
-        persist_interval: Duration::from_secs(1),
+        persist_interval,
     })
     .await
     .context("cannot start the log aggregator")?;

@@ -224,6 +224,11 @@ pub struct UpArgs {
     /// Address of the log aggregator's Fluent Forward input.
     #[arg(long, default_value = "127.0.0.1:24224")]
     pub forward_listen: std::net::SocketAddr,
+    /// How often (milliseconds) the log aggregator fsyncs accepted syslog lines and
+    /// writes them to the store `paas log` reads: the most a machine crash can lose.
+    /// Forward chunks that ask for an ack are fsynced before the ack, whatever this is.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub log_sync_ms: u64,
     /// Members of the Postgres cluster started at boot (0: no Postgres).
     #[arg(long, default_value_t = 3)]
     pub postgres_members: usize,

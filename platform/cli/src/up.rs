@@ -98,6 +98,7 @@ async fn serve(
             forward: args.forward_listen,
             api: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         },
+        std::time::Duration::from_millis(args.log_sync_ms),
         &crate::host::hostname(),
     )
     .await?;
