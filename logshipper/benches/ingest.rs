@@ -389,7 +389,11 @@ fn decode_only(name: &'static str, forward: bool, payload: &Payload) -> Figures 
         while let Ok(paas_logshipper::forward::frame::Check::Complete(len)) =
             paas_logshipper::forward::frame::check(rest, 16 << 20)
         {
-            paas_logshipper::forward::decode(&rest[..len], 64 << 20, &mut lines).unwrap();
+            let limits = paas_logshipper::forward::Limits {
+                max_line: 64 << 10,
+                max_inflated: 64 << 20,
+            };
+            paas_logshipper::forward::decode(&rest[..len], &limits, &mut lines).unwrap();
             decoded += lines.len() as u64;
             lines.clear();
             rest = &rest[len..];

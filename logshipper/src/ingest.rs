@@ -62,6 +62,9 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Largest decompressed body of a CompressedPackedForward message.
     pub max_inflated_bytes: usize,
+    /// Longest forward line message; a longer one is cut (counted in
+    /// `logshipper_lines_truncated_total`). Syslog lines are bounded by their frame.
+    pub max_line_bytes: usize,
     /// A connection holding a partial message with no new byte for this long is closed.
     pub idle_timeout: Duration,
     /// Forward shared key; when set, clients must complete the HELO/PING/PONG handshake.
@@ -78,6 +81,7 @@ impl Default for IngestConfig {
             tls: None,
             max_message_bytes: 16 * 1024 * 1024,
             max_inflated_bytes: 64 * 1024 * 1024,
+            max_line_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             shared_key: None,
             read_buffer: 256 * 1024,
@@ -506,7 +510,7 @@ pub fn scan_syslog(
                     .map_err(|e| e.to_string())
                     .and_then(|m| {
                         let origin = m.structured_data.and_then(dedupe::parse_origin);
-                        let line = syslog::to_line(&m, received_ns, out.lines.last())
+                        let line = syslog::to_line(&m, received_ns, out.lines.last(), max)
                             .map_err(|e| e.to_string())?;
                         Ok((line, origin))
                     }) {
@@ -664,7 +668,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let metrics = ctx.aggregator.metrics();
-    let (lines_counter, bytes_counter) = metrics.input_counters(Input::Forward.name());
+    let bytes_counter = metrics.input_counters(Input::Forward.name()).1;
     let key = ctx.config.shared_key.as_ref();
     let mut state = match key {
         Some(_) => {
@@ -700,17 +704,31 @@ where
                 }
             };
             consumed += len;
-            let before = batch.len();
-            let message =
-                match forward::decode(&rest[..len], ctx.config.max_inflated_bytes, &mut batch) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        close = Some(CloseReason::Decode(e.to_string()));
-                        break;
+            let parsed = match forward::parse(&rest[..len], ctx.config.max_inflated_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    close = Some(CloseReason::Decode(e.to_string()));
+                    break;
+                }
+            };
+            match forward_step(&state, key, parsed.message) {
+                ForwardStep::Ingest { ack } => {
+                    // Lines are built one at a time and accepted in bounded batches, so a
+                    // message of many small entries never becomes one huge batch.
+                    let mut lines = parsed.entries.lines(ctx.config.max_line_bytes);
+                    for line in &mut lines {
+                        batch.push(line);
+                        if batch.len() >= ACCEPT_EVERY {
+                            if let Err(reason) = accept_forward(ctx, &mut batch) {
+                                return reason;
+                            }
+                        }
                     }
-                };
-            match forward_step(&state, key, message) {
-                ForwardStep::Ingest { ack } => acks.extend(ack),
+                    if lines.truncated() > 0 {
+                        metrics.truncated(Input::Forward.name(), lines.truncated());
+                    }
+                    acks.extend(ack);
+                }
                 ForwardStep::Ignore => {}
                 ForwardStep::Pong { reply, close: c } => {
                     out.extend_from_slice(&reply);
@@ -720,19 +738,13 @@ where
                     }
                 }
                 ForwardStep::Close(reason) => {
-                    batch.truncate(before);
                     close = Some(CloseReason::Handshake(reason));
                 }
             }
         }
         buf.advance(consumed);
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            if let Err(e) = ctx.aggregator.accept(take_batch(&mut batch)) {
-                metrics.dropped("accept", n);
-                return CloseReason::Accept(e.to_string());
-            }
-            lines_counter.inc_by(n);
+        if let Err(reason) = accept_forward(ctx, &mut batch) {
+            return reason;
         }
         if !acks.is_empty() {
             if let Err(e) = ctx.aggregator.sync().await {
@@ -762,6 +774,24 @@ where
             ReadOutcome::Failed(e) => return CloseReason::Io(e.to_string()),
         }
     }
+}
+
+/// Forward lines are accepted at least this often while a message is decoded.
+const ACCEPT_EVERY: usize = 4096;
+
+/// Accepts the decoded forward lines, if any.
+fn accept_forward(ctx: &Ctx, batch: &mut Vec<LogLine>) -> Result<(), CloseReason> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let metrics = ctx.aggregator.metrics();
+    let n = batch.len() as u64;
+    if let Err(e) = ctx.aggregator.accept(take_batch(batch)) {
+        metrics.dropped("accept", n);
+        return Err(CloseReason::Accept(e.to_string()));
+    }
+    metrics.input_counters(Input::Forward.name()).0.inc_by(n);
+    Ok(())
 }
 
 /// Takes the decoded lines, leaving an empty batch with the same capacity for the next

@@ -14,5 +14,6 @@ pub mod service;
 pub mod shipper;
 pub mod store;
 pub mod syslog;
+pub mod text;
 
 pub use line::{LogLine, Stream};

@@ -11,6 +11,7 @@
 //! | `logshipper_bytes_received_total`           | input           |
 //! | `logshipper_parse_errors_total`             | input, reason   |
 //! | `logshipper_connections_total`              | input           |
+//! | `logshipper_lines_truncated_total`          | input           |
 //! | `logshipper_lines_dropped_total`            | reason          |
 //! | `logshipper_duplicates_dropped_total`       |                 |
 //! | `logshipper_drain_delivered_lines_total`    | drain           |
@@ -73,6 +74,8 @@ pub struct IngestMetrics {
     pub drops: Family<DropLabel, Counter>,
     /// Lines dropped because their sender had already delivered them (shipper replays).
     pub duplicates: Counter,
+    /// Lines whose message was cut at the line cap, per input.
+    pub truncated: Family<InputLabel, Counter>,
 }
 
 impl IngestMetrics {
@@ -110,7 +113,21 @@ impl IngestMetrics {
             "Lines dropped as replays of lines already accepted from the same sender",
             m.duplicates.clone(),
         );
+        r.register(
+            "lines_truncated",
+            "Lines whose message was cut at the line cap, per input",
+            m.truncated.clone(),
+        );
         m
+    }
+
+    /// Counts `n` lines cut at the line cap.
+    pub fn truncated(&self, input: &str, n: u64) {
+        self.truncated
+            .get_or_create(&InputLabel {
+                input: input.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one parse error.

@@ -379,3 +379,71 @@ async fn garbage_and_oversized_input_close_only_their_connection() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amplifying_input_is_bounded_and_others_keep_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), |c| {
+        c.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = h.forward();
+    // The 232 bytes that once built a 536 MB line, on eight connections at once.
+    let hostile = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/regressions/forward/nested-map-keys-536mb-line.bin"
+    ))
+    .unwrap();
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let hostile = hostile.clone();
+        senders.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&hostile).await.unwrap();
+            s.shutdown().await.unwrap();
+            read_until_closed(&mut s).await;
+        }));
+    }
+    // One Forward message of 200,000 three-byte entries `[0, {}]`: accepted whole, in
+    // bounded batches, each entry one line of `{}`.
+    let n = 200_000u32;
+    let mut msg = vec![0x93, 0xa4];
+    msg.extend_from_slice(b"tiny");
+    msg.push(0xdd);
+    msg.extend_from_slice(&n.to_be_bytes());
+    for _ in 0..n {
+        msg.extend_from_slice(&[0x92, 0x00, 0x80]);
+    }
+    rmpv::encode::write_value(&mut msg, &options("t1", false)).unwrap();
+    let mut tiny = TcpStream::connect(addr).await.unwrap();
+    tiny.write_all(&msg).await.unwrap();
+    let ack = read_ack(&mut tiny).await;
+    assert_eq!(
+        ack,
+        Value::Map(vec![(Value::from("ack"), Value::from("t1"))])
+    );
+    for s in senders {
+        s.await.unwrap();
+    }
+    let mut good = TcpStream::connect(addr).await.unwrap();
+    good.write_all(&encode(&Value::Array(vec![
+        Value::from("calm"),
+        Value::from(1),
+        record("still here"),
+    ])))
+    .await
+    .unwrap();
+    let got = h.wait_for_lines("calm", 1).await;
+    assert_eq!(messages(&got), vec!["still here"]);
+    let tiny_lines = h.log("tiny", "lines=3").await;
+    assert_eq!(messages(&tiny_lines), vec!["{}", "{}", "{}"]);
+    let metrics = h.metrics().await;
+    let received: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"logshipper_lines_received_total{input="forward"} "#))
+        .expect("forward lines metric")
+        .parse()
+        .unwrap();
+    assert!(received > u64::from(n), "{received} lines received");
+    h.stop().await;
+}

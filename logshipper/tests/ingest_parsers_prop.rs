@@ -2,10 +2,15 @@
 //! stable in every test run (the cargo-fuzz targets in `fuzz/` explore further).
 
 use paas_logshipper::aggregator::Batch;
-use paas_logshipper::forward::{decode, frame};
+use paas_logshipper::forward::{decode, frame, Limits};
 use paas_logshipper::ingest::scan_syslog;
 use proptest::prelude::*;
 use rmpv::Value;
+
+const LIMITS: Limits = Limits {
+    max_line: 1 << 16,
+    max_inflated: 1 << 16,
+};
 
 fn syslog_frames(msgs: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -51,7 +56,7 @@ proptest! {
         while let Ok(frame::Check::Complete(len)) = frame::check(rest, 1 << 16) {
             prop_assert!(len > 0 && len <= rest.len());
             let before = out.len();
-            if decode(&rest[..len], 1 << 16, &mut out).is_err() {
+            if decode(&rest[..len], &LIMITS, &mut out).is_err() {
                 prop_assert_eq!(out.len(), before);
             }
             rest = &rest[len..];
@@ -76,7 +81,7 @@ proptest! {
         prop_assert_eq!(frame::check(&bytes[..cut], 1 << 16), Ok(frame::Check::Incomplete));
         prop_assert_eq!(frame::check(&bytes, 1 << 16), Ok(frame::Check::Complete(bytes.len())));
         let mut out = Vec::new();
-        decode(&bytes, 1 << 16, &mut out).unwrap();
+        decode(&bytes, &LIMITS, &mut out).unwrap();
         let got: Vec<String> = out.into_iter().map(|l| l.message).collect();
         prop_assert_eq!(got, msgs);
     }

@@ -7,11 +7,19 @@
 //!   fluentd driver writes it).
 //! * The text is the first of `message`, `log`, `msg` (one trailing newline removed);
 //!   a record with none of them is kept whole as its JSON text, so nothing is dropped.
+//! * Every message is at most the line cap (`max_line`, cut on a character boundary while
+//!   it is built, see [`crate::text`]); names at most [`MAX_NAME`] bytes.
+//!
+//! Records are read in place ([`scan_record`] notes where the fields are; nothing is
+//! allocated until the line is built), so a message's decoding cost is linear in its
+//! size whatever it nests.
 
-use rmpv::ValueRef;
+use std::fmt::Write;
 
-use super::message::{bytes_of, DecodeError};
+use super::cursor::{Cursor, Item};
+use super::message::DecodeError;
 use crate::line::{LogLine, SmolStr, Stream};
+use crate::text::BoundedText;
 
 /// A forward tag split into app and optional process type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,36 +50,65 @@ impl<'a> TagParts<'a> {
     }
 }
 
-/// Builds the line for one entry; the record must be a map.
-pub fn entry_to_line(
+/// Longest app, process type, job or host name kept; longer ones are cut.
+pub const MAX_NAME: usize = 255;
+
+/// Containers nested deeper than this in a rendered record are shown as `"…"`.
+const MAX_DEPTH: usize = 32;
+
+/// Where a record's named fields are, found without allocating (see [`scan_record`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Record<'a> {
+    /// The whole record (a MessagePack map).
+    pub bytes: &'a [u8],
+    app: Option<&'a [u8]>,
+    process_type: Option<&'a [u8]>,
+    job: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
+    stream: Stream,
+    /// Rank (message 0, log 1, msg 2) and encoded value of the text field.
+    text: Option<(u8, &'a [u8])>,
+}
+
+/// Reads one record (a map) at the cursor: where its named fields are. Checks that the
+/// entry can become a line: the record is a map and an app is named by it or the tag.
+pub fn scan_record<'a>(
+    cur: &mut Cursor<'a>,
     tag: &TagParts<'_>,
-    timestamp_ns: i64,
-    record: &ValueRef<'_>,
-) -> Result<LogLine, DecodeError> {
-    let ValueRef::Map(fields) = record else {
+) -> Result<Record<'a>, DecodeError> {
+    let start = cur.rest();
+    let Item::Map(pairs) = cur.item()? else {
         return Err(DecodeError::Shape("record is not a map"));
     };
-    let mut line = LogLine {
-        id: 0,
-        app: SmolStr::default(),
-        process_type: tag.process_type.map(SmolStr::new),
+    let mut rec = Record {
+        bytes: &[],
+        app: None,
+        process_type: None,
         job: None,
         host: None,
         stream: Stream::Unknown,
-        timestamp_ns,
-        message: String::new(),
+        text: None,
     };
-    let mut app = None;
-    let mut text: Option<(u8, &ValueRef<'_>)> = None;
-    for (key, value) in fields {
-        let Some(key) = bytes_of(key) else { continue };
+    for _ in 0..pairs {
+        let mut peek = *cur;
+        let key = match peek.item()? {
+            Item::Str(k) | Item::Bin(k) => {
+                *cur = peek;
+                k
+            }
+            _ => {
+                cur.skip()?; // a non-string key: it names no field
+                cur.skip()?;
+                continue;
+            }
+        };
         match key {
-            b"app" => app = name_of(value),
-            b"type" | b"process_type" => line.process_type = name_of(value),
-            b"job" => line.job = name_of(value),
-            b"host" | b"hostname" => line.host = name_of(value),
+            b"app" => rec.app = name_value(cur)?,
+            b"type" | b"process_type" => rec.process_type = name_value(cur)?,
+            b"job" => rec.job = name_value(cur)?,
+            b"host" | b"hostname" => rec.host = name_value(cur)?,
             b"stream" | b"source" => {
-                line.stream = match bytes_of(value) {
+                rec.stream = match name_value(cur)? {
                     Some(b"stdout") => Stream::Stdout,
                     Some(b"stderr") => Stream::Stderr,
                     _ => Stream::Unknown,
@@ -84,88 +121,201 @@ pub fn entry_to_line(
                     b"log" => 1,
                     _ => 2,
                 };
-                if text.is_none_or(|(r, _)| rank < r) {
-                    text = Some((rank, value));
+                let value = cur.skip()?;
+                if rec.text.is_none_or(|(r, _)| rank < r) {
+                    rec.text = Some((rank, value));
                 }
             }
-            _ => {}
+            _ => {
+                cur.skip()?;
+            }
         }
     }
-    line.app = match app {
-        Some(a) if !a.is_empty() => a,
-        _ => SmolStr::new(tag.app),
-    };
-    if line.app.is_empty() {
+    rec.bytes = &start[..start.len() - cur.rest().len()];
+    if rec.app_name(tag).is_empty() {
         return Err(DecodeError::Shape("no app in tag or record"));
     }
-    line.message = match text {
-        Some((_, ValueRef::String(s))) => match s.as_str() {
-            Some(text) => trim_newline(text),
-            None => trim_newline(&String::from_utf8_lossy(s.as_bytes())),
-        },
-        Some((_, ValueRef::Binary(b))) => trim_newline(&String::from_utf8_lossy(b)),
-        Some((_, other)) => to_json(other).to_string(),
-        None => to_json(record).to_string(),
-    };
-    Ok(line)
+    Ok(rec)
 }
 
-fn trim_newline(s: &str) -> String {
-    s.strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(s)
-        .to_owned()
-}
-
-/// A short text field (app, type, job, host) as a [`SmolStr`], without a heap
-/// allocation when it fits inline.
-fn name_of(v: &ValueRef<'_>) -> Option<SmolStr> {
-    match v {
-        ValueRef::String(s) => Some(match s.as_str() {
-            Some(text) => SmolStr::new(text),
-            None => String::from_utf8_lossy(s.as_bytes()).into(),
-        }),
-        ValueRef::Binary(b) => Some(String::from_utf8_lossy(b).into()),
-        _ => None,
+/// A name field's value: the bytes of a str or bin, `None` for any other value.
+fn name_value<'a>(cur: &mut Cursor<'a>) -> Result<Option<&'a [u8]>, DecodeError> {
+    let mut peek = *cur;
+    match peek.item()? {
+        Item::Str(b) | Item::Bin(b) => {
+            *cur = peek;
+            Ok(Some(b))
+        }
+        _ => {
+            cur.skip()?;
+            Ok(None)
+        }
     }
 }
 
-/// Converts a MessagePack value to JSON for records without a text field.
-fn to_json(v: &ValueRef<'_>) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        ValueRef::Nil => J::Null,
-        ValueRef::Boolean(b) => J::Bool(*b),
-        ValueRef::Integer(i) => match (i.as_i64(), i.as_u64()) {
-            (Some(n), _) => J::from(n),
-            (_, Some(n)) => J::from(n),
-            _ => J::Null,
-        },
-        ValueRef::F32(f) => J::from(f64::from(*f)),
-        ValueRef::F64(f) => J::from(*f),
-        ValueRef::String(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        ValueRef::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
-        ValueRef::Array(items) => J::Array(items.iter().map(to_json).collect()),
-        ValueRef::Map(pairs) => J::Object(
-            pairs
-                .iter()
-                .map(|(k, v)| {
-                    let key = match bytes_of(k) {
-                        Some(b) => String::from_utf8_lossy(b).into_owned(),
-                        None => to_json(k).to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        ValueRef::Ext(t, data) => J::Object(
-            [
-                ("ext_type".to_owned(), J::from(*t)),
-                ("data".to_owned(), J::String(hex::encode(data))),
-            ]
-            .into_iter()
-            .collect(),
-        ),
+impl Record<'_> {
+    fn app_name<'s>(&'s self, tag: &'s TagParts<'_>) -> &'s [u8] {
+        match self.app {
+            Some(a) if !a.is_empty() => a,
+            _ => tag.app.as_bytes(),
+        }
+    }
+}
+
+/// Builds the line for one scanned entry; the message is at most `max_line` bytes.
+/// Returns the line and whether its message was cut.
+pub fn entry_to_line(
+    tag: &TagParts<'_>,
+    timestamp_ns: i64,
+    rec: &Record<'_>,
+    max_line: usize,
+) -> (LogLine, bool) {
+    let mut text = BoundedText::new(max_line);
+    match rec.text {
+        Some((_, value)) => {
+            let mut cur = Cursor::new(value);
+            match cur.item() {
+                Ok(Item::Str(b) | Item::Bin(b)) => text.push_lossy(trim_newline(b)),
+                _ => render(&mut Cursor::new(value), &mut text, 0, false),
+            }
+        }
+        None => render(&mut Cursor::new(rec.bytes), &mut text, 0, false),
+    }
+    let (message, truncated) = text.finish();
+    let line = LogLine {
+        id: 0,
+        app: name(rec.app_name(tag)),
+        process_type: rec
+            .process_type
+            .or(tag.process_type.map(str::as_bytes))
+            .map(name),
+        job: rec.job.map(name),
+        host: rec.host.map(name),
+        stream: rec.stream,
+        timestamp_ns,
+        message,
+    };
+    (line, truncated)
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    match b.strip_suffix(b"\n") {
+        Some(t) => t.strip_suffix(b"\r").unwrap_or(t),
+        None => b,
+    }
+}
+
+/// A short text field (app, type, job, host) as a [`SmolStr`] of at most
+/// [`MAX_NAME`] bytes, without a heap allocation when it fits inline.
+fn name(b: &[u8]) -> SmolStr {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.len() <= MAX_NAME => SmolStr::new(s),
+        _ => {
+            let mut t = BoundedText::new(MAX_NAME);
+            t.push_lossy(b);
+            SmolStr::new(t.finish().0)
+        }
+    }
+}
+
+/// Renders the value at the cursor as JSON into `out`, for records without a text field.
+///
+/// Linear in the input: strings are escaped once, also inside keys. A JSON key must be a
+/// string, so a key that is not a str (a number, an array, a map) is written as a string
+/// holding its text with strings unquoted (`{[1,"a"]: 2}` becomes `{"[1,a]":2}`):
+/// rendering it as quoted JSON and escaping that again would double the backslashes at
+/// every level of nesting. Containers deeper than `MAX_DEPTH` become `"…"`. Stops as
+/// soon as `out` is full.
+fn render(cur: &mut Cursor<'_>, out: &mut BoundedText, depth: usize, in_key: bool) {
+    if out.is_full() {
+        return;
+    }
+    let Ok(item) = cur.item() else {
+        return;
+    };
+    let deep = depth >= MAX_DEPTH;
+    match item {
+        Item::Nil => out.push_str("null"),
+        Item::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        Item::Uint(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Item::Int(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Item::F32(f) => push_float(out, f64::from(f)),
+        Item::F64(f) => push_float(out, f),
+        Item::Str(b) | Item::Bin(b) if in_key => out.push_json_escaped(b),
+        Item::Str(b) | Item::Bin(b) => out.push_json_string(b),
+        Item::Array(n) | Item::Map(n) if deep => {
+            let values = if matches!(item, Item::Map(_)) {
+                2 * n
+            } else {
+                n
+            };
+            for _ in 0..values {
+                if cur.skip().is_err() {
+                    return;
+                }
+            }
+            out.push_str(if in_key { "…" } else { "\"…\"" });
+        }
+        Item::Array(n) => {
+            out.push_str("[");
+            for i in 0..n {
+                if i > 0 {
+                    out.push_str(",");
+                }
+                render(cur, out, depth + 1, in_key);
+                if out.is_full() {
+                    return;
+                }
+            }
+            out.push_str("]");
+        }
+        Item::Map(n) => {
+            out.push_str("{");
+            for i in 0..n {
+                if i > 0 {
+                    out.push_str(",");
+                }
+                let mut peek = *cur;
+                match peek.item() {
+                    Ok(Item::Str(k) | Item::Bin(k)) if !in_key => {
+                        *cur = peek;
+                        out.push_json_string(k);
+                    }
+                    _ if in_key => render(cur, out, depth + 1, true),
+                    _ => {
+                        out.push_str("\"");
+                        render(cur, out, depth + 1, true);
+                        out.push_str("\"");
+                    }
+                }
+                out.push_str(":");
+                render(cur, out, depth + 1, in_key);
+                if out.is_full() {
+                    return;
+                }
+            }
+            out.push_str("}");
+        }
+        Item::Ext(t, data) => {
+            let room = out.room() / 2 + 1;
+            let hex = hex::encode(&data[..data.len().min(room)]);
+            let _ = if in_key {
+                write!(out, "ext({t}:{hex})")
+            } else {
+                write!(out, "{{\"ext_type\":{t},\"data\":\"{hex}\"}}")
+            };
+        }
+    }
+}
+
+fn push_float(out: &mut BoundedText, f: f64) {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => out.push_str(&n.to_string()),
+        None => out.push_str("null"),
     }
 }
 
@@ -177,12 +327,14 @@ mod tests {
     fn check(tag: &str, record: Value, expected: Result<LogLine, DecodeError>) {
         let mut buf = Vec::new();
         rmpv::encode::write_value(&mut buf, &record).unwrap();
-        let value = rmpv::decode::read_value_ref(&mut buf.as_slice()).unwrap();
-        assert_eq!(
-            entry_to_line(&TagParts::parse(tag), 7, &value),
-            expected,
-            "{tag} {record}"
-        );
+        let tag = TagParts::parse(tag);
+        let mut cur = Cursor::new(&buf);
+        let got = scan_record(&mut cur, &tag).map(|rec| {
+            assert_eq!(rec.bytes, &buf[..]);
+            entry_to_line(&tag, 7, &rec, 1 << 20).0
+        });
+        assert!(got.is_err() || cur.is_empty());
+        assert_eq!(got, expected, "{record}");
     }
 
     fn map(fields: &[(&str, Value)]) -> Value {
@@ -263,7 +415,7 @@ mod tests {
             "shop",
             map(&[("status", Value::from(200)), ("ok", Value::from(true))]),
             Ok(LogLine {
-                message: r#"{"ok":true,"status":200}"#.into(),
+                message: r#"{"status":200,"ok":true}"#.into(),
                 ..base("shop")
             }),
         );
@@ -288,6 +440,95 @@ mod tests {
             "",
             map(&[("log", Value::from("x"))]),
             Err(DecodeError::Shape("no app in tag or record")),
+        );
+    }
+
+    fn render_text(v: &Value, max: usize) -> (String, bool) {
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, v).unwrap();
+        let mut out = BoundedText::new(max);
+        render(&mut Cursor::new(&buf), &mut out, 0, false);
+        out.finish()
+    }
+
+    #[test]
+    fn non_string_keys_are_escaped_once() {
+        let key = Value::Array(vec![Value::from(1), Value::from("a\"b")]);
+        let inner = Value::Map(vec![(key, Value::from(2))]);
+        let outer = Value::Map(vec![(inner.clone(), Value::Nil)]);
+        assert_eq!(
+            render_text(&inner, 1000),
+            (r#"{"[1,a\"b]":2}"#.into(), false)
+        );
+        assert_eq!(
+            render_text(&outer, 1000),
+            (r#"{"{[1,a\"b]:2}":null}"#.into(), false)
+        );
+        let ext = Value::Map(vec![(
+            Value::Ext(5, vec![0xab]),
+            Value::Ext(-1, vec![1, 2]),
+        )]);
+        assert_eq!(
+            render_text(&ext, 1000),
+            (
+                r#"{"ext(5:ab)":{"ext_type":-1,"data":"0102"}}"#.into(),
+                false
+            )
+        );
+        let floats = Value::Array(vec![
+            Value::F64(1e300),
+            Value::F64(f64::NAN),
+            Value::F32(0.5),
+        ]);
+        assert_eq!(
+            render_text(&floats, 1000),
+            ("[1e+300,null,0.5]".into(), false)
+        );
+    }
+
+    #[test]
+    fn nested_map_keys_do_not_amplify() {
+        // Maps used as keys of maps, 60 deep: escaping each level's rendering again
+        // doubles the backslashes per level (2^60 bytes). Rendered once, it stays small.
+        let mut v = Value::Map(vec![(Value::from("\""), Value::from(1))]);
+        for _ in 0..60 {
+            v = Value::Map(vec![(v, Value::from("\""))]);
+        }
+        let (text, cut) = render_text(&v, 1 << 20);
+        assert!(!cut);
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(
+            text.contains('…'),
+            "deeper than MAX_DEPTH is elided: {text}"
+        );
+    }
+
+    #[test]
+    fn messages_are_cut_at_the_line_cap() {
+        let tag = TagParts::parse("shop");
+        let long = map(&[("log", Value::Binary(vec![0xff; 1000]))]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &long).unwrap();
+        let rec = scan_record(&mut Cursor::new(&buf), &tag).unwrap();
+        let (line, cut) = entry_to_line(&tag, 1, &rec, 100);
+        assert!(cut);
+        assert_eq!(line.message, "\u{fffd}".repeat(33));
+        let json = map(&[("k", Value::from("\u{1}".repeat(1000)))]);
+        let (text, cut) = render_text(&json, 64);
+        assert!(
+            cut && text.len() <= 64 && text.ends_with("\\u0001"),
+            "{text}"
+        );
+        let name = map(&[
+            ("job", Value::from("j".repeat(1000))),
+            ("log", Value::from("x")),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &name).unwrap();
+        let rec = scan_record(&mut Cursor::new(&buf), &tag).unwrap();
+        assert_eq!(
+            entry_to_line(&tag, 1, &rec, 100).0.job.unwrap().len(),
+            MAX_NAME
         );
     }
 }

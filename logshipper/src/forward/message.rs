@@ -13,15 +13,18 @@
 //! bytes, big-endian `u32` seconds then `u32` nanoseconds. A top-level `nil` is a
 //! heartbeat; `["PING", ...]` is the client's half of the shared-key handshake.
 //!
-//! Entries become [`LogLine`]s through [`super::mapping`]. A message is decoded whole or
-//! rejected whole: an error leaves `out` as it was.
+//! Two passes, neither of which builds a value tree: [`parse`] checks the whole message
+//! (shape, every time and record) in place; [`Entries::lines`] then builds the lines one
+//! at a time through [`super::mapping`]. A message is accepted whole or rejected whole,
+//! and decoding costs time linear in its size and memory of one line at a time.
 
+use std::borrow::Cow;
 use std::io::Read;
 
-use rmpv::ValueRef;
 use thiserror::Error;
 
-use super::mapping::{entry_to_line, TagParts};
+use super::cursor::{Cursor, Item};
+use super::mapping::{entry_to_line, scan_record, Record, TagParts};
 use crate::line::LogLine;
 
 /// Why a complete MessagePack value is not an acceptable forward message.
@@ -72,111 +75,316 @@ pub enum Message {
     Ping(Ping),
 }
 
-/// Decodes one complete message, appending its entries to `out`.
-///
-/// `max_inflated` bounds the size of a decompressed CompressedPackedForward body.
-pub fn decode(
-    frame: &[u8],
-    max_inflated: usize,
-    out: &mut Vec<LogLine>,
-) -> Result<Message, DecodeError> {
-    let before = out.len();
-    let result = decode_inner(frame, max_inflated, out);
-    if result.is_err() {
-        out.truncate(before);
-    }
-    result
+/// The limits decoding works within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest line message; longer ones are cut while they are built.
+    pub max_line: usize,
+    /// Largest decompressed body of a CompressedPackedForward message.
+    pub max_inflated: usize,
 }
 
-fn decode_inner(
-    frame: &[u8],
-    max_inflated: usize,
-    out: &mut Vec<LogLine>,
-) -> Result<Message, DecodeError> {
-    let value = read_one(frame)?;
-    let items = match value {
-        ValueRef::Nil => return Ok(Message::Heartbeat),
-        ValueRef::Array(items) => items,
+/// A checked message: what it asks of the connection, and its entries, which become
+/// lines one at a time ([`Entries::lines`]), so a message of many small entries never
+/// exists as one large batch of lines.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// Heartbeat, PING, or events with their `chunk` option.
+    pub message: Message,
+    /// The event entries (none unless `message` is [`Message::Events`]).
+    pub entries: Entries<'a>,
+}
+
+/// The checked entries of one message.
+#[derive(Debug)]
+pub struct Entries<'a> {
+    tag: TagParts<'a>,
+    body: Body<'a>,
+    count: usize,
+}
+
+#[derive(Debug)]
+enum Body<'a> {
+    /// Message mode: one entry.
+    Single { time_ns: i64, record: Record<'a> },
+    /// Forward and PackedForward: `[time, record]` arrays back to back.
+    Stream(Cow<'a, [u8]>),
+}
+
+impl<'a> Entries<'a> {
+    fn none() -> Self {
+        Entries {
+            tag: TagParts::parse(""),
+            body: Body::Stream(Cow::Borrowed(&[])),
+            count: 0,
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The entries as lines, each message at most `max_line` bytes.
+    pub fn lines(&self, max_line: usize) -> Lines<'_> {
+        let (single, bytes): (_, &[u8]) = match &self.body {
+            Body::Single { time_ns, record } => (Some((*time_ns, *record)), &[]),
+            Body::Stream(b) => (None, b),
+        };
+        Lines {
+            tag: self.tag,
+            single,
+            cur: Cursor::new(bytes),
+            remaining: self.count,
+            max_line,
+            truncated: 0,
+        }
+    }
+}
+
+/// Iterator over the lines of checked [`Entries`].
+#[derive(Debug)]
+pub struct Lines<'e> {
+    tag: TagParts<'e>,
+    single: Option<(i64, Record<'e>)>,
+    cur: Cursor<'e>,
+    remaining: usize,
+    max_line: usize,
+    truncated: u64,
+}
+
+impl Lines<'_> {
+    /// How many of the lines so far had their message cut at the line cap.
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+}
+
+impl Iterator for Lines<'_> {
+    type Item = LogLine;
+
+    fn next(&mut self) -> Option<LogLine> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let (time_ns, record) = match self.single.take() {
+            Some(single) => single,
+            // Checked by `parse`, so this does not fail.
+            None => match entry(&mut self.cur, &self.tag) {
+                Ok(e) => e,
+                Err(_) => {
+                    self.remaining = 0;
+                    return None;
+                }
+            },
+        };
+        let (line, cut) = entry_to_line(&self.tag, time_ns, &record, self.max_line);
+        self.truncated += u64::from(cut);
+        Some(line)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+/// Checks one complete message (a frame from [`super::frame::check`]) without building
+/// any line: its shape, every entry's time and record. An error rejects the whole
+/// message, so no entry of it is ever accepted.
+pub fn parse(frame: &[u8], max_inflated: usize) -> Result<Parsed<'_>, DecodeError> {
+    let mut cur = Cursor::new(frame);
+    let parsed = parse_value(&mut cur, max_inflated)?;
+    if !cur.is_empty() {
+        return Err(DecodeError::Shape("trailing bytes after the message"));
+    }
+    Ok(parsed)
+}
+
+fn parse_value<'a>(cur: &mut Cursor<'a>, max_inflated: usize) -> Result<Parsed<'a>, DecodeError> {
+    let items = match cur.item()? {
+        Item::Nil => {
+            return Ok(Parsed {
+                message: Message::Heartbeat,
+                entries: Entries::none(),
+            })
+        }
+        Item::Array(n) => n,
         _ => return Err(DecodeError::Shape("top level is not an array")),
     };
-    let mut items = items.into_iter();
-    let head = items.next().ok_or(DecodeError::Shape("empty array"))?;
-    let tag = bytes_of(&head).ok_or(DecodeError::Shape("tag is not a string"))?;
-    let second = items.next().ok_or(DecodeError::Shape("missing entries"))?;
+    if items == 0 {
+        return Err(DecodeError::Shape("empty array"));
+    }
+    let tag = cur
+        .item()?
+        .bytes()
+        .ok_or(DecodeError::Shape("tag is not a string"))?;
+    if items < 2 {
+        return Err(DecodeError::Shape("missing entries"));
+    }
     if tag == b"PING" {
-        if let Some(ping) = as_ping(&second, items.as_slice()) {
-            return Ok(Message::Ping(ping));
+        let mut peek = *cur;
+        if let Some(ping) = as_ping(&mut peek, items - 1)? {
+            *cur = peek;
+            return Ok(Parsed {
+                message: Message::Ping(ping),
+                entries: Entries::none(),
+            });
         }
     }
     let tag = std::str::from_utf8(tag).map_err(|_| DecodeError::Shape("tag is not UTF-8"))?;
     let tag = TagParts::parse(tag);
-    match second {
-        ValueRef::Array(entries) => {
-            let option = items.next();
-            for entry in &entries {
-                let ValueRef::Array(pair) = entry else {
-                    return Err(DecodeError::Shape("entry is not an array"));
-                };
-                let [time, record] = pair.as_slice() else {
-                    return Err(DecodeError::Shape("entry is not [time, record]"));
-                };
-                out.push(entry_to_line(&tag, event_time(time)?, record)?);
+    let mut rest = items - 2;
+    let (body, count, option) = match cur.item()? {
+        Item::Array(n) => {
+            let start = cur.rest();
+            for _ in 0..n {
+                entry(cur, &tag)?;
             }
-            Ok(Message::Events {
-                chunk: chunk_of(option.as_ref()),
-            })
+            let body = &start[..start.len() - cur.rest().len()];
+            (
+                Body::Stream(Cow::Borrowed(body)),
+                n,
+                take_option(cur, &mut rest)?,
+            )
         }
-        ValueRef::Binary(packed) => packed_entries(&tag, packed, items.next(), max_inflated, out),
-        ValueRef::String(packed) => {
-            packed_entries(&tag, packed.as_bytes(), items.next(), max_inflated, out)
+        Item::Bin(packed) | Item::Str(packed) => {
+            let option = take_option(cur, &mut rest)?;
+            let body = match option.compressed {
+                // Fluentd writes "text" for an uncompressed body.
+                None => Cow::Borrowed(packed),
+                Some(c) if c == b"text" => Cow::Borrowed(packed),
+                Some(c) if c == b"gzip" => Cow::Owned(gunzip(packed, max_inflated)?),
+                Some(c) => {
+                    return Err(DecodeError::Compression(
+                        String::from_utf8_lossy(c).into_owned(),
+                    ))
+                }
+            };
+            let mut entries = Cursor::new(&body);
+            let mut n = 0;
+            while !entries.is_empty() {
+                entry(&mut entries, &tag).map_err(packed_error)?;
+                n += 1;
+            }
+            (Body::Stream(body), n, option)
         }
         time => {
-            let record = items.next().ok_or(DecodeError::Shape("missing record"))?;
-            let option = items.next();
-            out.push(entry_to_line(&tag, event_time(&time)?, &record)?);
-            Ok(Message::Events {
-                chunk: chunk_of(option.as_ref()),
-            })
+            let time_ns = event_time(time, cur)?;
+            if rest == 0 {
+                return Err(DecodeError::Shape("missing record"));
+            }
+            rest -= 1;
+            let record = scan_record(cur, &tag)?;
+            (
+                Body::Single { time_ns, record },
+                1,
+                take_option(cur, &mut rest)?,
+            )
         }
+    };
+    for _ in 0..rest {
+        cur.skip()?;
+    }
+    Ok(Parsed {
+        message: Message::Events {
+            chunk: option.chunk,
+        },
+        entries: Entries { tag, body, count },
+    })
+}
+
+/// Inside a packed body, a malformed entry is a shape error of the message.
+fn packed_error(e: DecodeError) -> DecodeError {
+    match e {
+        DecodeError::Shape("entry is not an array") => {
+            DecodeError::Shape("packed entry is not an array")
+        }
+        DecodeError::Shape("entry is not [time, record]") => {
+            DecodeError::Shape("packed entry is not [time, record]")
+        }
+        e => e,
     }
 }
 
-fn packed_entries(
-    tag: &TagParts<'_>,
-    packed: &[u8],
-    option: Option<ValueRef<'_>>,
-    max_inflated: usize,
+/// Reads one `[time, record]` entry.
+fn entry<'a>(cur: &mut Cursor<'a>, tag: &TagParts<'_>) -> Result<(i64, Record<'a>), DecodeError> {
+    match cur.item()? {
+        Item::Array(2) => {}
+        Item::Array(_) => return Err(DecodeError::Shape("entry is not [time, record]")),
+        _ => return Err(DecodeError::Shape("entry is not an array")),
+    }
+    let time = cur.item()?;
+    let time_ns = event_time(time, cur)?;
+    Ok((time_ns, scan_record(cur, tag)?))
+}
+
+/// The option map's fields that matter here.
+#[derive(Default)]
+struct Options<'a> {
+    chunk: Option<String>,
+    compressed: Option<&'a [u8]>,
+}
+
+/// Reads the option map if one is left (`rest` counts the message's unread items).
+fn take_option<'a>(cur: &mut Cursor<'a>, rest: &mut usize) -> Result<Options<'a>, DecodeError> {
+    let mut options = Options::default();
+    if *rest == 0 {
+        return Ok(options);
+    }
+    *rest -= 1;
+    let mut peek = *cur;
+    let Item::Map(pairs) = peek.item()? else {
+        cur.skip()?;
+        return Ok(options);
+    };
+    *cur = peek;
+    for _ in 0..pairs {
+        let mut peek = *cur;
+        let key = match peek.item()? {
+            Item::Str(k) | Item::Bin(k) => {
+                *cur = peek;
+                k
+            }
+            _ => {
+                cur.skip()?;
+                cur.skip()?;
+                continue;
+            }
+        };
+        let mut peek = *cur;
+        match (key, peek.item()?) {
+            (b"chunk", Item::Str(v) | Item::Bin(v)) => {
+                *cur = peek;
+                options.chunk = Some(String::from_utf8_lossy(v).into_owned());
+            }
+            (b"compressed", Item::Str(v) | Item::Bin(v)) => {
+                *cur = peek;
+                options.compressed = Some(v);
+            }
+            _ => {
+                cur.skip()?;
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// Decodes one complete message, appending its entries to `out` (each message at most
+/// `limits.max_line` bytes). An error leaves `out` as it was.
+pub fn decode(
+    frame: &[u8],
+    limits: &Limits,
     out: &mut Vec<LogLine>,
 ) -> Result<Message, DecodeError> {
-    let compressed = option.as_ref().and_then(|o| map_get(o, "compressed"));
-    let inflated;
-    let mut body = match compressed {
-        // Fluentd writes "text" for an uncompressed body.
-        None => packed,
-        Some(c) if bytes_of(c) == Some(b"text") => packed,
-        Some(c) if bytes_of(c) == Some(b"gzip") => {
-            inflated = gunzip(packed, max_inflated)?;
-            inflated.as_slice()
-        }
-        Some(c) => {
-            let name = bytes_of(c).map(String::from_utf8_lossy).unwrap_or_default();
-            return Err(DecodeError::Compression(name.into_owned()));
-        }
-    };
-    while !body.is_empty() {
-        let entry = rmpv::decode::read_value_ref(&mut body)
-            .map_err(|e| DecodeError::Msgpack(e.to_string()))?;
-        let ValueRef::Array(pair) = entry else {
-            return Err(DecodeError::Shape("packed entry is not an array"));
-        };
-        let [time, record] = pair.as_slice() else {
-            return Err(DecodeError::Shape("packed entry is not [time, record]"));
-        };
-        out.push(entry_to_line(tag, event_time(time)?, record)?);
-    }
-    Ok(Message::Events {
-        chunk: chunk_of(option.as_ref()),
-    })
+    let parsed = parse(frame, limits.max_inflated)?;
+    out.extend(parsed.entries.lines(limits.max_line));
+    Ok(parsed.message)
 }
 
 fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
@@ -191,36 +399,32 @@ fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
     Ok(out)
 }
 
-fn read_one(frame: &[u8]) -> Result<ValueRef<'_>, DecodeError> {
-    let mut rd = frame;
-    let value =
-        rmpv::decode::read_value_ref(&mut rd).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
-    if !rd.is_empty() {
-        return Err(DecodeError::Shape("trailing bytes after the message"));
-    }
-    Ok(value)
-}
-
-/// Reads an entry time as nanoseconds since the Unix epoch.
+/// Reads an entry time, whose first item is `first`, as nanoseconds since the epoch.
 ///
 /// Fluent Bit (2.1+) may send `[time, metadata]` in the time position; the metadata is
-/// ignored.
-pub fn event_time(v: &ValueRef<'_>) -> Result<i64, DecodeError> {
-    match v {
-        ValueRef::Array(parts) => match parts.as_slice() {
-            [time @ (ValueRef::Integer(_)
-            | ValueRef::F64(_)
-            | ValueRef::F32(_)
-            | ValueRef::Ext(..)), ValueRef::Map(_)] => event_time(time),
-            _ => Err(DecodeError::Time),
-        },
-        ValueRef::Integer(i) => i
-            .as_i64()
+/// skipped.
+pub fn event_time(first: Item<'_>, cur: &mut Cursor<'_>) -> Result<i64, DecodeError> {
+    match first {
+        Item::Array(2) => {
+            let time = cur.item()?;
+            if matches!(time, Item::Array(_) | Item::Map(_)) {
+                return Err(DecodeError::Time);
+            }
+            let mut peek = *cur;
+            if !matches!(peek.item()?, Item::Map(_)) {
+                return Err(DecodeError::Time);
+            }
+            cur.skip()?;
+            event_time(time, cur)
+        }
+        Item::Uint(s) => i64::try_from(s)
+            .ok()
             .and_then(|s| s.checked_mul(1_000_000_000))
             .ok_or(DecodeError::Time),
-        ValueRef::F64(f) => float_time(*f),
-        ValueRef::F32(f) => float_time(f64::from(*f)),
-        ValueRef::Ext(0, data) if data.len() == 8 => {
+        Item::Int(s) => s.checked_mul(1_000_000_000).ok_or(DecodeError::Time),
+        Item::F64(f) => float_time(f),
+        Item::F32(f) => float_time(f64::from(f)),
+        Item::Ext(0, data) if data.len() == 8 => {
             let secs = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             let nanos = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
             Ok(i64::from(secs) * 1_000_000_000 + i64::from(nanos))
@@ -238,40 +442,23 @@ fn float_time(secs: f64) -> Result<i64, DecodeError> {
     }
 }
 
-/// The raw bytes of a str or bin value.
-pub fn bytes_of<'v>(v: &'v ValueRef<'_>) -> Option<&'v [u8]> {
-    match v {
-        ValueRef::String(s) => Some(s.as_bytes()),
-        ValueRef::Binary(b) => Some(b),
-        _ => None,
+/// A PING is `["PING", hostname, salt, digest, ...]`; `items` counts what follows the tag.
+fn as_ping(cur: &mut Cursor<'_>, items: usize) -> Result<Option<Ping>, DecodeError> {
+    if items < 3 {
+        return Ok(None);
     }
-}
-
-/// Looks up a string key in a map value.
-pub fn map_get<'v, 'a>(map: &'v ValueRef<'a>, key: &str) -> Option<&'v ValueRef<'a>> {
-    let ValueRef::Map(pairs) = map else {
-        return None;
+    let mut field = || cur.item().map(|i| i.bytes().map(<[u8]>::to_vec));
+    let (Some(hostname), Some(salt), Some(digest)) = (field()?, field()?, field()?) else {
+        return Ok(None);
     };
-    pairs
-        .iter()
-        .find(|(k, _)| bytes_of(k) == Some(key.as_bytes()))
-        .map(|(_, v)| v)
-}
-
-fn chunk_of(option: Option<&ValueRef<'_>>) -> Option<String> {
-    let chunk = map_get(option?, "chunk")?;
-    bytes_of(chunk).map(|b| String::from_utf8_lossy(b).into_owned())
-}
-
-fn as_ping(second: &ValueRef<'_>, rest: &[ValueRef<'_>]) -> Option<Ping> {
-    let [salt, digest, ..] = rest else {
-        return None;
-    };
-    Some(Ping {
-        hostname: bytes_of(second)?.to_vec(),
-        salt: bytes_of(salt)?.to_vec(),
-        digest: bytes_of(digest)?.to_vec(),
-    })
+    for _ in 3..items {
+        cur.skip()?;
+    }
+    Ok(Some(Ping {
+        hostname,
+        salt,
+        digest,
+    }))
 }
 
 #[cfg(test)]
@@ -293,6 +480,13 @@ mod tests {
         ])
     }
 
+    fn lim(max_inflated: usize) -> Limits {
+        Limits {
+            max_line: 1 << 20,
+            max_inflated,
+        }
+    }
+
     fn encode(v: &Value) -> Vec<u8> {
         let mut buf = Vec::new();
         rmpv::encode::write_value(&mut buf, v).unwrap();
@@ -306,7 +500,7 @@ mod tests {
     fn decode_ok(v: &Value) -> (Vec<LogLine>, Option<String>) {
         let bytes = encode(v);
         let mut out = Vec::new();
-        match decode(&bytes, 1 << 20, &mut out).expect("decodes") {
+        match decode(&bytes, &lim(1 << 20), &mut out).expect("decodes") {
             Message::Events { chunk } => (out, chunk),
             other => panic!("unexpected {other:?}"),
         }
@@ -369,7 +563,10 @@ mod tests {
         let body = packed(&[(bad_time, record("x"))]);
         let bytes = encode(&Value::Array(vec![Value::from("t"), Value::Binary(body)]));
         let mut out = Vec::new();
-        assert_eq!(decode(&bytes, 1 << 20, &mut out), Err(DecodeError::Time));
+        assert_eq!(
+            decode(&bytes, &lim(1 << 20), &mut out),
+            Err(DecodeError::Time)
+        );
     }
 
     #[test]
@@ -386,7 +583,7 @@ mod tests {
         frame.extend_from_slice(&[0xa0, 0xa0]);
         let mut out = Vec::new();
         assert_eq!(
-            decode(&frame, 1024, &mut out),
+            decode(&frame, &lim(1024), &mut out),
             Ok(Message::Ping(Ping {
                 hostname: b"fluent-bit".to_vec(),
                 salt: vec![0xff; 16],
@@ -434,7 +631,7 @@ mod tests {
         frame.extend_from_slice(&body);
         let mut out = Vec::new();
         assert_eq!(
-            decode(&frame, 1 << 20, &mut out),
+            decode(&frame, &lim(1 << 20), &mut out),
             Ok(Message::Events { chunk: None })
         );
         assert_eq!(out, expected);
@@ -470,7 +667,7 @@ mod tests {
         );
         let mut out = Vec::new();
         assert_eq!(
-            decode(&encode(&msg), 10, &mut out),
+            decode(&encode(&msg), &lim(10), &mut out),
             Err(DecodeError::Inflated(10))
         );
         let bad = Value::Array(vec![
@@ -479,7 +676,7 @@ mod tests {
             Value::Map(vec![(Value::from("compressed"), Value::from("zstd"))]),
         ]);
         assert_eq!(
-            decode(&encode(&bad), 1 << 20, &mut out),
+            decode(&encode(&bad), &lim(1 << 20), &mut out),
             Err(DecodeError::Compression("zstd".into()))
         );
     }
@@ -487,7 +684,7 @@ mod tests {
     #[test]
     fn heartbeat_ping_and_errors_leave_out_untouched() {
         let mut out = vec![line("keep", 1)];
-        assert_eq!(decode(&[0xc0], 10, &mut out), Ok(Message::Heartbeat));
+        assert_eq!(decode(&[0xc0], &lim(10), &mut out), Ok(Message::Heartbeat));
         let ping = encode(&Value::Array(vec![
             Value::from("PING"),
             Value::from("client"),
@@ -497,7 +694,7 @@ mod tests {
             Value::from(""),
         ]));
         assert_eq!(
-            decode(&ping, 10, &mut out),
+            decode(&ping, &lim(10), &mut out),
             Ok(Message::Ping(Ping {
                 hostname: b"client".to_vec(),
                 salt: vec![1, 2],
@@ -542,22 +739,22 @@ mod tests {
             ),
         ];
         for (value, expected) in cases {
-            let result = decode(&encode(&value), 10, &mut out);
+            let result = decode(&encode(&value), &lim(10), &mut out);
             assert_eq!(result.map(|_| ()).unwrap_err(), expected, "{value}");
             assert_eq!(out, vec![line("keep", 1)], "{value}");
         }
         let truncated_packed =
             Value::Array(vec![Value::from("t"), Value::Binary(vec![0x92, 0x01])]);
         assert!(matches!(
-            decode(&encode(&truncated_packed), 10, &mut out),
+            decode(&encode(&truncated_packed), &lim(10), &mut out),
             Err(DecodeError::Msgpack(_))
         ));
         assert!(matches!(
-            decode(&[0x92, 0xa1, b't'], 10, &mut out),
+            decode(&[0x92, 0xa1, b't'], &lim(10), &mut out),
             Err(DecodeError::Msgpack(_))
         ));
         assert!(matches!(
-            decode(&[0xc0, 0xc0], 10, &mut out),
+            decode(&[0xc0, 0xc0], &lim(10), &mut out),
             Err(DecodeError::Shape(_))
         ));
     }

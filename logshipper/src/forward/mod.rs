@@ -8,9 +8,10 @@
 //! message carried a `chunk` option, `{"ack": chunk}` is written only after the batch is
 //! durable.
 
+pub mod cursor;
 pub mod frame;
 pub mod handshake;
 pub mod mapping;
 pub mod message;
 
-pub use message::{decode, DecodeError, Message, Ping};
+pub use message::{decode, parse, DecodeError, Entries, Limits, Message, Parsed, Ping};

@@ -10,7 +10,8 @@
 //! | MSGID          | `stdout` / `stderr` → `stream`, anything else `Unknown`      |
 //! | HOSTNAME       | `host`                                                        |
 //! | TIMESTAMP      | `timestamp_ns`; nil → the time the line was received         |
-//! | MSG            | `message` (invalid UTF-8 replaced, trailing CR/LF removed)   |
+//! | MSG            | `message` (invalid UTF-8 replaced, trailing CR/LF removed, cut at |
+//! |                | the line cap, which is the input's message size limit)       |
 
 pub mod frame;
 pub mod message;
@@ -18,6 +19,7 @@ pub mod message;
 use thiserror::Error;
 
 use crate::line::{LogLine, SmolStr, Stream};
+use crate::text::BoundedText;
 pub use frame::{Check, FrameError, Framing};
 pub use message::{parse, ParseError, SyslogMessage};
 
@@ -29,7 +31,8 @@ pub enum MapError {
     NoApp,
 }
 
-/// Maps a parsed message to a line; `received_ns` stands in for a nil TIMESTAMP.
+/// Maps a parsed message to a line; `received_ns` stands in for a nil TIMESTAMP, and
+/// the message is at most `max_line` bytes (invalid UTF-8 replaced while it is built).
 ///
 /// `prev` is the line decoded before it on the same connection, if any: a sender's lines
 /// mostly share app, host, type and job, and taking those from `prev` when equal is
@@ -38,6 +41,7 @@ pub fn to_line(
     msg: &SyslogMessage<'_>,
     received_ns: i64,
     prev: Option<&LogLine>,
+    max_line: usize,
 ) -> Result<LogLine, MapError> {
     let app = msg.app_name.ok_or(MapError::NoApp)?;
     let (process_type, job) = match msg.proc_id {
@@ -60,8 +64,12 @@ pub fn to_line(
         text = rest;
     }
     let message = match std::str::from_utf8(text) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(text).into_owned(),
+        Ok(s) if s.len() <= max_line => s.to_owned(),
+        _ => {
+            let mut bounded = BoundedText::new(max_line);
+            bounded.push_lossy(text);
+            bounded.finish().0
+        }
     };
     Ok(LogLine {
         id: 0,
@@ -91,11 +99,11 @@ mod tests {
 
     fn check(input: &[u8], expected: Result<LogLine, MapError>) {
         let msg = parse(input).expect("valid syslog");
-        assert_eq!(to_line(&msg, 42, None), expected, "{input:?}");
+        assert_eq!(to_line(&msg, 42, None, 1000), expected, "{input:?}");
         // Names taken over from a previous line are only those that are equal.
         let other = parse(b"<14>1 - other shop web.zz stdout - x").unwrap();
-        let prev = to_line(&other, 1, None).unwrap();
-        assert_eq!(to_line(&msg, 42, Some(&prev)), expected, "{input:?}");
+        let prev = to_line(&other, 1, None, 1000).unwrap();
+        assert_eq!(to_line(&msg, 42, Some(&prev), 1000), expected, "{input:?}");
     }
 
     #[test]
