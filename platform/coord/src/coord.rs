@@ -5,6 +5,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 
 use crate::error::{CoordError, Result};
+use crate::keeper::KeeperClient;
 use crate::keys::Namespace;
 
 /// Upper bound for one unary request (streams are not cut: the bound covers only the
@@ -30,6 +31,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Coord {
     pub(crate) client: Client,
     pub(crate) ns: Namespace,
+    /// The keep-alive connection, opened on the lease keeper runtime.
+    pub(crate) keeper: KeeperClient,
 }
 
 impl std::fmt::Debug for Coord {
@@ -60,6 +63,7 @@ impl Coord {
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
+        let keeper = KeeperClient::new(endpoint_list.clone(), options.clone());
         let attempt = async {
             let mut client = Client::connect(&endpoint_list, Some(options)).await?;
             // connect() is lazy about cluster health; ask for something real.
@@ -75,6 +79,7 @@ impl Coord {
         Ok(Coord {
             client,
             ns: Namespace::new(namespace),
+            keeper,
         })
     }
 }

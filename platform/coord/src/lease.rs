@@ -16,6 +16,9 @@
 //! assumes clock *rates* are close (no assumption on clock offsets); `t/4` is the
 //! margin for rate drift, scheduling delay and the holder's reaction.
 //!
+//! Keepers run on the process's lease keeper runtime (`crate::keeper`), over their own
+//! connection, so a busy process does not delay its renewals.
+//!
 //! The decisions (when to renew next, when to give up) are the pure function
 //! [`after_attempt`]; the task around it only does I/O.
 
@@ -160,7 +163,13 @@ impl Coord {
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let valid_until = sent_at + ttl;
         let (tx, state) = watch::channel(LeaseState::Held { valid_until });
-        let keeper = tokio::spawn(keep_alive(self.clone(), granted.id(), ttl, valid_until, tx));
+        let keeper = crate::keeper::handle().spawn(keep_alive(
+            self.clone(),
+            granted.id(),
+            ttl,
+            valid_until,
+            tx,
+        ));
         tracing::debug!(
             lease = format_args!("{:x}", granted.id()),
             ?ttl,
@@ -315,7 +324,11 @@ async fn renew(
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> Attempt {
     let Some((keeper, responses)) = stream else {
-        return match coord.client.lease_client().keep_alive(id).await {
+        let client = match coord.keeper.get().await {
+            Ok(client) => client,
+            Err(err) => return Attempt::Failed(format!("keep-alive connection: {err}")),
+        };
+        return match client.lease_client().keep_alive(id).await {
             Ok(opened) => {
                 *stream = Some(opened);
                 Attempt::Renewed {

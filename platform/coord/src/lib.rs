@@ -87,7 +87,8 @@
 //!
 //! Modules: `coord` (connect), `keys` (namespacing, pure), `docs` (documents and
 //! batches, leased and leader-guarded writes), `lease` (keep-alive and the lost signal;
-//! its module doc holds the timing argument), `watch` (prefix snapshots without gaps,
+//! its module doc holds the timing argument), `keeper` (the thread and connection
+//! every keep-alive of the process runs on, apart from everything else), `watch` (prefix snapshots without gaps,
 //! [`Coord::watch_prefix`]), `registry` (registrations and service watches), `election`
 //! (leaders and fencing tokens), `error`. Decisions are pure functions next to the I/O
 //! that uses them: `first_failed_check`,
@@ -105,6 +106,7 @@ mod coord;
 mod docs;
 mod election;
 mod error;
+mod keeper;
 mod keys;
 mod lease;
 mod registry;
