@@ -2,6 +2,11 @@
 //! discovery (`services/logaggregator/<host>`) so the controller and hosts find it, with
 //! its drains kept equal to the drain documents in etcd (`drains/<id>`), followed with a
 //! prefix watch.
+//!
+//! It runs on a tokio runtime of its own with a fixed number of worker threads
+//! (`paas up --log-threads`, default half the cores): decoding a flood of input can use
+//! those threads and no more, so the controller, scheduler and host agent on the main
+//! runtime, and the lease keepers on theirs, keep their deadlines.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,42 +35,111 @@ pub struct Listen {
     pub api: SocketAddr,
 }
 
-/// A running aggregator with its registration and drain sync.
+/// A running aggregator on its own runtime.
 pub struct Running {
+    inner: Option<Inner>,
+    runtime: Option<tokio::runtime::Runtime>,
+    syslog: Option<SocketAddr>,
+    forward: Option<SocketAddr>,
+}
+
+/// The service with its registration and drain sync (lives on the aggregator runtime).
+struct Inner {
     service: Service,
     _registration: Registration,
     stop_sync: CancellationToken,
     sync_task: tokio::task::JoinHandle<()>,
 }
 
-impl Running {
-    /// The syslog input, where host agents ship job output.
-    pub fn syslog_addr(&self) -> Option<SocketAddr> {
-        self.service.syslog_addr()
-    }
-
-    /// The forward input.
-    pub fn forward_addr(&self) -> Option<SocketAddr> {
-        self.service.forward_addr()
-    }
-
+impl Inner {
     /// Stops the drain sync, then the service.
-    pub async fn shutdown(self) {
+    async fn shutdown(self) {
         self.stop_sync.cancel();
         let _ = self.sync_task.await;
         self.service.shutdown().await;
     }
 }
 
-/// Starts the aggregator under `data_dir` and registers it as `instance`; accepted
-/// lines are fsynced and stored every `persist_interval`.
+impl Running {
+    /// The syslog input, where host agents ship job output.
+    pub fn syslog_addr(&self) -> Option<SocketAddr> {
+        self.syslog
+    }
+
+    /// The forward input.
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward
+    }
+
+    /// Stops the drain sync, then the service, then the aggregator's runtime.
+    pub async fn shutdown(mut self) {
+        if let (Some(inner), Some(runtime)) = (self.inner.take(), self.runtime.take()) {
+            let _ = runtime.spawn(inner.shutdown()).await;
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; from async code it must be let go in the background.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Starts the aggregator under `data_dir` on a runtime of `threads` worker threads and
+/// registers it as `instance`; accepted lines are fsynced and stored every
+/// `persist_interval`.
 pub async fn start(
     coord: &Coord,
     data_dir: &Path,
     listen: Listen,
     persist_interval: Duration,
+    threads: usize,
     instance: &str,
 ) -> Result<Running> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("paas-logs")
+        .enable_all()
+        .build()
+        .context("cannot start the log aggregator's runtime")?;
+    let started = runtime.spawn(start_inner(
+        coord.clone(),
+        data_dir.to_path_buf(),
+        listen,
+        persist_interval,
+        instance.to_owned(),
+    ));
+    let inner = match started.await {
+        Ok(inner) => inner,
+        Err(e) => Err(anyhow::anyhow!("log aggregator start-up failed: {e}")),
+    };
+    let inner = match inner {
+        Ok(inner) => inner,
+        Err(e) => {
+            runtime.shutdown_background();
+            return Err(e);
+        }
+    };
+    Ok(Running {
+        syslog: inner.service.syslog_addr(),
+        forward: inner.service.forward_addr(),
+        inner: Some(inner),
+        runtime: Some(runtime),
+    })
+}
+
+async fn start_inner(
+    coord: Coord,
+    data_dir: std::path::PathBuf,
+    listen: Listen,
+    persist_interval: Duration,
+    instance: String,
+) -> Result<Inner> {
+    let (coord, data_dir, instance) = (&coord, data_dir.as_path(), instance.as_str());
     let ingest = IngestConfig {
         syslog_addr: Some(listen.syslog),
         forward_addr: Some(listen.forward),
@@ -101,7 +175,7 @@ pub async fn start(
         std::sync::Arc::clone(service.drains()),
         stop_sync.clone(),
     ));
-    Ok(Running {
+    Ok(Inner {
         service,
         _registration: registration,
         stop_sync,

@@ -229,6 +229,10 @@ pub struct UpArgs {
     /// Forward chunks that ask for an ack are fsynced before the ack, whatever this is.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub log_sync_ms: u64,
+    /// Worker threads of the log aggregator (default: half the cores, at least 1). Its
+    /// decoding never uses more, so a flood of log input cannot starve the control plane.
+    #[arg(long, default_value_t = default_log_threads())]
+    pub log_threads: usize,
     /// Members of the Postgres cluster started at boot (0: no Postgres).
     #[arg(long, default_value_t = 3)]
     pub postgres_members: usize,
@@ -312,6 +316,11 @@ enum ResourceCmd {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
     },
+}
+
+/// Half the cores, at least one: the log aggregator's share of the machine.
+fn default_log_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 fn main() -> ExitCode {

@@ -99,6 +99,7 @@ async fn serve(
             api: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         },
         std::time::Duration::from_millis(args.log_sync_ms),
+        args.log_threads,
         &crate::host::hostname(),
     )
     .await?;

@@ -90,6 +90,17 @@ pub fn start_up_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Daemon, String) {
+    start_up_logged(home, listen, args, env, Stdio::null())
+}
+
+/// [`start_up_with_env`] with the daemon's log (stderr) sent to `log`.
+pub fn start_up_logged(
+    home: &Path,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Stdio,
+) -> (Daemon, String) {
     let mut cmd = base(home);
     cmd.envs(env.iter().copied());
     cmd.args(["up", "--listen", listen]);
@@ -105,7 +116,7 @@ pub fn start_up_with_env(
     let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn paas up");
     let mut reader = BufReader::new(child.stdout.take().unwrap());
