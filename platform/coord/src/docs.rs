@@ -43,6 +43,9 @@ enum Check {
         /// The fencing token's lease.
         lease: i64,
     },
+    /// The key must exist bound to exactly this lease (a leader key still held by the
+    /// lease that took it).
+    OnLease(i64),
     /// No requirement (unconditional write).
     Nothing,
 }
@@ -69,6 +72,21 @@ struct Step {
     key: String,
     check: Check,
     write: Write,
+}
+
+/// One key as read by [`Coord::entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key, without the namespace.
+    pub key: String,
+    /// The raw value.
+    pub value: Vec<u8>,
+    /// Revision of its last write (the guard for [`Batch::update`]).
+    pub mod_revision: i64,
+    /// Revision of its creation (with `lease`, a leader key's fencing token).
+    pub create_revision: i64,
+    /// The lease it is bound to (0: none).
+    pub lease: i64,
 }
 
 /// Checks and writes on several documents, committed atomically by [`Coord::commit`]
@@ -125,6 +143,30 @@ impl Batch {
         }
         let bytes = encode(key, value)?;
         Ok(self.push(key, Check::Nothing, Write::Put(bytes, Some(lease.id()))))
+    }
+
+    /// Writes `key` whatever it holds now, bound to the lease with id `lease` (for
+    /// holders that keep their lease id rather than the [`Lease`]: a supervisor whose
+    /// lease is replaced after an outage). etcd refuses the batch if that lease is gone.
+    pub fn put_on_lease<T: Serialize>(
+        &mut self,
+        key: &str,
+        value: &T,
+        lease: i64,
+    ) -> Result<&mut Self> {
+        let bytes = encode(key, value)?;
+        Ok(self.push(key, Check::Nothing, Write::Put(bytes, Some(lease))))
+    }
+
+    /// Requires `key` to exist bound to the lease with id `lease` (else `Fenced`): a
+    /// write only the current holder of a leased key may make.
+    pub fn require_lease(&mut self, key: &str, lease: i64) -> &mut Self {
+        self.push(key, Check::OnLease(lease), Write::Nothing)
+    }
+
+    /// Deletes `key` if it is bound to the lease with id `lease` (else `Fenced`).
+    pub fn delete_on_lease(&mut self, key: &str, lease: i64) -> &mut Self {
+        self.push(key, Check::OnLease(lease), Write::Delete)
     }
 
     /// Deletes `key` whatever it holds now (absent is fine).
@@ -204,7 +246,10 @@ fn first_failed_check(checks: &[(&str, Check)], observed: &[Option<Seen>]) -> Co
             (Check::AtRevision(want), Some(have)) if *want != have.mod_revision => {
                 return CoordError::Conflict { key }
             }
-            (Check::Leader { .. }, None) => return CoordError::Fenced { key },
+            (Check::Leader { .. } | Check::OnLease(_), None) => return CoordError::Fenced { key },
+            (Check::OnLease(lease), Some(have)) if *lease != have.lease => {
+                return CoordError::Fenced { key }
+            }
             (
                 Check::Leader {
                     create_revision,
@@ -262,6 +307,29 @@ impl Coord {
                     tracing::warn!(%err, "skipping a document that does not decode");
                     None
                 }
+            })
+            .collect())
+    }
+
+    /// Every key under `prefix` in one consistent read, with its raw value, revisions
+    /// and lease: for records whose holder matters (leader keys) and readers that must
+    /// decode each kind of key differently.
+    pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let mut kv = self.client.kv_client();
+        let start = self.ns.full(prefix);
+        let options = GetOptions::new().with_range(prefix_end(&start));
+        let response = kv.get(start, Some(options)).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|found| {
+                Some(Entry {
+                    key: self.ns.strip(found.key())?,
+                    value: found.value().to_vec(),
+                    mod_revision: found.mod_revision(),
+                    create_revision: found.create_revision(),
+                    lease: found.lease(),
+                })
             })
             .collect())
     }
@@ -335,6 +403,9 @@ impl Coord {
                         CompareOp::Equal,
                         create_revision,
                     ));
+                    compares.push(Compare::lease(full.clone(), CompareOp::Equal, lease));
+                }
+                Check::OnLease(lease) => {
                     compares.push(Compare::lease(full.clone(), CompareOp::Equal, lease));
                 }
                 Check::Nothing => {}

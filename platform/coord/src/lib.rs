@@ -114,7 +114,7 @@ mod task;
 mod watch;
 
 pub use coord::Coord;
-pub use docs::Batch;
+pub use docs::{Batch, Entry};
 pub use election::{FencingToken, Leader, LeaderWatch, Leadership, LeadershipLost};
 pub use error::{CoordError, Result};
 pub use lease::{Lease, LeaseState, LostReason};
