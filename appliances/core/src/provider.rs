@@ -41,6 +41,15 @@ pub trait Provider: Send + Sync {
     async fn status(&self) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::Value::Null)
     }
+
+    /// An operator's explicit recovery of a cluster that refuses to start on its own
+    /// because its coordination state is gone while members still hold data (`paas pg
+    /// recover`): restart it from the member with the most data, or from `member` when
+    /// the operator names one. Returns what was done.
+    async fn recover(&self, member: Option<&str>) -> Result<String, ProviderError> {
+        let _ = member;
+        Err(ProviderError("this kind has no explicit recovery".into()))
+    }
 }
 
 /// The providers available in this platform, by kind.

@@ -39,9 +39,14 @@ pub struct SupervisorArgs {
     /// The superuser password (same on all members).
     #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
     pub superuser_password: String,
-    /// Lease TTL in seconds.
+    /// Lease TTL in seconds: a dead primary is replaced within about this long; a
+    /// primary whose keep-alives stall for TTL minus one second is fenced.
     #[arg(long, default_value_t = 3)]
     pub ttl_secs: u64,
+    /// How many members the cluster has (0: unknown); a bootstrap waits until all of
+    /// them registered, so a member with data that is slow to start is never bypassed.
+    #[arg(long, default_value_t = 0)]
+    pub members: usize,
 }
 
 impl SupervisorArgs {
@@ -60,6 +65,7 @@ impl SupervisorArgs {
         config.bin_dir = self.bin_dir;
         config.host = self.host;
         config.ttl = Duration::from_secs(self.ttl_secs);
+        config.members = self.members;
         config
     }
 }

@@ -1,12 +1,13 @@
 //! The cluster's shared records in etcd: the state document, the leader record and the
 //! member registrations, and where each lives.
 //!
-//! Key layout under `<prefix>pg/<cluster>/`:
+//! Key layout under `pg/<cluster>/` in the coord namespace (the appliance core's
+//! `records` layout):
 //!
 //! ```text
 //! state            ClusterState (JSON), written only with compare-and-set on its
 //!                  mod-revision; absent until the cluster is bootstrapped
-//! leader           paas_router::tcp::LeaderRecord (JSON), bound to the leader's lease;
+//! leader           paas_appliance::leader::LeaderRecord (JSON), bound to the leader's lease;
 //!                  the leader-following endpoint forwards to its `addr`
 //! members/<name>   MemberStatus (JSON), bound to that supervisor's lease, rewritten
 //!                  every tick
@@ -25,6 +26,8 @@
 //! that is neither `primary` nor `sync`, so keeping a list would add a write per join
 //! without adding a guarantee.
 
+pub use paas_appliance::records::Keys;
+use paas_appliance::records::Member;
 use serde::{Deserialize, Serialize};
 
 /// The one document the supervisors agree on roles through.
@@ -79,50 +82,20 @@ pub struct MemberStatus {
     pub generation: Option<u64>,
     /// The sentence the member's last tick decided.
     pub decision: String,
+    /// Whether the member's data directory holds a database: a cluster whose state
+    /// document is missing never bootstraps while any member reports data.
+    #[serde(default)]
+    pub has_data: bool,
 }
 
-/// The etcd keys of one cluster.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    base: String,
+/// The etcd keys of cluster `cluster`: `pg/<cluster>/` under the coord namespace.
+pub fn keys(cluster: &str) -> Keys {
+    Keys::new("pg", cluster)
 }
 
-impl Keys {
-    /// Keys of cluster `cluster` under `prefix` (e.g. `/paas/`).
-    pub fn new(prefix: &str, cluster: &str) -> Self {
-        let prefix = if prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
-        };
-        Keys {
-            base: format!("{prefix}pg/{cluster}/"),
-        }
-    }
-
-    /// The prefix every key of this cluster starts with (read in one range request).
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The state document.
-    pub fn state(&self) -> String {
-        format!("{}state", self.base)
-    }
-
-    /// The leased leader key the endpoint follows.
-    pub fn leader(&self) -> String {
-        format!("{}leader", self.base)
-    }
-
-    /// Prefix of all member registrations.
-    pub fn members(&self) -> String {
-        format!("{}members/", self.base)
-    }
-
-    /// One member's registration.
-    pub fn member(&self, name: &str) -> String {
-        format!("{}members/{name}", self.base)
+impl Member for MemberStatus {
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -137,10 +110,10 @@ mod tests {
 
     #[test]
     fn keys_live_under_the_cluster_prefix() {
-        let keys = Keys::new("/paas", "main");
-        assert_eq!(keys.state(), "/paas/pg/main/state");
-        assert_eq!(keys.leader(), "/paas/pg/main/leader");
-        assert_eq!(keys.member("pg1"), "/paas/pg/main/members/pg1");
+        let keys = keys("main");
+        assert_eq!(keys.state(), "pg/main/state");
+        assert_eq!(keys.leader(), "pg/main/leader");
+        assert_eq!(keys.member("pg1"), "pg/main/members/pg1");
         assert!(keys.member("pg1").starts_with(keys.base()));
     }
 

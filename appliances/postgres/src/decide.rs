@@ -7,9 +7,12 @@
 //!
 //! The rules, in order (the first that applies wins):
 //! 1. An action in progress (initdb, basebackup, rewind, promotion...) is waited for.
-//! 2. No state document: whoever takes the free leader key bootstraps; a holder of the key
-//!    without a document resigns (its bootstrap failed: nothing was ever acknowledged,
-//!    because a primary without a confirmed sync blocks every commit).
+//! 2. No state document: if this member or any registered member holds data, wait and
+//!    say so (etcd lost the state; only an operator's `paas pg recover` restarts such a
+//!    cluster); otherwise, once every expected member registered, whoever takes the free
+//!    leader key bootstraps. A holder of the key without a document resigns (its
+//!    bootstrap failed: nothing was ever acknowledged, because a primary without a
+//!    confirmed sync blocks every commit).
 //! 3. The leader key is held by this member's previous lease (supervisor restarted within
 //!    the TTL): wait for it to expire, touching nothing.
 //! 4. This member leads: keep PostgreSQL a primary, restart it if it stopped cleanly,
@@ -102,6 +105,8 @@ pub struct Observed {
     pub local: Local,
     /// The long action still running, if any.
     pub busy: Option<String>,
+    /// How many members the cluster has (0: unknown); a bootstrap waits for all of them.
+    pub expected_members: usize,
 }
 
 /// What the supervisor does next; every variant carries the sentence that says why.
@@ -211,7 +216,7 @@ pub fn decide(o: &Observed) -> Decision {
 
 fn uninitialized(o: &Observed) -> Decision {
     match &o.leader {
-        Leader::Nobody => Decision::Bootstrap("cluster not initialized and nobody leads: bootstrapping".into()),
+        Leader::Nobody => bootstrap_or_wait(o),
         Leader::Me => Decision::Resign(
             "I hold the leader key but the cluster was never initialized: my bootstrap failed, releasing the key".into(),
         ),
@@ -220,6 +225,43 @@ fn uninitialized(o: &Observed) -> Decision {
         }
         Leader::Other(leader) => Decision::Wait(format!("{leader} is bootstrapping the cluster")),
     }
+}
+
+/// With no state document and nobody leading: bootstrap only when provably no member
+/// holds data. A missing document with data around means etcd lost the cluster's state
+/// (its data, another `--etcd`, a deleted key), not a new cluster: initdb there would
+/// wipe every database, so the cluster stays down until an operator recovers it.
+fn bootstrap_or_wait(o: &Observed) -> Decision {
+    const RECOVER: &str =
+        "`paas pg recover` restarts the cluster from the member with the highest WAL position";
+    if !matches!(o.local, Local::Empty) {
+        return Decision::Wait(format!(
+            "no cluster state in etcd, but my data directory holds a database: refusing to bootstrap over it; {RECOVER}"
+        ));
+    }
+    let with_data: Vec<&str> = o
+        .members
+        .values()
+        .filter(|m| m.has_data)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !with_data.is_empty() {
+        return Decision::Wait(format!(
+            "no cluster state in etcd, but {} hold{} data: refusing to bootstrap over it; {RECOVER}",
+            with_data.join(", "),
+            if with_data.len() == 1 { "s" } else { "" }
+        ));
+    }
+    if o.members.len() < o.expected_members {
+        return Decision::Wait(format!(
+            "cluster not initialized; {} of {} members registered: waiting for all before bootstrapping, as one not seen yet may hold data",
+            o.members.len(),
+            o.expected_members
+        ));
+    }
+    Decision::Bootstrap(
+        "cluster not initialized, nobody leads and no member holds data: bootstrapping".into(),
+    )
 }
 
 fn leading(o: &Observed, state: &ClusterState) -> Decision {

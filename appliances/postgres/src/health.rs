@@ -1,75 +1,24 @@
-//! The supervisor's health API, in Patroni's style, for load balancers, `paas pg info`
-//! and the tests.
-//!
-//! | route      | 200 when                                           | else |
-//! |------------|----------------------------------------------------|------|
-//! | `/primary` | this member leads and PostgreSQL is a primary      | 503  |
-//! | `/replica` | PostgreSQL is a standby whose WAL receiver streams | 503  |
-//! | `/health`  | PostgreSQL answers queries                         | 503  |
-//! | `/status`  | always: the member's [`MemberStatus`] as JSON      |      |
-//!
-//! The tick loop publishes a fresh [`MemberStatus`] into a `watch` channel; handlers
-//! only read it, so a slow client cannot hold up the supervisor.
+//! What the health API's probes mean for a PostgreSQL member (the routes themselves are
+//! the appliance core's `health`).
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use tokio::sync::watch;
+use paas_appliance::health::{Probed, Probes};
 
 use crate::cluster::{MemberStatus, Role};
 
-/// The answers of the three probes for one status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Probes {
-    /// `/primary`.
-    pub primary: bool,
-    /// `/replica`.
-    pub replica: bool,
-    /// `/health`.
-    pub health: bool,
+impl Probed for MemberStatus {
+    fn probes(&self) -> Probes {
+        probes(self)
+    }
 }
 
-/// Judges the probes from a status.
+/// Judges the probes from a status: `/primary` on the leading primary, `/replica` on a
+/// streaming standby, `/health` while PostgreSQL answers.
 pub fn probes(status: &MemberStatus) -> Probes {
     let streaming = status.streaming;
     Probes {
         primary: status.running && status.role == Role::Primary,
         replica: status.running && matches!(status.role, Role::Sync | Role::Async) && streaming,
         health: status.running,
-    }
-}
-
-/// What the handlers read: the member's latest status.
-pub type Published = watch::Receiver<MemberStatus>;
-
-/// The health API's routes over the published status.
-pub fn router(published: Published) -> Router {
-    Router::new()
-        .route(
-            "/primary",
-            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).primary) }),
-        )
-        .route(
-            "/replica",
-            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).replica) }),
-        )
-        .route(
-            "/health",
-            get(|State(p): State<Published>| async move { code(probes(&p.borrow()).health) }),
-        )
-        .route(
-            "/status",
-            get(|State(p): State<Published>| async move { Json(p.borrow().clone()) }),
-        )
-        .with_state(published)
-}
-
-fn code(ok: bool) -> StatusCode {
-    if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
@@ -89,6 +38,7 @@ mod tests {
             lag_bytes: None,
             generation: Some(1),
             decision: String::new(),
+            has_data: true,
         }
     }
 

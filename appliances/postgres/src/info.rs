@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
-use crate::cluster::{format_lsn, ClusterState, Keys, MemberStatus, Role};
-use crate::store::{Store, StoreError};
+use crate::cluster::{format_lsn, ClusterState, MemberStatus, Role};
+use crate::store::{self, StoreError};
 
 /// A cluster's state as one etcd read saw it.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ impl ClusterInfo {
         prefix: &str,
         cluster: &str,
     ) -> Result<Self, StoreError> {
-        let mut store = Store::connect(etcd_endpoints, Keys::new(prefix, cluster)).await?;
+        let store = store::connect(etcd_endpoints, prefix, cluster).await?;
         let snapshot = store.read().await?;
         Ok(ClusterInfo {
             cluster: cluster.to_string(),
@@ -109,6 +109,7 @@ mod tests {
             lag_bytes: Some(lag),
             generation: Some(3),
             decision: "fine".into(),
+            has_data: true,
         };
         let info = ClusterInfo {
             cluster: "main".into(),

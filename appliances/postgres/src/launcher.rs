@@ -173,6 +173,7 @@ impl LocalCluster {
                 &member.health_port.to_string(),
             ])
             .args(["--ttl-secs", &spec.ttl_secs.to_string()])
+            .args(["--members", &spec.members.to_string()])
             .env("PAAS_PG_SUPERUSER_PASSWORD", &spec.superuser_password)
             .stdin(Stdio::null())
             .stdout(log)

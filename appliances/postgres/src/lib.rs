@@ -9,13 +9,14 @@
 //! - [`cluster`]: the records in etcd (state document, leader record, member status) and
 //!   their keys;
 //! - [`decide`]: the pure decision function of a supervisor tick, with its rules;
-//! - [`fence`]: the pure lease clock that decides when a primary must stop itself;
 //! - [`supervisor`]: the tick loop, long actions, fencing watchdog ([`supervisor::run`]);
-//! - [`pg`]: the local PostgreSQL (files, process, queries); [`store`] and [`lease`]: etcd;
-//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`; [`info`]: the table of
+//! - [`pg`]: the local PostgreSQL (files, process, queries); [`store`]: the cluster's
+//!   records (the appliance core's, over this engine's types);
+//! - [`health`]: what `/primary`, `/replica`, `/health` mean here; [`info`]: the table of
 //!   `paas pg info` / `paas cluster status`;
 //! - [`launcher`]: starts a local N-member cluster of supervisor processes (tests, bench,
-//!   `paas up`); [`provision`]: databases and roles for apps (`PostgresProvider`).
+//!   `paas up`); [`provision`]: databases and roles for apps (`PostgresProvider`);
+//!   [`recover`]: the explicit restart of a cluster whose etcd state was lost.
 //!
 //! Invariants:
 //! - Only the member named `sync` in the state document (or the recorded `primary`
@@ -23,17 +24,18 @@
 //!   acknowledged commit.
 //! - A primary never acknowledges a commit its sync has not flushed
 //!   (`synchronous_commit = on`, `synchronous_standby_names` never empty).
-//! - [`decide`] and [`fence`] do no I/O.
+//! - [`decide`] does no I/O.
+//! - This crate talks to etcd only through `paas-coord` and the appliance core
+//!   (`paas-appliance`: records, lease, fencing watchdog, health routes, provider).
 
 pub mod args;
 pub mod cluster;
 pub mod decide;
-pub mod fence;
 pub mod health;
 pub mod info;
 pub mod launcher;
-pub mod lease;
 pub mod pg;
 pub mod provision;
+pub mod recover;
 pub mod store;
 pub mod supervisor;

@@ -86,6 +86,55 @@ pub enum PgError {
     /// The `postgres` OS user does not exist while running as root.
     #[error("running as root but there is no `postgres` OS user (apt-get install -y postgresql)")]
     NoOsUser,
+    /// initdb was asked to run where a database already exists.
+    #[error("{0} already holds a database: refusing to run initdb over it")]
+    WouldOverwrite(String),
+    /// The server's OS user cannot reach the instance directory.
+    #[error("the postgres OS user cannot reach {dir}: {blocked} is mode {mode:o} (owner uid {owner}); choose a data directory it can reach, or give it search permission (chmod o+x)")]
+    Unreachable {
+        /// The instance directory.
+        dir: String,
+        /// The first directory on the path the user may not enter.
+        blocked: String,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner.
+        owner: u32,
+    },
+}
+
+/// Checks that the server's OS user (`postgres`, when running as root) can reach `dir`:
+/// every existing directory on its path must be searchable by that user. A data
+/// directory under a 0700 parent (`mktemp -d`, root's home) would otherwise make the
+/// member wait forever, with only the server's own log saying why.
+pub fn check_reachable(dir: &Path) -> Result<(), PgError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = os_user()? else {
+        return Ok(());
+    };
+    let absolute = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
+    for ancestor in absolute.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            break; // not created yet: created later, owned by the server's user
+        };
+        let mode = meta.mode() & 0o7777;
+        let searchable = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(PgError::Unreachable {
+                dir: dir.display().to_string(),
+                blocked: ancestor.display().to_string(),
+                mode,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
@@ -216,6 +265,9 @@ impl Postgres {
     /// Creates a fresh cluster in PGDATA (removing whatever was there).
     pub async fn initdb(&self) -> Result<(), PgError> {
         let data = self.data_dir();
+        if self.has_data() {
+            return Err(PgError::WouldOverwrite(data.display().to_string()));
+        }
         self.fresh_data_dir().await?;
         let pwfile = self.cfg.dir.join("pwfile");
         write_owned(&pwfile, &self.cfg.superuser_password, 0o600)?;
@@ -724,14 +776,6 @@ fn write_owned(path: &Path, contents: &str, mode: u32) -> Result<(), PgError> {
     chown(path)
 }
 
-/// SIGKILL to the process group of postmaster `pid` (0: nothing runs).
-pub fn kill_pid_group(pid: i32) {
-    if pid > 0 {
-        // SAFETY: kill(2) on the process group of the postmaster we started.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    }
-}
-
 fn kill_group(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on the process group our unreaped child leads.
@@ -769,4 +813,39 @@ fn check(tool: &str, result: std::io::Result<std::process::Output>) -> Result<()
         status: output.status,
         output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_directory_under_a_private_parent_is_unreachable_for_the_server_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let private = tmp.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = private.join("data/postgres");
+        let open = tmp.path().join("open/postgres");
+        if nix_root() {
+            match check_reachable(&dir) {
+                Err(PgError::Unreachable { blocked, mode, .. }) => {
+                    assert_eq!(blocked, private.display().to_string());
+                    assert_eq!(mode, 0o700);
+                }
+                other => panic!("expected Unreachable, got {other:?}"),
+            }
+            let message = check_reachable(&dir).unwrap_err().to_string();
+            assert!(
+                message.contains(&private.display().to_string()),
+                "{message}"
+            );
+        } else {
+            // Not root: PostgreSQL runs as this user, which made the directory.
+            assert!(check_reachable(&dir).is_ok());
+        }
+        assert!(check_reachable(&open).is_ok());
+    }
 }

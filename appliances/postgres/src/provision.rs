@@ -216,18 +216,19 @@ impl PostgresProvider {
 
 /// The controller's interface: `resource add postgres` and `resource remove`.
 #[async_trait::async_trait]
-impl paas_controller::Provider for PostgresProvider {
+impl paas_appliance::provider::Provider for PostgresProvider {
     async fn provision(
         &self,
         app: &str,
         id: &str,
-    ) -> Result<paas_controller::Provisioned, paas_controller::ProviderError> {
+    ) -> Result<paas_appliance::provider::Provisioned, paas_appliance::provider::ProviderError>
+    {
         let (env, data) = self.provision_database(app, id).await.map_err(|err| {
             tracing::error!(%app, %id, error = %err, "postgres provisioning failed");
-            paas_controller::ProviderError(err.to_string())
+            paas_appliance::provider::ProviderError(err.to_string())
         })?;
         let data = serde_json::to_value(data).expect("ResourceData serializes");
-        Ok(paas_controller::Provisioned { env, data })
+        Ok(paas_appliance::provider::Provisioned { env, data })
     }
 
     async fn deprovision(
@@ -235,23 +236,25 @@ impl paas_controller::Provider for PostgresProvider {
         app: &str,
         id: &str,
         data: &serde_json::Value,
-    ) -> Result<(), paas_controller::ProviderError> {
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
         let fail = |err: ProvisionError| {
             tracing::error!(%app, %id, error = %err, "postgres removal failed");
-            paas_controller::ProviderError(err.to_string())
+            paas_appliance::provider::ProviderError(err.to_string())
         };
         let data: ResourceData =
             serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
         self.deprovision_database(&data).await.map_err(fail)
     }
 
-    async fn status(&self) -> Result<serde_json::Value, paas_controller::ProviderError> {
+    async fn status(&self) -> Result<serde_json::Value, paas_appliance::provider::ProviderError> {
         let Some(src) = &self.status else {
             return Ok(serde_json::Value::Null);
         };
         let info = crate::info::ClusterInfo::read(&src.etcd_endpoints, &src.prefix, &src.cluster)
             .await
-            .map_err(|e| paas_controller::ProviderError(format!("reading the cluster: {e}")))?;
+            .map_err(|e| {
+                paas_appliance::provider::ProviderError(format!("reading the cluster: {e}"))
+            })?;
         Ok(serde_json::json!({
             "cluster": info.cluster,
             "text": info.render(),
@@ -261,6 +264,38 @@ impl paas_controller::Provider for PostgresProvider {
             }),
             "members": info.members,
         }))
+    }
+
+    async fn recover(
+        &self,
+        member: Option<&str>,
+    ) -> Result<String, paas_appliance::provider::ProviderError> {
+        let fail = paas_appliance::provider::ProviderError;
+        let Some(src) = &self.status else {
+            return Err(fail(
+                "this provider does not know where its cluster's records are".into(),
+            ));
+        };
+        let store = crate::store::connect(&src.etcd_endpoints, &src.prefix, &src.cluster)
+            .await
+            .map_err(|e| fail(format!("reading the cluster: {e}")))?;
+        let snapshot = store
+            .read()
+            .await
+            .map_err(|e| fail(format!("reading the cluster: {e}")))?;
+        let state = crate::recover::plan(&snapshot, member).map_err(fail)?;
+        let done = crate::recover::describe(&state, &snapshot);
+        let written = store
+            .reset_state(&state, snapshot.state_revision())
+            .await
+            .map_err(|e| fail(format!("writing the new state: {e}")))?;
+        if !written {
+            return Err(fail(
+                "the cluster's records changed meanwhile; look again".into(),
+            ));
+        }
+        tracing::warn!(cluster = %src.cluster, "{done}");
+        Ok(done)
     }
 }
 

@@ -10,9 +10,10 @@
 //! basebackup, rewind, start, promotion, choosing a sync) run in a task that owns the
 //! local server's handle, which is how the next tick knows an action is in progress.
 //!
-//! Fencing has two layers. The watchdog task checks every 100 ms, independently of the
-//! tick, whether the leader's lease is still safely held (`fence::lease_verdict`) and
-//! SIGKILLs PostgreSQL's whole process group the moment it is not. And the primary only
+//! Fencing has two layers. The appliance core's watchdog checks every 100 ms,
+//! independently of the tick, whether the leader's lease is still safely held
+//! (`paas_appliance::fence`, which holds the timing argument) and SIGKILLs PostgreSQL's
+//! whole process group the moment it is not. And the primary only
 //! acknowledges commits its sync standby flushed, so even a primary whose supervisor is
 //! frozen (SIGSTOP: no watchdog runs) cannot acknowledge a write once its sync has been
 //! promoted. Backends waiting for the sync are never cancelled, only killed.
@@ -31,19 +32,20 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paas_router::tcp::LeaderRecord;
+use paas_appliance::fence::{self, kill_pid_group, Fence};
+use paas_appliance::health;
+use paas_appliance::leader::LeaderRecord;
+use paas_appliance::lease::LeaseHandle;
+use paas_coord::Coord;
 use tokio::sync::{watch, OwnedMutexGuard};
 
-use crate::cluster::{ClusterState, Keys, MemberStatus, Role};
+use crate::cluster::{keys, ClusterState, MemberStatus, Role};
 use crate::decide::{decide, Decision, Leader, Local, Observed, Replica};
-use crate::fence::{lease_verdict, LeaseVerdict};
-use crate::health;
-use crate::lease::{LeaseHandle, LeaseState};
-use crate::pg::{kill_pid_group, PgConfig, PgError, Postgres, Runtime, StartAs};
+use crate::pg::{PgConfig, PgError, Postgres, Runtime, StartAs};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// Why the supervisor could not start or an action failed.
@@ -103,6 +105,9 @@ pub struct SupervisorConfig {
     pub tick: Duration,
     /// How long a standby may fail to stream from a running primary before it rewinds.
     pub stall_after: Duration,
+    /// How many members the cluster has (0: unknown); a bootstrap waits until all of
+    /// them registered without data.
+    pub members: usize,
 }
 
 impl SupervisorConfig {
@@ -131,6 +136,7 @@ impl SupervisorConfig {
             fence_margin: Duration::from_millis(1000),
             tick: Duration::from_millis(250),
             stall_after: Duration::from_secs(2),
+            members: 0,
         }
     }
 
@@ -185,15 +191,38 @@ impl SupervisorConfig {
 struct Shared {
     me: String,
     store: Store,
-    /// The lease id we lead with; 0 when not leading. The watchdog fences while non-zero.
-    leading: Arc<AtomicI64>,
-    /// The postmaster's pid, for the watchdog.
-    pid: Arc<AtomicI32>,
+    /// The lease id we lead with (0 when not leading) and the postmaster's pid: what
+    /// the fencing watchdog watches and kills.
+    fence: Fence,
     /// Whether PostgreSQL exited without being asked to since it was last started.
     crashed: Arc<AtomicBool>,
     /// The running long action's description.
     busy: Arc<Mutex<Option<String>>>,
     leader_record: LeaderRecord,
+}
+
+/// Connects to etcd, retrying every second and saying why until it answers: a member
+/// started before etcd (or during an outage) waits instead of exiting.
+async fn connect_etcd(config: &SupervisorConfig) -> Coord {
+    let mut logged = false;
+    loop {
+        match Coord::connect(
+            &config.etcd_endpoints,
+            &config.prefix,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(coord) => return coord,
+            Err(err) => {
+                if !logged {
+                    tracing::warn!(member = %config.name, error = %err, "waiting for etcd");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Runs the supervisor until `shutdown` completes; then stops PostgreSQL, releases the
@@ -209,9 +238,9 @@ pub async fn run(
             source: e,
         })
     })?;
-    let keys = Keys::new(&config.prefix, &config.cluster);
-    let store = Store::connect(&config.etcd_endpoints, keys).await?;
-    let lease = LeaseHandle::spawn(store.client(), config.ttl);
+    let coord = connect_etcd(&config).await;
+    let store = Store::new(coord.clone(), keys(&config.cluster));
+    let lease = LeaseHandle::spawn(coord, config.ttl);
     let postgres = Postgres::new(PgConfig {
         name: config.name.clone(),
         dir: config.dir.clone(),
@@ -229,8 +258,10 @@ pub async fn run(
     let shared = Shared {
         me: config.name.clone(),
         store,
-        leading: Arc::new(AtomicI64::new(0)),
-        pid: postgres.pid_cell(),
+        fence: Fence {
+            leading: Arc::new(AtomicI64::new(0)),
+            pid: postgres.pid_cell(),
+        },
         crashed: Arc::new(AtomicBool::new(false)),
         busy: Arc::new(Mutex::new(None)),
         leader_record: LeaderRecord {
@@ -258,6 +289,7 @@ pub async fn run(
         lag_bytes: None,
         generation: None,
         decision: "starting".into(),
+        has_data: false,
     };
     let (published, health_rx) = watch::channel(initial.clone());
     let (stop_health, mut stop_health_rx) = watch::channel(false);
@@ -272,8 +304,9 @@ pub async fn run(
             tracing::error!(error = %err, "health API failed");
         }
     });
-    let watchdog = tokio::spawn(watchdog(
-        shared.clone(),
+    let watchdog = tokio::spawn(fence::watchdog(
+        config.name.clone(),
+        shared.fence.clone(),
         lease.subscribe(),
         config.ttl,
         config.fence_margin,
@@ -302,53 +335,25 @@ pub async fn run(
     }
 
     tracing::info!(member = %config.name, "shutting down: stopping PostgreSQL, releasing leadership");
-    shared.leading.store(0, Ordering::SeqCst);
+    drop(tick);
+    shared.fence.leading.store(0, Ordering::SeqCst);
     watchdog.abort();
     let mut guard =
         match tokio::time::timeout(Duration::from_secs(60), pg.clone().lock_owned()).await {
             Ok(guard) => guard,
             Err(_) => {
-                kill_pid_group(shared.pid.load(Ordering::SeqCst));
+                kill_pid_group(shared.fence.pid.load(Ordering::SeqCst));
                 pg.clone().lock_owned().await
             }
         };
     guard.stop().await;
     if let Some(state) = lease.current() {
-        let mut store = shared.store.clone();
-        let _ = store.release_leadership(state.id).await;
-        LeaseHandle::revoke(&mut store.client(), state.id).await;
+        let _ = shared.store.release_leadership(state.id).await;
     }
+    lease.revoke().await;
     let _ = stop_health.send(true);
     let _ = health_task.await;
     Ok(())
-}
-
-/// Fences: SIGKILLs PostgreSQL the moment the lease we lead with may be expiring.
-async fn watchdog(
-    shared: Shared,
-    lease: watch::Receiver<Option<LeaseState>>,
-    ttl: Duration,
-    margin: Duration,
-) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let leading = shared.leading.load(Ordering::SeqCst);
-        if leading == 0 {
-            continue;
-        }
-        let current = *lease.borrow();
-        let verdict = match current {
-            Some(state) if state.id == leading => {
-                lease_verdict(Instant::now(), state.confirmed_sent, ttl, margin)
-            }
-            _ => LeaseVerdict::Expiring("the lease I lead with is gone".into()),
-        };
-        if let LeaseVerdict::Expiring(reason) = verdict {
-            kill_pid_group(shared.pid.load(Ordering::SeqCst));
-            shared.leading.store(0, Ordering::SeqCst);
-            tracing::error!(member = %shared.me, %reason, "fenced: PostgreSQL killed before the leader lease can expire");
-        }
-    }
 }
 
 /// The tick loop's state between ticks.
@@ -370,7 +375,18 @@ impl Tick<'_> {
             self.log("no etcd lease: cannot take part until etcd answers");
             return;
         };
-        let mut store = self.shared.store.clone();
+        if let Err(err) = crate::pg::check_reachable(&self.config.dir) {
+            // Said in the member's status, so `paas up` and `paas cluster status` show it.
+            let reason = format!("cannot run PostgreSQL: {err}");
+            self.log(&reason);
+            self.status.decision = reason;
+            self.published.send_replace(self.status.clone());
+            if let Err(err) = self.shared.store.register(&self.status, lease.id).await {
+                tracing::warn!(error = %err, "publishing member status failed");
+            }
+            return;
+        }
+        let store = self.shared.store.clone();
         let snapshot = match store.read().await {
             Ok(snapshot) => snapshot,
             Err(err) => {
@@ -392,7 +408,7 @@ impl Tick<'_> {
             self.known_addrs
                 .insert(key.record.member.clone(), key.record.addr.to_string());
         }
-        self.shared.leading.store(
+        self.shared.fence.leading.store(
             if leader == Leader::Me { lease.id } else { 0 },
             Ordering::SeqCst,
         );
@@ -420,6 +436,7 @@ impl Tick<'_> {
             } else {
                 None
             },
+            expected_members: self.config.members,
         };
         let decision = decide(&observed);
         self.log(decision.reason());
@@ -429,7 +446,7 @@ impl Tick<'_> {
             &snapshot,
             decision.reason(),
             lease.id,
-            &mut store,
+            &store,
         )
         .await;
         if let Some(guard) = guard {
@@ -524,7 +541,7 @@ impl Tick<'_> {
         snapshot: &Snapshot,
         reason: &str,
         lease: i64,
-        store: &mut Store,
+        store: &Store,
     ) {
         let role = match (&o.local, &o.leader) {
             (_, _) if o.busy.is_some() => self.status.role,
@@ -569,8 +586,19 @@ impl Tick<'_> {
             }),
             lag_bytes,
             streaming,
-            generation: o.state.as_ref().map(|s| s.generation),
+            // The last generation seen survives a lost state document (recovery
+            // starts the next one above it).
+            generation: o
+                .state
+                .as_ref()
+                .map(|s| s.generation)
+                .or(self.status.generation),
             decision: reason.to_string(),
+            has_data: match (&o.busy, &o.local) {
+                (Some(_), _) => self.status.has_data,
+                (None, Local::Empty) => false,
+                (None, _) => true,
+            },
             ..self.status.clone()
         };
         self.published.send_replace(self.status.clone());
@@ -593,15 +621,15 @@ impl Tick<'_> {
         match decision {
             Decision::Nothing(_) | Decision::Wait(_) => {}
             Decision::Fence(_) => {
-                self.shared.leading.store(0, Ordering::SeqCst);
+                self.shared.fence.leading.store(0, Ordering::SeqCst);
                 pg.kill_now();
             }
             Decision::Resign(_) => {
                 if matches!(local, Local::Primary { .. }) {
                     pg.kill_now();
                 }
-                self.shared.leading.store(0, Ordering::SeqCst);
-                let mut store = self.shared.store.clone();
+                self.shared.fence.leading.store(0, Ordering::SeqCst);
+                let store = self.shared.store.clone();
                 if let Err(err) = store.release_leadership(lease).await {
                     tracing::warn!(error = %err, "releasing the leader key failed; it expires with the lease");
                 }
@@ -725,13 +753,13 @@ async fn bootstrap(
     shared: Shared,
     lease: i64,
 ) -> Result<(), SupervisorError> {
-    let mut store = shared.store.clone();
+    let store = shared.store.clone();
     if !store.claim_bootstrap(&shared.leader_record, lease).await? {
         return Err(SupervisorError::LostRace(
             "another member claimed the bootstrap".into(),
         ));
     }
-    shared.leading.store(lease, Ordering::SeqCst);
+    shared.fence.leading.store(lease, Ordering::SeqCst);
     pg.initdb().await?;
     shared.crashed.store(false, Ordering::SeqCst);
     pg.start(&StartAs::Primary { sync: None }).await?;
@@ -758,14 +786,14 @@ async fn take_leader_key(
     revision: i64,
     lost: &str,
 ) -> Result<(), SupervisorError> {
-    let mut store = shared.store.clone();
+    let store = shared.store.clone();
     if !store
         .take_leadership(&shared.leader_record, lease, next, revision)
         .await?
     {
         return Err(SupervisorError::LostRace(lost.into()));
     }
-    shared.leading.store(lease, Ordering::SeqCst);
+    shared.fence.leading.store(lease, Ordering::SeqCst);
     Ok(())
 }
 
@@ -871,7 +899,7 @@ async fn choose_sync(
         sync: Some(candidate.clone()),
         ..state
     };
-    let mut store = shared.store.clone();
+    let store = shared.store.clone();
     if !store.write_state(lease, &next, revision).await? {
         return Err(SupervisorError::LostRace(
             "the state document changed or I lost the leader key".into(),

@@ -18,6 +18,7 @@ fn member(name: &str, role: Role, running: bool) -> MemberStatus {
         lag_bytes: None,
         generation: Some(7),
         decision: String::new(),
+        has_data: true,
     }
 }
 
@@ -42,6 +43,7 @@ fn observed(me: &str, leader: Leader, local: Local) -> Observed {
         members,
         local,
         busy: None,
+        expected_members: 3,
     }
 }
 
@@ -88,11 +90,45 @@ fn a_running_action_is_waited_for() {
 fn bootstrap_happens_only_when_nobody_leads_an_uninitialized_cluster() {
     let mut o = observed("pg0", Leader::Nobody, Local::Empty);
     o.state = None;
+    for m in o.members.values_mut() {
+        m.has_data = false;
+    }
     check(&o, "Bootstrap", "bootstrapping");
     o.leader = other("pg2");
     check(&o, "Wait", "pg2 is bootstrapping the cluster");
     o.leader = Leader::Me;
     check(&o, "Resign", "my bootstrap failed");
+}
+
+#[test]
+fn a_lost_state_document_never_bootstraps_over_data() {
+    // etcd lost the state (deleted key, lost etcd data): members still hold databases.
+    let mut o = observed("pg2", Leader::Nobody, Local::Empty);
+    o.state = None;
+    check(&o, "Wait", "pg0, pg1, pg2 hold data: refusing to bootstrap");
+    check(&o, "Wait", "paas pg recover");
+    for m in o.members.values_mut() {
+        m.has_data = m.name == "pg1";
+    }
+    check(&o, "Wait", "pg1 holds data");
+    // My own data counts even before anyone registered it.
+    for m in o.members.values_mut() {
+        m.has_data = false;
+    }
+    o.local = Local::Stopped {
+        upstream: None,
+        crashed: false,
+    };
+    check(&o, "Wait", "my data directory holds a database");
+    o.local = Local::Primary {
+        replicas: vec![],
+        requires: None,
+    };
+    check(&o, "Wait", "refusing to bootstrap over it");
+    // A member not registered yet may hold data: wait for all of them.
+    o.local = Local::Empty;
+    o.members.remove("pg0");
+    check(&o, "Wait", "2 of 3 members registered");
 }
 
 #[test]

@@ -39,7 +39,7 @@ async fn a_primary_that_cannot_renew_its_lease_stops_postgres() {
     }
     let fenced = std::fs::read_to_string(h.cluster.log_path(h.index(&state.primary))).unwrap();
     assert!(
-        fenced.contains("fenced: PostgreSQL killed before the leader lease can expire"),
+        fenced.contains("fenced: server killed before the leader lease can expire"),
         "{}",
         h.logs()
     );

@@ -106,7 +106,7 @@ async fn provision_and_remove_an_app_database() {
     let err = provider.provision_database("--", "r1").await.unwrap_err();
     assert!(matches!(err, ProvisionError::BadName { .. }), "{err}");
     // Through the controller's interface, as `paas resource add|remove` calls it.
-    let dynamic: &dyn paas_controller::Provider = &provider;
+    let dynamic: &dyn paas_appliance::provider::Provider = &provider;
     let provisioned = dynamic
         .provision("shop", "r3")
         .await

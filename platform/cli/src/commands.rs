@@ -475,6 +475,20 @@ pub async fn provider_status(json: bool, kind: &str) -> Result<()> {
     Ok(())
 }
 
+/// `paas pg recover`: restarts a cluster whose etcd state is gone from the member with
+/// the most data.
+pub async fn recover(json: bool, kind: &str, member: Option<String>) -> Result<()> {
+    let path = format!("/cluster/{kind}/recover");
+    let body = serde_json::json!({ "member": member });
+    let reply: Value = client()?.call(Method::POST, &path, Some(&body)).await?;
+    if json {
+        print_json(&reply);
+    } else {
+        println!("{}", reply["recovered"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,6 +140,13 @@ enum ClusterCmd {
 enum PgCmd {
     /// The Postgres cluster: generation, primary, sync, WAL position and lag per member.
     Info,
+    /// Restart a cluster whose state in etcd was lost (members with data refuse to
+    /// bootstrap over it) from the member with the highest WAL position.
+    Recover {
+        /// Restart from this member instead (when a member's WAL position is unknown).
+        #[arg(long)]
+        member: Option<String>,
+    },
     /// Open psql on the app's database (its DATABASE_URL).
     Psql {
         #[arg(short, long, env = "PAAS_APP")]
@@ -374,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Postgres(args)) => postgres::supervise(args).await,
         Command::Pg(PgCmd::Psql { app, args }) => postgres::psql(&app, &args).await,
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
+        Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
         Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,

@@ -88,7 +88,8 @@ fn member_processes(
             let (pg, health) = ports.members[i];
             let command = format!(
                 "exec {} appliance postgres --cluster {CLUSTER} --name pg{i} --etcd {} \
-                 --prefix {prefix} --dir {} --pg-port {pg} --health-port {health} --ttl-secs 3",
+                 --prefix {prefix} --dir {} --pg-port {pg} --health-port {health} --ttl-secs 3 \
+                 --members {members}",
                 binary.display(),
                 etcd.join(","),
                 dir.join(format!("pg{i}")).display(),
@@ -143,6 +144,10 @@ pub async fn start(
 ) -> Result<(Running, PostgresProvider)> {
     let dir = data_dir.join("postgres");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The members run PostgreSQL as the postgres user: fail now, naming the directory,
+    // rather than wait for a cluster that cannot start.
+    paas_postgres::pg::check_reachable(&dir)
+        .context("the postgres members cannot use the data directory (see --data-dir)")?;
     // 64 hex digits: 256 bits.
     let password = crate::up::persistent_secret(&dir.join("superuser-password"), || {
         paas_controller::auth::generate_secret().hash
@@ -157,15 +162,19 @@ pub async fn start(
     let endpoint = TcpEndpoint::start(
         listen,
         EndpointConfig {
-            etcd_endpoints: etcd.to_vec(),
-            leader_key: paas_postgres::cluster::Keys::new(&prefix, CLUSTER).leader(),
+            coord: store.coord().clone(),
+            leader_key: paas_postgres::cluster::keys(CLUSTER).leader(),
             no_leader_wait: Duration::from_secs(15),
         },
     )
     .await
     .with_context(|| format!("cannot listen on {listen} for postgres (use --postgres-listen)"))?;
     let addr = endpoint.local_addr();
-    wait_ready(addr, &password, Duration::from_secs(120)).await?;
+    let records = paas_postgres::store::Store::new(
+        store.coord().clone(),
+        paas_postgres::cluster::keys(CLUSTER),
+    );
+    wait_ready(addr, &password, &records, Duration::from_secs(120)).await?;
     let provider = PostgresProvider::new(ProviderConfig {
         host: addr.ip().to_string(),
         port: addr.port(),
@@ -215,7 +224,12 @@ async fn not_ready(endpoint: SocketAddr, password: &str) -> Option<String> {
 
 /// Waits until the cluster takes durable writes through the endpoint, or fails after
 /// `limit` with the last reason.
-async fn wait_ready(endpoint: SocketAddr, password: &str, limit: Duration) -> Result<()> {
+async fn wait_ready(
+    endpoint: SocketAddr,
+    password: &str,
+    records: &paas_postgres::store::Store,
+    limit: Duration,
+) -> Result<()> {
     let started = std::time::Instant::now();
     let mut last = String::new();
     while started.elapsed() < limit {
@@ -225,6 +239,18 @@ async fn wait_ready(endpoint: SocketAddr, password: &str, limit: Duration) -> Re
                 return Ok(());
             }
             Some(reason) => {
+                // What each member says it is doing or waiting for.
+                let members = match records.read().await {
+                    Ok(s) if s.members.is_empty() => "no member registered yet".to_string(),
+                    Ok(s) => s
+                        .members
+                        .values()
+                        .map(|m| format!("{}: {}", m.name, m.decision))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    Err(e) => format!("cannot read the members from etcd: {e}"),
+                };
+                let reason = format!("{reason}; {members}");
                 if reason != last {
                     tracing::info!(%reason, "waiting for the postgres cluster");
                 }

@@ -168,3 +168,56 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
     assert!(!gone.status.success(), "the removed database must be gone");
     up.stop();
 }
+
+#[test]
+fn a_data_dir_the_postgres_user_cannot_reach_fails_fast_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // mktemp -d makes 0700 directories: the postgres user cannot enter this one.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let home = tmp.path();
+    let data = home.join("data");
+    let started = std::time::Instant::now();
+    let child = common::base(home)
+        .args(["up", "--listen", &common::free_addr()])
+        .args([
+            "--syslog-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--postgres-members",
+            "3",
+            "--postgres-listen",
+            &common::free_addr(),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = Daemon(child);
+    let status = loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "paas up kept waiting on an unreachable data directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(up.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "paas up should have failed");
+    assert!(
+        stderr.contains(&home.display().to_string()) && stderr.contains("postgres"),
+        "the error must name the directory: {stderr}"
+    );
+    println!(
+        "failed after {:?}: {}",
+        started.elapsed(),
+        stderr.lines().last().unwrap_or("")
+    );
+}

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/drains", post(logs::add_drain).get(logs::list_drains))
         .route("/drains/{id}", delete(logs::remove_drain))
         .route("/cluster", get(cluster_status))
+        .route("/cluster/{kind}/recover", post(recover_cluster))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -154,6 +155,35 @@ async fn cluster_status(
         "log_aggregators": aggregators,
         "providers": providers,
     })))
+}
+
+/// The body of `POST /cluster/{kind}/recover`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    /// The member to restart from (default: the one with the most data).
+    #[serde(default)]
+    member: Option<String>,
+}
+
+/// `POST /cluster/{kind}/recover`: the provider's explicit recovery (admin only).
+async fn recover_cluster(
+    p: Principal,
+    State(s): State<AppState>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    Body(req): Body<RecoverRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin("recovering a cluster")?;
+    let provider = s
+        .providers
+        .get(&kind)
+        .ok_or_else(|| ApiError::NotFound(format!("no {kind} provider is configured")))?;
+    let done = provider
+        .recover(req.member.as_deref())
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    tracing::warn!(%kind, %done, "cluster recovery requested by an operator");
+    Ok(Json(serde_json::json!({ "kind": kind, "recovered": done })))
 }
 
 #[derive(Deserialize)]

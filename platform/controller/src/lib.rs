@@ -4,7 +4,8 @@
 //! - `model`    apps, releases, tokens, resources and their name rules (pure).
 //! - `store`    every read and revision-checked write of that state in etcd.
 //! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
-//! - `provider` the interface resource kinds (postgres...) implement.
+//! - `provider` the interface resource kinds (postgres...) implement (it lives in
+//!   `paas-appliance`; re-exported here).
 //! - `api`      routes: parse, authorize, call the store, shape the reply.
 //! - `error`    the error enum and its JSON form.
 //!
@@ -16,7 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod model;
-pub mod provider;
+pub use paas_appliance::provider;
 pub mod store;
 
 use std::path::PathBuf;

@@ -11,8 +11,9 @@
 //! one and are closed if none appears (a client retries; nothing is forwarded to a
 //! guess).
 //!
-//! Flow: [`follow_leader_key`] turns the key's history (get, then watch from the next
-//! revision, re-reading after any error) into a `watch` channel of `Option<SocketAddr>`;
+//! Flow: [`follow_leader_key`] turns the key's history (a paas-coord watch: list, then
+//! watch from the next revision, re-listing after any error) into a `watch` channel of
+//! `Option<SocketAddr>`;
 //! [`serve`] accepts connections and, per connection, copies in both directions while
 //! watching that channel. Whether a connection survives a change is the pure
 //! [`verdict`].
@@ -24,8 +25,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions};
-use serde::{Deserialize, Serialize};
+pub use paas_appliance::leader::LeaderRecord;
+use paas_coord::Coord;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,26 +43,14 @@ pub enum TcpEndpointError {
         #[source]
         source: std::io::Error,
     },
-    /// Talking to etcd failed (connect, get or watch).
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-}
-
-/// The value of a service's leader key: who leads and where clients reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderRecord {
-    /// The leading instance's name, for humans and for the instances themselves.
-    pub member: String,
-    /// The address connections are forwarded to.
-    pub addr: SocketAddr,
 }
 
 /// What the endpoint needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
-    /// etcd client URLs.
-    pub etcd_endpoints: Vec<String>,
-    /// The leader key followed, e.g. `/paas/pg/main/leader`.
+    /// The coordination client (its namespace applies to `leader_key`).
+    pub coord: Coord,
+    /// The leader key followed, e.g. `pg/main/leader`.
     pub leader_key: String,
     /// How long a new connection waits for a leader when there is none.
     pub no_leader_wait: Duration,
@@ -112,10 +101,10 @@ impl TcpEndpoint {
                 addr: listen,
                 source,
             })?;
-        let client = Client::connect(&config.etcd_endpoints, None).await?;
         let (tx, rx) = watch::channel(None);
         let key = config.leader_key.clone();
-        let follower = tokio::spawn(async move { follow_leader_key(client, key, tx).await });
+        let coord = config.coord.clone();
+        let follower = tokio::spawn(async move { follow_leader_key(coord, key, tx).await });
         let leader = rx.clone();
         let server = tokio::spawn(serve(
             listener,
@@ -150,17 +139,30 @@ impl Drop for TcpEndpoint {
     }
 }
 
-/// Keeps `tx` equal to the address in `key`: reads it, then watches it from the next
-/// revision; after any etcd error it waits briefly and starts over with a fresh read, so
-/// a missed event cannot leave a stale leader behind. Returns when every receiver is gone.
-pub async fn follow_leader_key(
-    mut client: Client,
-    key: String,
-    tx: watch::Sender<Option<SocketAddr>>,
-) {
+/// Keeps `tx` equal to the address in `key` (relative to the coord namespace): a
+/// paas-coord watch of the key, which lists then watches without gaps and re-lists after
+/// any etcd error, so a missed event cannot leave a stale leader behind. Returns when
+/// every receiver is gone.
+pub async fn follow_leader_key(coord: Coord, key: String, tx: watch::Sender<Option<SocketAddr>>) {
     loop {
-        if let Err(err) = follow_once(&mut client, &key, &tx).await {
-            tracing::warn!(%key, error = %err, "following the leader key failed; re-reading");
+        match coord.watch_prefix::<LeaderRecord>(&key).await {
+            Ok(mut watch) => {
+                let mut snapshot = watch.current();
+                loop {
+                    // The watch covers the prefix `key`; the leader key itself is "".
+                    publish(&tx, &key, snapshot.docs.get("").map(|r| r.addr));
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        next = watch.changed() => match next {
+                            Some(next) => snapshot = next,
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%key, error = %err, "following the leader key failed; re-reading");
+            }
         }
         if tx.is_closed() {
             return;
@@ -169,46 +171,9 @@ pub async fn follow_leader_key(
     }
 }
 
-async fn follow_once(
-    client: &mut Client,
-    key: &str,
-    tx: &watch::Sender<Option<SocketAddr>>,
-) -> Result<(), etcd_client::Error> {
-    let got = client.get(key, None).await?;
-    let revision = got.header().map(|h| h.revision()).unwrap_or(0);
-    publish(tx, key, got.kvs().first().map(|kv| kv.value()));
-    let (_watcher, mut stream) = client
-        .watch(
-            key,
-            Some(WatchOptions::new().with_start_revision(revision + 1)),
-        )
-        .await?;
-    while let Some(response) = stream.message().await? {
-        if response.canceled() {
-            return Ok(());
-        }
-        for event in response.events() {
-            match event.event_type() {
-                EventType::Put => publish(tx, key, event.kv().map(|kv| kv.value())),
-                EventType::Delete => publish(tx, key, None),
-            }
-        }
-        if tx.is_closed() {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// Publishes the address in `value`; an unreadable value counts as "no leader".
-fn publish(tx: &watch::Sender<Option<SocketAddr>>, key: &str, value: Option<&[u8]>) {
-    let addr = value.and_then(|bytes| match serde_json::from_slice::<LeaderRecord>(bytes) {
-        Ok(record) => Some(record.addr),
-        Err(err) => {
-            tracing::error!(%key, error = %err, "leader key holds no valid leader record; treating as no leader");
-            None
-        }
-    });
+/// Publishes the leader's address (`None`: no leader, or a record that does not
+/// decode, which the watch logs and leaves out).
+fn publish(tx: &watch::Sender<Option<SocketAddr>>, key: &str, addr: Option<SocketAddr>) {
     tx.send_if_modified(|current| {
         let changed = *current != addr;
         if changed {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use paas_coord::{Batch, Coord};
 use paas_router::tcp::{EndpointConfig, LeaderRecord, TcpEndpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,14 +29,18 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-async fn set_leader(etcd: &mut etcd_client::Client, key: &str, member: &str, addr: SocketAddr) {
+async fn put<T: serde::Serialize>(coord: &Coord, key: &str, value: &T) {
+    let mut batch = Batch::new();
+    batch.put(key, value).unwrap();
+    coord.commit(batch).await.unwrap();
+}
+
+async fn set_leader(coord: &Coord, key: &str, member: &str, addr: SocketAddr) {
     let record = LeaderRecord {
         member: member.into(),
         addr,
     };
-    etcd.put(key, serde_json::to_vec(&record).unwrap(), None)
-        .await
-        .unwrap();
+    put(coord, key, &record).await;
 }
 
 /// Connects through the endpoint and returns the stream and the greeting read from it.
@@ -53,16 +58,16 @@ async fn greeting(endpoint: SocketAddr) -> (TcpStream, String) {
 #[tokio::test]
 async fn follows_the_leader_key_and_closes_connections_to_a_deposed_leader() {
     let etcd_server = paas_it::EtcdServer::start().expect("etcd");
-    let mut etcd = etcd_client::Client::connect([etcd_server.endpoint()], None)
+    let etcd = Coord::connect(&[etcd_server.endpoint()], "paas", Duration::from_secs(5))
         .await
         .unwrap();
-    let key = "/paas/test/leader";
+    let key = "test/leader";
     let (a, b) = (backend("A").await, backend("B").await);
 
     let endpoint = TcpEndpoint::start(
         "127.0.0.1:0".parse().unwrap(),
         EndpointConfig {
-            etcd_endpoints: vec![etcd_server.endpoint()],
+            coord: etcd.clone(),
             leader_key: key.into(),
             no_leader_wait: Duration::from_secs(30),
         },
@@ -74,7 +79,7 @@ async fn follows_the_leader_key_and_closes_connections_to_a_deposed_leader() {
     // A connection made while no one leads waits for the first leader.
     let waiting = tokio::spawn(greeting(addr));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    set_leader(&mut etcd, key, "a", a).await;
+    set_leader(&etcd, key, "a", a).await;
     let (mut first, name) = waiting.await.unwrap();
     assert_eq!(name, "A");
 
@@ -85,7 +90,7 @@ async fn follows_the_leader_key_and_closes_connections_to_a_deposed_leader() {
     assert_eq!(&echo, b"ping");
 
     // Leadership moves: the open connection is closed, a reconnect lands on B.
-    set_leader(&mut etcd, key, "b", b).await;
+    set_leader(&etcd, key, "b", b).await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut rest)).await;
     assert!(
@@ -97,7 +102,9 @@ async fn follows_the_leader_key_and_closes_connections_to_a_deposed_leader() {
     assert_eq!(endpoint.current_leader(), Some(b));
 
     // The key disappears (lease expired): the connection to B is closed too.
-    etcd.delete(key, None).await.unwrap();
+    let mut batch = Batch::new();
+    batch.remove(key);
+    etcd.commit(batch).await.unwrap();
     let mut second = _second;
     let closed = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut rest)).await;
     assert!(
@@ -106,10 +113,10 @@ async fn follows_the_leader_key_and_closes_connections_to_a_deposed_leader() {
     );
 
     // Garbage in the key is refused as "no leader" and the endpoint keeps running.
-    etcd.put(key, "not json", None).await.unwrap();
+    put(&etcd, key, &"not a leader record").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(endpoint.current_leader(), None);
-    set_leader(&mut etcd, key, "a", a).await;
+    set_leader(&etcd, key, "a", a).await;
     let (_third, name) = greeting(addr).await;
     assert_eq!(name, "A");
 }

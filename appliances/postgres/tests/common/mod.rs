@@ -42,7 +42,7 @@ impl Harness {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let keys = Keys::new("/paas/", "main");
+        let keys = paas_postgres::cluster::keys("main");
         let cluster = LocalCluster::start(LocalClusterSpec {
             program: supervisor_program(),
             args_prefix: vec![],
@@ -55,13 +55,13 @@ impl Harness {
             ttl_secs: 3,
         })
         .expect("cluster");
-        let store = Store::connect(&[etcd.endpoint()], keys.clone())
+        let store = paas_postgres::store::connect(&[etcd.endpoint()], "/paas/", "main")
             .await
             .expect("store");
         let endpoint = TcpEndpoint::start(
             "127.0.0.1:0".parse().unwrap(),
             EndpointConfig {
-                etcd_endpoints: vec![etcd.endpoint()],
+                coord: store.coord().clone(),
                 leader_key: keys.leader(),
                 no_leader_wait: Duration::from_secs(15),
             },

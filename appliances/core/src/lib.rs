@@ -1,0 +1,26 @@
+//! `paas-appliance`: what every appliance (PostgreSQL, MariaDB, Redis, MongoDB) shares,
+//! so an engine is only its pure `decide`, its server driver and its provider.
+//!
+//! Map:
+//! - [`provider`]: the interface `paas resource add KIND` is served through, and the
+//!   registry of kinds the controller holds;
+//! - [`records`]: a cluster's records in etcd (state document, leader key, member
+//!   registrations) and the guarded transactions that change roles;
+//! - [`leader`]: the leader key's value, which the leader-following endpoint follows;
+//! - [`lease`]: the member's lease, re-granted after any loss;
+//! - [`fence`]: the timing argument, the pure lease clock and the watchdog that kills a
+//!   leader's server before its lease can expire;
+//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`.
+//!
+//! Invariants:
+//! - Only `paas-coord` talks to etcd; this crate depends on nothing else of the platform.
+//! - [`fence::lease_verdict`] does no I/O.
+//! - Every write that changes leadership or the state document is one transaction
+//!   guarded by what its writer read.
+
+pub mod fence;
+pub mod health;
+pub mod leader;
+pub mod lease;
+pub mod provider;
+pub mod records;
