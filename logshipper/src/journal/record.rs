@@ -263,9 +263,12 @@ pub fn read_record(r: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<ReadR
     if len > MAX_PAYLOAD {
         return Ok(ReadRecord::Corrupt("record length over limit"));
     }
+    // Read what is there rather than allocate what the header claims: a torn or
+    // corrupt header must not cost a 32 MiB buffer.
     payload.clear();
-    payload.resize(len as usize, 0);
-    if read_full(r, payload)? < len as usize {
+    payload.reserve((len as usize).min(1 << 16));
+    let got = r.by_ref().take(u64::from(len)).read_to_end(payload)?;
+    if got < len as usize {
         return Ok(ReadRecord::Torn);
     }
     if checksum(id, payload) != crc {
