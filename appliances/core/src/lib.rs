@@ -2,6 +2,8 @@
 //! so an engine is only its pure `decide`, its server driver and its provider.
 //!
 //! Map:
+//! - [`addr`]: a loopback address per cluster and fixed member ports, which cannot
+//!   collide or be taken by outgoing connections;
 //! - [`provider`]: the interface `paas resource add KIND` is served through, and the
 //!   registry of kinds the controller holds;
 //! - [`records`]: a cluster's records in etcd (state document, leader key, member
@@ -10,7 +12,8 @@
 //! - [`lease`]: the member's lease, re-granted after any loss;
 //! - [`fence`]: the timing argument, the pure lease clock and the watchdog that kills a
 //!   leader's server before its lease can expire;
-//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`.
+//! - [`health`]: `/primary`, `/replica`, `/health`, `/status`;
+//! - [`process`]: servers started in their own process group, dying with their parent.
 //!
 //! Invariants:
 //! - Only `paas-coord` talks to etcd; this crate depends on nothing else of the platform.
@@ -18,9 +21,11 @@
 //! - Every write that changes leadership or the state document is one transaction
 //!   guarded by what its writer read.
 
+pub mod addr;
 pub mod fence;
 pub mod health;
 pub mod leader;
 pub mod lease;
+pub mod process;
 pub mod provider;
 pub mod records;

@@ -42,7 +42,12 @@ async fn main() {
         .cluster
         .members()
         .iter()
-        .map(|m| (m.name.clone(), m.pg_port))
+        .map(|m| {
+            (
+                m.name.clone(),
+                std::net::SocketAddr::from((m.host, m.pg_port)),
+            )
+        })
         .collect();
     let monitor_task = tokio::spawn(monitor(ports, stop.clone()));
 

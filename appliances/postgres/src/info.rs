@@ -46,7 +46,22 @@ impl ClusterInfo {
         let mut out = String::new();
         match &self.state {
             None => {
-                let _ = writeln!(out, "postgres cluster {}: not initialized", self.cluster);
+                let with_data: Vec<&str> = self
+                    .members
+                    .iter()
+                    .filter(|m| m.has_data)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                let _ = if with_data.is_empty() {
+                    writeln!(out, "postgres cluster {}: not initialized", self.cluster)
+                } else {
+                    writeln!(
+                        out,
+                        "postgres cluster {}: no state in etcd, but {} hold data: down until `paas pg recover`",
+                        self.cluster,
+                        with_data.join(", ")
+                    )
+                };
             }
             Some(state) => {
                 let _ = writeln!(

@@ -8,8 +8,9 @@
 //! gracefully (SIGTERM, SIGKILL after 20 s) but keeps the directories, which belong to
 //! the caller.
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::Ipv4Addr;
+
+use paas_appliance::addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,9 +57,11 @@ pub struct LocalClusterSpec {
 pub struct Member {
     /// `pgN`.
     pub name: String,
-    /// Its PostgreSQL port on 127.0.0.1.
+    /// The cluster's own loopback address, where it listens (see `paas_appliance::addr`).
+    pub host: Ipv4Addr,
+    /// Its PostgreSQL port on `host`.
     pub pg_port: u16,
-    /// Its health API port on 127.0.0.1.
+    /// Its health API port on `host`.
     pub health_port: u16,
     /// Its directory.
     pub dir: PathBuf,
@@ -84,14 +87,16 @@ impl LocalCluster {
     /// Starts every member's supervisor; they bootstrap the cluster among themselves.
     pub fn start(spec: LocalClusterSpec) -> Result<Self, LaunchError> {
         let mut members = Vec::new();
+        let host = addr::cluster_ip(&spec.base_dir.to_string_lossy());
         for i in 0..spec.members {
             let name = format!("pg{i}");
             let dir = spec.base_dir.join(&name);
             std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
             members.push(Member {
                 name,
-                pg_port: free_port()?,
-                health_port: free_port()?,
+                host,
+                pg_port: addr::member_port(addr::POSTGRES_PORT, i),
+                health_port: addr::member_port(addr::POSTGRES_HEALTH_PORT, i),
                 dir,
                 child: None,
             });
@@ -166,6 +171,7 @@ impl LocalCluster {
             ])
             .arg("--dir")
             .arg(&member.dir)
+            .args(["--host", &member.host.to_string()])
             .args([
                 "--pg-port",
                 &member.pg_port.to_string(),
@@ -178,15 +184,7 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        paas_appliance::process::tie(&mut command, libc::SIGKILL, None);
         let child = command
             .spawn()
             .map_err(io(format!("spawning {}", spec.program.display())))?;
@@ -215,15 +213,6 @@ impl Drop for LocalCluster {
             self.stop(i);
         }
     }
-}
-
-fn free_port() -> Result<u16, LaunchError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {

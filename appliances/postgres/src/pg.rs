@@ -30,7 +30,6 @@
 
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -409,28 +408,9 @@ impl Postgres {
             .arg(self.data_dir())
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err)
-            .process_group(0);
+            .stderr(log_err);
         let ids = os_user()?;
-        // SAFETY: between fork and exec the closure makes only async-signal-safe calls
-        // (setgroups, setgid, setuid, prctl). PDEATHSIG is set after the uid change,
-        // which would otherwise clear it.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some((uid, gid)) = ids {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        paas_appliance::process::tie(&mut command, libc::SIGKILL, ids);
         if ids.is_some() {
             command.env("HOME", self.cfg.dir.as_os_str());
         }

@@ -36,7 +36,12 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
         .cluster
         .members()
         .iter()
-        .map(|m| (m.name.clone(), m.pg_port))
+        .map(|m| {
+            (
+                m.name.clone(),
+                std::net::SocketAddr::from((m.host, m.pg_port)),
+            )
+        })
         .collect();
     let monitor_task = tokio::spawn(monitor(ports, stop.clone()));
 

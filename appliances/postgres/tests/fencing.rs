@@ -12,14 +12,15 @@ use common::{connect, connect_direct, endpoint_conninfo, Harness};
 async fn a_primary_that_cannot_renew_its_lease_stops_postgres() {
     let mut h = Harness::start(3).await;
     let state = h.wait_healthy(Duration::from_secs(90), None).await;
-    let primary_port = h.cluster.members()[h.index(&state.primary)].pg_port;
+    let member = &h.cluster.members()[h.index(&state.primary)];
+    let primary_addr = std::net::SocketAddr::from((member.host, member.pg_port));
     common::create_kept(&h, 50).await;
 
     // etcd goes away: nobody can renew, nobody can be elected.
     h.etcd.stop();
     let started = Instant::now();
     loop {
-        let accepts = match connect_direct(primary_port).await {
+        let accepts = match connect_direct(primary_addr).await {
             Ok(client) => matches!(
                 tokio::time::timeout(Duration::from_millis(500), client.simple_query("SELECT 1"))
                     .await,

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{connect, endpoint_conninfo, Harness};
 
-/// `GET path` on 127.0.0.1:port; returns the status code.
-fn http_status(port: u16, path: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("health API");
+/// `GET path` on host:port; returns the status code.
+fn http_status(host: std::net::Ipv4Addr, port: u16, path: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect((host, port)).expect("health API");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
@@ -38,18 +38,23 @@ async fn the_cluster_recovers_when_the_primary_returns_after_everything_failed()
         let is_primary = member.name == primary;
         let port = member.health_port;
         assert_eq!(
-            http_status(port, "/primary"),
+            http_status(member.host, port, "/primary"),
             if is_primary { 200 } else { 503 },
             "{} /primary",
             member.name
         );
         assert_eq!(
-            http_status(port, "/replica"),
+            http_status(member.host, port, "/replica"),
             if is_primary { 503 } else { 200 },
             "{} /replica",
             member.name
         );
-        assert_eq!(http_status(port, "/health"), 200, "{} /health", member.name);
+        assert_eq!(
+            http_status(member.host, port, "/health"),
+            200,
+            "{} /health",
+            member.name
+        );
     }
 
     common::create_kept(&h, 100).await;

@@ -3,17 +3,14 @@
 //! Client commands talk to the controller API (see `client.rs`, `config.rs`);
 //! `paas up` runs the single-node platform (see `up.rs`).
 
-mod aggregator;
 mod attach;
 mod client;
 mod commands;
 mod config;
-mod host;
 mod logs;
-mod postgres;
+mod pg;
 mod runtime;
 mod table;
-mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,12 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the single-node platform (etcd, controller) until interrupted.
-    Up(UpArgs),
+    Up(paas_node::up::UpArgs),
     /// Run one member of a managed appliance (started by `paas up`).
     #[command(subcommand, hide = true)]
     Appliance(ApplianceCmd),
     /// Run a host agent (and a standby scheduler) that joins an existing cluster.
-    Host(host::HostArgs),
+    Host(paas_node::host::HostArgs),
     /// Create, list, inspect and destroy apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -213,41 +210,6 @@ enum ReleaseCmd {
     },
 }
 
-/// Options of `paas up`.
-#[derive(clap::Args)]
-pub struct UpArgs {
-    /// Where all state lives (etcd data, logs, admin token).
-    #[arg(long, env = "PAAS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Use this etcd (comma-separated client URLs) instead of starting one.
-    #[arg(long)]
-    pub etcd: Option<String>,
-    /// Address of the controller API.
-    #[arg(long, default_value = "127.0.0.1:7700")]
-    pub listen: String,
-    /// Address of the log aggregator's syslog input.
-    #[arg(long, default_value = "127.0.0.1:5514")]
-    pub syslog_listen: std::net::SocketAddr,
-    /// Address of the log aggregator's Fluent Forward input.
-    #[arg(long, default_value = "127.0.0.1:24224")]
-    pub forward_listen: std::net::SocketAddr,
-    /// How often (milliseconds) the log aggregator fsyncs accepted syslog lines and
-    /// writes them to the store `paas log` reads: the most a machine crash can lose.
-    /// Forward chunks that ask for an ack are fsynced before the ack, whatever this is.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub log_sync_ms: u64,
-    /// Worker threads of the log aggregator (default: half the cores, at least 1). Its
-    /// decoding never uses more, so a flood of log input cannot starve the control plane.
-    #[arg(long, default_value_t = default_log_threads())]
-    pub log_threads: usize,
-    /// Members of the Postgres cluster started at boot (0: no Postgres).
-    #[arg(long, default_value_t = 3)]
-    pub postgres_members: usize,
-    /// Address of the leader-following Postgres endpoint every DATABASE_URL points at.
-    #[arg(long, default_value = "127.0.0.1:6432")]
-    pub postgres_listen: std::net::SocketAddr,
-}
-
 #[derive(Subcommand)]
 enum AppsCmd {
     /// Create an app.
@@ -325,11 +287,6 @@ enum ResourceCmd {
     },
 }
 
-/// Half the cores, at least one: the log aggregator's share of the machine.
-fn default_log_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run { app, env, command } = &cli.command {
@@ -376,10 +333,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use commands as c;
     let json = cli.json;
     match cli.command {
-        Command::Up(args) => up::run(args).await,
-        Command::Host(args) => host::run(args).await,
-        Command::Appliance(ApplianceCmd::Postgres(args)) => postgres::supervise(args).await,
-        Command::Pg(PgCmd::Psql { app, args }) => postgres::psql(&app, &args).await,
+        Command::Up(args) => {
+            paas_node::up::run(args, |url, token| {
+                config::save(&config::ClientConfig {
+                    url: url.to_string(),
+                    token: token.to_string(),
+                })
+            })
+            .await
+        }
+        Command::Host(args) => paas_node::host::run(args).await,
+        Command::Appliance(ApplianceCmd::Postgres(args)) => {
+            paas_node::postgres::supervise(args).await
+        }
+        Command::Pg(PgCmd::Psql { app, args }) => pg::psql(&app, &args).await,
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
         Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,

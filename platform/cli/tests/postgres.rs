@@ -100,13 +100,10 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
         .trim()
         .parse()
         .unwrap();
-    let ports = std::fs::read_to_string(home.join("data/postgres/ports.toml")).unwrap();
-    let ports: toml::Value = toml::from_str(&ports).unwrap();
-    let member = ports["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|p| p[0].as_integer() == Some(primary_port as i64))
+    // Member N listens on the fixed port 15432 + N of the cluster's own address.
+    let member = primary_port
+        .checked_sub(15432)
+        .filter(|m| *m < 3)
         .expect("primary is a member");
     let jobs: serde_json::Value =
         serde_json::from_str(&ok(paas(home, &["--json", "ps", "-a", "paas-postgres"]))).unwrap();

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{generate_secret, short_id, Principal};
 use crate::error::ApiError;
-use crate::model::{validate_app_name, validate_env_key, Release, Resource, Scope, Token};
+use crate::model::{validate_env_key, Release, Resource, Scope, Token};
 use crate::AppState;
 
 /// The controller's routes, ready to be served.
@@ -198,7 +198,6 @@ async fn create_app(
     Body(req): Body<CreateApp>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.require_admin("creating an app")?;
-    validate_app_name(&req.name)?;
     let app = s.store.create_app(&req.name).await?;
     tracing::info!(app = %app.name, "app created");
     Ok((StatusCode::CREATED, Json(app)))

@@ -81,6 +81,8 @@ impl Store {
 
     /// Creates an app with release v1 ("Initial release") in one transaction.
     pub async fn create_app(&self, name: &str) -> Result<App, ApiError> {
+        // Checked here, not in the handler, so in-process writers (system apps) are too.
+        crate::model::validate_app_name(name)?;
         let now = Utc::now();
         let app = App {
             name: name.to_string(),

@@ -179,8 +179,11 @@ pub fn describe(snapshot: &Snapshot) -> String {
 }
 
 /// A superuser connection straight to a member's PostgreSQL (bypassing the endpoint).
-pub async fn connect_direct(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    connect(&format!("host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=2")).await
+pub async fn connect_direct(
+    addr: SocketAddr,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (host, port) = (addr.ip(), addr.port());
+    connect(&format!("host={host} port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=2")).await
 }
 
 /// A connection through `conninfo`, its driver task spawned.
@@ -299,7 +302,7 @@ pub async fn writer(conninfo: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomic
 
 /// Probes every instance with a direct write each round; returns the rounds in which
 /// more than one instance acknowledged a write.
-pub async fn monitor(ports: Vec<(String, u16)>, stop: Arc<AtomicBool>) -> Vec<String> {
+pub async fn monitor(ports: Vec<(String, SocketAddr)>, stop: Arc<AtomicBool>) -> Vec<String> {
     let mut clients: Vec<Option<tokio_postgres::Client>> = ports.iter().map(|_| None).collect();
     let mut violations = Vec::new();
     while !stop.load(Ordering::SeqCst) {

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! DATA_DIR/paas.lock     flock held while running (a second `paas up` refuses)
-//! DATA_DIR/ports.toml    etcd ports chosen on first start, reused afterwards
+//! DATA_DIR/ports.toml    etcd ports of data dirs made by older versions (new ones use
+//!                        the data dir's own loopback address, ports 12379/12380)
 //! DATA_DIR/admin-token   the admin token's secret (0600), printed at every start
 //! DATA_DIR/etcd/         etcd's data;   DATA_DIR/etcd.log: its output
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
@@ -30,18 +31,107 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{self, ClientConfig};
-use crate::UpArgs;
+/// Options of `paas up`.
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where all state lives (etcd data, logs, admin token).
+    #[arg(long, env = "PAAS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Use this etcd (comma-separated client URLs) instead of starting one.
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// Address of the controller API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// Address of the log aggregator's syslog input.
+    #[arg(long, default_value = "127.0.0.1:5514")]
+    pub syslog_listen: std::net::SocketAddr,
+    /// Address of the log aggregator's Fluent Forward input.
+    #[arg(long, default_value = "127.0.0.1:24224")]
+    pub forward_listen: std::net::SocketAddr,
+    /// How often (milliseconds) the log aggregator fsyncs accepted syslog lines and
+    /// writes them to the store `paas log` reads: the most a machine crash can lose.
+    /// Forward chunks that ask for an ack are fsynced before the ack, whatever this is.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub log_sync_ms: u64,
+    /// Worker threads of the log aggregator (default: half the cores, at least 1). Its
+    /// decoding never uses more, so a flood of log input cannot starve the control plane.
+    #[arg(long, default_value_t = default_log_threads())]
+    pub log_threads: usize,
+    /// Appliances started at boot, as KIND=MEMBERS (repeatable; kinds: postgres). The
+    /// default is postgres=3; postgres=0 turns it off.
+    #[arg(long = "appliance", value_name = "KIND=MEMBERS", value_parser = parse_appliance)]
+    pub appliances: Vec<(String, usize)>,
+    /// Members of the Postgres cluster started at boot (same as --appliance postgres=N).
+    #[arg(long)]
+    pub postgres_members: Option<usize>,
+    /// Lease TTL of the appliance members, in seconds (at least 2). A dead primary is
+    /// replaced within about this long; a primary whose lease renewals stall for the TTL
+    /// minus one second stops itself. Shorter fails over faster but fences a primary on
+    /// a slow etcd sooner.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=60))]
+    pub lease_ttl: u64,
+    /// Address of the leader-following Postgres endpoint every DATABASE_URL points at.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub postgres_listen: std::net::SocketAddr,
+}
 
-/// Ports of the embedded etcd, fixed at first start so its member URL never changes.
+/// The appliance kinds `paas up` can start.
+pub const APPLIANCE_KINDS: &[&str] = &["postgres"];
+
+fn parse_appliance(text: &str) -> std::result::Result<(String, usize), String> {
+    let (kind, members) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KIND=MEMBERS (e.g. postgres=3)"))?;
+    if !APPLIANCE_KINDS.contains(&kind) {
+        return Err(format!(
+            "unknown appliance {kind:?}; available: {}",
+            APPLIANCE_KINDS.join(", ")
+        ));
+    }
+    let members = members
+        .parse()
+        .map_err(|_| format!("{members:?} is not a number of members"))?;
+    Ok((kind.to_string(), members))
+}
+
+impl UpArgs {
+    /// How many members of appliance `kind` to start: the last `--appliance kind=N`,
+    /// else `--postgres-members` for postgres, else the default (postgres=3).
+    pub fn members(&self, kind: &str) -> usize {
+        let given = self
+            .appliances
+            .iter()
+            .rev()
+            .find(|(k, _)| k == kind)
+            .map(|(_, n)| *n);
+        match (kind, given) {
+            (_, Some(n)) => n,
+            ("postgres", None) => self.postgres_members.unwrap_or(3),
+            _ => 0,
+        }
+    }
+}
+
+/// Half the cores, at least one: the log aggregator's share of the machine.
+fn default_log_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// Ports of the embedded etcd in a data dir from before per-cluster addresses.
 #[derive(Serialize, Deserialize)]
 struct Ports {
     etcd_client: u16,
     etcd_peer: u16,
 }
 
-/// Runs the platform until a signal arrives, then stops every child.
-pub async fn run(args: UpArgs) -> Result<()> {
+/// Runs the platform until a signal arrives, then stops every child. Once the API
+/// listens, `save_config(url, admin_token)` stores the client configuration and returns
+/// where (the CLI's config file), which is printed.
+pub async fn run(
+    args: UpArgs,
+    save_config: impl FnOnce(&str, &str) -> Result<PathBuf>,
+) -> Result<()> {
     init_tracing();
     let data_dir = match args.data_dir.clone() {
         Some(d) => d,
@@ -65,7 +155,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     };
 
-    let result = serve(&data_dir, &endpoints, &args, etcd_child.as_mut()).await;
+    let result = serve(
+        &data_dir,
+        &endpoints,
+        &args,
+        etcd_child.as_mut(),
+        save_config,
+    )
+    .await;
     if let Some(child) = etcd_child.as_mut() {
         stop_child("etcd", child).await;
     }
@@ -77,6 +174,7 @@ async fn serve(
     endpoints: &[String],
     args: &UpArgs,
     etcd: Option<&mut Child>,
+    save_config: impl FnOnce(&str, &str) -> Result<PathBuf>,
 ) -> Result<()> {
     let listen = args.listen.as_str();
     let mut controller =
@@ -120,12 +218,14 @@ async fn serve(
 
     let result = async {
         let mut postgres = None;
-        if args.postgres_members > 0 {
+        let postgres_members = args.members("postgres");
+        if postgres_members > 0 {
             let (running, provider) = crate::postgres::start(
                 &controller.state().store,
                 data_dir,
                 endpoints,
-                args.postgres_members,
+                postgres_members,
+                args.lease_ttl,
                 args.postgres_listen,
             )
             .await?;
@@ -141,10 +241,7 @@ async fn serve(
                 format!("cannot listen on {listen} (is another paas running? use --listen)")
             })?;
         let url = format!("http://{}", listener.local_addr()?);
-        let config_path = config::save(&ClientConfig {
-            url: url.clone(),
-            token: admin_token.clone(),
-        })?;
+        let config_path = save_config(&url, &admin_token)?;
         println!("paas is up");
         println!("  API:      {url}");
         println!("  token:    {admin_token}");
@@ -159,7 +256,7 @@ async fn serve(
             println!(
                 "  postgres: {} ({} members, app {}; `paas resource add postgres`)",
                 pg.endpoint,
-                args.postgres_members,
+                postgres_members,
                 crate::postgres::SYSTEM_APP
             );
         }
@@ -310,37 +407,52 @@ pub fn persistent_secret(path: &Path, make: impl FnOnce() -> String) -> Result<S
     Ok(secret)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn ports(dir: &Path) -> Result<Ports> {
+/// Where the embedded etcd listens. A data dir made before per-cluster addresses keeps
+/// its `ports.toml` (etcd stores its peer URL); a new one gets the data dir's own
+/// loopback address with fixed ports 12379/12380, which no other member and no outgoing
+/// connection can take.
+fn etcd_addrs(dir: &Path) -> Result<(std::net::IpAddr, Ports)> {
     let path = dir.join("ports.toml");
     if let Ok(text) = fs::read_to_string(&path) {
-        return toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()));
+        let ports =
+            toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+        return Ok((std::net::Ipv4Addr::LOCALHOST.into(), ports));
     }
-    let ports = Ports {
-        etcd_client: free_port()?,
-        etcd_peer: free_port()?,
-    };
-    fs::write(&path, toml::to_string(&ports)?)?;
-    Ok(ports)
+    let host = paas_appliance::addr::cluster_ip(&dir.join("etcd").to_string_lossy());
+    Ok((
+        host.into(),
+        Ports {
+            etcd_client: 12379,
+            etcd_peer: 12380,
+        },
+    ))
 }
 
 /// Starts the embedded etcd and waits until it answers.
 async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
-    let ports = ports(dir)?;
-    let client = format!("http://127.0.0.1:{}", ports.etcd_client);
-    let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    let (host, ports) = etcd_addrs(dir)?;
+    let client = format!("http://{host}:{}", ports.etcd_client);
+    let peer = format!("http://{host}:{}", ports.etcd_peer);
+    for (port, what) in [
+        (ports.etcd_client, "etcd client port"),
+        (ports.etcd_peer, "etcd peer port"),
+    ] {
+        paas_appliance::addr::wait_free(
+            std::net::SocketAddr::new(host, port),
+            what,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start etcd: {e}"))?;
+    }
     let log_path = dir.join("etcd.log");
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)?;
-    let mut cmd = Command::new("etcd");
+    // Its own process group, and SIGTERM from the kernel when we die, even by SIGKILL.
+    let mut etcd = std::process::Command::new("etcd");
+    paas_appliance::process::tie(&mut etcd, libc::SIGTERM, None);
+    let mut cmd = Command::from(etcd);
     cmd.arg("--name")
         .arg("paas")
         .arg("--data-dir")
@@ -360,15 +472,7 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .kill_on_drop(true)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it makes etcd die with us even on SIGKILL.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+        .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::anyhow!(

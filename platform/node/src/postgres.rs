@@ -16,7 +16,6 @@ use paas_controller::{ApiError, Store};
 use paas_postgres::args::SupervisorArgs;
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
-use serde::{Deserialize, Serialize};
 
 /// Name of the cluster `paas up` runs.
 pub const CLUSTER: &str = "main";
@@ -34,30 +33,41 @@ pub struct Running {
     pub endpoint: SocketAddr,
 }
 
-/// Ports of each member, chosen once so a member's address survives restarts.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct MemberPorts {
+/// Where each member listens: the cluster's own loopback address and fixed ports per
+/// member (`paas_appliance::addr`), so no two members, and no outgoing connection, can
+/// ever hold the same port.
+#[derive(Debug)]
+struct MemberAddrs {
+    host: std::net::Ipv4Addr,
     /// `(postgres, health)` per member, in member order.
     members: Vec<(u16, u16)>,
 }
 
-fn member_ports(dir: &Path, members: usize) -> Result<MemberPorts> {
-    let path = dir.join("ports.toml");
-    let mut ports: MemberPorts = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?
+fn member_addrs(dir: &Path, members: usize) -> Result<MemberAddrs> {
+    use paas_appliance::addr;
+    let host = addr::cluster_ip(&dir.to_string_lossy());
+    let members: Vec<(u16, u16)> = (0..members)
+        .map(|i| {
+            (
+                addr::member_port(addr::POSTGRES_PORT, i),
+                addr::member_port(addr::POSTGRES_HEALTH_PORT, i),
+            )
+        })
+        .collect();
+    // Nothing of ours runs yet (members of a killed previous run die with it): whoever
+    // still holds a port after a few seconds would make a member fail later.
+    for (i, (pg, health)) in members.iter().enumerate() {
+        for (port, what) in [(pg, "postgres"), (health, "health API")] {
+            let what = format!("pg{i}'s {what} port");
+            addr::wait_free(
+                std::net::SocketAddr::from((host, *port)),
+                &what,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot start the postgres members: {e}"))?;
         }
-        Err(_) => MemberPorts::default(),
-    };
-    if ports.members.len() < members {
-        while ports.members.len() < members {
-            ports
-                .members
-                .push((crate::up::free_port()?, crate::up::free_port()?));
-        }
-        std::fs::write(&path, toml::to_string(&ports)?)?;
     }
-    Ok(ports)
+    Ok(MemberAddrs { host, members })
 }
 
 /// A stable path to this binary, so the members' command does not change (and roll the
@@ -79,20 +89,22 @@ fn member_processes(
     binary: &Path,
     dir: &Path,
     etcd: &[String],
-    ports: &MemberPorts,
+    addrs: &MemberAddrs,
     members: usize,
+    ttl_secs: u64,
 ) -> BTreeMap<String, String> {
     let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
     (0..members)
         .map(|i| {
-            let (pg, health) = ports.members[i];
+            let (pg, health) = addrs.members[i];
             let command = format!(
                 "exec {} appliance postgres --cluster {CLUSTER} --name pg{i} --etcd {} \
-                 --prefix {prefix} --dir {} --pg-port {pg} --health-port {health} --ttl-secs 3 \
+                 --prefix {prefix} --dir {} --host {} --pg-port {pg} --health-port {health} --ttl-secs {ttl_secs} \
                  --members {members}",
                 binary.display(),
                 etcd.join(","),
                 dir.join(format!("pg{i}")).display(),
+                addrs.host,
             );
             (format!("pg{i}"), command)
         })
@@ -140,6 +152,7 @@ pub async fn start(
     data_dir: &Path,
     etcd: &[String],
     members: usize,
+    ttl_secs: u64,
     listen: SocketAddr,
 ) -> Result<(Running, PostgresProvider)> {
     let dir = data_dir.join("postgres");
@@ -152,9 +165,9 @@ pub async fn start(
     let password = crate::up::persistent_secret(&dir.join("superuser-password"), || {
         paas_controller::auth::generate_secret().hash
     })?;
-    let ports = member_ports(&dir, members)?;
+    let addrs = member_addrs(&dir, members)?;
     let binary = stable_binary(data_dir)?;
-    let processes = member_processes(&binary, &dir, etcd, &ports, members);
+    let processes = member_processes(&binary, &dir, etcd, &addrs, members, ttl_secs);
     ensure_system_app(store, processes, &password)
         .await
         .context("cannot schedule the postgres members")?;
@@ -268,27 +281,4 @@ pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     paas_postgres::supervisor::run(args.into_config(), crate::up::wait_for_signal())
         .await
         .context("postgres supervisor failed")
-}
-
-/// `paas pg psql -a APP [-- ARGS]`: replaces this process with psql on DATABASE_URL.
-pub async fn psql(app: &str, args: &[String]) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let client = crate::client::Client::new(crate::config::load()?)?;
-    let env: std::collections::BTreeMap<String, String> = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/apps/{app}/env"),
-            None::<&serde_json::Value>,
-        )
-        .await?;
-    let url = env.get("DATABASE_URL").with_context(|| {
-        format!("{app} has no DATABASE_URL: run `paas resource add postgres -a {app}` first")
-    })?;
-    let err = std::process::Command::new("psql")
-        .arg(url)
-        .args(args)
-        .exec();
-    Err(anyhow::anyhow!(
-        "cannot run psql: {err} (apt-get install postgresql-client)"
-    ))
 }

@@ -1,0 +1,134 @@
+//! Member addresses that cannot collide and cannot be stolen.
+//!
+//! A port found by binding port 0 lies in the kernel's ephemeral range: two members can
+//! be handed the same one, and after a restart any outgoing connection may already hold
+//! it. So every cluster gets a loopback address of its own, `127.X.Y.Z` derived from a
+//! stable seed (its data directory), and its members fixed ports below the ephemeral
+//! range (`base + member index`). Different clusters differ by address, members of one
+//! cluster by port, and outgoing connections never take a port below 32768.
+//! [`check_free`] fails fast, naming the process that holds a port.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// Fixed port bases of the PostgreSQL appliance: server and health API.
+pub const POSTGRES_PORT: u16 = 15432;
+/// Health API port base of the PostgreSQL appliance.
+pub const POSTGRES_HEALTH_PORT: u16 = 18008;
+
+/// The loopback address of the cluster whose seed (data directory) is `seed`: never in
+/// 127.0.0.0/24 (where other local services live) and never a network or broadcast
+/// address. Stable: FNV-1a of the seed.
+pub fn cluster_ip(seed: &str) -> Ipv4Addr {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in seed.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, _] = h.to_be_bytes();
+    let second = a.max(1); // 127.0.x.x holds 127.0.0.1 and friends
+    let last = 1 + c % 254; // 1..=254
+    Ipv4Addr::new(127, second, b, last)
+}
+
+/// Port `base + member`.
+pub fn member_port(base: u16, member: usize) -> u16 {
+    base + u16::try_from(member).unwrap_or(u16::MAX - base)
+}
+
+/// Checks that `addr` can be bound now; otherwise says who holds it, e.g. "127.3.4.5:15432
+/// (pg0's postgres port) is in use by pid 4242 (postgres)".
+pub fn check_free(addr: SocketAddr, what: &str) -> Result<(), String> {
+    match TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let owner = owner_of(addr.port())
+                .map(|(pid, name)| format!(" by pid {pid} ({name})"))
+                .unwrap_or_default();
+            Err(format!("{addr} ({what}) is in use{owner}: {e}"))
+        }
+    }
+}
+
+/// [`check_free`], retried for up to `patience`: a previous run of the same member (killed
+/// with its parent a moment ago) may still be letting go of the port.
+pub fn wait_free(
+    addr: SocketAddr,
+    what: &str,
+    patience: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match check_free(addr, what) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The process listening on TCP `port`, from /proc (best effort, Linux).
+fn owner_of(port: u16) -> Option<(u32, String)> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let local = cols.get(1)?;
+                let listening = cols.get(3) == Some(&"0A");
+                let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+                (listening && p == port).then(|| cols.get(9).map(|s| s.to_string()))?
+            })
+        })?;
+    let target = format!("socket:[{inode}]");
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target) {
+                let name = std::fs::read_to_string(proc_entry.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                return Some((pid, name));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_get_stable_distinct_loopback_addresses() {
+        let a = cluster_ip("/var/lib/paas/postgres");
+        assert_eq!(a, cluster_ip("/var/lib/paas/postgres"));
+        assert_ne!(a, cluster_ip("/tmp/other/postgres"));
+        for seed in ["", "a", "/x", "/var/lib/paas"] {
+            let ip = cluster_ip(seed).octets();
+            assert_eq!(ip[0], 127);
+            assert_ne!(ip[1], 0, "{seed}");
+            assert!((1..=254).contains(&ip[3]), "{seed}");
+        }
+        assert_eq!(member_port(POSTGRES_PORT, 2), 15434);
+    }
+
+    #[test]
+    fn a_taken_port_names_its_owner() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let err = check_free(addr, "test port").unwrap_err();
+        assert!(err.contains("test port"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        assert!(check_free(addr, "test port").is_ok());
+    }
+}

@@ -1,0 +1,21 @@
+//! `paas-node`: the platform's daemons, which the `paas` binary runs as `paas up`,
+//! `paas host` and `paas appliance KIND`.
+//!
+//! Map:
+//! - [`up`]: the single-node platform: data-dir lock, the etcd child, the controller,
+//!   then the log aggregator, the runtime and the appliances; shutdown in reverse;
+//! - [`host`]: a host agent with a scheduler candidate (also what `paas up` runs);
+//! - [`aggregator`]: the log aggregator on its own runtime, registered in discovery,
+//!   its drains kept equal to etcd;
+//! - [`postgres`]: the Postgres members as jobs of the system app `paas-postgres`, the
+//!   leader-following endpoint and the readiness wait; `paas appliance postgres`.
+//!
+//! Invariants:
+//! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
+//! - Every child process it starts dies with it (parent-death signal) and is stopped
+//!   on shutdown.
+
+pub mod aggregator;
+pub mod host;
+pub mod postgres;
+pub mod up;
