@@ -7,6 +7,7 @@
 //! - `provider` the interface resource kinds (postgres...) implement.
 //! - `api`      routes: parse, authorize, call the store, shape the reply.
 //! - `error`    the error enum and its JSON form.
+//! - `dashboard` the web dashboard at `/`: HTML pages over the API's own router.
 //!
 //! Invariants: the controller keeps no state of its own between requests (several can
 //! run against one etcd); every multi-key change is one etcd transaction guarded by the
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod model;
 pub mod provider;
@@ -108,8 +110,8 @@ impl Controller {
         &self.state
     }
 
-    /// The API routes.
+    /// The API routes, and the web dashboard at `/`.
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+        api::router(self.state.clone()).merge(dashboard::router(self.state.clone()))
     }
 }
