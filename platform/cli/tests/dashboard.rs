@@ -326,8 +326,95 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     assert!(!lines.contains("from</b> logger"), "{lines}");
     b.shot("logs").await;
 
-    // Destroy, with a typed confirmation.
+    // Drains: a bad URL is refused next to the field; a syslog drain to a listener of
+    // this test shows up, delivers a line (the cluster page counts it), and goes away.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let received = std::thread::spawn(move || {
+        let (mut conn, _) = sink.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("to the drain") {
+            match std::io::Read::read(&mut conn, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
     b.open("#/apps/shop").await;
+    b.wait("#drains", "No drains.", 10).await;
+    b.fill("#drain-url", "ftp://example\n").await;
+    b.wait("#drains-add-error", "ftp", 10).await;
+    b.fill("#drain-url", &format!("syslog+tcp://{sink_addr}\n"))
+        .await;
+    b.wait(
+        "#drains table.drains",
+        &format!("syslog+tcp://{sink_addr}"),
+        10,
+    )
+    .await;
+    logger(&syslog, "shop", "stdout", "on its way to the drain");
+    assert!(received.join().unwrap().contains("on its way to the drain"));
+    b.click("#nav a[href='#/cluster']").await;
+    b.wait("#main h1", "Cluster", 10).await;
+    b.wait("#cluster-live table.drains", &sink_addr.to_string(), 10)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b
+        .text("#cluster-live table.drains td.delivered")
+        .await
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster page never counted a delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Keyboard: after a route change the page's heading has the focus.
+    b.open("#/apps/shop").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let focused = b
+            .client
+            .execute(
+                "const e = document.activeElement; return e.tagName + ':' + e.textContent",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if focused == json!("H1:shop") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "focus is on {focused}, not the heading"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.click("#drains button[aria-label^='Remove drain']").await;
+    b.wait("#drains", "No drains.", 10).await;
+
+    // The token was never part of a URL the page requested.
+    let urls = b
+        .client
+        .execute(
+            "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name)).join(' ')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !urls.as_str().unwrap().contains(&token),
+        "token in a URL: {urls}"
+    );
+
+    // Destroy, with a typed confirmation.
     b.fill("#destroy-confirm", "shoe\n").await;
     b.wait("#destroy-error", "Type shop exactly", 10).await;
     b.fill("#destroy-confirm", "shop\n").await;

@@ -747,10 +747,10 @@ pub fn drains_table(rows: &[serde_json::Value], remove_from: Option<&str>) -> Ma
                                 @if st.is_null() {
                                     td colspan="5" class="meta" { "no status from the aggregator" }
                                 } @else {
-                                    td { (st["delivered"]) }
-                                    td { (st["failed"]) }
-                                    td { (st["dropped"]) }
-                                    td { (st["lag"]) }
+                                    td class="delivered" { (st["delivered"]) }
+                                    td class="failed" { (st["failed"]) }
+                                    td class="dropped" { (st["dropped"]) }
+                                    td class="lag" { (st["lag"]) }
                                     td { (st["last_error"]["message"].as_str().unwrap_or("")) }
                                 }
                                 @if let Some(app) = remove_from {
