@@ -35,16 +35,35 @@ struct AppInfo {
     created_at: DateTime<Utc>,
 }
 
-/// An action's refusal and the control it is about.
+/// An action's refusal, the control it is about, and what the user typed there (kept
+/// in the re-rendered field so it can be corrected rather than retyped).
 struct Fault {
     /// Which error slot shows it (`<section>-<control>`).
     slot: &'static str,
     refusal: Refusal,
+    /// The refused field's text; never a secret (env values are not kept).
+    typed: String,
 }
 
 impl Fault {
     fn at(slot: &'static str, refusal: Refusal) -> Self {
-        Fault { slot, refusal }
+        Fault {
+            slot,
+            refusal,
+            typed: String::new(),
+        }
+    }
+
+    fn keeping(mut self, typed: &str) -> Self {
+        self.typed = typed.to_string();
+        self
+    }
+
+    fn typed_for<'a>(fault: Option<&'a Fault>, slot: &str) -> &'a str {
+        fault
+            .filter(|f| f.slot == slot)
+            .map(|f| f.typed.as_str())
+            .unwrap_or("")
     }
 
     fn message_for(fault: Option<&Fault>, slot: &str) -> Option<String> {
@@ -231,7 +250,7 @@ pub async fn set_env(
             Some(json!({ "set": { key.clone(): form.value } })),
         )
         .await;
-    let fault = done.err().map(|r| Fault::at("env-set", r));
+    let fault = done.err().map(|r| Fault::at("env-set", r).keeping(&key));
     let ok = fault.is_none();
     answer(
         env_section(&api, &caller, &app, fault.as_ref()).await,
@@ -361,7 +380,7 @@ async fn env_section(
             }
             form class="inline" hx-post=(format!("/ui/apps/{app}/env")) hx-target="#env" hx-swap="outerHTML" hx-disabled-elt="find button" {
                 label for="env-key" { "Name" }
-                input id="env-key" name="key" required autocomplete="off" aria-describedby="env-set-error"
+                input id="env-key" name="key" value=(Fault::typed_for(fault, "env-set")) required autocomplete="off" aria-describedby="env-set-error"
                     aria-invalid=[set_error.as_ref().map(|_| "true")];
                 label for="env-value" { "Value" }
                 input id="env-value" name="value" type="password" autocomplete="off";
@@ -693,7 +712,9 @@ pub async fn add_drain(
         body["index"] = json!(form.index.trim());
     }
     let done = api.act(&caller, Method::POST, "/drains", Some(body)).await;
-    let fault = done.err().map(|r| Fault::at("drains-add", r));
+    let fault = done
+        .err()
+        .map(|r| Fault::at("drains-add", r).keeping(form.url.trim()));
     answer(
         drains_section(&api, &caller, &app, fault.as_ref()).await,
         fault,
@@ -799,7 +820,7 @@ async fn drains_section(
             (drains_table(&rows, Some(app)))
             form class="inline" hx-post=(format!("/ui/apps/{app}/drains")) hx-target="#drains" hx-swap="outerHTML" hx-disabled-elt="find button" {
                 label for="drain-url" { "Drain URL" }
-                input id="drain-url" name="url" required autocomplete="off" placeholder="https://es:9200, s3://bucket/prefix, syslog+tls://host:6514"
+                input id="drain-url" name="url" value=(Fault::typed_for(fault, "drains-add")) required autocomplete="off" placeholder="https://es:9200, s3://bucket/prefix, syslog+tls://host:6514"
                     aria-describedby="drains-add-error" aria-invalid=[add_error.as_ref().map(|_| "true")];
                 label for="drain-index" { "Index (Elasticsearch)" }
                 input id="drain-index" name="index" autocomplete="off" placeholder="logs-%Y.%m.%d";
