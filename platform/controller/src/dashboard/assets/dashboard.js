@@ -211,11 +211,23 @@
       return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     }
 
-    function append(node) {
+    // Appends rendered <li>s (strings) and nodes in one go: one layout, one scroll.
+    function append(items) {
+      if (!items.length) return;
       var stick = atBottom();
-      if (typeof node === "string") list.insertAdjacentHTML("beforeend", node);
-      else list.appendChild(node);
-      while (list.children.length > MAX_SHOWN) list.firstElementChild.remove();
+      var frag = document.createDocumentFragment();
+      var tmp = document.createElement("ol");
+      items.forEach(function (item) {
+        if (typeof item === "string") {
+          tmp.innerHTML = item;
+          while (tmp.firstChild) frag.appendChild(tmp.firstChild);
+        } else {
+          frag.appendChild(item);
+        }
+      });
+      list.appendChild(frag);
+      var excess = list.children.length - MAX_SHOWN;
+      for (var i = 0; i < excess; i++) list.firstElementChild.remove();
       if (stick) list.scrollTop = list.scrollHeight;
     }
 
@@ -224,32 +236,34 @@
       pause.textContent = paused ? "Resume" : "Pause";
       pause.setAttribute("aria-pressed", String(paused));
       if (!paused) {
-        held.forEach(append);
+        var items = held;
+        if (dropped) items.push(skippedMarker(dropped));
         held = [];
-        if (dropped) append(skippedMarker(dropped));
         dropped = 0;
+        append(items);
         setStatus("following");
       } else {
         setStatus("paused");
       }
     });
 
+    // One server-sent event; returns its rendered line, or null (held or dropped).
     function handle(block) {
       var data = [];
       block.split("\n").forEach(function (line) {
         if (line.indexOf("data:") === 0) data.push(line.slice(5).replace(/^ /, ""));
       });
-      if (!data.length) return;
+      if (!data.length) return null;
       var html = data.join("\n");
-      if (!paused) {
-        append(html);
-      } else if (held.length < MAX_HELD) {
+      if (!paused) return html;
+      if (held.length < MAX_HELD) {
         held.push(html);
         setStatus("paused: " + held.length + " new lines held");
       } else {
         dropped++;
         setStatus("paused: " + held.length + " held, " + dropped + " skipped");
       }
+      return null;
     }
 
     fetch(view.dataset.logStream, {
@@ -280,10 +294,13 @@
             }
             buf += chunk.value.replace(/\r/g, "");
             var i;
+            var batch = [];
             while ((i = buf.indexOf("\n\n")) >= 0) {
-              handle(buf.slice(0, i));
+              var html = handle(buf.slice(0, i));
+              if (html !== null) batch.push(html);
               buf = buf.slice(i + 2);
             }
+            append(batch);
             return pump();
           });
         }
