@@ -211,6 +211,18 @@ fn logger(syslog: &str, app: &str, stream: &str, message: &str) {
     assert!(status.success());
 }
 
+/// Sends `n` syslog lines for `app` over one connection, as fast as the socket takes them.
+fn burst(syslog: &str, app: &str, n: usize) {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let msg = format!("<14>1 {ts} test {app} - stdout - burst line {i}");
+        out.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+    }
+    let mut conn = std::net::TcpStream::connect(syslog).unwrap();
+    std::io::Write::write_all(&mut conn, &out).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     let started = Instant::now();
@@ -255,6 +267,12 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     b.fill("#env-key", "1BAD").await;
     b.fill("#env-value", "x\n").await;
     b.wait("#env-set-error", "1BAD", 10).await;
+    let kept = b.find("#env-key").await.prop("value").await.unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some("1BAD"),
+        "the refused key stays in its field"
+    );
     b.wait("#env table.env", "GREETING", 10).await;
 
     // A release with a Procfile (the dashboard does not upload code; the CLI does).
@@ -291,40 +309,6 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     // Rollback to v2 makes v4 with v2's env.
     b.click("#releases form button").await;
     b.wait("#releases", "Rollback to", 10).await;
-
-    // Logs: the job's own output, then a line sent with logger appears live.
-    b.click("nav.tabs a[href='#/apps/shop/logs']").await;
-    b.wait("#main h1", "shop logs", 10).await;
-    b.wait(".log-status", "following", 10).await;
-    b.wait(".log-lines", "web started on port", 30).await;
-    logger(&syslog, "shop", "stdout", "hi <b>from</b> logger");
-    b.wait(".log-lines", "hi <b>from</b> logger", 10).await;
-    b.shot("logs-live").await;
-
-    // Pause holds new lines; resume shows them.
-    b.click(".log-pause").await;
-    logger(&syslog, "shop", "stdout", "sent while paused");
-    b.wait(".log-status", "1 new lines held", 10).await;
-    assert!(!b
-        .text(".log-lines")
-        .await
-        .unwrap()
-        .contains("sent while paused"));
-    b.click(".log-pause").await;
-    b.wait(".log-lines", "sent while paused", 10).await;
-
-    // Filter by stream: only stderr lines, old stdout lines gone.
-    b.find("#log-stream")
-        .await
-        .select_by_value("stderr")
-        .await
-        .unwrap();
-    b.wait(".log-status", "following", 10).await;
-    logger(&syslog, "shop", "stderr", "an error line");
-    b.wait(".log-lines", "an error line", 10).await;
-    let lines = b.text(".log-lines").await.unwrap();
-    assert!(!lines.contains("from</b> logger"), "{lines}");
-    b.shot("logs").await;
 
     // Drains: a bad URL is refused next to the field; a syslog drain to a listener of
     // this test shows up, delivers a line (the cluster page counts it), and goes away.
@@ -400,6 +384,63 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     b.click("#drains button[aria-label^='Remove drain']").await;
     b.wait("#drains", "No drains.", 10).await;
 
+    // Logs: the job's own output, then a line sent with logger appears live.
+    b.click("nav.tabs a[href='#/apps/shop/logs']").await;
+    b.wait("#main h1", "shop logs", 10).await;
+    b.wait(".log-status", "following", 10).await;
+    b.wait(".log-lines", "web started on port", 30).await;
+    logger(&syslog, "shop", "stdout", "hi <b>from</b> logger");
+    b.wait(".log-lines", "hi <b>from</b> logger", 10).await;
+    b.shot("logs-live").await;
+
+    // Pause holds new lines; resume shows them.
+    b.click(".log-pause").await;
+    logger(&syslog, "shop", "stdout", "sent while paused");
+    b.wait(".log-status", "1 new lines held", 10).await;
+    assert!(!b
+        .text(".log-lines")
+        .await
+        .unwrap()
+        .contains("sent while paused"));
+    b.click(".log-pause").await;
+    b.wait(".log-lines", "sent while paused", 10).await;
+
+    // More lines than a paused view holds: on resume, a marker says how many were skipped
+    // (by the view, or by the aggregator when the follow itself fell behind).
+    b.click(".log-pause").await;
+    burst(&syslog, "shop", 6000);
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = b.text(".log-status").await.unwrap_or_default();
+        if now == last && now.contains("held") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the burst never settled: {now}");
+        last = now;
+    }
+    b.click(".log-pause").await;
+    let marker = b.wait(".log-lines .log-skipped", "lines skipped", 10).await;
+    b.shot("logs-skipped").await;
+    assert!(
+        b.text(".log-lines").await.unwrap().contains("burst line"),
+        "held lines are shown after the marker: {marker}"
+    );
+
+    // Filter by stream: only stderr lines, old stdout lines gone.
+    b.find("#log-stream")
+        .await
+        .select_by_value("stderr")
+        .await
+        .unwrap();
+    b.wait(".log-status", "following", 10).await;
+    logger(&syslog, "shop", "stderr", "an error line");
+    b.wait(".log-lines", "an error line", 10).await;
+    let lines = b.text(".log-lines").await.unwrap();
+    assert!(!lines.contains("from</b> logger"), "{lines}");
+    b.shot("logs").await;
+
     // The token was never part of a URL the page requested.
     let urls = b
         .client
@@ -415,6 +456,7 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     );
 
     // Destroy, with a typed confirmation.
+    b.open("#/apps/shop").await;
     b.fill("#destroy-confirm", "shoe\n").await;
     b.wait("#destroy-error", "Type shop exactly", 10).await;
     b.fill("#destroy-confirm", "shop\n").await;
