@@ -3,10 +3,10 @@
 //!
 //! Sections (`id` = what htmx swaps): `#releases` (current release, history, rollback),
 //! `#env` (keys with masked values, reveal one at a time, set, unset), `#processes`
-//! (scale form, and `#jobs`, which refreshes itself every 2 s), `#resources` (add,
-//! remove, the env names each one set), `#drains`, `#danger` (destroy, typed
-//! confirmation). An action that makes a release answers with the `release-changed`
-//! event, on which the other sections reload themselves.
+//! (scale form, and `#jobs`, which refreshes itself every 2 s and has a Restart button
+//! per job), `#resources` (add, remove, the env names each one set), `#drains`, `#danger`
+//! (destroy, typed confirmation). An action that makes a release answers with the
+//! `release-changed` event, on which the other sections reload themselves.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +26,12 @@ use crate::model::{Formation, JobStatus, Release, Resource};
 
 /// Event sent (as `HX-Trigger`) after a change that made a new release.
 const RELEASE_CHANGED: &str = "release-changed";
+
+/// Event sent after a job was stopped, so the jobs table reloads at once.
+const JOBS_CHANGED: &str = "jobs-changed";
+
+/// When the jobs table reloads: every 2 s, and at once after a restart.
+const JOBS_TRIGGER: &str = "every 2s, jobs-changed from:body";
 
 /// What `GET /apps/{app}` answers.
 #[derive(Deserialize)]
@@ -401,10 +407,41 @@ pub async fn processes(
 ) -> Response {
     match jobs_table(&api, &caller, &app).await {
         Ok(m) => fragment(StatusCode::OK, m),
+        // Keep polling: a transient failure must not freeze the table.
         Err(r) => fragment(
             r.status,
-            html! { div id="jobs" { p class="error" role="alert" { (r.message) } } },
+            html! {
+                div id="jobs" hx-get=(format!("/ui/apps/{app}/processes")) hx-trigger=(JOBS_TRIGGER) hx-swap="outerHTML" {
+                    p class="error" role="alert" { (r.message) }
+                }
+            },
         ),
+    }
+}
+
+/// `POST /ui/apps/{app}/jobs/restart`: stops one job; the scheduler starts a replacement
+/// while the formation wants it. Answers the error slot next to the jobs table.
+pub async fn restart_job(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Form(form): Form<IdForm>,
+) -> Response {
+    let done = api
+        .act(
+            &caller,
+            Method::DELETE,
+            &format!("/apps/{}/jobs/{}", seg(&app), seg(&form.id)),
+            None,
+        )
+        .await;
+    match done {
+        Ok(()) => (
+            [("HX-Trigger", JOBS_CHANGED)],
+            fragment(StatusCode::OK, error_slot("jobs-error", None)),
+        )
+            .into_response(),
+        Err(r) => fragment(r.status, error_slot("jobs-error", Some(&r.message))),
     }
 }
 
@@ -501,6 +538,7 @@ async fn processes_section(
                     (error_slot("processes-scale-error", error.as_deref()))
                 }
             }
+            (error_slot("jobs-error", None))
             (jobs_table(api, caller, app).await?)
         }
     })
@@ -510,13 +548,13 @@ async fn jobs_table(api: &Api, caller: &Caller, app: &str) -> Result<Markup, Ref
     let jobs: Vec<JobStatus> = api.get(caller, &format!("/apps/{}/jobs", seg(app))).await?;
     let now = Utc::now();
     Ok(html! {
-        div id="jobs" hx-get=(format!("/ui/apps/{app}/processes")) hx-trigger="every 2s" hx-swap="outerHTML" aria-live="polite" {
+        div id="jobs" hx-get=(format!("/ui/apps/{app}/processes")) hx-trigger=(JOBS_TRIGGER) hx-swap="outerHTML" {
             @if jobs.is_empty() {
                 p { "No jobs running." }
             } @else {
                 div class="scroll" {
                     table class="jobs" {
-                        thead { tr { th { "Job" } th { "Type" } th { "State" } th { "Host" } th { "Release" } th { "Up for" } th { "Restarts" } th { "Note" } } }
+                        thead { tr { th { "Job" } th { "Type" } th { "State" } th { "Host" } th { "Release" } th { "Up for" } th { "Restarts" } th { "Note" } th { span class="sr-only" { "Action" } } } }
                         tbody {
                             @for j in &jobs {
                                 @let state = serde_json::to_value(j.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -529,6 +567,13 @@ async fn jobs_table(api: &Api, caller: &Caller, app: &str) -> Result<Markup, Ref
                                     td { @if let Some(t) = &j.started_at { (ago(t, now)) } }
                                     td { (j.restarts) }
                                     td { (j.message) }
+                                    td {
+                                        // The id lets htmx give the focus back after each refresh.
+                                        form hx-post=(format!("/ui/apps/{app}/jobs/restart")) hx-target="#jobs-error" hx-swap="outerHTML" {
+                                            input type="hidden" name="id" value=(j.id);
+                                            button type="submit" id=(format!("restart-{}", j.id)) aria-label=(format!("Restart job {}", j.id)) aria-describedby="jobs-error" { "Restart" }
+                                        }
+                                    }
                                 }
                             }
                         }

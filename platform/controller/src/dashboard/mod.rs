@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/apps/{app}/env/unset", post(app::unset_env))
         .route("/ui/apps/{app}/env/reveal", post(app::reveal_env))
         .route("/ui/apps/{app}/processes", get(app::processes))
+        .route("/ui/apps/{app}/jobs/restart", post(app::restart_job))
         .route(
             "/ui/apps/{app}/scale",
             get(app::scale_form).post(app::scale),
