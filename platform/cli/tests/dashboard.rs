@@ -299,12 +299,52 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     // Reload: the token survives in this tab's sessionStorage.
     b.client.refresh().await.unwrap();
     b.wait("#releases", "Current: v3", 10).await;
+    // From here on, any Content-Security-Policy violation (an inline script or style that
+    // the policy blocks) is recorded, and must not happen.
+    b.client
+        .execute(
+            "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+             e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI + ' ' + e.sourceFile + ':' + e.lineNumber))",
+            vec![],
+        )
+        .await
+        .unwrap();
 
     // Scale web to 1 and watch the job come up (the jobs table refreshes itself).
     b.fill("#scale-web", "1\n").await;
     b.wait("#jobs", "web", 20).await;
     b.wait("#jobs .state-up", "up", 60).await;
     b.shot("app-page").await;
+
+    // Restart the job: a new one replaces it and comes up.
+    let first = b
+        .find("#jobs tr[data-job]")
+        .await
+        .attr("data-job")
+        .await
+        .unwrap()
+        .unwrap();
+    b.click(&format!("#restart-{first}")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = b
+            .client
+            .execute(
+                "return [...document.querySelectorAll('#jobs tr[data-job]')].map(r => r.dataset.job + ':' + r.querySelector('.state').textContent).join(' ')",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let rows = rows.as_str().unwrap_or_default().to_string();
+        if !rows.contains(&first) && rows.ends_with(":up") && rows.matches(':').count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement job came up: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Rollback to v2 makes v4 with v2's env.
     b.click("#releases form button").await;
@@ -454,6 +494,13 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
         !urls.as_str().unwrap().contains(&token),
         "token in a URL: {urls}"
     );
+
+    let violations = b
+        .client
+        .execute("return window.cspViolations", vec![])
+        .await
+        .unwrap();
+    assert_eq!(violations, json!([]), "the page broke its own CSP");
 
     // Destroy, with a typed confirmation.
     b.open("#/apps/shop").await;
