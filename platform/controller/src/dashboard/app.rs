@@ -327,7 +327,8 @@ pub async fn reveal_env(
     }
 }
 
-/// A value cell: masked with a Reveal button, or shown with a Hide button.
+/// A value cell: masked with a Reveal button, or shown with a Hide button (both with
+/// one id, so htmx keeps the keyboard focus on the toggle across the swap).
 fn value_cell(app: &str, key: &str, value: Option<&str>) -> Markup {
     html! {
         form class="cell" hx-post=(format!("/ui/apps/{app}/env/reveal")) hx-target="closest td" hx-swap="innerHTML" {
@@ -336,11 +337,11 @@ fn value_cell(app: &str, key: &str, value: Option<&str>) -> Markup {
                 Some(v) => {
                     input type="hidden" name="hide" value="1";
                     code class="value" { (v) }
-                    button type="submit" class="link" aria-label=(format!("Hide {key}")) { "Hide" }
+                    button type="submit" class="link" id=(format!("env-toggle-{key}")) aria-label=(format!("Hide {key}")) { "Hide" }
                 }
                 None => {
                     span class="masked" aria-label="hidden value" { "••••••••" }
-                    button type="submit" class="link" aria-label=(format!("Reveal {key}")) { "Reveal" }
+                    button type="submit" class="link" id=(format!("env-toggle-{key}")) aria-label=(format!("Reveal {key}")) { "Reveal" }
                 }
             }
         }
