@@ -263,6 +263,13 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     );
     b.click("#env button[aria-label='Reveal GREETING']").await;
     b.wait("#env code.value", "hello-secret", 10).await;
+    // The keyboard focus stays on the toggle, now "Hide".
+    let focused = b
+        .client
+        .execute("return document.activeElement.textContent", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("Hide"));
     // A bad key is refused next to the key field, the table stays.
     b.fill("#env-key", "1BAD").await;
     b.fill("#env-value", "x\n").await;
