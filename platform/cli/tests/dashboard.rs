@@ -682,6 +682,24 @@ async fn dashboard_postgres_resource_and_failover_on_the_cluster_page() {
     }
     b.shot("cluster-after-failover").await;
 
+    // On a phone the cluster page scrolls its tables, not the page.
+    b.client.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let overflow = b
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "cluster page wider than a phone: {overflow}"
+    );
+    b.shot("cluster-narrow").await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
+
     // Remove the resource again.
     b.open("#/apps/shop").await;
     b.click("#resources button[aria-label^='Remove postgres-']")
