@@ -10,6 +10,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,12 +20,15 @@ use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-/// chromedriver as a child process, killed when dropped.
+/// chromedriver in its own process group with the Chromium it starts; the whole group is
+/// killed when dropped, so no browser outlives a failed test (its open log view would
+/// also hold `paas up` for the shutdown grace period).
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) of the process group this test created (pgid = chromedriver's pid).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -44,6 +48,7 @@ async fn browser(test: &'static str, listen: &str) -> Browser {
     let port = paas_it::free_port().unwrap();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -163,6 +168,25 @@ impl Browser {
         let e = self.find(css).await;
         e.clear().await.unwrap();
         e.send_keys(text).await.unwrap();
+    }
+
+    /// Picks `value` in the log filter `select` and waits until the view it reloads is
+    /// following (the old view is marked first, so its status cannot pass for the new).
+    async fn filter_logs(&self, select: &str, value: &str) {
+        self.client
+            .execute(
+                "document.getElementById('log-view').setAttribute('data-stale', '')",
+                vec![],
+            )
+            .await
+            .unwrap();
+        self.find(select)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap();
+        self.wait("#log-view:not([data-stale]) .log-status", "following", 10)
+            .await;
     }
 
     async fn sign_in(&self, token: &str) {
@@ -476,17 +500,22 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     );
 
     // Filter by stream: only stderr lines, old stdout lines gone.
-    b.find("#log-stream")
-        .await
-        .select_by_value("stderr")
-        .await
-        .unwrap();
-    b.wait(".log-status", "following", 10).await;
+    b.filter_logs("#log-stream", "stderr").await;
     logger(&syslog, "shop", "stderr", "an error line");
     b.wait(".log-lines", "an error line", 10).await;
     let lines = b.text(".log-lines").await.unwrap();
     assert!(!lines.contains("from</b> logger"), "{lines}");
     b.shot("logs").await;
+
+    // Filter by process type: only the web job's own lines.
+    b.filter_logs("#log-stream", "").await;
+    b.filter_logs("#log-type", "web").await;
+    b.wait(".log-lines", "web started on port", 10).await;
+    let lines = b.text(".log-lines").await.unwrap();
+    assert!(
+        !lines.contains("burst line") && !lines.contains("an error line"),
+        "{lines}"
+    );
 
     // The token was never part of a URL the page requested.
     let urls = b
