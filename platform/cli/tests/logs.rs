@@ -249,3 +249,60 @@ fn paas_log_keeps_every_line_through_a_kill_9() {
     assert_eq!(seen, want, "every line once, in order");
     up.stop();
 }
+
+/// `paas up` stops on SIGTERM also while a `paas log --follow` (or a dashboard's log view)
+/// is connected: open requests get a short grace period, then their connections close.
+#[test]
+fn paas_up_stops_while_a_log_follow_is_open() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let port = paas_it::free_port().unwrap();
+    let syslog_addr = format!("127.0.0.1:{port}");
+    let (mut up, _) = common::start_up(
+        home,
+        &common::free_addr(),
+        &["--syslog-listen", &syslog_addr],
+    );
+    ok(paas(home, &["apps", "create", "shop"]));
+    let mut follow = common::base(home)
+        .args(["log", "-a", "shop", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The follow is connected once it shows a line sent after it started.
+    let stdout = follow.stdout.take().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("follow is open") {
+                let _ = seen_tx.send(());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen_rx.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the follow never showed a line");
+        syslog(port, "shop", "follow is open");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let stopping = Instant::now();
+    up.signal(libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "paas up still running {:?} after SIGTERM with a follow open",
+            stopping.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "paas up exited with {status}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -8,6 +8,7 @@
 //!   `paas-appliance`; re-exported here).
 //! - `api`      routes: parse, authorize, call the store, shape the reply.
 //! - `error`    the error enum and its JSON form.
+//! - `dashboard` the web dashboard at `/`: HTML pages over the API's own router.
 //!
 //! Invariants: the controller keeps no state of its own between requests (several can
 //! run against one etcd); every multi-key change is one etcd transaction guarded by the
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod model;
 pub use paas_appliance::provider;
@@ -109,8 +111,8 @@ impl Controller {
         &self.state
     }
 
-    /// The API routes.
+    /// The API routes, and the web dashboard at `/`.
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+        api::router(self.state.clone()).merge(dashboard::router(self.state.clone()))
     }
 }

@@ -125,6 +125,9 @@ struct Ports {
     etcd_peer: u16,
 }
 
+/// How long the API may take to finish in-flight requests once `paas up` is stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs the platform until a signal arrives, then stops every child. Once the API
 /// listens, `save_config(url, admin_token)` stores the client configuration and returns
 /// where (the CLI's config file), which is printed.
@@ -265,8 +268,15 @@ async fn serve(
         println!("Press Ctrl-C to stop.");
 
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+        let app = controller
+            .router()
+            .layer(axum::middleware::map_response(move |resp| {
+                let close = close_rx.clone();
+                async move { end_streams_on(resp, close) }
+            }));
         let server = tokio::spawn(
-            axum::serve(listener, controller.router())
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop_rx.wait_for(|stop| *stop).await;
                 })
@@ -274,8 +284,18 @@ async fn serve(
         );
         shutdown_signal(etcd).await;
         let _ = stop_tx.send(true);
-        server
-            .await
+        // A log follow (`paas log --follow`, a dashboard's log view) never ends by itself:
+        // in-flight requests get a grace period, then streamed bodies are ended.
+        let mut server = server;
+        let joined = match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::info!(grace = ?SHUTDOWN_GRACE, "ending the log follows still open");
+                let _ = close_tx.send(true);
+                server.await
+            }
+        };
+        joined
             .context("API server task panicked")?
             .context("API server failed")?;
         tracing::info!("controller stopped");
@@ -294,6 +314,35 @@ async fn serve(
     logs.shutdown().await;
     tracing::info!("log aggregator stopped");
     result
+}
+
+/// `resp` with its body ended once `close` turns true, if it is a stream that only the
+/// client ends (NDJSON log follows, server-sent events); other responses unchanged. The
+/// server's graceful shutdown waits for every response to finish, and the controller's
+/// follows also hold the log aggregator's own shutdown open.
+fn end_streams_on(
+    resp: axum::response::Response,
+    mut close: tokio::sync::watch::Receiver<bool>,
+) -> axum::response::Response {
+    let streamed = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("application/x-ndjson") || t.starts_with("text/event-stream")
+        });
+    if !streamed {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let closed = async move {
+        let _ = close.wait_for(|closed| *closed).await;
+    };
+    let body = axum::body::Body::from_stream(futures::StreamExt::take_until(
+        body.into_data_stream(),
+        closed,
+    ));
+    axum::response::Response::from_parts(parts, body)
 }
 
 /// Resolves on SIGINT or SIGTERM.
