@@ -46,17 +46,6 @@ impl RouteTable {
     ) -> RouteTable {
         let mut table = RouteTable::default();
         let domain = domain.trim_matches('.').to_ascii_lowercase();
-        if !domain.is_empty() {
-            for app in apps {
-                table.insert(RouteEntry {
-                    id: DEFAULT_ROUTE_ID.to_string(),
-                    app: app.to_string(),
-                    domain: format!("{app}.{domain}"),
-                    path: String::new(),
-                    sticky: false,
-                });
-            }
-        }
         for route in routes {
             table.insert(RouteEntry {
                 id: route.id.clone(),
@@ -65,6 +54,26 @@ impl RouteTable {
                 path: normalize_prefix(route.path.as_deref().unwrap_or("")),
                 sticky: route.sticky,
             });
+        }
+        if !domain.is_empty() {
+            for app in apps {
+                let name = format!("{app}.{domain}");
+                let own = table
+                    .by_domain
+                    .get(&name)
+                    .is_some_and(|es| es.iter().any(|e| e.path.is_empty() && e.app == app));
+                if own {
+                    // The app's own stored route for its default name (e.g. sticky).
+                    continue;
+                }
+                table.insert(RouteEntry {
+                    id: DEFAULT_ROUTE_ID.to_string(),
+                    app: app.to_string(),
+                    domain: name,
+                    path: String::new(),
+                    sticky: false,
+                });
+            }
         }
         for entries in table.by_domain.values_mut() {
             entries.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.id.cmp(&b.id)));
@@ -155,8 +164,10 @@ mod tests {
             route("r2", "api", "shop.example.com", Some("/api/")),
             route("r3", "v2", "shop.example.com", Some("/api/v2")),
             route("sticky", "blog", "blog.example.com", None),
-            // A stored route over a default one: same domain and path.
+            // Cannot take legacy's default route; can add a path below it.
             route("r4", "other", "legacy.localhost", None),
+            route("r5", "other", "legacy.localhost", Some("/x")),
+            route("own-sticky", "blog", "blog.localhost", None),
         ];
         RouteTable::build(&routes, ["shop", "blog", "legacy"], "localhost")
     }
@@ -183,7 +194,9 @@ mod tests {
         check("blog.example.com", "/", Some(("sticky", "blog")));
         check("shop.localhost", "/", Some(("default", "shop")));
         check("shop.localhost:8080", "/x", Some(("default", "shop")));
-        check("legacy.localhost", "/", Some(("r4", "other")));
+        check("legacy.localhost", "/", Some(("default", "legacy")));
+        check("legacy.localhost", "/x/1", Some(("r5", "other")));
+        check("blog.localhost", "/", Some(("own-sticky", "blog")));
         check("nope.localhost", "/", None);
         check("localhost", "/", None);
         check("", "/", None);
@@ -196,8 +209,9 @@ mod tests {
         let t = table();
         assert!(t.lookup("blog.example.com", "/").is_some_and(|e| e.sticky));
         assert!(t.lookup("shop.example.com", "/").is_some_and(|e| !e.sticky));
-        // 3 defaults (legacy's replaced by r4) + r1 r2 r3 + sticky.
-        assert_eq!(t.len(), 7);
+        // 2 defaults (shop, legacy over r4) + r1 r2 r3 r5 + sticky + own-sticky.
+        assert_eq!(t.len(), 8);
+        assert!(t.lookup("blog.localhost", "/").is_some_and(|e| e.sticky));
         assert!(RouteTable::build(&[], ["a"], "").is_empty());
     }
 
