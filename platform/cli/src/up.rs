@@ -12,6 +12,7 @@
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! DATA_DIR/host/         the host agent's job directories and log spool
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
+//! DATA_DIR/router/       the HTTP router's access-line spool
 //! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
@@ -103,6 +104,15 @@ async fn serve(
     )
     .await?;
 
+    let router = crate::router::start(
+        controller.state().store.coord(),
+        &args.router,
+        &crate::host::hostname(),
+        &data_dir.join("router"),
+        logs.syslog_addr(),
+    )
+    .await?;
+
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = tokio::spawn(crate::host::run_runtime(
         crate::host::Runtime {
@@ -162,6 +172,13 @@ async fn serve(
                 crate::postgres::SYSTEM_APP
             );
         }
+        println!(
+            "  router:   http://{} (apps at <app>.{}), https {}, metrics http://{}/metrics",
+            router.http_addr(),
+            args.router.domain,
+            router.tls_addr().map_or("-".into(), |a| a.to_string()),
+            router.admin_addr().map_or("-".into(), |a| a.to_string()),
+        );
         println!("  data dir: {}", data_dir.display());
         println!("  config:   {}", config_path.display());
         println!("Press Ctrl-C to stop.");
@@ -186,6 +203,7 @@ async fn serve(
     }
     .await;
 
+    router.shutdown().await;
     // Jobs (the Postgres members among them) stop with the host agent.
     stop.cancel();
     match runtime.await {
