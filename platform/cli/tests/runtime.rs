@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{base, free_addr, ok, paas, Daemon};
 
-/// `paas up`, the etcd URL it printed (for `paas host --join`) and its router address.
-fn start_up(home: &Path) -> (Daemon, String, String) {
+/// `paas up`, the etcd URL it printed (for `paas host --join`) and its router's HTTP
+/// and HTTPS addresses.
+fn start_up(home: &Path) -> (Daemon, String, String, String) {
     let (up, out) = common::start_up(home, &free_addr(), &[]);
     let printed = |key: &str| {
         out.lines()
@@ -21,13 +22,11 @@ fn start_up(home: &Path) -> (Daemon, String, String) {
             .to_string()
     };
     let etcd = printed("etcd:");
-    let router = printed("router:")
-        .trim_start_matches("http://")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    (up, etcd, router)
+    let router_line = printed("router:");
+    let words: Vec<&str> = router_line.split_whitespace().collect();
+    let router = words[0].trim_start_matches("http://").to_string();
+    let https = words[words.iter().position(|w| *w == "https").unwrap() + 1].trim_end_matches(',');
+    (up, etcd, router, https.to_string())
 }
 
 /// GET `path` through the router with `Host: host`: (HTTP status, body).
@@ -83,7 +82,7 @@ fn up_count(j: &[serde_json::Value]) -> usize {
 fn scale_restart_reschedule_and_run() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let (_up, etcd, router) = start_up(home);
+    let (_up, etcd, router, router_tls) = start_up(home);
     let artifacts = home.join("data/artifacts");
 
     // A second host on another loopback address, as another machine would join.
@@ -204,6 +203,67 @@ fn scale_restart_reschedule_and_run() {
     assert_eq!(through_router(&router, "www.shop.test", "/other").0, 404);
     let id = routes[0]["id"].as_str().unwrap();
     ok(paas(home, &["route", "remove", "-a", "shop", id]));
+
+    // HTTPS: a route with a certificate, served by SNI.
+    let (cert, key) = (home.join("cert.pem"), home.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=secure.shop.test"])
+        .args(["-addext", "subjectAltName=DNS:secure.shop.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    ok(paas(
+        home,
+        &[
+            "route",
+            "add",
+            "-a",
+            "shop",
+            "secure.shop.test",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    let port = router_tls.rsplit(':').next().unwrap();
+    let https = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2", "--cacert", cert.to_str().unwrap()])
+            .args(["--resolve", &format!("secure.shop.test:{port}:127.0.0.1")])
+            .args(["-w", "\\n%{http_version}"])
+            .arg(format!("https://secure.shop.test:{port}/index.html"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = https();
+        if got == "hello from paas\n\n2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP/2 answer over TLS: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The whole second host dies (SIGKILL: no goodbye, its lease must expire): its jobs
     // come back on the first host within the lease TTL.
