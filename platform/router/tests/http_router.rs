@@ -653,7 +653,14 @@ async fn sticky_cookie_keeps_the_backend_and_falls_back_when_it_is_gone() {
         );
     }
     // A forged cookie is ignored (and replaced).
-    let forged = cookie.replace(&a.addr.port().to_string(), &b.addr.port().to_string());
+    // (The cookie names the chosen backend; point it at the other one.)
+    let (from, to) = if chosen == "a" {
+        (a.addr, b.addr)
+    } else {
+        (b.addr, a.addr)
+    };
+    let forged = cookie.replace(&from.port().to_string(), &to.port().to_string());
+    assert_ne!(forged, cookie);
     let reply = send(
         router.http_addr(),
         get("sticky.example.com", "/")
