@@ -19,6 +19,10 @@ pub struct RouterArgs {
     /// Address of the router's /metrics (Prometheus) and /health.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub router_admin_listen: SocketAddr,
+    /// An extra HTTP listener for a TCP load balancer in front: each connection starts
+    /// with a PROXY protocol header (v1 or v2) naming the real client. Off by default.
+    #[arg(long)]
+    pub router_proxy_protocol_listen: Option<SocketAddr>,
     /// Every app is served at <app>.<domain>.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
@@ -36,6 +40,7 @@ pub async fn start(
     let mut config = paas_router::RouterConfig::new(args.router_listen, host);
     config.tls_listen = Some(args.router_tls_listen);
     config.admin_listen = Some(args.router_admin_listen);
+    config.proxy_protocol_listen = args.router_proxy_protocol_listen;
     config.domain = args.domain.clone();
     config.access_log = log_addr.map(|aggregator| paas_router::AccessLogConfig {
         aggregator,

@@ -10,6 +10,7 @@
 //!   handler) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
 //!   `sticky` (signed backend cookie) -> `balance` (power of two choices) -> `retry`
 //!   (retry verdicts) -> `access` (access lines to the app's log) and `metrics`.
+//!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
 //!   `state` turns the etcd watches into the snapshot every request reads.
 //! - [`tcp`], the leader-following TCP endpoint: a stable address forwarding each
 //!   connection to the current leader of a service (appliances put it into
@@ -17,7 +18,8 @@
 //!
 //! Invariants:
 //! - The decisions (`table::RouteTable::lookup`, `balance::pick`, `retry::verdict`,
-//!   `headers::*`, `sticky::StickyKey::verify`, `access::format`) do no I/O.
+//!   `headers::*`, `sticky::StickyKey::verify`, `proxy_protocol::decode`,
+//!   `access::format`) do no I/O.
 //! - A request is sent to a second backend only when the first cannot have acted on it
 //!   or the method is idempotent (`retry`), and never after a byte of the response
 //!   reached the client.
@@ -29,6 +31,7 @@ pub mod balance;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod server;
 pub mod state;
@@ -63,6 +66,9 @@ pub struct RouterConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Admin listener (`/metrics`, `/health`), if any.
     pub admin_listen: Option<SocketAddr>,
+    /// Plain HTTP listener whose connections start with a PROXY protocol header (v1 or
+    /// v2) naming the client, for a TCP load balancer in front; if any.
+    pub proxy_protocol_listen: Option<SocketAddr>,
     /// Every app gets `<app>.<domain>`; empty: no default routes.
     pub domain: String,
     /// This host's id (access lines name it).
@@ -80,6 +86,7 @@ impl RouterConfig {
             listen,
             tls_listen: None,
             admin_listen: None,
+            proxy_protocol_listen: None,
             domain: "localhost".to_string(),
             host: host.into(),
             access_log: None,
@@ -116,6 +123,7 @@ pub struct Router {
     http_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    proxy_protocol_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     follower: state::Follower,
@@ -174,6 +182,10 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let proxied = match config.proxy_protocol_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let follower = state::follow(coord, config.domain.clone(), Arc::clone(&metrics)).await?;
     let key = sticky_key(coord).await?;
     let (access_log, access) = match &config.access_log {
@@ -194,22 +206,32 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let http_addr = local(&http);
     let tls_addr = tls.as_ref().map(local);
     let admin_addr = admin.as_ref().map(local);
+    let proxy_protocol_addr = proxied.as_ref().map(local);
     let stop = CancellationToken::new();
     let max_header = config.limits.max_header_bytes;
     let mut tasks = vec![tokio::spawn(server::serve(
         http,
         Arc::clone(&proxy),
-        None,
+        server::Mode::Plain,
         max_header,
         stop.clone(),
     ))];
+    if let Some(listener) = proxied {
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&proxy),
+            server::Mode::ProxyProtocol,
+            max_header,
+            stop.clone(),
+        )));
+    }
     if let Some(listener) = tls {
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(follower.subscribe())?));
         tasks.push(tokio::spawn(server::serve(
             listener,
             Arc::clone(&proxy),
-            Some(acceptor),
+            server::Mode::Tls(acceptor),
             max_header,
             stop.clone(),
         )));
@@ -222,11 +244,12 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
         )));
     }
     drop(proxy);
-    tracing::info!(http = %http_addr, tls = ?tls_addr, admin = ?admin_addr, domain = %config.domain, "router listening");
+    tracing::info!(http = %http_addr, tls = ?tls_addr, admin = ?admin_addr, proxy_protocol = ?proxy_protocol_addr, domain = %config.domain, "router listening");
     Ok(Router {
         http_addr,
         tls_addr,
         admin_addr,
+        proxy_protocol_addr,
         stop,
         tasks,
         follower,
@@ -249,6 +272,11 @@ impl Router {
     /// The admin listener's address, if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The PROXY protocol listener's address, if any.
+    pub fn proxy_protocol_addr(&self) -> Option<SocketAddr> {
+        self.proxy_protocol_addr
     }
 
     /// The Prometheus text of the router's metrics.

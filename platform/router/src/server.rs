@@ -1,4 +1,5 @@
-//! Listeners: plain HTTP, HTTPS (rustls, SNI), and the admin endpoint (`/metrics`).
+//! Listeners: plain HTTP, HTTPS (rustls, SNI), plain HTTP behind a PROXY protocol
+//! header, and the admin endpoint (`/metrics`).
 //!
 //! Every accepted connection is served by hyper-util's auto builder (HTTP/1.1 with
 //! upgrades, or HTTP/2 by preface or ALPN) in its own task. On shutdown the accept
@@ -23,16 +24,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy_protocol::{self, Header};
 
-/// How long a client has for its TLS handshake.
+/// How long a client has for its TLS handshake, or a balancer for its PROXY header.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections on `listener` until `stop`, serving each through `proxy`;
-/// `tls` makes it the HTTPS listener.
+/// What a listener expects before HTTP.
+#[derive(Clone)]
+pub enum Mode {
+    /// HTTP right away.
+    Plain,
+    /// A TLS handshake (HTTPS).
+    Tls(TlsAcceptor),
+    /// A PROXY protocol header naming the real client, then HTTP.
+    ProxyProtocol,
+}
+
+/// Accepts connections on `listener` until `stop`, serving each through `proxy`.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    mode: Mode,
     max_header_bytes: usize,
     stop: CancellationToken,
 ) {
@@ -53,16 +65,39 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let stop = stop.clone();
-        let tls = tls.clone();
+        let mode = mode.clone();
         tokio::spawn(async move {
-            let info = ConnInfo {
+            let mut info = ConnInfo {
                 peer,
                 local_port,
-                proto: if tls.is_some() { "https" } else { "http" },
+                proto: if matches!(mode, Mode::Tls(_)) {
+                    "https"
+                } else {
+                    "http"
+                },
             };
-            match tls {
-                None => serve_connection(stream, proxy, info, max_header_bytes, stop).await,
-                Some(acceptor) => {
+            match mode {
+                Mode::Plain => serve_connection(stream, proxy, info, max_header_bytes, stop).await,
+                Mode::ProxyProtocol => {
+                    let mut stream = stream;
+                    match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
+                        Ok(Header::Proxied {
+                            source,
+                            destination,
+                        }) => {
+                            info.peer = source;
+                            info.local_port = destination.port();
+                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
+                        }
+                        Ok(Header::Local) => {
+                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "closing a connection without a PROXY header")
+                        }
+                    }
+                }
+                Mode::Tls(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             serve_connection(tls_stream, proxy, info, max_header_bytes, stop).await

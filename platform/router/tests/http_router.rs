@@ -208,6 +208,7 @@ impl Platform {
         let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
         config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
         config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.proxy_protocol_listen = Some("127.0.0.1:0".parse().unwrap());
         config.limits = limits;
         paas_router::start(&self.coord, config).await.unwrap()
     }
@@ -884,5 +885,66 @@ async fn access_lines_reach_the_log_aggregator_as_syslog() {
         "{line}"
     );
     assert!(line.contains(&format!("backend={}", shop.addr)), "{line}");
+    router.shutdown().await;
+}
+
+/// Writes `chunks` (pausing between them) and reads until the router closes.
+async fn raw_exchange(addr: SocketAddr, chunks: &[&[u8]]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for chunk in chunks {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn proxy_protocol_listener_takes_the_client_from_the_header() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let addr = router.proxy_protocol_addr().unwrap();
+    let request = &b"GET /pp HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"[..];
+    let body_of = |reply: &str| -> Value {
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+
+    // v1, header and request in one write.
+    let v1 = [
+        &b"PROXY TCP4 203.0.113.7 198.51.100.1 5555 80\r\n"[..],
+        request,
+    ]
+    .concat();
+    let seen = body_of(&raw_exchange(addr, &[&v1]).await);
+    assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(seen["headers"]["x-forwarded-port"], "80");
+
+    // v2 (TCP6), the header split across writes.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    v2.extend_from_slice(&4000u16.to_be_bytes());
+    v2.extend_from_slice(&443u16.to_be_bytes());
+    let seen = body_of(&raw_exchange(addr, &[&v2[..10], &v2[10..], request]).await);
+    assert_eq!(seen["headers"]["x-forwarded-for"], "2001:db8::7");
+    assert_eq!(seen["headers"]["x-forwarded-port"], "443");
+
+    // No header: closed without an answer; the plain listener ignores no one.
+    assert_eq!(raw_exchange(addr, &[request]).await, "");
+    let hits = shop.hits.load(Ordering::SeqCst);
+    let plain = raw_exchange(router.http_addr(), &[request]).await;
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert_eq!(shop.hits.load(Ordering::SeqCst), hits + 1);
     router.shutdown().await;
 }
