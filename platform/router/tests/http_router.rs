@@ -948,3 +948,36 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
     assert_eq!(shop.hits.load(Ordering::SeqCst), hits + 1);
     router.shutdown().await;
 }
+
+#[tokio::test]
+async fn send_failures_are_classified_for_the_retry_verdict() {
+    use hyper_util::client::legacy::Client;
+    use paas_router::retry::Failure;
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let send = |addr: SocketAddr| {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::default())
+            .unwrap();
+        client.request(req)
+    };
+    // A backend that answers garbage.
+    let garbage = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = garbage.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+        }
+    });
+    let (closer, _) = closing_backend().await;
+    for (addr, expected) in [
+        (refusing_addr().await, Failure::Connect),
+        (closer, Failure::ClosedBeforeResponse),
+        (garbage_addr, Failure::Other),
+    ] {
+        let err = send(addr).await.expect_err("must fail");
+        assert_eq!(paas_router::proxy::classify(&err), expected, "{err:?}");
+    }
+}
