@@ -1,10 +1,13 @@
 //! Choosing a backend: sticky preference, then power-of-two-choices on in-flight
 //! requests. The decision ([`pick`]) is pure; the randomness is passed in.
 //!
-//! Backends already tried for this request are never picked again. A sticky client's
-//! backend is taken when it is in the set and not tried; otherwise two distinct random
-//! candidates are compared and the one with fewer requests in flight wins (ties go to
-//! the first draw), which keeps load even without any shared state between routers.
+//! Backends already tried for this request are never picked again. Backends marked
+//! down (one refused a connection a moment ago) are skipped while any other is left:
+//! without that, every request would pay a failed connect to a dead host until its
+//! registration expires. A sticky client's backend is taken when it is in the set, not
+//! tried and not down; otherwise two distinct random candidates are compared and the one
+//! with fewer requests in flight wins (ties go to the first draw), which keeps load even
+//! without any shared state between routers.
 
 use std::net::SocketAddr;
 
@@ -15,6 +18,8 @@ pub struct Candidate {
     pub addr: SocketAddr,
     /// Requests this router has in flight to it.
     pub in_flight: usize,
+    /// Recently refused a connection: used only when no other backend is left.
+    pub down: bool,
 }
 
 /// The outcome of [`pick`].
@@ -60,9 +65,15 @@ pub fn pick(
     if candidates.is_empty() {
         return Pick::NoBackend;
     }
-    let open: Vec<usize> = (0..candidates.len())
+    let untried: Vec<usize> = (0..candidates.len())
         .filter(|&i| !tried.contains(&candidates[i].addr))
         .collect();
+    let up: Vec<usize> = untried
+        .iter()
+        .copied()
+        .filter(|&i| !candidates[i].down)
+        .collect();
+    let open = if up.is_empty() { untried } else { up };
     if let Some(want) = sticky {
         if let Some(&index) = open.iter().find(|&&i| candidates[i].addr == want) {
             return Pick::Backend {
@@ -113,6 +124,7 @@ mod tests {
             .map(|(i, &in_flight)| Candidate {
                 addr: addr(1000 + i as u16),
                 in_flight,
+                down: false,
             })
             .collect()
     }
@@ -210,6 +222,31 @@ mod tests {
             pick(&b, &[], Some(addr(9)), (0, 0)),
             Pick::Backend {
                 index: 1,
+                reason: PickReason::LessLoaded { .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn down_backends_are_used_only_when_nothing_else_is_left() {
+        let mut b = backends(&[0, 9, 0]);
+        b[0].down = true;
+        b[2].down = true;
+        for draws in [(0, 0), (1, 1), (2, 5)] {
+            assert_eq!(
+                pick(&b, &[], Some(addr(1000)), draws),
+                Pick::Backend {
+                    index: 1,
+                    reason: PickReason::OnlyOne
+                },
+                "the loaded but up backend, not the sticky down one"
+            );
+        }
+        // The up one failed too: a down one is better than nothing.
+        assert!(matches!(
+            pick(&b, &[addr(1001)], None, (0, 0)),
+            Pick::Backend {
+                index: 0 | 2,
                 reason: PickReason::LessLoaded { .. }
             }
         ));

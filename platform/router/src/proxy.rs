@@ -6,7 +6,8 @@
 //! 2. The body is read into memory up to the body limit (413 beyond it), so a failed
 //!    attempt can be sent again; upgrade requests send no body.
 //! 3. Attempts: [`balance::pick`] (sticky cookie, else power of two choices on
-//!    in-flight requests, never a backend already tried), send through the keep-alive
+//!    in-flight requests, never a backend already tried, none that refused a connection
+//!    in the last `down_after_refusal` while another is left), send through the keep-alive
 //!    pool with the backend timeout, classify a failure ([`classify`]) and ask
 //!    [`retry::verdict`] whether to go on. 503 when the app has no backend, 504 on
 //!    timeout, 502 otherwise.
@@ -61,6 +62,8 @@ pub struct Limits {
     pub max_attempts: usize,
     /// Idle keep-alive connections to backends are closed after this.
     pub pool_idle_timeout: Duration,
+    /// How long a backend that refused a connection is skipped (while others are left).
+    pub down_after_refusal: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(2),
             max_attempts: 3,
             pool_idle_timeout: Duration::from_secs(60),
+            down_after_refusal: Duration::from_secs(2),
         }
     }
 }
@@ -234,6 +238,7 @@ impl Proxy {
                 .map(|b| Candidate {
                     addr: b.addr,
                     in_flight: b.in_flight(),
+                    down: b.is_down(),
                 })
                 .collect();
             let backend: &Arc<Backend> = match balance::pick(
@@ -325,6 +330,9 @@ impl Proxy {
                 }
             };
             drop(in_flight);
+            if failure == Failure::Connect {
+                backend.mark_down(self.limits.down_after_refusal);
+            }
             match retry::verdict(
                 failure,
                 &parts.method,

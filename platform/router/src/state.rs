@@ -13,8 +13,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use paas_controller::model::Route;
 use paas_coord::{Coord, CoordError};
@@ -37,6 +38,18 @@ pub struct Backend {
     /// The job id.
     pub job: String,
     in_flight: AtomicUsize,
+    /// Milliseconds since [`epoch`] until which the backend is skipped (0: never).
+    down_until: AtomicU64,
+}
+
+/// The process-wide origin of `down_until` marks.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 impl Backend {
@@ -46,12 +59,25 @@ impl Backend {
             addr,
             job,
             in_flight: AtomicUsize::new(0),
+            down_until: AtomicU64::new(0),
         }
     }
 
     /// Requests (and upgraded connections) this router has open to it.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Skips the backend for `period` (it refused a connection): until its registration
+    /// goes, or the period ends, requests go to the others.
+    pub fn mark_down(&self, period: Duration) {
+        self.down_until
+            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the backend is marked down now.
+    pub fn is_down(&self) -> bool {
+        now_ms() < self.down_until.load(Ordering::Relaxed)
     }
 
     /// Counts one request until the guard drops.
@@ -251,5 +277,11 @@ mod tests {
         assert_eq!(second["shop"][0].in_flight(), 1);
         drop(_busy);
         assert_eq!(second["shop"][0].in_flight(), 0);
+        // A mark lasts its period, and survives a rebuild of the set.
+        second["shop"][0].mark_down(Duration::from_secs(60));
+        assert!(second["shop"][0].is_down());
+        assert!(backends_by_app(&s, &second)["shop"][0].is_down());
+        second["shop"][0].mark_down(Duration::ZERO);
+        assert!(!second["shop"][0].is_down());
     }
 }
