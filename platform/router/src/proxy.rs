@@ -233,12 +233,13 @@ impl Proxy {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = String::new();
         loop {
+            let now = crate::state::now_ms();
             let candidates: Vec<Candidate> = backends
                 .iter()
                 .map(|b| Candidate {
                     addr: b.addr,
                     in_flight: b.in_flight(),
-                    down: b.is_down(),
+                    down: b.is_down_at(now),
                 })
                 .collect();
             let backend: &Arc<Backend> = match balance::pick(

@@ -48,7 +48,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+/// Now, in the unit of [`Backend::is_down_at`].
+pub fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
@@ -77,7 +78,12 @@ impl Backend {
 
     /// Whether the backend is marked down now.
     pub fn is_down(&self) -> bool {
-        now_ms() < self.down_until.load(Ordering::Relaxed)
+        self.is_down_at(now_ms())
+    }
+
+    /// Whether the backend is marked down at `now` ([`now_ms`]; read once for a whole set).
+    pub fn is_down_at(&self, now: u64) -> bool {
+        now < self.down_until.load(Ordering::Relaxed)
     }
 
     /// Counts one request until the guard drops.
