@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod logs;
 mod pg;
+mod routes;
 mod runtime;
 mod table;
 
@@ -61,6 +62,10 @@ enum Command {
     /// Attach managed resources (databases) to apps.
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// HTTP routes: domains (and path prefixes) served by an app's web jobs. Every app
+    /// is also served at <app>.<domain> (`paas up --domain`).
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// Show the API's status as seen with the current token.
     Status,
     /// Create releases with process types and code.
@@ -287,6 +292,40 @@ enum ResourceCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum RouteCmd {
+    /// Route DOMAIN (optionally only paths under --path) to the app's web jobs.
+    Add {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// The domain, e.g. shop.example.com.
+        domain: String,
+        /// Only requests under this path prefix, e.g. /api.
+        #[arg(long)]
+        path: Option<String>,
+        /// Keep each client on one backend (signed cookie).
+        #[arg(long)]
+        sticky: bool,
+        /// PEM certificate chain served for DOMAIN over HTTPS.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// List the app's routes (the default <app>.<domain> is not listed).
+    List {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Remove a route.
+    Remove {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run { app, env, command } = &cli.command {
@@ -373,6 +412,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resource(ResourceCmd::Remove { id, app }) => {
             c::resource_remove(json, &app, &id).await
         }
+        Command::Route(RouteCmd::Add {
+            app,
+            domain,
+            path,
+            sticky,
+            cert,
+            key,
+        }) => {
+            let args = routes::AddArgs {
+                app: &app,
+                domain: &domain,
+                path: path.as_deref(),
+                sticky,
+                cert: cert.as_deref(),
+                key: key.as_deref(),
+            };
+            routes::add(json, args).await
+        }
+        Command::Route(RouteCmd::List { app }) => routes::list(json, &app).await,
+        Command::Route(RouteCmd::Remove { app, id }) => routes::remove(json, &app, &id).await,
         Command::Status => c::status(json).await,
         Command::Release(ReleaseCmd::Add {
             app,

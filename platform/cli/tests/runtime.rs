@@ -1,5 +1,6 @@
 //! The runtime as a user drives it: `paas up` plus a second host (`paas host --join`),
-//! a web process scaled to 3, crash restarts, a dead host's jobs moving, `paas run`.
+//! a web process scaled to 3 behind the HTTP router, crash restarts, a dead host's jobs
+//! moving (with no failed request through the router), `paas run`.
 
 mod common;
 
@@ -9,16 +10,41 @@ use std::time::{Duration, Instant};
 
 use common::{base, free_addr, ok, paas, Daemon};
 
-/// `paas up`, and the etcd URL it printed (for `paas host --join`).
-fn start_up(home: &Path) -> (Daemon, String) {
+/// `paas up`, the etcd URL it printed (for `paas host --join`) and its router's HTTP
+/// and HTTPS addresses.
+fn start_up(home: &Path) -> (Daemon, String, String, String) {
     let (up, out) = common::start_up(home, &free_addr(), &[]);
-    let etcd = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("etcd:"))
-        .unwrap()
-        .trim()
-        .to_string();
-    (up, etcd)
+    let printed = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let etcd = printed("etcd:");
+    let router_line = printed("router:");
+    let words: Vec<&str> = router_line.split_whitespace().collect();
+    let router = words[0].trim_start_matches("http://").to_string();
+    let https = words[words.iter().position(|w| *w == "https").unwrap() + 1].trim_end_matches(',');
+    (up, etcd, router, https.to_string())
+}
+
+/// GET `path` through the router with `Host: host`: (HTTP status, body).
+fn through_router(router: &str, host: &str, path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+        ])
+        .arg(format!("http://{router}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn jobs(home: &Path) -> Vec<serde_json::Value> {
@@ -56,7 +82,7 @@ fn up_count(j: &[serde_json::Value]) -> usize {
 fn scale_restart_reschedule_and_run() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let (_up, etcd) = start_up(home);
+    let (_up, etcd, router, router_tls) = start_up(home);
     let artifacts = home.join("data/artifacts");
 
     // A second host on another loopback address, as another machine would join.
@@ -77,6 +103,9 @@ fn scale_restart_reschedule_and_run() {
             .arg(&artifacts)
             .arg("--data-dir")
             .arg(home.join("second"))
+            .args(["--router-listen", "127.0.0.2:0"])
+            .args(["--router-tls-listen", "127.0.0.2:0"])
+            .args(["--router-admin-listen", "127.0.0.2:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -142,12 +171,119 @@ fn scale_restart_reschedule_and_run() {
         })
     });
 
+    // The router serves every app at <app>.localhost, and added routes, spreading
+    // requests over the web jobs of both hosts.
+    for _ in 0..6 {
+        assert_eq!(
+            through_router(&router, "shop.localhost", "/index.html"),
+            (200, "hello from paas\n".to_string())
+        );
+    }
+    assert_eq!(through_router(&router, "nope.localhost", "/").0, 404);
+    ok(paas(
+        home,
+        &[
+            "route",
+            "add",
+            "-a",
+            "shop",
+            "www.shop.test",
+            "--path",
+            "/index.html",
+        ],
+    ));
+    let routes: serde_json::Value =
+        serde_json::from_str(&ok(paas(home, &["--json", "route", "list", "-a", "shop"]))).unwrap();
+    assert_eq!(routes[0]["domain"], "www.shop.test", "{routes}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while through_router(&router, "www.shop.test", "/index.html").0 != 200 {
+        assert!(Instant::now() < deadline, "the added route never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(through_router(&router, "www.shop.test", "/other").0, 404);
+    let id = routes[0]["id"].as_str().unwrap();
+    ok(paas(home, &["route", "remove", "-a", "shop", id]));
+
+    // HTTPS: a route with a certificate, served by SNI.
+    let (cert, key) = (home.join("cert.pem"), home.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=secure.shop.test"])
+        .args(["-addext", "subjectAltName=DNS:secure.shop.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    ok(paas(
+        home,
+        &[
+            "route",
+            "add",
+            "-a",
+            "shop",
+            "secure.shop.test",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    let port = router_tls.rsplit(':').next().unwrap();
+    let https = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2", "--cacert", cert.to_str().unwrap()])
+            .args(["--resolve", &format!("secure.shop.test:{port}:127.0.0.1")])
+            .args(["-w", "\\n%{http_version}"])
+            .arg(format!("https://secure.shop.test:{port}/index.html"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = https();
+        if got == "hello from paas\n\n2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP/2 answer over TLS: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The whole second host dies (SIGKILL: no goodbye, its lease must expire): its jobs
     // come back on the first host within the lease TTL.
     let mut second = _second;
     unsafe { libc::kill(second.0.id() as i32, libc::SIGKILL) };
     second.0.wait().unwrap();
     let started = Instant::now();
+    // Its jobs died with it; their registrations live on until the lease expires, and
+    // the router retries requests that meet a dead one on a live one: none fails.
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let (status, body) = through_router(&router, "shop.localhost", "/index.html");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "hello from paas\n"),
+            "request {sent}"
+        );
+        sent += 1;
+    }
+    eprintln!("{sent} requests through the router while the host died, none failed");
     let j = wait_jobs(home, 30, "jobs rescheduled off the dead host", |j| {
         up_count(j) == 3 && j.iter().all(|x| x["host"] != "second")
     });
@@ -185,6 +321,20 @@ fn scale_restart_reschedule_and_run() {
             break;
         }
         assert!(Instant::now() < deadline, "no request log line in: {log}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // And the router's access lines, as process type `router`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ok(paas(
+            home,
+            &["log", "-a", "shop", "-n", "500", "--type", "router"],
+        ));
+        if log.contains("host=shop.localhost status=200") {
+            assert!(!log.contains("python"), "only router lines: {log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no router access line in: {log}");
         std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -3,6 +3,7 @@
 
 mod attach;
 pub mod logs;
+mod routes;
 mod runtime;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,11 @@ pub fn router(state: AppState) -> Router {
             post(add_resource).get(list_resources),
         )
         .route("/apps/{app}/resources/{id}", delete(remove_resource))
+        .route(
+            "/apps/{app}/routes",
+            post(routes::add_route).get(routes::list_routes),
+        )
+        .route("/apps/{app}/routes/{id}", delete(routes::remove_route))
         .route(
             "/artifacts",
             put(runtime::upload_artifact).layer(DefaultBodyLimit::max(runtime::MAX_ARTIFACT_BYTES)),

@@ -220,6 +220,73 @@ pub fn validate_env_key(key: &str) -> Result<(), NameError> {
     }
 }
 
+/// An HTTP route (`routes/<id>`): requests for `domain` (and, if set, a path under
+/// `path`) go to the app's `web` jobs. Every app also has a default route
+/// `<app>.<domain>` that the router derives itself; it is not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Short random id, unique among routes.
+    pub id: String,
+    /// The app the route sends traffic to.
+    pub app: String,
+    /// Lower-case host name the route matches (no port), see [`validate_route`].
+    pub domain: String,
+    /// Path prefix the route matches, starting with `/`; none matches every path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Whether a client keeps its backend through a signed cookie.
+    #[serde(default)]
+    pub sticky: bool,
+    /// Certificate served for `domain` over HTTPS (by SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+    /// When the route was added.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A route's certificate chain and private key, PEM encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTls {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_pem: String,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+}
+
+/// Why a route was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Domains are DNS names: labels of `a-z`, `0-9`, `-`, separated by dots.
+    #[error(
+        "invalid domain {0:?}: must be a DNS name (labels of a-z, 0-9 and '-', separated by dots)"
+    )]
+    Domain(String),
+    /// Paths start with `/` and hold no spaces, `?` or `#`.
+    #[error("invalid path {0:?}: must start with '/' and contain no whitespace, '?' or '#'")]
+    Path(String),
+}
+
+/// Checks a route's domain (already lower-cased) and path. Pure.
+pub fn validate_route(domain: &str, path: Option<&str>) -> Result<(), RouteError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    };
+    if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Err(RouteError::Domain(domain.to_string()));
+    }
+    if let Some(path) = path {
+        let bad = |c: char| c.is_whitespace() || c == '?' || c == '#';
+        if !path.starts_with('/') || path.chars().any(bad) {
+            return Err(RouteError::Path(path.to_string()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +309,29 @@ mod tests {
         check_app("shop_2", false);
         check_app("shop.io", false);
         check_app("shöp", false);
+    }
+
+    #[test]
+    fn routes() {
+        for (domain, path, ok) in [
+            ("shop.example.com", None, true),
+            ("localhost", Some("/api"), true),
+            ("a-b.c0", Some("/"), true),
+            ("", None, false),
+            ("Shop.example.com", None, false),
+            ("-shop.example.com", None, false),
+            ("shop..com", None, false),
+            ("shop.example.com:80", None, false),
+            ("shop.example.com", Some("api"), false),
+            ("shop.example.com", Some("/a b"), false),
+            ("shop.example.com", Some("/a?b"), false),
+        ] {
+            assert_eq!(
+                validate_route(domain, path).is_ok(),
+                ok,
+                "{domain:?} {path:?}"
+            );
+        }
     }
 
     #[test]

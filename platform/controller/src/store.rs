@@ -11,6 +11,8 @@
 //! placements/<host>/<job>        Job        (written by the scheduler)
 //! job-status/<job>               JobStatus  (written by hosts, on their lease)
 //! drains/<id>                    DrainSpec  (watched by the log aggregator)
+//! routes/<id>                    Route      (watched by every router)
+//! route-names/<domain><path>     route id   (one route per domain and path)
 //! ```
 //!
 //! Every write that spans keys is one etcd transaction whose compares are the
@@ -23,7 +25,7 @@ use chrono::Utc;
 use paas_coord::{Batch, Coord, CoordError};
 
 use crate::error::ApiError;
-use crate::model::{App, Formation, Host, Job, JobStatus, Release, Resource, Token};
+use crate::model::{App, Formation, Host, Job, JobStatus, Release, Resource, Route, Token};
 
 /// How often a read-modify-write is retried when another writer got in between.
 pub const MAX_ATTEMPTS: usize = 16;
@@ -52,6 +54,15 @@ fn resource_prefix(app: &str) -> String {
 
 fn formation_key(app: &str) -> String {
     format!("formations/{app}")
+}
+
+fn route_key(id: &str) -> String {
+    format!("routes/{id}")
+}
+
+/// The key that makes a domain and path taken.
+fn route_name_key(domain: &str, path: Option<&str>) -> String {
+    format!("route-names/{domain}{}", path.unwrap_or(""))
 }
 
 impl From<CoordError> for ApiError {
@@ -149,6 +160,15 @@ impl Store {
         }
         if let Some((_, rev)) = self.coord.get::<Formation>(&formation_key(name)).await? {
             batch.delete(&formation_key(name), rev);
+        }
+        for (key, route, rev) in self.coord.list::<Route>("routes/").await? {
+            if route.app == name {
+                batch.delete(&key, rev);
+                let name_key = route_name_key(&route.domain, route.path.as_deref());
+                if let Some((_, name_rev)) = self.coord.get::<String>(&name_key).await? {
+                    batch.delete(&name_key, name_rev);
+                }
+            }
         }
         let scope = crate::model::Scope::App {
             app: name.to_string(),
@@ -431,5 +451,65 @@ impl Store {
             .into_iter()
             .map(|(_, v, _)| v)
             .collect())
+    }
+
+    /// Stores a new route and takes its domain and path in one transaction; 409 when
+    /// another route has the same domain and path.
+    pub async fn create_route(&self, route: &Route) -> Result<(), ApiError> {
+        let mut batch = Batch::new();
+        batch.create(&route_key(&route.id), route)?.create(
+            &route_name_key(&route.domain, route.path.as_deref()),
+            &route.id,
+        )?;
+        match self.coord.commit(batch).await {
+            Ok(_) => Ok(()),
+            Err(CoordError::Conflict { .. }) => Err(ApiError::Conflict(format!(
+                "{}{} is already routed",
+                route.domain,
+                route.path.as_deref().unwrap_or("")
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An app's routes, by domain then path.
+    pub async fn list_routes(&self, app: &str) -> Result<Vec<Route>, ApiError> {
+        let mut routes: Vec<Route> = self
+            .coord
+            .list::<Route>("routes/")
+            .await?
+            .into_iter()
+            .map(|(_, v, _)| v)
+            .filter(|r| r.app == app)
+            .collect();
+        routes.sort_by(|a, b| (&a.domain, &a.path).cmp(&(&b.domain, &b.path)));
+        Ok(routes)
+    }
+
+    /// Deletes one of `app`'s routes and frees its domain and path; 404 when the app
+    /// has no route with this id.
+    pub async fn delete_route(&self, app: &str, id: &str) -> Result<(), ApiError> {
+        let not_found = || ApiError::NotFound(format!("route {id:?} not found"));
+        let Some((route, rev)) = self.coord.get::<Route>(&route_key(id)).await? else {
+            return Err(not_found());
+        };
+        if route.app != app {
+            return Err(not_found());
+        }
+        let mut batch = Batch::new();
+        batch.delete(&route_key(id), rev);
+        let name_key = route_name_key(&route.domain, route.path.as_deref());
+        if let Some((owner, name_rev)) = self.coord.get::<String>(&name_key).await? {
+            if owner == id {
+                batch.delete(&name_key, name_rev);
+            }
+        }
+        self.coord.commit(batch).await.map_err(|e| match e {
+            CoordError::Conflict { .. } | CoordError::NotFound { .. } => {
+                ApiError::Conflict(format!("route {id:?} changed while being removed; retry"))
+            }
+            other => other.into(),
+        })?;
+        Ok(())
     }
 }

@@ -813,3 +813,135 @@ async fn drains_are_validated_scoped_and_stored() {
         "aggregator",
     );
 }
+
+#[tokio::test]
+async fn routes_are_validated_unique_scoped_and_removed_with_their_app() {
+    let api = Api::start().await;
+    api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+        .await;
+    api.admin("POST", "/apps", Some(json!({"name": "blog"})))
+        .await;
+
+    let tls = json!({"cert_pem": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n", "key_pem": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"});
+    let (s, r1) = api
+        .admin(
+            "POST",
+            "/apps/shop/routes",
+            Some(json!({"domain": "Shop.Example.com", "tls": tls})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r1}");
+    assert_eq!(r1["domain"], "shop.example.com");
+    assert_eq!(r1["tls"], true, "the key is never returned: {r1}");
+    let (s, r2) = api
+        .admin(
+            "POST",
+            "/apps/shop/routes",
+            Some(json!({"domain": "shop.example.com", "path": "/api/", "sticky": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r2}");
+    assert_eq!(r2["path"], "/api");
+    assert_eq!(r2["sticky"], true);
+
+    // Taken domain+path (also by another app), bad names, bad PEM.
+    for (app, body, needle) in [
+        (
+            "blog",
+            json!({"domain": "shop.example.com"}),
+            "already routed",
+        ),
+        (
+            "shop",
+            json!({"domain": "shop.example.com", "path": "/api"}),
+            "already routed",
+        ),
+    ] {
+        assert_error(
+            &api.admin("POST", &format!("/apps/{app}/routes"), Some(body))
+                .await,
+            StatusCode::CONFLICT,
+            "conflict",
+            needle,
+        );
+    }
+    for body in [
+        json!({"domain": "bad domain"}),
+        json!({"domain": "x.example.com", "path": "api"}),
+        json!({"domain": "x.example.com", "tls": {"cert_pem": "nope", "key_pem": "nope"}}),
+        json!({"domain": "x.example.com", "port": 80}),
+    ] {
+        let reply = api
+            .admin("POST", "/apps/shop/routes", Some(body.clone()))
+            .await;
+        assert_eq!(reply.0, StatusCode::BAD_REQUEST, "{body} -> {:?}", reply.1);
+    }
+
+    let (_, list) = api.admin("GET", "/apps/shop/routes", None).await;
+    let domains: Vec<(String, Value)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["domain"].as_str().unwrap().to_string(), r["path"].clone()))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("shop.example.com".to_string(), Value::Null),
+            ("shop.example.com".to_string(), json!("/api"))
+        ]
+    );
+    assert!(list[0].get("key_pem").is_none() && !list.to_string().contains("PRIVATE KEY"));
+
+    // A token scoped to blog sees none of shop's routes.
+    let (_, created) = api
+        .admin("POST", "/tokens", Some(json!({"app": "blog"})))
+        .await;
+    let scoped = created["token"].as_str().unwrap().to_string();
+    let r1_id = r1["id"].as_str().unwrap().to_string();
+    for (method, path) in [
+        ("GET", "/apps/shop/routes".to_string()),
+        ("DELETE", format!("/apps/shop/routes/{r1_id}")),
+        ("DELETE", format!("/apps/blog/routes/{r1_id}")),
+    ] {
+        assert_error(
+            &api.call(Some(&scoped), method, &path, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "",
+        );
+    }
+    let (s, _) = api
+        .call(
+            Some(&scoped),
+            "POST",
+            "/apps/blog/routes",
+            Some(json!({"domain": "blog.example.com"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // Removing frees the domain; destroying the app removes its routes.
+    let (s, _) = api
+        .admin("DELETE", &format!("/apps/shop/routes/{r1_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, again) = api
+        .admin(
+            "POST",
+            "/apps/blog/routes",
+            Some(json!({"domain": "shop.example.com"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    let (s, _) = api.admin("DELETE", "/apps/blog", None).await;
+    assert!(s.is_success());
+    let (s, _) = api
+        .admin(
+            "POST",
+            "/apps/shop/routes",
+            Some(json!({"domain": "shop.example.com"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "blog's routes went with blog");
+}

@@ -1,6 +1,7 @@
 //! `paas host`: a host agent (and a standby scheduler) joining an existing cluster.
 //!
-//! Every host runs a scheduler candidate: one of them holds the leader lease and places
+//! Every host also runs the HTTP router (`router.rs`), so any host's address serves
+//! every app. Every host runs a scheduler candidate: one of them holds the leader lease and places
 //! jobs; when its process dies, another takes over within the lease TTL.
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,8 @@ pub struct HostArgs {
     /// Syslog address of the log aggregator.
     #[arg(long)]
     pub log_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub router: crate::router::RouterArgs,
 }
 
 /// The machine's hostname, the default host id.
@@ -100,10 +103,27 @@ pub async fn run(args: HostArgs) -> Result<()> {
         Some(d) => d,
         None => crate::up::default_data_dir()?.join("host"),
     };
+    let id = args.id.unwrap_or_else(hostname);
+    let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
+    let coord = paas_coord::Coord::connect(
+        &etcd,
+        paas_controller::DEFAULT_PREFIX,
+        Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("cannot use etcd at {}", args.join))?;
+    let router = crate::router::start(
+        &coord,
+        &args.router,
+        &id,
+        &data_dir.join("router"),
+        args.log_addr,
+    )
+    .await?;
     let shutdown = CancellationToken::new();
     let rt = Runtime {
-        id: args.id.unwrap_or_else(hostname),
-        etcd: args.join.split(',').map(|s| s.trim().to_string()).collect(),
+        id,
+        etcd,
         data_dir,
         job_ip: args.job_ip,
         api_listen: args.api_listen,
@@ -112,6 +132,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
     };
     let task = tokio::spawn(run_runtime(rt, shutdown.clone()));
     crate::up::wait_for_signal().await;
+    router.shutdown().await;
     shutdown.cancel();
     task.await.context("host task panicked")?
 }

@@ -7,6 +7,7 @@
 //! - [`host`]: a host agent with a scheduler candidate (also what `paas up` runs);
 //! - [`aggregator`]: the log aggregator on its own runtime, registered in discovery,
 //!   its drains kept equal to etcd;
+//! - [`router`]: the HTTP router's flags and the one call that starts it on a host;
 //! - [`postgres`]: the Postgres members as jobs of the system app `paas-postgres`, the
 //!   leader-following endpoint and the readiness wait; `paas appliance postgres`.
 //!
@@ -18,4 +19,5 @@
 pub mod aggregator;
 pub mod host;
 pub mod postgres;
+pub mod router;
 pub mod up;

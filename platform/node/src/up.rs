@@ -13,6 +13,7 @@
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! DATA_DIR/host/         the host agent's job directories and log spool
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
+//! DATA_DIR/router/       the HTTP router's access-line spool
 //! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
@@ -74,6 +75,9 @@ pub struct UpArgs {
     /// Address of the leader-following Postgres endpoint every DATABASE_URL points at.
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub postgres_listen: std::net::SocketAddr,
+    /// The HTTP router's flags.
+    #[command(flatten)]
+    pub router: crate::router::RouterArgs,
 }
 
 /// The appliance kinds `paas up` can start.
@@ -205,6 +209,15 @@ async fn serve(
     )
     .await?;
 
+    let router = crate::router::start(
+        controller.state().store.coord(),
+        &args.router,
+        &crate::host::hostname(),
+        &data_dir.join("router"),
+        logs.syslog_addr(),
+    )
+    .await?;
+
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = tokio::spawn(crate::host::run_runtime(
         crate::host::Runtime {
@@ -263,6 +276,13 @@ async fn serve(
                 crate::postgres::SYSTEM_APP
             );
         }
+        println!(
+            "  router:   http://{} (apps at <app>.{}), https {}, metrics http://{}/metrics",
+            router.http_addr(),
+            args.router.domain,
+            router.tls_addr().map_or("-".into(), |a| a.to_string()),
+            router.admin_addr().map_or("-".into(), |a| a.to_string()),
+        );
         println!("  data dir: {}", data_dir.display());
         println!("  config:   {}", config_path.display());
         println!("Press Ctrl-C to stop.");
@@ -304,6 +324,7 @@ async fn serve(
     }
     .await;
 
+    router.shutdown().await;
     // Jobs (the Postgres members among them) stop with the host agent.
     stop.cancel();
     match runtime.await {

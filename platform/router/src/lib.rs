@@ -1,9 +1,307 @@
-//! `paas-router`: how traffic reaches the platform's services.
+//! `paas-router`: how traffic reaches the platform's apps and services.
 //!
-//! For now one piece: [`tcp`], the leader-following TCP endpoint. It listens on a stable
-//! address and forwards every new connection to the current leader of a discovery
-//! service (a leased leader key in etcd), and closes connections that still go to an
-//! instance that lost leadership. Appliances put its address into `DATABASE_URL`, so one
-//! URL keeps working across a failover. The HTTP router comes later, next to it.
+//! Two pieces:
+//! - The HTTP(S) router ([`start`]): a reverse proxy on every host (`paas up`, `paas
+//!   host`) that sends each request to one of its app's `web` jobs. Routes (host and
+//!   optional path prefix -> app) come from `routes/<id>` in etcd plus one default
+//!   route `<app>.<domain>` per app; backends from discovery (`services/<app>-web/`),
+//!   both followed with watches. Module map, in the order a request meets them:
+//!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
+//!   handler) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
+//!   `sticky` (signed backend cookie) -> `balance` (power of two choices) -> `retry`
+//!   (retry verdicts) -> `access` (access lines to the app's log) and `metrics`.
+//!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
+//!   `state` turns the etcd watches into the snapshot every request reads.
+//! - [`tcp`], the leader-following TCP endpoint: a stable address forwarding each
+//!   connection to the current leader of a service (appliances put it into
+//!   `DATABASE_URL`).
+//!
+//! Invariants:
+//! - The decisions (`table::RouteTable::lookup`, `balance::pick`, `retry::verdict`,
+//!   `headers::*`, `sticky::StickyKey::verify`, `proxy_protocol::decode`,
+//!   `access::format`) do no I/O.
+//! - A request is sent to a second backend only when the first cannot have acted on it
+//!   or the method is idempotent (`retry`), and never after a byte of the response
+//!   reached the client.
+//! - A backend whose registration is gone is never chosen by a request that starts
+//!   after the router saw the deletion (`state`).
 
+pub mod access;
+pub mod balance;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod retry;
+pub mod server;
+pub mod state;
+pub mod sticky;
+pub mod table;
 pub mod tcp;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use paas_coord::{Coord, CoordError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use access::AccessLogConfig;
+pub use proxy::Limits;
+
+/// The etcd key of the cluster's sticky-cookie secret (hex), created by the first router.
+pub const STICKY_KEY: &str = "router/sticky-key";
+
+/// How long shutdown waits for the last access lines to be spooled.
+const ACCESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Settings of the HTTP router.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Plain HTTP listener.
+    pub listen: SocketAddr,
+    /// HTTPS listener (certificates by SNI from the routes), if any.
+    pub tls_listen: Option<SocketAddr>,
+    /// Admin listener (`/metrics`, `/health`), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Plain HTTP listener whose connections start with a PROXY protocol header (v1 or
+    /// v2) naming the client, for a TCP load balancer in front; if any.
+    pub proxy_protocol_listen: Option<SocketAddr>,
+    /// Every app gets `<app>.<domain>`; empty: no default routes.
+    pub domain: String,
+    /// This host's id (access lines name it).
+    pub host: String,
+    /// Where access lines go; none: no access lines.
+    pub access_log: Option<AccessLogConfig>,
+    /// Size and time limits.
+    pub limits: Limits,
+}
+
+impl RouterConfig {
+    /// Defaults: HTTP on `listen`, no TLS, admin or access log, domain `localhost`.
+    pub fn new(listen: SocketAddr, host: impl Into<String>) -> Self {
+        RouterConfig {
+            listen,
+            tls_listen: None,
+            admin_listen: None,
+            proxy_protocol_listen: None,
+            domain: "localhost".to_string(),
+            host: host.into(),
+            access_log: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Binding a listen address failed (in use, no permission).
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading routes, apps or services, or the sticky key, from etcd failed.
+    #[error("etcd: {0}")]
+    Coord(#[from] CoordError),
+    /// The TLS configuration could not be built.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The access log spool could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(#[from] paas_logshipper::shipper::ShipperError),
+}
+
+/// A running router; [`Router::shutdown`] stops it.
+pub struct Router {
+    http_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    proxy_protocol_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    follower: state::Follower,
+    access: Option<access::AccessWriter>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("http_addr", &self.http_addr)
+            .field("tls_addr", &self.tls_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RouterError::Bind { addr, source })
+}
+
+/// The cluster's sticky-cookie key: read, or created by whoever comes first.
+async fn sticky_key(coord: &Coord) -> Result<sticky::StickyKey, CoordError> {
+    for _ in 0..3 {
+        if let Some((hex_key, _)) = coord.get::<String>(STICKY_KEY).await? {
+            return Ok(sticky::StickyKey::new(hex_key.as_bytes()));
+        }
+        let fresh = format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
+        match coord.create(STICKY_KEY, &fresh).await {
+            Ok(_) => return Ok(sticky::StickyKey::new(fresh.as_bytes())),
+            Err(CoordError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(CoordError::Conflict {
+        key: STICKY_KEY.to_string(),
+    })
+}
+
+/// Binds the listeners, reads the routing state from etcd (routes, apps, services
+/// under `coord`'s namespace) and starts serving.
+pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, RouterError> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let http = bind(config.listen).await?;
+    let tls = match config.tls_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let admin = match config.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let proxied = match config.proxy_protocol_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let follower = state::follow(coord, config.domain.clone(), Arc::clone(&metrics)).await?;
+    let key = sticky_key(coord).await?;
+    let (access_log, access) = match &config.access_log {
+        Some(cfg) => {
+            let (log, writer) = access::start(cfg, &config.host)?;
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
+    let proxy = Arc::new(proxy::Proxy::new(
+        follower.subscribe(),
+        config.limits.clone(),
+        key,
+        Arc::clone(&metrics),
+        access_log,
+    ));
+    let local = |l: &TcpListener| l.local_addr().unwrap_or(config.listen);
+    let http_addr = local(&http);
+    let tls_addr = tls.as_ref().map(local);
+    let admin_addr = admin.as_ref().map(local);
+    let proxy_protocol_addr = proxied.as_ref().map(local);
+    let stop = CancellationToken::new();
+    let max_header = config.limits.max_header_bytes;
+    let mut tasks = vec![tokio::spawn(server::serve(
+        http,
+        Arc::clone(&proxy),
+        server::Mode::Plain,
+        max_header,
+        stop.clone(),
+    ))];
+    if let Some(listener) = proxied {
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&proxy),
+            server::Mode::ProxyProtocol,
+            max_header,
+            stop.clone(),
+        )));
+    }
+    if let Some(listener) = tls {
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(follower.subscribe())?));
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&proxy),
+            server::Mode::Tls(acceptor),
+            max_header,
+            stop.clone(),
+        )));
+    }
+    if let Some(listener) = admin {
+        tasks.push(tokio::spawn(server::serve_admin(
+            listener,
+            Arc::clone(&metrics),
+            stop.clone(),
+        )));
+    }
+    drop(proxy);
+    tracing::info!(http = %http_addr, tls = ?tls_addr, admin = ?admin_addr, proxy_protocol = ?proxy_protocol_addr, domain = %config.domain, "router listening");
+    Ok(Router {
+        http_addr,
+        tls_addr,
+        admin_addr,
+        proxy_protocol_addr,
+        stop,
+        tasks,
+        follower,
+        access,
+        metrics,
+    })
+}
+
+impl Router {
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The HTTPS listener's address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The admin listener's address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The PROXY protocol listener's address, if any.
+    pub fn proxy_protocol_addr(&self) -> Option<SocketAddr> {
+        self.proxy_protocol_addr
+    }
+
+    /// The Prometheus text of the router's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Stops accepting, lets open requests finish, then spools the last access lines.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        drop(self.follower);
+        if let Some(access) = self.access {
+            // Connections still draining hold the access log open; do not wait forever.
+            if tokio::time::timeout(ACCESS_DRAIN, access.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "access lines still queued at shutdown; the spool keeps what it has"
+                );
+            }
+        }
+        tracing::info!("router stopped");
+    }
+}

@@ -76,8 +76,8 @@ pub fn fails(out: Output, needle: &str) {
     );
 }
 
-/// Starts `paas up --listen LISTEN ARGS...` (log inputs on free ports and no Postgres
-/// unless `args` say otherwise) and waits until it is ready; returns it and what it
+/// Starts `paas up --listen LISTEN ARGS...` (log inputs and router on free ports and no
+/// Postgres unless `args` say otherwise) and waits until it is ready; returns it and what it
 /// printed.
 pub fn start_up(home: &Path, listen: &str, args: &[&str]) -> (Daemon, String) {
     start_up_with_env(home, listen, args, &[])
@@ -108,6 +108,9 @@ pub fn start_up_logged(
         ("--syslog-listen", "127.0.0.1:0"),
         ("--forward-listen", "127.0.0.1:0"),
         ("--postgres-members", "0"),
+        ("--router-listen", "127.0.0.1:0"),
+        ("--router-tls-listen", "127.0.0.1:0"),
+        ("--router-admin-listen", "127.0.0.1:0"),
     ] {
         if !args.contains(&flag) {
             cmd.args([flag, default]);

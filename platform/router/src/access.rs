@@ -1,0 +1,183 @@
+//! Access lines: one per request, into the app's log stream as process type `router`
+//! (`paas log -a shop --type router`), in the spirit of Heroku's router lines.
+//!
+//! Handlers hand an [`AccessEntry`] to a bounded channel (never blocking a request: a
+//! full channel drops the line and counts it); one task formats a batch ([`format`],
+//! pure) and spools it through the log shipper (`paas_logshipper::shipper`), which
+//! delivers it to the aggregator as RFC 5424 syslog with its at-least-once spool. The
+//! router's shipper has its own spool and sends as HOSTNAME `<host>-router`, because
+//! the aggregator keeps one replay mark per sending HOSTNAME and spool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paas_logshipper::shipper::{Shipper, ShipperConfig, ShipperError};
+use paas_logshipper::{LogLine, Stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Lines waiting for the spool before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+/// Lines spooled per append.
+const BATCH: usize = 512;
+
+/// Where access lines go.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    /// The aggregator's syslog address.
+    pub aggregator: SocketAddr,
+    /// The router's own spool directory.
+    pub spool_dir: PathBuf,
+}
+
+/// One finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEntry {
+    /// The app.
+    pub app: String,
+    /// Request method.
+    pub method: String,
+    /// Request path (and query).
+    pub path: String,
+    /// Host header.
+    pub host: String,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// The backend that answered (or was last tried).
+    pub backend: Option<SocketAddr>,
+    /// Attempts made (1 = no retry).
+    pub attempts: usize,
+    /// From request to end of response.
+    pub duration: Duration,
+    /// The request id.
+    pub request_id: String,
+    /// The client's address.
+    pub client: SocketAddr,
+}
+
+/// The line for one entry (logfmt, quoted where values may hold spaces). Pure.
+pub fn format(e: &AccessEntry) -> String {
+    let backend = e.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
+    format!(
+        "method={} path={:?} host={} status={} bytes={} backend={} attempts={} duration_ms={:.1} request_id={} fwd={}",
+        e.method,
+        e.path,
+        e.host,
+        e.status,
+        e.bytes,
+        backend,
+        e.attempts,
+        e.duration.as_secs_f64() * 1000.0,
+        e.request_id,
+        e.client.ip(),
+    )
+}
+
+/// The sending half handlers use; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<AccessEntry>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Queues a line; drops it (counted) if the queue is full.
+    pub fn record(&self, entry: AccessEntry) {
+        if self.tx.try_send(entry).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The spooling task and its shipper.
+pub struct AccessWriter {
+    task: JoinHandle<Shipper>,
+}
+
+impl AccessWriter {
+    /// Waits for queued lines to be spooled (after every [`AccessLog`] is dropped), then
+    /// stops the shipper (unsent lines stay spooled for the next start).
+    pub async fn shutdown(self) {
+        if let Ok(shipper) = self.task.await {
+            shipper.shutdown().await;
+        }
+    }
+}
+
+/// Opens the spool and starts shipping; `host` is this router's host id.
+pub fn start(
+    config: &AccessLogConfig,
+    host: &str,
+) -> Result<(AccessLog, AccessWriter), ShipperError> {
+    let shipper = Shipper::start(ShipperConfig::new(
+        &config.spool_dir,
+        config.aggregator.to_string(),
+    ))?;
+    let (tx, mut rx) = mpsc::channel::<AccessEntry>(QUEUE);
+    let job = host.to_string();
+    let sender = format!("{host}-router");
+    let task = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+            let mut lines: Vec<LogLine> = batch
+                .drain(..)
+                .map(|e| LogLine {
+                    id: 0,
+                    app: e.app.as_str().into(),
+                    process_type: Some("router".into()),
+                    job: Some(job.as_str().into()),
+                    host: Some(sender.as_str().into()),
+                    stream: Stream::Stdout,
+                    timestamp_ns: now,
+                    message: format(&e),
+                })
+                .collect();
+            if let Err(e) = shipper.ship(&mut lines) {
+                tracing::warn!(error = %e, lines = lines.len(), "spooling access lines failed");
+            }
+        }
+        shipper
+    });
+    let log = AccessLog {
+        tx,
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    Ok((log, AccessWriter { task }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_format() {
+        let e = AccessEntry {
+            app: "shop".into(),
+            method: "GET".into(),
+            path: "/a b?x=1".into(),
+            host: "shop.localhost".into(),
+            status: 200,
+            bytes: 12,
+            backend: Some("127.0.0.1:5001".parse().unwrap()),
+            attempts: 2,
+            duration: Duration::from_micros(1500),
+            request_id: "r1".into(),
+            client: "10.0.0.1:4000".parse().unwrap(),
+        };
+        assert_eq!(
+            format(&e),
+            "method=GET path=\"/a b?x=1\" host=shop.localhost status=200 bytes=12 backend=127.0.0.1:5001 attempts=2 duration_ms=1.5 request_id=r1 fwd=10.0.0.1"
+        );
+    }
+}

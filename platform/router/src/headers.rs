@@ -1,0 +1,232 @@
+//! Request and response header rules of the proxy. Pure.
+//!
+//! Upstream requests lose their hop-by-hop headers (RFC 9110 7.6.1: `Connection`, the
+//! headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
+//! `Upgrade`), except that an upgrade request keeps `Connection: upgrade` and
+//! `Upgrade`. They gain `X-Forwarded-For` (the client appended to any earlier list),
+//! `X-Forwarded-Proto`, `X-Forwarded-Port` (both replaced) and `X-Request-Id` (kept if
+//! the client sent one, else generated). Responses lose hop-by-hop headers too, and
+//! carry the request id back.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Port`.
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-given request id kept; longer ones are replaced.
+pub const MAX_REQUEST_ID: usize = 200;
+
+/// What the proxy adds about the client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The client's address.
+    pub client: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The port the client connected to.
+    pub port: u16,
+}
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers; keeps `Connection: upgrade` and `Upgrade` when `upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [TE, TRAILER, TRANSFER_ENCODING, CONNECTION] {
+        headers.remove(name);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` if it is short, visible ASCII,
+/// else `generated`.
+pub fn request_id(headers: &HeaderMap, generated: impl FnOnce() -> String) -> HeaderValue {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        let ok = !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_str(&generated()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Prepares a client request's headers for the backend.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    fwd: &Forwarded,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    let client = fwd.client.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(fwd.port));
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Prepares a backend response's headers for the client.
+pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Bytes of all header names and values (what the header size limit counts).
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn fwd() -> Forwarded {
+        Forwarded {
+            client: "10.0.0.7".parse().unwrap(),
+            proto: "https",
+            port: 8443,
+        }
+    }
+
+    #[test]
+    fn upstream_headers() {
+        let mut h = map(&[
+            ("host", "shop.localhost"),
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("accept", "*/*"),
+        ]);
+        let id = HeaderValue::from_static("abc");
+        to_upstream(&mut h, &fwd(), &id, false);
+        let got: Vec<(String, String)> = h
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let mut got = got;
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("accept", "*/*"),
+                ("host", "shop.localhost"),
+                ("x-forwarded-for", "1.2.3.4, 10.0.0.7"),
+                ("x-forwarded-port", "8443"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "abc"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade(&h));
+        to_upstream(&mut h, &fwd(), &HeaderValue::from_static("x"), true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+
+        let mut plain = map(&[("upgrade", "websocket")]);
+        assert!(!is_upgrade(&plain));
+        strip_hop_by_hop(&mut plain, false);
+        assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn request_ids() {
+        let gen = || "generated".to_string();
+        assert_eq!(
+            request_id(&map(&[("x-request-id", "given-1")]), gen),
+            "given-1"
+        );
+        assert_eq!(request_id(&map(&[]), gen), "generated");
+        assert_eq!(
+            request_id(&map(&[("x-request-id", "has space")]), gen),
+            "generated"
+        );
+        let long = "a".repeat(MAX_REQUEST_ID + 1);
+        assert_eq!(
+            request_id(&map(&[("x-request-id", &long)]), gen),
+            "generated"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(header_bytes(&map(&[("ab", "cde")])), 9);
+        assert_eq!(header_bytes(&HeaderMap::new()), 0);
+    }
+}

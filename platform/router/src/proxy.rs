@@ -1,0 +1,585 @@
+//! The request handler: route, check limits, choose a backend, forward, retry.
+//!
+//! Flow of one request ([`Proxy::handle`]):
+//! 1. `X-Request-Id` (kept or generated); the route from host and path (404 if none);
+//!    header bytes (431) and `Content-Length` (413) against the limits.
+//! 2. The body is read into memory up to the body limit (413 beyond it), so a failed
+//!    attempt can be sent again; upgrade requests send no body.
+//! 3. Attempts: [`balance::pick`] (sticky cookie, else power of two choices on
+//!    in-flight requests, never a backend already tried, none that refused a connection
+//!    in the last `down_after_refusal` while another is left), send through the keep-alive
+//!    pool with the backend timeout, classify a failure ([`classify`]) and ask
+//!    [`retry::verdict`] whether to go on. 503 when the app has no backend, 504 on
+//!    timeout, 502 otherwise.
+//! 4. The response streams back; its end (or the client going away) records metrics
+//!    and the access line. A `101 Switching Protocols` to an upgrade request splices
+//!    the two upgraded connections.
+//!
+//! Every decision in this flow is a pure function in its own module (`table`,
+//! `balance`, `retry`, `headers`, `sticky`); this file only does the I/O between them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+use crate::access::{AccessEntry, AccessLog};
+use crate::balance::{self, Candidate, Pick};
+use crate::headers::{self, Forwarded};
+use crate::metrics::Metrics;
+use crate::retry::{self, Failure, GiveUpReason, RetryVerdict};
+use crate::state::{Backend, InFlight, Snapshot};
+use crate::sticky::StickyKey;
+
+/// The body type of every response the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Size and time limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest request header block (431 beyond).
+    pub max_header_bytes: usize,
+    /// How long a backend may take to send response headers (504 after).
+    pub backend_timeout: Duration,
+    /// How long connecting to a backend may take before another is tried.
+    pub connect_timeout: Duration,
+    /// Attempts per request, the first included.
+    pub max_attempts: usize,
+    /// Idle keep-alive connections to backends are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// How long a backend that refused a connection is skipped (while others are left).
+    pub down_after_refusal: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 10 << 20,
+            max_header_bytes: 32 << 10,
+            backend_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            pool_idle_timeout: Duration::from_secs(60),
+            down_after_refusal: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The client connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The port it connected to.
+    pub local_port: u16,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Shared by every connection of every listener.
+pub struct Proxy {
+    state: watch::Receiver<Arc<Snapshot>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    limits: Limits,
+    sticky: StickyKey,
+    metrics: Arc<Metrics>,
+    access: Option<AccessLog>,
+}
+
+/// Label for requests that matched no route.
+const NO_APP: &str = "-";
+
+impl Proxy {
+    /// A proxy reading routes and backends from `state`.
+    pub fn new(
+        state: watch::Receiver<Arc<Snapshot>>,
+        limits: Limits,
+        sticky: StickyKey,
+        metrics: Arc<Metrics>,
+        access: Option<AccessLog>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(limits.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(limits.pool_idle_timeout)
+            .build(connector);
+        Proxy {
+            state,
+            client,
+            limits,
+            sticky,
+            metrics,
+            access,
+        }
+    }
+
+    /// Handles one request from a client connection; never fails (errors are responses).
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = headers::request_id(req.headers(), new_request_id);
+        let host = request_host(&req);
+        let mut log = Pending {
+            started,
+            app: NO_APP.to_string(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            host: host.clone(),
+            backend: None,
+            attempts: 0,
+            request_id: request_id.to_str().unwrap_or("-").to_string(),
+            client: conn.peer,
+            metrics: Arc::clone(&self.metrics),
+            access: self.access.clone(),
+        };
+
+        let snapshot = Arc::clone(&self.state.borrow());
+        let Some(route) = snapshot.table.lookup(&host, req.uri().path()) else {
+            return log.finish_error(StatusCode::NOT_FOUND, &request_id, "no route for this host");
+        };
+        log.app = route.app.clone();
+        if headers::header_bytes(req.headers()) > self.limits.max_header_bytes {
+            return log.finish_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &request_id,
+                "request headers too large",
+            );
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes as u64) {
+            return log.finish_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &request_id,
+                "request body too large",
+            );
+        }
+
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let body = if upgrade {
+            Bytes::new()
+        } else {
+            match Limited::new(body, self.limits.max_body_bytes)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return log.finish_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &request_id,
+                        "request body too large",
+                    );
+                }
+                Err(e) => {
+                    return log.finish_error(
+                        StatusCode::BAD_REQUEST,
+                        &request_id,
+                        &format!("reading the request body: {e}"),
+                    );
+                }
+            }
+        };
+        let fwd = Forwarded {
+            client: conn.peer.ip(),
+            proto: conn.proto,
+            port: conn.local_port,
+        };
+        headers::to_upstream(&mut parts.headers, &fwd, &request_id, upgrade);
+        if !parts.headers.contains_key(HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let sticky_app = route.sticky.then(|| route.app.clone());
+        let sticky_addr = sticky_app
+            .as_deref()
+            .and_then(|app| self.sticky.from_headers(app, &parts.headers));
+        let empty = Vec::new();
+        let backends = snapshot.backends.get(&route.app).unwrap_or(&empty);
+
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = String::new();
+        loop {
+            let now = crate::state::now_ms();
+            let candidates: Vec<Candidate> = backends
+                .iter()
+                .map(|b| Candidate {
+                    addr: b.addr,
+                    in_flight: b.in_flight(),
+                    down: b.is_down_at(now),
+                })
+                .collect();
+            let backend: &Arc<Backend> = match balance::pick(
+                &candidates,
+                &tried,
+                sticky_addr,
+                (rand::random(), rand::random()),
+            ) {
+                Pick::Backend { index, .. } => &backends[index],
+                Pick::NoBackend => {
+                    return log.finish_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &request_id,
+                        "no backend is up for this app",
+                    );
+                }
+                Pick::AllTried => {
+                    return log.finish_error(
+                        StatusCode::BAD_GATEWAY,
+                        &request_id,
+                        &format!("every backend failed: {last_error}"),
+                    );
+                }
+            };
+            tried.push(backend.addr);
+            log.backend = Some(backend.addr);
+            log.attempts = tried.len();
+            let upstream = match build_upstream(
+                &parts.method,
+                &parts.headers,
+                backend.addr,
+                &path,
+                body.clone(),
+            ) {
+                Ok(r) => r,
+                Err(e) => return log.finish_error(StatusCode::BAD_REQUEST, &request_id, &e),
+            };
+            let in_flight = backend.begin();
+            let failure = match tokio::time::timeout(
+                self.limits.backend_timeout,
+                self.client.request(upstream),
+            )
+            .await
+            {
+                Ok(Ok(mut resp)) => {
+                    let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching {
+                        if let Some(client_side) = client_upgrade {
+                            splice(
+                                client_side,
+                                hyper::upgrade::on(&mut resp),
+                                in_flight,
+                                backend.addr,
+                            );
+                        }
+                        let (mut head, _) = resp.into_parts();
+                        headers::to_client(&mut head.headers, &request_id, true);
+                        let status = head.status.as_u16();
+                        log.finish(status, 0);
+                        return Response::from_parts(head, empty_body());
+                    }
+                    let (mut head, incoming) = resp.into_parts();
+                    headers::to_client(&mut head.headers, &request_id, false);
+                    if let Some(app) = &sticky_app {
+                        if sticky_addr != Some(backend.addr) {
+                            if let Ok(v) =
+                                HeaderValue::from_str(&self.sticky.set_cookie(app, backend.addr))
+                            {
+                                head.headers.append(SET_COOKIE, v);
+                            }
+                        }
+                    }
+                    let status = head.status.as_u16();
+                    let body = Observed {
+                        inner: incoming,
+                        bytes: 0,
+                        done: Some((log, status)),
+                        _in_flight: in_flight,
+                    };
+                    return Response::from_parts(head, BoxBody::new(body));
+                }
+                Ok(Err(e)) => {
+                    last_error = error_chain(&e);
+                    classify(&e)
+                }
+                Err(_) => {
+                    last_error = format!("no response within {:?}", self.limits.backend_timeout);
+                    Failure::Timeout
+                }
+            };
+            drop(in_flight);
+            if failure == Failure::Connect {
+                backend.mark_down(self.limits.down_after_refusal);
+            }
+            match retry::verdict(
+                failure,
+                &parts.method,
+                tried.len(),
+                self.limits.max_attempts,
+            ) {
+                RetryVerdict::Retry(reason) => {
+                    tracing::debug!(app = %route.app, backend = %backend.addr, ?reason, error = %last_error, "retrying on another backend");
+                    self.metrics.retry(&route.app, reason.label());
+                }
+                RetryVerdict::GiveUp(reason) => {
+                    tracing::debug!(app = %route.app, backend = %backend.addr, ?reason, error = %last_error, "request failed");
+                    let status = match reason {
+                        GiveUpReason::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    return log.finish_error(
+                        status,
+                        &request_id,
+                        &format!("backend failed: {last_error}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A random request id (32 hex digits).
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The request's host: the `Host` header, else the URI's authority (HTTP/2).
+fn request_host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_default()
+}
+
+/// The request to send to `addr`: HTTP/1.1, absolute URI, the prepared headers.
+fn build_upstream(
+    method: &Method,
+    headers: &http::HeaderMap,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    let uri: Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| format!("bad request target: {e}"))?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers.clone();
+    Ok(req)
+}
+
+/// What a failed send means for retrying.
+pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    if e.is_connect() {
+        return Failure::Connect;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return Failure::ClosedBeforeResponse;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return Failure::ClosedBeforeResponse;
+            }
+        }
+        source = err.source();
+    }
+    Failure::Other
+}
+
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Copies bytes both ways between the client's and the backend's upgraded connections.
+fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+    addr: SocketAddr,
+) {
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(backend = %addr, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(backend = %addr, error = %e, "upgraded connection ended");
+        }
+    });
+}
+
+fn empty_body() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A request's log and metrics, recorded once when its response ends.
+struct Pending {
+    started: Instant,
+    app: String,
+    method: String,
+    path: String,
+    host: String,
+    backend: Option<SocketAddr>,
+    attempts: usize,
+    request_id: String,
+    client: SocketAddr,
+    metrics: Arc<Metrics>,
+    access: Option<AccessLog>,
+}
+
+impl Pending {
+    /// Records the finished request.
+    fn finish(self, status: u16, bytes: u64) {
+        let duration = self.started.elapsed();
+        self.metrics
+            .request(&self.app, status, duration.as_secs_f64());
+        if let Some(access) = &self.access {
+            if self.app != NO_APP {
+                access.record(AccessEntry {
+                    app: self.app,
+                    method: self.method,
+                    path: self.path,
+                    host: self.host,
+                    status,
+                    bytes,
+                    backend: self.backend,
+                    attempts: self.attempts,
+                    duration,
+                    request_id: self.request_id,
+                    client: self.client,
+                });
+            }
+        }
+    }
+
+    /// Records and builds a plain-text error response.
+    fn finish_error(
+        self,
+        status: StatusCode,
+        request_id: &HeaderValue,
+        message: &str,
+    ) -> Response<ProxyBody> {
+        let text = format!(
+            "{} {}: {message}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        self.finish(status.as_u16(), text.len() as u64);
+        let mut resp = Response::new(
+            Full::new(Bytes::from(text))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID, request_id.clone());
+        resp
+    }
+}
+
+/// A backend's response body on its way to the client: counts bytes, holds the
+/// backend's in-flight count, and records the request when it ends or is dropped.
+struct Observed {
+    inner: Incoming,
+    bytes: u64,
+    done: Option<(Pending, u16)>,
+    _in_flight: InFlight,
+}
+
+impl Observed {
+    fn complete(&mut self) {
+        if let Some((pending, status)) = self.done.take() {
+            pending.finish(status, self.bytes);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.complete();
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.complete(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

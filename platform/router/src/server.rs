@@ -1,0 +1,188 @@
+//! Listeners: plain HTTP, HTTPS (rustls, SNI), plain HTTP behind a PROXY protocol
+//! header, and the admin endpoint (`/metrics`).
+//!
+//! Every accepted connection is served by hyper-util's auto builder (HTTP/1.1 with
+//! upgrades, or HTTP/2 by preface or ALPN) in its own task. On shutdown the accept
+//! loops stop and every connection is asked to finish gracefully (in-flight requests
+//! complete, idle keep-alive connections close).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy_protocol::{self, Header};
+
+/// How long a client has for its TLS handshake, or a balancer for its PROXY header.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a listener expects before HTTP.
+#[derive(Clone)]
+pub enum Mode {
+    /// HTTP right away.
+    Plain,
+    /// A TLS handshake (HTTPS).
+    Tls(TlsAcceptor),
+    /// A PROXY protocol header naming the real client, then HTTP.
+    ProxyProtocol,
+}
+
+/// Accepts connections on `listener` until `stop`, serving each through `proxy`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mode: Mode,
+    max_header_bytes: usize,
+    stop: CancellationToken,
+) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let stop = stop.clone();
+        let mode = mode.clone();
+        tokio::spawn(async move {
+            let mut info = ConnInfo {
+                peer,
+                local_port,
+                proto: if matches!(mode, Mode::Tls(_)) {
+                    "https"
+                } else {
+                    "http"
+                },
+            };
+            match mode {
+                Mode::Plain => serve_connection(stream, proxy, info, max_header_bytes, stop).await,
+                Mode::ProxyProtocol => {
+                    let mut stream = stream;
+                    match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
+                        Ok(Header::Proxied {
+                            source,
+                            destination,
+                        }) => {
+                            info.peer = source;
+                            info.local_port = destination.port();
+                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
+                        }
+                        Ok(Header::Local) => {
+                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "closing a connection without a PROXY header")
+                        }
+                    }
+                }
+                Mode::Tls(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, proxy, info, max_header_bytes, stop).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+    max_header_bytes: usize,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+            }
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /health` until `stop`.
+pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.encode()),
+                        "/health" => (StatusCode::OK, "ok\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

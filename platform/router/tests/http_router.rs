@@ -1,0 +1,992 @@
+//! The HTTP router against a real etcd and real HTTP backends on 127.0.0.1.
+//!
+//! Each test starts its own etcd, registers backends the way host agents do
+//! (`services/<app>-web/<job>` on a lease) and sends requests through the router with a
+//! plain hyper client on a fresh connection.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use paas_coord::{Coord, Registration};
+use paas_router::{Limits, Router, RouterConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TTL: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A real HTTP backend: answers every request with JSON describing what it received,
+/// and echoes bytes on upgraded (websocket) connections.
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn describe(
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    mut req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("upgrade") {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let method = req.method().to_string();
+    let path = req.uri().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let reply = json!({"backend": name, "method": method, "path": path, "headers": headers, "body_len": body.len()});
+    Response::new(Full::new(Bytes::from(reply.to_string())))
+}
+
+async fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let hits = Arc::clone(&hits);
+                    async move { Ok::<_, Infallible>(describe(name, hits, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits, task }
+}
+
+/// A backend that reads a request and closes the connection without answering;
+/// counts connections.
+async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A backend that accepts and never answers.
+async fn silent_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// An address that refuses connections: a listener's port, the listener closed.
+/// (Used only as a dead backend; nothing long-lived is meant to listen there.)
+async fn refusing_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Platform {
+    _etcd: paas_it::EtcdServer,
+    coord: Coord,
+}
+
+async fn platform() -> Platform {
+    let etcd = paas_it::EtcdServer::start().expect("etcd");
+    let coord = Coord::connect(&[etcd.endpoint()], "paas", Duration::from_secs(10))
+        .await
+        .unwrap();
+    Platform { _etcd: etcd, coord }
+}
+
+impl Platform {
+    async fn app(&self, name: &str) {
+        self.coord
+            .create(
+                &format!("apps/{name}"),
+                &json!({"name": name, "created_at": "2026-12-01T00:00:00Z", "release": 1}),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn register(&self, app: &str, job: &str, addr: SocketAddr) -> Registration {
+        let entry =
+            json!({"addr": addr.to_string(), "app": app, "job": job, "process_type": "web"});
+        self.coord
+            .register(&format!("{app}-web"), job, &entry, TTL)
+            .await
+            .unwrap()
+    }
+
+    async fn route(
+        &self,
+        id: &str,
+        app: &str,
+        domain: &str,
+        path: Option<&str>,
+        sticky: bool,
+        tls: Option<Value>,
+    ) {
+        let mut route = json!({"id": id, "app": app, "domain": domain, "sticky": sticky, "created_at": "2026-12-01T00:00:00Z"});
+        if let Some(p) = path {
+            route["path"] = p.into();
+        }
+        if let Some(t) = tls {
+            route["tls"] = t;
+        }
+        self.coord
+            .create(&format!("routes/{id}"), &route)
+            .await
+            .unwrap();
+    }
+
+    async fn router(&self, limits: Limits) -> Router {
+        let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
+        config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.proxy_protocol_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.limits = limits;
+        paas_router::start(&self.coord, config).await.unwrap()
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn backend(&self) -> String {
+        self.json()["backend"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection to `addr`.
+async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let (head, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: head.status,
+        headers: head.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get(host: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", host)
+}
+
+async fn get_ok(router: &Router, host: &str) -> bool {
+    send(
+        router.http_addr(),
+        get(host, "/").body(Full::default()).unwrap(),
+    )
+    .await
+    .status
+        == StatusCode::OK
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_and_sets_forwarding_headers() {
+    let p = platform().await;
+    p.app("shop").await;
+    p.app("api").await;
+    p.app("idle").await;
+    let (shop, api) = (backend("shop").await, backend("api").await);
+    let _r1 = p.register("shop", "j1", shop.addr).await;
+    let _r2 = p.register("api", "j2", api.addr).await;
+    p.route("r1", "shop", "shop.example.com", None, false, None)
+        .await;
+    p.route("r2", "api", "shop.example.com", Some("/api"), false, None)
+        .await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+
+    // Default route <app>.localhost, with the forwarding headers.
+    let reply = send(
+        router.http_addr(),
+        get("shop.localhost:8080", "/cart?x=1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.json();
+    assert_eq!(seen["backend"], "shop");
+    assert_eq!(seen["path"], "/cart?x=1");
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "shop.localhost:8080");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-port"], router.http_addr().port().to_string());
+    let id = h["x-request-id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "generated request id {id:?}");
+    assert_eq!(reply.headers["x-request-id"], id.as_str());
+
+    // A given request id and X-Forwarded-For are kept (the client appended).
+    let reply = send(
+        router.http_addr(),
+        get("shop.localhost", "/")
+            .header("x-request-id", "abc-123")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.json()["headers"]["x-request-id"], "abc-123");
+    assert_eq!(
+        reply.json()["headers"]["x-forwarded-for"],
+        "203.0.113.9, 127.0.0.1"
+    );
+    assert_eq!(reply.headers["x-request-id"], "abc-123");
+
+    // Stored routes: longest path prefix wins on a segment boundary.
+    for (path, expected) in [
+        ("/", "shop"),
+        ("/api", "api"),
+        ("/api/items", "api"),
+        ("/apiary", "shop"),
+    ] {
+        let reply = send(
+            router.http_addr(),
+            get("SHOP.example.com", path).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.backend(), expected, "{path}");
+    }
+
+    // Unknown host: 404. An app without backends: 503.
+    let reply = send(
+        router.http_addr(),
+        get("nope.localhost", "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = send(
+        router.http_addr(),
+        get("idle.localhost", "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers.contains_key("x-request-id"));
+
+    // A route added while running is followed.
+    p.route("r3", "api", "api.example.com", None, false, None)
+        .await;
+    paas_it::wait_for("the new route", WAIT, || get_ok(&router, "api.example.com")).await;
+
+    // Metrics on the admin listener.
+    let admin = router.admin_addr().unwrap();
+    let metrics = send(
+        admin,
+        Request::get("/metrics").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert!(
+        metrics
+            .body
+            .contains(r#"router_requests_total{app="shop",status="200"}"#),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics
+        .body
+        .contains(r#"router_requests_total{app="-",status="404"}"#));
+    assert!(metrics.body.contains(r#"router_backends{app="shop"} 1"#));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn enforces_body_and_header_limits_and_backend_timeout() {
+    let p = platform().await;
+    p.app("shop").await;
+    p.app("slow").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let _s = p.register("slow", "j2", silent_backend().await).await;
+    let limits = Limits {
+        max_body_bytes: 1024,
+        max_header_bytes: 4096,
+        backend_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let router = p.router(limits).await;
+    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+
+    let post = |body: Vec<u8>| {
+        Request::post("/")
+            .header("host", "shop.localhost")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let ok = send(router.http_addr(), post(vec![b'x'; 1024])).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["body_len"], 1024);
+    // Declared too large: refused before reading.
+    let big = send(router.http_addr(), post(vec![b'x'; 1025])).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Chunked (no Content-Length), too large while reading.
+    let stream = futures::stream::iter(
+        (0..4).map(|_| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 512])))),
+    );
+    let chunked = Request::post("/")
+        .header("host", "shop.localhost")
+        .body(http_body_util::StreamBody::new(stream))
+        .unwrap();
+    let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(chunked).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        shop.hits.load(Ordering::SeqCst),
+        2,
+        "only the accepted requests reached the backend (1 probe + 1 post)"
+    );
+
+    // Headers over the limit: 431 (ours below hyper's buffer, hyper's own above it).
+    for size in [5000, 100_000] {
+        let reply = send(
+            router.http_addr(),
+            get("shop.localhost", "/")
+                .header("x-big", "z".repeat(size))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{size}"
+        );
+    }
+
+    // A backend that never answers: 504 after the backend timeout, not retried.
+    let started = std::time::Instant::now();
+    let reply = send(
+        router.http_addr(),
+        get("slow.localhost", "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_on_another_backend_when_one_refuses_connections() {
+    let p = platform().await;
+    p.app("shop").await;
+    let live = backend("live").await;
+    let _dead = p.register("shop", "dead", refusing_addr().await).await;
+    let _live = p.register("shop", "live", live.addr).await;
+    // Long enough that the test's requests all fall inside it.
+    let limits = Limits {
+        down_after_refusal: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let router = p.router(limits).await;
+    paas_it::wait_for("the backends", WAIT, || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 2"#)
+    })
+    .await;
+
+    // Every request succeeds, also non-idempotent ones: nothing reached the dead one.
+    for i in 0..30 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "shop.localhost")
+            .body(Full::from("b"))
+            .unwrap();
+        let reply = send(router.http_addr(), req).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.body);
+        assert_eq!(reply.backend(), "live");
+    }
+    assert_eq!(live.hits.load(Ordering::SeqCst), 30);
+    // The dead one was tried once, then skipped as down: one retry, not one per
+    // request that drew it.
+    let metrics = router.metrics_text();
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"router_retries_total{app="shop",reason="connect"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(retries, Some(1.0), "{metrics}");
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn closed_before_response_is_retried_only_for_idempotent_methods() {
+    let p = platform().await;
+    p.app("shop").await;
+    let live = backend("live").await;
+    let (closer, closes) = closing_backend().await;
+    let _c = p.register("shop", "closer", closer).await;
+    let _l = p.register("shop", "live", live.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("the backends", WAIT, || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 2"#)
+    })
+    .await;
+
+    for _ in 0..20 {
+        let reply = send(
+            router.http_addr(),
+            get("shop.localhost", "/").body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let gets_closed = closes.load(Ordering::SeqCst);
+    assert!(
+        gets_closed > 0,
+        "p2c never chose the closing backend in 20 GETs"
+    );
+    assert_eq!(live.hits.load(Ordering::SeqCst), 20);
+
+    // POST: the closing backend may have acted on it, so it is not sent again.
+    let mut bad_gateway = 0;
+    for _ in 0..20 {
+        let req = Request::post("/")
+            .header("host", "shop.localhost")
+            .body(Full::from("order"))
+            .unwrap();
+        let reply = send(router.http_addr(), req).await;
+        match reply.status {
+            StatusCode::OK => {}
+            StatusCode::BAD_GATEWAY => bad_gateway += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let posts_closed = closes.load(Ordering::SeqCst) - gets_closed;
+    assert!(bad_gateway > 0);
+    assert_eq!(
+        bad_gateway, posts_closed,
+        "every POST the closer saw failed, none was retried"
+    );
+    assert_eq!(live.hits.load(Ordering::SeqCst), 20 + 20 - bad_gateway);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_leaves_the_set_when_its_registration_is_deleted() {
+    let p = platform().await;
+    p.app("shop").await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    let reg_a = p.register("shop", "ja", a.addr).await;
+    let _reg_b = p.register("shop", "jb", b.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("both backends", WAIT, || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 2"#)
+    })
+    .await;
+    for _ in 0..20 {
+        send(
+            router.http_addr(),
+            get("shop.localhost", "/").body(Full::default()).unwrap(),
+        )
+        .await;
+    }
+    assert!(
+        a.hits.load(Ordering::SeqCst) > 0 && b.hits.load(Ordering::SeqCst) > 0,
+        "both served"
+    );
+
+    // `a` keeps running, only its registration goes: it gets no more requests.
+    let removed = std::time::Instant::now();
+    reg_a.deregister().await.unwrap();
+    paas_it::wait_for("a to leave", Duration::from_secs(2), || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 1"#)
+    })
+    .await;
+    eprintln!(
+        "backend left the set {:?} after its registration was deleted",
+        removed.elapsed()
+    );
+    let before = a.hits.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        let reply = send(
+            router.http_addr(),
+            get("shop.localhost", "/").body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.backend(), "b");
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), before);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn sticky_cookie_keeps_the_backend_and_falls_back_when_it_is_gone() {
+    let p = platform().await;
+    p.app("shop").await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    let reg_a = p.register("shop", "ja", a.addr).await;
+    let reg_b = p.register("shop", "jb", b.addr).await;
+    p.route("s1", "shop", "sticky.example.com", None, true, None)
+        .await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("both backends", WAIT, || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 2"#)
+    })
+    .await;
+
+    let first = send(
+        router.http_addr(),
+        get("sticky.example.com", "/")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let cookie = first.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("paas_sticky="), "{cookie}");
+    let chosen = first.backend();
+    for _ in 0..20 {
+        let reply = send(
+            router.http_addr(),
+            get("sticky.example.com", "/")
+                .header("cookie", &cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.backend(), chosen);
+        assert!(
+            !reply.headers.contains_key("set-cookie"),
+            "a valid cookie is not set again"
+        );
+    }
+    // A forged cookie is ignored (and replaced).
+    // (The cookie names the chosen backend; point it at the other one.)
+    let (from, to) = if chosen == "a" {
+        (a.addr, b.addr)
+    } else {
+        (b.addr, a.addr)
+    };
+    let forged = cookie.replace(&from.port().to_string(), &to.port().to_string());
+    assert_ne!(forged, cookie);
+    let reply = send(
+        router.http_addr(),
+        get("sticky.example.com", "/")
+            .header("cookie", &forged)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(reply.headers.contains_key("set-cookie"));
+    // Non-sticky routes set no cookie.
+    let plain = send(
+        router.http_addr(),
+        get("shop.localhost", "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert!(!plain.headers.contains_key("set-cookie"));
+
+    // The chosen backend goes away: the other serves, with a new cookie.
+    let (gone, other) = if chosen == "a" {
+        (reg_a, "b")
+    } else {
+        (reg_b, "a")
+    };
+    gone.deregister().await.unwrap();
+    paas_it::wait_for("one backend", WAIT, || async {
+        router
+            .metrics_text()
+            .contains(r#"router_backends{app="shop"} 1"#)
+    })
+    .await;
+    let reply = send(
+        router.http_addr(),
+        get("sticky.example.com", "/")
+            .header("cookie", &cookie)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.backend(), other);
+    assert!(reply.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .starts_with("paas_sticky="));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_passed_through() {
+    let p = platform().await;
+    p.app("shop").await;
+    let ws = backend("ws").await;
+    let _r = p.register("shop", "j1", ws.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+
+    let mut stream = TcpStream::connect(router.http_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: shop.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed during the response head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], b"again"] {
+        stream.write_all(message).await.unwrap();
+        let mut echo = vec![0u8; message.len()];
+        stream.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, message);
+    }
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_by_sni_with_h2_and_http11() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".into()]).unwrap();
+    let tls = json!({"cert_pem": cert.cert.pem(), "key_pem": cert.key_pair.serialize_pem()});
+    p.route("t1", "shop", "secure.example.com", None, false, Some(tls))
+        .await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("the backend", WAIT, || {
+        get_ok(&router, "secure.example.com")
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(router.tls_addr().unwrap())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("secure.example.com").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = TokioIo::new(tls);
+        let resp = if alpn == b"h2" {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("https://secure.example.com/x")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            sender
+                .send_request(
+                    get("secure.example.com", "/x")
+                        .body(Full::<Bytes>::default())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "{alpn:?}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let seen: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(seen["headers"]["host"], "secure.example.com");
+        assert_eq!(seen["path"], "/x");
+    }
+
+    // No certificate for another name: the handshake fails.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(router.tls_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("other.example.com").unwrap();
+    assert!(connector.connect(name, tcp).await.is_err());
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn access_lines_reach_the_log_aggregator_as_syslog() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    // A syslog receiver standing in for the aggregator's TCP input: collects bytes.
+    let syslog = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let syslog_addr = syslog.local_addr().unwrap();
+    let received = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = syslog.accept().await {
+            let sink = Arc::clone(&sink);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
+    config.access_log = Some(paas_router::AccessLogConfig {
+        aggregator: syslog_addr,
+        spool_dir: spool.path().join("spool"),
+    });
+    let router = paas_router::start(&p.coord, config).await.unwrap();
+    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    send(
+        router.http_addr(),
+        get("shop.localhost", "/checkout")
+            .header("x-request-id", "req-42")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    paas_it::wait_for("the access line", WAIT, || {
+        let text = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+        async move { text.contains("req-42") }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("req-42"))
+        .unwrap()
+        .to_string();
+    // RFC 5424: APP-NAME shop, PROCID router.<host>, HOSTNAME <host>-router.
+    assert!(line.contains(" h1-router shop router.h1 stdout "), "{line}");
+    assert!(
+        line.contains(r#"method=GET path="/checkout" host=shop.localhost status=200"#),
+        "{line}"
+    );
+    assert!(line.contains(&format!("backend={}", shop.addr)), "{line}");
+    router.shutdown().await;
+}
+
+/// Writes `chunks` (pausing between them) and reads until the router closes.
+async fn raw_exchange(addr: SocketAddr, chunks: &[&[u8]]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for chunk in chunks {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn proxy_protocol_listener_takes_the_client_from_the_header() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let addr = router.proxy_protocol_addr().unwrap();
+    let request = &b"GET /pp HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"[..];
+    let body_of = |reply: &str| -> Value {
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+
+    // v1, header and request in one write.
+    let v1 = [
+        &b"PROXY TCP4 203.0.113.7 198.51.100.1 5555 80\r\n"[..],
+        request,
+    ]
+    .concat();
+    let seen = body_of(&raw_exchange(addr, &[&v1]).await);
+    assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(seen["headers"]["x-forwarded-port"], "80");
+
+    // v2 (TCP6), the header split across writes.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    v2.extend_from_slice(&4000u16.to_be_bytes());
+    v2.extend_from_slice(&443u16.to_be_bytes());
+    let seen = body_of(&raw_exchange(addr, &[&v2[..10], &v2[10..], request]).await);
+    assert_eq!(seen["headers"]["x-forwarded-for"], "2001:db8::7");
+    assert_eq!(seen["headers"]["x-forwarded-port"], "443");
+
+    // No header: closed without an answer; the plain listener ignores no one.
+    assert_eq!(raw_exchange(addr, &[request]).await, "");
+    let hits = shop.hits.load(Ordering::SeqCst);
+    let plain = raw_exchange(router.http_addr(), &[request]).await;
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert_eq!(shop.hits.load(Ordering::SeqCst), hits + 1);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_failures_are_classified_for_the_retry_verdict() {
+    use hyper_util::client::legacy::Client;
+    use paas_router::retry::Failure;
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let send = |addr: SocketAddr| {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::default())
+            .unwrap();
+        client.request(req)
+    };
+    // A backend that answers garbage.
+    let garbage = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = garbage.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+        }
+    });
+    let (closer, _) = closing_backend().await;
+    for (addr, expected) in [
+        (refusing_addr().await, Failure::Connect),
+        (closer, Failure::ClosedBeforeResponse),
+        (garbage_addr, Failure::Other),
+    ] {
+        let err = send(addr).await.expect_err("must fail");
+        assert_eq!(paas_router::proxy::classify(&err), expected, "{err:?}");
+    }
+}
