@@ -60,7 +60,9 @@ pub struct IngestConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Largest message (syslog frame, forward MessagePack value) accepted.
     pub max_message_bytes: usize,
-    /// Largest decompressed body of a CompressedPackedForward message.
+    /// Largest decompressed body of a CompressedPackedForward message: no more than an
+    /// uncompressed message may be, so a small gzip bomb buys nothing a plain message
+    /// could not.
     pub max_inflated_bytes: usize,
     /// Longest forward line message; a longer one is cut (counted in
     /// `logshipper_lines_truncated_total`). Syslog lines are bounded by their frame.
@@ -80,7 +82,7 @@ impl Default for IngestConfig {
             forward_addr: None,
             tls: None,
             max_message_bytes: 16 * 1024 * 1024,
-            max_inflated_bytes: 64 * 1024 * 1024,
+            max_inflated_bytes: 16 * 1024 * 1024,
             max_line_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             shared_key: None,
