@@ -336,17 +336,11 @@ impl Coord {
 
     /// Every key under `prefix` (one consistent read) with its raw value and revision.
     async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>, i64)>> {
-        let mut kv = self.client.kv_client();
-        let start = self.ns.full(prefix);
-        let options = GetOptions::new().with_range(prefix_end(&start));
-        let response = kv.get(start, Some(options)).await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .filter_map(|found| {
-                let key = self.ns.strip(found.key())?;
-                Some((key, found.value().to_vec(), found.mod_revision()))
-            })
+        Ok(self
+            .entries(prefix)
+            .await?
+            .into_iter()
+            .map(|e| (e.key, e.value, e.mod_revision))
             .collect())
     }
 
