@@ -1,7 +1,8 @@
 //! The web dashboard in a real headless Chromium, driven over WebDriver (`chromedriver`
 //! started by each test on its own port), against a real `paas up`: sign in, apps, env,
-//! scale and live jobs, live logs sent with `logger`, a scoped token, a Postgres resource
-//! and a failover on the cluster page. Each test saves screenshots under
+//! scale and live jobs, routes (added in the page, then requested through the router with
+//! `curl`), live logs sent with `logger`, a scoped token, a Postgres resource and a
+//! failover on the cluster page. Each test saves screenshots under
 //! `target/dashboard-screenshots/`.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (scripts/setup installs
@@ -201,8 +202,8 @@ impl Browser {
     }
 }
 
-/// `paas up` (no Postgres) and its admin token and syslog input.
-fn up(home: &Path, listen: &str, args: &[&str]) -> (common::Daemon, String, String) {
+/// `paas up` (no Postgres) and its admin token, syslog input and HTTP router address.
+fn up(home: &Path, listen: &str, args: &[&str]) -> (common::Daemon, String, String, String) {
     let (daemon, out) = common::start_up(home, listen, args);
     let field = |name: &str| {
         out.lines()
@@ -213,7 +214,37 @@ fn up(home: &Path, listen: &str, args: &[&str]) -> (common::Daemon, String, Stri
             .unwrap()
             .to_string()
     };
-    (daemon, field("token:"), field("syslog:"))
+    let router = field("router:").trim_start_matches("http://").to_string();
+    (daemon, field("token:"), field("syslog:"), router)
+}
+
+/// GET `path` through the router with `Host: host`: (HTTP status, body).
+fn through_router(router: &str, host: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\\n%{http_code}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{router}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Polls `through_router` until it answers `status`, for at most 10 s.
+async fn wait_router(router: &str, host: &str, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, body) = through_router(router, host, path);
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path} through the router: {got}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends one syslog line for `app` with `logger`, as an outside client would.
@@ -253,7 +284,7 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let listen = free_addr();
-    let (_up, token, syslog) = up(home, &listen, &[]);
+    let (_up, token, syslog, router) = up(home, &listen, &[]);
     let b = browser("app", &listen).await;
 
     // A wrong token is refused next to the field; the right one signs in.
@@ -376,6 +407,117 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Routes: the default route is a note (the API does not list it); a bad domain is
+    // refused next to its field and stays there to be corrected; a sticky route is added
+    // with the keyboard, listed, and reaches the web job through the router.
+    b.wait("#routes", "No routes.", 10).await;
+    b.wait("#routes-default", "shop.localhost", 10).await;
+    wait_router(&router, "shop.localhost", "/index.html", 200).await;
+    b.fill("#route-domain", "Not a domain!\n").await;
+    b.wait("#routes-domain-error", "invalid domain", 10).await;
+    let kept = b.find("#route-domain").await.prop("value").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("Not a domain!"));
+    assert_eq!(b.text("#routes-path-error").await.as_deref(), Some(""));
+    b.client
+        .execute("document.getElementById('routes').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    b.shot("routes-refused").await;
+    b.find("#route-sticky").await.send_keys(" ").await.unwrap();
+    b.fill("#route-domain", "www.shop.test\n").await;
+    b.wait("#routes table.routes", "www.shop.test", 10).await;
+    assert_eq!(b.text("#routes td.sticky").await.as_deref(), Some("yes"));
+    assert_eq!(b.text("#routes td.tls").await.as_deref(), Some("no"));
+    assert_eq!(b.text("#routes-domain-error").await.as_deref(), Some(""));
+    let body = wait_router(&router, "www.shop.test", "/index.html", 200).await;
+    assert_eq!(body, "hi\n", "the web job's file through the router");
+    // A TLS route added with the CLI shows as TLS, and its key is not in the page. (The
+    // API checks only the PEM markers; the router skips a certificate it cannot parse.)
+    let cert = home.join("cert.pem");
+    let key = home.join("key.pem");
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot-a-cert\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nkey-material-xyz\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    ok(paas(
+        home,
+        &[
+            "route",
+            "add",
+            "-a",
+            "shop",
+            "secure.shop.test",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    b.open("#/apps").await;
+    b.wait("#main table.apps", "shop", 10).await;
+    b.open("#/apps/shop").await;
+    b.wait("#routes table.routes", "secure.shop.test", 10).await;
+    let routes_html = b.find("#routes").await.html(true).await.unwrap();
+    assert!(
+        !routes_html.contains("key-material-xyz") && !routes_html.contains("PRIVATE KEY"),
+        "a private key in the page: {routes_html}"
+    );
+    let tls = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#routes tr[data-route]')].map(r => r.querySelector('code').textContent + ':' + r.querySelector('.tls').textContent).join(' ')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls, json!("secure.shop.test:yes www.shop.test:no"));
+    b.client
+        .execute("document.getElementById('routes').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    b.shot("routes").await;
+    // On a phone the routes table scrolls, not the page.
+    b.client.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let overflow = b
+        .client
+        .execute(
+            "document.getElementById('routes').scrollIntoView(); \
+             return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "routes wider than a phone: {overflow}"
+    );
+    b.shot("routes-narrow").await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    // Remove, with the rows' quiet buttons: the router stops serving the domain.
+    b.click("#routes button[aria-label='Remove route www.shop.test']")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = b.text("#routes table.routes").await.unwrap_or_default();
+        if !left.contains("www.shop.test") {
+            assert!(left.contains("secure.shop.test"), "{left}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route stayed: {left}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_router(&router, "www.shop.test", "/index.html", 404).await;
+    b.click("#routes button[aria-label='Remove route secure.shop.test']")
+        .await;
+    b.wait("#routes", "No routes.", 10).await;
 
     // Rollback to v2 makes v4 with v2's env.
     b.click("#releases form button").await;
@@ -555,7 +697,7 @@ async fn dashboard_scoped_token_sees_only_its_app() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let listen = free_addr();
-    let (_up, _token, _syslog) = up(home, &listen, &[]);
+    let (_up, _token, _syslog, _router) = up(home, &listen, &[]);
     ok(paas(home, &["apps", "create", "shop"]));
     ok(paas(home, &["apps", "create", "blog"]));
     let created: serde_json::Value = serde_json::from_str(&ok(paas(
@@ -636,7 +778,7 @@ async fn dashboard_postgres_resource_and_failover_on_the_cluster_page() {
     let home = tmp.path();
     let listen = free_addr();
     let pg = free_addr();
-    let (_up, token, _syslog) = up(
+    let (_up, token, _syslog, _router) = up(
         home,
         &listen,
         &["--postgres-members", "2", "--postgres-listen", &pg],

@@ -4,9 +4,10 @@
 //! Sections (`id` = what htmx swaps): `#releases` (current release, history, rollback),
 //! `#env` (keys with masked values, reveal one at a time, set, unset), `#processes`
 //! (scale form, and `#jobs`, which refreshes itself every 2 s and has a Restart button
-//! per job), `#resources` (add, remove, the env names each one set), `#drains`, `#danger`
-//! (destroy, typed confirmation). An action that makes a release answers with the
-//! `release-changed` event, on which the other sections reload themselves.
+//! per job), `#resources` (add, remove, the env names each one set), `#routes` (list,
+//! add without TLS, remove; a note for the default route, which the API does not list),
+//! `#drains`, `#danger` (destroy, typed confirmation). An action that makes a release
+//! answers with the `release-changed` event, on which the other sections reload themselves.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,7 +23,7 @@ use serde_json::json;
 use super::apps::Whoami;
 use super::client::{seg, Api, Caller, Refusal};
 use super::html::{ago, error_slot, fragment, time};
-use crate::model::{Formation, JobStatus, Release, Resource};
+use crate::model::{validate_route, Formation, JobStatus, Release, Resource, RouteError};
 
 /// Event sent (as `HX-Trigger`) after a change that made a new release.
 const RELEASE_CHANGED: &str = "release-changed";
@@ -122,6 +123,7 @@ async fn render_page(api: &Api, caller: &Caller, app: &str) -> Result<Markup, Re
         (env_section(api, caller, app, None).await?)
         (processes_section(api, caller, app, None).await?)
         (resources_section(api, caller, app, &who.resource_kinds, None).await?)
+        (routes_section(api, caller, app, None, None).await?)
         (drains_section(api, caller, app, None).await?)
         @if who.is_admin() { (danger_section(app, "", None)) }
     })
@@ -730,6 +732,198 @@ async fn resources_section(
     })
 }
 
+// ---- routes -----------------------------------------------------------------------
+
+/// A route as `GET /apps/{app}/routes` lists it. The API never returns a private key,
+/// and this type has no field that could hold one.
+#[derive(Deserialize)]
+struct RouteRow {
+    id: String,
+    domain: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    sticky: bool,
+    #[serde(default)]
+    tls: bool,
+    created_at: DateTime<Utc>,
+}
+
+/// The add-route form (no certificate: TLS routes are added with the CLI).
+#[derive(Deserialize)]
+pub struct RouteForm {
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    sticky: Option<String>,
+}
+
+impl RouteForm {
+    fn path(&self) -> Option<&str> {
+        Some(self.path.trim()).filter(|p| !p.is_empty())
+    }
+
+    /// Which field a refusal of this form is about: the path when the path alone breaks
+    /// the API's rule ([`validate_route`], the same check the API makes), else the domain
+    /// (a bad domain, or a domain and path that are already routed).
+    fn slot(&self) -> &'static str {
+        let domain = self
+            .domain
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        match validate_route(&domain, self.path()) {
+            Err(RouteError::Path(_)) => "routes-path",
+            _ => "routes-domain",
+        }
+    }
+}
+
+/// `GET /ui/apps/{app}/routes`
+pub async fn routes(State(api): State<Api>, caller: Caller, Path(app): Path<String>) -> Response {
+    answer(
+        routes_section(&api, &caller, &app, None, None).await,
+        None,
+        false,
+    )
+}
+
+/// `POST /ui/apps/{app}/routes`: adds a route (no release; the routers follow it).
+pub async fn add_route(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Form(form): Form<RouteForm>,
+) -> Response {
+    let mut body = json!({ "domain": form.domain.trim(), "sticky": form.sticky.is_some() });
+    if let Some(path) = form.path() {
+        body["path"] = json!(path);
+    }
+    let done = api
+        .act(
+            &caller,
+            Method::POST,
+            &format!("/apps/{}/routes", seg(&app)),
+            Some(body),
+        )
+        .await;
+    let fault = done.err().map(|r| Fault::at(form.slot(), r));
+    // A refused form keeps what was typed; an added route clears it.
+    let draft = fault.as_ref().map(|_| &form);
+    answer(
+        routes_section(&api, &caller, &app, fault.as_ref(), draft).await,
+        fault,
+        false,
+    )
+}
+
+/// `POST /ui/apps/{app}/routes/remove`
+pub async fn remove_route(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Form(form): Form<IdForm>,
+) -> Response {
+    let done = api
+        .act(
+            &caller,
+            Method::DELETE,
+            &format!("/apps/{}/routes/{}", seg(&app), seg(&form.id)),
+            None,
+        )
+        .await;
+    let fault = done.err().map(|r| Fault::at("routes-table", r));
+    answer(
+        routes_section(&api, &caller, &app, fault.as_ref(), None).await,
+        fault,
+        false,
+    )
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+async fn routes_section(
+    api: &Api,
+    caller: &Caller,
+    app: &str,
+    fault: Option<&Fault>,
+    draft: Option<&RouteForm>,
+) -> Result<Markup, Refusal> {
+    let routes: Vec<RouteRow> = api
+        .get(caller, &format!("/apps/{}/routes", seg(app)))
+        .await?;
+    let now = Utc::now();
+    let domain_error = Fault::message_for(fault, "routes-domain");
+    let path_error = Fault::message_for(fault, "routes-path");
+    Ok(html! {
+        section id="routes" aria-labelledby="routes-h" {
+            h2 id="routes-h" { "Routes" }
+            // The API does not list the default route (each router derives it from its
+            // own --domain, which the controller does not know): say so.
+            p class="meta" id="routes-default" {
+                "Always served at " code { (app) ".<domain>" }
+                " (the router's " code { "--domain" } ", " code { (app) ".localhost" }
+                " by default) by its " code { "web" } " jobs; that default route is not listed here."
+            }
+            (error_slot("routes-table-error", Fault::message_for(fault, "routes-table").as_deref()))
+            @if routes.is_empty() {
+                p { "No routes." }
+            } @else {
+                div class="scroll" {
+                    table class="routes" {
+                        thead { tr { th { "Domain" } th { "Path" } th { "Sticky" } th { "TLS" } th { "Added" } th { span class="sr-only" { "Action" } } } }
+                        tbody {
+                            @for r in &routes {
+                                @let path = r.path.as_deref().unwrap_or("/");
+                                tr data-route=(r.id) {
+                                    td { code { (r.domain) } }
+                                    td { code { (path) } }
+                                    td class="sticky" { (yes_no(r.sticky)) }
+                                    td class="tls" { (yes_no(r.tls)) }
+                                    td title=(time(&r.created_at)) { (ago(&r.created_at, now)) " ago" }
+                                    td {
+                                        form hx-post=(format!("/ui/apps/{app}/routes/remove")) hx-target="#routes" hx-swap="outerHTML" hx-disabled-elt="find button" {
+                                            input type="hidden" name="id" value=(r.id);
+                                            button type="submit" aria-label=(format!("Remove route {}{}", r.domain, r.path.as_deref().unwrap_or(""))) aria-describedby="routes-table-error" { "Remove" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            form class="inline" hx-post=(format!("/ui/apps/{app}/routes")) hx-target="#routes" hx-swap="outerHTML" hx-disabled-elt="find button" {
+                label for="route-domain" { "Domain" }
+                input id="route-domain" name="domain" value=(draft.map_or("", |d| d.domain.as_str())) required autocomplete="off"
+                    placeholder="shop.example.com" aria-describedby="routes-domain-error" aria-invalid=[domain_error.as_ref().map(|_| "true")];
+                (error_slot("routes-domain-error", domain_error.as_deref()))
+                label for="route-path" { "Path (optional)" }
+                input id="route-path" name="path" value=(draft.map_or("", |d| d.path.as_str())) autocomplete="off"
+                    placeholder="/api" aria-describedby="routes-path-error" aria-invalid=[path_error.as_ref().map(|_| "true")];
+                (error_slot("routes-path-error", path_error.as_deref()))
+                span class="check" {
+                    input id="route-sticky" name="sticky" type="checkbox" value="on" checked[draft.is_some_and(|d| d.sticky.is_some())];
+                    label for="route-sticky" { "Sticky sessions" }
+                }
+                button type="submit" { "Add route" }
+            }
+            p class="meta" {
+                "HTTPS routes need a certificate and key, which the dashboard does not take: add them with "
+                code { "paas route add -a " (app) " DOMAIN --cert cert.pem --key key.pem" } "."
+            }
+        }
+    })
+}
+
 // ---- drains -----------------------------------------------------------------------
 
 /// `GET /ui/apps/{app}/drains`
@@ -935,7 +1129,26 @@ fn danger_section(app: &str, typed: &str, error: Option<&str>) -> Markup {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, RouteForm};
+
+    #[test]
+    fn a_refused_route_is_shown_at_the_field_that_broke_the_rule() {
+        let slot = |domain: &str, path: &str| {
+            RouteForm {
+                domain: domain.into(),
+                path: path.into(),
+                sticky: None,
+            }
+            .slot()
+        };
+        assert_eq!(slot("Not a domain!", ""), "routes-domain");
+        assert_eq!(slot("bad_domain", "no-slash"), "routes-domain");
+        assert_eq!(slot("Shop.Example.com.", "api"), "routes-path");
+        assert_eq!(slot("shop.example.com", "/a b"), "routes-path");
+        // Valid input refused anyway (already routed): the domain.
+        assert_eq!(slot("shop.example.com", " "), "routes-domain");
+        assert_eq!(slot("shop.example.com", "/api"), "routes-domain");
+    }
 
     #[test]
     fn drain_urls_lose_their_credentials() {

@@ -5,7 +5,7 @@
 //! - `shell`   `GET /`: the one full page (header, sign-in form, an empty `<main>`).
 //! - `apps`    `/ui/apps`: list, create.
 //! - `app`     `/ui/apps/{app}/...`: release and history with rollback, env, processes
-//!   and scale, resources, drains, destroy with a typed confirmation.
+//!   and scale, resources, routes, drains, destroy with a typed confirmation.
 //! - `logs`    `/ui/apps/{app}/logs`: filters and a live follow as server-sent events.
 //! - `cluster` `/ui/cluster`: hosts, scheduler leader, appliance members, aggregators,
 //!   drains, refreshing itself.
@@ -71,6 +71,11 @@ pub fn router(state: AppState) -> Router {
             "/ui/apps/{app}/resources/remove",
             post(app::remove_resource),
         )
+        .route(
+            "/ui/apps/{app}/routes",
+            get(app::routes).post(app::add_route),
+        )
+        .route("/ui/apps/{app}/routes/remove", post(app::remove_route))
         .route(
             "/ui/apps/{app}/drains",
             get(app::drains).post(app::add_drain),
