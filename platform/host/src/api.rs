@@ -26,7 +26,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, RunRequest, PROTOCOL};
-use crate::supervisor::{exit_code, group_command, job_env, signal_group};
+use crate::supervisor::{exit_code, group_command, job_env, signal_group, GroupGuard};
 use crate::Shared;
 
 /// The API routes.
@@ -86,6 +86,8 @@ struct OneOff {
     child: Child,
     workdir: PathBuf,
     id: String,
+    /// Kills the group and forgets its record when the session ends.
+    _group: Option<GroupGuard>,
 }
 
 /// Resolves the release, prepares a working dir, spawns the command.
@@ -150,14 +152,23 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
     let mut env: BTreeMap<String, String> = release.env.clone();
     env.extend(request.env.clone());
     let env = job_env(&env, &job, addr, &workdir);
-    let mut cmd = Command::new(&request.command[0]);
-    cmd.args(&request.command[1..]).stdin(Stdio::piped());
+    let args: Vec<&std::ffi::OsStr> = request.command[1..].iter().map(|a| a.as_ref()).collect();
+    let mut cmd: Command = shared.cfg.shim.command(request.command[0].as_ref(), &args);
+    cmd.stdin(Stdio::piped());
     group_command(&mut cmd, &env, &workdir);
     let child = cmd.spawn();
     match child {
         Ok(child) => {
             tracing::info!(job = %id, app = %request.app, release = version, command = ?request.command, "one-off job started");
-            Ok(OneOff { child, workdir, id })
+            let group = child
+                .id()
+                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid));
+            Ok(OneOff {
+                child,
+                workdir,
+                id,
+                _group: group,
+            })
         }
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&workdir).await;
