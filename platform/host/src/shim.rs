@@ -288,10 +288,17 @@ fn reap(leader: libc::pid_t) -> Result<Option<LeaderExit>, ShimError> {
     })
 }
 
-/// Ends this process by `signal` (default action), so its parent sees the leader's exit.
+/// Ends this process by `signal` (default action), so its parent sees the leader's exit;
+/// the shim itself never leaves a core file.
 fn mirror(signal: libc::c_int) {
-    // SAFETY: resets one signal's disposition, unblocks it and sends it to ourselves.
+    // SAFETY: sets this process's core limit, resets one signal's disposition, unblocks
+    // it and sends it to ourselves.
     unsafe {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
         libc::signal(signal, libc::SIG_DFL);
         let mut one: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut one);
