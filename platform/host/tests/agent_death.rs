@@ -1,8 +1,8 @@
 //! No job process outlives its agent: the agent as a process of its own
 //! (`paas-host-agent`, with its `job-shim` subcommand as the shim), jobs that fork,
-//! `kill -9` of the agent, and an agent restarted on a data dir where an earlier run
-//! (agent and shims killed together) left processes. Also the shim's own contract:
-//! exit codes and signals mirrored, a group that ignores SIGTERM killed.
+//! `kill -9` of the agent, of a shim alone, and an agent restarted on a data dir where
+//! an earlier run (agent and shims killed together) left processes. Also the shim's own
+//! contract: exit codes and signals mirrored, a group that ignores SIGTERM killed.
 //!
 //! Placements are written directly to etcd; no scheduler runs.
 
@@ -311,6 +311,49 @@ async fn a_restarted_agent_kills_what_an_earlier_run_left_before_starting_anythi
             .map(|mut d| d.next().is_some())
             .unwrap_or(false),
         "no process group record left after a clean stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_shim_takes_its_job_with_it_and_the_agent_restarts_the_job() {
+    let f = Fixture::start().await;
+    let marker = marker();
+    f.place(
+        "h3",
+        "j3",
+        &format!("sh -c 'sleep {marker} & sleep {marker}'"),
+    )
+    .await;
+    let _agent = f.agent("h3");
+    assert!(
+        wait_until(Duration::from_secs(20), || sleeps(&marker).len() == 2)
+            .await
+            .is_some(),
+        "the job's two sleeps never ran"
+    );
+    let old = sleeps(&marker);
+    let shim_pids = shims(&marker);
+    assert_eq!(shim_pids.len(), 1, "one shim per job");
+    kill(shim_pids[0], libc::SIGKILL);
+    let killed = Instant::now();
+    let gone = wait_until(Duration::from_secs(2), || {
+        sleeps(&marker).iter().all(|p| !old.contains(p))
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the job's processes {old:?} outlived its shim"
+    );
+    eprintln!(
+        "the job's processes gone {:?} after kill -9 of its shim",
+        killed.elapsed()
+    );
+    // The agent saw the job end and starts it again.
+    assert!(
+        wait_until(Duration::from_secs(10), || sleeps(&marker).len() == 2)
+            .await
+            .is_some(),
+        "the job was not restarted"
     );
 }
 
