@@ -36,6 +36,14 @@ enum Command {
     /// Run one member of a managed appliance (started by `paas up`).
     #[command(subcommand, hide = true)]
     Appliance(ApplianceCmd),
+    /// Run one job under the host agent's shim (started by the agent; kills the job's
+    /// process group when the agent dies).
+    #[command(name = "job-shim", hide = true)]
+    JobShim {
+        /// AGENT_PID -- PROGRAM [ARGS...]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run a host agent (and a standby scheduler) that joins an existing cluster.
     Host(paas_node::host::HostArgs),
     /// Create, list, inspect and destroy apps.
@@ -328,6 +336,10 @@ enum RouteCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::JobShim { args } = cli.command {
+        // No async runtime: the shim is one thread that waits on signals.
+        return ExitCode::from(paas_host::shim::main(args).clamp(0, 255) as u8);
+    }
     if let Command::Run { app, env, command } = &cli.command {
         // The job's exit code is ours: no "paas:" wrapping on success paths.
         return run_attached(app, env, command);
@@ -382,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Host(args) => paas_node::host::run(args).await,
+        Command::JobShim { .. } => anyhow::bail!("job-shim runs before the async runtime"),
         Command::Appliance(ApplianceCmd::Postgres(args)) => {
             paas_node::postgres::supervise(args).await
         }
@@ -484,5 +497,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Drain(DrainCmd::List { app }) => logs::drain_list(json, app.as_deref()).await,
         Command::Drain(DrainCmd::Remove { id }) => logs::drain_remove(json, &id).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_shim_subcommand_is_the_one_the_agent_runs() {
+        let cli = Cli::try_parse_from([
+            "paas",
+            paas_host::shim::SUBCOMMAND,
+            "42",
+            "--",
+            "sh",
+            "-c",
+            "echo -n hi",
+        ])
+        .unwrap();
+        let Command::JobShim { args } = cli.command else {
+            panic!("not the shim subcommand");
+        };
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args.first(), Some(&"42"));
+        assert_eq!(&args[args.len() - 3..], ["sh", "-c", "echo -n hi"]);
     }
 }

