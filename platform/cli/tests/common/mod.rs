@@ -90,7 +90,14 @@ pub fn start_up_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Daemon, String) {
-    start_up_logged(home, listen, args, env, Stdio::null())
+    // Its log goes to HOME/paas-up.log (appended across restarts), so a start that
+    // fails says why.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("paas-up.log"))
+        .expect("paas up log");
+    start_up_logged(home, listen, args, env, log.into())
 }
 
 /// [`start_up_with_env`] with the daemon's log (stderr) sent to `log`.
@@ -127,10 +134,15 @@ pub fn start_up_logged(
     let mut out = String::new();
     while !out.contains("Press Ctrl-C") {
         let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "paas up exited: {out}"
-        );
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let log = std::fs::read_to_string(home.join("paas-up.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "paas up exited: {out}\n--- its log (HOME/paas-up.log, last lines)\n{}",
+                tail.join("\n")
+            );
+        }
         out.push_str(&line);
     }
     (daemon, out)
