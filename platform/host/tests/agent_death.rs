@@ -15,6 +15,7 @@ use paas_controller::model::{App, Host, Job, Release};
 use paas_coord::{Batch, Coord};
 use paas_host::shim::{Shim, SUBCOMMAND};
 use paas_host::supervisor::{exit_code, spawn_group, terminate};
+use paas_it::processes;
 use paas_scheduler::keys;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_paas-host-agent");
@@ -34,42 +35,6 @@ fn rand_suffix() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_micros()
-}
-
-/// Live (non-zombie) processes whose command line satisfies `pred`.
-fn processes(pred: impl Fn(&[String]) -> bool) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(true)
-        {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if pred(&args) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The job's `sleep MARKER` processes.
