@@ -14,6 +14,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 pub const POSTGRES_PORT: u16 = 15432;
 /// Health API port base of the PostgreSQL appliance.
 pub const POSTGRES_HEALTH_PORT: u16 = 18008;
+/// Server port base of the MariaDB appliance.
+pub const MYSQL_PORT: u16 = 13306;
+/// Health API port base of the MariaDB appliance.
+pub const MYSQL_HEALTH_PORT: u16 = 18108;
+/// Server port base of a Redis replication group (each group has its own address).
+pub const REDIS_PORT: u16 = 16379;
+/// Health API port base of a Redis replication group.
+pub const REDIS_HEALTH_PORT: u16 = 18208;
 
 /// The loopback address of the cluster whose seed (data directory) is `seed`: never in
 /// 127.0.0.0/24 (where other local services live) and never a network or broadcast
