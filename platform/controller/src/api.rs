@@ -2,9 +2,11 @@
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
 mod attach;
+pub mod drain_policy;
 pub mod logs;
 mod routes;
 mod runtime;
+pub use runtime::MAX_ARTIFACT_BYTES;
 
 use std::collections::BTreeMap;
 
@@ -46,7 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{app}/routes/{id}", delete(routes::remove_route))
         .route(
             "/artifacts",
-            put(runtime::upload_artifact).layer(DefaultBodyLimit::max(runtime::MAX_ARTIFACT_BYTES)),
+            // The handler streams the body and enforces `max_artifact_bytes` itself.
+            put(runtime::upload_artifact).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/apps/{app}/releases",

@@ -43,6 +43,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
     pub artifacts_dir: PathBuf,
+    /// Largest artifact `PUT /artifacts` accepts (413 beyond).
+    pub max_artifact_bytes: u64,
     /// Client for calls to other platform services (the log aggregator).
     pub http: reqwest::Client,
 }
@@ -74,6 +76,7 @@ impl Controller {
                 store: Store::new(coord),
                 providers: Arc::new(Providers::default()),
                 artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
+                max_artifact_bytes: api::MAX_ARTIFACT_BYTES,
                 http: reqwest::Client::new(),
             },
         })
@@ -88,6 +91,12 @@ impl Controller {
     /// Sets the directory uploaded artifacts are stored in.
     pub fn with_artifacts_dir(mut self, dir: PathBuf) -> Self {
         self.state.artifacts_dir = dir;
+        self
+    }
+
+    /// Sets the largest artifact accepted (default [`api::MAX_ARTIFACT_BYTES`]).
+    pub fn with_max_artifact_bytes(mut self, bytes: u64) -> Self {
+        self.state.max_artifact_bytes = bytes;
         self
     }
 

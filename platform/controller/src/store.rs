@@ -147,8 +147,8 @@ impl Store {
         }
     }
 
-    /// Deletes an app with its releases, formation, resources and app-scoped tokens, in
-    /// one transaction guarded by the revision of every key it deletes.
+    /// Deletes an app with its releases, formation, resources, routes, app-scoped tokens
+    /// and drains, in one transaction guarded by the revision of every key it deletes.
     pub async fn destroy_app(&self, name: &str) -> Result<(), ApiError> {
         let (_, rev) = self.get_app_versioned(name).await?;
         let mut batch = Batch::new();
@@ -175,6 +175,17 @@ impl Store {
         };
         for (key, token, rev) in self.coord.list::<Token>("tokens/").await? {
             if token.scope == scope {
+                batch.delete(&key, rev);
+            }
+        }
+        // Its drains go too: a new app of the same name must not ship its logs to the
+        // old owner's sink.
+        for (key, drain, rev) in self
+            .coord
+            .list::<paas_logshipper::drain::DrainSpec>("drains/")
+            .await?
+        {
+            if drain.app.as_deref() == Some(name) {
                 batch.delete(&key, rev);
             }
         }

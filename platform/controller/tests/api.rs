@@ -55,7 +55,8 @@ impl Api {
         let controller = Controller::connect(&[etcd.endpoint()], "test")
             .await
             .expect("connect")
-            .with_providers(providers);
+            .with_providers(providers)
+            .with_max_artifact_bytes(1 << 20);
         let admin = paas_controller::auth::generate_secret().secret;
         controller.ensure_admin_token(&admin).await.unwrap();
         // Idempotent at every start.
@@ -600,6 +601,20 @@ async fn releases_formations_and_jobs() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // One byte over the limit (1 MiB here): 413, streamed bodies included.
+    let resp = api
+        .http
+        .put(format!("{}/artifacts", api.url))
+        .bearer_auth(&api.admin)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(
+            (0..17).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024])),
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
 
     assert_error(
         &api.admin(
@@ -789,12 +804,39 @@ async fn drains_are_validated_scoped_and_stored() {
         "not_found",
         &id,
     );
+    // An app's token may not aim a drain inside the platform, nor make the aggregator
+    // read a file or sign S3 requests for it.
+    for (body, says) in [
+        (
+            json!({"app": "blog", "url": "forward://127.0.0.1:24224"}),
+            "internal",
+        ),
+        (
+            json!({"app": "blog", "kind": "elasticsearch", "url": "http://localhost:9200"}),
+            "internal",
+        ),
+        (
+            json!({"app": "blog", "url": "syslog+tls://93.184.216.34:6514", "ca_file": "/dev/zero"}),
+            "ca_file",
+        ),
+        (
+            json!({"app": "blog", "url": "s3://b/p", "region": "eu-west-1"}),
+            "S3",
+        ),
+    ] {
+        assert_error(
+            &api.call(Some(&scoped), "POST", "/drains", Some(body)).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            says,
+        );
+    }
     let (s, _) = api
         .call(
             Some(&scoped),
             "POST",
             "/drains",
-            Some(json!({"app": "blog", "url": "forward://127.0.0.1:24224"})),
+            Some(json!({"app": "blog", "url": "forward://93.184.216.34:24224"})),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
@@ -805,6 +847,15 @@ async fn drains_are_validated_scoped_and_stored() {
     );
     let (_, list) = api.admin("GET", "/drains", None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
+    // Destroying an app removes its drains: a new app of the same name must not ship
+    // its logs to the old owner's sink.
+    assert_eq!(
+        api.admin("DELETE", "/apps/blog", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, list) = api.admin("GET", "/drains", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(list[0]["app"].is_null(), "{list}");
     // Logs need a running aggregator: a clear 503, not a hang.
     assert_error(
         &api.admin("GET", "/apps/shop/log", None).await,

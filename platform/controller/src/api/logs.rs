@@ -142,6 +142,12 @@ pub async fn add_drain(
         batch_bytes: req.batch_bytes,
     };
     let config = DrainConfig::from_spec(&spec).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if let Scope::App { .. } = &p.0 {
+        if let Err(reason) = super::drain_policy::check_scoped(&spec, &config.sink).await {
+            tracing::warn!(app = ?spec.app, url = %config.sink.display_url(), %reason, "drain refused for an app-scoped token");
+            return Err(ApiError::Forbidden(reason));
+        }
+    }
     s.store.put_drain(&spec).await?;
     tracing::info!(id = %spec.id, app = ?spec.app, url = %config.sink.display_url(), "drain added");
     Ok((StatusCode::CREATED, Json(spec)))

@@ -22,8 +22,9 @@ use crate::error::ApiError;
 use crate::model::{Artifact, Formation, Job, JobStatus};
 use crate::AppState;
 
-/// Largest artifact accepted, in bytes.
-pub const MAX_ARTIFACT_BYTES: usize = 1 << 30;
+/// Largest artifact accepted by default, in bytes: a bigger upload is refused with 413 as
+/// soon as it passes this, and what was written is removed.
+pub const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 /// Where an artifact with this digest lives in the artifacts directory.
 pub fn artifact_path(dir: &Path, sha256: &str) -> PathBuf {
@@ -52,6 +53,12 @@ pub async fn upload_artifact(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::Invalid(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
+            if size > s.max_artifact_bytes {
+                return Err(ApiError::TooLarge(format!(
+                    "artifact larger than {} bytes",
+                    s.max_artifact_bytes
+                )));
+            }
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
