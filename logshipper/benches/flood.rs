@@ -137,11 +137,11 @@ async fn defend() {
     let aggregator = Aggregator::new(journal, store.clone(), metrics);
     let (reader, _) = aggregator.recover_store().await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(
-        aggregator
-            .clone()
-            .persist_every(reader, Duration::from_secs(1), stop.clone()),
-    );
+    let persister = tokio::spawn(aggregator.clone().persist_every(
+        reader,
+        Duration::from_secs(1),
+        stop.clone(),
+    ));
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let config = IngestConfig {
         syslog_addr: Some(local),
@@ -222,6 +222,7 @@ async fn defend() {
     for line in closes {
         println!("  {line}");
     }
-    stop.cancel();
     ingest.shutdown().await;
+    stop.cancel();
+    persister.await.unwrap().unwrap();
 }
