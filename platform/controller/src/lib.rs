@@ -43,6 +43,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
     pub artifacts_dir: PathBuf,
+    /// The cluster secret host agents require to start one-off jobs (`paas run`).
+    pub agent_secret: String,
     /// Largest artifact `PUT /artifacts` accepts (413 beyond).
     pub max_artifact_bytes: u64,
     /// Client for calls to other platform services (the log aggregator).
@@ -77,6 +79,7 @@ impl Controller {
                 providers: Arc::new(Providers::default()),
                 artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
                 max_artifact_bytes: api::MAX_ARTIFACT_BYTES,
+                agent_secret: String::new(),
                 http: reqwest::Client::new(),
             },
         })
@@ -91,6 +94,12 @@ impl Controller {
     /// Sets the directory uploaded artifacts are stored in.
     pub fn with_artifacts_dir(mut self, dir: PathBuf) -> Self {
         self.state.artifacts_dir = dir;
+        self
+    }
+
+    /// Sets the cluster secret presented to host agents.
+    pub fn with_agent_secret(mut self, secret: String) -> Self {
+        self.state.agent_secret = secret;
         self
     }
 

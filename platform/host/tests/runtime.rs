@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "paas";
+/// The cluster secret the test agents require on `/run`.
+const SECRET: &str = "test-cluster-secret";
 const HTTP: &str = "exec /usr/bin/python3 -m http.server $PORT --bind $HOST_IP";
 
 /// etcd plus a coordination client and a scratch dir (artifacts, agents' data dirs).
@@ -106,6 +108,7 @@ impl Cluster {
         cfg.stop_grace = Duration::from_secs(2);
         cfg.poll_interval = Duration::from_millis(100);
         cfg.log_addr = log_addr;
+        cfg.api_secret = SECRET.into();
         cfg.shim = paas_host::shim::Shim::new(
             env!("CARGO_BIN_EXE_paas-host-agent"),
             [paas_host::shim::SUBCOMMAND],
@@ -523,9 +526,27 @@ async fn run_passes_stdin_output_and_exit_code() {
         env: BTreeMap::new(),
     };
 
+    // Without the cluster secret (any local process, any job) nothing runs.
+    for secret in ["", "wrong", "test-cluster-secreT"] {
+        let refused = run_remote(
+            &api,
+            secret,
+            &req(&["sh", "-c", "touch /tmp/paas-should-not-exist"]),
+            tokio::io::empty(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(AttachError::Refused { status: 401, .. })),
+            "{refused:?}"
+        );
+    }
+
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = run_remote(
         &api,
+        SECRET,
         &req(&["sh", "-c", "exit 7"]),
         tokio::io::empty(),
         &mut out,
@@ -537,6 +558,7 @@ async fn run_passes_stdin_output_and_exit_code() {
 
     let code = run_remote(
         &api,
+        SECRET,
         &req(&[
             "sh",
             "-c",
@@ -558,6 +580,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     // A signal comes back as 128 + signal.
     let code = run_remote(
         &api,
+        SECRET,
         &req(&["sh", "-c", "kill -9 $$"]),
         tokio::io::empty(),
         tokio::io::sink(),
@@ -571,6 +594,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     missing.app = "nope".into();
     let e = run_remote(
         &api,
+        SECRET,
         &missing,
         tokio::io::empty(),
         tokio::io::sink(),
@@ -581,6 +605,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     assert!(matches!(e, AttachError::Refused { status: 404, .. }), "{e}");
     let e = run_remote(
         &api,
+        SECRET,
         &req(&["/no/such/program"]),
         tokio::io::empty(),
         tokio::io::sink(),

@@ -233,6 +233,12 @@ async fn serve(
             .await
             .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
             .with_artifacts_dir(data_dir.join("artifacts"));
+    // The secret host agents require from the controller; `paas host --join` is given it
+    // (--cluster-secret), jobs never are.
+    let cluster_secret = persistent_secret(&data_dir.join("cluster-secret"), || {
+        paas_controller::auth::generate_secret().secret
+    })?;
+    controller = controller.with_agent_secret(cluster_secret.clone());
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)
@@ -272,6 +278,7 @@ async fn serve(
             api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             artifacts: data_dir.join("artifacts"),
             log_addr: logs.syslog_addr(),
+            api_secret: cluster_secret.clone(),
         },
         stop.clone(),
     ));
