@@ -18,7 +18,8 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
-pub mod model;
+/// The data model, now the `paas-model` crate (re-exported while callers move to it).
+pub use paas_model as model;
 pub use paas_appliance::provider;
 pub mod store;
 

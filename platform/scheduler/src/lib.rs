@@ -24,7 +24,7 @@
 //!   writes; watches only decide *when* to tick.
 //! - `reconcile` does no I/O; everything it decides is logged at INFO with its reason.
 
-pub mod keys;
+pub use paas_model::keys;
 pub mod reconcile;
 mod triggers;
 

@@ -1,7 +1,7 @@
 //! The runtime's key layout. Keys are relative to the platform's `paas-coord` namespace
 //! (the controller's prefix, e.g. `paas` -> `paas/apps/shop` in etcd), which
 //! [`paas_coord::Coord::connect`] applies. Values are JSON documents of
-//! `paas_controller::model` types.
+//! this crate's types.
 //!
 //! ```text
 //! apps/<app>                         App             controller
