@@ -63,8 +63,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::model::NameError> for ApiError {
-    fn from(e: crate::model::NameError) -> Self {
+impl From<paas_model::NameError> for ApiError {
+    fn from(e: paas_model::NameError) -> Self {
         ApiError::Invalid(e.to_string())
     }
 }

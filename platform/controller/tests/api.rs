@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use paas_controller::{Controller, Provider, ProviderError, Providers, Provisioned};
+use paas_model::keys;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -673,14 +674,23 @@ async fn releases_formations_and_jobs() {
     .await
     .unwrap();
     let job = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j1", &job).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j1"), &job)
+        .await
+        .unwrap();
     let other = json!({"id": "j2", "app": "blog", "release": 1, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j2", &other).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j2"), &other)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs.as_array().unwrap().len(), 1);
     assert_eq!(jobs[0]["state"], "starting");
     let status = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "state": "up", "pid": 42, "port": 5000, "restarts": 2, "message": ""});
-    coord.create("job-status/j1", &status).await.unwrap();
+    coord
+        .create(&keys::job_status("j1"), &status)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs[0]["state"], "up");
     assert_eq!(jobs[0]["restarts"], 2);
@@ -696,12 +706,12 @@ async fn releases_formations_and_jobs() {
         StatusCode::NO_CONTENT
     );
     assert!(coord
-        .get::<Value>("placements/h1/j1")
+        .get::<Value>(&keys::placement("h1", "j1"))
         .await
         .unwrap()
         .is_none());
     assert!(coord
-        .get::<Value>("placements/h1/j2")
+        .get::<Value>(&keys::placement("h1", "j2"))
         .await
         .unwrap()
         .is_some());

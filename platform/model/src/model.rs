@@ -1,4 +1,6 @@
-//! The platform's desired state as stored in etcd: apps, releases, tokens, resources.
+//! The platform's state as stored in etcd: apps, releases, formations, tokens,
+//! resources, routes (desired), hosts, placements, job statuses and discovery values
+//! (runtime). Where each lives is [`crate::keys`].
 //!
 //! Invariants:
 //! - An app always has a current release (`App::release >= 1`); release 1 is created with
@@ -285,6 +287,32 @@ pub fn validate_route(domain: &str, path: Option<&str>) -> Result<(), RouteError
         }
     }
     Ok(())
+}
+
+/// Value of a discovery registration (`services/<app>-<type>/<job>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// `ip:port` the job listens on.
+    pub addr: String,
+    /// The app.
+    pub app: String,
+    /// Job id.
+    pub job: String,
+    /// Process type.
+    pub process_type: String,
+}
+
+/// What the log aggregator registers in discovery (`services/logaggregator/<host>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatorInstance {
+    /// `ip:port` of its HTTP API (log queries, drain status, metrics).
+    pub api: String,
+    /// `ip:port` of its syslog input, if enabled.
+    #[serde(default)]
+    pub syslog: Option<String>,
+    /// `ip:port` of its Fluent Forward input, if enabled.
+    #[serde(default)]
+    pub forward: Option<String>,
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use paas_controller::model::Formation;
 use paas_controller::{ApiError, Store};
+use paas_model::Formation;
 use paas_postgres::args::SupervisorArgs;
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
@@ -93,7 +93,7 @@ fn member_processes(
     members: usize,
     ttl_secs: u64,
 ) -> BTreeMap<String, String> {
-    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     (0..members)
         .map(|i| {
             let (pg, health) = addrs.members[i];
@@ -171,7 +171,7 @@ pub async fn start(
     ensure_system_app(store, processes, &password)
         .await
         .context("cannot schedule the postgres members")?;
-    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let endpoint = TcpEndpoint::start(
         listen,
         EndpointConfig {

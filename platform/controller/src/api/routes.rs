@@ -10,12 +10,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use paas_model::{validate_route, Route, RouteTls};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Body;
 use crate::auth::{short_id, Principal};
 use crate::error::ApiError;
-use crate::model::{validate_route, Route, RouteTls};
 use crate::AppState;
 
 /// Body of `POST /apps/{app}/routes`.

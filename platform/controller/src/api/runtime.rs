@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt;
+use paas_model::{Artifact, Formation, Job, JobStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -19,7 +20,6 @@ use tokio::io::AsyncWriteExt;
 use super::Body;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::{Artifact, Formation, Job, JobStatus};
 use crate::AppState;
 
 /// Largest artifact accepted, in bytes.
@@ -258,7 +258,7 @@ fn pending(job: &Job) -> JobStatus {
         release: job.release,
         process_type: job.process_type.clone(),
         host: job.host.clone(),
-        state: crate::model::JobState::Starting,
+        state: paas_model::JobState::Starting,
         pid: None,
         port: None,
         restarts: 0,
