@@ -68,3 +68,9 @@ impl From<paas_model::NameError> for ApiError {
         ApiError::Invalid(e.to_string())
     }
 }
+
+impl From<paas_model::RouteError> for ApiError {
+    fn from(e: paas_model::RouteError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use paas_coord::{Batch, Coord, CoordError};
-use paas_model::{keys, App, Formation, Host, Job, JobStatus, Release, Resource, Route, Token};
+use paas_model::{
+    keys, validate_env_key, validate_process_type, validate_route, App, Formation, Host, Job,
+    JobStatus, Release, Resource, Route, Token,
+};
 
 use crate::error::ApiError;
 
@@ -20,6 +23,17 @@ pub const MAX_ATTEMPTS: usize = 16;
 #[derive(Clone)]
 pub struct Store {
     coord: Coord,
+}
+
+/// Checks the names a release brings into the key layout and the jobs' environment.
+fn check_names(release: &Release) -> Result<(), ApiError> {
+    for key in release.env.keys() {
+        validate_env_key(key)?;
+    }
+    for process_type in release.processes.keys() {
+        validate_process_type(process_type)?;
+    }
+    Ok(())
 }
 
 impl From<CoordError> for ApiError {
@@ -190,7 +204,8 @@ impl Store {
     }
 
     /// Like [`Store::new_release`], but `change` builds the whole next release (its
-    /// version, app and creation time are set here).
+    /// version, app and creation time are set here). Its env and process type names are
+    /// checked here, so in-process writers (system apps) obey the API's rules too.
     pub async fn new_release_with<F>(&self, app: &str, change: F) -> Result<Release, ApiError>
     where
         F: Fn(&Release) -> Result<Release, ApiError>,
@@ -199,6 +214,7 @@ impl Store {
             let (mut a, rev) = self.get_app_versioned(app).await?;
             let current = self.release(app, a.release).await?;
             let mut next = change(&current)?;
+            check_names(&next)?;
             next.app = app.to_string();
             next.version = a.release + 1;
             next.created_at = Utc::now();
@@ -405,8 +421,10 @@ impl Store {
     }
 
     /// Stores a new route and takes its domain and path in one transaction; 409 when
-    /// another route has the same domain and path.
+    /// another route has the same domain and path. The domain and path are checked here,
+    /// as app names are in [`Store::create_app`].
     pub async fn create_route(&self, route: &Route) -> Result<(), ApiError> {
+        validate_route(&route.domain, route.path.as_deref())?;
         let mut batch = Batch::new();
         batch.create(&keys::route(&route.id), route)?.create(
             &keys::route_name(&route.domain, route.path.as_deref()),

@@ -195,6 +195,10 @@ pub enum NameError {
     /// Environment variable names must match `[A-Za-z_][A-Za-z0-9_]*`.
     #[error("invalid environment variable name {0:?}: must match [A-Za-z_][A-Za-z0-9_]*")]
     EnvKey(String),
+    /// Process type names must match `[a-z][a-z0-9_-]{0,29}` (they are part of job and
+    /// discovery service names).
+    #[error("invalid process type {0:?}: must match [a-z][a-z0-9_-]{{0,29}}")]
+    ProcessType(String),
 }
 
 /// Checks an app name against `[a-z][a-z0-9-]{0,29}`.
@@ -219,6 +223,19 @@ pub fn validate_env_key(key: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::EnvKey(key.to_string()))
+    }
+}
+
+/// Checks a process type name: `[a-z][a-z0-9_-]{0,29}`.
+pub fn validate_process_type(name: &str) -> Result<(), NameError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 30
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::ProcessType(name.to_string()))
     }
 }
 
@@ -360,6 +377,28 @@ mod tests {
                 "{domain:?} {path:?}"
             );
         }
+    }
+
+    #[test]
+    fn process_types() {
+        for ok in ["web", "worker_2", "pg-0", "a23456789012345678901234567890"] {
+            assert!(validate_process_type(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "2web",
+            "_web",
+            "we b",
+            "web.1",
+            "a234567890123456789012345678901",
+        ] {
+            assert!(validate_process_type(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_process_type("Web").unwrap_err().to_string(),
+            "invalid process type \"Web\": must match [a-z][a-z0-9_-]{0,29}"
+        );
     }
 
     #[test]

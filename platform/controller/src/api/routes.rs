@@ -89,7 +89,7 @@ pub async fn add_route(
         .as_deref()
         .map(|p| p.trim_end_matches('/').to_string())
         .filter(|p| !p.is_empty());
-    validate_route(&domain, req.path.as_deref()).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    validate_route(&domain, req.path.as_deref())?;
     if let Some(tls) = &req.tls {
         check_pem(tls)?;
     }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt;
-use paas_model::{Artifact, Formation, Job, JobStatus};
+use paas_model::{validate_process_type, Artifact, Formation, Job, JobStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -86,21 +86,6 @@ pub struct NewRelease {
     processes: BTreeMap<String, String>,
     #[serde(default)]
     artifact: Option<Artifact>,
-}
-
-/// Checks a process type name: `[a-z][a-z0-9_-]{0,29}`.
-fn validate_process_type(name: &str) -> Result<(), ApiError> {
-    let mut chars = name.chars();
-    let ok = matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 30
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(format!(
-            "invalid process type {name:?}: must match [a-z][a-z0-9_-]{{0,29}}"
-        )))
-    }
 }
 
 /// `POST /apps/{app}/releases`
