@@ -18,12 +18,12 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
+use paas_model::{keys, validate_env_key, Release, Resource, Scope, Token};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{generate_secret, short_id, Principal};
 use crate::error::ApiError;
-use crate::model::{validate_env_key, Release, Resource, Scope, Token};
 use crate::AppState;
 
 /// The controller's routes, ready to be served.
@@ -137,14 +137,14 @@ async fn cluster_status(
     let scheduler: Option<String> = s
         .store
         .coord()
-        .observe_leader::<String>("scheduler")
+        .observe_leader::<String>(keys::SCHEDULER_ELECTION)
         .await?
         .current()
         .map(|leader| leader.value);
     let aggregators: Vec<serde_json::Value> = s
         .store
         .coord()
-        .list::<serde_json::Value>("services/logaggregator/")
+        .list::<serde_json::Value>(&keys::aggregators())
         .await?
         .into_iter()
         .map(|(_, v, _)| v)
@@ -221,7 +221,7 @@ async fn list_apps(p: Principal, State(s): State<AppState>) -> Result<impl IntoR
 #[derive(Serialize)]
 struct AppInfo {
     #[serde(flatten)]
-    app: crate::model::App,
+    app: paas_model::App,
     env_keys: Vec<String>,
     resources: Vec<Resource>,
 }

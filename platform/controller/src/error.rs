@@ -67,8 +67,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::model::NameError> for ApiError {
-    fn from(e: crate::model::NameError) -> Self {
+impl From<paas_model::NameError> for ApiError {
+    fn from(e: paas_model::NameError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<paas_model::RouteError> for ApiError {
+    fn from(e: paas_model::RouteError) -> Self {
         ApiError::Invalid(e.to_string())
     }
 }

@@ -1,8 +1,8 @@
 //! The controller: the platform's HTTP+JSON API over its desired state in etcd.
 //!
 //! Map:
-//! - `model`    apps, releases, tokens, resources and their name rules (pure).
-//! - `store`    every read and revision-checked write of that state in etcd.
+//! - `store`    every read and revision-checked write of the platform's desired state
+//!   (`paas-model`'s types, at `paas_model::keys`) in etcd.
 //! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
 //! - `provider` the interface resource kinds (postgres...) implement (it lives in
 //!   `paas-appliance`; re-exported here).
@@ -18,7 +18,6 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
-pub mod model;
 pub use paas_appliance::provider;
 pub mod store;
 
@@ -30,9 +29,6 @@ use chrono::Utc;
 pub use error::ApiError;
 pub use provider::{Provider, ProviderError, Providers, Provisioned};
 pub use store::Store;
-
-/// etcd namespace under which `paas up` keeps its state.
-pub const DEFAULT_PREFIX: &str = "paas";
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -113,9 +109,9 @@ impl Controller {
     pub async fn ensure_admin_token(&self, secret: &str) -> Result<(), StartError> {
         let hash = auth::hash_secret(secret);
         if self.state.store.token_by_hash(&hash).await?.is_none() {
-            let token = model::Token {
+            let token = paas_model::Token {
                 id: "admin".to_string(),
-                scope: model::Scope::Admin,
+                scope: paas_model::Scope::Admin,
                 description: "created by paas up".to_string(),
                 created_at: Utc::now(),
             };

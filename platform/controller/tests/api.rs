@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use paas_controller::{Controller, Provider, ProviderError, Providers, Provisioned};
+use paas_model::keys;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -688,14 +689,23 @@ async fn releases_formations_and_jobs() {
     .await
     .unwrap();
     let job = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j1", &job).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j1"), &job)
+        .await
+        .unwrap();
     let other = json!({"id": "j2", "app": "blog", "release": 1, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j2", &other).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j2"), &other)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs.as_array().unwrap().len(), 1);
     assert_eq!(jobs[0]["state"], "starting");
     let status = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "state": "up", "pid": 42, "port": 5000, "restarts": 2, "message": ""});
-    coord.create("job-status/j1", &status).await.unwrap();
+    coord
+        .create(&keys::job_status("j1"), &status)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs[0]["state"], "up");
     assert_eq!(jobs[0]["restarts"], 2);
@@ -711,12 +721,12 @@ async fn releases_formations_and_jobs() {
         StatusCode::NO_CONTENT
     );
     assert!(coord
-        .get::<Value>("placements/h1/j1")
+        .get::<Value>(&keys::placement("h1", "j1"))
         .await
         .unwrap()
         .is_none());
     assert!(coord
-        .get::<Value>("placements/h1/j2")
+        .get::<Value>(&keys::placement("h1", "j2"))
         .await
         .unwrap()
         .is_some());
@@ -995,4 +1005,82 @@ async fn routes_are_validated_unique_scoped_and_removed_with_their_app() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "blog's routes went with blog");
+}
+
+/// In-process writers (the daemons' system apps) go through the `Store` without the
+/// API's handlers: the store applies the same name rules itself.
+#[tokio::test]
+async fn the_store_checks_names_for_in_process_writers() {
+    let etcd = paas_it::EtcdServer::start().expect("etcd");
+    let controller = Controller::connect(&[etcd.endpoint()], "test")
+        .await
+        .expect("connect");
+    let store = &controller.state().store;
+    let invalid = |r: Result<(), paas_controller::ApiError>, needle: &str| match r {
+        Err(paas_controller::ApiError::Invalid(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected Invalid mentioning {needle:?}, got {other:?}"),
+    };
+
+    invalid(store.create_app("Bad").await.map(drop), "invalid app name");
+    store.create_app("sys").await.unwrap();
+    let with = |processes: &[(&str, &str)], env: &[(&str, &str)]| {
+        let processes: BTreeMap<String, String> = processes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |current: &paas_model::Release| {
+            let mut next = current.clone();
+            next.processes = processes.clone();
+            next.env = env.clone();
+            Ok(next)
+        }
+    };
+    invalid(
+        store
+            .new_release_with("sys", with(&[("Web", "run")], &[]))
+            .await
+            .map(drop),
+        "invalid process type",
+    );
+    invalid(
+        store
+            .new_release_with("sys", with(&[("web", "run")], &[("A-B", "1")]))
+            .await
+            .map(drop),
+        "invalid environment variable name",
+    );
+    assert_eq!(store.get_app("sys").await.unwrap().release, 1);
+    let next = store
+        .new_release_with("sys", with(&[("pg0", "run")], &[("PAAS_X", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(next.version, 2);
+
+    let route = |domain: &str, path: Option<&str>| paas_model::Route {
+        id: "r1".to_string(),
+        app: "sys".to_string(),
+        domain: domain.to_string(),
+        path: path.map(str::to_string),
+        sticky: false,
+        tls: None,
+        created_at: chrono::Utc::now(),
+    };
+    invalid(
+        store.create_route(&route("Sys.example", None)).await,
+        "invalid domain",
+    );
+    invalid(
+        store.create_route(&route("sys.example", Some("api"))).await,
+        "invalid path",
+    );
+    assert!(store.list_routes("sys").await.unwrap().is_empty());
+    store
+        .create_route(&route("sys.example", Some("/api")))
+        .await
+        .unwrap();
+    assert_eq!(store.list_routes("sys").await.unwrap().len(), 1);
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use paas_controller::model::Artifact;
+use paas_model::Artifact;
 use sha2::{Digest, Sha256};
 
 /// Why an artifact could not be made ready.

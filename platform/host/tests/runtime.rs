@@ -11,12 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use paas_controller::model::{App, Artifact, Formation, Job, JobState, JobStatus, Release};
 use paas_coord::{Batch, Coord};
 use paas_host::attach::{run_remote, AttachError, RunRequest};
 use paas_host::HostConfig;
 use paas_it::{wait_for, Crashable};
-use paas_scheduler::keys::{self, ServiceEntry};
+use paas_model::keys;
+use paas_model::ServiceEntry;
+use paas_model::{App, Artifact, Formation, Job, JobState, JobStatus, Release};
 use paas_scheduler::SchedulerConfig;
 use sha2::Digest;
 use tokio::task::JoinHandle;
@@ -507,7 +508,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     let api = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let hosts: Vec<(String, paas_controller::model::Host, i64)> =
+            let hosts: Vec<(String, paas_model::Host, i64)> =
                 c.coord.list(&keys::hosts()).await.unwrap();
             if let Some((_, h, _)) = hosts.first() {
                 break h.api_addr.clone();
@@ -805,8 +806,7 @@ async fn an_agent_that_loses_its_lease_registers_again() {
     // key and the job status are still there only if the agent registered again on a
     // new lease and rewrote them on it.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let hosts: Vec<(String, paas_controller::model::Host, i64)> =
-        c.coord.list(&keys::hosts()).await.unwrap();
+    let hosts: Vec<(String, paas_model::Host, i64)> = c.coord.list(&keys::hosts()).await.unwrap();
     assert_eq!(
         hosts
             .iter()

@@ -75,7 +75,7 @@ pub struct Runtime {
 /// Runs the host agent and a scheduler candidate until `shutdown`; returns when both
 /// have stopped.
 pub async fn run_runtime(rt: Runtime, shutdown: CancellationToken) -> Result<()> {
-    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let mut host_cfg = paas_host::HostConfig::new(
         rt.id.clone(),
         rt.etcd.clone(),
@@ -114,7 +114,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
     let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
     let coord = paas_coord::Coord::connect(
         &etcd,
-        paas_controller::DEFAULT_PREFIX,
+        paas_model::keys::DEFAULT_PREFIX,
         Duration::from_secs(10),
     )
     .await

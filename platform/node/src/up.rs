@@ -229,7 +229,7 @@ async fn serve(
 ) -> Result<()> {
     let listen = args.listen.as_str();
     let mut controller =
-        paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
+        paas_controller::Controller::connect(endpoints, paas_model::keys::DEFAULT_PREFIX)
             .await
             .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
             .with_artifacts_dir(data_dir.join("artifacts"));

@@ -14,11 +14,11 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use paas_model::Host;
 use rand::seq::IndexedRandom;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::Host;
 use crate::AppState;
 
 /// The `Upgrade` token shared with host agents.
