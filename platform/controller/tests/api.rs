@@ -215,6 +215,13 @@ async fn apps_lifecycle_and_name_rules() {
         "not_found",
         "endpoint",
     );
+    assert_error(
+        &api.admin("POST", "/apps", Some(json!({"name": "paas-postgres2"})))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "reserved",
+    );
 }
 
 #[tokio::test]

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, RunRequest, PROTOCOL};
 use crate::supervisor::{exit_code, group_command, job_env, signal_group, GroupGuard};
+use crate::users::JobUser;
 use crate::Shared;
 
 /// The API routes.
@@ -110,6 +111,8 @@ struct OneOff {
     id: String,
     /// Kills the group and forgets its record when the session ends.
     _group: Option<GroupGuard>,
+    /// The job's own user, free again when the session ends.
+    _user: Option<JobUser>,
 }
 
 /// Resolves the release, prepares a working dir, spawns the command.
@@ -151,7 +154,12 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
         release.artifact.clone(),
         workdir.clone(),
     );
-    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir))
+    let user = shared
+        .users
+        .for_job(&request.app, &id)
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let owner = user.as_ref().map(|u| u.id);
+    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir, owner))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -189,7 +197,10 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
         ));
     }
     let args: Vec<&std::ffi::OsStr> = request.command[1..].iter().map(|a| a.as_ref()).collect();
-    let mut cmd: Command = shared.cfg.shim.command(request.command[0].as_ref(), &args);
+    let mut cmd: Command = shared
+        .cfg
+        .shim
+        .command(request.command[0].as_ref(), &args, owner);
     cmd.stdin(Stdio::piped());
     group_command(&mut cmd, &env, &workdir);
     let child = cmd.spawn();
@@ -204,6 +215,7 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
                 workdir,
                 id,
                 _group: group,
+                _user: user,
             })
         }
         Err(e) => {

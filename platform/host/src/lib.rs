@@ -40,6 +40,7 @@ pub mod health;
 pub mod reaper;
 pub mod shim;
 pub mod supervisor;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ use crate::artifacts::Artifacts;
 use crate::capture::LogSink;
 use crate::reaper::{Groups, Verdict};
 use crate::shim::Shim;
+use crate::users::JobUsers;
 
 /// How long start-up waits for etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +90,9 @@ pub struct HostConfig {
     /// jobs through `/run`; any other caller is refused. Defaults to a random secret
     /// nobody knows, so an agent never runs open.
     pub api_secret: String,
+    /// The uids jobs of user apps run as (`base`, `count`): one per running job, from a
+    /// range no account uses. Only switched when the agent runs as root.
+    pub job_uids: (u32, u32),
     /// How each job's shim is started (default: this executable's `job-shim`
     /// subcommand, [`Shim::current_exe`]; a binary that does not dispatch it must set
     /// another).
@@ -116,6 +121,7 @@ impl HostConfig {
             stop_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(300),
             api_secret: hex::encode(rand::random::<[u8; 32]>()),
+            job_uids: (2_000_000, 100_000),
             shim: Shim::current_exe(),
         }
     }
@@ -147,6 +153,7 @@ pub(crate) struct Shared {
     pub(crate) artifacts: Artifacts,
     pub(crate) sink: LogSink,
     pub(crate) groups: Groups,
+    pub(crate) users: JobUsers,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
@@ -156,6 +163,13 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         what: format!("creating {}", cfg.data_dir.display()),
         source,
     })?;
+    let users = JobUsers::new(cfg.job_uids.0, cfg.job_uids.1);
+    if users.switching() {
+        users::prepare_jobs_dir(&cfg.data_dir).map_err(|what| HostError::Io {
+            what,
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        })?;
+    }
     let groups = Groups::new(&cfg.data_dir);
     sweep(&groups).await?;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
@@ -186,6 +200,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         coord,
         sink,
         groups,
+        users,
     });
     let api_stop = CancellationToken::new();
     let mut server = AbortOnDrop(tokio::spawn({

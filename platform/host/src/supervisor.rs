@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,6 +34,7 @@ use crate::capture::{self, LineOrigin, LogSink};
 use crate::health::{self, Check, Exposure};
 use crate::reaper::Groups;
 use crate::shim::Shim;
+use crate::users::JobUser;
 
 /// First restart delay after a quick crash.
 pub const BASE_DELAY: Duration = Duration::from_millis(200);
@@ -129,16 +131,17 @@ pub fn job_env(
 }
 
 /// Spawns `sh -c command` under `shim`, the shim leading a new process group, with
-/// exactly `env`, in `workdir`, stdout and stderr piped. The child is the shim: its pid is
-/// the group's id and its exit mirrors the job's.
+/// exactly `env`, in `workdir`, as `user` when given, stdout and stderr piped. The child
+/// is the shim: its pid is the group's id and its exit mirrors the job's.
 pub fn spawn_group(
     shim: &Shim,
     command: &str,
     env: &BTreeMap<String, String>,
     workdir: &Path,
+    user: Option<u32>,
     stdin: Stdio,
 ) -> std::io::Result<Child> {
-    let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()]);
+    let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()], user);
     cmd.stdin(stdin);
     group_command(&mut cmd, env, workdir);
     cmd.spawn()
@@ -265,6 +268,9 @@ pub struct JobSpec {
     pub check_interval: Duration,
     /// How the job's shim is started.
     pub shim: Shim,
+    /// The unprivileged user the job runs as (`None`: the agent's); held while the job
+    /// exists.
+    pub user: Option<Arc<JobUser>>,
     /// Where the job's process groups are recorded.
     pub groups: Groups,
 }
@@ -300,6 +306,7 @@ pub async fn supervise(
             &spec.command,
             &spec.env,
             &spec.workdir,
+            spec.user.as_ref().map(|u| u.id),
             Stdio::null(),
         ) {
             Ok(child) => child,

@@ -56,6 +56,12 @@ impl Cluster {
         let etcd = paas_it::EtcdServer::start().expect("etcd");
         let coord = connect(&etcd).await;
         let dir = tempfile::tempdir().unwrap();
+        // Jobs run as their own users: they must be able to reach their directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
         Cluster { etcd, coord, dir }
     }
@@ -542,6 +548,40 @@ async fn run_passes_stdin_output_and_exit_code() {
             matches!(refused, Err(AttachError::Refused { status: 401, .. })),
             "{refused:?}"
         );
+    }
+
+    // A job runs as its own unprivileged user (when the agent is root): it cannot read
+    // the agent's files nor list the other jobs' directories.
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let data = c.dir.path().join("h1");
+        let secret = data.join("secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let script = format!(
+            "id -u; cat {} || echo refused; ls {} || echo unlisted; touch mine && echo own",
+            secret.display(),
+            data.join("jobs").display()
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_remote(
+            &api,
+            SECRET,
+            &req(&["sh", "-c", &script]),
+            tokio::io::empty(),
+            &mut out,
+            &mut err,
+        )
+        .await
+        .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "{out} {}", String::from_utf8_lossy(&err));
+        let uid: u32 = out.lines().next().unwrap().parse().unwrap();
+        assert!(uid >= 2_000_000, "job ran as uid {uid}: {out}");
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains("refused") && out.contains("unlisted"), "{out}");
+        assert!(out.contains("own"), "a job writes its own directory: {out}");
     }
 
     let (mut out, mut err) = (Vec::new(), Vec::new());
