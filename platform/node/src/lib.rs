@@ -21,6 +21,7 @@
 pub mod aggregator;
 pub mod appliance;
 pub mod host;
+pub mod pki;
 pub mod postgres;
 pub mod router;
 pub mod up;

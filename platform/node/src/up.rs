@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Use this etcd (comma-separated client URLs) instead of starting one.
     #[arg(long)]
     pub etcd: Option<String>,
+    /// With --etcd https://...: the directory holding the client identity to present
+    /// (ca.pem, client.pem, client-key.pem). The embedded etcd always uses DATA_DIR/pki.
+    #[arg(long)]
+    pub etcd_tls_dir: Option<PathBuf>,
     /// Address of the controller API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
@@ -195,6 +199,9 @@ pub async fn run(
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     private_dirs(&data_dir)?;
+    if let Some(tls) = &args.etcd_tls_dir {
+        paas_coord::tls::set_client_identity(tls)?;
+    }
 
     let mut etcd_child = None;
     let endpoints: Vec<String> = match &args.etcd {
@@ -269,6 +276,13 @@ async fn serve(
     .await?;
 
     let stop = tokio_util::sync::CancellationToken::new();
+    // Jobs run as their own users (when we are root): fail now, naming the directory
+    // that blocks them, rather than start an agent whose jobs cannot reach their dirs.
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        paas_host::users::prepare_jobs_dir(&data_dir.join("host"))
+            .map_err(|e| anyhow::anyhow!("cannot run jobs: {e}"))?;
+    }
     let runtime = tokio::spawn(crate::host::run_runtime(
         crate::host::Runtime {
             id: crate::host::hostname(),
@@ -509,8 +523,9 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File> {
 }
 
 /// The data dir's subdirectories only the platform's own processes may enter (etcd's
-/// data, uploaded code, logs, job directories, the router's keys, the shipper's spool):
-/// made 0700, also when an older version left them readable. Appliance directories stay
+/// data, uploaded code, logs, the router's keys, the shipper's spool): made 0700, also
+/// when an older version left them readable. `host` is 0711 (jobs, each as its own user,
+/// reach their own 0700 directories inside it) and appliance directories stay
 /// traversable for servers that run as their own users.
 const PRIVATE_DIRS: &[&str] = &[
     "etcd",
@@ -588,7 +603,11 @@ fn etcd_addrs(dir: &Path) -> Result<(std::net::IpAddr, Ports)> {
 /// Starts the embedded etcd and waits until it answers.
 async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
     let (host, ports) = etcd_addrs(dir)?;
-    let client = format!("http://{host}:{}", ports.etcd_client);
+    // Clients must present the cluster's client certificate: only the platform's own
+    // processes (which can read DATA_DIR/pki) reach its state.
+    let pki = crate::pki::ensure(dir, host)?;
+    paas_coord::tls::set_client_identity(&pki)?;
+    let client = format!("https://{host}:{}", ports.etcd_client);
     let peer = format!("http://{host}:{}", ports.etcd_peer);
     for (port, what) in [
         (ports.etcd_client, "etcd client port"),
@@ -624,6 +643,13 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
         .arg(&peer)
         .arg("--initial-cluster")
         .arg(format!("paas={peer}"))
+        .arg("--client-cert-auth")
+        .arg("--trusted-ca-file")
+        .arg(pki.join(paas_coord::tls::CA_FILE))
+        .arg("--cert-file")
+        .arg(pki.join(crate::pki::SERVER_CERT))
+        .arg("--key-file")
+        .arg(pki.join(crate::pki::SERVER_KEY))
         .arg("--auto-compaction-mode=revision")
         .arg("--auto-compaction-retention=10000")
         .stdin(Stdio::null())
