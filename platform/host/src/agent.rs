@@ -72,6 +72,7 @@ pub(crate) async fn run(
         started_at: Utc::now(),
     };
     let mut lease = register(&shared, &host).await?;
+    *shared.lease.write().expect("lease lock") = Some(Arc::clone(&lease));
     let placements_watch: DocWatch<IgnoredAny> = shared
         .coord
         .watch_prefix(&keys::placements_of(&cfg.id))
@@ -96,6 +97,7 @@ pub(crate) async fn run(
                         failed_registrations = 0;
                         lease = new;
                         lease_tx.send_replace(Arc::clone(&lease));
+                        *shared.lease.write().expect("lease lock") = Some(Arc::clone(&lease));
                     }
                     Err(e) => {
                         // One warning per outage; the retries every poll interval go to debug.
@@ -179,6 +181,7 @@ pub(crate) async fn run(
     // Every job task (and its lease receiver) is gone: revoke now so the scheduler moves
     // nothing stale and the host key vanishes at once.
     drop((lease_tx, lease_rx));
+    shared.lease.write().expect("lease lock").take();
     if let Ok(lease) = Arc::try_unwrap(lease) {
         if let Err(e) = lease.revoke().await {
             tracing::warn!(error = %e, "revoking the host lease failed; it will expire");

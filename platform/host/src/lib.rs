@@ -154,6 +154,9 @@ pub(crate) struct Shared {
     pub(crate) sink: LogSink,
     pub(crate) groups: Groups,
     pub(crate) users: JobUsers,
+    /// The host lease while registered, for what the API publishes (one-off jobs'
+    /// statuses); cleared before the agent revokes it.
+    pub(crate) lease: std::sync::RwLock<Option<Arc<paas_coord::Lease>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
@@ -201,6 +204,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         sink,
         groups,
         users,
+        lease: std::sync::RwLock::new(None),
     });
     let api_stop = CancellationToken::new();
     let mut server = AbortOnDrop(tokio::spawn({

@@ -618,6 +618,58 @@ async fn run_passes_stdin_output_and_exit_code() {
     );
     assert_eq!(String::from_utf8_lossy(&err), "oops\n");
 
+    // A one-off job is listed while it runs (process type `run`), its output goes to the
+    // app's log like any job's, and its exit code is logged when it ends.
+    let running = tokio::spawn({
+        let (api, r) = (
+            api.clone(),
+            req(&["sh", "-c", "echo from-run; sleep 2; exit 3"]),
+        );
+        async move {
+            run_remote(
+                &api,
+                SECRET,
+                &r,
+                tokio::io::empty(),
+                tokio::io::sink(),
+                tokio::io::sink(),
+            )
+            .await
+        }
+    });
+    let run_status = || async {
+        let statuses: Vec<(String, JobStatus, i64)> =
+            c.coord.list(&keys::job_statuses()).await.unwrap();
+        statuses
+            .into_iter()
+            .map(|(_, s, _)| s)
+            .find(|s| s.process_type == "run" && s.app == "tool")
+    };
+    wait_for(
+        "the one-off job listed while it runs",
+        Duration::from_secs(10),
+        || async { run_status().await.is_some() },
+    )
+    .await;
+    let listed = run_status().await.unwrap();
+    assert_eq!(listed.state, JobState::Up);
+    assert_eq!(running.await.unwrap().unwrap(), 3);
+    let statuses: Vec<(String, JobStatus, i64)> =
+        c.coord.list(&keys::job_statuses()).await.unwrap();
+    assert!(
+        statuses.iter().all(|(_, s, _)| s.id != listed.id),
+        "an ended one-off job leaves the list"
+    );
+    let log = std::fs::read_to_string(
+        c.dir
+            .path()
+            .join("h1/logs/tool")
+            .join(format!("{}.log", listed.id)),
+    )
+    .unwrap();
+    assert!(log.contains("from-run"), "{log}");
+    assert!(log.contains("exited with code 3"), "{log}");
+
     // A signal comes back as 128 + signal.
     let code = run_remote(
         &api,
