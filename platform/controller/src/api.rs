@@ -6,7 +6,7 @@ pub mod drain_policy;
 pub mod logs;
 mod routes;
 mod runtime;
-pub use runtime::MAX_ARTIFACT_BYTES;
+pub use runtime::{artifact_path, MAX_ARTIFACT_BYTES};
 
 use std::collections::BTreeMap;
 

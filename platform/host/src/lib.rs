@@ -175,6 +175,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
     }
     let groups = Groups::new(&cfg.data_dir);
     sweep(&groups).await?;
+    clear_leftovers(&cfg.data_dir, &cfg.artifacts_dir).await;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {
         Some(addr) => Some(Arc::new(Shipper::start(ShipperConfig::new(
@@ -256,6 +257,40 @@ async fn sweep(groups: &Groups) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// Removes what jobs of an earlier run left (their working directories: no job runs yet)
+/// and the unpacked code they used (a cache, unpacked again on demand), so a host killed
+/// again and again does not fill its disk.
+async fn clear_leftovers(data_dir: &std::path::Path, uploads: &std::path::Path) {
+    for name in ["jobs", "artifacts"] {
+        let dir = data_dir.join(name);
+        // Never the uploaded tarballs themselves, should the two directories coincide.
+        let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if same(&dir, uploads) {
+            continue;
+        }
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            continue;
+        };
+        let mut removed = 0;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let path = entry.path();
+            let gone = match entry.file_type().await {
+                Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                _ => tokio::fs::remove_file(&path).await,
+            };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a leftover failed")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed what an earlier run left");
+        }
+    }
 }
 
 /// Aborts a task when dropped, so an aborted agent takes its API server with it.

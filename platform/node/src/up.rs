@@ -71,6 +71,10 @@ pub struct UpArgs {
     /// Members of the Postgres cluster started at boot (same as --appliance postgres=N).
     #[arg(long)]
     pub postgres_members: Option<usize>,
+    /// Releases kept per app (besides the current one): older release records and the
+    /// uploaded code no kept release uses are deleted every 5 minutes.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub keep_releases: u64,
     /// Lease TTL of the appliance members, in seconds (at least 2). A dead primary is
     /// replaced within about this long; a primary whose lease renewals stall for the TTL
     /// minus one second stops itself. Shorter fails over faster but fences a primary on
@@ -297,6 +301,13 @@ async fn serve(
         stop.clone(),
     ));
 
+    let gc = tokio::spawn(paas_controller::gc::run(
+        controller.state().clone(),
+        paas_controller::gc::GcConfig {
+            keep_releases: args.keep_releases as usize,
+            ..Default::default()
+        },
+    ));
     let result = async {
         let mut appliances = Vec::new();
         let mut providers = paas_controller::Providers::default();
@@ -397,6 +408,7 @@ async fn serve(
     }
     .await;
 
+    gc.abort();
     router.shutdown().await;
     // Jobs (the Postgres members among them) stop with the host agent.
     stop.cancel();
