@@ -114,7 +114,7 @@ struct OneOff {
     /// Its status as `paas ps` lists it (process type `run`) while it runs.
     status: JobStatus,
     /// Kills the group and forgets its record when the session ends.
-    _group: Option<GroupGuard>,
+    group: Option<GroupGuard>,
     /// The job's own user, free again when the session ends.
     _user: Option<JobUser>,
 }
@@ -213,7 +213,7 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
             tracing::info!(job = %id, app = %request.app, release = version, command = ?request.command, "one-off job started");
             let group = child
                 .id()
-                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid));
+                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid).with_user(owner));
             let status = JobStatus {
                 id: id.clone(),
                 app: request.app.clone(),
@@ -232,7 +232,7 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
                 workdir,
                 id,
                 status,
-                _group: group,
+                group,
                 _user: user,
             })
         }
@@ -405,13 +405,10 @@ async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff, shared:
     if let Some(p) = pgid {
         signal_group(p, libc::SIGKILL);
     }
-    if !client_gone {
-        wire.clear();
-        attach::encode(&Frame::Exit(code), &mut wire);
-        let _ = to_client.write_all(&wire).await;
-        let _ = to_client.flush().await;
-        let _ = to_client.shutdown().await;
-    }
+    // Everything of the job ends (its group, and every process of its user, which
+    // may hold the output pipes open), its output is in the log, its exit recorded and
+    // its status gone before the client hears the exit code.
+    drop(one.group.take());
     if let Some(t) = stdin_task {
         t.abort();
     }
@@ -429,6 +426,13 @@ async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff, shared:
         tracing::warn!(job = %one.id, error = %e, "logging the one-off job's exit failed");
     }
     remove_status(&shared, &one.id).await;
+    if !client_gone {
+        wire.clear();
+        attach::encode(&Frame::Exit(code), &mut wire);
+        let _ = to_client.write_all(&wire).await;
+        let _ = to_client.flush().await;
+        let _ = to_client.shutdown().await;
+    }
     tracing::info!(job = %one.id, code, "one-off job ended");
     let _ = tokio::fs::remove_dir_all(&one.workdir).await;
 }

@@ -91,7 +91,8 @@ pub struct HostConfig {
     /// nobody knows, so an agent never runs open.
     pub api_secret: String,
     /// The uids jobs of user apps run as (`base`, `count`): one per running job, from a
-    /// range no account uses. Only switched when the agent runs as root.
+    /// range no account uses, its own for each data dir (several agents on one machine
+    /// never share a uid). Only switched when the agent runs as root.
     pub job_uids: (u32, u32),
     /// How each job's shim is started (default: this executable's `job-shim`
     /// subcommand, [`Shim::current_exe`]; a binary that does not dispatch it must set
@@ -108,11 +109,13 @@ impl HostConfig {
         data_dir: impl Into<PathBuf>,
         artifacts_dir: impl Into<PathBuf>,
     ) -> HostConfig {
+        let data_dir_path: PathBuf = data_dir.into();
         HostConfig {
             id: id.into(),
             etcd_endpoints,
             prefix: prefix.into(),
-            data_dir: data_dir.into(),
+            job_uids: users::default_range(&data_dir_path),
+            data_dir: data_dir_path,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             job_ip: IpAddr::from([127, 0, 0, 1]),
             artifacts_dir: artifacts_dir.into(),
@@ -121,7 +124,6 @@ impl HostConfig {
             stop_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(300),
             api_secret: hex::encode(rand::random::<[u8; 32]>()),
-            job_uids: (2_000_000, 100_000),
             shim: Shim::current_exe(),
         }
     }
@@ -175,6 +177,10 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
     }
     let groups = Groups::new(&cfg.data_dir);
     sweep(&groups).await?;
+    let swept = users.sweep();
+    if !swept.is_empty() {
+        tracing::warn!(users = ?swept, "killed processes an earlier run's jobs left under their users");
+    }
     clear_leftovers(&cfg.data_dir, &cfg.artifacts_dir).await;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {

@@ -192,6 +192,9 @@ pub fn signal_group(pgid: u32, signal: i32) {
 pub struct GroupGuard {
     pgid: u32,
     groups: Groups,
+    /// The job's own user: every process of it is killed too, also those that left the
+    /// group (`setsid`, double forks).
+    user: Option<u32>,
 }
 
 impl GroupGuard {
@@ -204,13 +207,23 @@ impl GroupGuard {
         GroupGuard {
             pgid,
             groups: groups.clone(),
+            user: None,
         }
+    }
+
+    /// Also kills every process of `uid` (the job's own user) when dropped.
+    pub fn with_user(mut self, uid: Option<u32>) -> GroupGuard {
+        self.user = uid;
+        self
     }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         signal_group(self.pgid, libc::SIGKILL);
+        if let Some(uid) = self.user {
+            crate::users::kill_all(uid);
+        }
         self.groups.forget(self.pgid);
     }
 }
@@ -330,7 +343,10 @@ pub async fn supervise(
             }
         };
         let pid = child.id();
-        let _group = pid.map(|p| GroupGuard::record(&spec.groups, &spec.job.id, p));
+        let _group = pid.map(|p| {
+            GroupGuard::record(&spec.groups, &spec.job.id, p)
+                .with_user(spec.user.as_ref().map(|u| u.id))
+        });
         report.send_replace(Report {
             state: JobState::Starting,
             pid,

@@ -87,6 +87,69 @@ impl JobUsers {
     }
 }
 
+/// SIGKILLs every process of `uid`, whatever group or session it moved to: a shell run
+/// as that user sends `kill(-1, SIGKILL)`, which reaches every process the user owns but
+/// the sender, atomically with respect to forks. Blocks for the few milliseconds that
+/// takes.
+pub fn kill_all(uid: u32) {
+    use std::os::unix::process::CommandExt;
+    let ran = std::process::Command::new("/bin/sh")
+        .args(["-c", "kill -KILL -1 2>/dev/null; exit 0"])
+        .env_clear()
+        .uid(uid)
+        .gid(uid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = ran {
+        tracing::warn!(uid, error = %e, "killing the processes of a job's user failed");
+    }
+}
+
+/// The uids in `base..base + count` that own a process now (from `/proc`).
+pub fn live_uids(base: u32, count: u32) -> Vec<u32> {
+    let mut uids = HashSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if let Some(uid) = uid.filter(|u| (base..base.saturating_add(count)).contains(u)) {
+            uids.insert(uid);
+        }
+    }
+    let mut uids: Vec<u32> = uids.into_iter().collect();
+    uids.sort_unstable();
+    uids
+}
+
+impl JobUsers {
+    /// Kills every process an earlier run's jobs left under their users (the agent
+    /// starting: no job of its own runs yet); returns the users that had some.
+    pub fn sweep(&self) -> Vec<u32> {
+        if !self.can_switch {
+            return Vec::new();
+        }
+        let live = live_uids(self.base, self.count);
+        for uid in &live {
+            kill_all(*uid);
+        }
+        live
+    }
+}
+
 /// The agent's directories beside `jobs`, 0700.
 const PRIVATE: [&str; 4] = ["artifacts", "spool", "logs", "groups"];
 
@@ -129,14 +192,29 @@ pub fn prepare_jobs_dir(data_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// FNV-1a of the job id, reduced to the range.
-fn first_choice(job: &str, count: u32) -> u32 {
+/// Uids per agent: concurrent jobs of one host.
+const PER_AGENT: u32 = 10_000;
+
+/// The uid range of the agent on `data_dir`: one of 10,000 blocks of 10,000 uids from
+/// 2,000,000 up, chosen by the data dir, so agents sharing a machine (tests, a joined
+/// host beside `paas up`) do not share uids, and neither kills the other's processes.
+pub fn default_range(data_dir: &Path) -> (u32, u32) {
+    let block = (fnv(&data_dir.to_string_lossy()) % 10_000) as u32;
+    (2_000_000 + block * PER_AGENT, PER_AGENT)
+}
+
+fn fnv(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in job.bytes() {
+    for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % u64::from(count)) as u32
+    h
+}
+
+/// FNV-1a of the job id, reduced to the range.
+fn first_choice(job: &str, count: u32) -> u32 {
+    (fnv(job) % u64::from(count)) as u32
 }
 
 #[cfg(test)]

@@ -582,6 +582,39 @@ async fn run_passes_stdin_output_and_exit_code() {
         assert!(!out.contains("s3cret"), "{out}");
         assert!(out.contains("refused") && out.contains("unlisted"), "{out}");
         assert!(out.contains("own"), "a job writes its own directory: {out}");
+
+        // A process that leaves the job's group and session (a daemon) still ends with
+        // the job: everything its user owns is killed.
+        let code = run_remote(
+            &api,
+            SECRET,
+            &req(&[
+                "sh",
+                "-c",
+                "setsid sleep 321 </dev/null >/dev/null 2>&1 & echo started",
+            ]),
+            tokio::io::empty(),
+            tokio::io::sink(),
+            tokio::io::sink(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        let escaped = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00321\x00")
+                })
+                .count()
+        };
+        wait_for(
+            "the escaped daemon to be killed",
+            Duration::from_secs(5),
+            || async { escaped() == 0 },
+        )
+        .await;
     }
 
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -643,7 +676,7 @@ async fn run_passes_stdin_output_and_exit_code() {
         statuses
             .into_iter()
             .map(|(_, s, _)| s)
-            .find(|s| s.process_type == "run" && s.app == "tool")
+            .find(|s| s.process_type == "run" && s.message.contains("from-run"))
     };
     wait_for(
         "the one-off job listed while it runs",
