@@ -1,0 +1,1107 @@
+//! The supervisor of one MariaDB server: the tick loop, the long actions, the fencing
+//! watchdog, the health API and the seed server.
+//!
+//! Every tick the loop (1) reads the cluster's records from etcd in one request, (2)
+//! looks at the local server unless a long action holds it, (3) calls
+//! [`decide`](crate::decide::decide), logging the sentence at INFO when it changes, (4)
+//! publishes the member's status in etcd and on the health API, and (5) carries the
+//! decision out. Quick decisions (fence, resign, lock, unlock, accounts, re-pointing,
+//! acknowledgements) run inline; long ones (install, seed, start, promotion, choosing
+//! a sync) run in a task that owns the server handle, which is how the next tick knows
+//! an action is in progress.
+//!
+//! Fencing has two layers. The appliance core's watchdog (`paas_appliance::fence`,
+//! which holds the timing argument) SIGKILLs mariadbd's process group the moment the
+//! lease it leads with may be expiring. And a primary acknowledges a commit only once a
+//! replica acknowledged it (semi-sync AFTER_SYNC, no timeout); only the sync may, and
+//! the sync stops receiving the moment it promotes, so even a primary whose supervisor
+//! is frozen cannot acknowledge a write after a failover. Sessions waiting for an
+//! acknowledgement are never killed on a primary that may be deposed: mariadbd is.
+//!
+//! Choosing a sync (the only way a member becomes promotable):
+//! 1. lock out the old sync (its account locked on this server, its connections
+//!    ended) — every other member already proved its acknowledgements off, or is
+//!    locked out too, so nobody can acknowledge now;
+//! 2. `X` := the primary's `gtid_binlog_pos`; every acknowledged commit is in it;
+//! 3. wait until the candidate's relay log has `X`;
+//! 4. write `sync = candidate` (compare-and-set, only while holding the leader key);
+//!    the candidate then turns its acknowledgements on and commits flow again.
+//!
+//! Seeds: `GET /seed` on the health address (bearer: the superuser password) streams
+//! `mariadb-backup --backup --stream=mbstream` of this member's server.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use paas_appliance::fence::{self, kill_pid_group, Fence};
+use paas_appliance::health;
+use paas_appliance::leader::LeaderRecord;
+use paas_appliance::lease::LeaseHandle;
+use paas_coord::Coord;
+use tokio::sync::{watch, OwnedMutexGuard};
+
+use crate::cluster::{keys, ClusterState, MemberStatus, Role, Snapshot, Store};
+use crate::decide::{decide, Decision, Leader, Local, Observed};
+use crate::server::{Mariadb, Runtime, ServerConfig, ServerError, StartAs};
+use paas_appliance::records::RecordsError;
+
+/// Why the supervisor could not start or an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// etcd could not be reached or refused a request.
+    #[error(transparent)]
+    Store(#[from] RecordsError),
+    /// The local MariaDB failed an operation.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The health API could not bind its port.
+    #[error("binding the health API on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A conditional write lost against another member, or a precondition failed.
+    #[error("{0}")]
+    LostRace(String),
+}
+
+/// Everything one supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// The cluster's name (etcd keys `<prefix>mysql/<cluster>/`).
+    pub cluster: String,
+    /// This member's name: `[a-z0-9_]`, unique in the cluster.
+    pub name: String,
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    pub prefix: String,
+    /// The instance directory (datadir `<dir>/data`).
+    pub dir: PathBuf,
+    /// The address mariadbd and the health API listen on.
+    pub host: String,
+    /// mariadbd's port.
+    pub port: u16,
+    /// The health API's port.
+    pub health_port: u16,
+    /// `server_id`, unique in the cluster (1..2^32-1).
+    pub server_id: u32,
+    /// The superuser's password, the same on every member.
+    pub superuser_password: String,
+    /// The lease TTL: a dead primary is replaced after at most about this long.
+    pub ttl: Duration,
+    /// How long before the lease's earliest expiry the primary fences itself.
+    pub fence_margin: Duration,
+    /// The tick interval.
+    pub tick: Duration,
+    /// How long a replica may fail to follow a running upstream before it is seeded
+    /// again.
+    pub stall_after: Duration,
+    /// How many members the cluster has (0: unknown); a bootstrap waits for all.
+    pub members: usize,
+}
+
+impl SupervisorConfig {
+    /// A configuration with the defaults for everything but identity and addresses.
+    pub fn new(
+        cluster: &str,
+        name: &str,
+        etcd_endpoints: Vec<String>,
+        dir: PathBuf,
+        port: u16,
+        health_port: u16,
+        superuser_password: &str,
+    ) -> Self {
+        SupervisorConfig {
+            cluster: cluster.into(),
+            name: name.into(),
+            etcd_endpoints,
+            prefix: "/paas/".into(),
+            dir,
+            host: "127.0.0.1".into(),
+            port,
+            health_port,
+            server_id: server_id_of(name),
+            superuser_password: superuser_password.into(),
+            ttl: Duration::from_secs(3),
+            fence_margin: Duration::from_millis(1000),
+            tick: Duration::from_millis(250),
+            stall_after: Duration::from_secs(3),
+            members: 0,
+        }
+    }
+
+    /// Checks the configuration without touching anything.
+    pub fn validate(&self) -> Result<(), SupervisorError> {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 48
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ident(&self.name) {
+            return Err(SupervisorError::Config(format!(
+                "member name {:?} must be 1-48 of [a-z0-9_]",
+                self.name
+            )));
+        }
+        if !ident(&self.cluster) {
+            return Err(SupervisorError::Config(format!(
+                "cluster name {:?} must be 1-48 of [a-z0-9_]",
+                self.cluster
+            )));
+        }
+        if self.ttl < Duration::from_secs(2) || self.ttl.subsec_nanos() != 0 {
+            return Err(SupervisorError::Config(
+                "ttl must be whole seconds, at least 2 s (etcd's minimum)".into(),
+            ));
+        }
+        if self.fence_margin.is_zero() || self.fence_margin >= self.ttl / 2 {
+            return Err(SupervisorError::Config(
+                "fence margin must be positive and below half the TTL".into(),
+            ));
+        }
+        if self.superuser_password.is_empty()
+            || !self
+                .superuser_password
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(SupervisorError::Config(
+                "superuser password must be non-empty and only of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if self.server_id == 0 {
+            return Err(SupervisorError::Config("server_id must not be 0".into()));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(SupervisorError::Config("no etcd endpoint".into()));
+        }
+        Ok(())
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A member's default `server_id`: the number its name ends with plus one (`my0` -> 1),
+/// else a stable hash of the name; never 0.
+pub fn server_id_of(name: &str) -> u32 {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if let Ok(n) = digits.parse::<u32>() {
+        if n < 1_000_000 {
+            return n + 1;
+        }
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1_000_001)
+}
+
+/// State shared by the tick loop, the actions and the watchdog.
+#[derive(Clone)]
+struct Shared {
+    me: String,
+    store: Store,
+    fence: Fence,
+    crashed: Arc<AtomicBool>,
+    busy: Arc<Mutex<Option<String>>>,
+    leader_record: LeaderRecord,
+}
+
+async fn connect_etcd(config: &SupervisorConfig) -> Coord {
+    let mut logged = false;
+    loop {
+        match Coord::connect(
+            &config.etcd_endpoints,
+            &config.prefix,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(coord) => return coord,
+            Err(err) => {
+                if !logged {
+                    tracing::warn!(member = %config.name, error = %err, "waiting for etcd");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// What the seed route needs.
+#[derive(Clone)]
+struct SeedSource {
+    server: Arc<tokio::sync::Mutex<Mariadb>>,
+    password: String,
+}
+
+/// `GET /seed`: a mariadb-backup stream of this member's server.
+async fn seed_route(State(source): State<SeedSource>, headers: HeaderMap) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", source.password));
+    if !authorized {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let command = {
+        let server = source.server.lock().await;
+        server.backup_command()
+    };
+    let mut command = match command {
+        Ok(command) => command,
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    };
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let text = crate::server::read_all(stderr).await;
+        match child.wait().await {
+            Ok(status) if status.success() => tracing::info!("seed stream served"),
+            other => {
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                tracing::warn!(status = ?other, output = %tail.join(" | "), "seed stream failed")
+            }
+        }
+    });
+    Body::from_stream(tokio_util::io::ReaderStream::new(stdout)).into_response()
+}
+
+/// Runs the supervisor until `shutdown` completes; then stops mariadbd, releases the
+/// leader key and revokes the lease.
+pub async fn run(
+    config: SupervisorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SupervisorError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.dir).map_err(|e| {
+        SupervisorError::Server(ServerError::Io {
+            what: format!("creating {}", config.dir.display()),
+            source: e,
+        })
+    })?;
+    let coord = connect_etcd(&config).await;
+    let store = Store::new(coord.clone(), keys(&config.cluster));
+    let lease = LeaseHandle::spawn(coord, config.ttl);
+    let server = Mariadb::new(ServerConfig {
+        name: config.name.clone(),
+        dir: config.dir.clone(),
+        host: config.host.clone(),
+        port: config.port,
+        server_id: config.server_id,
+        superuser_password: config.superuser_password.clone(),
+    });
+    let addr: SocketAddr = config.addr().parse().map_err(|e| {
+        SupervisorError::Config(format!(
+            "host {:?} with port {} is not an IP address: {e}",
+            config.host, config.port
+        ))
+    })?;
+    let shared = Shared {
+        me: config.name.clone(),
+        store,
+        fence: Fence {
+            leading: Arc::new(AtomicI64::new(0)),
+            pid: server.pid_cell(),
+        },
+        crashed: Arc::new(AtomicBool::new(false)),
+        busy: Arc::new(Mutex::new(None)),
+        leader_record: LeaderRecord {
+            member: config.name.clone(),
+            addr,
+        },
+    };
+    let server = Arc::new(tokio::sync::Mutex::new(server));
+    // The seed route needs only the configuration, never the lock of a busy handle.
+    let seed_handle = Arc::new(tokio::sync::Mutex::new(Mariadb::new(ServerConfig {
+        name: config.name.clone(),
+        dir: config.dir.clone(),
+        host: config.host.clone(),
+        port: config.port,
+        server_id: config.server_id,
+        superuser_password: config.superuser_password.clone(),
+    })));
+
+    let health_addr = format!("{}:{}", config.host, config.health_port);
+    let listener = tokio::net::TcpListener::bind(&health_addr)
+        .await
+        .map_err(|source| SupervisorError::Bind {
+            addr: health_addr.clone(),
+            source,
+        })?;
+    let initial = MemberStatus {
+        name: config.name.clone(),
+        addr: config.addr(),
+        health_addr: health_addr.clone(),
+        role: Role::Stopped,
+        running: false,
+        streaming: false,
+        gtid: None,
+        received: None,
+        lag: None,
+        acks: false,
+        sees_sync: None,
+        semi_sync_off: false,
+        generation: None,
+        decision: "starting".into(),
+        has_data: false,
+    };
+    let (published, health_rx) = watch::channel(initial.clone());
+    let (stop_health, mut stop_health_rx) = watch::channel(false);
+    let seed = axum::Router::new()
+        .route("/seed", axum::routing::get(seed_route))
+        .with_state(SeedSource {
+            server: seed_handle,
+            password: config.superuser_password.clone(),
+        });
+    let routes = health::router(health_rx).merge(seed);
+    let health_task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_health_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = axum::serve(listener, routes)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %err, "health API failed");
+        }
+    });
+    let watchdog = tokio::spawn(fence::watchdog(
+        config.name.clone(),
+        shared.fence.clone(),
+        lease.subscribe(),
+        config.ttl,
+        config.fence_margin,
+    ));
+    tracing::info!(member = %config.name, cluster = %config.cluster, mysql = %config.addr(), health = %health_addr, "supervisor started");
+
+    let mut tick = Tick {
+        config: config.clone(),
+        shared: shared.clone(),
+        server: server.clone(),
+        lease: &lease,
+        published,
+        status: initial,
+        last_reason: String::new(),
+        known: BTreeMap::new(),
+        failing_since: None,
+    };
+    let mut interval = tokio::time::interval(config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = interval.tick() => tick.run().await,
+        }
+    }
+
+    tracing::info!(member = %config.name, "shutting down: stopping mariadbd, releasing leadership");
+    drop(tick);
+    shared.fence.leading.store(0, Ordering::SeqCst);
+    watchdog.abort();
+    let mut guard =
+        match tokio::time::timeout(Duration::from_secs(60), server.clone().lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                kill_pid_group(shared.fence.pid.load(Ordering::SeqCst));
+                server.clone().lock_owned().await
+            }
+        };
+    guard.stop().await;
+    if let Some(state) = lease.current() {
+        let _ = shared.store.release_leadership(state.id).await;
+    }
+    lease.revoke().await;
+    let _ = stop_health.send(true);
+    let _ = health_task.await;
+    Ok(())
+}
+
+/// Addresses of the other members, from their registrations and the leader key.
+#[derive(Debug, Clone)]
+struct Addrs {
+    mysql: String,
+    health: Option<String>,
+}
+
+/// The tick loop's state between ticks.
+struct Tick<'a> {
+    config: SupervisorConfig,
+    shared: Shared,
+    server: Arc<tokio::sync::Mutex<Mariadb>>,
+    lease: &'a LeaseHandle,
+    published: watch::Sender<MemberStatus>,
+    status: MemberStatus,
+    last_reason: String,
+    known: BTreeMap<String, Addrs>,
+    failing_since: Option<Instant>,
+}
+
+impl Tick<'_> {
+    async fn run(&mut self) {
+        let Some(lease) = self.lease.current() else {
+            self.log("no etcd lease: cannot take part until etcd answers");
+            return;
+        };
+        if let Err(err) = crate::server::check_reachable(&self.config.dir) {
+            let reason = format!("cannot run mariadbd: {err}");
+            self.log(&reason);
+            self.status.decision = reason;
+            self.published.send_replace(self.status.clone());
+            if let Err(err) = self.shared.store.register(&self.status, lease.id).await {
+                tracing::warn!(error = %err, "publishing member status failed");
+            }
+            return;
+        }
+        let store = self.shared.store.clone();
+        let snapshot = match store.read().await {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                self.log(&format!("cannot read the cluster state from etcd: {err}"));
+                return;
+            }
+        };
+        for member in snapshot.members.values() {
+            self.known.insert(
+                member.name.clone(),
+                Addrs {
+                    mysql: member.addr.clone(),
+                    health: Some(member.health_addr.clone()),
+                },
+            );
+        }
+        let leader = match &snapshot.leader {
+            None => Leader::Nobody,
+            Some(key) if key.record.member == self.shared.me && key.lease == lease.id => Leader::Me,
+            Some(key) if key.record.member == self.shared.me => Leader::MyOldLease,
+            Some(key) => Leader::Other(key.record.member.clone()),
+        };
+        if let Some(key) = &snapshot.leader {
+            let health = self
+                .known
+                .get(&key.record.member)
+                .and_then(|a| a.health.clone());
+            self.known.insert(
+                key.record.member.clone(),
+                Addrs {
+                    mysql: key.record.addr.to_string(),
+                    health,
+                },
+            );
+        }
+        self.shared.fence.leading.store(
+            if leader == Leader::Me { lease.id } else { 0 },
+            Ordering::SeqCst,
+        );
+
+        let busy = self.shared.busy.lock().expect("busy lock").clone();
+        let guard = match (&busy, self.server.clone().try_lock_owned()) {
+            (None, Ok(guard)) => Some(guard),
+            _ => None,
+        };
+        let (local, runtime, guard) = match guard {
+            Some(mut guard) => {
+                let (local, runtime) = self.observe_local(&mut guard, &snapshot).await;
+                (local, runtime, Some(guard))
+            }
+            None => (Local::Starting, None, None),
+        };
+        let observed = Observed {
+            me: self.shared.me.clone(),
+            state: snapshot.state.as_ref().map(|(s, _)| s.clone()),
+            leader: leader.clone(),
+            members: snapshot.members.clone(),
+            local: local.clone(),
+            busy: if guard.is_none() {
+                Some(busy.unwrap_or_else(|| "an action".into()))
+            } else {
+                None
+            },
+            expected_members: self.config.members,
+        };
+        let decision = decide(&observed);
+        self.log(decision.reason());
+        self.publish(
+            &observed,
+            runtime.as_ref(),
+            &snapshot,
+            decision.reason(),
+            lease.id,
+        )
+        .await;
+        if let Some(guard) = guard {
+            self.execute(decision, guard, &snapshot, lease.id, &local)
+                .await;
+        }
+    }
+
+    async fn observe_local(
+        &mut self,
+        server: &mut Mariadb,
+        snapshot: &Snapshot,
+    ) -> (Local, Option<Runtime>) {
+        if let Some(status) = server.poll_exit() {
+            self.shared.crashed.store(true, Ordering::SeqCst);
+            tracing::warn!(member = %self.shared.me, %status, "mariadbd exited unexpectedly");
+        }
+        if !server.is_running() {
+            self.failing_since = None;
+            let local = if server.has_data() {
+                Local::Stopped {
+                    upstream: server.upstream(),
+                    crashed: self.shared.crashed.load(Ordering::SeqCst),
+                }
+            } else {
+                Local::Empty
+            };
+            return (local, None);
+        }
+        let runtime = match server.runtime().await {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::debug!(error = %err, "mariadbd does not answer yet");
+                return (Local::Starting, None);
+            }
+        };
+        if !runtime.read_only {
+            self.failing_since = None;
+            let local = Local::Primary {
+                connected: runtime.connected.clone(),
+                acking: runtime.semi_sync_clients,
+                semi_sync_on: runtime.semi_sync_master_on,
+                accounts: runtime.accounts.clone(),
+            };
+            return (local, Some(runtime));
+        }
+        let upstream = runtime.slave.as_ref().and_then(|_| server.upstream());
+        let streaming = runtime
+            .slave
+            .as_ref()
+            .is_some_and(|s| s.io == "Yes" && s.sql_running);
+        // A replica that cannot follow its running upstream (replication error,
+        // diverged or purged history) for long enough is stalled.
+        let upstream_runs = upstream.as_ref().is_some_and(|u| {
+            snapshot
+                .members
+                .get(u)
+                .is_some_and(|m| m.running && matches!(m.role, Role::Primary | Role::Sync))
+        });
+        let failing = runtime
+            .slave
+            .as_ref()
+            .is_some_and(|s| s.error.is_some() && !(s.io == "Yes" && s.sql_running));
+        let stalled = if failing && upstream_runs {
+            let since = *self.failing_since.get_or_insert_with(Instant::now);
+            since.elapsed() > self.config.stall_after
+        } else {
+            self.failing_since = None;
+            false
+        };
+        if let Some((errno, error)) = runtime.slave.as_ref().and_then(|s| s.error.clone()) {
+            tracing::debug!(member = %self.shared.me, errno, %error, "replication error");
+        }
+        (
+            Local::Replica {
+                upstream,
+                streaming,
+                acks: runtime.semi_sync_slave,
+                stalled,
+                accounts: runtime.accounts.iter().map(|(m, _)| m.clone()).collect(),
+            },
+            Some(runtime),
+        )
+    }
+
+    fn log(&mut self, reason: &str) {
+        if reason != self.last_reason {
+            tracing::info!(member = %self.shared.me, "{reason}");
+            self.last_reason = reason.to_string();
+        } else {
+            tracing::debug!(member = %self.shared.me, "{reason}");
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        o: &Observed,
+        runtime: Option<&Runtime>,
+        snapshot: &Snapshot,
+        reason: &str,
+        lease: i64,
+    ) {
+        let sync = o.state.as_ref().and_then(|s| s.sync.clone());
+        let role = match (&o.local, &o.leader) {
+            (_, _) if o.busy.is_some() => self.status.role,
+            (Local::Primary { .. }, Leader::Me) => Role::Primary,
+            (Local::Primary { .. }, _) => Role::Deposed,
+            (Local::Replica { .. }, _) if sync.as_deref() == Some(o.me.as_str()) => Role::Sync,
+            (Local::Replica { .. }, _) => Role::Async,
+            _ => Role::Stopped,
+        };
+        let primary_gtid = snapshot
+            .members
+            .values()
+            .find(|m| m.role == Role::Primary)
+            .and_then(|m| m.gtid.clone());
+        let running = match (&o.busy, runtime) {
+            (Some(_), _) => self.status.running,
+            (None, runtime) => runtime.is_some(),
+        };
+        let (gtid, received, lag, streaming, acks, semi_sync_off) = match runtime {
+            Some(r) if !r.read_only => (
+                Some(r.gtid_current.clone()),
+                None,
+                Some(0),
+                false,
+                r.semi_sync_slave,
+                r.semi_sync_master && !r.semi_sync_master_on,
+            ),
+            Some(r) => (
+                Some(r.gtid_current.clone()),
+                r.slave.as_ref().map(|s| s.io_pos.clone()),
+                primary_gtid.map(|p| r.gtid_current.behind(&p)),
+                r.slave.as_ref().is_some_and(|s| s.io == "Yes"),
+                r.semi_sync_slave,
+                false,
+            ),
+            // Not observed this tick (busy, stopped): acknowledgements are only ever
+            // turned on by a tick that read a document naming this member the sync,
+            // so the last observed value, or off for a stopped server, still holds.
+            None if o.busy.is_some() => (
+                self.status.gtid.clone(),
+                None,
+                None,
+                false,
+                self.status.acks,
+                false,
+            ),
+            None => (None, None, None, false, false, false),
+        };
+        self.status = MemberStatus {
+            role,
+            running,
+            streaming,
+            gtid,
+            received,
+            lag,
+            acks,
+            // While busy, the action may act on an older document: keep the proof
+            // as it was until a tick observes the server again.
+            sees_sync: if o.busy.is_some() {
+                self.status.sees_sync.clone()
+            } else {
+                sync
+            },
+            semi_sync_off,
+            generation: o
+                .state
+                .as_ref()
+                .map(|s| s.generation)
+                .or(self.status.generation),
+            decision: reason.to_string(),
+            has_data: match (&o.busy, &o.local) {
+                (Some(_), _) => self.status.has_data,
+                (None, Local::Empty) => false,
+                (None, _) => true,
+            },
+            ..self.status.clone()
+        };
+        self.published.send_replace(self.status.clone());
+        if let Err(err) = self.shared.store.register(&self.status, lease).await {
+            tracing::warn!(error = %err, "publishing member status failed");
+        }
+    }
+
+    async fn execute(
+        &mut self,
+        decision: Decision,
+        mut server: OwnedMutexGuard<Mariadb>,
+        snapshot: &Snapshot,
+        lease: i64,
+        local: &Local,
+    ) {
+        let state = snapshot.state.as_ref().map(|(s, _)| s.clone());
+        let revision = snapshot.state_revision();
+        let shared = self.shared.clone();
+        let me = self.shared.me.clone();
+        let warn = |what: &str, err: ServerError| {
+            tracing::warn!(member = %me, error = %err, "{what} failed");
+        };
+        match decision {
+            Decision::Nothing(_) | Decision::Wait(_) => {}
+            Decision::Fence(_) => {
+                self.shared.fence.leading.store(0, Ordering::SeqCst);
+                server.kill_now();
+            }
+            Decision::Resign(_) => {
+                if matches!(local, Local::Primary { .. }) {
+                    server.kill_now();
+                }
+                self.shared.fence.leading.store(0, Ordering::SeqCst);
+                if let Err(err) = self.shared.store.release_leadership(lease).await {
+                    tracing::warn!(error = %err, "releasing the leader key failed; it expires with the lease");
+                }
+            }
+            Decision::Lock { members, .. } => {
+                if let Err(err) = server.lock(&members).await {
+                    warn("locking out replicas", err);
+                }
+            }
+            Decision::Unlock { member, .. } => {
+                if let Err(err) = server.unlock(&member).await {
+                    warn("unlocking a replica", err);
+                }
+            }
+            Decision::CreateAccounts { members, .. } => {
+                if let Err(err) = server.create_accounts(&members).await {
+                    warn("creating replication accounts", err);
+                }
+            }
+            Decision::SetAck { on, .. } => {
+                if let Err(err) = server.set_ack(on).await {
+                    warn("switching acknowledgements", err);
+                }
+            }
+            Decision::Repoint { upstream, .. } => {
+                let Some(addr) = self.known.get(&upstream).map(|a| a.mysql.clone()) else {
+                    tracing::warn!(%upstream, "address of the upstream unknown; waiting for its registration");
+                    return;
+                };
+                let ack = state.as_ref().and_then(|s| s.sync.as_deref()) == Some(me.as_str())
+                    && upstream
+                        == state
+                            .as_ref()
+                            .map(|s| s.primary.clone())
+                            .unwrap_or_default();
+                self.failing_since = None;
+                if let Err(err) = server.replicate(&upstream, &addr, ack, false).await {
+                    warn("re-pointing the replica", err);
+                }
+            }
+            Decision::Bootstrap(_) => spawn_action("bootstrap", shared, server, move |s, sh| {
+                Box::pin(bootstrap(s, sh, lease))
+            }),
+            Decision::Promote { proven, .. } => {
+                let state = state.expect("promotion needs a state document");
+                spawn_action("promotion", shared, server, move |s, sh| {
+                    Box::pin(promote(s, sh, lease, state, revision, proven))
+                })
+            }
+            Decision::FinishPromotion { proven, .. } => {
+                spawn_action("promotion", shared, server, move |mut s, _| {
+                    Box::pin(async move { Ok(s.promote(&proven).await?) })
+                })
+            }
+            Decision::Reclaim { proven, .. } => {
+                let state = state.expect("reclaiming needs a state document");
+                spawn_action("reclaiming leadership", shared, server, move |s, sh| {
+                    Box::pin(reclaim(s, sh, lease, state, revision, proven))
+                })
+            }
+            Decision::StartPrimary { proven, .. } => {
+                spawn_action("starting the primary", shared, server, move |s, sh| {
+                    Box::pin(start_primary(s, sh, proven))
+                })
+            }
+            Decision::StartReplica { upstream, .. } => {
+                let addr = self.known.get(&upstream).map(|a| a.mysql.clone());
+                let ack = state.as_ref().and_then(|s| s.sync.as_deref()) == Some(me.as_str());
+                let rejoin = matches!(local, Local::Stopped { upstream: None, .. });
+                spawn_action("starting the replica", shared, server, move |s, sh| {
+                    Box::pin(start_replica(s, sh, upstream, addr, ack, rejoin))
+                })
+            }
+            Decision::Follow {
+                primary, upstream, ..
+            } => {
+                let (Some(source), Some(addr)) = (
+                    self.known.get(&primary).and_then(|a| a.health.clone()),
+                    self.known.get(&upstream).map(|a| a.mysql.clone()),
+                ) else {
+                    tracing::warn!(%primary, %upstream, "address of the primary or upstream unknown; waiting for its registration");
+                    return;
+                };
+                spawn_action("seeding from the primary", shared, server, move |s, sh| {
+                    Box::pin(follow(s, sh, source, upstream, addr))
+                })
+            }
+            Decision::ChooseSync { candidate, .. } => {
+                let state = state.expect("choosing a sync needs a state document");
+                let Some(addr) = self.known.get(&candidate).map(|a| a.mysql.clone()) else {
+                    return;
+                };
+                spawn_action("choosing a sync", shared, server, move |s, sh| {
+                    Box::pin(choose_sync(s, sh, lease, state, revision, candidate, addr))
+                })
+            }
+        }
+    }
+}
+
+type ActionFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), SupervisorError>> + Send>>;
+
+/// Runs a long action in its own task; it owns the server handle until it finishes, so
+/// the next ticks see it in progress.
+fn spawn_action(
+    name: &str,
+    shared: Shared,
+    server: OwnedMutexGuard<Mariadb>,
+    action: impl FnOnce(OwnedMutexGuard<Mariadb>, Shared) -> ActionFuture,
+) {
+    *shared.busy.lock().expect("busy lock") = Some(name.to_string());
+    let future = action(server, shared.clone());
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = future.await;
+        *shared.busy.lock().expect("busy lock") = None;
+        match result {
+            Ok(()) => {
+                tracing::info!(member = %shared.me, action = %name, took = ?started.elapsed(), "action finished")
+            }
+            Err(err) => {
+                tracing::warn!(member = %shared.me, action = %name, error = %err, "action failed")
+            }
+        }
+    });
+}
+
+async fn bootstrap(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    lease: i64,
+) -> Result<(), SupervisorError> {
+    let store = shared.store.clone();
+    if !store.claim_bootstrap(&shared.leader_record, lease).await? {
+        return Err(SupervisorError::LostRace(
+            "another member claimed the bootstrap".into(),
+        ));
+    }
+    shared.fence.leading.store(lease, Ordering::SeqCst);
+    server.install().await?;
+    shared.crashed.store(false, Ordering::SeqCst);
+    server.start(&StartAs::Primary).await?;
+    server.open_writes(&[]).await?;
+    let state = ClusterState {
+        generation: 1,
+        primary: shared.me.clone(),
+        sync: None,
+    };
+    if !store.write_state(lease, &state, 0).await? {
+        return Err(SupervisorError::LostRace(
+            "lost the leader key before writing generation 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn take_leader_key(
+    shared: &Shared,
+    lease: i64,
+    next: &ClusterState,
+    revision: i64,
+    lost: &str,
+) -> Result<(), SupervisorError> {
+    if !shared
+        .store
+        .take_leadership(&shared.leader_record, lease, next, revision)
+        .await?
+    {
+        return Err(SupervisorError::LostRace(lost.into()));
+    }
+    shared.fence.leading.store(lease, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn promote(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+    proven: Vec<String>,
+) -> Result<(), SupervisorError> {
+    let next = ClusterState {
+        generation: state.generation + 1,
+        primary: shared.me.clone(),
+        sync: None,
+    };
+    take_leader_key(
+        &shared,
+        lease,
+        &next,
+        revision,
+        "the leader key or the state changed before I could take it",
+    )
+    .await?;
+    tracing::info!(member = %shared.me, generation = next.generation, "took the leader key; promoting");
+    server.promote(&proven).await?;
+    Ok(())
+}
+
+async fn reclaim(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+    proven: Vec<String>,
+) -> Result<(), SupervisorError> {
+    let next = ClusterState {
+        generation: state.generation + 1,
+        ..state
+    };
+    take_leader_key(
+        &shared,
+        lease,
+        &next,
+        revision,
+        "the leader key or the state changed before I could take it back",
+    )
+    .await?;
+    if server.is_running() {
+        server.promote(&proven).await?;
+    } else {
+        shared.crashed.store(false, Ordering::SeqCst);
+        server.start(&StartAs::Primary).await?;
+        server.open_writes(&proven).await?;
+    }
+    Ok(())
+}
+
+async fn start_primary(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    proven: Vec<String>,
+) -> Result<(), SupervisorError> {
+    shared.crashed.store(false, Ordering::SeqCst);
+    server.start(&StartAs::Primary).await?;
+    server.open_writes(&proven).await?;
+    Ok(())
+}
+
+async fn start_replica(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    upstream: String,
+    addr: Option<String>,
+    ack: bool,
+    rejoin: bool,
+) -> Result<(), SupervisorError> {
+    shared.crashed.store(false, Ordering::SeqCst);
+    server.start(&StartAs::Replica { rejoin }).await?;
+    if let Some(pos) = server.take_seed_position() {
+        server.set_slave_pos(&pos).await?;
+    }
+    let Some(addr) = addr else {
+        // Upstream unknown yet: read_only and idle; a later tick points it.
+        return Ok(());
+    };
+    server.replicate(&upstream, &addr, ack, rejoin).await?;
+    server.clear_seed_position();
+    Ok(())
+}
+
+async fn follow(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    source: String,
+    upstream: String,
+    addr: String,
+) -> Result<(), SupervisorError> {
+    let pos = server.seed(&source, &upstream).await?;
+    tracing::info!(member = %shared.me, %source, gtid = %pos, "seeded from the primary");
+    shared.crashed.store(false, Ordering::SeqCst);
+    server.start(&StartAs::Replica { rejoin: false }).await?;
+    server.set_slave_pos(&pos).await?;
+    server.replicate(&upstream, &addr, false, false).await?;
+    server.clear_seed_position();
+    Ok(())
+}
+
+async fn choose_sync(
+    mut server: OwnedMutexGuard<Mariadb>,
+    shared: Shared,
+    lease: i64,
+    state: ClusterState,
+    revision: i64,
+    candidate: String,
+    addr: String,
+) -> Result<(), SupervisorError> {
+    if let Some(old) = state.sync.as_ref().filter(|old| **old != candidate) {
+        server.lock(std::slice::from_ref(old)).await?;
+    }
+    let runtime = server.runtime().await?;
+    if runtime.read_only {
+        return Err(SupervisorError::LostRace("no longer a primary".into()));
+    }
+    if runtime.semi_sync_clients > 0 {
+        return Err(SupervisorError::LostRace(format!(
+            "{} replica(s) still acknowledge; not choosing a sync while anyone else could",
+            runtime.semi_sync_clients
+        )));
+    }
+    let target = runtime.gtid_binlog;
+    server
+        .wait_received(&addr, &target, Duration::from_secs(5))
+        .await?;
+    let next = ClusterState {
+        sync: Some(candidate.clone()),
+        ..state
+    };
+    if !shared.store.write_state(lease, &next, revision).await? {
+        return Err(SupervisorError::LostRace(
+            "the state document changed or I lost the leader key".into(),
+        ));
+    }
+    tracing::info!(member = %shared.me, sync = %candidate, gtid = %target, "sync confirmed; commits are acknowledged once it turns acknowledgements on");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_follow_member_numbers() {
+        assert_eq!(server_id_of("my0"), 1);
+        assert_eq!(server_id_of("my12"), 13);
+        let hashed = server_id_of("alpha");
+        assert!(hashed > 1_000_000);
+        assert_eq!(hashed, server_id_of("alpha"));
+    }
+}
