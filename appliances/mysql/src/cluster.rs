@@ -11,8 +11,9 @@
 //! - `generation` grows by one each time leadership is taken.
 //! - `sync` names a member that received every transaction the primary ever
 //!   acknowledged, or is `None` (then only `primary` has them all): it is recorded only
-//!   after the primary saw the candidate's relay log cover its binlog position while no
-//!   other member could acknowledge.
+//!   after the primary locked every other member out and saw the candidate's relay log
+//!   cover its binlog position; from then on no other member is let in, so only the
+//!   sync acknowledges.
 //! - Only `primary` or `sync` ever takes the leader key.
 
 use paas_appliance::health::{Probed, Probes};
@@ -72,14 +73,10 @@ pub struct MemberStatus {
     pub received: Option<GtidPos>,
     /// Transactions this replica has not applied yet, against the primary's position.
     pub lag: Option<u64>,
-    /// Whether this replica acknowledges transactions (`rpl_semi_sync_slave_enabled`).
+    /// Whether this replica acknowledges transactions (`rpl_semi_sync_slave_enabled`;
+    /// always on for a running replica).
     #[serde(default)]
     pub acks: bool,
-    /// The `sync` of the state document this tick read: with `acks == false` and a
-    /// sync other than this member, proof that it will not acknowledge anything until
-    /// a later document names it (what the primary unlocks its account on).
-    #[serde(default)]
-    pub sees_sync: Option<String>,
     /// On a primary: `Rpl_semi_sync_master_status` is OFF (it fell back to
     /// asynchronous commits): an alarm.
     #[serde(default)]
@@ -91,14 +88,6 @@ pub struct MemberStatus {
     /// Whether the member's datadir holds a database.
     #[serde(default)]
     pub has_data: bool,
-}
-
-impl MemberStatus {
-    /// Whether this member's published status proves it acknowledges nothing, and
-    /// will not until a later state document names it the sync.
-    pub fn proven_silent(&self) -> bool {
-        !self.acks && self.sees_sync.as_deref() != Some(self.name.as_str())
-    }
 }
 
 impl Member for MemberStatus {
@@ -157,7 +146,6 @@ mod tests {
             received: None,
             lag: None,
             acks: false,
-            sees_sync: None,
             semi_sync_off: false,
             generation: Some(1),
             decision: String::new(),
@@ -182,16 +170,5 @@ mod tests {
         check(Role::Sync, true, true, (false, true, true));
         check(Role::Async, true, false, (false, false, true));
         check(Role::Stopped, false, false, (false, false, false));
-    }
-
-    #[test]
-    fn silence_is_proven_only_by_a_member_that_saw_another_sync() {
-        let mut s = status(Role::Async, true, true);
-        assert!(s.proven_silent());
-        s.sees_sync = Some("my0".into());
-        assert!(!s.proven_silent(), "it read a document naming itself");
-        s.sees_sync = Some("my1".into());
-        s.acks = true;
-        assert!(!s.proven_silent(), "acknowledgements on");
     }
 }

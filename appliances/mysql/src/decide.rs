@@ -8,17 +8,20 @@
 //!    say so (never install over data); otherwise, once every expected member
 //!    registered, whoever takes the free leader key bootstraps.
 //! 3. The leader key carries this member's previous lease: wait for it to expire.
-//! 4. This member leads: keep mariadbd a writable primary; then, in this order, lock out
-//!    every member whose acknowledgements are not proven off (unless it is the
-//!    recorded sync), create missing replication accounts, unlock proven members, and
-//!    make sure the recorded sync acknowledges, or confirm a new one. A primary whose
+//! 4. This member leads: keep mariadbd a writable primary; then, in this order: with a
+//!    recorded sync, lock out every other member (every replica acknowledges, so only
+//!    the sync may be connected); create missing replication accounts; unlock the
+//!    sync (or, without a sync, everyone); make sure the sync acknowledges. A sync that
+//!    is not connected is dropped from the document (the primary alone is promotable
+//!    meanwhile, and the others may connect and acknowledge); without a sync, a
+//!    connected replica is confirmed as the new one. A primary whose
 //!    `Rpl_semi_sync_master_status` is OFF says ALARM in every sentence.
 //! 5. Another member leads: a local writable server is fenced at once; otherwise
-//!    replicate: the sync from the primary with acknowledgements on, asyncs from the
-//!    sync while it runs (so an async never holds a transaction the sync lacks) with
-//!    acknowledgements off. Data of a deposed primary rejoins with its unacknowledged
-//!    tail cut; a replica that cannot follow (diverged, purged binlog) is seeded again
-//!    from the primary — except the sync, which holds every acknowledged transaction.
+//!    replicate, acknowledgements always on: the sync from the primary, asyncs from the
+//!    sync while it runs (so an async never holds a transaction the sync lacks). Data
+//!    of a deposed primary rejoins with its unacknowledged tail cut; a replica that
+//!    cannot follow (diverged or purged history) is seeded again from the primary —
+//!    except the sync, which holds every acknowledged transaction.
 //! 6. Nobody leads: the sync promotes (after applying its relay log); the recorded
 //!    primary takes the key back when the sync is not there; everyone else waits.
 
@@ -71,14 +74,12 @@ pub enum Local {
         upstream: Option<String>,
         /// Whether its IO thread is connected.
         streaming: bool,
-        /// Whether it acknowledges (`rpl_semi_sync_slave_enabled`).
-        acks: bool,
         /// Whether it failed to follow its running upstream for longer than tolerated
         /// (replication error, diverged or purged history).
         stalled: bool,
-        /// Members with a replication account here (a replica serves the asyncs that
-        /// cascade from it).
-        accounts: Vec<String>,
+        /// Replication accounts here, (member, locked): a replica serves the asyncs
+        /// that cascade from it.
+        accounts: Vec<(String, bool)>,
     },
 }
 
@@ -110,32 +111,36 @@ pub enum Decision {
     Wait(String),
     /// Take the free leader key, install, start as primary, write generation 1.
     Bootstrap(String),
-    /// As the sync: take the leader key (generation + 1), apply the relay log, lock out
-    /// every member not in `proven`, become writable.
+    /// As the sync: take the leader key (generation + 1, no sync), apply the relay
+    /// log, become writable.
     Promote {
-        /// Members proven not to acknowledge.
-        proven: Vec<String>,
+        /// The sync the server may be acknowledged by (all others are locked out
+        /// before writes open); `None`: anyone.
+        sync: Option<String>,
         /// Why.
         reason: String,
     },
     /// Holding the key as a replica still: finish an interrupted promotion.
     FinishPromotion {
-        /// Members proven not to acknowledge.
-        proven: Vec<String>,
+        /// The sync the server may be acknowledged by (all others are locked out
+        /// before writes open); `None`: anyone.
+        sync: Option<String>,
         /// Why.
         reason: String,
     },
     /// As the recorded primary: take the key back (generation + 1) and run as primary.
     Reclaim {
-        /// Members proven not to acknowledge.
-        proven: Vec<String>,
+        /// The sync the server may be acknowledged by (all others are locked out
+        /// before writes open); `None`: anyone.
+        sync: Option<String>,
         /// Why.
         reason: String,
     },
     /// Holding the key with stopped primary data: start it as primary.
     StartPrimary {
-        /// Members proven not to acknowledge.
-        proven: Vec<String>,
+        /// The sync the server may be acknowledged by (all others are locked out
+        /// before writes open); `None`: anyone.
+        sync: Option<String>,
         /// Why.
         reason: String,
     },
@@ -167,13 +172,9 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-    /// Turn this replica's acknowledgements on (the sync) or off (everyone else).
-    SetAck {
-        /// The new setting.
-        on: bool,
-        /// Why.
-        reason: String,
-    },
+    /// As primary: the recorded sync is not connected; record no sync, so that other
+    /// replicas may connect (and acknowledge) and one of them can be confirmed.
+    DropSync(String),
     /// As primary: lock out `members` (account locked here, connections ended).
     Lock {
         /// The members.
@@ -181,7 +182,7 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-    /// As primary: let `member` replicate again.
+    /// Let `member` replicate from this server again.
     Unlock {
         /// The member.
         member: String,
@@ -195,7 +196,7 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-    /// Make `candidate` the sync: lock out the old sync, read the binlog position,
+    /// Make `candidate` the sync: lock out everyone else, read the binlog position,
     /// wait until the candidate received it, record it.
     ChooseSync {
         /// The connected replica chosen.
@@ -213,6 +214,7 @@ impl Decision {
             | Decision::Wait(r)
             | Decision::Bootstrap(r)
             | Decision::Resign(r)
+            | Decision::DropSync(r)
             | Decision::Fence(r) => r,
             Decision::Promote { reason, .. }
             | Decision::FinishPromotion { reason, .. }
@@ -221,7 +223,6 @@ impl Decision {
             | Decision::Follow { reason, .. }
             | Decision::StartReplica { reason, .. }
             | Decision::Repoint { reason, .. }
-            | Decision::SetAck { reason, .. }
             | Decision::Lock { reason, .. }
             | Decision::Unlock { reason, .. }
             | Decision::CreateAccounts { reason, .. }
@@ -294,15 +295,6 @@ fn bootstrap_or_wait(o: &Observed) -> Decision {
     )
 }
 
-/// Members (other than `me`) whose published status proves they acknowledge nothing.
-fn proven(o: &Observed) -> Vec<String> {
-    o.members
-        .values()
-        .filter(|m| m.name != o.me && m.proven_silent())
-        .map(|m| m.name.clone())
-        .collect()
-}
-
 fn leading(o: &Observed, state: &ClusterState) -> Decision {
     let g = state.generation;
     if state.primary != o.me {
@@ -326,7 +318,7 @@ fn leading(o: &Observed, state: &ClusterState) -> Decision {
             }
         }
         Local::Replica { .. } => Decision::FinishPromotion {
-            proven: proven(o),
+            sync: state.sync.clone(),
             reason: format!("I lead generation {g} but still run as a replica: finishing the promotion"),
         },
         Local::Starting => Decision::Wait(format!("primary of generation {g}: mariadbd is starting")),
@@ -335,12 +327,12 @@ fn leading(o: &Observed, state: &ClusterState) -> Decision {
                 "mariadbd exited unexpectedly on the primary of generation {g}: handing leadership to the sync {sync}"
             )),
             _ => Decision::StartPrimary {
-                proven: proven(o),
+                sync: state.sync.clone(),
                 reason: format!("mariadbd exited unexpectedly on the primary of generation {g} and no sync can take over: restarting it here"),
             },
         },
         Local::Stopped { crashed: false, upstream: None } => Decision::StartPrimary {
-            proven: proven(o),
+            sync: state.sync.clone(),
             reason: format!("I lead generation {g}: starting mariadbd as primary"),
         },
         Local::Stopped { crashed: false, upstream: Some(upstream) } => Decision::Resign(format!(
@@ -371,6 +363,7 @@ fn alarm(decision: Decision) -> Decision {
             candidate,
             reason: format!("{prefix}{reason}"),
         },
+        Decision::DropSync(r) => Decision::DropSync(format!("{prefix}{r}")),
         other => other,
     }
 }
@@ -385,28 +378,29 @@ fn primary_upkeep(
 ) -> Decision {
     let g = state.generation;
     let sync = state.sync.as_deref();
-    let allowed =
-        |m: &str| Some(m) == sync || o.members.get(m).is_some_and(MemberStatus::proven_silent);
     let locked = |m: &str| accounts.iter().any(|(a, l)| a == m && *l);
     let is_connected = |m: &str| connected.iter().any(|c| c == m);
     let mut names: Vec<&str> = accounts.iter().map(|(a, _)| a.as_str()).collect();
     names.extend(connected.iter().map(String::as_str));
     names.sort();
     names.dedup();
-    let lock: Vec<String> = names
-        .iter()
-        .filter(|m| **m != o.me && !allowed(m) && (!locked(m) || is_connected(m)))
-        .map(|m| m.to_string())
-        .collect();
-    if !lock.is_empty() {
-        return Decision::Lock {
-            reason: format!(
-                "primary of generation {g}: {} may still acknowledge without being the sync: locking {} out",
-                lock.join(", "),
-                if lock.len() == 1 { "it" } else { "them" }
-            ),
-            members: lock,
-        };
+    names.retain(|m| *m != o.me);
+    if let Some(sync) = sync {
+        // Every replica acknowledges: with a sync, it must be the only one connected.
+        let lock: Vec<String> = names
+            .iter()
+            .filter(|m| **m != sync && (!locked(m) || is_connected(m)))
+            .map(|m| m.to_string())
+            .collect();
+        if !lock.is_empty() {
+            return Decision::Lock {
+                reason: format!(
+                    "primary of generation {g}: only the sync {sync} may acknowledge: locking {} out",
+                    lock.join(", ")
+                ),
+                members: lock,
+            };
+        }
     }
     let missing: Vec<String> = o
         .members
@@ -425,57 +419,57 @@ fn primary_upkeep(
     }
     if let Some(m) = names
         .iter()
-        .find(|m| **m != o.me && locked(m) && allowed(m))
+        .find(|m| locked(m) && sync.is_none_or(|s| s == **m))
     {
         return Decision::Unlock {
             member: m.to_string(),
-            reason: format!(
-                "primary of generation {g}: {m} proved its acknowledgements are off: letting it replicate again"
-            ),
+            reason: match sync {
+                Some(_) => {
+                    format!("primary of generation {g}: letting the sync {m} replicate again")
+                }
+                None => {
+                    format!("primary of generation {g} without a sync: letting {m} replicate again")
+                }
+            },
         };
     }
-    if let Some(sync) = sync {
-        if is_connected(sync) {
-            return if acking > 0 {
-                Decision::Nothing(format!(
-                    "primary of generation {g}; sync {sync} acknowledges"
-                ))
-            } else {
-                Decision::Wait(format!(
-                    "primary of generation {g}; sync {sync} is connected but does not acknowledge yet; commits wait"
-                ))
-            };
+    match sync {
+        Some(sync) if is_connected(sync) && acking > 0 => {
+            Decision::Nothing(format!("primary of generation {g}; sync {sync} acknowledges"))
         }
-    }
-    let missing = match sync {
-        Some(sync) => format!("sync {sync} is not connected"),
-        None => "no sync confirmed yet".to_string(),
-    };
-    let candidate = connected
-        .iter()
-        .filter(|m| Some(m.as_str()) != sync && **m != o.me)
-        .filter_map(|m| o.members.get(m))
-        .filter(|m| m.running && m.streaming && m.proven_silent())
-        .max_by(|a, b| {
-            let seq = |m: &MemberStatus| {
-                m.received
-                    .as_ref()
-                    .or(m.gtid.as_ref())
-                    .map_or(0, |p| GtidPos::default().behind(p))
-            };
-            seq(a).cmp(&seq(b)).then_with(|| b.name.cmp(&a.name))
-        });
-    match candidate {
-        Some(c) => Decision::ChooseSync {
-            candidate: c.name.clone(),
-            reason: format!(
-                "primary of generation {g}: {missing}; making connected replica {} the sync",
-                c.name
-            ),
-        },
-        None => Decision::Wait(format!(
-            "primary of generation {g}: {missing} and no replica is connected; commits wait for a semi-sync replica"
+        Some(sync) if is_connected(sync) => Decision::Wait(format!(
+            "primary of generation {g}; sync {sync} is connected but does not acknowledge yet; commits wait"
         )),
+        Some(sync) => Decision::DropSync(format!(
+            "primary of generation {g}: sync {sync} is not connected; dropping it so another replica can acknowledge and become the sync (meanwhile only I can be promoted)"
+        )),
+        None => {
+            let candidate = connected
+                .iter()
+                .filter_map(|m| o.members.get(m))
+                .filter(|m| m.running && m.streaming)
+                .max_by(|a, b| {
+                    let seq = |m: &MemberStatus| {
+                        m.received
+                            .as_ref()
+                            .or(m.gtid.as_ref())
+                            .map_or(0, |p| GtidPos::default().behind(p))
+                    };
+                    seq(a).cmp(&seq(b)).then_with(|| b.name.cmp(&a.name))
+                });
+            match candidate {
+                Some(c) => Decision::ChooseSync {
+                    candidate: c.name.clone(),
+                    reason: format!(
+                        "primary of generation {g}: no sync; making connected replica {} the sync",
+                        c.name
+                    ),
+                },
+                None => Decision::Wait(format!(
+                    "primary of generation {g}: no sync and no replica connected; commits wait for a replica's acknowledgement"
+                )),
+            }
+        }
     }
 }
 
@@ -550,21 +544,13 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
             ),
             upstream: want,
         },
-        Local::Replica { acks, .. } if *acks != i_am_sync => Decision::SetAck {
-            on: i_am_sync,
-            reason: if i_am_sync {
-                format!("I am the sync of generation {g}: turning acknowledgements on")
-            } else {
-                format!("I am not the sync of generation {g}: turning acknowledgements off")
-            },
-        },
         Local::Replica { accounts, .. }
-            if o.members.keys().any(|m| *m != o.me && !accounts.contains(m)) =>
+            if o.members.keys().any(|m| *m != o.me && !accounts.iter().any(|(a, _)| a == m)) =>
         {
             let members: Vec<String> = o
                 .members
                 .keys()
-                .filter(|m| **m != o.me && !accounts.contains(m))
+                .filter(|m| **m != o.me && !accounts.iter().any(|(a, _)| a == *m))
                 .cloned()
                 .collect();
             Decision::CreateAccounts {
@@ -573,6 +559,13 @@ fn following(o: &Observed, state: &ClusterState, leader: &str) -> Decision {
                     members.join(", ")
                 ),
                 members,
+            }
+        }
+        Local::Replica { accounts, .. } if accounts.iter().any(|(_, locked)| *locked) => {
+            let member = accounts.iter().find(|(_, l)| *l).map(|(m, _)| m.clone()).unwrap_or_default();
+            Decision::Unlock {
+                reason: format!("replica of {from} (generation {g}): letting {member} replicate from me again"),
+                member,
             }
         }
         Local::Replica { streaming, .. } => {
@@ -606,7 +599,7 @@ fn leaderless(o: &Observed, state: &ClusterState) -> Decision {
     if state.sync.as_deref() == Some(o.me.as_str()) {
         return match &o.local {
             Local::Replica { .. } => Decision::Promote {
-                proven: proven(o),
+                sync: None,
                 reason: format!(
                     "primary {primary} lost the leader key; I am the sync of generation {g} and have every acknowledged transaction: promoting"
                 ),
@@ -638,7 +631,7 @@ fn leaderless(o: &Observed, state: &ClusterState) -> Decision {
             )),
             Local::Starting => Decision::Wait(format!("nobody leads generation {g}; my mariadbd is starting")),
             _ => Decision::Reclaim {
-                proven: proven(o),
+                sync: state.sync.clone(),
                 reason: format!(
                     "nobody leads and I am the primary of generation {g}, which has every acknowledged transaction: taking the key back"
                 ),

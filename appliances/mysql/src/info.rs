@@ -126,7 +126,6 @@ mod tests {
             received: (role != Role::Primary).then(|| GtidPos::parse(gtid).unwrap()),
             lag: Some(lag),
             acks: role == Role::Sync,
-            sees_sync: Some("my1".into()),
             semi_sync_off: false,
             generation: Some(3),
             decision: "fine".into(),

@@ -27,10 +27,13 @@
 //! Every replica is `read_only`; on 10.11 that stops SUPER too, and only READ ONLY ADMIN
 //! (part of `ALL ON *.*`, which only the supervisor's account has) bypasses it.
 //!
-//! Who may acknowledge: the primary lets a member replicate from it through that
-//! member's own account ([`repl_user`]); locking an account (locally, `sql_log_bin=0`,
-//! never replicated) and killing its dump threads keeps a member whose semi-sync
-//! acknowledgements are not known to be off from acknowledging anything.
+//! Who may acknowledge: every replica acknowledges (a transaction received without an
+//! acknowledgement can never be acknowledged later: with GTID positioning a
+//! reconnecting replica does not report what it already has, and its commit would wait
+//! forever), so the primary decides who may be connected: each member replicates
+//! through its own account ([`repl_user`]), created on each server locally
+//! (`sql_log_bin=0`); locking an account (locally) and killing its dump threads keeps
+//! that member from acknowledging anything.
 //!
 //! When the supervisor runs as root, mariadbd is spawned directly as the `mysql` user
 //! with its uid switched in the child (so it keeps a parent-death signal: no mariadbd
@@ -406,13 +409,14 @@ impl Mariadb {
     }
 
     /// Replicates from `upstream` (member name) at `addr` (`host:port`) by GTID, with
-    /// acknowledgements on iff `ack`; the data then counts as following `upstream`.
-    /// After a rejoin the position starts from the data's own binlog.
+    /// acknowledgements on (always: a replica that received a transaction without
+    /// acknowledging it could never acknowledge it later, and its commit would wait
+    /// forever); the data then counts as following `upstream`. After a rejoin the
+    /// position starts from the data's own binlog.
     pub async fn replicate(
         &mut self,
         upstream: &str,
         addr: &str,
-        ack: bool,
         from_binlog: bool,
     ) -> Result<(), ServerError> {
         let (host, port) = addr
@@ -432,7 +436,7 @@ impl Mariadb {
                 quote(host),
                 quote(&repl_user(&me))
             ),
-            format!("SET GLOBAL rpl_semi_sync_slave_enabled = {}", u8::from(ack)),
+            "SET GLOBAL rpl_semi_sync_slave_enabled = 1".into(),
             "START SLAVE".into(),
         ]);
         for sql in statements {
@@ -441,22 +445,10 @@ impl Mariadb {
         self.mark_upstream(Some(upstream))
     }
 
-    /// Turns this replica's acknowledgements on or off; the IO thread reconnects so the
-    /// upstream sees the change.
-    pub async fn set_ack(&mut self, ack: bool) -> Result<(), ServerError> {
-        self.exec("STOP SLAVE IO_THREAD").await?;
-        self.exec(&format!(
-            "SET GLOBAL rpl_semi_sync_slave_enabled = {}",
-            u8::from(ack)
-        ))
-        .await?;
-        self.exec("START SLAVE IO_THREAD").await
-    }
-
     /// Promotes this replica: stops receiving, waits until the SQL thread applied
     /// everything in the relay log, drops the replication configuration, turns the
     /// master side of semi-sync on and opens writes ([`Mariadb::open_writes`]).
-    pub async fn promote(&mut self, proven: &[String]) -> Result<(), ServerError> {
+    pub async fn promote(&mut self, sync: Option<&str>) -> Result<(), ServerError> {
         self.exec("STOP SLAVE IO_THREAD").await?;
         if let Some(slave) = self.slave_status().await? {
             let received = slave.io_pos.to_string();
@@ -480,25 +472,32 @@ impl Mariadb {
         ] {
             self.exec(sql).await?;
         }
-        self.open_writes(proven).await?;
+        self.open_writes(sync).await?;
         self.mark_upstream(None)
     }
 
-    /// Makes the server writable, after locking out every member with a replication
-    /// account that is not in `proven` (not known to have its acknowledgements off), so
-    /// no commit is ever acknowledged by a member that is not the sync.
-    pub async fn open_writes(&mut self, proven: &[String]) -> Result<(), ServerError> {
+    /// Makes the server writable; with a `sync`, after locking out every other member
+    /// with a replication account, so no commit is ever acknowledged by a member that
+    /// is not the sync.
+    pub async fn open_writes(&mut self, sync: Option<&str>) -> Result<(), ServerError> {
+        if let Some(sync) = sync {
+            self.lock_all_but(sync).await?;
+        }
+        self.exec("SET GLOBAL read_only = 0").await
+    }
+
+    /// Locks out every member with a replication account here but `member`.
+    pub async fn lock_all_but(&mut self, member: &str) -> Result<(), ServerError> {
         let me = self.cfg.name.clone();
         let others: Vec<String> = self
             .runtime()
             .await?
             .accounts
             .into_iter()
-            .map(|(member, _)| member)
-            .filter(|m| *m != me && !proven.contains(m))
+            .map(|(m, _)| m)
+            .filter(|m| *m != me && m != member)
             .collect();
-        self.lock(&others).await?;
-        self.exec("SET GLOBAL read_only = 0").await
+        self.lock(&others).await
     }
 
     /// Locks the replication accounts of `members` on this server only (not

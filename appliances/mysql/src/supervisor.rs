@@ -18,14 +18,13 @@
 //! is frozen cannot acknowledge a write after a failover. Sessions waiting for an
 //! acknowledgement are never killed on a primary that may be deposed: mariadbd is.
 //!
-//! Choosing a sync (the only way a member becomes promotable):
-//! 1. lock out the old sync (its account locked on this server, its connections
-//!    ended) — every other member already proved its acknowledgements off, or is
-//!    locked out too, so nobody can acknowledge now;
-//! 2. `X` := the primary's `gtid_binlog_pos`; every acknowledged commit is in it;
+//! Choosing a sync (the only way a member becomes promotable), with no sync recorded
+//! (after a promotion, or once the primary dropped a sync that was not connected):
+//! 1. lock out every member but the candidate (account locked on this server, its
+//!    connections ended): from now on only the candidate can acknowledge;
+//! 2. `X` := the primary's `gtid_binlog_pos`; every commit acknowledged so far is in it;
 //! 3. wait until the candidate's relay log has `X`;
-//! 4. write `sync = candidate` (compare-and-set, only while holding the leader key);
-//!    the candidate then turns its acknowledgements on and commits flow again.
+//! 4. write `sync = candidate` (compare-and-set, only while holding the leader key).
 //!
 //! Seeds: `GET /seed` on the health address (bearer: the superuser password) streams
 //! `mariadb-backup --backup --stream=mbstream` of this member's server.
@@ -373,7 +372,6 @@ pub async fn run(
         received: None,
         lag: None,
         acks: false,
-        sees_sync: None,
         semi_sync_off: false,
         generation: None,
         decision: "starting".into(),
@@ -638,9 +636,8 @@ impl Tick<'_> {
             Local::Replica {
                 upstream,
                 streaming,
-                acks: runtime.semi_sync_slave,
                 stalled,
-                accounts: runtime.accounts.iter().map(|(m, _)| m.clone()).collect(),
+                accounts: runtime.accounts.clone(),
             },
             Some(runtime),
         )
@@ -698,9 +695,6 @@ impl Tick<'_> {
                 r.semi_sync_slave,
                 false,
             ),
-            // Not observed this tick (busy, stopped): acknowledgements are only ever
-            // turned on by a tick that read a document naming this member the sync,
-            // so the last observed value, or off for a stopped server, still holds.
             None if o.busy.is_some() => (
                 self.status.gtid.clone(),
                 None,
@@ -719,13 +713,6 @@ impl Tick<'_> {
             received,
             lag,
             acks,
-            // While busy, the action may act on an older document: keep the proof
-            // as it was until a tick observes the server again.
-            sees_sync: if o.busy.is_some() {
-                self.status.sees_sync.clone()
-            } else {
-                sync
-            },
             semi_sync_off,
             generation: o
                 .state
@@ -791,9 +778,23 @@ impl Tick<'_> {
                     warn("creating replication accounts", err);
                 }
             }
-            Decision::SetAck { on, .. } => {
-                if let Err(err) = server.set_ack(on).await {
-                    warn("switching acknowledgements", err);
+            Decision::DropSync(_) => {
+                if let Some(state) = state {
+                    let next = ClusterState {
+                        sync: None,
+                        ..state
+                    };
+                    match self.shared.store.write_state(lease, &next, revision).await {
+                        Ok(true) => {
+                            tracing::info!(member = %me, "sync dropped; only the primary is promotable until a new one is confirmed")
+                        }
+                        Ok(false) => {
+                            tracing::warn!(member = %me, "dropping the sync lost a race; the next tick looks again")
+                        }
+                        Err(err) => {
+                            tracing::warn!(member = %me, error = %err, "dropping the sync failed")
+                        }
+                    }
                 }
             }
             Decision::Repoint { upstream, .. } => {
@@ -801,48 +802,41 @@ impl Tick<'_> {
                     tracing::warn!(%upstream, "address of the upstream unknown; waiting for its registration");
                     return;
                 };
-                let ack = state.as_ref().and_then(|s| s.sync.as_deref()) == Some(me.as_str())
-                    && upstream
-                        == state
-                            .as_ref()
-                            .map(|s| s.primary.clone())
-                            .unwrap_or_default();
                 self.failing_since = None;
-                if let Err(err) = server.replicate(&upstream, &addr, ack, false).await {
+                if let Err(err) = server.replicate(&upstream, &addr, false).await {
                     warn("re-pointing the replica", err);
                 }
             }
             Decision::Bootstrap(_) => spawn_action("bootstrap", shared, server, move |s, sh| {
                 Box::pin(bootstrap(s, sh, lease))
             }),
-            Decision::Promote { proven, .. } => {
+            Decision::Promote { sync, .. } => {
                 let state = state.expect("promotion needs a state document");
                 spawn_action("promotion", shared, server, move |s, sh| {
-                    Box::pin(promote(s, sh, lease, state, revision, proven))
+                    Box::pin(promote(s, sh, lease, state, revision, sync))
                 })
             }
-            Decision::FinishPromotion { proven, .. } => {
+            Decision::FinishPromotion { sync, .. } => {
                 spawn_action("promotion", shared, server, move |mut s, _| {
-                    Box::pin(async move { Ok(s.promote(&proven).await?) })
+                    Box::pin(async move { Ok(s.promote(sync.as_deref()).await?) })
                 })
             }
-            Decision::Reclaim { proven, .. } => {
+            Decision::Reclaim { sync, .. } => {
                 let state = state.expect("reclaiming needs a state document");
                 spawn_action("reclaiming leadership", shared, server, move |s, sh| {
-                    Box::pin(reclaim(s, sh, lease, state, revision, proven))
+                    Box::pin(reclaim(s, sh, lease, state, revision, sync))
                 })
             }
-            Decision::StartPrimary { proven, .. } => {
+            Decision::StartPrimary { sync, .. } => {
                 spawn_action("starting the primary", shared, server, move |s, sh| {
-                    Box::pin(start_primary(s, sh, proven))
+                    Box::pin(start_primary(s, sh, sync))
                 })
             }
             Decision::StartReplica { upstream, .. } => {
                 let addr = self.known.get(&upstream).map(|a| a.mysql.clone());
-                let ack = state.as_ref().and_then(|s| s.sync.as_deref()) == Some(me.as_str());
                 let rejoin = matches!(local, Local::Stopped { upstream: None, .. });
                 spawn_action("starting the replica", shared, server, move |s, sh| {
-                    Box::pin(start_replica(s, sh, upstream, addr, ack, rejoin))
+                    Box::pin(start_replica(s, sh, upstream, addr, rejoin))
                 })
             }
             Decision::Follow {
@@ -915,7 +909,7 @@ async fn bootstrap(
     server.install().await?;
     shared.crashed.store(false, Ordering::SeqCst);
     server.start(&StartAs::Primary).await?;
-    server.open_writes(&[]).await?;
+    server.open_writes(None).await?;
     let state = ClusterState {
         generation: 1,
         primary: shared.me.clone(),
@@ -953,12 +947,12 @@ async fn promote(
     lease: i64,
     state: ClusterState,
     revision: i64,
-    proven: Vec<String>,
+    sync: Option<String>,
 ) -> Result<(), SupervisorError> {
     let next = ClusterState {
         generation: state.generation + 1,
         primary: shared.me.clone(),
-        sync: None,
+        sync: sync.clone(),
     };
     take_leader_key(
         &shared,
@@ -969,7 +963,7 @@ async fn promote(
     )
     .await?;
     tracing::info!(member = %shared.me, generation = next.generation, "took the leader key; promoting");
-    server.promote(&proven).await?;
+    server.promote(sync.as_deref()).await?;
     Ok(())
 }
 
@@ -979,7 +973,7 @@ async fn reclaim(
     lease: i64,
     state: ClusterState,
     revision: i64,
-    proven: Vec<String>,
+    sync: Option<String>,
 ) -> Result<(), SupervisorError> {
     let next = ClusterState {
         generation: state.generation + 1,
@@ -994,11 +988,11 @@ async fn reclaim(
     )
     .await?;
     if server.is_running() {
-        server.promote(&proven).await?;
+        server.promote(sync.as_deref()).await?;
     } else {
         shared.crashed.store(false, Ordering::SeqCst);
         server.start(&StartAs::Primary).await?;
-        server.open_writes(&proven).await?;
+        server.open_writes(sync.as_deref()).await?;
     }
     Ok(())
 }
@@ -1006,11 +1000,11 @@ async fn reclaim(
 async fn start_primary(
     mut server: OwnedMutexGuard<Mariadb>,
     shared: Shared,
-    proven: Vec<String>,
+    sync: Option<String>,
 ) -> Result<(), SupervisorError> {
     shared.crashed.store(false, Ordering::SeqCst);
     server.start(&StartAs::Primary).await?;
-    server.open_writes(&proven).await?;
+    server.open_writes(sync.as_deref()).await?;
     Ok(())
 }
 
@@ -1019,7 +1013,6 @@ async fn start_replica(
     shared: Shared,
     upstream: String,
     addr: Option<String>,
-    ack: bool,
     rejoin: bool,
 ) -> Result<(), SupervisorError> {
     shared.crashed.store(false, Ordering::SeqCst);
@@ -1031,7 +1024,7 @@ async fn start_replica(
         // Upstream unknown yet: read_only and idle; a later tick points it.
         return Ok(());
     };
-    server.replicate(&upstream, &addr, ack, rejoin).await?;
+    server.replicate(&upstream, &addr, rejoin).await?;
     server.clear_seed_position();
     Ok(())
 }
@@ -1048,7 +1041,7 @@ async fn follow(
     shared.crashed.store(false, Ordering::SeqCst);
     server.start(&StartAs::Replica { rejoin: false }).await?;
     server.set_slave_pos(&pos).await?;
-    server.replicate(&upstream, &addr, false, false).await?;
+    server.replicate(&upstream, &addr, false).await?;
     server.clear_seed_position();
     Ok(())
 }
@@ -1062,17 +1055,14 @@ async fn choose_sync(
     candidate: String,
     addr: String,
 ) -> Result<(), SupervisorError> {
-    if let Some(old) = state.sync.as_ref().filter(|old| **old != candidate) {
-        server.lock(std::slice::from_ref(old)).await?;
-    }
+    server.lock_all_but(&candidate).await?;
     let runtime = server.runtime().await?;
     if runtime.read_only {
         return Err(SupervisorError::LostRace("no longer a primary".into()));
     }
-    if runtime.semi_sync_clients > 0 {
+    if let Some(other) = runtime.connected.iter().find(|m| **m != candidate) {
         return Err(SupervisorError::LostRace(format!(
-            "{} replica(s) still acknowledge; not choosing a sync while anyone else could",
-            runtime.semi_sync_clients
+            "{other} is still connected; not choosing a sync while anyone else could acknowledge"
         )));
     }
     let target = runtime.gtid_binlog;
@@ -1088,7 +1078,7 @@ async fn choose_sync(
             "the state document changed or I lost the leader key".into(),
         ));
     }
-    tracing::info!(member = %shared.me, sync = %candidate, gtid = %target, "sync confirmed; commits are acknowledged once it turns acknowledgements on");
+    tracing::info!(member = %shared.me, sync = %candidate, gtid = %target, "sync confirmed");
     Ok(())
 }
 
