@@ -1,19 +1,21 @@
-//! Starting a local N-member cluster: one supervisor OS process per member, on free
-//! ports, each in `<base>/<member>/`. Used by the tests, the failover bench and
-//! `paas up` (single machine).
+//! Starting a local N-member cluster of any engine: one supervisor OS process per
+//! member, each in `<base>/<member>/`, on the cluster's own loopback address and the
+//! engine's fixed ports (`crate::addr`). Used by the engines' tests and failover
+//! benches; `paas up` runs members as jobs of a system app instead.
 //!
-//! Members are named `pg0`, `pg1`, ... Each supervisor gets a parent-death signal
-//! (SIGKILL), and its PostgreSQL gets one from the supervisor, so nothing outlives the
-//! process that started the cluster. Dropping a [`LocalCluster`] stops every member
-//! gracefully (SIGTERM, SIGKILL after 20 s) but keeps the directories, which belong to
-//! the caller.
+//! Members are named `<prefix>0`, `<prefix>1`, ... and started with the common member
+//! flags of [`crate::args::MemberArgs`] plus the spec's extra arguments and environment.
+//! Each supervisor gets a parent-death signal (SIGKILL), and its server gets one from
+//! the supervisor, so nothing outlives the process that started the cluster. Dropping a
+//! [`LocalCluster`] stops every member gracefully (SIGTERM, SIGKILL after 20 s) but
+//! keeps the directories, which belong to the caller.
 
-use std::net::Ipv4Addr;
-
-use paas_appliance::addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::addr;
 
 /// Why a member could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +38,26 @@ pub struct LocalClusterSpec {
     pub program: PathBuf,
     /// Arguments before the supervisor's own (e.g. `["appliance", "postgres"]`).
     pub args_prefix: Vec<String>,
+    /// Arguments after the common member flags (engine settings).
+    pub args: Vec<String>,
+    /// Environment of every member (secrets are passed here, not on the command line).
+    pub env: Vec<(String, String)>,
     /// The cluster name.
     pub cluster: String,
+    /// Members are named this plus their index (`pg` -> `pg0`, `pg1`, ...).
+    pub member_prefix: String,
+    /// The engine's server port base (`crate::addr`): member `i` listens on base + i.
+    pub port_base: u16,
+    /// The engine's health API port base.
+    pub health_port_base: u16,
     /// How many members.
     pub members: usize,
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
     /// etcd key prefix.
     pub prefix: String,
-    /// Where member directories go.
+    /// Where member directories go (also the seed of the cluster's loopback address).
     pub base_dir: PathBuf,
-    /// The superuser password all members share.
-    pub superuser_password: String,
     /// Lease TTL in seconds.
     pub ttl_secs: u64,
 }
@@ -55,12 +65,12 @@ pub struct LocalClusterSpec {
 /// One member's process and addresses.
 #[derive(Debug)]
 pub struct Member {
-    /// `pgN`.
+    /// `<prefix>N`.
     pub name: String,
-    /// The cluster's own loopback address, where it listens (see `paas_appliance::addr`).
+    /// The cluster's own loopback address, where it listens (see `crate::addr`).
     pub host: Ipv4Addr,
-    /// Its PostgreSQL port on `host`.
-    pub pg_port: u16,
+    /// Its server's port on `host`.
+    pub port: u16,
     /// Its health API port on `host`.
     pub health_port: u16,
     /// Its directory.
@@ -69,10 +79,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// The postmaster's pid, from PGDATA's `postmaster.pid`, if present.
-    pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.host, self.port))
+    }
+
+    /// The health API's address.
+    pub fn health_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.host, self.health_port))
     }
 }
 
@@ -89,14 +103,14 @@ impl LocalCluster {
         let mut members = Vec::new();
         let host = addr::cluster_ip(&spec.base_dir.to_string_lossy());
         for i in 0..spec.members {
-            let name = format!("pg{i}");
+            let name = format!("{}{i}", spec.member_prefix);
             let dir = spec.base_dir.join(&name);
             std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
             members.push(Member {
                 name,
                 host,
-                pg_port: addr::member_port(addr::POSTGRES_PORT, i),
-                health_port: addr::member_port(addr::POSTGRES_HEALTH_PORT, i),
+                port: addr::member_port(spec.port_base, i),
+                health_port: addr::member_port(spec.health_port_base, i),
                 dir,
                 child: None,
             });
@@ -132,7 +146,7 @@ impl LocalCluster {
         self.spawn(i)
     }
 
-    /// Stops member `i`'s supervisor gracefully (it stops its PostgreSQL).
+    /// Stops member `i`'s supervisor gracefully (it stops its server).
     pub fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             // SAFETY: kill(2) on our own unreaped child.
@@ -173,18 +187,19 @@ impl LocalCluster {
             .arg(&member.dir)
             .args(["--host", &member.host.to_string()])
             .args([
-                "--pg-port",
-                &member.pg_port.to_string(),
+                "--port",
+                &member.port.to_string(),
                 "--health-port",
                 &member.health_port.to_string(),
             ])
             .args(["--ttl-secs", &spec.ttl_secs.to_string()])
             .args(["--members", &spec.members.to_string()])
-            .env("PAAS_PG_SUPERUSER_PASSWORD", &spec.superuser_password)
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        paas_appliance::process::tie(&mut command, libc::SIGKILL, None);
+        crate::process::tie(&mut command, libc::SIGKILL, None);
         let child = command
             .spawn()
             .map_err(io(format!("spawning {}", spec.program.display())))?;
