@@ -12,8 +12,8 @@
 //! - [`server`]: the local mariadbd (files, process, queries, seeds); [`gtid`]: GTID
 //!   positions and their comparison;
 //! - [`info`]: the table of `paas mysql info`; [`provision`]: databases and users for
-//!   apps (`MysqlProvider`); [`launcher`]: a local N-member cluster of supervisor
-//!   processes (tests, bench); [`args`]: the supervisor's command line.
+//!   apps (`MysqlProvider`); [`args`]: the supervisor's command line (the local
+//!   launcher and the supervisor skeleton are the appliance core's).
 //!
 //! Invariants:
 //! - Only the member named `sync` in the state document (or the recorded `primary`
@@ -31,7 +31,6 @@ pub mod cluster;
 pub mod decide;
 pub mod gtid;
 pub mod info;
-pub mod launcher;
 pub mod provision;
 pub mod server;
 pub mod supervisor;

@@ -33,25 +33,23 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use paas_appliance::fence::{self, kill_pid_group, Fence};
-use paas_appliance::health;
+use paas_appliance::fence::Fence;
 use paas_appliance::leader::LeaderRecord;
-use paas_appliance::lease::LeaseHandle;
-use paas_coord::Coord;
-use tokio::sync::{watch, OwnedMutexGuard};
+use paas_appliance::records::RecordsError;
+use paas_appliance::supervisor::{Ctx, Engine, MemberConfig, RunError, Server, Slot};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::cluster::{keys, ClusterState, MemberStatus, Role, Snapshot, Store};
 use crate::decide::{decide, Decision, Leader, Local, Observed};
 use crate::server::{Mariadb, Runtime, ServerConfig, ServerError, StartAs};
-use paas_appliance::records::RecordsError;
 
 /// Why the supervisor could not start or an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +63,9 @@ pub enum SupervisorError {
     /// The local MariaDB failed an operation.
     #[error(transparent)]
     Server(#[from] ServerError),
-    /// The health API could not bind its port.
-    #[error("binding the health API on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The skeleton could not start (the health API could not bind its port).
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// A conditional write lost against another member, or a precondition failed.
     #[error("{0}")]
     LostRace(String),
@@ -223,43 +215,28 @@ pub fn server_id_of(name: &str) -> u32 {
     h.max(1_000_001)
 }
 
-/// State shared by the tick loop, the actions and the watchdog.
+/// What the long actions need: the records and fence from the skeleton, and this
+/// engine's own flags.
 #[derive(Clone)]
 struct Shared {
     me: String,
     store: Store,
     fence: Fence,
+    /// Whether mariadbd exited without being asked to since it was last started.
     crashed: Arc<AtomicBool>,
-    busy: Arc<Mutex<Option<String>>>,
     leader_record: LeaderRecord,
 }
 
-async fn connect_etcd(config: &SupervisorConfig) -> Coord {
-    let mut logged = false;
-    loop {
-        match Coord::connect(
-            &config.etcd_endpoints,
-            &config.prefix,
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            Ok(coord) => return coord,
-            Err(err) => {
-                if !logged {
-                    tracing::warn!(member = %config.name, error = %err, "waiting for etcd");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+impl Server for Mariadb {
+    async fn stop(&mut self) {
+        Mariadb::stop(self).await
     }
 }
 
 /// What the seed route needs.
 #[derive(Clone)]
 struct SeedSource {
-    server: Arc<tokio::sync::Mutex<Mariadb>>,
+    config: ServerConfig,
     password: String,
 }
 
@@ -272,10 +249,7 @@ async fn seed_route(State(source): State<SeedSource>, headers: HeaderMap) -> Res
     if !authorized {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let command = {
-        let server = source.server.lock().await;
-        server.backup_command()
-    };
+    let command = Mariadb::new(source.config.clone()).backup_command();
     let mut command = match command {
         Ok(command) => command,
         Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
@@ -300,7 +274,8 @@ async fn seed_route(State(source): State<SeedSource>, headers: HeaderMap) -> Res
 }
 
 /// Runs the supervisor until `shutdown` completes; then stops mariadbd, releases the
-/// leader key and revokes the lease.
+/// leader key and revokes the lease (the appliance core's skeleton does the common
+/// part: see `paas_appliance::supervisor`).
 pub async fn run(
     config: SupervisorConfig,
     shutdown: impl Future<Output = ()>,
@@ -312,59 +287,29 @@ pub async fn run(
             source: e,
         })
     })?;
-    let coord = connect_etcd(&config).await;
-    let store = Store::new(coord.clone(), keys(&config.cluster));
-    let lease = LeaseHandle::spawn(coord, config.ttl);
-    let server = Mariadb::new(ServerConfig {
+    let server_config = ServerConfig {
         name: config.name.clone(),
         dir: config.dir.clone(),
         host: config.host.clone(),
         port: config.port,
         server_id: config.server_id,
         superuser_password: config.superuser_password.clone(),
-    });
-    let addr: SocketAddr = config.addr().parse().map_err(|e| {
-        SupervisorError::Config(format!(
-            "host {:?} with port {} is not an IP address: {e}",
-            config.host, config.port
-        ))
-    })?;
-    let shared = Shared {
-        me: config.name.clone(),
-        store,
-        fence: Fence {
-            leading: Arc::new(AtomicI64::new(0)),
-            pid: server.pid_cell(),
-        },
-        crashed: Arc::new(AtomicBool::new(false)),
-        busy: Arc::new(Mutex::new(None)),
-        leader_record: LeaderRecord {
-            member: config.name.clone(),
-            addr,
-        },
     };
-    let server = Arc::new(tokio::sync::Mutex::new(server));
-    // The seed route needs only the configuration, never the lock of a busy handle.
-    let seed_handle = Arc::new(tokio::sync::Mutex::new(Mariadb::new(ServerConfig {
-        name: config.name.clone(),
-        dir: config.dir.clone(),
-        host: config.host.clone(),
-        port: config.port,
-        server_id: config.server_id,
-        superuser_password: config.superuser_password.clone(),
-    })));
-
-    let health_addr = format!("{}:{}", config.host, config.health_port);
-    let listener = tokio::net::TcpListener::bind(&health_addr)
-        .await
-        .map_err(|source| SupervisorError::Bind {
-            addr: health_addr.clone(),
-            source,
-        })?;
+    let server = Mariadb::new(server_config.clone());
+    let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {
+        format!("{}:{port}", config.host).parse().map_err(|e| {
+            SupervisorError::Config(format!(
+                "host {:?} with port {port} is not an IP address: {e}",
+                config.host
+            ))
+        })
+    };
+    let addr = parse(config.port)?;
+    let health_addr = parse(config.health_port)?;
     let initial = MemberStatus {
         name: config.name.clone(),
         addr: config.addr(),
-        health_addr: health_addr.clone(),
+        health_addr: health_addr.to_string(),
         role: Role::Stopped,
         running: false,
         streaming: false,
@@ -377,75 +322,40 @@ pub async fn run(
         decision: "starting".into(),
         has_data: false,
     };
-    let (published, health_rx) = watch::channel(initial.clone());
-    let (stop_health, mut stop_health_rx) = watch::channel(false);
-    let seed = axum::Router::new()
+    let member = MemberConfig {
+        kind: "mysql".into(),
+        name: config.name.clone(),
+        etcd_endpoints: config.etcd_endpoints.clone(),
+        prefix: config.prefix.clone(),
+        keys: keys(&config.cluster),
+        health_addr,
+        ttl: config.ttl,
+        fence_margin: config.fence_margin,
+        tick: config.tick,
+    };
+    let routes = axum::Router::new()
         .route("/seed", axum::routing::get(seed_route))
         .with_state(SeedSource {
-            server: seed_handle,
+            config: server_config,
             password: config.superuser_password.clone(),
         });
-    let routes = health::router(health_rx).merge(seed);
-    let health_task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = stop_health_rx.wait_for(|stop| *stop).await;
-        };
-        if let Err(err) = axum::serve(listener, routes)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %err, "health API failed");
-        }
-    });
-    let watchdog = tokio::spawn(fence::watchdog(
-        config.name.clone(),
-        shared.fence.clone(),
-        lease.subscribe(),
-        config.ttl,
-        config.fence_margin,
-    ));
-    tracing::info!(member = %config.name, cluster = %config.cluster, mysql = %config.addr(), health = %health_addr, "supervisor started");
-
-    let mut tick = Tick {
-        config: config.clone(),
-        shared: shared.clone(),
-        server: server.clone(),
-        lease: &lease,
-        published,
-        status: initial,
-        last_reason: String::new(),
+    tracing::info!(member = %config.name, cluster = %config.cluster, mysql = %config.addr(), "starting the mysql supervisor");
+    let pid = server.pid_cell();
+    let engine = MysqlEngine {
+        leader_record: LeaderRecord {
+            member: config.name.clone(),
+            addr,
+        },
+        config,
+        crashed: Arc::new(AtomicBool::new(false)),
+        status: initial.clone(),
         known: BTreeMap::new(),
         failing_since: None,
     };
-    let mut interval = tokio::time::interval(config.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = interval.tick() => tick.run().await,
-        }
-    }
-
-    tracing::info!(member = %config.name, "shutting down: stopping mariadbd, releasing leadership");
-    drop(tick);
-    shared.fence.leading.store(0, Ordering::SeqCst);
-    watchdog.abort();
-    let mut guard =
-        match tokio::time::timeout(Duration::from_secs(60), server.clone().lock_owned()).await {
-            Ok(guard) => guard,
-            Err(_) => {
-                kill_pid_group(shared.fence.pid.load(Ordering::SeqCst));
-                server.clone().lock_owned().await
-            }
-        };
-    guard.stop().await;
-    if let Some(state) = lease.current() {
-        let _ = shared.store.release_leadership(state.id).await;
-    }
-    lease.revoke().await;
-    let _ = stop_health.send(true);
-    let _ = health_task.await;
+    paas_appliance::supervisor::run_with_routes(
+        member, engine, server, pid, initial, routes, shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -456,40 +366,54 @@ struct Addrs {
     health: Option<String>,
 }
 
-/// The tick loop's state between ticks.
-struct Tick<'a> {
+/// The MariaDB engine's state between ticks.
+struct MysqlEngine {
     config: SupervisorConfig,
-    shared: Shared,
-    server: Arc<tokio::sync::Mutex<Mariadb>>,
-    lease: &'a LeaseHandle,
-    published: watch::Sender<MemberStatus>,
+    crashed: Arc<AtomicBool>,
+    leader_record: LeaderRecord,
     status: MemberStatus,
-    last_reason: String,
     known: BTreeMap<String, Addrs>,
     failing_since: Option<Instant>,
 }
 
-impl Tick<'_> {
-    async fn run(&mut self) {
-        let Some(lease) = self.lease.current() else {
-            self.log("no etcd lease: cannot take part until etcd answers");
+impl Engine for MysqlEngine {
+    type Server = Mariadb;
+    type State = ClusterState;
+    type Status = MemberStatus;
+
+    async fn tick(&mut self, ctx: &mut Ctx<Self>) {
+        self.run(ctx).await
+    }
+}
+
+impl MysqlEngine {
+    fn shared(&self, ctx: &Ctx<Self>) -> Shared {
+        Shared {
+            me: self.config.name.clone(),
+            store: ctx.records().clone(),
+            fence: ctx.fence().clone(),
+            crashed: self.crashed.clone(),
+            leader_record: self.leader_record.clone(),
+        }
+    }
+
+    async fn run(&mut self, ctx: &mut Ctx<Self>) {
+        let Some(lease) = ctx.lease() else {
+            ctx.say("no etcd lease: cannot take part until etcd answers");
             return;
         };
         if let Err(err) = crate::server::check_reachable(&self.config.dir) {
+            // Said in the member's status, so `paas cluster status` shows it.
             let reason = format!("cannot run mariadbd: {err}");
-            self.log(&reason);
+            ctx.say(&reason);
             self.status.decision = reason;
-            self.published.send_replace(self.status.clone());
-            if let Err(err) = self.shared.store.register(&self.status, lease.id).await {
-                tracing::warn!(error = %err, "publishing member status failed");
-            }
+            ctx.publish(self.status.clone()).await;
             return;
         }
-        let store = self.shared.store.clone();
-        let snapshot = match store.read().await {
+        let snapshot = match ctx.records().read().await {
             Ok(snapshot) => snapshot,
             Err(err) => {
-                self.log(&format!("cannot read the cluster state from etcd: {err}"));
+                ctx.say(&format!("cannot read the cluster state from etcd: {err}"));
                 return;
             }
         };
@@ -502,10 +426,11 @@ impl Tick<'_> {
                 },
             );
         }
+        let me = self.config.name.clone();
         let leader = match &snapshot.leader {
             None => Leader::Nobody,
-            Some(key) if key.record.member == self.shared.me && key.lease == lease.id => Leader::Me,
-            Some(key) if key.record.member == self.shared.me => Leader::MyOldLease,
+            Some(key) if key.record.member == me && key.lease == lease.id => Leader::Me,
+            Some(key) if key.record.member == me => Leader::MyOldLease,
             Some(key) => Leader::Other(key.record.member.clone()),
         };
         if let Some(key) = &snapshot.leader {
@@ -521,48 +446,30 @@ impl Tick<'_> {
                 },
             );
         }
-        self.shared.fence.leading.store(
-            if leader == Leader::Me { lease.id } else { 0 },
-            Ordering::SeqCst,
-        );
+        ctx.set_leading(if leader == Leader::Me { lease.id } else { 0 });
 
-        let busy = self.shared.busy.lock().expect("busy lock").clone();
-        let guard = match (&busy, self.server.clone().try_lock_owned()) {
-            (None, Ok(guard)) => Some(guard),
-            _ => None,
-        };
-        let (local, runtime, guard) = match guard {
-            Some(mut guard) => {
+        let (local, runtime, guard, busy) = match ctx.server() {
+            Slot::Free(mut guard) => {
                 let (local, runtime) = self.observe_local(&mut guard, &snapshot).await;
-                (local, runtime, Some(guard))
+                (local, runtime, Some(guard), None)
             }
-            None => (Local::Starting, None, None),
+            Slot::Busy(action) => (Local::Starting, None, None, Some(action)),
         };
         let observed = Observed {
-            me: self.shared.me.clone(),
+            me,
             state: snapshot.state.as_ref().map(|(s, _)| s.clone()),
             leader: leader.clone(),
             members: snapshot.members.clone(),
             local: local.clone(),
-            busy: if guard.is_none() {
-                Some(busy.unwrap_or_else(|| "an action".into()))
-            } else {
-                None
-            },
+            busy,
             expected_members: self.config.members,
         };
         let decision = decide(&observed);
-        self.log(decision.reason());
-        self.publish(
-            &observed,
-            runtime.as_ref(),
-            &snapshot,
-            decision.reason(),
-            lease.id,
-        )
-        .await;
+        ctx.say(decision.reason());
+        self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
+        ctx.publish(self.status.clone()).await;
         if let Some(guard) = guard {
-            self.execute(decision, guard, &snapshot, lease.id, &local)
+            self.execute(ctx, decision, guard, &snapshot, lease.id, &local)
                 .await;
         }
     }
@@ -573,15 +480,15 @@ impl Tick<'_> {
         snapshot: &Snapshot,
     ) -> (Local, Option<Runtime>) {
         if let Some(status) = server.poll_exit() {
-            self.shared.crashed.store(true, Ordering::SeqCst);
-            tracing::warn!(member = %self.shared.me, %status, "mariadbd exited unexpectedly");
+            self.crashed.store(true, Ordering::SeqCst);
+            tracing::warn!(member = %self.config.name, %status, "mariadbd exited unexpectedly");
         }
         if !server.is_running() {
             self.failing_since = None;
             let local = if server.has_data() {
                 Local::Stopped {
                     upstream: server.upstream(),
-                    crashed: self.shared.crashed.load(Ordering::SeqCst),
+                    crashed: self.crashed.load(Ordering::SeqCst),
                 }
             } else {
                 Local::Empty
@@ -630,7 +537,7 @@ impl Tick<'_> {
             false
         };
         if let Some((errno, error)) = runtime.slave.as_ref().and_then(|s| s.error.clone()) {
-            tracing::debug!(member = %self.shared.me, errno, %error, "replication error");
+            tracing::debug!(member = %self.config.name, errno, %error, "replication error");
         }
         (
             Local::Replica {
@@ -643,22 +550,13 @@ impl Tick<'_> {
         )
     }
 
-    fn log(&mut self, reason: &str) {
-        if reason != self.last_reason {
-            tracing::info!(member = %self.shared.me, "{reason}");
-            self.last_reason = reason.to_string();
-        } else {
-            tracing::debug!(member = %self.shared.me, "{reason}");
-        }
-    }
-
-    async fn publish(
+    /// The member status for what this tick observed and decided.
+    fn update_status(
         &mut self,
         o: &Observed,
         runtime: Option<&Runtime>,
         snapshot: &Snapshot,
         reason: &str,
-        lease: i64,
     ) {
         let sync = o.state.as_ref().and_then(|s| s.sync.clone());
         let role = match (&o.local, &o.leader) {
@@ -727,14 +625,11 @@ impl Tick<'_> {
             },
             ..self.status.clone()
         };
-        self.published.send_replace(self.status.clone());
-        if let Err(err) = self.shared.store.register(&self.status, lease).await {
-            tracing::warn!(error = %err, "publishing member status failed");
-        }
     }
 
     async fn execute(
         &mut self,
+        ctx: &Ctx<Self>,
         decision: Decision,
         mut server: OwnedMutexGuard<Mariadb>,
         snapshot: &Snapshot,
@@ -743,23 +638,24 @@ impl Tick<'_> {
     ) {
         let state = snapshot.state.as_ref().map(|(s, _)| s.clone());
         let revision = snapshot.state_revision();
-        let shared = self.shared.clone();
-        let me = self.shared.me.clone();
+        let shared = self.shared(ctx);
+        let actions = ctx.actions();
+        let me = self.config.name.clone();
         let warn = |what: &str, err: ServerError| {
             tracing::warn!(member = %me, error = %err, "{what} failed");
         };
         match decision {
             Decision::Nothing(_) | Decision::Wait(_) => {}
             Decision::Fence(_) => {
-                self.shared.fence.leading.store(0, Ordering::SeqCst);
+                ctx.set_leading(0);
                 server.kill_now();
             }
             Decision::Resign(_) => {
                 if matches!(local, Local::Primary { .. }) {
                     server.kill_now();
                 }
-                self.shared.fence.leading.store(0, Ordering::SeqCst);
-                if let Err(err) = self.shared.store.release_leadership(lease).await {
+                ctx.set_leading(0);
+                if let Err(err) = ctx.records().release_leadership(lease).await {
                     tracing::warn!(error = %err, "releasing the leader key failed; it expires with the lease");
                 }
             }
@@ -784,7 +680,7 @@ impl Tick<'_> {
                         sync: None,
                         ..state
                     };
-                    match self.shared.store.write_state(lease, &next, revision).await {
+                    match ctx.records().write_state(lease, &next, revision).await {
                         Ok(true) => {
                             tracing::info!(member = %me, "sync dropped; only the primary is promotable until a new one is confirmed")
                         }
@@ -807,37 +703,35 @@ impl Tick<'_> {
                     warn("re-pointing the replica", err);
                 }
             }
-            Decision::Bootstrap(_) => spawn_action("bootstrap", shared, server, move |s, sh| {
-                Box::pin(bootstrap(s, sh, lease))
-            }),
+            Decision::Bootstrap(_) => actions.spawn("bootstrap", bootstrap(server, shared, lease)),
             Decision::Promote { sync, .. } => {
                 let state = state.expect("promotion needs a state document");
-                spawn_action("promotion", shared, server, move |s, sh| {
-                    Box::pin(promote(s, sh, lease, state, revision, sync))
-                })
+                actions.spawn(
+                    "promotion",
+                    promote(server, shared, lease, state, revision, sync),
+                )
             }
-            Decision::FinishPromotion { sync, .. } => {
-                spawn_action("promotion", shared, server, move |mut s, _| {
-                    Box::pin(async move { Ok(s.promote(sync.as_deref()).await?) })
-                })
-            }
+            Decision::FinishPromotion { sync, .. } => actions.spawn("promotion", async move {
+                server.promote(sync.as_deref()).await?;
+                Ok::<_, SupervisorError>(())
+            }),
             Decision::Reclaim { sync, .. } => {
                 let state = state.expect("reclaiming needs a state document");
-                spawn_action("reclaiming leadership", shared, server, move |s, sh| {
-                    Box::pin(reclaim(s, sh, lease, state, revision, sync))
-                })
+                actions.spawn(
+                    "reclaiming leadership",
+                    reclaim(server, shared, lease, state, revision, sync),
+                )
             }
             Decision::StartPrimary { sync, .. } => {
-                spawn_action("starting the primary", shared, server, move |s, sh| {
-                    Box::pin(start_primary(s, sh, sync))
-                })
+                actions.spawn("starting the primary", start_primary(server, shared, sync))
             }
             Decision::StartReplica { upstream, .. } => {
                 let addr = self.known.get(&upstream).map(|a| a.mysql.clone());
                 let rejoin = matches!(local, Local::Stopped { upstream: None, .. });
-                spawn_action("starting the replica", shared, server, move |s, sh| {
-                    Box::pin(start_replica(s, sh, upstream, addr, rejoin))
-                })
+                actions.spawn(
+                    "starting the replica",
+                    start_replica(server, shared, upstream, addr, rejoin),
+                )
             }
             Decision::Follow {
                 primary, upstream, ..
@@ -849,49 +743,23 @@ impl Tick<'_> {
                     tracing::warn!(%primary, %upstream, "address of the primary or upstream unknown; waiting for its registration");
                     return;
                 };
-                spawn_action("seeding from the primary", shared, server, move |s, sh| {
-                    Box::pin(follow(s, sh, source, upstream, addr))
-                })
+                actions.spawn(
+                    "seeding from the primary",
+                    follow(server, shared, source, upstream, addr),
+                )
             }
             Decision::ChooseSync { candidate, .. } => {
                 let state = state.expect("choosing a sync needs a state document");
                 let Some(addr) = self.known.get(&candidate).map(|a| a.mysql.clone()) else {
                     return;
                 };
-                spawn_action("choosing a sync", shared, server, move |s, sh| {
-                    Box::pin(choose_sync(s, sh, lease, state, revision, candidate, addr))
-                })
+                actions.spawn(
+                    "choosing a sync",
+                    choose_sync(server, shared, lease, state, revision, candidate, addr),
+                )
             }
         }
     }
-}
-
-type ActionFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), SupervisorError>> + Send>>;
-
-/// Runs a long action in its own task; it owns the server handle until it finishes, so
-/// the next ticks see it in progress.
-fn spawn_action(
-    name: &str,
-    shared: Shared,
-    server: OwnedMutexGuard<Mariadb>,
-    action: impl FnOnce(OwnedMutexGuard<Mariadb>, Shared) -> ActionFuture,
-) {
-    *shared.busy.lock().expect("busy lock") = Some(name.to_string());
-    let future = action(server, shared.clone());
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let result = future.await;
-        *shared.busy.lock().expect("busy lock") = None;
-        match result {
-            Ok(()) => {
-                tracing::info!(member = %shared.me, action = %name, took = ?started.elapsed(), "action finished")
-            }
-            Err(err) => {
-                tracing::warn!(member = %shared.me, action = %name, error = %err, "action failed")
-            }
-        }
-    });
 }
 
 async fn bootstrap(

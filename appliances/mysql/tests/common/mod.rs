@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
+use paas_appliance::addr;
+use paas_appliance::launcher::{LocalCluster, LocalClusterSpec};
 use paas_mysql::cluster::{ClusterState, Keys, MemberStatus, Role, Snapshot, Store};
-use paas_mysql::launcher::{LocalCluster, LocalClusterSpec};
 use paas_mysql::provision::{MysqlProvider, ProviderConfig};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 
@@ -53,12 +54,19 @@ impl Harness {
         let cluster = LocalCluster::start(LocalClusterSpec {
             program: supervisor_program(),
             args_prefix: vec![],
+            args: vec![],
+            env: vec![(
+                paas_mysql::args::PASSWORD_ENV.to_string(),
+                PASSWORD.to_string(),
+            )],
             cluster: "main".into(),
+            member_prefix: "my".into(),
+            port_base: addr::MYSQL_PORT,
+            health_port_base: addr::MYSQL_HEALTH_PORT,
             members: n,
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: "/paas/".into(),
             base_dir: dir.path().to_path_buf(),
-            superuser_password: PASSWORD.into(),
             ttl_secs: 3,
         })
         .expect("cluster");
@@ -462,6 +470,12 @@ pub async fn verify_acked(h: &Harness, url: &str, acked: &Arc<Mutex<Acked>>) -> 
     }
 }
 
+/// mariadbd's pid, from its pid file in the member directory.
+pub fn server_pid(member_dir: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(member_dir.join("mysqld.pid")).ok()?;
+    text.trim().parse().ok()
+}
+
 /// The supervisor binary: Cargo's path for tests, next to the examples dir otherwise.
 fn supervisor_program() -> PathBuf {
     match option_env!("CARGO_BIN_EXE_paas-mysql-supervisor") {
@@ -511,7 +525,7 @@ pub async fn force_failover(
     let t0 = Instant::now();
     match kind {
         Kind::KillServer => {
-            let pid = h.cluster.members()[i].server_pid().expect("mysqld.pid");
+            let pid = server_pid(&h.cluster.members()[i].dir).expect("mysqld.pid");
             // SAFETY: kill(2) on the mariadbd of a test cluster.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
