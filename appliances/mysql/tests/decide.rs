@@ -89,7 +89,12 @@ fn check(o: &Observed, expected: &str) -> Decision {
 
 #[test]
 fn a_busy_member_waits_for_its_action() {
-    let mut o = observed("my0", state("my0", Some("my1")), Leader::Me, Local::Starting);
+    let mut o = observed(
+        "my0",
+        state("my0", Some("my1")),
+        Leader::Me,
+        Local::Starting,
+    );
     o.busy = Some("seeding from the primary".into());
     let d = check(&o, "Wait");
     assert_eq!(d.reason(), "seeding from the primary in progress");
@@ -106,7 +111,11 @@ fn bootstrap_only_when_no_member_has_data_and_all_registered() {
     let mut missing = o.clone();
     missing.members.remove("my2");
     let d = check(&missing, "Wait");
-    assert!(d.reason().contains("2 of 3 members registered"), "{}", d.reason());
+    assert!(
+        d.reason().contains("2 of 3 members registered"),
+        "{}",
+        d.reason()
+    );
 
     let mut other_has_data = o.clone();
     other_has_data.members.get_mut("my2").unwrap().has_data = true;
@@ -119,22 +128,49 @@ fn bootstrap_only_when_no_member_has_data_and_all_registered() {
         crashed: false,
     };
     let d = check(&mine, "Wait");
-    assert!(d.reason().contains("refusing to bootstrap"), "{}", d.reason());
+    assert!(
+        d.reason().contains("refusing to bootstrap"),
+        "{}",
+        d.reason()
+    );
 }
 
 #[test]
 fn only_the_sync_promotes_and_with_no_sync_recorded() {
-    let o = observed("my1", state("my0", Some("my1")), Leader::Nobody, replica("my0", false));
+    let o = observed(
+        "my1",
+        state("my0", Some("my1")),
+        Leader::Nobody,
+        replica("my0", false),
+    );
     match check(&o, "Promote") {
         Decision::Promote { sync, .. } => assert_eq!(sync, None),
         other => unreachable!("{other:?}"),
     }
-    let o = observed("my2", state("my0", Some("my1")), Leader::Nobody, replica("my1", false));
+    let o = observed(
+        "my2",
+        state("my0", Some("my1")),
+        Leader::Nobody,
+        replica("my1", false),
+    );
     let d = check(&o, "Wait");
-    assert!(d.reason().contains("only primary my0 or sync my1"), "{}", d.reason());
-    let o = observed("my2", state("my0", None), Leader::Nobody, replica("my0", false));
+    assert!(
+        d.reason().contains("only primary my0 or sync my1"),
+        "{}",
+        d.reason()
+    );
+    let o = observed(
+        "my2",
+        state("my0", None),
+        Leader::Nobody,
+        replica("my0", false),
+    );
     let d = check(&o, "Wait");
-    assert!(d.reason().contains("no sync was confirmed"), "{}", d.reason());
+    assert!(
+        d.reason().contains("no sync was confirmed"),
+        "{}",
+        d.reason()
+    );
 }
 
 #[test]
@@ -143,7 +179,12 @@ fn the_recorded_primary_takes_the_key_back_only_when_the_sync_cannot() {
         upstream: None,
         crashed: true,
     };
-    let o = observed("my0", state("my0", Some("my1")), Leader::Nobody, stopped.clone());
+    let o = observed(
+        "my0",
+        state("my0", Some("my1")),
+        Leader::Nobody,
+        stopped.clone(),
+    );
     let d = check(&o, "Wait");
     assert!(d.reason().contains("sync my1 is alive"), "{}", d.reason());
     let mut gone = o.clone();
@@ -247,7 +288,11 @@ fn a_sync_that_is_gone_is_dropped_and_a_connected_replica_confirmed() {
         primary(&[], 0, &accounts),
     );
     let d = check(&o, "DropSync");
-    assert!(d.reason().contains("sync my1 is not connected"), "{}", d.reason());
+    assert!(
+        d.reason().contains("sync my1 is not connected"),
+        "{}",
+        d.reason()
+    );
 
     let accounts = [("my1", false), ("my2", false)];
     let o = observed(
@@ -261,7 +306,12 @@ fn a_sync_that_is_gone_is_dropped_and_a_connected_replica_confirmed() {
         other => unreachable!("{other:?}"),
     }
 
-    let o = observed("my0", state("my0", None), Leader::Me, primary(&[], 0, &accounts));
+    let o = observed(
+        "my0",
+        state("my0", None),
+        Leader::Me,
+        primary(&[], 0, &accounts),
+    );
     let d = check(&o, "Wait");
     assert!(d.reason().contains("commits wait"), "{}", d.reason());
 }
@@ -275,7 +325,11 @@ fn a_connected_sync_that_does_not_acknowledge_is_waited_for() {
         primary(&["my1"], 0, &[("my1", false), ("my2", true)]),
     );
     let d = check(&o, "Wait");
-    assert!(d.reason().contains("does not acknowledge yet"), "{}", d.reason());
+    assert!(
+        d.reason().contains("does not acknowledge yet"),
+        "{}",
+        d.reason()
+    );
 }
 
 #[test]
@@ -286,7 +340,12 @@ fn semi_sync_switched_off_on_a_primary_raises_the_alarm() {
     }
     let o = observed("my0", state("my0", Some("my1")), Leader::Me, local);
     let d = check(&o, "Nothing");
-    assert!(d.reason().starts_with("ALARM: Rpl_semi_sync_master_status is OFF"), "{}", d.reason());
+    assert!(
+        d.reason()
+            .starts_with("ALARM: Rpl_semi_sync_master_status is OFF"),
+        "{}",
+        d.reason()
+    );
 }
 
 #[test]
@@ -331,7 +390,10 @@ fn replicas_follow_the_chain() {
         replica("my0", false),
     );
     let d = check(&o, "Nothing");
-    assert_eq!(d.reason(), "sync replica of primary my0 (generation 3), streaming");
+    assert_eq!(
+        d.reason(),
+        "sync replica of primary my0 (generation 3), streaming"
+    );
 }
 
 #[test]
@@ -348,10 +410,19 @@ fn a_deposed_primary_rejoins_once_the_new_primary_runs() {
     );
     o.members.get_mut("my1").unwrap().role = Role::Sync; // still promoting
     let d = check(&o, "Wait");
-    assert!(d.reason().contains("waiting for my1 to finish its promotion"), "{}", d.reason());
+    assert!(
+        d.reason()
+            .contains("waiting for my1 to finish its promotion"),
+        "{}",
+        d.reason()
+    );
     o.members.get_mut("my1").unwrap().role = Role::Primary;
     let d = check(&o, "StartReplica");
-    assert!(d.reason().contains("unacknowledged transactions cut"), "{}", d.reason());
+    assert!(
+        d.reason().contains("unacknowledged transactions cut"),
+        "{}",
+        d.reason()
+    );
 }
 
 #[test]
