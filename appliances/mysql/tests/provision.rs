@@ -81,16 +81,18 @@ async fn apps_get_isolated_databases_that_removal_drops() {
             Some("shop_db"),
         ))
         .await;
-        match conn {
-            Ok(mut c) if c.query_drop("SELECT * FROM orders").await.is_ok() => break c,
-            _ if started.elapsed() < std::time::Duration::from_secs(10) => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await
-            }
-            other => panic!(
-                "the app's user and table never reached the replica: {:?}",
-                other.err()
-            ),
-        }
+        let last = match conn {
+            Ok(mut c) => match c.query_drop("SELECT * FROM orders").await {
+                Ok(()) => break c,
+                Err(err) => err.to_string(),
+            },
+            Err(err) => err,
+        };
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the app's user and table never reached the replica: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     let err = direct
         .query_drop("INSERT INTO orders VALUES (3)")
