@@ -58,7 +58,7 @@ impl ClusterInfo {
                 self.cluster,
                 state.generation,
                 state.primary,
-                state.sync.as_deref().unwrap_or("(none: commits wait)")
+                state.sync.as_deref().unwrap_or("(none yet: only the primary can be promoted)")
             ),
         };
         let _ = match &self.leader {
