@@ -5,8 +5,9 @@
 //! 1. An action in progress (install, seed, start, promotion, choosing a sync) is
 //!    waited for.
 //! 2. No state document: if this member or any registered member holds data, wait and
-//!    say so (never install over data); otherwise, once every expected member
-//!    registered, whoever takes the free leader key bootstraps.
+//!    say so (never install over data; only an operator's `paas mysql recover` restarts
+//!    such a cluster); otherwise, once every expected member registered, whoever takes
+//!    the free leader key bootstraps.
 //! 3. The leader key carries this member's previous lease: wait for it to expire.
 //! 4. This member leads: keep mariadbd a writable primary; then, in this order: with a
 //!    recorded sync, lock out every other member (every replica acknowledges, so only
@@ -265,10 +266,12 @@ fn uninitialized(o: &Observed) -> Decision {
 /// Bootstrap only when provably no member holds data: a missing document with data
 /// around means etcd lost the cluster's state, not a new cluster.
 fn bootstrap_or_wait(o: &Observed) -> Decision {
+    const RECOVER: &str =
+        "`paas mysql recover` restarts the cluster from the member with the most transactions";
     if !matches!(o.local, Local::Empty) {
-        return Decision::Wait(
-            "no cluster state in etcd, but my datadir holds a database: refusing to bootstrap over it".into(),
-        );
+        return Decision::Wait(format!(
+            "no cluster state in etcd, but my datadir holds a database: refusing to bootstrap over it; {RECOVER}"
+        ));
     }
     let with_data: Vec<&str> = o
         .members
@@ -278,7 +281,7 @@ fn bootstrap_or_wait(o: &Observed) -> Decision {
         .collect();
     if !with_data.is_empty() {
         return Decision::Wait(format!(
-            "no cluster state in etcd, but {} hold{} data: refusing to bootstrap over it",
+            "no cluster state in etcd, but {} hold{} data: refusing to bootstrap over it; {RECOVER}",
             with_data.join(", "),
             if with_data.len() == 1 { "s" } else { "" }
         ));

@@ -48,7 +48,7 @@ impl ClusterInfo {
         let _ = match &self.state {
             None if self.members.iter().any(|m| m.has_data) => writeln!(
                 out,
-                "mysql cluster {}: no state in etcd, but members hold data: down, refusing to bootstrap over it",
+                "mysql cluster {}: no state in etcd, but members hold data: down until `paas mysql recover`",
                 self.cluster
             ),
             None => writeln!(out, "mysql cluster {}: not initialized", self.cluster),

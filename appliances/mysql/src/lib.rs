@@ -12,7 +12,8 @@
 //! - [`server`]: the local mariadbd (files, process, queries, seeds); [`gtid`]: GTID
 //!   positions and their comparison;
 //! - [`info`]: the table of `paas mysql info`; [`provision`]: databases and users for
-//!   apps (`MysqlProvider`); [`args`]: the supervisor's command line (the local
+//!   apps (`MysqlProvider`); [`recover`]: the explicit restart of a cluster whose etcd
+//!   state was lost; [`args`]: the supervisor's command line (the local
 //!   launcher and the supervisor skeleton are the appliance core's).
 //!
 //! Invariants:
@@ -32,5 +33,6 @@ pub mod decide;
 pub mod gtid;
 pub mod info;
 pub mod provision;
+pub mod recover;
 pub mod server;
 pub mod supervisor;

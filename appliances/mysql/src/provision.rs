@@ -312,6 +312,38 @@ impl paas_appliance::provider::Provider for MysqlProvider {
             "members": info.members,
         }))
     }
+
+    async fn recover(
+        &self,
+        member: Option<&str>,
+    ) -> Result<String, paas_appliance::provider::ProviderError> {
+        let fail = paas_appliance::provider::ProviderError;
+        let Some(src) = &self.status else {
+            return Err(fail(
+                "this provider does not know where its cluster's records are".into(),
+            ));
+        };
+        let store = crate::cluster::connect(&src.etcd_endpoints, &src.prefix, &src.cluster)
+            .await
+            .map_err(|e| fail(format!("reading the cluster: {e}")))?;
+        let snapshot = store
+            .read()
+            .await
+            .map_err(|e| fail(format!("reading the cluster: {e}")))?;
+        let state = crate::recover::plan(&snapshot, member).map_err(fail)?;
+        let done = crate::recover::describe(&state, &snapshot);
+        let written = store
+            .reset_state(&state, snapshot.state_revision())
+            .await
+            .map_err(|e| fail(format!("writing the new state: {e}")))?;
+        if !written {
+            return Err(fail(
+                "the cluster's records changed meanwhile; look again".into(),
+            ));
+        }
+        tracing::warn!(cluster = %src.cluster, "{done}");
+        Ok(done)
+    }
 }
 
 /// `<app>_<id>` reduced to `[a-z0-9_]`, at most 63 bytes.

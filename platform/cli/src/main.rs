@@ -184,6 +184,14 @@ enum MysqlCmd {
     /// The MariaDB cluster: generation, primary, sync, GTID positions, lag and each
     /// member's last decision.
     Info,
+    /// Restart a cluster whose state in etcd was lost (members with data refuse to
+    /// bootstrap over it) from the member whose GTID position holds the most
+    /// transactions.
+    Recover {
+        /// Restart from this member instead.
+        #[arg(long)]
+        member: Option<String>,
+    },
     /// Open the mariadb client on the app's database (its MYSQL_URL).
     Shell {
         #[arg(short, long, env = "PAAS_APP")]
@@ -422,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Mysql(args)) => paas_node::mysql::supervise(args).await,
         Command::Mysql(MysqlCmd::Shell { app, args }) => mysql::shell(&app, &args).await,
         Command::Mysql(MysqlCmd::Info) => c::provider_status(json, "mysql").await,
+        Command::Mysql(MysqlCmd::Recover { member }) => c::recover(json, "mysql", member).await,
         Command::Pg(PgCmd::Psql { app, args }) => pg::psql(&app, &args).await,
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
