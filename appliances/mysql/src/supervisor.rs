@@ -924,15 +924,23 @@ async fn choose_sync(
     addr: String,
 ) -> Result<(), SupervisorError> {
     server.lock_all_but(&candidate).await?;
-    let runtime = server.runtime().await?;
-    if runtime.read_only {
-        return Err(SupervisorError::LostRace("no longer a primary".into()));
-    }
-    if let Some(other) = runtime.connected.iter().find(|m| **m != candidate) {
-        return Err(SupervisorError::LostRace(format!(
-            "{other} is still connected; not choosing a sync while anyone else could acknowledge"
-        )));
-    }
+    // Killed dump threads take a moment to go.
+    let started = Instant::now();
+    let runtime = loop {
+        let runtime = server.runtime().await?;
+        if runtime.read_only {
+            return Err(SupervisorError::LostRace("no longer a primary".into()));
+        }
+        match runtime.connected.iter().find(|m| **m != candidate) {
+            None => break runtime,
+            Some(other) if started.elapsed() > Duration::from_secs(2) => {
+                return Err(SupervisorError::LostRace(format!(
+                    "{other} is still connected; not choosing a sync while anyone else could acknowledge"
+                )))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     let target = runtime.gtid_binlog;
     server
         .wait_received(&addr, &target, Duration::from_secs(5))
