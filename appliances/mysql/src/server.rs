@@ -175,16 +175,12 @@ pub enum StartAs {
 /// The replication state of a replica (`SHOW SLAVE STATUS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlaveStatus {
-    /// `host:port` of the upstream.
-    pub master: String,
     /// `Slave_IO_Running`: `Yes`, `Connecting` or `No`.
     pub io: String,
     /// `Slave_SQL_Running = Yes`.
     pub sql_running: bool,
     /// Everything received into the relay log (`Gtid_IO_Pos`).
     pub io_pos: GtidPos,
-    /// `Seconds_Behind_Master`.
-    pub seconds_behind: Option<u64>,
     /// The last IO or SQL error, if any (number and text).
     pub error: Option<(u32, String)>,
 }
@@ -198,8 +194,6 @@ pub struct Runtime {
     pub gtid_current: GtidPos,
     /// `@@gtid_binlog_pos`.
     pub gtid_binlog: GtidPos,
-    /// `@@gtid_slave_pos`.
-    pub gtid_slave: GtidPos,
     /// `@@rpl_semi_sync_slave_enabled`: whether this server acknowledges to its upstream.
     pub semi_sync_slave: bool,
     /// `@@rpl_semi_sync_master_enabled`.
@@ -240,11 +234,6 @@ impl Mariadb {
     /// server while a long action holds this handle.
     pub fn pid_cell(&self) -> Arc<AtomicI32> {
         self.pid.clone()
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.cfg
     }
 
     /// The datadir.
@@ -611,14 +600,14 @@ impl Mariadb {
 
     /// What the running server says about itself.
     pub async fn runtime(&mut self) -> Result<Runtime, ServerError> {
-        type Vars = (i64, String, String, String, i64, i64);
+        type Vars = (i64, String, String, i64, i64);
         let vars: Option<Vars> = self
             .query_first(
-                "SELECT @@read_only, @@gtid_current_pos, @@gtid_binlog_pos, @@gtid_slave_pos, \
+                "SELECT @@read_only, @@gtid_current_pos, @@gtid_binlog_pos, \
                  @@rpl_semi_sync_slave_enabled, @@rpl_semi_sync_master_enabled",
             )
             .await?;
-        let (read_only, current, binlog, slave_pos, ack, master) =
+        let (read_only, current, binlog, ack, master) =
             vars.ok_or_else(|| ServerError::Unexpected("no variables".into()))?;
         let status: Vec<(String, String)> = timed(self.conn().await?.query(
             "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_master_clients')",
@@ -646,7 +635,6 @@ impl Mariadb {
             read_only: read_only != 0,
             gtid_current: gtid(&current)?,
             gtid_binlog: gtid(&binlog)?,
-            gtid_slave: gtid(&slave_pos)?,
             semi_sync_slave: ack != 0,
             semi_sync_master: master != 0,
             semi_sync_master_on: value("Rpl_semi_sync_master_status").eq_ignore_ascii_case("ON"),
@@ -943,11 +931,9 @@ fn slave_status(row: &Row) -> Result<SlaveStatus, ServerError> {
         None
     };
     Ok(SlaveStatus {
-        master: format!("{}:{}", text("Master_Host"), text("Master_Port")),
         io: text("Slave_IO_Running"),
         sql_running: text("Slave_SQL_Running") == "Yes",
         io_pos,
-        seconds_behind: number("Seconds_Behind_Master"),
         error,
     })
 }
