@@ -11,7 +11,8 @@
 //! - [`appliance`]: any appliance's members as jobs of a system app (`paas-<kind>`),
 //!   with fixed addresses and data dirs, the leader-following endpoint and the
 //!   readiness wait that says what it waits for; what differs is an `ApplianceKind`;
-//! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`.
+//! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`;
+//! - [`mysql`]: MariaDB's `ApplianceKind` and `paas appliance mysql`.
 //!
 //! Invariants:
 //! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
@@ -21,6 +22,7 @@
 pub mod aggregator;
 pub mod appliance;
 pub mod host;
+pub mod mysql;
 pub mod pki;
 pub mod postgres;
 pub mod router;

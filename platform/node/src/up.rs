@@ -15,6 +15,7 @@
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
 //! DATA_DIR/router/       the HTTP router's access-line spool
 //! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
+//! DATA_DIR/mysql/        the MariaDB members' data (myN/) and superuser password (--appliance mysql=N)
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
 
@@ -65,7 +66,8 @@ pub struct UpArgs {
     #[arg(long, default_value_t = default_log_threads())]
     pub log_threads: usize,
     /// Appliances started at boot, as KIND=MEMBERS (repeatable; kinds: see
-    /// `APPLIANCE_KINDS`). The default is postgres=3; postgres=0 turns it off.
+    /// `APPLIANCE_KINDS`: postgres, mysql). The default is postgres=3 (postgres=0 turns
+    /// it off) and no mysql (mysql=3 starts a MariaDB cluster).
     #[arg(long = "appliance", value_name = "KIND=MEMBERS", value_parser = parse_appliance)]
     pub appliances: Vec<(String, usize)>,
     /// Members of the Postgres cluster started at boot (same as --appliance postgres=N).
@@ -86,7 +88,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub postgres_listen: Option<std::net::SocketAddr>,
     /// Address of an appliance's leader-following endpoint, as KIND=ADDR (repeatable);
-    /// each kind has its default (postgres: 127.0.0.1:6432).
+    /// each kind has its default (postgres: 127.0.0.1:6432, mysql: 127.0.0.1:6033).
     #[arg(long = "appliance-listen", value_name = "KIND=ADDR", value_parser = parse_listen)]
     pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
     /// The HTTP router's flags.
@@ -96,7 +98,10 @@ pub struct UpArgs {
 
 /// The appliance kinds `paas up` can start, in start order: one registration line each.
 pub fn appliance_kinds() -> Vec<Box<dyn ApplianceKind>> {
-    vec![Box::new(crate::postgres::PostgresKind)]
+    vec![
+        Box::new(crate::postgres::PostgresKind),
+        Box::new(crate::mysql::MysqlKind),
+    ]
 }
 
 fn known_kind(kind: &str) -> std::result::Result<(), String> {
