@@ -147,10 +147,22 @@ async fn lead(
         let started = tokio::time::Instant::now();
         let tick = async {
             let view = read_view(coord, releases).await?;
-            for action in reconcile::reconcile(&view) {
-                apply(coord, leadership, &action).await?;
+            let read = started.elapsed();
+            let actions = reconcile::reconcile(&view);
+            let decided = started.elapsed();
+            for action in &actions {
+                apply(coord, leadership, action).await?;
                 tracing::info!(scheduler = %cfg.id, "{action}");
             }
+            // One line per tick for `scripts/bench-scale` (RUST_LOG=paas_scheduler=debug).
+            tracing::debug!(
+                jobs = view.placements.len(),
+                actions = actions.len(),
+                read_ms = read.as_secs_f64() * 1e3,
+                decide_ms = (decided - read).as_secs_f64() * 1e3,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "scheduler tick"
+            );
             Ok::<_, CoordError>(())
         };
         tokio::select! {
