@@ -85,7 +85,9 @@ async fn damaged_backups_are_refused_and_nothing_changes() {
     let good = std::fs::read(&path).unwrap();
 
     // The database moves on after the backup; a refused restore must not touch it.
-    app.batch_execute("DELETE FROM orders WHERE id > 100").await.unwrap();
+    app.batch_execute("DELETE FROM orders WHERE id > 100")
+        .await
+        .unwrap();
     let current = snapshot(&app).await.unwrap();
 
     // One flipped byte in the middle.
@@ -129,7 +131,9 @@ async fn a_broken_restore_stream_is_rolled_back() {
     )
     .await
     .expect("dump");
-    app.batch_execute("DELETE FROM orders WHERE id > 10").await.unwrap();
+    app.batch_execute("DELETE FROM orders WHERE id > 10")
+        .await
+        .unwrap();
     let current = snapshot(&app).await.unwrap();
 
     let body = bytes::Bytes::from(dump[..dump.len() - 1].to_vec());
@@ -170,7 +174,10 @@ async fn restore_into_another_apps_database() {
         .await
         .unwrap();
 
-    backups.restore(&m, &staging).await.expect("restore into staging");
+    backups
+        .restore(&m, &staging)
+        .await
+        .expect("restore into staging");
     let staging_db = pg.connect(&staging).await;
     assert_eq!(snapshot(&staging_db).await.unwrap(), expected);
     let owner: String = staging_db
@@ -181,7 +188,10 @@ async fn restore_into_another_apps_database() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(owner, "staging_r2", "restored objects belong to the target's role");
+    assert_eq!(
+        owner, "staging_r2",
+        "restored objects belong to the target's role"
+    );
     // The source is untouched.
     assert_eq!(snapshot(&shop_db).await.unwrap(), expected);
 }

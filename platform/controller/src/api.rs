@@ -2,6 +2,7 @@
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
 mod attach;
+pub mod backups;
 pub mod logs;
 mod routes;
 mod runtime;
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/{kind}/recover", post(recover_cluster))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
+        .merge(backups::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub artifacts_dir: PathBuf,
     /// Client for calls to other platform services (the log aggregator).
     pub http: reqwest::Client,
+    /// Where backups of resources are kept; `None`: backups are not offered.
+    pub backups: Option<paas_backups::Backups>,
 }
 
 /// A connected controller, ready to serve its router.
@@ -75,6 +77,7 @@ impl Controller {
                 providers: Arc::new(Providers::default()),
                 artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
                 http: reqwest::Client::new(),
+                backups: None,
             },
         })
     }
@@ -82,6 +85,12 @@ impl Controller {
     /// Replaces the set of resource providers.
     pub fn with_providers(mut self, providers: Providers) -> Self {
         self.state.providers = Arc::new(providers);
+        self
+    }
+
+    /// Offers backups of resources, kept in `backups`.
+    pub fn with_backups(mut self, backups: paas_backups::Backups) -> Self {
+        self.state.backups = Some(backups);
         self
     }
 
