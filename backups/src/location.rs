@@ -3,8 +3,9 @@
 //! `object_store` client for either.
 //!
 //! S3 settings come from the usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` for other S3 servers,
-//! `AWS_ALLOW_HTTP=true` for plain-HTTP endpoints), overridable with [`S3Options`].
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` or `AWS_ENDPOINT_URL`
+//! for other S3 servers; an `http://` endpoint is allowed plain HTTP), overridable with
+//! [`S3Options`].
 //! Requests are retried a few times only: a backup against a store that is down should
 //! fail within seconds, not hang for minutes.
 
@@ -107,7 +108,14 @@ impl Location {
                         max_retries: 3,
                         retry_timeout: Duration::from_secs(20),
                     });
-                if let Some(endpoint) = &options.endpoint {
+                let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+                let endpoint = options
+                    .endpoint
+                    .clone()
+                    .or_else(|| env("AWS_ENDPOINT_URL"))
+                    .or_else(|| env("AWS_ENDPOINT"));
+                if let Some(endpoint) = &endpoint {
+                    // A plain-HTTP endpoint is a deliberate choice (a local S3 server).
                     builder = builder
                         .with_endpoint(endpoint)
                         .with_allow_http(endpoint.starts_with("http://"));
