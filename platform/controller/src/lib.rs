@@ -6,7 +6,8 @@
 //! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
 //! - `provider` the interface resource kinds (postgres...) implement (it lives in
 //!   `paas-appliance`; re-exported here).
-//! - `api`      routes: parse, authorize, call the store, shape the reply.
+//! - `api`      routes: parse, authorize, call the store, shape the reply
+//!   (`api::backups`: backups and schedules over `paas-backups`).
 //! - `error`    the error enum and its JSON form.
 //! - `dashboard` the web dashboard at `/`: HTML pages over the API's own router.
 //!
