@@ -1,7 +1,9 @@
 //! Schedules and their runs in etcd, through `paas-coord`:
 //!
-//!     backup-schedules/<app>   Schedule   set by `paas backup schedule`
-//!     backup-runs/<app>        Run        the runner (leader only)
+//! ```text
+//! backup-schedules/<app>   Schedule   set by `paas backup schedule`
+//! backup-runs/<app>        Run        the runner (leader only)
+//! ```
 
 use paas_coord::{Batch, Coord, Leadership};
 

@@ -1,7 +1,9 @@
 //! The object layout of backups, and manifests.
 //!
-//!     <app>/<id>/dump            the engine's dump, byte for byte
-//!     <app>/<id>/manifest.json   the [`Manifest`], written after the dump is complete
+//! ```text
+//! <app>/<id>/dump            the engine's dump, byte for byte
+//! <app>/<id>/manifest.json   the manifest, written after the dump is complete
+//! ```
 //!
 //! A backup exists when its manifest does: listing reads manifests only, so a dump whose
 //! manifest was never written (a crash between the two) is never shown. Deleting removes
