@@ -93,7 +93,13 @@ async fn targets(s: &AppState, app: &str, resource: Option<&str>) -> Result<Vec<
             }
             continue;
         };
-        if resource.is_none() && !provider.has_backups() {
+        if !provider.has_backups() {
+            if resource.is_some() {
+                return Err(ApiError::Invalid(format!(
+                    "resource {} is of kind {:?}, which has no backups",
+                    r.id, r.kind
+                )));
+            }
             continue;
         }
         targets.push(Target {
