@@ -78,7 +78,16 @@ async fn main() {
     let pg_dump = |out: Stdio| {
         let clock = Instant::now();
         let status = Command::new(format!("{bin}/pg_dump"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-Fc", "-d"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-Fc",
+                "-d",
+            ])
             .arg(&data.database)
             .stdout(out)
             .status()

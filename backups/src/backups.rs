@@ -12,6 +12,7 @@ use paas_appliance::provider::Provider;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use crate::journal::Journal;
 use crate::manifest::{new_id, valid_id, Manifest, State, Trigger};
 use crate::store::{BackupStore, StoreError};
 use crate::upload::{self, UploadError, PART_SIZE};
@@ -91,10 +92,20 @@ pub struct Target {
 }
 
 /// Backups of every app, in one store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Backups {
     store: BackupStore,
     part_size: usize,
+    journal: Option<Arc<dyn Journal>>,
+}
+
+impl std::fmt::Debug for Backups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backups")
+            .field("store", &self.store)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Backups {
@@ -103,6 +114,19 @@ impl Backups {
         Backups {
             store: BackupStore::new(store),
             part_size: PART_SIZE,
+            journal: None,
+        }
+    }
+
+    /// Also tells every backup's and restore's progress to `journal`.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    fn tell(&self, app: &str, job: &str, message: &str, failed: bool) {
+        if let Some(journal) = &self.journal {
+            journal.line(app, job, message, failed);
         }
     }
 
@@ -131,6 +155,20 @@ impl Backups {
         let id = new_id(started);
         let path = BackupStore::dump_path(&target.app, &id);
         tracing::info!(app = %target.app, resource = %target.resource, %id, "backup started");
+        self.tell(
+            &target.app,
+            &id,
+            &format!(
+                "backup {id} of {} ({}) started ({})",
+                target.resource,
+                target.kind,
+                match trigger {
+                    Trigger::Manual => "manual",
+                    Trigger::Schedule => "scheduled",
+                }
+            ),
+            false,
+        );
         let (mut writer, reader) = tokio::io::duplex(PIPE_BYTES);
         let dump = async {
             let result = target
@@ -212,10 +250,23 @@ impl Backups {
         .await;
         match &result {
             Ok(m) => {
-                tracing::info!(app = %m.app, resource = %m.resource, id = %m.id, size = m.size, took_ms = m.took_ms, "backup complete")
+                tracing::info!(app = %m.app, resource = %m.resource, id = %m.id, size = m.size, took_ms = m.took_ms, "backup complete");
+                self.tell(
+                    &m.app,
+                    &m.id,
+                    &format!(
+                        "backup {} complete: {} bytes, sha256 {}, took {:.1} s",
+                        m.id,
+                        m.size,
+                        m.sha256,
+                        m.took_ms as f64 / 1000.0
+                    ),
+                    false,
+                );
             }
             Err(e) => {
                 tracing::warn!(app = %target.app, resource = %target.resource, %id, error = %e, "backup failed");
+                self.tell(&target.app, &id, &format!("backup {id} failed: {e}"), true);
                 // A completed object without a manifest is not a backup: remove it.
                 if let Err(e) = self.store.delete(&target.app, &id).await {
                     tracing::warn!(%id, error = %e, "removing the failed backup's object failed");
@@ -279,6 +330,43 @@ impl Backups {
                 target: into.kind.clone(),
             });
         }
+        let (app, id) = (&into.app, &manifest.id);
+        self.tell(
+            app,
+            id,
+            &format!(
+                "restore of backup {id} (app {}) into {} started",
+                manifest.app, into.resource
+            ),
+            false,
+        );
+        let result = self.restore_checked(manifest, into).await;
+        match &result {
+            Ok(took) => self.tell(
+                app,
+                id,
+                &format!(
+                    "restore of backup {id} into {} complete, took {:.1} s",
+                    into.resource,
+                    took.as_secs_f64()
+                ),
+                false,
+            ),
+            Err(e) => self.tell(
+                app,
+                id,
+                &format!("restore of backup {id} failed: {e}"),
+                true,
+            ),
+        }
+        result.map(|_| ())
+    }
+
+    async fn restore_checked(
+        &self,
+        manifest: &Manifest,
+        into: &Target,
+    ) -> Result<std::time::Duration, BackupError> {
         let clock = Instant::now();
         let etag = self.verify(manifest).await?;
         let stream = match self.store.dump(&manifest.app, &manifest.id, etag).await {
@@ -301,7 +389,7 @@ impl Backups {
                 message: e.0,
             })?;
         tracing::info!(id = %manifest.id, app = %into.app, resource = %into.resource, took = ?clock.elapsed(), "backup restored");
-        Ok(())
+        Ok(clock.elapsed())
     }
 
     /// Deletes backup `id` of `app`.

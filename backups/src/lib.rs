@@ -12,6 +12,7 @@
 //! - [`verify`]: the checksum pass and the verified stream a restore reads;
 //! - [`backups`]: the operations (create, list, get, download, restore, delete) on a
 //!   [`backups::Target`] resource;
+//! - [`journal`]: the lines a backup writes to the app's log (`--type backup`);
 //! - [`manifest`]: what a backup is (engine, version, size, SHA-256, times);
 //! - [`schedule`] (cron, what is due) and [`retention`] (what to delete): pure;
 //!   [`schedules`]: schedules and their last runs in etcd; [`runner`]: the elected
@@ -30,6 +31,7 @@
 //! - [`schedule::due`] and [`retention::expired`] do no I/O.
 
 pub mod backups;
+pub mod journal;
 pub mod location;
 pub mod manifest;
 pub mod retention;

@@ -1,7 +1,7 @@
 //! Backups as a user gets them from `paas up --backup-store s3://...` (moto, configured
 //! through the AWS_* variables): `paas backup create/list/download/restore/delete`, a
-//! restore into another app, app-scoped tokens kept to their app, and a schedule that
-//! runs and applies its retention.
+//! restore into another app, app-scoped tokens kept to their app, the backup's lines in
+//! the app's log, and a schedule that runs and applies its retention.
 
 mod common;
 
@@ -80,6 +80,21 @@ fn backup_restore_download_schedule_through_the_cli() {
     assert_eq!(list[0]["id"], id.as_str());
     let table = ok(paas(home, &["backup", "list", "-a", "shop"]));
     assert!(table.contains(&id) && table.contains("complete"), "{table}");
+
+    // The backup is in the app's log, like a job.
+    let started = Instant::now();
+    loop {
+        let log = ok(paas(home, &["log", "-a", "shop", "--type", "backup"]));
+        if log.contains(&format!("backup {id} complete")) {
+            assert!(log.contains(&format!("backup {id} of postgres-")), "{log}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no backup lines in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Download: the pg_dump file, as recorded.
     let file = home.join("shop.dump");

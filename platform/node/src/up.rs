@@ -308,7 +308,7 @@ async fn serve(
         }
         controller = controller.with_providers(providers);
         let (backups, backup_location) =
-            crate::backups::open(data_dir, args.backup_store.as_deref())?;
+            crate::backups::open(data_dir, args.backup_store.as_deref(), logs.syslog_addr())?;
         controller = controller.with_backups(backups.clone());
         crate::backups::run_schedules(
             controller.state(),
