@@ -254,6 +254,7 @@ async fn destroy_app(
         s.store.delete_resource(&app, &r.id).await?;
     }
     s.store.destroy_app(&app).await?;
+    backups::forget_schedule(&s, &app).await?;
     tracing::info!(%app, "app destroyed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -378,6 +378,12 @@ async fn get_schedule(
     }
 }
 
+/// Removes the schedule of a destroyed app (its backups stay in the store).
+pub(super) async fn forget_schedule(s: &AppState, app: &str) -> Result<(), ApiError> {
+    Schedules::new(s.store.coord().clone()).remove(app).await?;
+    Ok(())
+}
+
 async fn remove_schedule(
     p: Principal,
     State(s): State<AppState>,
