@@ -46,6 +46,16 @@ pub enum BackupError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store holds a different size than was uploaded; the backup is not recorded.
+    #[error("backup {id}: the store holds {stored} bytes after an upload of {sent}; not recorded")]
+    Incomplete {
+        /// The backup.
+        id: String,
+        /// The size the store reports.
+        stored: u64,
+        /// The bytes sent.
+        sent: u64,
+    },
     /// The stored dump does not match its manifest; nothing was restored.
     #[error("backup {id} is damaged ({reason}); refusing to restore it, nothing was changed")]
     Damaged {
@@ -221,12 +231,10 @@ impl Backups {
                 .await
                 .map_err(StoreError::from)?;
             if stored.size != size {
-                return Err(BackupError::Damaged {
+                return Err(BackupError::Incomplete {
                     id: id.clone(),
-                    reason: format!(
-                        "the store holds {} bytes after the upload of {size}",
-                        stored.size
-                    ),
+                    stored: stored.size,
+                    sent: size,
                 });
             }
             let manifest = Manifest {

@@ -60,7 +60,9 @@ impl From<BackupError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             BackupError::KindMismatch { .. } => ApiError::Invalid(e.to_string()),
-            BackupError::Upload(_) | BackupError::Store(_) => ApiError::Unavailable(e.to_string()),
+            BackupError::Upload(_) | BackupError::Store(_) | BackupError::Incomplete { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
         }
     }
 }
