@@ -4,9 +4,18 @@
 //! app and returns the environment variables the app needs to use it. The controller
 //! stores the result and puts the variables on a new release; it never looks inside
 //! `data`, which belongs to the provider and is handed back to `deprovision`.
+//!
+//! Backup hooks: an engine that can dump one resource in its own format implements
+//! [`Provider::backup`] (write the dump to a byte sink) and [`Provider::restore`] (load
+//! one from a byte source, atomically where the engine allows it). The backups crate owns
+//! everything else (object store, checksums, manifests, schedules); engines that do not
+//! implement the hooks answer "not supported".
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What a provider returns for a new resource.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +30,26 @@ pub struct Provisioned {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ProviderError(pub String);
+
+/// What an engine's backup hook wrote, recorded in the backup's manifest so a restore
+/// knows which tool and format it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The engine (`postgres`, `mariadb`, `redis`...).
+    pub engine: String,
+    /// The version of the tool or server that wrote the dump.
+    pub version: String,
+    /// The dump's format, e.g. `pg_dump custom`.
+    pub format: String,
+}
+
+/// Where a backup hook writes the dump.
+pub type BackupSink<'a> = &'a mut (dyn AsyncWrite + Send + Unpin);
+
+/// Where a restore hook reads the dump from. A read error means the source is not
+/// trustworthy (it failed verification or broke): the hook must then leave the
+/// resource as it was.
+pub type RestoreSource<'a> = &'a mut (dyn AsyncRead + Send + Unpin);
 
 /// A kind of resource the platform can provision.
 #[async_trait::async_trait]
@@ -49,6 +78,41 @@ pub trait Provider: Send + Sync {
     async fn recover(&self, member: Option<&str>) -> Result<String, ProviderError> {
         let _ = member;
         Err(ProviderError("this kind has no explicit recovery".into()))
+    }
+
+    /// Whether [`Provider::backup`] and [`Provider::restore`] are implemented, so a
+    /// schedule covering "every resource of an app" knows which to take.
+    fn has_backups(&self) -> bool {
+        false
+    }
+
+    /// Writes a dump of the resource (`app`, `id`, with the provider's `data`) to
+    /// `sink`, in the engine's own format, and says what it wrote. The dump is one
+    /// consistent snapshot, or the hook fails. The sink is not flushed or closed here.
+    async fn backup(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        sink: BackupSink<'_>,
+    ) -> Result<BackupInfo, ProviderError> {
+        let _ = (app, id, data, sink);
+        Err(ProviderError("this kind has no backups".into()))
+    }
+
+    /// Replaces the resource's contents with the dump read from `source` (written by
+    /// [`Provider::backup`] of the same kind, possibly of another resource). If `source`
+    /// fails to read, or the engine refuses the dump, the resource is left unchanged
+    /// where the engine allows it (one transaction).
+    async fn restore(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        source: RestoreSource<'_>,
+    ) -> Result<(), ProviderError> {
+        let _ = (app, id, data, source);
+        Err(ProviderError("this kind has no restore".into()))
     }
 }
 

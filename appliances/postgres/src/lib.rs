@@ -15,6 +15,7 @@
 //! - [`health`]: what `/primary`, `/replica`, `/health` mean here; [`info`]: the table of
 //!   `paas pg info` / `paas cluster status`;
 //! - [`provision`]: databases and roles for apps (`PostgresProvider`);
+//!   [`dump`]: its backup hooks (`pg_dump -Fc`, `pg_restore --single-transaction`);
 //!   [`recover`]: the explicit restart of a cluster whose etcd state was lost.
 //!
 //! Invariants:
@@ -30,6 +31,7 @@
 pub mod args;
 pub mod cluster;
 pub mod decide;
+pub mod dump;
 pub mod health;
 pub mod info;
 pub mod pg;

@@ -86,6 +86,7 @@ pub struct PostgresProvider {
     config: ProviderConfig,
     admin: Mutex<Option<Client>>,
     status: Option<StatusSource>,
+    bin_dir: std::path::PathBuf,
 }
 
 impl PostgresProvider {
@@ -95,7 +96,20 @@ impl PostgresProvider {
             config,
             admin: Mutex::new(None),
             status: None,
+            bin_dir: crate::dump::DEFAULT_BIN_DIR.into(),
         }
+    }
+
+    /// Takes `pg_dump` and `pg_restore` from `bin_dir` (default
+    /// [`crate::dump::DEFAULT_BIN_DIR`]).
+    pub fn with_bin_dir(mut self, bin_dir: &std::path::Path) -> Self {
+        self.bin_dir = bin_dir.to_path_buf();
+        self
+    }
+
+    /// The dump and restore tools, reaching the cluster like provisioning does.
+    pub fn tools(&self) -> crate::dump::Tools {
+        crate::dump::Tools::new(&self.bin_dir, self.config.clone())
     }
 
     /// Reports cluster `cluster` (under `prefix` in etcd) as the provider's status, for
@@ -264,6 +278,48 @@ impl paas_appliance::provider::Provider for PostgresProvider {
             }),
             "members": info.members,
         }))
+    }
+
+    fn has_backups(&self) -> bool {
+        true
+    }
+
+    async fn backup(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        sink: paas_appliance::provider::BackupSink<'_>,
+    ) -> Result<paas_appliance::provider::BackupInfo, paas_appliance::provider::ProviderError> {
+        let fail = |err: String| {
+            tracing::warn!(%app, %id, error = %err, "postgres backup failed");
+            paas_appliance::provider::ProviderError(err)
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.to_string()))?;
+        self.tools()
+            .dump(&data, sink)
+            .await
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    async fn restore(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        source: paas_appliance::provider::RestoreSource<'_>,
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
+        let fail = |err: String| {
+            tracing::warn!(%app, %id, error = %err, "postgres restore failed");
+            paas_appliance::provider::ProviderError(err)
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.to_string()))?;
+        self.tools()
+            .restore(&data, source)
+            .await
+            .map_err(|e| fail(e.to_string()))
     }
 
     async fn recover(

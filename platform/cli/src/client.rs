@@ -87,6 +87,31 @@ impl Client {
         Ok(resp)
     }
 
+    /// Sends a JSON body and returns the response for streaming its body (a backup's
+    /// progress lines, a download), with no total timeout.
+    pub async fn stream_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.config.url.trim_end_matches('/'), path);
+        let resp = self
+            .streaming
+            .request(method, &url)
+            .bearer_auth(&self.config.token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the paas API at {}", self.config.url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await?;
+            return Err(anyhow!(error_message(status, &text)));
+        }
+        Ok(resp)
+    }
+
     /// Like [`Client::call`] but returns the raw body.
     pub async fn call_raw(
         &self,

@@ -4,6 +4,7 @@
 //! `paas up` runs the single-node platform (see `up.rs`).
 
 mod attach;
+mod backups;
 mod client;
 mod commands;
 mod config;
@@ -71,6 +72,10 @@ enum Command {
     /// Attach managed resources (databases) to apps.
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// Backups of an app's resources (databases): create, list, download, restore,
+    /// delete, schedule.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// HTTP routes: domains (and path prefixes) served by an app's web jobs. Every app
     /// is also served at <app>.<domain> (`paas up --domain`).
     #[command(subcommand)]
@@ -330,6 +335,76 @@ enum ResourceCmd {
 }
 
 #[derive(Subcommand)]
+enum BackupCmd {
+    /// Back up RESOURCE (default: the app's only resource with backups) now.
+    Create {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// The resource id (see `paas resource list`).
+        resource: Option<String>,
+    },
+    /// List the app's complete backups, newest first.
+    List {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Show one backup's manifest.
+    Show {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        id: String,
+    },
+    /// Write a backup's dump (the engine's own format) to stdout, checked.
+    Download {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        id: String,
+    },
+    /// Restore a backup into its resource (or another app's, with --into-app); the
+    /// dump is checked whole first, and a damaged one changes nothing.
+    Restore {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        id: String,
+        /// Restore into this app's resource of the same kind.
+        #[arg(long)]
+        into_app: Option<String>,
+        /// The target resource id (default: the backup's own, or the other app's only
+        /// one of that kind).
+        #[arg(long)]
+        resource: Option<String>,
+    },
+    /// Delete a backup.
+    Delete {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        id: String,
+    },
+    /// Show the app's backup schedule, or set it with --cron (UTC, five fields).
+    Schedule {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// When, e.g. '0 3 * * *' (03:00 UTC daily).
+        #[arg(long)]
+        cron: Option<String>,
+        /// Only this resource (default: every resource of the app with backups).
+        #[arg(long, requires = "cron")]
+        resource: Option<String>,
+        /// Keep the newest N scheduled backups...
+        #[arg(long, requires = "cron")]
+        keep_last: Option<u32>,
+        /// ...and every scheduled backup younger than N days.
+        #[arg(long, requires = "cron")]
+        keep_days: Option<u32>,
+    },
+    /// Remove the app's backup schedule (its backups stay).
+    Unschedule {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum RouteCmd {
     /// Route DOMAIN (optionally only paths under --path) to the app's web jobs.
     Add {
@@ -476,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             routes::add(json, args).await
         }
+        Command::Backup(cmd) => backup(json, cmd).await,
         Command::Route(RouteCmd::List { app }) => routes::list(json, &app).await,
         Command::Route(RouteCmd::Remove { app, id }) => routes::remove(json, &app, &id).await,
         Command::Status => c::status(json).await,
@@ -530,6 +606,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Drain(DrainCmd::List { app }) => logs::drain_list(json, app.as_deref()).await,
         Command::Drain(DrainCmd::Remove { id }) => logs::drain_remove(json, &id).await,
+    }
+}
+
+async fn backup(json: bool, cmd: BackupCmd) -> anyhow::Result<()> {
+    match cmd {
+        BackupCmd::Create { app, resource } => {
+            backups::create(json, &app, resource.as_deref()).await
+        }
+        BackupCmd::List { app } => backups::list(json, &app).await,
+        BackupCmd::Show { app, id } => backups::show(&app, &id).await,
+        BackupCmd::Download { app, id } => backups::download(&app, &id).await,
+        BackupCmd::Restore {
+            app,
+            id,
+            into_app,
+            resource,
+        } => backups::restore(json, &app, &id, into_app.as_deref(), resource.as_deref()).await,
+        BackupCmd::Delete { app, id } => backups::delete(&app, &id).await,
+        BackupCmd::Schedule {
+            app,
+            cron,
+            resource,
+            keep_last,
+            keep_days,
+        } => {
+            let args = backups::ScheduleArgs {
+                app: &app,
+                cron: cron.as_deref(),
+                resource: resource.as_deref(),
+                keep_last,
+                keep_days,
+            };
+            backups::schedule(json, args).await
+        }
+        BackupCmd::Unschedule { app } => backups::unschedule(&app).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
 mod attach;
+pub mod backups;
 pub mod drain_policy;
 pub mod logs;
 mod routes;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/{kind}/recover", post(recover_cluster))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
+        .merge(backups::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -263,6 +265,7 @@ async fn destroy_app(
         s.store.delete_resource(&app, &r.id).await?;
     }
     s.store.destroy_app(&app).await?;
+    backups::forget_schedule(&s, &app).await?;
     tracing::info!(%app, "app destroyed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,7 +6,8 @@
 //! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
 //! - `provider` the interface resource kinds (postgres...) implement (it lives in
 //!   `paas-appliance`; re-exported here).
-//! - `api`      routes: parse, authorize, call the store, shape the reply.
+//! - `api`      routes: parse, authorize, call the store, shape the reply
+//!   (`api::backups`: backups and schedules over `paas-backups`).
 //! - `error`    the error enum and its JSON form.
 //! - `dashboard` the web dashboard at `/`: HTML pages over the API's own router.
 //!
@@ -46,6 +47,8 @@ pub struct AppState {
     pub max_artifact_bytes: u64,
     /// Client for calls to other platform services (the log aggregator).
     pub http: reqwest::Client,
+    /// Where backups of resources are kept; `None`: backups are not offered.
+    pub backups: Option<paas_backups::Backups>,
 }
 
 /// A connected controller, ready to serve its router.
@@ -78,6 +81,7 @@ impl Controller {
                 max_artifact_bytes: api::MAX_ARTIFACT_BYTES,
                 agent_secret: String::new(),
                 http: reqwest::Client::new(),
+                backups: None,
             },
         })
     }
@@ -85,6 +89,12 @@ impl Controller {
     /// Replaces the set of resource providers.
     pub fn with_providers(mut self, providers: Providers) -> Self {
         self.state.providers = Arc::new(providers);
+        self
+    }
+
+    /// Offers backups of resources, kept in `backups`.
+    pub fn with_backups(mut self, backups: paas_backups::Backups) -> Self {
+        self.state.backups = Some(backups);
         self
     }
 

@@ -7,6 +7,7 @@
 //! - [`host`]: a host agent with a scheduler candidate (also what `paas up` runs);
 //! - [`aggregator`]: the log aggregator on its own runtime, registered in discovery,
 //!   its drains kept equal to etcd;
+//! - [`backups`]: the backup store handed to the controller and the schedule runner;
 //! - [`router`]: the HTTP router's flags and the one call that starts it on a host;
 //! - [`appliance`]: any appliance's members as jobs of a system app (`paas-<kind>`),
 //!   with fixed addresses and data dirs, the leader-following endpoint and the
@@ -21,6 +22,7 @@
 
 pub mod aggregator;
 pub mod appliance;
+pub mod backups;
 pub mod host;
 pub mod mysql;
 pub mod pki;

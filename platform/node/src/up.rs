@@ -91,6 +91,12 @@ pub struct UpArgs {
     /// each kind has its default (postgres: 127.0.0.1:6432, mysql: 127.0.0.1:6033).
     #[arg(long = "appliance-listen", value_name = "KIND=ADDR", value_parser = parse_listen)]
     pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
+    /// Where backups of app resources are kept: a directory, or s3://bucket/prefix
+    /// (credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_DEFAULT_REGION, AWS_ENDPOINT; an http:// endpoint is used without TLS).
+    /// Default: DATA_DIR/backups.
+    #[arg(long, env = "PAAS_BACKUP_STORE")]
+    pub backup_store: Option<String>,
     /// The HTTP router's flags.
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
@@ -339,6 +345,15 @@ async fn serve(
             appliances.push((kind.kind(), members, launched));
         }
         controller = controller.with_providers(providers);
+        let (backups, backup_location) =
+            crate::backups::open(data_dir, args.backup_store.as_deref(), logs.syslog_addr())?;
+        controller = controller.with_backups(backups.clone());
+        crate::backups::run_schedules(
+            controller.state(),
+            backups,
+            &crate::host::hostname(),
+            stop.clone(),
+        );
 
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -372,6 +387,7 @@ async fn serve(
             router.tls_addr().map_or("-".into(), |a| a.to_string()),
             router.admin_addr().map_or("-".into(), |a| a.to_string()),
         );
+        println!("  backups:  {backup_location}");
         println!("  data dir: {}", data_dir.display());
         println!("  config:   {}", config_path.display());
         println!("Press Ctrl-C to stop.");

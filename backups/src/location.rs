@@ -1,0 +1,189 @@
+//! Where backups are kept: a local directory (the default, under `paas up`'s data dir) or
+//! an S3 bucket and prefix (`paas up --backup-store s3://bucket/prefix`), and the
+//! `object_store` client for either.
+//!
+//! S3 settings come from the usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` or `AWS_ENDPOINT_URL`
+//! for other S3 servers; an `http://` endpoint is allowed plain HTTP), overridable with
+//! [`S3Options`].
+//! Requests are retried a few times only: a backup against a store that is down should
+//! fail within seconds, not hang for minutes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+/// Why a backup store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// The location is neither a path nor an `s3://bucket[/prefix]` URL.
+    #[error("backup store {0:?}: expected a directory or s3://bucket/prefix")]
+    Invalid(String),
+    /// The local directory could not be created.
+    #[error("backup store directory {dir}: {source}")]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// object_store refused the settings.
+    #[error("backup store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// Where backups live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on this machine.
+    Dir(PathBuf),
+    /// A bucket, and a key prefix inside it (may be empty).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Keys start with this (no leading or trailing `/`).
+        prefix: String,
+    },
+}
+
+/// Explicit S3 settings, over the `AWS_*` environment.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible server (plain HTTP is then allowed).
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+}
+
+impl Location {
+    /// `s3://bucket[/prefix]` or a directory path (`file://` accepted).
+    pub fn parse(text: &str) -> Result<Location, LocationError> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(LocationError::Invalid(text.into()));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        let path = text.strip_prefix("file://").unwrap_or(text);
+        if path.is_empty() || text.contains("://") && !text.starts_with("file://") {
+            return Err(LocationError::Invalid(text.into()));
+        }
+        Ok(Location::Dir(PathBuf::from(path)))
+    }
+
+    /// Opens the store: creates the directory, or builds the S3 client from the
+    /// environment and `options`.
+    pub fn open(&self, options: &S3Options) -> Result<Arc<dyn ObjectStore>, LocationError> {
+        match self {
+            Location::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| LocationError::Dir {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                Ok(Arc::new(LocalFileSystem::new_with_prefix(dir)?))
+            }
+            Location::S3 { bucket, prefix } => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(5))
+                            .with_timeout(Duration::from_secs(120)),
+                    )
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(20),
+                    });
+                let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+                let endpoint = options
+                    .endpoint
+                    .clone()
+                    .or_else(|| env("AWS_ENDPOINT_URL"))
+                    .or_else(|| env("AWS_ENDPOINT"));
+                if let Some(endpoint) = &endpoint {
+                    // A plain-HTTP endpoint is a deliberate choice (a local S3 server).
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &options.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(key) = &options.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &options.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                let s3: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+                if prefix.is_empty() {
+                    Ok(s3)
+                } else {
+                    Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Dir(dir) => write!(f, "{}", dir.display()),
+            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_directories_and_buckets() {
+        assert_eq!(
+            Location::parse("/var/lib/paas/backups").unwrap(),
+            Location::Dir("/var/lib/paas/backups".into())
+        );
+        assert_eq!(
+            Location::parse("file:///b").unwrap(),
+            Location::Dir("/b".into())
+        );
+        assert_eq!(
+            Location::parse("s3://bk/a/b/").unwrap(),
+            Location::S3 {
+                bucket: "bk".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://bk").unwrap(),
+            Location::S3 {
+                bucket: "bk".into(),
+                prefix: "".into()
+            }
+        );
+        assert!(Location::parse("s3://").is_err());
+        assert!(Location::parse("gs://x").is_err());
+        assert!(Location::parse("").is_err());
+        assert_eq!(
+            Location::parse("s3://bk/p").unwrap().to_string(),
+            "s3://bk/p"
+        );
+    }
+}

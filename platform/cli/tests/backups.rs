@@ -1,0 +1,234 @@
+//! Backups as a user gets them from `paas up --backup-store s3://...` (moto, configured
+//! through the AWS_* variables): `paas backup create/list/download/restore/delete`, a
+//! restore into another app, app-scoped tokens kept to their app, the backup's lines in
+//! the app's log, and a schedule that runs and applies its retention.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fails, ok, paas};
+use sha2::{Digest, Sha256};
+
+fn psql(home: &Path, app: &str, sql: &str) -> String {
+    ok(paas(
+        home,
+        &["pg", "psql", "-a", app, "--", "-tA", "-c", sql],
+    ))
+}
+
+fn json(out: String) -> serde_json::Value {
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn backup_restore_download_schedule_through_the_cli() {
+    let s3 = paas_it::S3Server::start().expect("moto");
+    s3.create_bucket("paas-backups").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = tmp.path();
+    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
+    let pg = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
+    let endpoint = s3.endpoint();
+    let (_up, out) = common::start_up_with_env(
+        home,
+        &listen,
+        &[
+            "--postgres-listen",
+            &pg,
+            "--postgres-members",
+            "2",
+            "--backup-store",
+            "s3://paas-backups/cluster-a",
+        ],
+        &[
+            ("AWS_ENDPOINT", &endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ],
+    );
+    assert!(
+        out.contains("backups:  s3://paas-backups/cluster-a"),
+        "{out}"
+    );
+
+    ok(paas(home, &["apps", "create", "shop"]));
+    ok(paas(home, &["apps", "create", "blog"]));
+    ok(paas(home, &["resource", "add", "postgres", "-a", "shop"]));
+    ok(paas(home, &["resource", "add", "postgres", "-a", "blog"]));
+    psql(
+        home,
+        "shop",
+        "create table orders (id int primary key, note text); \
+         insert into orders select i, md5(i::text) from generate_series(1, 5000) i",
+    );
+
+    // Create: the manifest comes back; the listing shows it.
+    let m = json(ok(paas(
+        home,
+        &["--json", "backup", "create", "-a", "shop"],
+    )));
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(m["engine"], "postgres");
+    assert_eq!(m["state"], "complete");
+    let list = json(ok(paas(home, &["--json", "backup", "list", "-a", "shop"])));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    let table = ok(paas(home, &["backup", "list", "-a", "shop"]));
+    assert!(table.contains(&id) && table.contains("complete"), "{table}");
+
+    // The backup is in the app's log, like a job.
+    let started = Instant::now();
+    loop {
+        let log = ok(paas(home, &["log", "-a", "shop", "--type", "backup"]));
+        if log.contains(&format!("backup {id} complete")) {
+            assert!(log.contains(&format!("backup {id} of postgres-")), "{log}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no backup lines in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Download: the pg_dump file, as recorded.
+    let file = home.join("shop.dump");
+    let out = common::base(home)
+        .args(["backup", "download", "-a", "shop", &id])
+        .stdout(std::fs::File::create(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = std::fs::read(&file).unwrap();
+    assert_eq!(&dump[..5], b"PGDMP");
+    assert_eq!(dump.len() as u64, m["size"].as_u64().unwrap());
+    assert_eq!(
+        hex::encode(Sha256::digest(&dump)),
+        m["sha256"].as_str().unwrap()
+    );
+
+    // Restore over a damaged table.
+    psql(
+        home,
+        "shop",
+        "delete from orders where id > 10; update orders set note = 'x'",
+    );
+    ok(paas(home, &["backup", "restore", "-a", "shop", &id]));
+    assert_eq!(
+        psql(
+            home,
+            "shop",
+            "select count(*), sum(length(note)) from orders"
+        ),
+        "5000|160000\n"
+    );
+
+    // Into another app's database.
+    ok(paas(
+        home,
+        &["backup", "restore", "-a", "shop", &id, "--into-app", "blog"],
+    ));
+    assert_eq!(psql(home, "blog", "select count(*) from orders"), "5000\n");
+
+    // A token of blog cannot see shop's backups, nor restore them into blog.
+    let created = json(ok(paas(
+        home,
+        &["--json", "tokens", "create", "-a", "blog"],
+    )));
+    let blog_token = created["token"].as_str().unwrap();
+    let as_blog = |args: &[&str]| {
+        common::base(home)
+            .env("PAAS_TOKEN", blog_token)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    fails(as_blog(&["backup", "list", "-a", "shop"]), "not found");
+    fails(
+        as_blog(&["backup", "restore", "-a", "shop", &id, "--into-app", "blog"]),
+        "not found",
+    );
+    fails(
+        as_blog(&["backup", "download", "-a", "shop", &id]),
+        "not found",
+    );
+    assert!(ok(as_blog(&["--json", "backup", "list", "-a", "blog"])).contains("[]"));
+
+    // A schedule every minute, keeping one scheduled backup: after two runs there is
+    // one scheduled backup and the manual one.
+    ok(paas(
+        home,
+        &[
+            "backup",
+            "schedule",
+            "-a",
+            "shop",
+            "--cron",
+            "* * * * *",
+            "--keep-last",
+            "1",
+        ],
+    ));
+    let started = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let list = json(ok(paas(home, &["--json", "backup", "list", "-a", "shop"])));
+        for b in list.as_array().unwrap() {
+            if b["trigger"] == "schedule" {
+                seen.insert(b["id"].as_str().unwrap().to_string());
+            }
+        }
+        let scheduled = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["trigger"] == "schedule")
+            .count();
+        if seen.len() >= 2 {
+            assert_eq!(scheduled, 1, "retention keeps one: {list}");
+            assert!(
+                list.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["id"] == id.as_str()),
+                "manual backups are not retention's: {list}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(200),
+            "two scheduled runs within 200 s; saw {seen:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let shown = ok(paas(home, &["backup", "schedule", "-a", "shop"]));
+    assert!(
+        shown.contains("* * * * *") && shown.contains(" ok: "),
+        "{shown}"
+    );
+    ok(paas(home, &["backup", "unschedule", "-a", "shop"]));
+
+    // Delete.
+    ok(paas(home, &["backup", "delete", "-a", "shop", &id]));
+    let list = json(ok(paas(home, &["--json", "backup", "list", "-a", "shop"])));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["id"] != id.as_str()),
+        "{list}"
+    );
+    fails(
+        paas(home, &["backup", "restore", "-a", "shop", &id]),
+        "not found",
+    );
+}
