@@ -150,9 +150,11 @@ async fn lead(
             let read = started.elapsed();
             let actions = reconcile::reconcile(&view);
             let decided = started.elapsed();
-            for action in &actions {
-                apply(coord, leadership, action).await?;
-                tracing::info!(scheduler = %cfg.id, "{action}");
+            for chunk in actions.chunks(ACTIONS_PER_TXN) {
+                apply(coord, leadership, chunk).await?;
+                for action in chunk {
+                    tracing::info!(scheduler = %cfg.id, "{action}");
+                }
             }
             // One line per tick for `scripts/bench-scale` (RUST_LOG=paas_scheduler=debug).
             tracing::debug!(
@@ -248,23 +250,35 @@ fn new_job_id() -> String {
 
 /// Applies one action as a batch guarded by `leadership`; `Fenced` when it no longer
 /// leads (nothing was written).
-async fn apply(coord: &Coord, leadership: &Leadership, action: &Action) -> Result<(), CoordError> {
+/// Placements and removals written per etcd transaction: one transaction (and one raft
+/// round with its fsync) per hundred actions rather than per action, within etcd's
+/// default limit of 128 operations per transaction (the leadership check is one more).
+const ACTIONS_PER_TXN: usize = 100;
+
+/// Writes `actions` in one transaction guarded by the leadership.
+async fn apply(
+    coord: &Coord,
+    leadership: &Leadership,
+    actions: &[Action],
+) -> Result<(), CoordError> {
     let mut batch = Batch::new();
     batch.require_leadership(leadership)?;
-    match action {
-        Action::Place { job, host, .. } => {
-            let job = Job {
-                id: new_job_id(),
-                app: job.app.clone(),
-                release: job.release,
-                process_type: job.process_type.clone(),
-                host: host.clone(),
-                created_at: Utc::now(),
-            };
-            batch.put(&keys::placement(host, &job.id), &job)?;
-        }
-        Action::Stop { job, .. } => {
-            batch.remove(&keys::placement(&job.host, &job.id));
+    for action in actions {
+        match action {
+            Action::Place { job, host, .. } => {
+                let job = Job {
+                    id: new_job_id(),
+                    app: job.app.clone(),
+                    release: job.release,
+                    process_type: job.process_type.clone(),
+                    host: host.clone(),
+                    created_at: Utc::now(),
+                };
+                batch.put(&keys::placement(host, &job.id), &job)?;
+            }
+            Action::Stop { job, .. } => {
+                batch.remove(&keys::placement(&job.host, &job.id));
+            }
         }
     }
     coord.commit(batch).await.map(drop)
