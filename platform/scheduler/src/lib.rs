@@ -192,9 +192,23 @@ struct ReleaseCache {
     by_version: HashMap<(String, u64), Release>,
 }
 
-/// Reads apps, their current releases, formations, live hosts, placements and statuses.
+/// Reads apps, their current releases, formations, live hosts, placements and statuses;
+/// the five prefixes are read concurrently (one round trip instead of five).
 async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, CoordError> {
-    let apps: Vec<(String, App, i64)> = coord.list_decodable(&keys::apps()).await?;
+    let prefixes = [
+        keys::apps(),
+        keys::formations(),
+        keys::hosts(),
+        keys::placements(),
+        keys::job_statuses(),
+    ];
+    let (apps, formations, hosts, placements, statuses) = tokio::try_join!(
+        coord.list_decodable::<App>(&prefixes[0]),
+        coord.list_decodable::<Formation>(&prefixes[1]),
+        coord.list_decodable::<Host>(&prefixes[2]),
+        coord.list_decodable::<Job>(&prefixes[3]),
+        coord.list_decodable::<JobStatus>(&prefixes[4]),
+    )?;
     let mut view = View::default();
     for (_, app, _) in apps {
         let k = (app.name.clone(), app.release);
@@ -221,21 +235,15 @@ async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, Coor
             view.releases.insert(app.name.clone(), r.clone());
         }
     }
-    let formations: Vec<(String, Formation, i64)> =
-        coord.list_decodable(&keys::formations()).await?;
     view.formations = formations
         .into_iter()
         .map(|(_, f, _)| (f.app.clone(), f))
         .collect();
-    let hosts: Vec<(String, Host, i64)> = coord.list_decodable(&keys::hosts()).await?;
     view.hosts = hosts
         .into_iter()
         .map(|(_, h, _)| (h.id.clone(), h))
         .collect();
-    let placements: Vec<(String, Job, i64)> = coord.list_decodable(&keys::placements()).await?;
     view.placements = placements.into_iter().map(|(_, j, _)| j).collect();
-    let statuses: Vec<(String, JobStatus, i64)> =
-        coord.list_decodable(&keys::job_statuses()).await?;
     view.statuses = statuses
         .into_iter()
         .map(|(_, s, _)| (s.id.clone(), s))
@@ -248,14 +256,13 @@ fn new_job_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Applies one action as a batch guarded by `leadership`; `Fenced` when it no longer
-/// leads (nothing was written).
 /// Placements and removals written per etcd transaction: one transaction (and one raft
 /// round with its fsync) per hundred actions rather than per action, within etcd's
 /// default limit of 128 operations per transaction (the leadership check is one more).
 const ACTIONS_PER_TXN: usize = 100;
 
-/// Writes `actions` in one transaction guarded by the leadership.
+/// Writes `actions` in one transaction guarded by `leadership`; `Fenced` when it no
+/// longer leads (nothing was written).
 async fn apply(
     coord: &Coord,
     leadership: &Leadership,
