@@ -1,0 +1,27 @@
+//! `paas-redis`: the Redis appliance.
+//!
+//! Every Redis resource is its own replication group: N supervisors (2 by default), each
+//! wrapping one real Redis 7 server, agreeing on roles (primary, replicas) through etcd.
+//! The promise to users: a `REDIS_URL` (pointing at the leader-following endpoint of
+//! `paas-router`) that keeps working through a failover, and a write followed by
+//! `WAIT 1 <timeout>` that returned at least 1 is never lost by a failover. Redis
+//! replication is asynchronous: a write without `WAIT` may be lost when the primary dies.
+//!
+//! Map, in reading order:
+//! - [`cluster`]: the records in etcd (state document, member status) and their keys;
+//! - [`decide`]: the pure decision function of a supervisor tick, with its rules;
+//! - [`server`]: the local redis-server (configuration, process, commands);
+//! - [`health`]: what `/primary`, `/replica`, `/health` mean here.
+//!
+//! Invariants:
+//! - [`decide`] does no I/O.
+//! - Only the member holding the leader key runs a writable server; a replica is always
+//!   started with `replicaof`, and a writable server without the key is killed.
+//! - A new primary is the live replica with the highest offset among replicas whose
+//!   offsets are final (detached from the lost primary).
+//! - This crate talks to etcd only through `paas-coord` and the appliance core.
+
+pub mod cluster;
+pub mod decide;
+pub mod health;
+pub mod server;
