@@ -2,6 +2,8 @@
 //! so an engine is only its pure `decide`, its server driver and its provider.
 //!
 //! Map:
+//! - [`args`]: the flags every member's supervisor takes;
+//! - [`launcher`]: a local N-member cluster of supervisor processes (tests, benches);
 //! - [`addr`]: a loopback address per cluster and fixed member ports, which cannot
 //!   collide or be taken by outgoing connections;
 //! - [`provider`]: the interface `paas resource add KIND` is served through, and the
@@ -13,7 +15,9 @@
 //! - [`fence`]: the timing argument, the pure lease clock and the watchdog that kills a
 //!   leader's server before its lease can expire;
 //! - [`health`]: `/primary`, `/replica`, `/health`, `/status`;
-//! - [`process`]: servers started in their own process group, dying with their parent.
+//! - [`process`]: servers started in their own process group, dying with their parent;
+//! - [`supervisor`]: the skeleton every member runs (etcd, lease, watchdog, health API,
+//!   the tick that hands an engine its context, long actions, shutdown).
 //!
 //! Invariants:
 //! - Only `paas-coord` talks to etcd; this crate depends on nothing else of the platform.
@@ -22,10 +26,13 @@
 //!   guarded by what its writer read.
 
 pub mod addr;
+pub mod args;
 pub mod fence;
 pub mod health;
+pub mod launcher;
 pub mod leader;
 pub mod lease;
 pub mod process;
 pub mod provider;
 pub mod records;
+pub mod supervisor;
