@@ -11,7 +11,10 @@
 //! - [`cluster`]: the records in etcd (state document, member status) and their keys;
 //! - [`decide`]: the pure decision function of a supervisor tick, with its rules;
 //! - [`server`]: the local redis-server (configuration, process, commands);
-//! - [`health`]: what `/primary`, `/replica`, `/health` mean here.
+//! - [`health`]: what `/primary`, `/replica`, `/health` mean here;
+//! - [`supervisor`]: the engine on the appliance core's skeleton (tick, actions);
+//!   [`args`]: its command line (`paas-redis-supervisor`, `paas appliance redis`);
+//! - [`launcher`]: a group's spec and its members' command line for the core launcher.
 //!
 //! Invariants:
 //! - [`decide`] does no I/O.
@@ -21,7 +24,10 @@
 //!   offsets are final (detached from the lost primary).
 //! - This crate talks to etcd only through `paas-coord` and the appliance core.
 
+pub mod args;
 pub mod cluster;
 pub mod decide;
 pub mod health;
+pub mod launcher;
 pub mod server;
+pub mod supervisor;

@@ -8,6 +8,7 @@
 //! data/           Redis's `dir`: appendonlydir/ (AOF, the source of truth on restart)
 //!                 and dump.rdb (RDB snapshots)
 //! redis.log       the server's output
+//! redis.pid       the server's pid while it runs (for operators and tests)
 //! ```
 //!
 //! Two ACL users: `default`, the app's (`REDIS_URL`), may run every command but the
@@ -19,7 +20,7 @@
 //!
 //! Persistence: AOF (`appendfsync everysec` by default, `always` as an option) plus RDB
 //! snapshots; at start redis-server loads the AOF before answering anything but
-//! `LOADING`, and [`Server::start`] returns only once `PING` answers, so a restarted
+//! `LOADING`, and [`Redis::start`] returns only once `PING` answers, so a restarted
 //! member never serves before its data is loaded.
 //!
 //! A replica is always started with `replicaof` in its configuration, so a member with
@@ -175,7 +176,7 @@ pub enum Runtime {
 }
 
 /// The local server, its process and its admin connection.
-pub struct Server {
+pub struct Redis {
     cfg: ServerConfig,
     child: Option<Child>,
     conn: Option<MultiplexedConnection>,
@@ -183,10 +184,10 @@ pub struct Server {
     upstream: Option<String>,
 }
 
-impl Server {
+impl Redis {
     /// A handle for the member in `cfg.dir`; nothing is started.
     pub fn new(cfg: ServerConfig) -> Self {
-        Server {
+        Redis {
             cfg,
             child: None,
             conn: None,
@@ -421,7 +422,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for Redis {
     fn drop(&mut self) {
         self.kill_now();
     }
@@ -467,6 +468,7 @@ pub fn config_text(cfg: &ServerConfig, how: &StartAs) -> String {
          daemonize no\n\
          supervised no\n\
          logfile \"\"\n\
+         pidfile \"{pidfile}\"\n\
          dir \"{data}\"\n\
          dbfilename dump.rdb\n\
          appendonly yes\n\
@@ -487,6 +489,7 @@ pub fn config_text(cfg: &ServerConfig, how: &StartAs) -> String {
         host = cfg.host,
         port = cfg.port,
         data = data.display(),
+        pidfile = cfg.dir.join("redis.pid").display(),
         fsync = cfg.fsync.as_str(),
         lag = cfg.max_lag_secs,
         admin = cfg.admin_password,

@@ -1,0 +1,84 @@
+//! A replication group as the appliance core's generic launcher runs it: what a group is
+//! ([`GroupSpec`]) and the supervisor command line of its members ([`local_spec`]), for
+//! the tests, the failover bench and the provider's local runner.
+//!
+//! Members are named `r0`, `r1`, ...; each listens on the group's own loopback address
+//! (seeded by the group's directory, `paas_appliance::addr::cluster_ip`) on the fixed
+//! ports `REDIS_PORT + i` (server) and `REDIS_HEALTH_PORT + i` (health API). Passwords
+//! go in the environment, never on a command line.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use paas_appliance::addr;
+use paas_appliance::launcher::LocalClusterSpec;
+
+use crate::args::{ADMIN_PASSWORD_ENV, PASSWORD_ENV};
+
+/// Member names are this plus their index.
+pub const MEMBER_PREFIX: &str = "r";
+
+/// One replication group: everything needed to start its members.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// The group's name (its etcd keys are `redis/<group>/`).
+    pub group: String,
+    /// How many members (1 primary + replicas).
+    pub members: usize,
+    /// Where member directories go (`<base_dir>/r0`, ...); seeds the loopback address.
+    pub base_dir: PathBuf,
+    /// The app's password (`default` user).
+    pub password: String,
+    /// The supervisors' password (admin user, replication).
+    pub admin_password: String,
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    pub prefix: String,
+    /// Lease TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+impl GroupSpec {
+    /// The group's loopback address.
+    pub fn host(&self) -> Ipv4Addr {
+        addr::cluster_ip(&self.base_dir.to_string_lossy())
+    }
+
+    /// Member `i`'s redis-server address.
+    pub fn member_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((self.host(), addr::member_port(addr::REDIS_PORT, i)))
+    }
+
+    /// The environment every member's supervisor gets (the passwords).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (PASSWORD_ENV.to_string(), self.password.clone()),
+            (ADMIN_PASSWORD_ENV.to_string(), self.admin_password.clone()),
+        ]
+    }
+}
+
+/// The core launcher's spec for `group`, run by `program` (`paas-redis-supervisor`, or
+/// `paas` with `args_prefix` `["appliance", "redis"]`).
+pub fn local_spec(
+    group: &GroupSpec,
+    program: PathBuf,
+    args_prefix: Vec<String>,
+) -> LocalClusterSpec {
+    LocalClusterSpec {
+        program,
+        args_prefix,
+        args: vec![],
+        env: group.env(),
+        cluster: group.group.clone(),
+        member_prefix: MEMBER_PREFIX.into(),
+        port_base: addr::REDIS_PORT,
+        health_port_base: addr::REDIS_HEALTH_PORT,
+        members: group.members,
+        etcd_endpoints: group.etcd_endpoints.clone(),
+        prefix: group.prefix.clone(),
+        base_dir: group.base_dir.clone(),
+        ttl_secs: group.ttl_secs,
+    }
+}
