@@ -42,12 +42,7 @@ async fn main() {
         .cluster
         .members()
         .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                std::net::SocketAddr::from((m.host, m.pg_port)),
-            )
-        })
+        .map(|m| (m.name.clone(), m.addr()))
         .collect();
     let monitor_task = tokio::spawn(monitor(ports, stop.clone()));
 

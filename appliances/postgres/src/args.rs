@@ -2,70 +2,47 @@
 //! `paas appliance postgres`, so both start a member the same way.
 
 use std::path::PathBuf;
-use std::time::Duration;
+
+use paas_appliance::args::MemberArgs;
 
 use crate::supervisor::SupervisorConfig;
 
 /// Supervise one PostgreSQL 15 instance of an HA cluster coordinated through etcd.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SupervisorArgs {
-    /// Cluster name.
-    #[arg(long, default_value = "main")]
-    pub cluster: String,
-    /// This member's name ([a-z0-9_]).
-    #[arg(long)]
-    pub name: String,
-    /// etcd client URLs, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-    pub etcd: Vec<String>,
-    /// etcd key prefix.
-    #[arg(long, default_value = "paas/")]
-    pub prefix: String,
-    /// Instance directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    /// The flags every member takes.
+    #[command(flatten)]
+    pub member: MemberArgs,
     /// PostgreSQL binaries.
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     pub bin_dir: PathBuf,
-    /// Listen address of PostgreSQL and the health API.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// PostgreSQL port.
-    #[arg(long)]
-    pub pg_port: u16,
-    /// Health API port.
-    #[arg(long)]
-    pub health_port: u16,
     /// The superuser password (same on all members).
-    #[arg(long, env = "PAAS_PG_SUPERUSER_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = PASSWORD_ENV, hide_env_values = true)]
     pub superuser_password: String,
-    /// Lease TTL in seconds: a dead primary is replaced within about this long; a
-    /// primary whose keep-alives stall for TTL minus one second is fenced.
-    #[arg(long, default_value_t = 3)]
-    pub ttl_secs: u64,
-    /// How many members the cluster has (0: unknown); a bootstrap waits until all of
-    /// them registered, so a member with data that is slow to start is never bypassed.
-    #[arg(long, default_value_t = 0)]
-    pub members: usize,
 }
+
+/// The environment variable the superuser password is passed in (never on the command
+/// line, where `ps` would show it).
+pub const PASSWORD_ENV: &str = "PAAS_PG_SUPERUSER_PASSWORD";
 
 impl SupervisorArgs {
     /// The supervisor's configuration.
     pub fn into_config(self) -> SupervisorConfig {
+        let m = self.member;
         let mut config = SupervisorConfig::new(
-            &self.cluster,
-            &self.name,
-            self.etcd,
-            self.dir,
-            self.pg_port,
-            self.health_port,
+            &m.cluster,
+            &m.name,
+            m.etcd.clone(),
+            m.dir.clone(),
+            m.port,
+            m.health_port,
             &self.superuser_password,
         );
-        config.prefix = self.prefix;
+        config.prefix = m.prefix.clone();
         config.bin_dir = self.bin_dir;
-        config.host = self.host;
-        config.ttl = Duration::from_secs(self.ttl_secs);
-        config.members = self.members;
+        config.host = m.host.clone();
+        config.ttl = m.ttl();
+        config.members = m.members;
         config
     }
 }

@@ -14,8 +14,7 @@
 //!   records (the appliance core's, over this engine's types);
 //! - [`health`]: what `/primary`, `/replica`, `/health` mean here; [`info`]: the table of
 //!   `paas pg info` / `paas cluster status`;
-//! - [`launcher`]: starts a local N-member cluster of supervisor processes (tests, bench,
-//!   `paas up`); [`provision`]: databases and roles for apps (`PostgresProvider`);
+//! - [`provision`]: databases and roles for apps (`PostgresProvider`);
 //!   [`recover`]: the explicit restart of a cluster whose etcd state was lost.
 //!
 //! Invariants:
@@ -33,7 +32,6 @@ pub mod cluster;
 pub mod decide;
 pub mod health;
 pub mod info;
-pub mod launcher;
 pub mod pg;
 pub mod provision;
 pub mod recover;

@@ -32,16 +32,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paas_appliance::fence::{self, kill_pid_group, Fence};
-use paas_appliance::health;
+use paas_appliance::fence::Fence;
 use paas_appliance::leader::LeaderRecord;
-use paas_appliance::lease::LeaseHandle;
-use paas_coord::Coord;
-use tokio::sync::{watch, OwnedMutexGuard};
+use paas_appliance::supervisor::{Ctx, Engine, MemberConfig, RunError, Server, Slot};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::cluster::{keys, ClusterState, MemberStatus, Role};
 use crate::decide::{decide, Decision, Leader, Local, Observed, Replica};
@@ -60,15 +58,9 @@ pub enum SupervisorError {
     /// The local PostgreSQL failed an operation.
     #[error(transparent)]
     Pg(#[from] PgError),
-    /// The health API could not bind its port.
-    #[error("binding the health API on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The skeleton could not start (the health API could not bind its port).
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// A conditional write lost against another member.
     #[error("{0}")]
     LostRace(String),
@@ -186,7 +178,8 @@ impl SupervisorConfig {
     }
 }
 
-/// State shared by the tick loop, the actions and the watchdog.
+/// What the long actions need: the records and fence from the skeleton, and this
+/// engine's own flags.
 #[derive(Clone)]
 struct Shared {
     me: String,
@@ -196,37 +189,18 @@ struct Shared {
     fence: Fence,
     /// Whether PostgreSQL exited without being asked to since it was last started.
     crashed: Arc<AtomicBool>,
-    /// The running long action's description.
-    busy: Arc<Mutex<Option<String>>>,
     leader_record: LeaderRecord,
 }
 
-/// Connects to etcd, retrying every second and saying why until it answers: a member
-/// started before etcd (or during an outage) waits instead of exiting.
-async fn connect_etcd(config: &SupervisorConfig) -> Coord {
-    let mut logged = false;
-    loop {
-        match Coord::connect(
-            &config.etcd_endpoints,
-            &config.prefix,
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            Ok(coord) => return coord,
-            Err(err) => {
-                if !logged {
-                    tracing::warn!(member = %config.name, error = %err, "waiting for etcd");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+impl Server for Postgres {
+    async fn stop(&mut self) {
+        Postgres::stop(self).await
     }
 }
 
 /// Runs the supervisor until `shutdown` completes; then stops PostgreSQL, releases the
-/// leader key and revokes the lease.
+/// leader key and revokes the lease (the appliance core's skeleton does the common
+/// part: see `paas_appliance::supervisor`).
 pub async fn run(
     config: SupervisorConfig,
     shutdown: impl Future<Output = ()>,
@@ -238,9 +212,6 @@ pub async fn run(
             source: e,
         })
     })?;
-    let coord = connect_etcd(&config).await;
-    let store = Store::new(coord.clone(), keys(&config.cluster));
-    let lease = LeaseHandle::spawn(coord, config.ttl);
     let postgres = Postgres::new(PgConfig {
         name: config.name.clone(),
         dir: config.dir.clone(),
@@ -249,39 +220,20 @@ pub async fn run(
         port: config.pg_port,
         superuser_password: config.superuser_password.clone(),
     });
-    let addr: SocketAddr = config.pg_addr().parse().map_err(|e| {
-        SupervisorError::Config(format!(
-            "host {:?} with port {} is not an IP address: {e}",
-            config.host, config.pg_port
-        ))
-    })?;
-    let shared = Shared {
-        me: config.name.clone(),
-        store,
-        fence: Fence {
-            leading: Arc::new(AtomicI64::new(0)),
-            pid: postgres.pid_cell(),
-        },
-        crashed: Arc::new(AtomicBool::new(false)),
-        busy: Arc::new(Mutex::new(None)),
-        leader_record: LeaderRecord {
-            member: config.name.clone(),
-            addr,
-        },
+    let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {
+        format!("{}:{port}", config.host).parse().map_err(|e| {
+            SupervisorError::Config(format!(
+                "host {:?} with port {port} is not an IP address: {e}",
+                config.host
+            ))
+        })
     };
-    let pg = Arc::new(tokio::sync::Mutex::new(postgres));
-
-    let health_addr = format!("{}:{}", config.host, config.health_port);
-    let listener = tokio::net::TcpListener::bind(&health_addr)
-        .await
-        .map_err(|source| SupervisorError::Bind {
-            addr: health_addr.clone(),
-            source,
-        })?;
+    let addr = parse(config.pg_port)?;
+    let health_addr = parse(config.health_port)?;
     let initial = MemberStatus {
         name: config.name.clone(),
         pg_addr: config.pg_addr(),
-        health_addr: health_addr.clone(),
+        health_addr: health_addr.to_string(),
         role: Role::Stopped,
         running: false,
         streaming: false,
@@ -291,106 +243,82 @@ pub async fn run(
         decision: "starting".into(),
         has_data: false,
     };
-    let (published, health_rx) = watch::channel(initial.clone());
-    let (stop_health, mut stop_health_rx) = watch::channel(false);
-    let health_task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = stop_health_rx.wait_for(|stop| *stop).await;
-        };
-        if let Err(err) = axum::serve(listener, health::router(health_rx))
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %err, "health API failed");
-        }
-    });
-    let watchdog = tokio::spawn(fence::watchdog(
-        config.name.clone(),
-        shared.fence.clone(),
-        lease.subscribe(),
-        config.ttl,
-        config.fence_margin,
-    ));
-    tracing::info!(member = %config.name, cluster = %config.cluster, pg = %config.pg_addr(), health = %health_addr, "supervisor started");
-
-    let mut tick = Tick {
-        config: config.clone(),
-        shared: shared.clone(),
-        pg: pg.clone(),
-        lease: &lease,
-        published,
-        status: initial,
-        last_reason: String::new(),
+    let member = MemberConfig {
+        kind: "postgres".into(),
+        name: config.name.clone(),
+        etcd_endpoints: config.etcd_endpoints.clone(),
+        prefix: config.prefix.clone(),
+        keys: keys(&config.cluster),
+        health_addr,
+        ttl: config.ttl,
+        fence_margin: config.fence_margin,
+        tick: config.tick,
+    };
+    tracing::info!(member = %config.name, cluster = %config.cluster, pg = %config.pg_addr(), "starting the postgres supervisor");
+    let pid = postgres.pid_cell();
+    let engine = PgEngine {
+        leader_record: LeaderRecord {
+            member: config.name.clone(),
+            addr,
+        },
+        config,
+        crashed: Arc::new(AtomicBool::new(false)),
+        status: initial.clone(),
         known_addrs: BTreeMap::new(),
         not_streaming_since: None,
     };
-    let mut interval = tokio::time::interval(config.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = interval.tick() => tick.run().await,
-        }
-    }
-
-    tracing::info!(member = %config.name, "shutting down: stopping PostgreSQL, releasing leadership");
-    drop(tick);
-    shared.fence.leading.store(0, Ordering::SeqCst);
-    watchdog.abort();
-    let mut guard =
-        match tokio::time::timeout(Duration::from_secs(60), pg.clone().lock_owned()).await {
-            Ok(guard) => guard,
-            Err(_) => {
-                kill_pid_group(shared.fence.pid.load(Ordering::SeqCst));
-                pg.clone().lock_owned().await
-            }
-        };
-    guard.stop().await;
-    if let Some(state) = lease.current() {
-        let _ = shared.store.release_leadership(state.id).await;
-    }
-    lease.revoke().await;
-    let _ = stop_health.send(true);
-    let _ = health_task.await;
+    paas_appliance::supervisor::run(member, engine, postgres, pid, initial, shutdown).await?;
     Ok(())
 }
 
-/// The tick loop's state between ticks.
-struct Tick<'a> {
+/// The Postgres engine's state between ticks.
+struct PgEngine {
     config: SupervisorConfig,
-    shared: Shared,
-    pg: Arc<tokio::sync::Mutex<Postgres>>,
-    lease: &'a LeaseHandle,
-    published: watch::Sender<MemberStatus>,
+    crashed: Arc<AtomicBool>,
+    leader_record: LeaderRecord,
     status: MemberStatus,
-    last_reason: String,
     known_addrs: BTreeMap<String, String>,
     not_streaming_since: Option<Instant>,
 }
 
-impl Tick<'_> {
-    async fn run(&mut self) {
-        let Some(lease) = self.lease.current() else {
-            self.log("no etcd lease: cannot take part until etcd answers");
+impl Engine for PgEngine {
+    type Server = Postgres;
+    type State = ClusterState;
+    type Status = MemberStatus;
+
+    async fn tick(&mut self, ctx: &mut Ctx<Self>) {
+        self.run(ctx).await
+    }
+}
+
+impl PgEngine {
+    fn shared(&self, ctx: &Ctx<Self>) -> Shared {
+        Shared {
+            me: self.config.name.clone(),
+            store: ctx.records().clone(),
+            fence: ctx.fence().clone(),
+            crashed: self.crashed.clone(),
+            leader_record: self.leader_record.clone(),
+        }
+    }
+
+    async fn run(&mut self, ctx: &mut Ctx<Self>) {
+        let Some(lease) = ctx.lease() else {
+            ctx.say("no etcd lease: cannot take part until etcd answers");
             return;
         };
         if let Err(err) = crate::pg::check_reachable(&self.config.dir) {
             // Said in the member's status, so `paas up` and `paas cluster status` show it.
             let reason = format!("cannot run PostgreSQL: {err}");
-            self.log(&reason);
+            ctx.say(&reason);
             self.status.decision = reason;
-            self.published.send_replace(self.status.clone());
-            if let Err(err) = self.shared.store.register(&self.status, lease.id).await {
-                tracing::warn!(error = %err, "publishing member status failed");
-            }
+            ctx.publish(self.status.clone()).await;
             return;
         }
-        let store = self.shared.store.clone();
-        let snapshot = match store.read().await {
+        let snapshot = match ctx.records().read().await {
             Ok(snapshot) => snapshot,
             Err(err) => {
-                self.log(&format!("cannot read the cluster state from etcd: {err}"));
+                ctx.say(&format!("cannot read the cluster state from etcd: {err}"));
                 return;
             }
         };
@@ -398,59 +326,41 @@ impl Tick<'_> {
             self.known_addrs
                 .insert(member.name.clone(), member.pg_addr.clone());
         }
+        let me = self.config.name.clone();
         let leader = match &snapshot.leader {
             None => Leader::Nobody,
-            Some(key) if key.record.member == self.shared.me && key.lease == lease.id => Leader::Me,
-            Some(key) if key.record.member == self.shared.me => Leader::MyOldLease,
+            Some(key) if key.record.member == me && key.lease == lease.id => Leader::Me,
+            Some(key) if key.record.member == me => Leader::MyOldLease,
             Some(key) => Leader::Other(key.record.member.clone()),
         };
         if let Some(key) = &snapshot.leader {
             self.known_addrs
                 .insert(key.record.member.clone(), key.record.addr.to_string());
         }
-        self.shared.fence.leading.store(
-            if leader == Leader::Me { lease.id } else { 0 },
-            Ordering::SeqCst,
-        );
+        ctx.set_leading(if leader == Leader::Me { lease.id } else { 0 });
 
-        let busy = self.shared.busy.lock().expect("busy lock").clone();
-        let guard = match (&busy, self.pg.clone().try_lock_owned()) {
-            (None, Ok(guard)) => Some(guard),
-            _ => None,
-        };
-        let (local, runtime, guard) = match guard {
-            Some(mut guard) => {
+        let (local, runtime, guard, busy) = match ctx.server() {
+            Slot::Free(mut guard) => {
                 let (local, runtime) = self.observe_local(&mut guard, &snapshot).await;
-                (local, runtime, Some(guard))
+                (local, runtime, Some(guard), None)
             }
-            None => (Local::Starting, None, None),
+            Slot::Busy(action) => (Local::Starting, None, None, Some(action)),
         };
         let observed = Observed {
-            me: self.shared.me.clone(),
+            me,
             state: snapshot.state.as_ref().map(|(s, _)| s.clone()),
             leader: leader.clone(),
             members: snapshot.members.clone(),
             local: local.clone(),
-            busy: if guard.is_none() {
-                Some(busy.unwrap_or_else(|| "an action".into()))
-            } else {
-                None
-            },
+            busy,
             expected_members: self.config.members,
         };
         let decision = decide(&observed);
-        self.log(decision.reason());
-        self.publish(
-            &observed,
-            runtime.as_ref(),
-            &snapshot,
-            decision.reason(),
-            lease.id,
-            &store,
-        )
-        .await;
+        ctx.say(decision.reason());
+        self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
+        ctx.publish(self.status.clone()).await;
         if let Some(guard) = guard {
-            self.execute(decision, guard, &snapshot, lease.id, &local)
+            self.execute(ctx, decision, guard, &snapshot, lease.id, &local)
                 .await;
         }
     }
@@ -461,15 +371,15 @@ impl Tick<'_> {
         snapshot: &Snapshot,
     ) -> (Local, Option<Runtime>) {
         if let Some(status) = pg.poll_exit() {
-            self.shared.crashed.store(true, Ordering::SeqCst);
-            tracing::warn!(member = %self.shared.me, %status, "PostgreSQL exited unexpectedly");
+            self.crashed.store(true, Ordering::SeqCst);
+            tracing::warn!(member = %self.config.name, %status, "PostgreSQL exited unexpectedly");
         }
         if !pg.is_running() {
             self.not_streaming_since = None;
             let local = if pg.has_data() {
                 Local::Stopped {
                     upstream: pg.upstream(),
-                    crashed: self.shared.crashed.load(Ordering::SeqCst),
+                    crashed: self.crashed.load(Ordering::SeqCst),
                 }
             } else {
                 Local::Empty
@@ -525,23 +435,13 @@ impl Tick<'_> {
         }
     }
 
-    fn log(&mut self, reason: &str) {
-        if reason != self.last_reason {
-            tracing::info!(member = %self.shared.me, "{reason}");
-            self.last_reason = reason.to_string();
-        } else {
-            tracing::debug!(member = %self.shared.me, "{reason}");
-        }
-    }
-
-    async fn publish(
+    /// The member status for what this tick observed and decided.
+    fn update_status(
         &mut self,
         o: &Observed,
         runtime: Option<&Runtime>,
         snapshot: &Snapshot,
         reason: &str,
-        lease: i64,
-        store: &Store,
     ) {
         let role = match (&o.local, &o.leader) {
             (_, _) if o.busy.is_some() => self.status.role,
@@ -601,14 +501,11 @@ impl Tick<'_> {
             },
             ..self.status.clone()
         };
-        self.published.send_replace(self.status.clone());
-        if let Err(err) = store.register(&self.status, lease).await {
-            tracing::warn!(error = %err, "publishing member status failed");
-        }
     }
 
     async fn execute(
         &mut self,
+        ctx: &Ctx<Self>,
         decision: Decision,
         mut pg: OwnedMutexGuard<Postgres>,
         snapshot: &Snapshot,
@@ -617,48 +514,45 @@ impl Tick<'_> {
     ) {
         let state = snapshot.state.as_ref().map(|(s, _)| s.clone());
         let revision = snapshot.state_revision();
-        let shared = self.shared.clone();
+        let shared = self.shared(ctx);
+        let actions = ctx.actions();
         match decision {
             Decision::Nothing(_) | Decision::Wait(_) => {}
             Decision::Fence(_) => {
-                self.shared.fence.leading.store(0, Ordering::SeqCst);
+                ctx.set_leading(0);
                 pg.kill_now();
             }
             Decision::Resign(_) => {
                 if matches!(local, Local::Primary { .. }) {
                     pg.kill_now();
                 }
-                self.shared.fence.leading.store(0, Ordering::SeqCst);
-                let store = self.shared.store.clone();
-                if let Err(err) = store.release_leadership(lease).await {
+                ctx.set_leading(0);
+                if let Err(err) = ctx.records().release_leadership(lease).await {
                     tracing::warn!(error = %err, "releasing the leader key failed; it expires with the lease");
                 }
             }
-            Decision::Bootstrap(_) => spawn_action("bootstrap", shared, pg, move |pg, shared| {
-                Box::pin(bootstrap(pg, shared, lease))
-            }),
+            Decision::Bootstrap(_) => actions.spawn("bootstrap", bootstrap(pg, shared, lease)),
             Decision::Promote(_) => {
                 let state = state.expect("promotion needs a state document");
-                spawn_action("promotion", shared, pg, move |pg, shared| {
-                    Box::pin(promote(pg, shared, lease, state, revision))
-                })
+                actions.spawn("promotion", promote(pg, shared, lease, state, revision))
             }
-            Decision::FinishPromotion(_) => spawn_action("promotion", shared, pg, |mut pg, _| {
-                Box::pin(async move { Ok(pg.promote().await?) })
+            Decision::FinishPromotion(_) => actions.spawn("promotion", async move {
+                pg.promote().await?;
+                Ok::<_, SupervisorError>(())
             }),
             Decision::Reclaim(_) => {
                 let state = state.expect("reclaiming needs a state document");
-                spawn_action("reclaiming leadership", shared, pg, move |pg, shared| {
-                    Box::pin(reclaim(pg, shared, lease, state, revision))
-                })
+                actions.spawn(
+                    "reclaiming leadership",
+                    reclaim(pg, shared, lease, state, revision),
+                )
             }
             Decision::StartPrimary(_) => {
                 let sync = state.and_then(|s| s.sync);
-                spawn_action("starting the primary", shared, pg, move |mut pg, shared| {
-                    Box::pin(async move {
-                        shared.crashed.store(false, Ordering::SeqCst);
-                        Ok(pg.start(&StartAs::Primary { sync }).await?)
-                    })
+                actions.spawn("starting the primary", async move {
+                    shared.crashed.store(false, Ordering::SeqCst);
+                    pg.start(&StartAs::Primary { sync }).await?;
+                    Ok::<_, SupervisorError>(())
                 })
             }
             Decision::Follow {
@@ -671,14 +565,10 @@ impl Tick<'_> {
                     tracing::warn!(%primary, %upstream, "address of the primary or upstream unknown; waiting for its registration");
                     return;
                 };
-                spawn_action("rebuilding as a standby", shared, pg, move |pg, shared| {
-                    Box::pin(follow(
-                        pg,
-                        shared,
-                        (primary, addr),
-                        (upstream, upstream_addr),
-                    ))
-                })
+                actions.spawn(
+                    "rebuilding as a standby",
+                    follow(pg, shared, (primary, addr), (upstream, upstream_addr)),
+                )
             }
             Decision::Repoint { upstream, .. } => {
                 let Some(addr) = self.known_addrs.get(&upstream).cloned() else {
@@ -688,12 +578,12 @@ impl Tick<'_> {
                 // The stall clock restarts: the standby gets a fair chance on the new upstream.
                 self.not_streaming_since = Some(Instant::now());
                 if let Err(err) = pg.repoint(&upstream, &addr).await {
-                    tracing::warn!(member = %self.shared.me, error = %err, "re-pointing the standby failed");
+                    tracing::warn!(member = %shared.me, error = %err, "re-pointing the standby failed");
                 }
             }
             Decision::RequireSync { sync, .. } => {
                 if let Err(err) = pg.set_sync(Some(&sync)).await {
-                    tracing::warn!(member = %self.shared.me, error = %err, "requiring the sync failed");
+                    tracing::warn!(member = %shared.me, error = %err, "requiring the sync failed");
                 }
             }
             Decision::StartStandby { upstream, .. } => {
@@ -703,49 +593,21 @@ impl Tick<'_> {
                     Some(addr) => (upstream, addr.clone()),
                     None => (String::new(), String::new()),
                 };
-                spawn_action("starting the standby", shared, pg, move |mut pg, shared| {
-                    Box::pin(async move {
-                        shared.crashed.store(false, Ordering::SeqCst);
-                        Ok(pg.start(&StartAs::Standby { upstream, addr }).await?)
-                    })
+                actions.spawn("starting the standby", async move {
+                    shared.crashed.store(false, Ordering::SeqCst);
+                    pg.start(&StartAs::Standby { upstream, addr }).await?;
+                    Ok::<_, SupervisorError>(())
                 })
             }
             Decision::ChooseSync { candidate, .. } => {
                 let state = state.expect("choosing a sync needs a state document");
-                spawn_action("choosing a sync standby", shared, pg, move |pg, shared| {
-                    Box::pin(choose_sync(pg, shared, lease, state, revision, candidate))
-                })
+                actions.spawn(
+                    "choosing a sync standby",
+                    choose_sync(pg, shared, lease, state, revision, candidate),
+                )
             }
         }
     }
-}
-
-type ActionFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), SupervisorError>> + Send>>;
-
-/// Runs a long action in its own task; it owns the server handle until it finishes, so
-/// the next ticks see it in progress.
-fn spawn_action(
-    name: &str,
-    shared: Shared,
-    pg: OwnedMutexGuard<Postgres>,
-    action: impl FnOnce(OwnedMutexGuard<Postgres>, Shared) -> ActionFuture,
-) {
-    *shared.busy.lock().expect("busy lock") = Some(name.to_string());
-    let future = action(pg, shared.clone());
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let result = future.await;
-        *shared.busy.lock().expect("busy lock") = None;
-        match result {
-            Ok(()) => {
-                tracing::info!(member = %shared.me, action = %name, took = ?started.elapsed(), "action finished")
-            }
-            Err(err) => {
-                tracing::warn!(member = %shared.me, action = %name, error = %err, "action failed")
-            }
-        }
-    });
 }
 
 async fn bootstrap(

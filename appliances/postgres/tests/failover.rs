@@ -36,12 +36,7 @@ async fn acknowledged_writes_survive_every_kind_of_failover() {
         .cluster
         .members()
         .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                std::net::SocketAddr::from((m.host, m.pg_port)),
-            )
-        })
+        .map(|m| (m.name.clone(), m.addr()))
         .collect();
     let monitor_task = tokio::spawn(monitor(ports, stop.clone()));
 

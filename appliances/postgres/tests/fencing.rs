@@ -13,7 +13,7 @@ async fn a_primary_that_cannot_renew_its_lease_stops_postgres() {
     let mut h = Harness::start(3).await;
     let state = h.wait_healthy(Duration::from_secs(90), None).await;
     let member = &h.cluster.members()[h.index(&state.primary)];
-    let primary_addr = std::net::SocketAddr::from((member.host, member.pg_port));
+    let primary_addr = member.addr();
     common::create_kept(&h, 50).await;
 
     // etcd goes away: nobody can renew, nobody can be elected.

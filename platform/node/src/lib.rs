@@ -8,8 +8,10 @@
 //! - [`aggregator`]: the log aggregator on its own runtime, registered in discovery,
 //!   its drains kept equal to etcd;
 //! - [`router`]: the HTTP router's flags and the one call that starts it on a host;
-//! - [`postgres`]: the Postgres members as jobs of the system app `paas-postgres`, the
-//!   leader-following endpoint and the readiness wait; `paas appliance postgres`.
+//! - [`appliance`]: any appliance's members as jobs of a system app (`paas-<kind>`),
+//!   with fixed addresses and data dirs, the leader-following endpoint and the
+//!   readiness wait that says what it waits for; what differs is an `ApplianceKind`;
+//! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`.
 //!
 //! Invariants:
 //! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
@@ -17,6 +19,7 @@
 //!   on shutdown.
 
 pub mod aggregator;
+pub mod appliance;
 pub mod host;
 pub mod postgres;
 pub mod router;

@@ -18,6 +18,7 @@
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
 
+use crate::appliance::ApplianceKind;
 use std::fs;
 use std::future::IntoFuture;
 use std::io::{Read, Seek, Write};
@@ -59,8 +60,8 @@ pub struct UpArgs {
     /// decoding never uses more, so a flood of log input cannot starve the control plane.
     #[arg(long, default_value_t = default_log_threads())]
     pub log_threads: usize,
-    /// Appliances started at boot, as KIND=MEMBERS (repeatable; kinds: postgres). The
-    /// default is postgres=3; postgres=0 turns it off.
+    /// Appliances started at boot, as KIND=MEMBERS (repeatable; kinds: see
+    /// `APPLIANCE_KINDS`). The default is postgres=3; postgres=0 turns it off.
     #[arg(long = "appliance", value_name = "KIND=MEMBERS", value_parser = parse_appliance)]
     pub appliances: Vec<(String, usize)>,
     /// Members of the Postgres cluster started at boot (same as --appliance postgres=N).
@@ -72,27 +73,52 @@ pub struct UpArgs {
     /// a slow etcd sooner.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=60))]
     pub lease_ttl: u64,
-    /// Address of the leader-following Postgres endpoint every DATABASE_URL points at.
-    #[arg(long, default_value = "127.0.0.1:6432")]
-    pub postgres_listen: std::net::SocketAddr,
+    /// Address of the leader-following Postgres endpoint every DATABASE_URL points at
+    /// (same as --appliance-listen postgres=ADDR).
+    #[arg(long)]
+    pub postgres_listen: Option<std::net::SocketAddr>,
+    /// Address of an appliance's leader-following endpoint, as KIND=ADDR (repeatable);
+    /// each kind has its default (postgres: 127.0.0.1:6432).
+    #[arg(long = "appliance-listen", value_name = "KIND=ADDR", value_parser = parse_listen)]
+    pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
     /// The HTTP router's flags.
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
 }
 
-/// The appliance kinds `paas up` can start.
-pub const APPLIANCE_KINDS: &[&str] = &["postgres"];
+/// The appliance kinds `paas up` can start, in start order: one registration line each.
+pub fn appliance_kinds() -> Vec<Box<dyn ApplianceKind>> {
+    vec![Box::new(crate::postgres::PostgresKind)]
+}
+
+fn known_kind(kind: &str) -> std::result::Result<(), String> {
+    let kinds: Vec<&str> = appliance_kinds().iter().map(|k| k.kind()).collect();
+    if kinds.contains(&kind) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown appliance {kind:?}; available: {}",
+            kinds.join(", ")
+        ))
+    }
+}
+
+fn parse_listen(text: &str) -> std::result::Result<(String, std::net::SocketAddr), String> {
+    let (kind, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KIND=ADDR (e.g. postgres=127.0.0.1:6432)"))?;
+    known_kind(kind)?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not an address: {e}"))?;
+    Ok((kind.to_string(), addr))
+}
 
 fn parse_appliance(text: &str) -> std::result::Result<(String, usize), String> {
     let (kind, members) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not KIND=MEMBERS (e.g. postgres=3)"))?;
-    if !APPLIANCE_KINDS.contains(&kind) {
-        return Err(format!(
-            "unknown appliance {kind:?}; available: {}",
-            APPLIANCE_KINDS.join(", ")
-        ));
-    }
+    known_kind(kind)?;
     let members = members
         .parse()
         .map_err(|_| format!("{members:?} is not a number of members"))?;
@@ -113,6 +139,23 @@ impl UpArgs {
             (_, Some(n)) => n,
             ("postgres", None) => self.postgres_members.unwrap_or(3),
             _ => 0,
+        }
+    }
+
+    /// Where the endpoint of appliance `kind` listens.
+    pub fn listen(&self, kind: &dyn ApplianceKind) -> std::net::SocketAddr {
+        let given = self
+            .appliance_listen
+            .iter()
+            .rev()
+            .find(|(k, _)| k == kind.kind())
+            .map(|(_, a)| *a);
+        match (kind.kind(), given) {
+            (_, Some(a)) => a,
+            ("postgres", None) => self
+                .postgres_listen
+                .unwrap_or_else(|| kind.default_listen()),
+            _ => kind.default_listen(),
         }
     }
 }
@@ -233,23 +276,31 @@ async fn serve(
     ));
 
     let result = async {
-        let mut postgres = None;
-        let postgres_members = args.members("postgres");
-        if postgres_members > 0 {
-            let (running, provider) = crate::postgres::start(
-                &controller.state().store,
-                data_dir,
-                endpoints,
-                postgres_members,
-                args.lease_ttl,
-                args.postgres_listen,
+        let mut appliances = Vec::new();
+        let mut providers = paas_controller::Providers::default();
+        let site = crate::appliance::Site {
+            store: controller.state().store.clone(),
+            data_dir: data_dir.to_path_buf(),
+            etcd: endpoints.to_vec(),
+            ttl_secs: args.lease_ttl,
+        };
+        for kind in appliance_kinds() {
+            let members = args.members(kind.kind());
+            if members == 0 {
+                continue;
+            }
+            let launched = crate::appliance::launch(
+                kind.as_ref(),
+                &site,
+                "main",
+                members,
+                args.listen(kind.as_ref()),
             )
             .await?;
-            let mut providers = paas_controller::Providers::default();
-            providers.register("postgres", std::sync::Arc::new(provider));
-            controller = controller.with_providers(providers);
-            postgres = Some(running);
+            providers.register(kind.kind(), kind.provider(&launched, endpoints));
+            appliances.push((kind.kind(), members, launched));
         }
+        controller = controller.with_providers(providers);
 
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -268,12 +319,12 @@ async fn serve(
         if let Some(a) = logs.forward_addr() {
             println!("  forward:  {a} (Fluent Forward)");
         }
-        if let Some(pg) = &postgres {
+        for (kind, members, launched) in &appliances {
             println!(
-                "  postgres: {} ({} members, app {}; `paas resource add postgres`)",
-                pg.endpoint,
-                postgres_members,
-                crate::postgres::SYSTEM_APP
+                "  {kind}: {}{} ({members} members, app {}; `paas resource add {kind}`)",
+                " ".repeat(8usize.saturating_sub(kind.len())),
+                launched.endpoint,
+                launched.system_app
             );
         }
         println!(
@@ -319,7 +370,7 @@ async fn serve(
             .context("API server task panicked")?
             .context("API server failed")?;
         tracing::info!("controller stopped");
-        drop(postgres);
+        drop(appliances);
         Ok::<(), anyhow::Error>(())
     }
     .await;

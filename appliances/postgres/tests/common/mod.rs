@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use paas_appliance::launcher::{LocalCluster, LocalClusterSpec};
 use paas_postgres::cluster::{ClusterState, Keys, MemberStatus, Role};
-use paas_postgres::launcher::{LocalCluster, LocalClusterSpec};
 use paas_postgres::store::{Snapshot, Store};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 
@@ -46,12 +46,16 @@ impl Harness {
         let cluster = LocalCluster::start(LocalClusterSpec {
             program: supervisor_program(),
             args_prefix: vec![],
+            args: vec![],
+            env: vec![(paas_postgres::args::PASSWORD_ENV.into(), PASSWORD.into())],
             cluster: "main".into(),
+            member_prefix: "pg".into(),
+            port_base: paas_appliance::addr::POSTGRES_PORT,
+            health_port_base: paas_appliance::addr::POSTGRES_HEALTH_PORT,
             members: n,
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: "/paas/".into(),
             base_dir: dir.path().to_path_buf(),
-            superuser_password: PASSWORD.into(),
             ttl_secs: 3,
         })
         .expect("cluster");
@@ -440,7 +444,7 @@ pub async fn force_failover(
     let state = h.wait_healthy(Duration::from_secs(90), None).await;
     let old = state.primary.clone();
     let i = h.index(&old);
-    let old_port = h.cluster.members()[i].pg_port;
+    let old_port = h.cluster.members()[i].port;
     let before = acked.lock().unwrap().ids.len();
     wait_until(
         "writes flowing before the failover",
@@ -452,9 +456,7 @@ pub async fn force_failover(
     let t0 = Instant::now();
     match kind {
         Kind::KillPostgres => {
-            let pid = h.cluster.members()[i]
-                .postmaster_pid()
-                .expect("postmaster.pid");
+            let pid = postmaster_pid(&h.cluster.members()[i].dir).expect("postmaster.pid");
             // SAFETY: kill(2) on the postmaster of a test cluster.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -499,4 +501,10 @@ pub async fn force_failover(
         took,
         rows,
     }
+}
+
+/// The postmaster's pid, from the member's PGDATA `postmaster.pid`, if present.
+pub fn postmaster_pid(member_dir: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(member_dir.join("data/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
 }

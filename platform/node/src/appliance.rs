@@ -1,0 +1,327 @@
+//! Running an appliance's cluster the way Flynn runs its appliances: the members are
+//! jobs of a system app (`paas-<kind>`, or `paas-<kind>-<cluster>` for a cluster other
+//! than `main`), one process type per member (`pg0`, `pg1`, ...) so each keeps its
+//! name, its fixed address and its data directory across restarts; the scheduler places
+//! them and the host agent supervises them. In front of them, the leader-following
+//! endpoint the resources' URLs point at. What differs between engines is an
+//! [`ApplianceKind`]; everything else is here, once.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use paas_appliance::addr;
+use paas_appliance::provider::Provider;
+use paas_appliance::records::Keys;
+use paas_controller::model::Formation;
+use paas_controller::{ApiError, Store};
+use paas_router::tcp::{EndpointConfig, TcpEndpoint};
+
+/// How long `paas up` waits for a cluster to take durable writes.
+const READY_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one engine adds to the common launcher.
+#[async_trait::async_trait]
+pub trait ApplianceKind: Send + Sync {
+    /// The kind as users name it (`postgres`): `paas up --appliance KIND=N`, `paas
+    /// appliance KIND`, `paas resource add KIND`.
+    fn kind(&self) -> &'static str;
+    /// Members are named this plus their index (`pg` -> `pg0`).
+    fn member_prefix(&self) -> &'static str;
+    /// The server's and the health API's port bases (`paas_appliance::addr`).
+    fn port_bases(&self) -> (u16, u16);
+    /// The records of cluster `cluster` in etcd (the endpoint follows its leader key).
+    fn keys(&self, cluster: &str) -> Keys;
+    /// The environment variable that carries the cluster's secret to its members.
+    fn secret_env(&self) -> &'static str;
+    /// Where the endpoint of the `main` cluster listens unless told otherwise.
+    fn default_listen(&self) -> SocketAddr;
+    /// Fails, naming the directory, when the engine's server could not use `dir` (for
+    /// example because it runs as its own user and cannot traverse to it).
+    fn check_dir(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Ok(())
+    }
+    /// Why the cluster does not take durable writes through `endpoint` yet; `None` when
+    /// it does.
+    async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String>;
+    /// The provider `paas resource add KIND` is served by, for a running cluster.
+    fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider>;
+}
+
+/// A running cluster with its endpoint; dropping it stops forwarding (the members stop
+/// with the host agent).
+pub struct Launched {
+    _endpoint: TcpEndpoint,
+    /// The cluster's name.
+    pub cluster: String,
+    /// The address in every resource URL.
+    pub endpoint: SocketAddr,
+    /// The cluster's secret (its superuser's password).
+    pub secret: String,
+    /// Where the members' directories are.
+    pub dir: PathBuf,
+    /// The system app whose jobs the members are.
+    pub system_app: String,
+}
+
+/// The system app of cluster `cluster` of `kind`.
+pub fn system_app(kind: &str, cluster: &str) -> String {
+    if cluster == "main" {
+        format!("paas-{kind}")
+    } else {
+        format!("paas-{kind}-{cluster}")
+    }
+}
+
+/// Where clusters are launched: the platform's store, data dir and etcd, and the
+/// members' lease TTL. Kept by whoever launches clusters later (a provider that makes
+/// one cluster per resource).
+#[derive(Clone)]
+pub struct Site {
+    /// The controller's store (system apps are created through it).
+    pub store: Store,
+    /// The platform's data directory.
+    pub data_dir: PathBuf,
+    /// etcd client URLs.
+    pub etcd: Vec<String>,
+    /// The members' lease TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+/// Starts (or adopts, after a restart) cluster `cluster` of `kind` with `members`
+/// members, its endpoint on `listen`, and waits until it takes durable writes.
+pub async fn launch(
+    kind: &dyn ApplianceKind,
+    site: &Site,
+    cluster: &str,
+    members: usize,
+    listen: SocketAddr,
+) -> Result<Launched> {
+    let (store, data_dir, etcd, ttl_secs) =
+        (&site.store, &site.data_dir, &site.etcd, site.ttl_secs);
+    let name = kind.kind();
+    let dir = if cluster == "main" {
+        data_dir.join(name)
+    } else {
+        data_dir.join(name).join(cluster)
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    kind.check_dir(&dir).with_context(|| {
+        format!("the {name} members cannot use the data directory (see --data-dir)")
+    })?;
+    // 64 hex digits: 256 bits.
+    let secret = crate::up::persistent_secret(&dir.join("superuser-password"), || {
+        paas_controller::auth::generate_secret().hash
+    })?;
+    let host = addr::cluster_ip(&dir.to_string_lossy());
+    let ports = member_ports(kind, host, members)?;
+    let binary = stable_binary(data_dir)?;
+    let processes = member_processes(kind, &binary, &dir, etcd, cluster, host, &ports, ttl_secs);
+    let system_app = system_app(name, cluster);
+    ensure_system_app(
+        store,
+        &system_app,
+        processes,
+        kind.secret_env(),
+        &secret,
+        name,
+    )
+    .await
+    .with_context(|| format!("cannot schedule the {name} members"))?;
+    let keys = kind.keys(cluster);
+    let endpoint = TcpEndpoint::start(
+        listen,
+        EndpointConfig {
+            coord: store.coord().clone(),
+            leader_key: keys.leader(),
+            no_leader_wait: Duration::from_secs(15),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {listen} for {name}"))?;
+    let addr = endpoint.local_addr();
+    wait_ready(kind, store, &keys, addr, &secret).await?;
+    Ok(Launched {
+        _endpoint: endpoint,
+        cluster: cluster.to_string(),
+        endpoint: addr,
+        secret,
+        dir,
+        system_app,
+    })
+}
+
+/// `(server, health)` ports per member on the cluster's own address, each checked free:
+/// nothing of ours runs yet (members of a killed previous run die with it), so whoever
+/// still holds a port after a few seconds would make a member fail later.
+fn member_ports(
+    kind: &dyn ApplianceKind,
+    host: Ipv4Addr,
+    members: usize,
+) -> Result<Vec<(u16, u16)>> {
+    let (server_base, health_base) = kind.port_bases();
+    let ports: Vec<(u16, u16)> = (0..members)
+        .map(|i| {
+            (
+                addr::member_port(server_base, i),
+                addr::member_port(health_base, i),
+            )
+        })
+        .collect();
+    for (i, (server, health)) in ports.iter().enumerate() {
+        for (port, what) in [(server, "server"), (health, "health API")] {
+            let what = format!("{}{i}'s {what} port", kind.member_prefix());
+            addr::wait_free(
+                SocketAddr::from((host, *port)),
+                &what,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot start the {} members: {e}", kind.kind()))?;
+        }
+    }
+    Ok(ports)
+}
+
+/// A stable path to this binary, so the members' command does not change (and roll the
+/// members over) when the binary is rebuilt elsewhere.
+fn stable_binary(data_dir: &Path) -> Result<PathBuf> {
+    let bin = data_dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = bin.join("paas");
+    let exe = std::env::current_exe().context("cannot find the paas binary")?;
+    let tmp = bin.join("paas.new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&exe, &tmp)?;
+    std::fs::rename(&tmp, &link)?;
+    Ok(link)
+}
+
+/// The process types of the system app: one per member, each running `paas appliance
+/// KIND` with the common member flags (`paas_appliance::args::MemberArgs`).
+#[allow(clippy::too_many_arguments)]
+fn member_processes(
+    kind: &dyn ApplianceKind,
+    binary: &Path,
+    dir: &Path,
+    etcd: &[String],
+    cluster: &str,
+    host: Ipv4Addr,
+    ports: &[(u16, u16)],
+    ttl_secs: u64,
+) -> BTreeMap<String, String> {
+    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let members = ports.len();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (port, health))| {
+            let name = format!("{}{i}", kind.member_prefix());
+            let command = format!(
+                "exec {} appliance {} --cluster {cluster} --name {name} --etcd {} \
+                 --prefix {prefix} --dir {} --host {host} --port {port} --health-port {health} \
+                 --ttl-secs {ttl_secs} --members {members}",
+                binary.display(),
+                kind.kind(),
+                etcd.join(","),
+                dir.join(&name).display(),
+            );
+            (name, command)
+        })
+        .collect()
+}
+
+/// Makes the system app's release and formation run `processes` (idempotent: an
+/// unchanged configuration makes no new release). Created through the store, which
+/// checks the name like the API does.
+async fn ensure_system_app(
+    store: &Store,
+    app: &str,
+    processes: BTreeMap<String, String>,
+    secret_env: &str,
+    secret: &str,
+    kind: &str,
+) -> Result<(), ApiError> {
+    match store.create_app(app).await {
+        Ok(_) | Err(ApiError::Conflict(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let current = store.get_app(app).await?;
+    let current = store.release(app, current.release).await?;
+    let mut env = current.env.clone();
+    env.insert(secret_env.to_string(), secret.to_string());
+    if current.processes != processes || current.env != env {
+        store
+            .new_release_with(app, |current| {
+                let mut next = current.clone();
+                next.processes = processes.clone();
+                next.env = env.clone();
+                next.description = format!("{kind} members");
+                Ok(next)
+            })
+            .await?;
+    }
+    let formation = Formation {
+        app: app.to_string(),
+        processes: processes.keys().map(|k| (k.clone(), 1)).collect(),
+    };
+    store.put_formation(&formation).await
+}
+
+/// What each member says it is doing or waiting for, from the registrations in etcd
+/// (every engine's member status has `name` and `decision`).
+async fn member_decisions(store: &Store, keys: &Keys) -> String {
+    match store.coord().entries(&keys.members()).await {
+        Ok(entries) if entries.is_empty() => "no member registered yet".to_string(),
+        Ok(entries) => entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.value).ok())
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["decision"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("cannot read the members from etcd: {e}"),
+    }
+}
+
+/// Waits until the cluster takes durable writes through the endpoint, saying what it
+/// waits for (the endpoint's answer and each member's decision), or fails after
+/// [`READY_LIMIT`] with the last reason.
+async fn wait_ready(
+    kind: &dyn ApplianceKind,
+    store: &Store,
+    keys: &Keys,
+    endpoint: SocketAddr,
+    secret: &str,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < READY_LIMIT {
+        match kind.not_ready(endpoint, secret).await {
+            None => {
+                tracing::info!(kind = kind.kind(), elapsed = ?started.elapsed(), "cluster ready");
+                return Ok(());
+            }
+            Some(reason) => {
+                let reason = format!("{reason}; {}", member_decisions(store, keys).await);
+                if reason != last {
+                    tracing::info!(kind = kind.kind(), %reason, "waiting for the cluster");
+                }
+                last = reason;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!(
+        "{} cluster not ready after {READY_LIMIT:?}: {last}",
+        kind.kind()
+    )
+}
