@@ -216,6 +216,8 @@ pub async fn connect(url: &str) -> Option<redis::aio::MultiplexedConnection> {
 /// and writes answered OK but not confirmed.
 #[derive(Default)]
 pub struct Written {
+    pub accepted_at: Vec<Instant>,
+    pub accepted_port: Vec<u16>,
     pub confirmed: Vec<u64>,
     pub confirmed_at: Vec<Instant>,
     pub confirmed_port: Vec<u16>,
@@ -223,12 +225,13 @@ pub struct Written {
 }
 
 impl Written {
-    /// When the first write confirmed by a server other than `old_port` after `t0` came.
-    pub fn first_elsewhere_after(&self, t0: Instant, old_port: u16) -> Option<Instant> {
-        let from = self.confirmed_at.partition_point(|at| *at <= t0);
-        (from..self.confirmed_at.len())
-            .find(|&i| self.confirmed_port[i] != old_port)
-            .map(|i| self.confirmed_at[i])
+    /// When the first write accepted (answered OK) by a server other than `old_port`
+    /// after `t0` came.
+    pub fn first_accepted_elsewhere_after(&self, t0: Instant, old_port: u16) -> Option<Instant> {
+        let from = self.accepted_at.partition_point(|at| *at <= t0);
+        (from..self.accepted_at.len())
+            .find(|&i| self.accepted_port[i] != old_port)
+            .map(|i| self.accepted_at[i])
     }
 }
 
@@ -267,7 +270,11 @@ pub async fn writer(url: String, written: Arc<Mutex<Written>>, stop: Arc<AtomicB
             match tokio::time::timeout(Duration::from_secs(3), set.query_async::<String>(&mut conn))
                 .await
             {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    let mut w = written.lock().unwrap();
+                    w.accepted_at.push(Instant::now());
+                    w.accepted_port.push(port);
+                }
                 Ok(Err(e)) if e.kind() == redis::ErrorKind::ResponseError => {
                     // Refused (NOREPLICAS, READONLY): certainly not written.
                     tokio::time::sleep(Duration::from_millis(20)).await;
