@@ -14,7 +14,9 @@
 //! - [`health`]: what `/primary`, `/replica`, `/health` mean here;
 //! - [`supervisor`]: the engine on the appliance core's skeleton (tick, actions);
 //!   [`args`]: its command line (`paas-redis-supervisor`, `paas appliance redis`);
-//! - [`launcher`]: a group's spec and its members' command line for the core launcher.
+//! - [`launcher`]: a group's spec and its members' command line for the core launcher;
+//! - [`provision`]: a dedicated group per resource (`RedisProvider`), started through a
+//!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`.
 //!
 //! Invariants:
 //! - [`decide`] does no I/O.
@@ -28,6 +30,8 @@ pub mod args;
 pub mod cluster;
 pub mod decide;
 pub mod health;
+pub mod info;
 pub mod launcher;
+pub mod provision;
 pub mod server;
 pub mod supervisor;

@@ -281,11 +281,15 @@ enum TokensCmd {
 
 #[derive(Subcommand)]
 enum ResourceCmd {
-    /// Provision a resource of KIND (e.g. postgres) and set its variables on the app.
+    /// Provision a resource of KIND (e.g. postgres, redis) and set its variables on the app.
     Add {
         kind: String,
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
+        /// Members of the resource's own replication group (redis: 1 primary + replicas;
+        /// default 2).
+        #[arg(long)]
+        members: Option<usize>,
     },
     /// List an app's resources.
     List {
@@ -418,8 +422,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tokens(TokensCmd::List) => c::tokens_list(json).await,
         Command::Tokens(TokensCmd::Revoke { id }) => c::tokens_revoke(json, &id).await,
-        Command::Resource(ResourceCmd::Add { kind, app }) => {
-            c::resource_add(json, &app, &kind).await
+        Command::Resource(ResourceCmd::Add { kind, app, members }) => {
+            c::resource_add(json, &app, &kind, members).await
         }
         Command::Resource(ResourceCmd::List { app }) => c::resource_list(json, &app).await,
         Command::Resource(ResourceCmd::Remove { id, app }) => {

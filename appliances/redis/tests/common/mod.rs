@@ -327,3 +327,58 @@ pub async fn missing(url: &str, ids: &[u64]) -> Vec<u64> {
 pub fn addr_of(h: &Harness) -> SocketAddr {
     h.endpoint.local_addr()
 }
+
+/// Runs groups as local supervisor processes behind a `paas-router` endpoint each: the
+/// `GroupRunner` of the provider tests and the bench (the node has its own).
+pub struct LocalRunner {
+    pub coord: paas_coord::Coord,
+    pub groups: Mutex<BTreeMap<String, (LocalCluster, TcpEndpoint)>>,
+}
+
+impl LocalRunner {
+    pub fn new(coord: paas_coord::Coord) -> Self {
+        LocalRunner {
+            coord,
+            groups: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl paas_redis::provision::GroupRunner for LocalRunner {
+    async fn launch(
+        &self,
+        spec: &GroupSpec,
+    ) -> Result<SocketAddr, paas_appliance::provider::ProviderError> {
+        let fail = |e: String| paas_appliance::provider::ProviderError(e);
+        let cluster = LocalCluster::start(launcher::local_spec(spec, supervisor_program(), vec![]))
+            .map_err(|e| fail(e.to_string()))?;
+        let endpoint = TcpEndpoint::start(
+            "127.0.0.1:0".parse().unwrap(),
+            EndpointConfig {
+                coord: self.coord.clone(),
+                leader_key: paas_redis::cluster::keys(&spec.group).leader(),
+                no_leader_wait: Duration::from_secs(15),
+            },
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        let addr = endpoint.local_addr();
+        self.groups
+            .lock()
+            .unwrap()
+            .insert(spec.group.clone(), (cluster, endpoint));
+        Ok(addr)
+    }
+
+    async fn stop(&self, group: &str) -> Result<(), paas_appliance::provider::ProviderError> {
+        let running = self.groups.lock().unwrap().remove(group);
+        if let Some(running) = running {
+            // Stopping waits for the supervisors to exit: not on a runtime thread.
+            tokio::task::spawn_blocking(move || drop(running))
+                .await
+                .map_err(|e| paas_appliance::provider::ProviderError(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
