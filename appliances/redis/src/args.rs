@@ -8,12 +8,9 @@ use paas_appliance::args::MemberArgs;
 use crate::server::Fsync;
 use crate::supervisor::SupervisorConfig;
 
-/// The environment variable the app's password is passed in (never on the command line,
-/// where `ps` would show it).
-pub const PASSWORD_ENV: &str = "PAAS_REDIS_PASSWORD";
-
-/// The environment variable the supervisors' admin password is passed in.
-pub const ADMIN_PASSWORD_ENV: &str = "PAAS_REDIS_ADMIN_PASSWORD";
+/// The environment variable the group's secret is passed in (never on the command line,
+/// where `ps` would show it); both passwords derive from it (`crate::secret`).
+pub const SECRET_ENV: &str = "PAAS_REDIS_SECRET";
 
 /// Supervise one redis-server of a replication group coordinated through etcd.
 #[derive(clap::Args, Debug, Clone)]
@@ -21,12 +18,9 @@ pub struct SupervisorArgs {
     /// The flags every member takes (`--cluster` is the group's name).
     #[command(flatten)]
     pub member: MemberArgs,
-    /// The app's password (the `default` user), the same on all members.
-    #[arg(long, env = PASSWORD_ENV, hide_env_values = true)]
-    pub password: String,
-    /// The supervisors' password (admin user, replication links), the same on all members.
-    #[arg(long, env = ADMIN_PASSWORD_ENV, hide_env_values = true)]
-    pub admin_password: String,
+    /// The group's secret, the same on all members.
+    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
+    pub secret: String,
     /// AOF fsync policy: `everysec` (a machine crash may lose the last second) or
     /// `always` (every write on disk before it is answered).
     #[arg(long, value_enum, default_value = "everysec")]
@@ -50,8 +44,8 @@ impl SupervisorArgs {
             host: m.host.clone(),
             port: m.port,
             health_port: m.health_port,
-            password: self.password,
-            admin_password: self.admin_password,
+            password: crate::secret::app_password(&self.secret),
+            admin_password: crate::secret::admin_password(&self.secret),
             fsync: self.appendfsync,
             max_lag_secs: self.max_lag_secs,
             ttl: m.ttl(),

@@ -4,8 +4,8 @@
 //!
 //! Members are named `r0`, `r1`, ...; each listens on the group's own loopback address
 //! (seeded by the group's directory, `paas_appliance::addr::cluster_ip`) on the fixed
-//! ports `REDIS_PORT + i` (server) and `REDIS_HEALTH_PORT + i` (health API). Passwords
-//! go in the environment, never on a command line.
+//! ports `REDIS_PORT + i` (server) and `REDIS_HEALTH_PORT + i` (health API). Secrets
+//! (the group's secret) go in the environment, never on a command line.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use paas_appliance::addr;
 use paas_appliance::launcher::LocalClusterSpec;
 
-use crate::args::{ADMIN_PASSWORD_ENV, PASSWORD_ENV};
+use crate::args::SECRET_ENV;
 
 /// Member names are this plus their index.
 pub const MEMBER_PREFIX: &str = "r";
@@ -27,10 +27,8 @@ pub struct GroupSpec {
     pub members: usize,
     /// Where member directories go (`<base_dir>/r0`, ...); seeds the loopback address.
     pub base_dir: PathBuf,
-    /// The app's password (`default` user).
-    pub password: String,
-    /// The supervisors' password (admin user, replication).
-    pub admin_password: String,
+    /// The group's secret (`crate::secret`).
+    pub secret: String,
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
     /// etcd key prefix.
@@ -50,12 +48,9 @@ impl GroupSpec {
         SocketAddr::from((self.host(), addr::member_port(addr::REDIS_PORT, i)))
     }
 
-    /// The environment every member's supervisor gets (the passwords).
+    /// The environment every member's supervisor gets (the secret).
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (PASSWORD_ENV.to_string(), self.password.clone()),
-            (ADMIN_PASSWORD_ENV.to_string(), self.admin_password.clone()),
-        ]
+        vec![(SECRET_ENV.to_string(), self.secret.clone())]
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`cluster`]: the records in etcd (state document, member status) and their keys;
 //! - [`decide`]: the pure decision function of a supervisor tick, with its rules;
 //! - [`server`]: the local redis-server (configuration, process, commands);
+//!   [`secret`]: the group's secret and the two passwords derived from it;
 //! - [`health`]: what `/primary`, `/replica`, `/health` mean here;
 //! - [`supervisor`]: the engine on the appliance core's skeleton (tick, actions);
 //!   [`args`]: its command line (`paas-redis-supervisor`, `paas appliance redis`);
@@ -33,5 +34,6 @@ pub mod health;
 pub mod info;
 pub mod launcher;
 pub mod provision;
+pub mod secret;
 pub mod server;
 pub mod supervisor;

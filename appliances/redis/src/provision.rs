@@ -9,11 +9,11 @@
 //! behind a `paas-router` endpoint; the tests and the bench run them as local processes),
 //! because an appliance may not import the platform.
 //!
-//! Names: the group is the resource id with `-` turned into `_` (`redis-0a1b2c3d4e` ->
-//! `redis_0a1b2c3d4e`); its directory is `<base_dir>/<group>`, which must not exist yet:
-//! a group never starts over data it did not create. Passwords are 24 random bytes from
-//! the OS-seeded CSPRNG, hex-encoded (192 bits): one for the app (`default` user), one for
-//! the supervisors (admin user and replication), which never leaves the platform.
+//! Names: the group is the resource id without its dashes (`redis-0a1b2c3d4e` ->
+//! `redis0a1b2c3d4e`); its directory is `<base_dir>/<group>`, which must not exist yet:
+//! a group never starts over data it did not create. Each group has its own secret (256
+//! random bits), from which the app's password (in `REDIS_URL`) and the supervisors' are
+//! derived (`crate::secret`); the latter never leaves the platform.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,9 +78,11 @@ pub struct RedisProvider {
     coord: Coord,
 }
 
-/// The group name of resource `id`, if it yields a valid one.
+/// The group name of resource `id`, if it yields a valid one: the id without its dashes,
+/// so it is both a member-record name (`[a-z0-9_]`) and part of an app name
+/// (`paas-redis-<group>`).
 pub fn group_name(id: &str) -> Option<String> {
-    let name = id.replace('-', "_");
+    let name = id.replace('-', "");
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -107,10 +109,6 @@ pub fn members_option(options: &Options, default: usize) -> Result<usize, Provid
             "members must be a number from 1 to {MAX_MEMBERS}, not {value:?}"
         ))),
     }
-}
-
-fn secret() -> String {
-    hex::encode(rand::random::<[u8; 24]>())
 }
 
 impl RedisProvider {
@@ -192,13 +190,13 @@ impl Provider for RedisProvider {
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| ProviderError(format!("creating {}: {e}", dir.display())))?;
-        let password = secret();
+        let secret = crate::secret::generate();
+        let password = crate::secret::app_password(&secret);
         let spec = GroupSpec {
             group: group.clone(),
             members,
             base_dir: dir.clone(),
-            password: password.clone(),
-            admin_password: secret(),
+            secret,
             etcd_endpoints: self.config.etcd_endpoints.clone(),
             prefix: self.config.prefix.clone(),
             ttl_secs: self.config.ttl_secs,
@@ -262,7 +260,7 @@ mod tests {
 
     #[test]
     fn group_names_come_from_resource_ids() {
-        assert_eq!(group_name("redis-0a1b2c3d4e").unwrap(), "redis_0a1b2c3d4e");
+        assert_eq!(group_name("redis-0a1b2c3d4e").unwrap(), "redis0a1b2c3d4e");
         assert!(group_name("Redis-X").is_none());
         assert!(group_name("").is_none());
     }
@@ -279,12 +277,5 @@ mod tests {
         }
         let unknown = Options::from([("size".to_string(), "1".to_string())]);
         assert!(members_option(&unknown, 2).is_err());
-    }
-
-    #[test]
-    fn secrets_carry_192_bits() {
-        let s = secret();
-        assert_eq!(s.len(), 48);
-        assert_ne!(s, secret());
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, Harness, ADMIN_PASSWORD, PASSWORD};
+use common::{admin_password, connect, password, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_bootstraps_replicates_and_locks_the_app_out_of_admin_commands() {
@@ -60,12 +60,12 @@ async fn a_group_bootstraps_replicates_and_locks_the_app_out_of_admin_commands()
         .iter()
         .find(|m| m.name != state.primary)
         .unwrap();
-    let wrong = format!("redis://default:{ADMIN_PASSWORD}@{}/", replica.addr());
+    let wrong = format!("redis://default:{}@{}/", admin_password(), replica.addr());
     assert!(
         connect(&wrong).await.is_none(),
         "the admin password is not the app's"
     );
-    let direct = format!("redis://default:{PASSWORD}@{}/", replica.addr());
+    let direct = format!("redis://default:{}@{}/", password(), replica.addr());
     let mut replica_conn = connect(&direct).await.expect("connect to the replica");
     let v: String = redis::cmd("GET")
         .arg("k")

@@ -114,7 +114,7 @@ async fn each_resource_is_its_own_isolated_group_and_removal_deletes_it() {
         .provision("shop", "redis-cccc", &bad)
         .await
         .is_err());
-    assert!(!dir.path().join("redis_cccc").exists());
+    assert!(!dir.path().join("rediscccc").exists());
 
     provider
         .deprovision("shop", "redis-aaaa", &shop.data)

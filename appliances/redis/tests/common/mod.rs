@@ -16,8 +16,17 @@ use paas_redis::cluster::{GroupState, MemberStatus, Role};
 use paas_redis::launcher::{self, GroupSpec};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 
-pub const PASSWORD: &str = "app0123456789abcdef0123456789abcdef";
-pub const ADMIN_PASSWORD: &str = "adm0123456789abcdef0123456789abcdef";
+pub const SECRET: &str = "test0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+
+/// The app's password of the test group.
+pub fn password() -> String {
+    paas_redis::secret::app_password(SECRET)
+}
+
+/// The supervisors' password of the test group.
+pub fn admin_password() -> String {
+    paas_redis::secret::admin_password(SECRET)
+}
 
 pub type Store = Records<GroupState, MemberStatus>;
 pub type Snapshot = paas_appliance::records::Snapshot<GroupState, MemberStatus>;
@@ -60,8 +69,7 @@ impl Harness {
             group: "g".into(),
             members: n,
             base_dir: dir.path().to_path_buf(),
-            password: PASSWORD.into(),
-            admin_password: ADMIN_PASSWORD.into(),
+            secret: SECRET.into(),
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: "/paas/".into(),
             ttl_secs: 3,
@@ -136,7 +144,11 @@ impl Harness {
 
     /// `redis://default:PASSWORD@endpoint`.
     pub fn url(&self) -> String {
-        format!("redis://default:{PASSWORD}@{}/", self.endpoint.local_addr())
+        format!(
+            "redis://default:{}@{}/",
+            password(),
+            self.endpoint.local_addr()
+        )
     }
 
     /// The tail of every supervisor and server log, for panic messages.
