@@ -24,7 +24,8 @@
 //! 4. This member leads: keep the server a writable primary; if it crashed while a
 //!    replica is alive, hand leadership over (release the key) instead of restarting it;
 //!    require one replica for writes (`min-replicas-to-write 1`) exactly while another
-//!    member is registered.
+//!    member's server runs ([`required_replicas`]): a member that is down or still
+//!    starting does not hold writes up, one that runs is waited for.
 //! 5. Another member leads: a local writable server is fenced at once; otherwise follow
 //!    the leader as a replica (start, or re-point a running replica).
 //! 6. Nobody leads: a running replica first detaches from the lost primary (so its
@@ -226,6 +227,13 @@ fn bootstrap_or_wait(o: &Observed) -> Decision {
     )
 }
 
+/// The `min-replicas-to-write` a primary runs with: 1 while another member's server
+/// runs, else 0 (a group whose other members are down still takes writes; `WAIT 1`
+/// then tells the writer they have no copy).
+pub fn required_replicas(o: &Observed) -> u32 {
+    u32::from(o.members.values().any(|m| m.name != o.me && m.running))
+}
+
 /// Live replicas other than me, by name.
 fn other_live_replicas(o: &Observed) -> Vec<&MemberStatus> {
     o.members
@@ -244,13 +252,12 @@ fn leading(o: &Observed, state: &GroupState) -> Decision {
     }
     match &o.local {
         Local::Primary { min_replicas } => {
-            let others = o.members.keys().filter(|n| **n != o.me).count();
-            let want = u32::from(others > 0);
+            let want = required_replicas(o);
             if *min_replicas != want {
                 let reason = if want == 1 {
-                    format!("primary of generation {g}; another member is registered: writes require a replica")
+                    format!("primary of generation {g}; another member's server runs: writes require a replica")
                 } else {
-                    format!("primary of generation {g}; no other member is registered: writes no longer wait for a replica")
+                    format!("primary of generation {g}; no other member's server runs: writes no longer wait for a replica")
                 };
                 return Decision::RequireReplicas {
                     count: want,
@@ -507,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_requires_a_replica_exactly_while_another_member_is_registered() {
+    fn a_primary_requires_a_replica_exactly_while_another_members_server_runs() {
         let me = member("r0", Role::Primary, None, 10);
         let other = member("r1", Role::Replica, Some("r0"), 10);
         let o = observed(
@@ -524,7 +531,19 @@ mod tests {
             "r0",
             Leader::Me,
             Local::Primary { min_replicas: 1 },
-            vec![me],
+            vec![me.clone()],
+        );
+        assert!(matches!(
+            decide(&o),
+            Decision::RequireReplicas { count: 0, .. }
+        ));
+        // Registered but its server not running (restarting): writes do not wait for it.
+        let down = member("r1", Role::Stopped, None, 0);
+        let o = observed(
+            "r0",
+            Leader::Me,
+            Local::Primary { min_replicas: 1 },
+            vec![me, down],
         );
         assert!(matches!(
             decide(&o),

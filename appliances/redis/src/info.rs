@@ -60,6 +60,24 @@ pub async fn groups(coord: &Coord) -> Result<serde_json::Value, CoordError> {
     Ok(serde_json::to_value(groups).unwrap_or_default())
 }
 
+/// The tables of every group in `groups` (as [`groups`] returns them).
+pub fn render_all(groups: &serde_json::Value) -> String {
+    let Some(map) = groups.as_object() else {
+        return String::new();
+    };
+    if map.is_empty() {
+        return "redis: no groups (`paas resource add redis -a APP` creates one)\n".into();
+    }
+    map.iter()
+        .filter_map(|(name, info)| {
+            serde_json::from_value::<GroupInfo>(info.clone())
+                .ok()
+                .map(|info| render(name, &info))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The text shown to operators for group `name`.
 pub fn render(name: &str, info: &GroupInfo) -> String {
     let mut out = String::new();

@@ -247,10 +247,13 @@ impl Provider for RedisProvider {
         Ok(())
     }
 
+    /// Every group (`groups`: name -> `info::GroupInfo`) and their tables (`text`).
     async fn status(&self) -> Result<serde_json::Value, ProviderError> {
-        crate::info::groups(&self.coord)
+        let groups = crate::info::groups(&self.coord)
             .await
-            .map_err(|e| ProviderError(e.to_string()))
+            .map_err(|e| ProviderError(e.to_string()))?;
+        let text = crate::info::render_all(&groups);
+        Ok(serde_json::json!({ "groups": groups, "text": text }))
     }
 }
 

@@ -79,9 +79,55 @@ pub enum ServerError {
     /// `INFO replication` said something this driver does not understand.
     #[error("unexpected INFO replication: {0}")]
     Info(String),
+    /// The server's OS user cannot reach the member directory.
+    #[error("the redis OS user cannot reach {dir}: {blocked} is mode {mode:o} (owner uid {owner}); choose a data directory it can reach, or give it search permission (chmod o+x)")]
+    Unreachable {
+        /// The member directory.
+        dir: String,
+        /// The first directory on the path the user may not enter.
+        blocked: String,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner.
+        owner: u32,
+    },
     /// The `redis` OS user does not exist while running as root.
     #[error("running as root but there is no `redis` OS user (apt-get install -y redis-server)")]
     NoOsUser,
+}
+
+/// Checks that the server's OS user (`redis`, when running as root) can reach `dir`:
+/// every existing directory on its path must be searchable by it. A data directory
+/// under a 0700 parent (`mktemp -d`, root's home) would otherwise keep the member down
+/// with only redis-server's own log saying why.
+pub fn check_reachable(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = os_user()? else {
+        return Ok(());
+    };
+    let absolute = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
+    for ancestor in absolute.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            break; // not created yet: created later, owned by the server's user
+        };
+        let mode = meta.mode() & 0o7777;
+        let searchable = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(ServerError::Unreachable {
+                dir: dir.display().to_string(),
+                blocked: ancestor.display().to_string(),
+                mode,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {

@@ -31,7 +31,7 @@ use paas_appliance::supervisor::{Ctx, Engine, MemberConfig, RunError, Server, Sl
 use tokio::sync::OwnedMutexGuard;
 
 use crate::cluster::{keys, GroupState, MemberStatus, Role};
-use crate::decide::{decide, Decision, Leader, Local, Observed};
+use crate::decide::{decide, required_replicas, Decision, Leader, Local, Observed};
 use crate::server::{Fsync, Redis, Runtime, ServerConfig, ServerError, StartAs};
 
 /// The group's records.
@@ -273,6 +273,14 @@ impl RedisEngine {
             ctx.say("no etcd lease: cannot take part until etcd answers");
             return;
         };
+        if let Err(err) = crate::server::check_reachable(&self.config.dir) {
+            // Said in the member's status, so `paas redis info` shows it.
+            let reason = format!("cannot run redis-server: {err}");
+            ctx.say(&reason);
+            self.status.decision = reason;
+            ctx.publish(self.status.clone()).await;
+            return;
+        }
         let snapshot = match ctx.records().read().await {
             Ok(snapshot) => snapshot,
             Err(err) => {
@@ -433,12 +441,6 @@ impl RedisEngine {
         }
     }
 
-    /// The `min-replicas-to-write` a primary should run with: 1 while another member is
-    /// registered (see `decide`, rule 4).
-    fn min_replicas(&self, o: &Observed) -> u32 {
-        u32::from(o.members.keys().any(|name| *name != o.me))
-    }
-
     async fn execute(
         &mut self,
         ctx: &mut Ctx<Self>,
@@ -451,7 +453,7 @@ impl RedisEngine {
         let state = snapshot.state.as_ref().map(|(s, _)| s.clone());
         let revision = snapshot.state_revision();
         let shared = self.shared(ctx);
-        let min_replicas = self.min_replicas(o);
+        let min_replicas = required_replicas(o);
         let me = self.config.name.clone();
         let actions = ctx.actions().clone();
         match decision {

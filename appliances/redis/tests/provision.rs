@@ -101,11 +101,17 @@ async fn each_resource_is_its_own_isolated_group_and_removal_deletes_it() {
     let direct = format!("redis://default:{shop_password}@{blog_member}/");
     assert!(connect(&direct).await.is_none());
 
-    // Status lists both groups.
+    // Status lists both groups, with their tables.
     let status = provider.status().await.unwrap();
     assert!(
-        status.get(&shop_data.group).is_some() && status.get(&blog_data.group).is_some(),
+        status["groups"].get(&shop_data.group).is_some()
+            && status["groups"].get(&blog_data.group).is_some(),
         "{status}"
+    );
+    let text = status["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("redis group {}: generation 1", blog_data.group)),
+        "{text}"
     );
 
     // Unknown options and bad member counts are refused before anything starts.
@@ -124,7 +130,7 @@ async fn each_resource_is_its_own_isolated_group_and_removal_deletes_it() {
     assert!(connect(&shop_url).await.is_none(), "the group is gone");
     let status = provider.status().await.unwrap();
     assert!(
-        status.get(&shop_data.group).is_none(),
+        status["groups"].get(&shop_data.group).is_none(),
         "records deleted: {status}"
     );
     // Removing again succeeds (already gone).

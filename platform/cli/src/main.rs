@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod logs;
 mod pg;
+mod redis;
 mod routes;
 mod runtime;
 mod table;
@@ -117,6 +118,9 @@ enum Command {
     /// Postgres resources of an app.
     #[command(subcommand)]
     Pg(PgCmd),
+    /// Redis resources of an app.
+    #[command(subcommand)]
+    Redis(RedisCmd),
     /// Manage log drains (Elasticsearch, S3, syslog, forward).
     #[command(subcommand)]
     Drain(DrainCmd),
@@ -168,9 +172,28 @@ enum PgCmd {
 }
 
 #[derive(Subcommand)]
+enum RedisCmd {
+    /// Each Redis resource's group: generation, roles, offsets, lag, last decisions.
+    Info {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Open redis-cli on the app's Redis (its REDIS_URL).
+    Cli {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Extra redis-cli arguments (after `--`), e.g. `-- PING`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApplianceCmd {
     /// A PostgreSQL supervisor.
     Postgres(paas_postgres::args::SupervisorArgs),
+    /// A Redis supervisor (one member of a resource's replication group).
+    Redis(paas_redis::args::SupervisorArgs),
 }
 
 #[derive(Subcommand)]
@@ -402,6 +425,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Postgres(args)) => {
             paas_node::postgres::supervise(args).await
         }
+        Command::Appliance(ApplianceCmd::Redis(args)) => paas_node::redis::supervise(args).await,
+        Command::Redis(RedisCmd::Cli { app, args }) => redis::cli(&app, &args).await,
+        Command::Redis(RedisCmd::Info { app }) => redis::info(json, &app).await,
         Command::Pg(PgCmd::Psql { app, args }) => pg::psql(&app, &args).await,
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,

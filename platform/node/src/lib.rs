@@ -11,7 +11,9 @@
 //! - [`appliance`]: any appliance's members as jobs of a system app (`paas-<kind>`),
 //!   with fixed addresses and data dirs, the leader-following endpoint and the
 //!   readiness wait that says what it waits for; what differs is an `ApplianceKind`;
-//! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`.
+//! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`;
+//! - [`redis`]: a Redis replication group per resource (the Redis provider's group
+//!   runner on the common launcher) and `paas appliance redis`.
 //!
 //! Invariants:
 //! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
@@ -22,5 +24,6 @@ pub mod aggregator;
 pub mod appliance;
 pub mod host;
 pub mod postgres;
+pub mod redis;
 pub mod router;
 pub mod up;

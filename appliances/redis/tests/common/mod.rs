@@ -41,9 +41,19 @@ pub struct Harness {
     pub etcd: paas_it::EtcdServer,
 }
 
-/// The supervisor binary built with this crate.
+/// The supervisor binary built with this crate (next to the example for the bench,
+/// which cargo does not tell where the binaries are).
 pub fn supervisor_program() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_paas-redis-supervisor"))
+    match option_env!("CARGO_BIN_EXE_paas-redis-supervisor") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .join("paas-redis-supervisor")
+        }
+    }
 }
 
 /// A temporary directory the `redis` OS user can traverse (tests run as root).
