@@ -88,21 +88,19 @@ impl ApplianceKind for RedisKind {
     async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String> {
         let password = paas_redis::secret::app_password(secret);
         let url = format!("redis://default:{password}@{endpoint}/");
+        // ROLE is an admin command; INFO is the app's too.
         let check = async {
             let client = redis::Client::open(url)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("ROLE")
-                .query_async::<redis::Value>(&mut conn)
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut conn)
                 .await
         };
         match tokio::time::timeout(Duration::from_secs(3), check).await {
             Err(_) => Some("the endpoint did not answer in time".into()),
             Ok(Err(e)) => Some(format!("cannot reach the primary: {e}")),
-            Ok(Ok(redis::Value::Array(role)))
-                if role.first() == Some(&redis::Value::BulkString(b"master".to_vec())) =>
-            {
-                None
-            }
+            Ok(Ok(info)) if info.lines().any(|l| l.trim() == "role:master") => None,
             Ok(Ok(_)) => Some("the endpoint reaches a replica".into()),
         }
     }
