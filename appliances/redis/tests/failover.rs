@@ -22,11 +22,6 @@ enum Fault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_confirmed_write_is_lost_across_forced_failovers() {
-    let mut h = Harness::start(2).await;
-    let written = Arc::new(Mutex::new(Written::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(writer(h.url(), written.clone(), stop.clone()));
-
     let faults = [
         Fault::KillRedis,
         Fault::KillSupervisor,
@@ -35,7 +30,28 @@ async fn no_wait_confirmed_write_is_lost_across_forced_failovers() {
         Fault::KillSupervisor,
         Fault::StopSupervisor,
     ];
-    for fault in faults {
+    run_failovers(Harness::start(2).await, &faults).await;
+}
+
+/// With two replicas, both detach from the lost primary before the one with the highest
+/// offset is promoted; the frozen supervisor's redis-server keeps streaming to them
+/// until they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_promote_the_highest_offset_after_detaching() {
+    let faults = [
+        Fault::StopSupervisor,
+        Fault::KillRedis,
+        Fault::KillSupervisor,
+    ];
+    run_failovers(Harness::start(3).await, &faults).await;
+}
+
+async fn run_failovers(mut h: Harness, faults: &[Fault]) {
+    let written = Arc::new(Mutex::new(Written::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(writer(h.url(), written.clone(), stop.clone()));
+
+    for &fault in faults {
         let state = h.wait_healthy(Duration::from_secs(60), None).await;
         let old = h.index(&state.primary);
         let old_port = h.group.members()[old].port;
