@@ -202,11 +202,25 @@ impl Provider for RedisProvider {
             ttl_secs: self.config.ttl_secs,
         };
         let started = Instant::now();
-        let endpoint = self.runner.launch(&spec).await?;
-        if let Err(err) = Self::wait_ready(endpoint, &password).await {
-            let _ = self.runner.stop(&group).await;
-            return Err(err);
-        }
+        let launched = match self.runner.launch(&spec).await {
+            Ok(endpoint) => Self::wait_ready(endpoint, &password)
+                .await
+                .map(|()| endpoint),
+            Err(err) => Err(err),
+        };
+        let endpoint = match launched {
+            Ok(endpoint) => endpoint,
+            Err(err) => {
+                // Nothing was handed out: stop whatever started and leave no directory
+                // behind.
+                if let Err(stop) = self.runner.stop(&group).await {
+                    tracing::warn!(%group, error = %stop, "stopping a group that failed to start");
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(err);
+            }
+        };
         tracing::info!(%app, %id, %group, members, took = ?started.elapsed(), "redis group provisioned");
         let env = BTreeMap::from([(
             "REDIS_URL".to_string(),
