@@ -184,9 +184,8 @@ impl Aggregator {
             self.journal.stats().last_id
         };
         let store = Arc::clone(&self.store);
-        let errors = tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .expect("store flush panicked");
+        let errors =
+            crate::journal::joined(tokio::task::spawn_blocking(move || store.flush()).await)?;
         if errors.is_empty() {
             reader.commit_relaxed(through).await?;
         } else {

@@ -1,7 +1,9 @@
 //! TCP listeners for the syslog and Fluent Forward inputs (optionally TLS), one task per
 //! connection, feeding [`Aggregator::accept`].
 //!
-//! Per connection: read into one large buffer; decode every complete message in it
+//! Per connection: read into one buffer (small, growing only while it holds a partial
+//! message, its growth charged to a budget shared by all connections:
+//! [`crate::conn_buffer`]); decode every complete message in it
 //! (two phases: `check` finds a frame, then it is parsed); accept the decoded lines as one
 //! batch; send forward replies (PONG, then acks once the batch is durable); read again.
 //!
@@ -13,9 +15,12 @@
 //!
 //! A connection is closed, with a logged reason and a `parse_errors` count, when its
 //! stream cannot be decoded any more: unknown framing or a bad frame length, garbage
-//! MessagePack or a non-forward value, a message over `max_message_bytes`, a failed
-//! handshake, or a stall (a partial message and no byte for `idle_timeout`, or replies
-//! left unread that long). Lines decoded before the bad bytes are accepted first. A
+//! MessagePack or a non-forward value, a message over `max_message_bytes` (syslog:
+//! `max_syslog_bytes`), a failed handshake, or a stall (a partial message and no byte for
+//! `idle_timeout`, a partial message not complete `message_timeout` after it started,
+//! however slowly it trickles, or replies left unread that long). A connection with
+//! nothing pending is closed after `quiet_timeout`; connections beyond
+//! `max_connections` are closed as soon as they are accepted. Lines decoded before the bad bytes are accepted first. A
 //! syslog message that is framed correctly but is not valid RFC 5424 is skipped (counted
 //! and logged), and the connection goes on.
 //! Other connections and stored lines are never affected.
@@ -35,7 +40,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use crate::conn_buffer::{Budget, ConnBuffer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,8 +63,23 @@ pub struct IngestConfig {
     pub forward_addr: Option<SocketAddr>,
     /// TLS for both listeners (`None`: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Largest message (syslog frame, forward MessagePack value) accepted.
+    /// Largest forward message (one MessagePack value) accepted: Fluentd's and Fluent
+    /// Bit's chunks of many entries travel as one message, so this is large; the
+    /// buffer budget, not this, bounds what many such connections can hold together.
     pub max_message_bytes: usize,
+    /// Largest syslog frame accepted: a 64 KiB message (the shipper splits longer lines)
+    /// plus room for its header and structured data.
+    pub max_syslog_bytes: usize,
+    /// Buffer growth all connections together may hold for partial messages; a
+    /// connection that would exceed it waits (ordinary lines never need any).
+    pub buffer_budget: usize,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A partial message must be complete within this long of its first byte, however
+    /// slowly its bytes trickle in.
+    pub message_timeout: Duration,
+    /// A connection with nothing pending and nothing sent for this long is closed.
+    pub quiet_timeout: Duration,
     /// Largest decompressed body of a CompressedPackedForward message: no more than an
     /// uncompressed message may be, so a small gzip bomb buys nothing a plain message
     /// could not.
@@ -67,7 +87,8 @@ pub struct IngestConfig {
     /// Longest forward line message; a longer one is cut (counted in
     /// `logshipper_lines_truncated_total`). Syslog lines are bounded by their frame.
     pub max_line_bytes: usize,
-    /// A connection holding a partial message with no new byte for this long is closed.
+    /// A connection holding a partial message with no new byte for this long is closed
+    /// (also the TLS handshake's limit).
     pub idle_timeout: Duration,
     /// Forward shared key; when set, clients must complete the HELO/PING/PONG handshake.
     pub shared_key: Option<SharedKey>,
@@ -82,6 +103,11 @@ impl Default for IngestConfig {
             forward_addr: None,
             tls: None,
             max_message_bytes: 16 * 1024 * 1024,
+            max_syslog_bytes: 68 * 1024,
+            buffer_budget: 64 * 1024 * 1024,
+            max_connections: 1024,
+            message_timeout: Duration::from_secs(60),
+            quiet_timeout: Duration::from_secs(600),
             max_inflated_bytes: 16 * 1024 * 1024,
             max_line_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
@@ -193,6 +219,8 @@ struct Ctx {
     config: IngestConfig,
     aggregator: Aggregator,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    budget: Arc<Budget>,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Reads a PEM certificate chain and private key into a TLS server configuration.
@@ -230,6 +258,8 @@ impl Ingest {
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config: config.clone(),
             aggregator,
+            budget: Budget::new(config.buffer_budget),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         });
         let mut bound = [None, None];
         for (slot, (addr, input)) in bound.iter_mut().zip([
@@ -319,6 +349,15 @@ async fn listen(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&ctx.connections).try_acquire_owned() else {
+            // Refused at once (the kernel's backlog would only delay the same answer).
+            ctx.aggregator
+                .metrics()
+                .parse_error(input.name(), "too_many_connections");
+            tracing::warn!(input = input.name(), %peer, limit = ctx.config.max_connections, "too many connections; closing the new one");
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         ctx.aggregator
             .metrics()
@@ -332,6 +371,7 @@ async fn listen(
         let done = done.clone();
         tokio::spawn(async move {
             let reason = serve(socket, input, &ctx, &shutdown).await;
+            drop(slot);
             match reason.error_kind() {
                 None => tracing::debug!(input = input.name(), %peer, ?reason, "connection closed"),
                 Some(kind) => {
@@ -425,21 +465,34 @@ enum ReadOutcome {
 
 async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
-    buf: &mut BytesMut,
+    buf: &mut ConnBuffer,
     ctx: &Ctx,
     shutdown: &CancellationToken,
 ) -> ReadOutcome {
-    if buf.capacity() - buf.len() < ctx.config.read_buffer / 2 {
-        buf.reserve(ctx.config.read_buffer);
-    }
-    // Only a connection holding part of a message can stall; an idle one may wait.
-    let read = async {
-        if buf.is_empty() {
-            Ok(stream.read_buf(buf).await)
-        } else {
-            tokio::time::timeout(ctx.config.idle_timeout, stream.read_buf(buf)).await
-        }
+    let config = &ctx.config;
+    // How long this read may wait: a partial message must keep moving (idle timeout)
+    // and finish within its deadline; a connection with nothing pending is closed only
+    // after the long quiet timeout.
+    let limit = match buf.partial_for() {
+        None => config.quiet_timeout,
+        Some(waited) => match config.message_timeout.checked_sub(waited) {
+            Some(left) => left.min(config.idle_timeout),
+            None => return ReadOutcome::Stalled,
+        },
     };
+    let deadline = tokio::time::Instant::now() + limit;
+    // Room for the read: a connection that would exceed the buffer budget waits for
+    // others to give some back, within the same deadline.
+    while buf.reserve(config.read_buffer).is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return ReadOutcome::Stalled;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return ReadOutcome::Shutdown,
+            _ = tokio::time::sleep(BUDGET_POLL) => {}
+        }
+    }
+    let read = tokio::time::timeout_at(deadline, stream.read_buf(buf.for_read()));
     tokio::select! {
         _ = shutdown.cancelled() => ReadOutcome::Shutdown,
         r = read => match r {
@@ -450,6 +503,9 @@ async fn read_more<S: AsyncRead + Unpin>(
         },
     }
 }
+
+/// How often a connection waiting for buffer budget looks again.
+const BUDGET_POLL: Duration = Duration::from_millis(20);
 
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
@@ -543,7 +599,7 @@ where
 {
     let metrics = ctx.aggregator.metrics();
     let (lines_counter, bytes_counter) = metrics.input_counters(Input::Syslog.name());
-    let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+    let mut buf = ConnBuffer::new(Arc::clone(&ctx.budget));
     let mut framing = None;
     let mut batch = Batch::default();
     let mut at_eof = false;
@@ -551,7 +607,7 @@ where
         let mut scan = scan_syslog(
             &buf,
             &mut framing,
-            ctx.config.max_message_bytes,
+            ctx.config.max_syslog_bytes,
             now_ns(),
             &mut batch,
         );
@@ -563,7 +619,7 @@ where
                 let last = scan_syslog(
                     &buf,
                     &mut framing,
-                    ctx.config.max_message_bytes,
+                    ctx.config.max_syslog_bytes,
                     now_ns(),
                     &mut batch,
                 );
@@ -684,7 +740,7 @@ where
         }
         None => Handshake::Open,
     };
-    let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+    let mut buf = ConnBuffer::new(Arc::clone(&ctx.budget));
     let mut batch: Vec<LogLine> = Vec::new();
     let mut acks: Vec<String> = Vec::new();
     let mut out: Vec<u8> = Vec::new();

@@ -18,6 +18,7 @@
 
 pub mod aggregator;
 pub mod api;
+pub mod conn_buffer;
 pub mod dedupe;
 pub mod drain;
 pub mod encode;

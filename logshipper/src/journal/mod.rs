@@ -114,6 +114,10 @@ impl Default for JournalConfig {
 /// Errors from the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// The runtime is shutting down and cancelled a blocking file task; nothing was
+    /// committed by it.
+    #[error("journal task cancelled: the runtime is shutting down")]
+    Cancelled,
     /// A file system operation on the journal directory failed.
     #[error("journal I/O on {path}: {source}")]
     Io {
@@ -864,6 +868,16 @@ fn remove_files(paths: Vec<PathBuf>) {
             }
             _ => {}
         }
+    }
+}
+
+/// The outcome of a blocking file task: its value, [`JournalError::Cancelled`] when the
+/// runtime shut down first, and its panic passed on (a bug, not a condition to handle).
+pub(crate) fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, JournalError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_cancelled() => Err(JournalError::Cancelled),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

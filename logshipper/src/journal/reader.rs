@@ -258,11 +258,11 @@ impl JournalReader {
         }
         let dir = self.shared.cursors_dir.clone();
         let name = self.name.clone();
-        tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             cursor::store(&dir, &name, id, sync).map_err(io_err(&cursor::path(&dir, &name)))
         })
-        .await
-        .expect("cursor write task panicked")?;
+        .await;
+        super::joined(written)??;
         self.committed = id;
         let mut doomed = Vec::new();
         {
@@ -273,9 +273,7 @@ impl JournalReader {
             self.shared.delete_acknowledged(&mut st, &mut doomed);
         }
         if !doomed.is_empty() {
-            tokio::task::spawn_blocking(move || super::remove_files(doomed))
-                .await
-                .expect("segment delete task panicked");
+            super::joined(tokio::task::spawn_blocking(move || super::remove_files(doomed)).await)?;
         }
         Ok(())
     }

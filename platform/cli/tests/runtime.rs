@@ -103,6 +103,10 @@ fn scale_restart_reschedule_and_run() {
             .arg(&artifacts)
             .arg("--data-dir")
             .arg(home.join("second"))
+            .env(
+                "PAAS_CLUSTER_SECRET",
+                std::fs::read_to_string(home.join("data/cluster-secret")).unwrap(),
+            )
             .args(["--router-listen", "127.0.0.2:0"])
             .args(["--router-tls-listen", "127.0.0.2:0"])
             .args(["--router-admin-listen", "127.0.0.2:0"])

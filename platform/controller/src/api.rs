@@ -2,9 +2,11 @@
 //! through [`crate::store::Store`]; nothing here talks to etcd directly.
 
 mod attach;
+pub mod drain_policy;
 pub mod logs;
 mod routes;
 mod runtime;
+pub use runtime::MAX_ARTIFACT_BYTES;
 
 use std::collections::BTreeMap;
 
@@ -16,12 +18,12 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
+use paas_model::{keys, validate_env_key, Release, Resource, Scope, Token};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{generate_secret, short_id, Principal};
 use crate::error::ApiError;
-use crate::model::{validate_env_key, Release, Resource, Scope, Token};
 use crate::AppState;
 
 /// The controller's routes, ready to be served.
@@ -46,7 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{app}/routes/{id}", delete(routes::remove_route))
         .route(
             "/artifacts",
-            put(runtime::upload_artifact).layer(DefaultBodyLimit::max(runtime::MAX_ARTIFACT_BYTES)),
+            // The handler streams the body and enforces `max_artifact_bytes` itself.
+            put(runtime::upload_artifact).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/apps/{app}/releases",
@@ -134,14 +137,14 @@ async fn cluster_status(
     let scheduler: Option<String> = s
         .store
         .coord()
-        .observe_leader::<String>("scheduler")
+        .observe_leader::<String>(keys::SCHEDULER_ELECTION)
         .await?
         .current()
         .map(|leader| leader.value);
     let aggregators: Vec<serde_json::Value> = s
         .store
         .coord()
-        .list::<serde_json::Value>("services/logaggregator/")
+        .list::<serde_json::Value>(&keys::aggregators())
         .await?
         .into_iter()
         .map(|(_, v, _)| v)
@@ -218,7 +221,7 @@ async fn list_apps(p: Principal, State(s): State<AppState>) -> Result<impl IntoR
 #[derive(Serialize)]
 struct AppInfo {
     #[serde(flatten)]
-    app: crate::model::App,
+    app: paas_model::App,
     env_keys: Vec<String>,
     resources: Vec<Resource>,
 }

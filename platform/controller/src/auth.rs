@@ -8,11 +8,11 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use paas_model::Scope;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::model::Scope;
 use crate::AppState;
 
 /// A new token's secret (shown once) and the hash under which it is stored.

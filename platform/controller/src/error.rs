@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The request body or a name is invalid (400).
     #[error("{0}")]
     Invalid(String),
+    /// The request body is larger than this route accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// A provider (database cluster...) failed to do its part (502).
     #[error("{0}")]
     Provider(String),
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Provider(_) => (StatusCode::BAD_GATEWAY, "provider_failed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -63,8 +67,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::model::NameError> for ApiError {
-    fn from(e: crate::model::NameError) -> Self {
+impl From<paas_model::NameError> for ApiError {
+    fn from(e: paas_model::NameError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<paas_model::RouteError> for ApiError {
+    fn from(e: paas_model::RouteError) -> Self {
         ApiError::Invalid(e.to_string())
     }
 }

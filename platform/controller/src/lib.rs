@@ -1,8 +1,8 @@
 //! The controller: the platform's HTTP+JSON API over its desired state in etcd.
 //!
 //! Map:
-//! - `model`    apps, releases, tokens, resources and their name rules (pure).
-//! - `store`    every read and revision-checked write of that state in etcd.
+//! - `store`    every read and revision-checked write of the platform's desired state
+//!   (`paas-model`'s types, at `paas_model::keys`) in etcd.
 //! - `auth`     bearer tokens (hashed at rest) and the per-request [`auth::Principal`].
 //! - `provider` the interface resource kinds (postgres...) implement (it lives in
 //!   `paas-appliance`; re-exported here).
@@ -18,7 +18,6 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
-pub mod model;
 pub use paas_appliance::provider;
 pub mod store;
 
@@ -31,9 +30,6 @@ pub use error::ApiError;
 pub use provider::{Provider, ProviderError, Providers, Provisioned};
 pub use store::Store;
 
-/// etcd namespace under which `paas up` keeps its state.
-pub const DEFAULT_PREFIX: &str = "paas";
-
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +39,10 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
     pub artifacts_dir: PathBuf,
+    /// The cluster secret host agents require to start one-off jobs (`paas run`).
+    pub agent_secret: String,
+    /// Largest artifact `PUT /artifacts` accepts (413 beyond).
+    pub max_artifact_bytes: u64,
     /// Client for calls to other platform services (the log aggregator).
     pub http: reqwest::Client,
 }
@@ -74,6 +74,8 @@ impl Controller {
                 store: Store::new(coord),
                 providers: Arc::new(Providers::default()),
                 artifacts_dir: std::env::temp_dir().join("paas-artifacts"),
+                max_artifact_bytes: api::MAX_ARTIFACT_BYTES,
+                agent_secret: String::new(),
                 http: reqwest::Client::new(),
             },
         })
@@ -91,13 +93,25 @@ impl Controller {
         self
     }
 
+    /// Sets the cluster secret presented to host agents.
+    pub fn with_agent_secret(mut self, secret: String) -> Self {
+        self.state.agent_secret = secret;
+        self
+    }
+
+    /// Sets the largest artifact accepted (default [`api::MAX_ARTIFACT_BYTES`]).
+    pub fn with_max_artifact_bytes(mut self, bytes: u64) -> Self {
+        self.state.max_artifact_bytes = bytes;
+        self
+    }
+
     /// Makes sure the admin token with this secret exists (idempotent; used at start-up).
     pub async fn ensure_admin_token(&self, secret: &str) -> Result<(), StartError> {
         let hash = auth::hash_secret(secret);
         if self.state.store.token_by_hash(&hash).await?.is_none() {
-            let token = model::Token {
+            let token = paas_model::Token {
                 id: "admin".to_string(),
-                scope: model::Scope::Admin,
+                scope: paas_model::Scope::Admin,
                 description: "created by paas up".to_string(),
                 created_at: Utc::now(),
             };

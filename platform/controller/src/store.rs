@@ -1,19 +1,5 @@
-//! All reads and writes of the platform's desired state in etcd.
-//!
-//! Keys (under the coordination prefix):
-//!
-//! ```text
-//! apps/<app>                     App
-//! releases/<app>/<version:020>   Release (immutable once written)
-//! formations/<app>               Formation
-//! resources/<app>/<id>           Resource
-//! tokens/<sha256(secret)>        Token
-//! placements/<host>/<job>        Job        (written by the scheduler)
-//! job-status/<job>               JobStatus  (written by hosts, on their lease)
-//! drains/<id>                    DrainSpec  (watched by the log aggregator)
-//! routes/<id>                    Route      (watched by every router)
-//! route-names/<domain><path>     route id   (one route per domain and path)
-//! ```
+//! All reads and writes of the platform's desired state in etcd. Every key comes from
+//! [`paas_model::keys`], whose module doc is the layout table.
 //!
 //! Every write that spans keys is one etcd transaction whose compares are the
 //! mod-revisions read just before; a lost race is retried ([`MAX_ATTEMPTS`]) and then
@@ -23,9 +9,12 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use paas_coord::{Batch, Coord, CoordError};
+use paas_model::{
+    keys, validate_env_key, validate_process_type, validate_route, App, Formation, Host, Job,
+    JobStatus, Release, Resource, Route, Token,
+};
 
 use crate::error::ApiError;
-use crate::model::{App, Formation, Host, Job, JobStatus, Release, Resource, Route, Token};
 
 /// How often a read-modify-write is retried when another writer got in between.
 pub const MAX_ATTEMPTS: usize = 16;
@@ -36,33 +25,15 @@ pub struct Store {
     coord: Coord,
 }
 
-fn app_key(app: &str) -> String {
-    format!("apps/{app}")
-}
-
-fn release_prefix(app: &str) -> String {
-    format!("releases/{app}/")
-}
-
-fn release_key(app: &str, version: u64) -> String {
-    format!("releases/{app}/{version:020}")
-}
-
-fn resource_prefix(app: &str) -> String {
-    format!("resources/{app}/")
-}
-
-fn formation_key(app: &str) -> String {
-    format!("formations/{app}")
-}
-
-fn route_key(id: &str) -> String {
-    format!("routes/{id}")
-}
-
-/// The key that makes a domain and path taken.
-fn route_name_key(domain: &str, path: Option<&str>) -> String {
-    format!("route-names/{domain}{}", path.unwrap_or(""))
+/// Checks the names a release brings into the key layout and the jobs' environment.
+fn check_names(release: &Release) -> Result<(), ApiError> {
+    for key in release.env.keys() {
+        validate_env_key(key)?;
+    }
+    for process_type in release.processes.keys() {
+        validate_process_type(process_type)?;
+    }
+    Ok(())
 }
 
 impl From<CoordError> for ApiError {
@@ -93,7 +64,7 @@ impl Store {
     /// Creates an app with release v1 ("Initial release") in one transaction.
     pub async fn create_app(&self, name: &str) -> Result<App, ApiError> {
         // Checked here, not in the handler, so in-process writers (system apps) are too.
-        crate::model::validate_app_name(name)?;
+        paas_model::validate_app_name(name)?;
         let now = Utc::now();
         let app = App {
             name: name.to_string(),
@@ -111,8 +82,8 @@ impl Store {
         };
         let mut batch = Batch::new();
         batch
-            .create(&app_key(name), &app)?
-            .create(&release_key(name, 1), &release)?;
+            .create(&keys::app(name), &app)?
+            .create(&keys::release(name, 1), &release)?;
         match self.coord.commit(batch).await {
             Ok(_) => Ok(app),
             Err(CoordError::Conflict { .. }) => {
@@ -126,7 +97,7 @@ impl Store {
     pub async fn list_apps(&self) -> Result<Vec<App>, ApiError> {
         let mut apps: Vec<App> = self
             .coord
-            .list::<App>("apps/")
+            .list::<App>(&keys::apps())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -141,40 +112,51 @@ impl Store {
     }
 
     async fn get_app_versioned(&self, name: &str) -> Result<(App, i64), ApiError> {
-        match self.coord.get::<App>(&app_key(name)).await? {
+        match self.coord.get::<App>(&keys::app(name)).await? {
             Some(found) => Ok(found),
             None => Err(ApiError::NotFound(format!("app {name:?} not found"))),
         }
     }
 
-    /// Deletes an app with its releases, formation, resources and app-scoped tokens, in
-    /// one transaction guarded by the revision of every key it deletes.
+    /// Deletes an app with its releases, formation, resources, routes, app-scoped tokens
+    /// and drains, in one transaction guarded by the revision of every key it deletes.
     pub async fn destroy_app(&self, name: &str) -> Result<(), ApiError> {
         let (_, rev) = self.get_app_versioned(name).await?;
         let mut batch = Batch::new();
-        batch.delete(&app_key(name), rev);
-        for prefix in [release_prefix(name), resource_prefix(name)] {
+        batch.delete(&keys::app(name), rev);
+        for prefix in [keys::releases_of(name), keys::resources_of(name)] {
             for (key, _, rev) in self.coord.list::<serde_json::Value>(&prefix).await? {
                 batch.delete(&key, rev);
             }
         }
-        if let Some((_, rev)) = self.coord.get::<Formation>(&formation_key(name)).await? {
-            batch.delete(&formation_key(name), rev);
+        if let Some((_, rev)) = self.coord.get::<Formation>(&keys::formation(name)).await? {
+            batch.delete(&keys::formation(name), rev);
         }
-        for (key, route, rev) in self.coord.list::<Route>("routes/").await? {
+        for (key, route, rev) in self.coord.list::<Route>(&keys::routes()).await? {
             if route.app == name {
                 batch.delete(&key, rev);
-                let name_key = route_name_key(&route.domain, route.path.as_deref());
+                let name_key = keys::route_name(&route.domain, route.path.as_deref());
                 if let Some((_, name_rev)) = self.coord.get::<String>(&name_key).await? {
                     batch.delete(&name_key, name_rev);
                 }
             }
         }
-        let scope = crate::model::Scope::App {
+        let scope = paas_model::Scope::App {
             app: name.to_string(),
         };
-        for (key, token, rev) in self.coord.list::<Token>("tokens/").await? {
+        for (key, token, rev) in self.coord.list::<Token>(&keys::tokens()).await? {
             if token.scope == scope {
+                batch.delete(&key, rev);
+            }
+        }
+        // Its drains go too: a new app of the same name must not ship its logs to the
+        // old owner's sink.
+        for (key, drain, rev) in self
+            .coord
+            .list::<paas_logshipper::drain::DrainSpec>(&keys::drains())
+            .await?
+        {
+            if drain.app.as_deref() == Some(name) {
                 batch.delete(&key, rev);
             }
         }
@@ -191,7 +173,7 @@ impl Store {
     pub async fn release(&self, app: &str, version: u64) -> Result<Release, ApiError> {
         match self
             .coord
-            .get::<Release>(&release_key(app, version))
+            .get::<Release>(&keys::release(app, version))
             .await?
         {
             Some((value, _)) => Ok(value),
@@ -205,7 +187,7 @@ impl Store {
     pub async fn list_releases(&self, app: &str) -> Result<Vec<Release>, ApiError> {
         let mut releases: Vec<Release> = self
             .coord
-            .list::<Release>(&release_prefix(app))
+            .list::<Release>(&keys::releases_of(app))
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -233,7 +215,8 @@ impl Store {
     }
 
     /// Like [`Store::new_release`], but `change` builds the whole next release (its
-    /// version, app and creation time are set here).
+    /// version, app and creation time are set here). Its env and process type names are
+    /// checked here, so in-process writers (system apps) obey the API's rules too.
     pub async fn new_release_with<F>(&self, app: &str, change: F) -> Result<Release, ApiError>
     where
         F: Fn(&Release) -> Result<Release, ApiError>,
@@ -242,14 +225,15 @@ impl Store {
             let (mut a, rev) = self.get_app_versioned(app).await?;
             let current = self.release(app, a.release).await?;
             let mut next = change(&current)?;
+            check_names(&next)?;
             next.app = app.to_string();
             next.version = a.release + 1;
             next.created_at = Utc::now();
             a.release = next.version;
             let mut batch = Batch::new();
             batch
-                .update(&app_key(app), &a, rev)?
-                .create(&release_key(app, next.version), &next)?;
+                .update(&keys::app(app), &a, rev)?
+                .create(&keys::release(app, next.version), &next)?;
             match self.coord.commit(batch).await {
                 Ok(_) => return Ok(next),
                 Err(CoordError::Conflict { .. } | CoordError::NotFound { .. }) => continue,
@@ -265,7 +249,7 @@ impl Store {
     pub async fn formation(&self, app: &str) -> Result<Formation, ApiError> {
         Ok(self
             .coord
-            .get::<Formation>(&formation_key(app))
+            .get::<Formation>(&keys::formation(app))
             .await?
             .map(|(formation, _)| formation)
             .unwrap_or_else(|| Formation {
@@ -279,25 +263,20 @@ impl Store {
         let (_, rev) = self.get_app_versioned(&formation.app).await?;
         let mut batch = Batch::new();
         batch
-            .require(&app_key(&formation.app), rev)
-            .put(&formation_key(&formation.app), formation)?;
+            .require(&keys::app(&formation.app), rev)
+            .put(&keys::formation(&formation.app), formation)?;
         self.coord.commit(batch).await?;
         Ok(())
     }
 
     /// Stores a resource record.
     pub async fn put_resource(&self, r: &Resource) -> Result<(), ApiError> {
-        self.put(&format!("{}{}", resource_prefix(&r.app), r.id), r)
-            .await
+        self.put(&keys::resource(&r.app, &r.id), r).await
     }
 
     /// One resource of an app, or 404.
     pub async fn resource(&self, app: &str, id: &str) -> Result<Resource, ApiError> {
-        match self
-            .coord
-            .get::<Resource>(&format!("{}{id}", resource_prefix(app)))
-            .await?
-        {
+        match self.coord.get::<Resource>(&keys::resource(app, id)).await? {
             Some((value, _)) => Ok(value),
             None => Err(ApiError::NotFound(format!(
                 "resource {id:?} of app {app:?} not found"
@@ -309,7 +288,7 @@ impl Store {
     pub async fn list_resources(&self, app: &str) -> Result<Vec<Resource>, ApiError> {
         let mut list: Vec<Resource> = self
             .coord
-            .list::<Resource>(&resource_prefix(app))
+            .list::<Resource>(&keys::resources_of(app))
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -320,19 +299,19 @@ impl Store {
 
     /// Deletes a resource record (absent is fine).
     pub async fn delete_resource(&self, app: &str, id: &str) -> Result<(), ApiError> {
-        self.remove(&format!("{}{id}", resource_prefix(app))).await
+        self.remove(&keys::resource(app, id)).await
     }
 
     /// Stores a token under the hash of its secret.
     pub async fn put_token(&self, hash: &str, token: &Token) -> Result<(), ApiError> {
-        self.put(&format!("tokens/{hash}"), token).await
+        self.put(&keys::token(hash), token).await
     }
 
     /// The token whose secret hashes to `hash`, if it exists (not revoked).
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>, ApiError> {
         Ok(self
             .coord
-            .get::<Token>(&format!("tokens/{hash}"))
+            .get::<Token>(&keys::token(hash))
             .await?
             .map(|(token, _)| token))
     }
@@ -341,7 +320,7 @@ impl Store {
     pub async fn list_tokens(&self) -> Result<Vec<Token>, ApiError> {
         Ok(self
             .coord
-            .list::<Token>("tokens/")
+            .list::<Token>(&keys::tokens())
             .await?
             .into_iter()
             .map(|(_, token, _)| token)
@@ -352,7 +331,7 @@ impl Store {
     pub async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
         let found = self
             .coord
-            .list::<Token>("tokens/")
+            .list::<Token>(&keys::tokens())
             .await?
             .into_iter()
             .find(|(_, t, _)| t.id == id);
@@ -369,7 +348,7 @@ impl Store {
     pub async fn placements(&self) -> Result<Vec<Job>, ApiError> {
         Ok(self
             .coord
-            .list::<Job>("placements/")
+            .list::<Job>(&keys::placements())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -378,15 +357,14 @@ impl Store {
 
     /// Removes a job's placement: its host stops it.
     pub async fn delete_placement(&self, job: &Job) -> Result<(), ApiError> {
-        self.remove(&format!("placements/{}/{}", job.host, job.id))
-            .await
+        self.remove(&keys::placement(&job.host, &job.id)).await
     }
 
     /// What hosts report about their jobs.
     pub async fn job_statuses(&self) -> Result<Vec<JobStatus>, ApiError> {
         Ok(self
             .coord
-            .list::<JobStatus>("job-status/")
+            .list::<JobStatus>(&keys::job_statuses())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -423,14 +401,14 @@ impl Store {
         &self,
         spec: &paas_logshipper::drain::DrainSpec,
     ) -> Result<(), ApiError> {
-        self.put(&format!("drains/{}", spec.id), spec).await
+        self.put(&keys::drain(&spec.id), spec).await
     }
 
     /// Every drain.
     pub async fn list_drains(&self) -> Result<Vec<paas_logshipper::drain::DrainSpec>, ApiError> {
         Ok(self
             .coord
-            .list::<paas_logshipper::drain::DrainSpec>("drains/")
+            .list::<paas_logshipper::drain::DrainSpec>(&keys::drains())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -439,14 +417,14 @@ impl Store {
 
     /// Deletes a drain (absent is fine).
     pub async fn delete_drain(&self, id: &str) -> Result<(), ApiError> {
-        self.remove(&format!("drains/{id}")).await
+        self.remove(&keys::drain(id)).await
     }
 
     /// Live host agents (their keys vanish with their leases).
     pub async fn hosts(&self) -> Result<Vec<Host>, ApiError> {
         Ok(self
             .coord
-            .list::<Host>("hosts/")
+            .list::<Host>(&keys::hosts())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -454,11 +432,13 @@ impl Store {
     }
 
     /// Stores a new route and takes its domain and path in one transaction; 409 when
-    /// another route has the same domain and path.
+    /// another route has the same domain and path. The domain and path are checked here,
+    /// as app names are in [`Store::create_app`].
     pub async fn create_route(&self, route: &Route) -> Result<(), ApiError> {
+        validate_route(&route.domain, route.path.as_deref())?;
         let mut batch = Batch::new();
-        batch.create(&route_key(&route.id), route)?.create(
-            &route_name_key(&route.domain, route.path.as_deref()),
+        batch.create(&keys::route(&route.id), route)?.create(
+            &keys::route_name(&route.domain, route.path.as_deref()),
             &route.id,
         )?;
         match self.coord.commit(batch).await {
@@ -476,7 +456,7 @@ impl Store {
     pub async fn list_routes(&self, app: &str) -> Result<Vec<Route>, ApiError> {
         let mut routes: Vec<Route> = self
             .coord
-            .list::<Route>("routes/")
+            .list::<Route>(&keys::routes())
             .await?
             .into_iter()
             .map(|(_, v, _)| v)
@@ -490,15 +470,15 @@ impl Store {
     /// has no route with this id.
     pub async fn delete_route(&self, app: &str, id: &str) -> Result<(), ApiError> {
         let not_found = || ApiError::NotFound(format!("route {id:?} not found"));
-        let Some((route, rev)) = self.coord.get::<Route>(&route_key(id)).await? else {
+        let Some((route, rev)) = self.coord.get::<Route>(&keys::route(id)).await? else {
             return Err(not_found());
         };
         if route.app != app {
             return Err(not_found());
         }
         let mut batch = Batch::new();
-        batch.delete(&route_key(id), rev);
-        let name_key = route_name_key(&route.domain, route.path.as_deref());
+        batch.delete(&keys::route(id), rev);
+        let name_key = keys::route_name(&route.domain, route.path.as_deref());
         if let Some((owner, name_rev)) = self.coord.get::<String>(&name_key).await? {
             if owner == id {
                 batch.delete(&name_key, name_rev);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use paas_controller::{Controller, Provider, ProviderError, Providers, Provisioned};
+use paas_model::keys;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -60,7 +61,8 @@ impl Api {
         let controller = Controller::connect(&[etcd.endpoint()], "test")
             .await
             .expect("connect")
-            .with_providers(providers);
+            .with_providers(providers)
+            .with_max_artifact_bytes(1 << 20);
         let admin = paas_controller::auth::generate_secret().secret;
         controller.ensure_admin_token(&admin).await.unwrap();
         // Idempotent at every start.
@@ -605,6 +607,20 @@ async fn releases_formations_and_jobs() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // One byte over the limit (1 MiB here): 413, streamed bodies included.
+    let resp = api
+        .http
+        .put(format!("{}/artifacts", api.url))
+        .bearer_auth(&api.admin)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(
+            (0..17).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024])),
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
 
     assert_error(
         &api.admin(
@@ -678,14 +694,23 @@ async fn releases_formations_and_jobs() {
     .await
     .unwrap();
     let job = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j1", &job).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j1"), &job)
+        .await
+        .unwrap();
     let other = json!({"id": "j2", "app": "blog", "release": 1, "process_type": "web", "host": "h1", "created_at": "2026-01-01T00:00:00Z"});
-    coord.create("placements/h1/j2", &other).await.unwrap();
+    coord
+        .create(&keys::placement("h1", "j2"), &other)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs.as_array().unwrap().len(), 1);
     assert_eq!(jobs[0]["state"], "starting");
     let status = json!({"id": "j1", "app": "shop", "release": 4, "process_type": "web", "host": "h1", "state": "up", "pid": 42, "port": 5000, "restarts": 2, "message": ""});
-    coord.create("job-status/j1", &status).await.unwrap();
+    coord
+        .create(&keys::job_status("j1"), &status)
+        .await
+        .unwrap();
     let (_, jobs) = api.admin("GET", "/apps/shop/jobs", None).await;
     assert_eq!(jobs[0]["state"], "up");
     assert_eq!(jobs[0]["restarts"], 2);
@@ -701,12 +726,12 @@ async fn releases_formations_and_jobs() {
         StatusCode::NO_CONTENT
     );
     assert!(coord
-        .get::<Value>("placements/h1/j1")
+        .get::<Value>(&keys::placement("h1", "j1"))
         .await
         .unwrap()
         .is_none());
     assert!(coord
-        .get::<Value>("placements/h1/j2")
+        .get::<Value>(&keys::placement("h1", "j2"))
         .await
         .unwrap()
         .is_some());
@@ -794,12 +819,39 @@ async fn drains_are_validated_scoped_and_stored() {
         "not_found",
         &id,
     );
+    // An app's token may not aim a drain inside the platform, nor make the aggregator
+    // read a file or sign S3 requests for it.
+    for (body, says) in [
+        (
+            json!({"app": "blog", "url": "forward://127.0.0.1:24224"}),
+            "internal",
+        ),
+        (
+            json!({"app": "blog", "kind": "elasticsearch", "url": "http://localhost:9200"}),
+            "internal",
+        ),
+        (
+            json!({"app": "blog", "url": "syslog+tls://93.184.216.34:6514", "ca_file": "/dev/zero"}),
+            "ca_file",
+        ),
+        (
+            json!({"app": "blog", "url": "s3://b/p", "region": "eu-west-1"}),
+            "S3",
+        ),
+    ] {
+        assert_error(
+            &api.call(Some(&scoped), "POST", "/drains", Some(body)).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            says,
+        );
+    }
     let (s, _) = api
         .call(
             Some(&scoped),
             "POST",
             "/drains",
-            Some(json!({"app": "blog", "url": "forward://127.0.0.1:24224"})),
+            Some(json!({"app": "blog", "url": "forward://93.184.216.34:24224"})),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
@@ -810,6 +862,15 @@ async fn drains_are_validated_scoped_and_stored() {
     );
     let (_, list) = api.admin("GET", "/drains", None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
+    // Destroying an app removes its drains: a new app of the same name must not ship
+    // its logs to the old owner's sink.
+    assert_eq!(
+        api.admin("DELETE", "/apps/blog", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, list) = api.admin("GET", "/drains", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(list[0]["app"].is_null(), "{list}");
     // Logs need a running aggregator: a clear 503, not a hang.
     assert_error(
         &api.admin("GET", "/apps/shop/log", None).await,
@@ -949,4 +1010,82 @@ async fn routes_are_validated_unique_scoped_and_removed_with_their_app() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "blog's routes went with blog");
+}
+
+/// In-process writers (the daemons' system apps) go through the `Store` without the
+/// API's handlers: the store applies the same name rules itself.
+#[tokio::test]
+async fn the_store_checks_names_for_in_process_writers() {
+    let etcd = paas_it::EtcdServer::start().expect("etcd");
+    let controller = Controller::connect(&[etcd.endpoint()], "test")
+        .await
+        .expect("connect");
+    let store = &controller.state().store;
+    let invalid = |r: Result<(), paas_controller::ApiError>, needle: &str| match r {
+        Err(paas_controller::ApiError::Invalid(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected Invalid mentioning {needle:?}, got {other:?}"),
+    };
+
+    invalid(store.create_app("Bad").await.map(drop), "invalid app name");
+    store.create_app("sys").await.unwrap();
+    let with = |processes: &[(&str, &str)], env: &[(&str, &str)]| {
+        let processes: BTreeMap<String, String> = processes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |current: &paas_model::Release| {
+            let mut next = current.clone();
+            next.processes = processes.clone();
+            next.env = env.clone();
+            Ok(next)
+        }
+    };
+    invalid(
+        store
+            .new_release_with("sys", with(&[("Web", "run")], &[]))
+            .await
+            .map(drop),
+        "invalid process type",
+    );
+    invalid(
+        store
+            .new_release_with("sys", with(&[("web", "run")], &[("A-B", "1")]))
+            .await
+            .map(drop),
+        "invalid environment variable name",
+    );
+    assert_eq!(store.get_app("sys").await.unwrap().release, 1);
+    let next = store
+        .new_release_with("sys", with(&[("pg0", "run")], &[("PAAS_X", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(next.version, 2);
+
+    let route = |domain: &str, path: Option<&str>| paas_model::Route {
+        id: "r1".to_string(),
+        app: "sys".to_string(),
+        domain: domain.to_string(),
+        path: path.map(str::to_string),
+        sticky: false,
+        tls: None,
+        created_at: chrono::Utc::now(),
+    };
+    invalid(
+        store.create_route(&route("Sys.example", None)).await,
+        "invalid domain",
+    );
+    invalid(
+        store.create_route(&route("sys.example", Some("api"))).await,
+        "invalid path",
+    );
+    assert!(store.list_routes("sys").await.unwrap().is_empty());
+    store
+        .create_route(&route("sys.example", Some("/api")))
+        .await
+        .unwrap();
+    assert_eq!(store.list_routes("sys").await.unwrap().len(), 1);
 }

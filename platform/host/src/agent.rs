@@ -20,9 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use paas_controller::model::{Host, Job, JobState, JobStatus, Release};
 use paas_coord::{Batch, CoordError, DocWatch, Lease};
-use paas_scheduler::keys::{self, ServiceEntry};
+use paas_model::{keys, Host, Job, JobState, JobStatus, Release, ServiceEntry};
 use serde::de::IgnoredAny;
 use tokio::sync::watch;
 use tokio::task::JoinSet;

@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use hyper_util::rt::TokioIo;
-use paas_controller::model::{App, Job, Release};
-use paas_scheduler::keys;
+use paas_model::keys;
+use paas_model::{App, Job, Release};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -47,7 +47,29 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// Whether `headers` carry `Authorization: Bearer <secret>`, compared in time that does
+/// not depend on where the first difference is.
+pub fn authorized(headers: &axum::http::HeaderMap, secret: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), secret.as_bytes());
+    !secret.is_empty()
+        && a.len() == b.len()
+        && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 async fn run(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
+    if !authorized(req.headers(), &shared.cfg.api_secret) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "POST /run needs the cluster secret (Authorization: Bearer)",
+        );
+    }
     let upgrade = req
         .headers()
         .get(header::UPGRADE)

@@ -5,14 +5,16 @@
 //!
 //! Invariants: an unpacked tree exists only if its tarball verified (trees are unpacked
 //! into a temporary directory and renamed into place); a sha256 that is not 64 lowercase
-//! hex digits is refused before any path is built from it. All functions here block
-//! (filesystem work): call them from `spawn_blocking`.
+//! hex digits is refused before any path is built from it; unpacking stops (and leaves
+//! nothing) past [`MAX_UNPACKED_BYTES`] of tar stream or [`MAX_ENTRIES`] entries, so a
+//! small gzip bomb cannot fill the disk. All functions here block (filesystem work):
+//! call them from `spawn_blocking`.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use paas_controller::model::Artifact;
+use paas_model::Artifact;
 use sha2::{Digest, Sha256};
 
 /// Why an artifact could not be made ready.
@@ -33,6 +35,14 @@ pub enum ArtifactError {
         /// The digest found.
         actual: String,
     },
+    /// The tarball unpacks to more than the limits allow.
+    #[error("artifact {sha256} unpacks to more than {limit}")]
+    TooLarge {
+        /// The artifact.
+        sha256: String,
+        /// The limit passed, in words.
+        limit: String,
+    },
     /// Reading, unpacking or copying failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -48,6 +58,73 @@ pub enum ArtifactError {
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError {
     let path = path.to_path_buf();
     move |source| ArtifactError::Io { what, path, source }
+}
+
+/// Most bytes of uncompressed tar stream an artifact may unpack to (4x the largest
+/// upload).
+pub const MAX_UNPACKED_BYTES: u64 = 2 << 30;
+
+/// Most entries (files, directories, links) an artifact may hold.
+pub const MAX_ENTRIES: u64 = 200_000;
+
+/// A reader that fails once more than `left` bytes were asked of it, and says so.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    passed: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                self.passed.set(true);
+                Err(std::io::Error::other("unpack size limit passed"))
+            }
+        }
+    }
+}
+
+/// Unpacks the gzip'd tarball `tarball` into `into`, within `max_bytes` of tar stream
+/// and `max_entries` entries; `Ok(Err(limit))` when one was passed (what was unpacked is
+/// left for the caller to remove).
+fn unpack_bounded(
+    tarball: &Path,
+    into: &Path,
+    max_bytes: u64,
+    max_entries: u64,
+) -> Result<Result<(), String>, ArtifactError> {
+    let file = fs::File::open(tarball).map_err(io("opening", tarball))?;
+    let passed = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut archive = tar::Archive::new(Capped {
+        inner: flate2::read::GzDecoder::new(file),
+        left: max_bytes,
+        passed: passed.clone(),
+    });
+    let too_large = || Ok(Err(format!("{max_bytes} bytes")));
+    let mut entries = 0u64;
+    for entry in archive.entries().map_err(io("unpacking", tarball))? {
+        entries += 1;
+        if entries > max_entries {
+            return Ok(Err(format!("{max_entries} entries")));
+        }
+        let unpacked = entry.and_then(|mut entry| entry.unpack_in(into));
+        if let Err(e) = unpacked {
+            if passed.get() {
+                return too_large();
+            }
+            return Err(io("unpacking", tarball)(e));
+        }
+    }
+    if passed.get() {
+        return too_large();
+    }
+    Ok(Ok(()))
 }
 
 /// Where tarballs come from and where they are unpacked.
@@ -83,10 +160,13 @@ impl Artifacts {
             .prefix(".unpack-")
             .tempdir_in(&self.unpacked)
             .map_err(io("creating", &self.unpacked))?;
-        let file = fs::File::open(&tarball).map_err(io("opening", &tarball))?;
-        tar::Archive::new(flate2::read::GzDecoder::new(file))
-            .unpack(tmp.path())
-            .map_err(io("unpacking", &tarball))?;
+        if let Err(limit) = unpack_bounded(&tarball, tmp.path(), MAX_UNPACKED_BYTES, MAX_ENTRIES)? {
+            // The temporary directory and what was unpacked go with `tmp`.
+            return Err(ArtifactError::TooLarge {
+                sha256: id.clone(),
+                limit,
+            });
+        }
         let tmp = tmp.keep();
         if let Err(e) = fs::rename(&tmp, &tree) {
             // Another job of the same release won the race: use its tree.
@@ -187,6 +267,34 @@ mod tests {
             sha256,
             size: bytes.len() as u64,
         }
+    }
+
+    #[test]
+    fn unpacking_stops_at_the_size_and_entry_limits() {
+        let src = tempfile::tempdir().unwrap();
+        let big = "0".repeat(1 << 20);
+        let bomb = tarball(src.path(), &[("zeros", big.as_str(), 0o644)]);
+        assert!(bomb.size < 64 * 1024, "1 MiB of zeros compresses well");
+        let tarball_path = |a: &Artifact| src.path().join(format!("{}.tar.gz", a.sha256));
+        let into = tempfile::tempdir().unwrap();
+        let verdict = unpack_bounded(&tarball_path(&bomb), into.path(), 256 * 1024, 100).unwrap();
+        assert!(verdict.unwrap_err().contains("262144 bytes"));
+        let into = tempfile::tempdir().unwrap();
+        unpack_bounded(&tarball_path(&bomb), into.path(), 2 << 20, 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fs::metadata(into.path().join("zeros")).unwrap().len(),
+            1 << 20
+        );
+
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let files: Vec<(&str, &str, u32)> =
+            names.iter().map(|n| (n.as_str(), "x", 0o644)).collect();
+        let many = tarball(src.path(), &files);
+        let into = tempfile::tempdir().unwrap();
+        let verdict = unpack_bounded(&tarball_path(&many), into.path(), 1 << 20, 10).unwrap();
+        assert!(verdict.unwrap_err().contains("10 entries"));
     }
 
     #[test]

@@ -126,10 +126,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, AttachError> {
     Ok(Some((frame, 5 + len)))
 }
 
-/// Runs `request` on the agent at `addr` (`ip:port`), feeding `stdin` to the job and
-/// copying its output to `stdout`/`stderr`; returns the job's exit code.
+/// Runs `request` on the agent at `addr` (`ip:port`), authenticated with the cluster
+/// `secret`, feeding `stdin` to the job and copying its output to `stdout`/`stderr`;
+/// returns the job's exit code.
 pub async fn run_remote(
     addr: &str,
+    secret: &str,
     request: &RunRequest,
     mut stdin: impl AsyncRead + Unpin + Send + 'static,
     mut stdout: impl AsyncWrite + Unpin,
@@ -139,6 +141,7 @@ pub async fn run_remote(
     let body = serde_json::to_vec(request).map_err(|e| AttachError::BadAnswer(e.to_string()))?;
     let head = format!(
         "POST /run HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n\
+         Authorization: Bearer {secret}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );

@@ -84,6 +84,10 @@ pub struct HostConfig {
     /// How often placements are re-read even without a change seen by the watch (the
     /// resync safety net); a watched change is acted on at once.
     pub poll_interval: Duration,
+    /// The secret the controller presents (`Authorization: Bearer`) to start one-off
+    /// jobs through `/run`; any other caller is refused. Defaults to a random secret
+    /// nobody knows, so an agent never runs open.
+    pub api_secret: String,
     /// How each job's shim is started (default: this executable's `job-shim`
     /// subcommand, [`Shim::current_exe`]; a binary that does not dispatch it must set
     /// another).
@@ -111,6 +115,7 @@ impl HostConfig {
             lease_ttl: Duration::from_secs(5),
             stop_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(300),
+            api_secret: hex::encode(rand::random::<[u8; 32]>()),
             shim: Shim::current_exe(),
         }
     }

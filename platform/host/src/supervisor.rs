@@ -22,8 +22,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use paas_controller::model::{Job, JobState};
 use paas_logshipper::Stream;
+use paas_model::{Job, JobState};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;

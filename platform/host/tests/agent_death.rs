@@ -11,12 +11,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use paas_controller::model::{App, Host, Job, Release};
 use paas_coord::{Batch, Coord};
 use paas_host::shim::{Shim, SUBCOMMAND};
 use paas_host::supervisor::{exit_code, spawn_group, terminate};
 use paas_it::processes;
-use paas_scheduler::keys;
+use paas_model::keys;
+use paas_model::{App, Host, Job, Release};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_paas-host-agent");
 const PREFIX: &str = "paas";

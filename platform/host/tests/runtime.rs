@@ -11,18 +11,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use paas_controller::model::{App, Artifact, Formation, Job, JobState, JobStatus, Release};
 use paas_coord::{Batch, Coord};
 use paas_host::attach::{run_remote, AttachError, RunRequest};
 use paas_host::HostConfig;
 use paas_it::{wait_for, Crashable};
-use paas_scheduler::keys::{self, ServiceEntry};
+use paas_model::keys;
+use paas_model::ServiceEntry;
+use paas_model::{App, Artifact, Formation, Job, JobState, JobStatus, Release};
 use paas_scheduler::SchedulerConfig;
 use sha2::Digest;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "paas";
+/// The cluster secret the test agents require on `/run`.
+const SECRET: &str = "test-cluster-secret";
 const HTTP: &str = "exec /usr/bin/python3 -m http.server $PORT --bind $HOST_IP";
 
 /// etcd plus a coordination client and a scratch dir (artifacts, agents' data dirs).
@@ -106,6 +109,7 @@ impl Cluster {
         cfg.stop_grace = Duration::from_secs(2);
         cfg.poll_interval = Duration::from_millis(100);
         cfg.log_addr = log_addr;
+        cfg.api_secret = SECRET.into();
         cfg.shim = paas_host::shim::Shim::new(
             env!("CARGO_BIN_EXE_paas-host-agent"),
             [paas_host::shim::SUBCOMMAND],
@@ -504,7 +508,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     let api = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let hosts: Vec<(String, paas_controller::model::Host, i64)> =
+            let hosts: Vec<(String, paas_model::Host, i64)> =
                 c.coord.list(&keys::hosts()).await.unwrap();
             if let Some((_, h, _)) = hosts.first() {
                 break h.api_addr.clone();
@@ -523,9 +527,27 @@ async fn run_passes_stdin_output_and_exit_code() {
         env: BTreeMap::new(),
     };
 
+    // Without the cluster secret (any local process, any job) nothing runs.
+    for secret in ["", "wrong", "test-cluster-secreT"] {
+        let refused = run_remote(
+            &api,
+            secret,
+            &req(&["sh", "-c", "touch /tmp/paas-should-not-exist"]),
+            tokio::io::empty(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(AttachError::Refused { status: 401, .. })),
+            "{refused:?}"
+        );
+    }
+
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = run_remote(
         &api,
+        SECRET,
         &req(&["sh", "-c", "exit 7"]),
         tokio::io::empty(),
         &mut out,
@@ -537,6 +559,7 @@ async fn run_passes_stdin_output_and_exit_code() {
 
     let code = run_remote(
         &api,
+        SECRET,
         &req(&[
             "sh",
             "-c",
@@ -558,6 +581,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     // A signal comes back as 128 + signal.
     let code = run_remote(
         &api,
+        SECRET,
         &req(&["sh", "-c", "kill -9 $$"]),
         tokio::io::empty(),
         tokio::io::sink(),
@@ -571,6 +595,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     missing.app = "nope".into();
     let e = run_remote(
         &api,
+        SECRET,
         &missing,
         tokio::io::empty(),
         tokio::io::sink(),
@@ -581,6 +606,7 @@ async fn run_passes_stdin_output_and_exit_code() {
     assert!(matches!(e, AttachError::Refused { status: 404, .. }), "{e}");
     let e = run_remote(
         &api,
+        SECRET,
         &req(&["/no/such/program"]),
         tokio::io::empty(),
         tokio::io::sink(),
@@ -780,8 +806,7 @@ async fn an_agent_that_loses_its_lease_registers_again() {
     // key and the job status are still there only if the agent registered again on a
     // new lease and rewrote them on it.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let hosts: Vec<(String, paas_controller::model::Host, i64)> =
-        c.coord.list(&keys::hosts()).await.unwrap();
+    let hosts: Vec<(String, paas_model::Host, i64)> = c.coord.list(&keys::hosts()).await.unwrap();
     assert_eq!(
         hosts
             .iter()

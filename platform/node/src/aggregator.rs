@@ -14,12 +14,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use paas_controller::api::logs::{AggregatorInstance, AGGREGATOR_SERVICE};
 use paas_coord::{Coord, Registration};
 use paas_logshipper::drain::DrainSpec;
 use paas_logshipper::ingest::IngestConfig;
 use paas_logshipper::journal::JournalConfig;
 use paas_logshipper::service::{Service, ServiceConfig};
+use paas_model::keys::{self, AGGREGATOR_SERVICE};
+use paas_model::AggregatorInstance;
 use tokio_util::sync::CancellationToken;
 
 /// How long until a drain that failed to start, or a failed watch, is tried again.
@@ -212,7 +213,7 @@ async fn sync_drains(
 ) {
     let mut running: BTreeMap<String, DrainSpec> = BTreeMap::new();
     'watch: loop {
-        let mut watch = match coord.watch_prefix::<DrainSpec>("drains/").await {
+        let mut watch = match coord.watch_prefix::<DrainSpec>(&keys::drains()).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch drains in etcd; retrying");

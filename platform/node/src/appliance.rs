@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use paas_appliance::addr;
 use paas_appliance::provider::Provider;
 use paas_appliance::records::Keys;
-use paas_controller::model::Formation;
+use paas_model::Formation;
 use paas_controller::{ApiError, Store};
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 
@@ -213,7 +213,7 @@ fn member_processes(
     ports: &[(u16, u16)],
     ttl_secs: u64,
 ) -> BTreeMap<String, String> {
-    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let members = ports.len();
     ports
         .iter()

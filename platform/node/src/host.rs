@@ -35,6 +35,10 @@ pub struct HostArgs {
     /// Syslog address of the log aggregator.
     #[arg(long)]
     pub log_addr: Option<SocketAddr>,
+    /// The cluster's secret (DATA_DIR/cluster-secret of `paas up`): the controller
+    /// presents it to start one-off jobs on this host; nothing else may.
+    #[arg(long, env = "PAAS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
 }
@@ -64,12 +68,14 @@ pub struct Runtime {
     pub artifacts: PathBuf,
     /// Aggregator syslog address.
     pub log_addr: Option<SocketAddr>,
+    /// The secret the agent's `/run` requires.
+    pub api_secret: String,
 }
 
 /// Runs the host agent and a scheduler candidate until `shutdown`; returns when both
 /// have stopped.
 pub async fn run_runtime(rt: Runtime, shutdown: CancellationToken) -> Result<()> {
-    let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+    let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let mut host_cfg = paas_host::HostConfig::new(
         rt.id.clone(),
         rt.etcd.clone(),
@@ -80,6 +86,7 @@ pub async fn run_runtime(rt: Runtime, shutdown: CancellationToken) -> Result<()>
     host_cfg.job_ip = rt.job_ip;
     host_cfg.api_listen = rt.api_listen;
     host_cfg.log_addr = rt.log_addr;
+    host_cfg.api_secret = rt.api_secret;
     let sched_cfg = paas_scheduler::SchedulerConfig {
         id: rt.id,
         etcd_endpoints: rt.etcd,
@@ -107,7 +114,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
     let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
     let coord = paas_coord::Coord::connect(
         &etcd,
-        paas_controller::DEFAULT_PREFIX,
+        paas_model::keys::DEFAULT_PREFIX,
         Duration::from_secs(10),
     )
     .await
@@ -129,6 +136,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
         api_listen: args.api_listen,
         artifacts: args.artifacts,
         log_addr: args.log_addr,
+        api_secret: args.cluster_secret,
     };
     let task = tokio::spawn(run_runtime(rt, shutdown.clone()));
     crate::up::wait_for_signal().await;

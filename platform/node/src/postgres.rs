@@ -85,7 +85,7 @@ impl ApplianceKind for PostgresKind {
     }
 
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
-        let prefix = format!("{}/", paas_controller::DEFAULT_PREFIX);
+        let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
         Arc::new(
             PostgresProvider::new(ProviderConfig {
                 host: cluster.endpoint.ip().to_string(),

@@ -25,7 +25,7 @@ use std::fs;
 use std::future::IntoFuture;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -201,6 +201,7 @@ pub async fn run(
     fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o711))?;
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
+    private_dirs(&data_dir)?;
 
     let mut etcd_child = None;
     let endpoints: Vec<String> = match &args.etcd {
@@ -235,10 +236,16 @@ async fn serve(
 ) -> Result<()> {
     let listen = args.listen.as_str();
     let mut controller =
-        paas_controller::Controller::connect(endpoints, paas_controller::DEFAULT_PREFIX)
+        paas_controller::Controller::connect(endpoints, paas_model::keys::DEFAULT_PREFIX)
             .await
             .with_context(|| format!("cannot use etcd at {}", endpoints.join(",")))?
             .with_artifacts_dir(data_dir.join("artifacts"));
+    // The secret host agents require from the controller; `paas host --join` is given it
+    // (--cluster-secret), jobs never are.
+    let cluster_secret = persistent_secret(&data_dir.join("cluster-secret"), || {
+        paas_controller::auth::generate_secret().secret
+    })?;
+    controller = controller.with_agent_secret(cluster_secret.clone());
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)
@@ -278,6 +285,7 @@ async fn serve(
             api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             artifacts: data_dir.join("artifacts"),
             log_addr: logs.syslog_addr(),
+            api_secret: cluster_secret.clone(),
         },
         stop.clone(),
     ));
@@ -510,6 +518,34 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File> {
     write!(file, "{}", std::process::id())?;
     file.flush()?;
     Ok(file)
+}
+
+/// The data dir's subdirectories only the platform's own processes may enter (etcd's
+/// data, uploaded code, logs, job directories, the router's keys, the shipper's spool):
+/// made 0700, also when an older version left them readable. Appliance directories stay
+/// traversable for servers that run as their own users.
+const PRIVATE_DIRS: &[&str] = &[
+    "etcd",
+    "artifacts",
+    "logs",
+    "host",
+    "router",
+    "spool",
+    "bin",
+];
+
+fn private_dirs(data_dir: &Path) -> Result<()> {
+    for name in PRIVATE_DIRS {
+        let dir = data_dir.join(name);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Reads the admin token, creating it (0600) on first start.

@@ -44,15 +44,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use paas_coord::{Coord, CoordError};
+use paas_model::keys;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use access::AccessLogConfig;
 pub use proxy::Limits;
-
-/// The etcd key of the cluster's sticky-cookie secret (hex), created by the first router.
-pub const STICKY_KEY: &str = "router/sticky-key";
 
 /// How long shutdown waits for the last access lines to be spooled.
 const ACCESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -149,8 +147,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
 
 /// The cluster's sticky-cookie key: read, or created by whoever comes first.
 async fn sticky_key(coord: &Coord) -> Result<sticky::StickyKey, CoordError> {
+    let key = keys::sticky_key();
     for _ in 0..3 {
-        if let Some((hex_key, _)) = coord.get::<String>(STICKY_KEY).await? {
+        if let Some((hex_key, _)) = coord.get::<String>(&key).await? {
             return Ok(sticky::StickyKey::new(hex_key.as_bytes()));
         }
         let fresh = format!(
@@ -158,15 +157,13 @@ async fn sticky_key(coord: &Coord) -> Result<sticky::StickyKey, CoordError> {
             rand::random::<u128>(),
             rand::random::<u128>()
         );
-        match coord.create(STICKY_KEY, &fresh).await {
+        match coord.create(&key, &fresh).await {
             Ok(_) => return Ok(sticky::StickyKey::new(fresh.as_bytes())),
             Err(CoordError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(CoordError::Conflict {
-        key: STICKY_KEY.to_string(),
-    })
+    Err(CoordError::Conflict { key })
 }
 
 /// Binds the listeners, reads the routing state from etcd (routes, apps, services

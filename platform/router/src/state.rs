@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use paas_controller::model::Route;
 use paas_coord::{Coord, CoordError};
-use paas_scheduler::keys::ServiceEntry;
+use paas_model::{keys, Route, ServiceEntry};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
@@ -177,9 +176,13 @@ pub async fn follow(
     domain: String,
     metrics: Arc<Metrics>,
 ) -> Result<Follower, CoordError> {
-    let routes = coord.watch_prefix::<Route>("routes/").await?;
-    let apps = coord.watch_prefix::<serde_json::Value>("apps/").await?;
-    let services = coord.watch_prefix::<serde_json::Value>("services/").await?;
+    let routes = coord.watch_prefix::<Route>(&keys::routes()).await?;
+    let apps = coord
+        .watch_prefix::<serde_json::Value>(&keys::apps())
+        .await?;
+    let services = coord
+        .watch_prefix::<serde_json::Value>(&keys::services())
+        .await?;
     let (mut routes_rx, mut apps_rx, mut services_rx) =
         (routes.subscribe(), apps.subscribe(), services.subscribe());
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use paas_controller::model::Route;
+use paas_model::Route;
 
 /// One entry of the table: where matching requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use paas_coord::{Coord, Registration};
+use paas_model::keys;
 use paas_router::{Limits, Router, RouterConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,7 +167,7 @@ impl Platform {
     async fn app(&self, name: &str) {
         self.coord
             .create(
-                &format!("apps/{name}"),
+                &keys::app(name),
                 &json!({"name": name, "created_at": "2026-12-01T00:00:00Z", "release": 1}),
             )
             .await
@@ -177,7 +178,7 @@ impl Platform {
         let entry =
             json!({"addr": addr.to_string(), "app": app, "job": job, "process_type": "web"});
         self.coord
-            .register(&format!("{app}-web"), job, &entry, TTL)
+            .register(&keys::service_name(app, "web"), job, &entry, TTL)
             .await
             .unwrap()
     }
@@ -198,10 +199,7 @@ impl Platform {
         if let Some(t) = tls {
             route["tls"] = t;
         }
-        self.coord
-            .create(&format!("routes/{id}"), &route)
-            .await
-            .unwrap();
+        self.coord.create(&keys::route(id), &route).await.unwrap();
     }
 
     async fn router(&self, limits: Limits) -> Router {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::Utc;
-use paas_controller::model::{Formation, Host, Job, JobState, JobStatus, Release};
+use paas_model::{Formation, Host, Job, JobState, JobStatus, Release};
 use paas_scheduler::reconcile::{reconcile, Action, View};
 
 /// `apps` apps with `web` and `worker` at `per_type` jobs each over `hosts` hosts; when

@@ -1,13 +1,12 @@
 //! `paas-scheduler`: keeps the jobs placed on hosts in line with the apps' formations.
 //!
 //! Map:
-//! - [`keys`]      the runtime's key layout (shared with the host agent).
 //! - [`reconcile`] the pure decision: [`reconcile::View`] -> [`reconcile::Action`]s.
 //! - `triggers`    prefix watches that start a tick as soon as something relevant changes.
 //! - this file     the loop: win the `scheduler` election (`paas-coord`), then on every
 //!   change (and at least every interval, as a resync) read the view, decide, apply.
 //!
-//! All etcd access goes through `paas-coord`.
+//! All etcd access goes through `paas-coord`; keys and documents are `paas-model`'s.
 //!
 //! Invariants:
 //! - Only the leader writes placements, and every placement write or delete is one
@@ -24,7 +23,6 @@
 //!   writes; watches only decide *when* to tick.
 //! - `reconcile` does no I/O; everything it decides is logged at INFO with its reason.
 
-pub mod keys;
 pub mod reconcile;
 mod triggers;
 
@@ -32,8 +30,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
-use paas_controller::model::{App, Formation, Host, Job, JobStatus, Release};
 use paas_coord::{Batch, Coord, CoordError, Leadership};
+use paas_model::keys;
+use paas_model::{App, Formation, Host, Job, JobStatus, Release};
 use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::{Action, View};

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use paas_controller::model::{Formation, Host, Job, JobState, JobStatus, Release};
+use paas_model::{Formation, Host, Job, JobState, JobStatus, Release};
 
 /// Everything the scheduler knows at one instant.
 #[derive(Debug, Clone, Default)]

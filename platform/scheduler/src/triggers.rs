@@ -9,7 +9,7 @@ use paas_coord::{Coord, DocWatch};
 use serde::de::IgnoredAny;
 use tokio::sync::watch;
 
-use crate::keys;
+use paas_model::keys;
 
 /// One snapshot receiver per watched prefix, and the watches that feed them.
 pub(crate) struct Triggers {

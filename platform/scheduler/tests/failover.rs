@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use paas_controller::model::{App, Formation, Host, Job, Release};
 use paas_coord::{Batch, Coord, LeaderWatch, Lease};
 use paas_it::{wait_for, Crashable};
-use paas_scheduler::keys::{self, SCHEDULER_ELECTION};
+use paas_model::keys::{self, SCHEDULER_ELECTION};
+use paas_model::{App, Formation, Host, Job, Release};
 use paas_scheduler::{run, SchedulerConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +135,7 @@ async fn standby_takes_over_when_the_leader_dies() {
     // A clean shutdown releases leadership at once.
     b_stop.cancel();
     b.await.unwrap().unwrap();
-    let current: Option<(String, i64)> = coord.get("elections/scheduler/leader").await.unwrap();
+    let current: Option<(String, i64)> = coord.get(&keys::scheduler_leader()).await.unwrap();
     assert_eq!(current, None);
 }
 
@@ -158,7 +158,7 @@ async fn a_leader_whose_key_is_deleted_campaigns_again() {
     let first = leaders.current().expect("a leads").token;
 
     let mut batch = Batch::new();
-    batch.remove("elections/scheduler/leader");
+    batch.remove(&keys::scheduler_leader());
     coord.commit(batch).await.unwrap();
     wait_for("a to lead again", Duration::from_secs(10), || async {
         leaders.current().is_some_and(|l| l.token > first)

@@ -14,11 +14,11 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use paas_model::Host;
 use rand::seq::IndexedRandom;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::Host;
 use crate::AppState;
 
 /// The `Upgrade` token shared with host agents.
@@ -67,7 +67,7 @@ pub async fn run(
         .choose(&mut rand::rng())
         .cloned()
         .ok_or_else(|| ApiError::Unavailable("no host is running".into()))?;
-    let agent_upgrade = start_on_agent(&host, &job).await?;
+    let agent_upgrade = start_on_agent(&host, &s.agent_secret, &job).await?;
     tracing::info!(%app, host = %host.id, "one-off job attached");
 
     tokio::spawn(async move {
@@ -96,6 +96,7 @@ pub async fn run(
 /// Asks `host`'s agent to start `job`; returns the upgraded connection once it has.
 async fn start_on_agent(
     host: &Host,
+    secret: &str,
     job: &serde_json::Value,
 ) -> Result<hyper::upgrade::Upgraded, ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
@@ -117,6 +118,7 @@ async fn start_on_agent(
         .header(header::HOST, &host.api_addr)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, PROTOCOL)
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -8,34 +8,18 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use paas_logshipper::drain::{DrainConfig, DrainSpec};
+use paas_model::{keys, AggregatorInstance, Scope};
 use serde::{Deserialize, Serialize};
 
 use super::Body;
 use crate::auth::{short_id, Principal};
 use crate::error::ApiError;
-use crate::model::Scope;
 use crate::AppState;
-
-/// Discovery service name under which the log aggregator registers.
-pub const AGGREGATOR_SERVICE: &str = "logaggregator";
-
-/// What the aggregator registers in discovery.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AggregatorInstance {
-    /// `ip:port` of its HTTP API (log queries, drain status, metrics).
-    pub api: String,
-    /// `ip:port` of its syslog input, if enabled.
-    #[serde(default)]
-    pub syslog: Option<String>,
-    /// `ip:port` of its Fluent Forward input, if enabled.
-    #[serde(default)]
-    pub forward: Option<String>,
-}
 
 async fn aggregator(s: &AppState) -> Result<AggregatorInstance, ApiError> {
     s.store
         .coord()
-        .list::<AggregatorInstance>(&format!("services/{AGGREGATOR_SERVICE}/"))
+        .list::<AggregatorInstance>(&keys::aggregators())
         .await?
         .into_iter()
         .map(|(_, instance, _)| instance)
@@ -142,6 +126,12 @@ pub async fn add_drain(
         batch_bytes: req.batch_bytes,
     };
     let config = DrainConfig::from_spec(&spec).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if let Scope::App { .. } = &p.0 {
+        if let Err(reason) = super::drain_policy::check_scoped(&spec, &config.sink).await {
+            tracing::warn!(app = ?spec.app, url = %config.sink.display_url(), %reason, "drain refused for an app-scoped token");
+            return Err(ApiError::Forbidden(reason));
+        }
+    }
     s.store.put_drain(&spec).await?;
     tracing::info!(id = %spec.id, app = ?spec.app, url = %config.sink.display_url(), "drain added");
     Ok((StatusCode::CREATED, Json(spec)))

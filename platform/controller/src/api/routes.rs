@@ -10,12 +10,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use paas_model::{validate_route, Route, RouteTls};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Body;
 use crate::auth::{short_id, Principal};
 use crate::error::ApiError;
-use crate::model::{validate_route, Route, RouteTls};
 use crate::AppState;
 
 /// Body of `POST /apps/{app}/routes`.
@@ -89,7 +89,7 @@ pub async fn add_route(
         .as_deref()
         .map(|p| p.trim_end_matches('/').to_string())
         .filter(|p| !p.is_empty());
-    validate_route(&domain, req.path.as_deref()).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    validate_route(&domain, req.path.as_deref())?;
     if let Some(tls) = &req.tls {
         check_pem(tls)?;
     }

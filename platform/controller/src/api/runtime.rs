@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt;
+use paas_model::{validate_process_type, Artifact, Formation, Job, JobStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -19,11 +20,11 @@ use tokio::io::AsyncWriteExt;
 use super::Body;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::{Artifact, Formation, Job, JobStatus};
 use crate::AppState;
 
-/// Largest artifact accepted, in bytes.
-pub const MAX_ARTIFACT_BYTES: usize = 1 << 30;
+/// Largest artifact accepted by default, in bytes: a bigger upload is refused with 413 as
+/// soon as it passes this, and what was written is removed.
+pub const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 /// Where an artifact with this digest lives in the artifacts directory.
 pub fn artifact_path(dir: &Path, sha256: &str) -> PathBuf {
@@ -52,6 +53,12 @@ pub async fn upload_artifact(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::Invalid(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
+            if size > s.max_artifact_bytes {
+                return Err(ApiError::TooLarge(format!(
+                    "artifact larger than {} bytes",
+                    s.max_artifact_bytes
+                )));
+            }
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
@@ -86,21 +93,6 @@ pub struct NewRelease {
     processes: BTreeMap<String, String>,
     #[serde(default)]
     artifact: Option<Artifact>,
-}
-
-/// Checks a process type name: `[a-z][a-z0-9_-]{0,29}`.
-fn validate_process_type(name: &str) -> Result<(), ApiError> {
-    let mut chars = name.chars();
-    let ok = matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 30
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(format!(
-            "invalid process type {name:?}: must match [a-z][a-z0-9_-]{{0,29}}"
-        )))
-    }
 }
 
 /// `POST /apps/{app}/releases`
@@ -258,7 +250,7 @@ fn pending(job: &Job) -> JobStatus {
         release: job.release,
         process_type: job.process_type.clone(),
         host: job.host.clone(),
-        state: crate::model::JobState::Starting,
+        state: paas_model::JobState::Starting,
         pid: None,
         port: None,
         restarts: 0,

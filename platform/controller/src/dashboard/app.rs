@@ -17,13 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
+use paas_model::{validate_route, Formation, JobStatus, Release, Resource, RouteError};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::apps::Whoami;
 use super::client::{seg, Api, Caller, Refusal};
 use super::html::{ago, error_slot, fragment, time};
-use crate::model::{validate_route, Formation, JobStatus, Release, Resource, RouteError};
 
 /// Event sent (as `HX-Trigger`) after a change that made a new release.
 const RELEASE_CHANGED: &str = "release-changed";

@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use chrono::Utc;
 use maud::html;
+use paas_model::{App, Scope};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{Api, Caller, Refusal};
 use super::html::{ago, error_slot, fragment, time};
-use crate::model::{App, Scope};
 
 /// What `/status` says about the caller that pages need.
 #[derive(Deserialize)]

@@ -20,11 +20,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::{TimeZone, Utc};
 use futures::{Stream, StreamExt};
 use maud::{html, Markup};
+use paas_model::Release;
 use serde::Deserialize;
 
 use super::client::{seg, Api, Caller};
 use super::html::fragment;
-use crate::model::Release;
 
 /// Lines of history shown when the view opens.
 const BACKLOG_LINES: u32 = 200;

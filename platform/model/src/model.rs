@@ -1,4 +1,6 @@
-//! The platform's desired state as stored in etcd: apps, releases, tokens, resources.
+//! The platform's state as stored in etcd: apps, releases, formations, tokens,
+//! resources, routes (desired), hosts, placements, job statuses and discovery values
+//! (runtime). Where each lives is [`crate::keys`].
 //!
 //! Invariants:
 //! - An app always has a current release (`App::release >= 1`); release 1 is created with
@@ -193,6 +195,10 @@ pub enum NameError {
     /// Environment variable names must match `[A-Za-z_][A-Za-z0-9_]*`.
     #[error("invalid environment variable name {0:?}: must match [A-Za-z_][A-Za-z0-9_]*")]
     EnvKey(String),
+    /// Process type names must match `[a-z][a-z0-9_-]{0,29}` (they are part of job and
+    /// discovery service names).
+    #[error("invalid process type {0:?}: must match [a-z][a-z0-9_-]{{0,29}}")]
+    ProcessType(String),
 }
 
 /// Checks an app name against `[a-z][a-z0-9-]{0,29}`.
@@ -217,6 +223,19 @@ pub fn validate_env_key(key: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::EnvKey(key.to_string()))
+    }
+}
+
+/// Checks a process type name: `[a-z][a-z0-9_-]{0,29}`.
+pub fn validate_process_type(name: &str) -> Result<(), NameError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 30
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::ProcessType(name.to_string()))
     }
 }
 
@@ -287,6 +306,32 @@ pub fn validate_route(domain: &str, path: Option<&str>) -> Result<(), RouteError
     Ok(())
 }
 
+/// Value of a discovery registration (`services/<app>-<type>/<job>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// `ip:port` the job listens on.
+    pub addr: String,
+    /// The app.
+    pub app: String,
+    /// Job id.
+    pub job: String,
+    /// Process type.
+    pub process_type: String,
+}
+
+/// What the log aggregator registers in discovery (`services/logaggregator/<host>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatorInstance {
+    /// `ip:port` of its HTTP API (log queries, drain status, metrics).
+    pub api: String,
+    /// `ip:port` of its syslog input, if enabled.
+    #[serde(default)]
+    pub syslog: Option<String>,
+    /// `ip:port` of its Fluent Forward input, if enabled.
+    #[serde(default)]
+    pub forward: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +377,28 @@ mod tests {
                 "{domain:?} {path:?}"
             );
         }
+    }
+
+    #[test]
+    fn process_types() {
+        for ok in ["web", "worker_2", "pg-0", "a23456789012345678901234567890"] {
+            assert!(validate_process_type(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "2web",
+            "_web",
+            "we b",
+            "web.1",
+            "a234567890123456789012345678901",
+        ] {
+            assert!(validate_process_type(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_process_type("Web").unwrap_err().to_string(),
+            "invalid process type \"Web\": must match [a-z][a-z0-9_-]{0,29}"
+        );
     }
 
     #[test]
