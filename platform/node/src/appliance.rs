@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use paas_appliance::addr;
 use paas_appliance::provider::Provider;
 use paas_appliance::records::Keys;
-use paas_model::Formation;
 use paas_controller::{ApiError, Store};
+use paas_model::Formation;
 use paas_router::tcp::{EndpointConfig, TcpEndpoint};
 
 /// How long `paas up` waits for a cluster to take durable writes.

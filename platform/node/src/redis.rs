@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use paas_appliance::provider::{Provider, ProviderError};
 use paas_appliance::records::Keys;
-use paas_controller::model::Formation;
+use paas_model::Formation;
 use paas_redis::args::SupervisorArgs;
 use paas_redis::launcher::GroupSpec;
 use paas_redis::provision::{GroupRunner, ProviderConfig, RedisProvider};
@@ -125,7 +125,7 @@ pub fn provider(site: &Site, etcd: &[String], default_members: usize) -> Arc<dyn
         ProviderConfig {
             base_dir: groups_dir(&site.data_dir),
             etcd_endpoints: etcd.to_vec(),
-            prefix: format!("{}/", paas_controller::DEFAULT_PREFIX),
+            prefix: format!("{}/", paas_model::keys::DEFAULT_PREFIX),
             ttl_secs: site.ttl_secs,
             default_members,
         },
