@@ -32,7 +32,8 @@
 //!    offset stops moving); when every live replica is detached, the one with the highest
 //!    offset (lowest name on a tie) takes the key with generation + 1 and promotes itself
 //!    (a sole live replica promotes at once: `REPLICAOF NO ONE` detaches it). The recorded
-//!    primary takes the key back only when no replica is alive to do so.
+//!    primary takes the key back only when no replica is alive to do so, and, if its
+//!    server was killed, only once every member registered.
 
 use std::collections::BTreeMap;
 
@@ -364,6 +365,17 @@ fn leaderless(o: &Observed, state: &GroupState) -> Decision {
             Local::Starting => Decision::Wait(format!(
                 "nobody leads generation {g}; my redis-server is loading its data"
             )),
+            // Killed (crash, fence): with `everysec` my disk may lack a write a replica
+            // confirmed, and a replica that registers late (after an etcd outage, say)
+            // would then be resynchronized from me. Only once every member is seen and
+            // none is a live replica is my data the best there is.
+            Local::Stopped { crashed: true } if o.members.len() < o.expected_members => {
+                Decision::Wait(format!(
+                    "nobody leads generation {g}; my redis-server was killed and only {} of {} members registered: waiting for them, as a replica may hold confirmed writes my disk lacks",
+                    o.members.len(),
+                    o.expected_members
+                ))
+            }
             _ => Decision::Reclaim(format!(
                 "nobody leads and I am the primary of generation {g}: taking the key back"
             )),
@@ -664,6 +676,24 @@ mod tests {
             Leader::Nobody,
             Local::Stopped { crashed: false },
             vec![],
+        );
+        assert!(matches!(decide(&o), Decision::Reclaim(_)));
+        // Killed, and r1 not seen yet: r1 may hold what my disk lacks.
+        let me = member("r0", Role::Stopped, None, 0);
+        let o = observed(
+            "r0",
+            Leader::Nobody,
+            Local::Stopped { crashed: true },
+            vec![me.clone()],
+        );
+        assert!(matches!(decide(&o), Decision::Wait(r) if r.contains("1 of 2")));
+        // r1 registered with its server down: nobody has more than my disk.
+        let down = member("r1", Role::Stopped, None, 0);
+        let o = observed(
+            "r0",
+            Leader::Nobody,
+            Local::Stopped { crashed: true },
+            vec![me, down],
         );
         assert!(matches!(decide(&o), Decision::Reclaim(_)));
         let o = observed("r0", Leader::Nobody, Local::Empty, vec![]);
