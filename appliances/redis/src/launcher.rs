@@ -7,7 +7,6 @@
 //! ports `REDIS_PORT + i` (server) and `REDIS_HEALTH_PORT + i` (health API). Secrets
 //! (the group's secret) go in the environment, never on a command line.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use paas_appliance::addr;
@@ -38,16 +37,6 @@ pub struct GroupSpec {
 }
 
 impl GroupSpec {
-    /// The group's loopback address.
-    pub fn host(&self) -> Ipv4Addr {
-        addr::cluster_ip(&self.base_dir.to_string_lossy())
-    }
-
-    /// Member `i`'s redis-server address.
-    pub fn member_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((self.host(), addr::member_port(addr::REDIS_PORT, i)))
-    }
-
     /// The environment every member's supervisor gets (the secret).
     pub fn env(&self) -> Vec<(String, String)> {
         vec![(SECRET_ENV.to_string(), self.secret.clone())]

@@ -25,6 +25,8 @@
 //!   started with `replicaof`, and a writable server without the key is killed.
 //! - A new primary is the live replica with the highest offset among replicas whose
 //!   offsets are final (detached from the lost primary).
+//! - Never bootstrap over data: a group without a state document starts only when no
+//!   member has data.
 //! - This crate talks to etcd only through `paas-coord` and the appliance core.
 
 pub mod args;
