@@ -20,6 +20,10 @@ pub struct MemberArgs {
     /// etcd key prefix.
     #[arg(long, default_value = "paas/")]
     pub prefix: String,
+    /// The client identity (ca.pem, client.pem, client-key.pem) presented to an
+    /// `https://` etcd that requires client certificates.
+    #[arg(long)]
+    pub etcd_tls_dir: Option<PathBuf>,
     /// Member directory (the server's data lives inside it).
     #[arg(long)]
     pub dir: PathBuf,
@@ -43,6 +47,15 @@ pub struct MemberArgs {
 }
 
 impl MemberArgs {
+    /// Loads the etcd client identity, if one is given, for every connection this
+    /// process makes afterwards.
+    pub fn load_etcd_identity(&self) -> Result<(), paas_coord::tls::TlsError> {
+        match &self.etcd_tls_dir {
+            Some(dir) => paas_coord::tls::set_client_identity(dir),
+            None => Ok(()),
+        }
+    }
+
     /// The lease TTL.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_secs)

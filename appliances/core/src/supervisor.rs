@@ -274,10 +274,33 @@ async fn connect_etcd(config: &MemberConfig) -> Coord {
 /// watchdog; `initial` is the status published before the first tick.
 pub async fn run<E: Engine>(
     config: MemberConfig,
+    engine: E,
+    server: E::Server,
+    pid: Arc<AtomicI32>,
+    initial: E::Status,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with_routes(
+        config,
+        engine,
+        server,
+        pid,
+        initial,
+        axum::Router::new(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], with the engine's own `routes` served beside the health API on its address
+/// (e.g. MariaDB's seed stream, which a joining member copies its data from).
+pub async fn run_with_routes<E: Engine>(
+    config: MemberConfig,
     mut engine: E,
     server: E::Server,
     pid: Arc<AtomicI32>,
     initial: E::Status,
+    routes: axum::Router,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(config.health_addr)
@@ -299,7 +322,7 @@ pub async fn run<E: Engine>(
         let stop = async move {
             let _ = stop_health_rx.wait_for(|stop| *stop).await;
         };
-        if let Err(err) = axum::serve(listener, health::router(health_rx))
+        if let Err(err) = axum::serve(listener, health::router(health_rx).merge(routes))
             .with_graceful_shutdown(stop)
             .await
         {

@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod config;
 mod logs;
+mod mysql;
 mod pg;
 mod redis;
 mod routes;
@@ -121,6 +122,9 @@ enum Command {
     /// Redis resources of an app.
     #[command(subcommand)]
     Redis(RedisCmd),
+    /// MariaDB resources of an app.
+    #[command(subcommand)]
+    Mysql(MysqlCmd),
     /// Manage log drains (Elasticsearch, S3, syslog, forward).
     #[command(subcommand)]
     Drain(DrainCmd),
@@ -194,6 +198,31 @@ enum ApplianceCmd {
     Postgres(paas_postgres::args::SupervisorArgs),
     /// A Redis supervisor (one member of a resource's replication group).
     Redis(paas_redis::args::SupervisorArgs),
+    /// A MariaDB supervisor.
+    Mysql(paas_mysql::args::SupervisorArgs),
+}
+
+#[derive(Subcommand)]
+enum MysqlCmd {
+    /// The MariaDB cluster: generation, primary, sync, GTID positions, lag and each
+    /// member's last decision.
+    Info,
+    /// Restart a cluster whose state in etcd was lost (members with data refuse to
+    /// bootstrap over it) from the member whose GTID position holds the most
+    /// transactions.
+    Recover {
+        /// Restart from this member instead.
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// Open the mariadb client on the app's database (its MYSQL_URL).
+    Shell {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Extra mariadb client arguments (after `--`), e.g. `-- -e 'select 1'`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -428,6 +457,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Redis(args)) => paas_node::redis::supervise(args).await,
         Command::Redis(RedisCmd::Cli { app, args }) => redis::cli(&app, &args).await,
         Command::Redis(RedisCmd::Info { app }) => redis::info(json, &app).await,
+        Command::Appliance(ApplianceCmd::Mysql(args)) => paas_node::mysql::supervise(args).await,
+        Command::Mysql(MysqlCmd::Shell { app, args }) => mysql::shell(&app, &args).await,
+        Command::Mysql(MysqlCmd::Info) => c::provider_status(json, "mysql").await,
+        Command::Mysql(MysqlCmd::Recover { member }) => c::recover(json, "mysql", member).await,
         Command::Pg(PgCmd::Psql { app, args }) => pg::psql(&app, &args).await,
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,

@@ -20,7 +20,7 @@ fn sleeps(marker: &str) -> Vec<u32> {
 
 #[test]
 fn kill_9_of_paas_up_leaves_no_job_process() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path();
     let (mut up, _) = common::start_up(home, &free_addr(), &[]);
     let marker = format!(

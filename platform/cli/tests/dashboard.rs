@@ -281,7 +281,7 @@ fn burst(syslog: &str, app: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
     let started = Instant::now();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::home();
     let home = tmp.path();
     let listen = free_addr();
     let (_up, token, syslog, router) = up(home, &listen, &[]);
@@ -694,7 +694,7 @@ async fn dashboard_runs_an_app_from_sign_in_to_destroy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_scoped_token_sees_only_its_app() {
     let started = Instant::now();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::home();
     let home = tmp.path();
     let listen = free_addr();
     let (_up, _token, _syslog, _router) = up(home, &listen, &[]);
@@ -772,7 +772,7 @@ async fn dashboard_scoped_token_sees_only_its_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_postgres_resource_and_failover_on_the_cluster_page() {
     let started = Instant::now();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::home();
     // The members run as the postgres user: it must traverse to the data dir.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = tmp.path();

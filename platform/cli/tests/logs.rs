@@ -66,7 +66,7 @@ async fn ids_in_s3(store: &object_store::aws::AmazonS3, prefix: &str) -> BTreeSe
 async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
     let mut s3 = paas_it::S3Server::start().expect("moto_server");
     s3.create_bucket("logs").unwrap();
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path().to_path_buf();
     let listen = common::free_addr();
     let syslog_port = paas_it::free_port().unwrap();
@@ -224,7 +224,7 @@ fn wait_for_log(home: &std::path::Path, needle: &str) -> String {
 /// reach the store's files only once a second, the rest come back from the journal.
 #[test]
 fn paas_log_keeps_every_line_through_a_kill_9() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path().to_path_buf();
     let listen = common::free_addr();
     let port = paas_it::free_port().unwrap();
@@ -255,7 +255,7 @@ fn paas_log_keeps_every_line_through_a_kill_9() {
 #[test]
 fn paas_up_stops_while_a_log_follow_is_open() {
     use std::io::BufRead;
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path();
     let port = paas_it::free_port().unwrap();
     let syslog_addr = format!("127.0.0.1:{port}");

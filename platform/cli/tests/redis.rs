@@ -105,7 +105,9 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
         .parse()
         .unwrap();
     // Member N listens on the fixed port 16379 + N of the group's own address.
-    let member = primary_port.checked_sub(16379).expect("primary is a member");
+    let member = primary_port
+        .checked_sub(16379)
+        .expect("primary is a member");
     let system_app = format!("paas-redis-{group}");
     let jobs: serde_json::Value =
         serde_json::from_str(&ok(paas(home, &["--json", "ps", "-a", &system_app]))).unwrap();

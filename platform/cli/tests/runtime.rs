@@ -80,7 +80,7 @@ fn up_count(j: &[serde_json::Value]) -> usize {
 
 #[test]
 fn scale_restart_reschedule_and_run() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path();
     let (_up, etcd, router, router_tls) = start_up(home);
     let artifacts = home.join("data/artifacts");
@@ -103,6 +103,8 @@ fn scale_restart_reschedule_and_run() {
             .arg(&artifacts)
             .arg("--data-dir")
             .arg(home.join("second"))
+            .arg("--etcd-tls-dir")
+            .arg(home.join("data/pki"))
             .env(
                 "PAAS_CLUSTER_SECRET",
                 std::fs::read_to_string(home.join("data/cluster-secret")).unwrap(),

@@ -27,7 +27,7 @@ fn etcd_alive(data_dir: &Path) -> bool {
 
 #[test]
 fn up_serves_the_cli_and_keeps_state_across_restarts() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home();
     let home = home.path();
     let listen = free_addr();
     let (up, stdout) = start_up(home, &listen, &[]);
@@ -37,6 +37,51 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
     let mode = std::fs::metadata(&config).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let data_dir = home.join("data");
+
+    // etcd answers only clients with the cluster's certificate: any other local process
+    // (a job, another user) cannot read or write the platform's state.
+    let etcd = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("etcd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(etcd.starts_with("https://"), "{etcd}");
+    let pki = data_dir.join("pki");
+    let etcdctl = |with_cert: bool| {
+        let mut cmd = std::process::Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd, "--command-timeout", "5s"])
+            .arg("--cacert")
+            .arg(pki.join("ca.pem"));
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(pki.join("client.pem"))
+                .arg("--key")
+                .arg(pki.join("client-key.pem"));
+        }
+        cmd.args(["get", "paas/tokens/", "--prefix", "--keys-only"])
+            .output()
+            .unwrap()
+    };
+    let refused = etcdctl(false);
+    assert!(
+        !refused.status.success(),
+        "etcd answered without a client certificate: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let allowed = etcdctl(true);
+    assert!(
+        allowed.status.success() && String::from_utf8_lossy(&allowed.stdout).contains("tokens/"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    let mode = std::fs::metadata(&pki).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the certificates' directory is the platform's alone"
+    );
 
     ok(paas(home, &["apps", "create", "shop"], None));
     assert!(ok(paas(

@@ -6,7 +6,7 @@ pub mod drain_policy;
 pub mod logs;
 mod routes;
 mod runtime;
-pub use runtime::MAX_ARTIFACT_BYTES;
+pub use runtime::{artifact_path, MAX_ARTIFACT_BYTES};
 
 use std::collections::BTreeMap;
 
@@ -207,6 +207,14 @@ async fn create_app(
     Body(req): Body<CreateApp>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.require_admin("creating an app")?;
+    // `paas-...` apps are the platform's own (appliance members); their jobs keep the
+    // host agent's user, so nobody creates one through the API.
+    if req.name.starts_with("paas-") {
+        return Err(ApiError::Invalid(format!(
+            "app names starting with \"paas-\" are reserved for the platform ({:?})",
+            req.name
+        )));
+    }
     let app = s.store.create_app(&req.name).await?;
     tracing::info!(app = %app.name, "app created");
     Ok((StatusCode::CREATED, Json(app)))

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod gc;
 pub use paas_appliance::provider;
 pub mod store;
 

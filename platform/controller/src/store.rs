@@ -380,6 +380,12 @@ impl Store {
     }
 
     /// Deletes `key` if present, retrying when it changes underneath.
+    /// Deletes one release record (absent is fine): history beyond what is kept
+    /// (`crate::gc`).
+    pub async fn delete_release(&self, app: &str, version: u64) -> Result<(), ApiError> {
+        self.remove(&keys::release(app, version)).await
+    }
+
     async fn remove(&self, key: &str) -> Result<(), ApiError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some((_, rev)) = self.coord.get::<serde_json::Value>(key).await? else {

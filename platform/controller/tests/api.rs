@@ -220,6 +220,13 @@ async fn apps_lifecycle_and_name_rules() {
         "not_found",
         "endpoint",
     );
+    assert_error(
+        &api.admin("POST", "/apps", Some(json!({"name": "paas-postgres2"})))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "reserved",
+    );
 }
 
 #[tokio::test]
@@ -1088,4 +1095,79 @@ async fn the_store_checks_names_for_in_process_writers() {
         .await
         .unwrap();
     assert_eq!(store.list_routes("sys").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn old_releases_and_unreferenced_artifacts_are_collected() {
+    use paas_controller::gc::{collect, GcConfig};
+    let etcd = paas_it::EtcdServer::start().expect("etcd");
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::connect(&[etcd.endpoint()], "gc")
+        .await
+        .unwrap()
+        .with_artifacts_dir(dir.path().to_path_buf());
+    let store = &controller.state().store;
+    store.create_app("shop").await.unwrap();
+    let digest = |i: u8| format!("{:064x}", i);
+    for i in 1..=3u8 {
+        std::fs::write(dir.path().join(format!("{}.tar.gz", digest(i))), [i]).unwrap();
+        store
+            .new_release_with("shop", |current| {
+                let mut next = current.clone();
+                next.artifact = Some(paas_model::Artifact {
+                    sha256: digest(i),
+                    size: 1,
+                });
+                next.description = format!("code {i}");
+                Ok(next)
+            })
+            .await
+            .unwrap();
+    }
+    // Uploaded, never released.
+    std::fs::write(dir.path().join(format!("{}.tar.gz", digest(9))), [9]).unwrap();
+    let before: Vec<u64> = store
+        .list_releases("shop")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    let current = *before.last().unwrap();
+
+    // Within the grace period nothing uploaded is touched.
+    let config = GcConfig {
+        keep_releases: 2,
+        grace: std::time::Duration::from_secs(3600),
+        every: std::time::Duration::from_secs(60),
+    };
+    let plan = collect(controller.state(), &config).await.unwrap();
+    assert!(plan.artifacts.is_empty(), "{plan:?}");
+    let kept: Vec<u64> = store
+        .list_releases("shop")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(kept, vec![current - 1, current], "{before:?} -> {kept:?}");
+
+    let config = GcConfig {
+        grace: std::time::Duration::ZERO,
+        ..config
+    };
+    collect(controller.state(), &config).await.unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            format!("{}.tar.gz", digest(2)),
+            format!("{}.tar.gz", digest(3))
+        ],
+        "the kept releases' code stays, the rest goes"
+    );
 }

@@ -57,12 +57,17 @@ impl Coord {
             timeout,
             reason,
         };
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
+        if endpoint_list.iter().any(|e| e.starts_with("https://")) {
+            if let Some(tls) = crate::tls::options() {
+                options = options.with_tls(tls);
+            }
+        }
         let keeper = KeeperClient::new(endpoint_list.clone(), options.clone());
         let attempt = async {
             let mut client = Client::connect(&endpoint_list, Some(options)).await?;

@@ -111,6 +111,7 @@ mod keys;
 mod lease;
 mod registry;
 mod task;
+pub mod tls;
 mod watch;
 
 pub use coord::Coord;

@@ -72,6 +72,7 @@ pub(crate) async fn run(
         started_at: Utc::now(),
     };
     let mut lease = register(&shared, &host).await?;
+    *shared.lease.write().expect("lease lock") = Some(Arc::clone(&lease));
     let placements_watch: DocWatch<IgnoredAny> = shared
         .coord
         .watch_prefix(&keys::placements_of(&cfg.id))
@@ -96,6 +97,7 @@ pub(crate) async fn run(
                         failed_registrations = 0;
                         lease = new;
                         lease_tx.send_replace(Arc::clone(&lease));
+                        *shared.lease.write().expect("lease lock") = Some(Arc::clone(&lease));
                     }
                     Err(e) => {
                         // One warning per outage; the retries every poll interval go to debug.
@@ -179,6 +181,7 @@ pub(crate) async fn run(
     // Every job task (and its lease receiver) is gone: revoke now so the scheduler moves
     // nothing stale and the host key vanishes at once.
     drop((lease_tx, lease_rx));
+    shared.lease.write().expect("lease lock").take();
     if let Ok(lease) = Arc::try_unwrap(lease) {
         if let Err(e) = lease.revoke().await {
             tracing::warn!(error = %e, "revoking the host lease failed; it will expire");
@@ -224,6 +227,9 @@ pub enum PrepareError {
     /// The working directory could not be made.
     #[error(transparent)]
     Artifact(#[from] crate::artifacts::ArtifactError),
+    /// No unprivileged user is free for the job.
+    #[error("{0}")]
+    User(String),
     /// The preparation task panicked or was cancelled.
     #[error("preparation task: {0}")]
     Task(String),
@@ -249,10 +255,16 @@ async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
         health::plan(&job.process_type, &BTreeMap::new()).unwrap_or(Exposure::Internal)
     });
     let addr = reserve_port(shared.cfg.job_ip).map_err(PrepareError::Port)?;
+    let user = shared
+        .users
+        .for_job(&job.app, &job.id)
+        .map_err(PrepareError::User)?
+        .map(Arc::new);
     let workdir = shared.cfg.data_dir.join("jobs").join(&job.id);
     let artifacts = shared.artifacts.clone();
     let (artifact, dir) = (release.artifact.clone(), workdir.clone());
-    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir))
+    let owner = user.as_ref().map(|u| u.id);
+    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir, owner))
         .await
         .map_err(|e| PrepareError::Task(e.to_string()))??;
     let env = supervisor::job_env(&release.env, job, addr, &workdir);
@@ -267,6 +279,7 @@ async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
             stop_grace: shared.cfg.stop_grace,
             check_interval: CHECK_INTERVAL,
             shim: shared.cfg.shim.clone(),
+            user,
             groups: shared.groups.clone(),
         },
     })

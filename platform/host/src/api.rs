@@ -19,14 +19,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use hyper_util::rt::TokioIo;
+use paas_logshipper::Stream;
 use paas_model::keys;
-use paas_model::{App, Job, Release};
+use paas_model::{App, Job, JobState, JobStatus, Release};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, RunRequest, PROTOCOL};
+use crate::capture::{LineOrigin, LineSplitter, LogSink, MAX_LINE};
 use crate::supervisor::{exit_code, group_command, job_env, signal_group, GroupGuard};
+use crate::users::JobUser;
 use crate::Shared;
 
 /// The API routes.
@@ -94,7 +97,7 @@ async fn run(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    tokio::spawn(session(on_upgrade, child));
+    tokio::spawn(session(on_upgrade, child, shared));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -108,8 +111,12 @@ struct OneOff {
     child: Child,
     workdir: PathBuf,
     id: String,
+    /// Its status as `paas ps` lists it (process type `run`) while it runs.
+    status: JobStatus,
     /// Kills the group and forgets its record when the session ends.
-    _group: Option<GroupGuard>,
+    group: Option<GroupGuard>,
+    /// The job's own user, free again when the session ends.
+    _user: Option<JobUser>,
 }
 
 /// Resolves the release, prepares a working dir, spawns the command.
@@ -151,7 +158,12 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
         release.artifact.clone(),
         workdir.clone(),
     );
-    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir))
+    let user = shared
+        .users
+        .for_job(&request.app, &id)
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let owner = user.as_ref().map(|u| u.id);
+    tokio::task::spawn_blocking(move || artifacts.prepare_workdir(artifact.as_ref(), &dir, owner))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -189,7 +201,10 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
         ));
     }
     let args: Vec<&std::ffi::OsStr> = request.command[1..].iter().map(|a| a.as_ref()).collect();
-    let mut cmd: Command = shared.cfg.shim.command(request.command[0].as_ref(), &args);
+    let mut cmd: Command = shared
+        .cfg
+        .shim
+        .command(request.command[0].as_ref(), &args, owner);
     cmd.stdin(Stdio::piped());
     group_command(&mut cmd, &env, &workdir);
     let child = cmd.spawn();
@@ -198,12 +213,27 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
             tracing::info!(job = %id, app = %request.app, release = version, command = ?request.command, "one-off job started");
             let group = child
                 .id()
-                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid));
+                .map(|pgid| GroupGuard::record(&shared.groups, &id, pgid).with_user(owner));
+            let status = JobStatus {
+                id: id.clone(),
+                app: request.app.clone(),
+                release: version,
+                process_type: job.process_type.clone(),
+                host: shared.cfg.id.clone(),
+                state: JobState::Up,
+                pid: child.id(),
+                port: Some(addr.port()),
+                restarts: 0,
+                started_at: Some(Utc::now()),
+                message: format!("one-off: {}", request.command.join(" ")),
+            };
             Ok(OneOff {
                 child,
                 workdir,
                 id,
-                _group: group,
+                status,
+                group,
+                _user: user,
             })
         }
         Err(e) => {
@@ -242,30 +272,83 @@ pub fn find_program(program: &str, path: &str, workdir: &Path) -> Option<PathBuf
         .find(|p| executable(p))
 }
 
-/// Reads `output` into frames made by `make`.
+/// Reads `output` into frames made by `make` for the attached client, and into lines of
+/// the app's log (`paas log --type run`), as a placed job's output goes.
 fn pump_frames(
     mut output: impl AsyncRead + Unpin + Send + 'static,
     make: fn(Vec<u8>) -> Frame,
     tx: mpsc::Sender<Frame>,
-) {
+    log: (LogSink, LineOrigin, Stream),
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (sink, origin, stream) = log;
+        let mut splitter = LineSplitter::new(MAX_LINE);
         let mut buf = vec![0u8; 32 * 1024];
+        let mut client = true;
         loop {
-            match output.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx.send(make(buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
+            let n = output.read(&mut buf).await.unwrap_or(0);
+            let lines = if n == 0 {
+                splitter.finish().into_iter().collect()
+            } else {
+                splitter.push(&buf[..n])
+            };
+            let at = Utc::now();
+            for line in lines {
+                if let Err(e) = sink.write(&origin, stream, at, line) {
+                    tracing::warn!(job = %origin.job, error = %e, "one-off job: logging a line failed");
                 }
             }
+            if n == 0 {
+                return;
+            }
+            if client && tx.send(make(buf[..n].to_vec())).await.is_err() {
+                // The client went away; the job is being killed, its last lines still
+                // go to the log.
+                client = false;
+            }
         }
-    });
+    })
+}
+
+/// Publishes a one-off job's status on the host lease (absent lease: not registered
+/// right now; the job still runs).
+async fn publish_status(shared: &Shared, status: &JobStatus) {
+    let lease = shared.lease.read().expect("lease lock").clone();
+    let Some(lease) = lease else { return };
+    let mut batch = paas_coord::Batch::new();
+    let committed = match batch.put_leased(&keys::job_status(&status.id), status, &lease) {
+        Ok(_) => shared
+            .coord
+            .commit(batch)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = committed {
+        tracing::warn!(job = %status.id, error = %e, "publishing the one-off job's status failed");
+    }
+}
+
+/// Removes a one-off job's status (absent is fine).
+async fn remove_status(shared: &Shared, id: &str) {
+    let mut batch = paas_coord::Batch::new();
+    batch.remove(&keys::job_status(id));
+    if let Err(e) = shared.coord.commit(batch).await {
+        tracing::warn!(job = %id, error = %e, "removing the one-off job's status failed");
+    }
 }
 
 /// Serves one attached one-off job over the upgraded connection.
-async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff) {
+async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff, shared: Arc<Shared>) {
     let pgid = one.child.id();
+    let origin = LineOrigin {
+        app: one.status.app.clone(),
+        process_type: one.status.process_type.clone(),
+        job: one.id.clone(),
+        host: shared.cfg.id.clone(),
+    };
+    publish_status(&shared, &one.status).await;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -273,17 +356,21 @@ async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff) {
             if let Some(p) = pgid {
                 signal_group(p, libc::SIGKILL);
             }
+            remove_status(&shared, &one.id).await;
             let _ = tokio::fs::remove_dir_all(&one.workdir).await;
             return;
         }
     };
     let (mut from_client, mut to_client) = tokio::io::split(TokioIo::new(upgraded));
     let (tx, mut rx) = mpsc::channel::<Frame>(16);
+    let mut pumps = Vec::new();
     if let Some(out) = one.child.stdout.take() {
-        pump_frames(out, Frame::Stdout, tx.clone());
+        let log = (shared.sink.clone(), origin.clone(), Stream::Stdout);
+        pumps.push(pump_frames(out, Frame::Stdout, tx.clone(), log));
     }
     if let Some(err) = one.child.stderr.take() {
-        pump_frames(err, Frame::Stderr, tx.clone());
+        let log = (shared.sink.clone(), origin.clone(), Stream::Stderr);
+        pumps.push(pump_frames(err, Frame::Stderr, tx.clone(), log));
     }
     drop(tx);
     let stdin_task = one.child.stdin.take().map(|mut stdin| {
@@ -318,15 +405,33 @@ async fn session(on_upgrade: hyper::upgrade::OnUpgrade, mut one: OneOff) {
     if let Some(p) = pgid {
         signal_group(p, libc::SIGKILL);
     }
+    // Everything of the job ends (its group, and every process of its user, which
+    // may hold the output pipes open), its output is in the log, its exit recorded and
+    // its status gone before the client hears the exit code.
+    drop(one.group.take());
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    for pump in pumps {
+        let _ = pump.await;
+    }
+    // The exit code is recorded in the app's log, as Heroku's "Process exited with
+    // status N"; the status leaves `paas ps` with the job.
+    if let Err(e) = shared.sink.write(
+        &origin,
+        Stream::Stderr,
+        Utc::now(),
+        format!("paas: one-off job {} exited with code {code}", one.id),
+    ) {
+        tracing::warn!(job = %one.id, error = %e, "logging the one-off job's exit failed");
+    }
+    remove_status(&shared, &one.id).await;
     if !client_gone {
         wire.clear();
         attach::encode(&Frame::Exit(code), &mut wire);
         let _ = to_client.write_all(&wire).await;
         let _ = to_client.flush().await;
         let _ = to_client.shutdown().await;
-    }
-    if let Some(t) = stdin_task {
-        t.abort();
     }
     tracing::info!(job = %one.id, code, "one-off job ended");
     let _ = tokio::fs::remove_dir_all(&one.workdir).await;

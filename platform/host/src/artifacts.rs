@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use paas_model::Artifact;
@@ -184,15 +185,37 @@ impl Artifacts {
         &self,
         artifact: Option<&Artifact>,
         workdir: &Path,
+        owner: Option<u32>,
     ) -> Result<(), ArtifactError> {
         if workdir.exists() {
             fs::remove_dir_all(workdir).map_err(io("removing", workdir))?;
         }
         match artifact {
-            None => fs::create_dir_all(workdir).map_err(io("creating", workdir)),
-            Some(a) => copy_tree(&self.unpacked(a)?, workdir),
+            None => fs::create_dir_all(workdir).map_err(io("creating", workdir))?,
+            Some(a) => copy_tree(&self.unpacked(a)?, workdir)?,
+        }
+        if let Some(uid) = owner {
+            // The job's alone: its user owns every file, nobody else may enter.
+            chown_tree(workdir, uid)?;
+            fs::set_permissions(workdir, fs::Permissions::from_mode(0o700))
+                .map_err(io("restricting", workdir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives `dir` and everything below it to `uid` (and the group of the same number);
+/// symbolic links themselves, never their targets.
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), ArtifactError> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(io("chown", dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io("reading", dir))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir).map_err(io("listing", dir))? {
+            let entry = entry.map_err(io("listing", dir))?;
+            chown_tree(&entry.path(), uid)?;
         }
     }
+    Ok(())
 }
 
 /// Checks size and SHA-256 of `tarball` against `artifact`.
@@ -308,8 +331,8 @@ mod tests {
         let arts = Artifacts::new(src.path(), data.path());
         let w1 = data.path().join("jobs/1");
         let w2 = data.path().join("jobs/2");
-        arts.prepare_workdir(Some(&a), &w1).unwrap();
-        arts.prepare_workdir(Some(&a), &w2).unwrap();
+        arts.prepare_workdir(Some(&a), &w1, None).unwrap();
+        arts.prepare_workdir(Some(&a), &w2, None).unwrap();
         assert_eq!(
             fs::read_to_string(w1.join("bin/run.sh")).unwrap(),
             "echo hi"
@@ -324,7 +347,7 @@ mod tests {
         assert_eq!(fs::read_to_string(w2.join("README")).unwrap(), "x");
         // A second unpack uses the cached tree even if the tarball is gone.
         fs::remove_file(src.path().join(format!("{}.tar.gz", a.sha256))).unwrap();
-        arts.prepare_workdir(Some(&a), &data.path().join("jobs/3"))
+        arts.prepare_workdir(Some(&a), &data.path().join("jobs/3"), None)
             .unwrap();
     }
 
@@ -357,7 +380,7 @@ mod tests {
         let w = data.path().join("jobs/x");
         fs::create_dir_all(&w).unwrap();
         fs::write(w.join("stale"), "old run").unwrap();
-        arts.prepare_workdir(None, &w).unwrap();
+        arts.prepare_workdir(None, &w, None).unwrap();
         assert_eq!(fs::read_dir(&w).unwrap().count(), 0);
     }
 }

@@ -40,6 +40,7 @@ pub mod health;
 pub mod reaper;
 pub mod shim;
 pub mod supervisor;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ use crate::artifacts::Artifacts;
 use crate::capture::LogSink;
 use crate::reaper::{Groups, Verdict};
 use crate::shim::Shim;
+use crate::users::JobUsers;
 
 /// How long start-up waits for etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +90,10 @@ pub struct HostConfig {
     /// jobs through `/run`; any other caller is refused. Defaults to a random secret
     /// nobody knows, so an agent never runs open.
     pub api_secret: String,
+    /// The uids jobs of user apps run as (`base`, `count`): one per running job, from a
+    /// range no account uses, its own for each data dir (several agents on one machine
+    /// never share a uid). Only switched when the agent runs as root.
+    pub job_uids: (u32, u32),
     /// How each job's shim is started (default: this executable's `job-shim`
     /// subcommand, [`Shim::current_exe`]; a binary that does not dispatch it must set
     /// another).
@@ -103,11 +109,13 @@ impl HostConfig {
         data_dir: impl Into<PathBuf>,
         artifacts_dir: impl Into<PathBuf>,
     ) -> HostConfig {
+        let data_dir_path: PathBuf = data_dir.into();
         HostConfig {
             id: id.into(),
             etcd_endpoints,
             prefix: prefix.into(),
-            data_dir: data_dir.into(),
+            job_uids: users::default_range(&data_dir_path),
+            data_dir: data_dir_path,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             job_ip: IpAddr::from([127, 0, 0, 1]),
             artifacts_dir: artifacts_dir.into(),
@@ -147,6 +155,10 @@ pub(crate) struct Shared {
     pub(crate) artifacts: Artifacts,
     pub(crate) sink: LogSink,
     pub(crate) groups: Groups,
+    pub(crate) users: JobUsers,
+    /// The host lease while registered, for what the API publishes (one-off jobs'
+    /// statuses); cleared before the agent revokes it.
+    pub(crate) lease: std::sync::RwLock<Option<Arc<paas_coord::Lease>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
@@ -156,8 +168,20 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         what: format!("creating {}", cfg.data_dir.display()),
         source,
     })?;
+    let users = JobUsers::new(cfg.job_uids.0, cfg.job_uids.1);
+    if users.switching() {
+        users::prepare_jobs_dir(&cfg.data_dir).map_err(|what| HostError::Io {
+            what,
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        })?;
+    }
     let groups = Groups::new(&cfg.data_dir);
     sweep(&groups).await?;
+    let swept = users.sweep();
+    if !swept.is_empty() {
+        tracing::warn!(users = ?swept, "killed processes an earlier run's jobs left under their users");
+    }
+    clear_leftovers(&cfg.data_dir, &cfg.artifacts_dir).await;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {
         Some(addr) => Some(Arc::new(Shipper::start(ShipperConfig::new(
@@ -186,6 +210,8 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         coord,
         sink,
         groups,
+        users,
+        lease: std::sync::RwLock::new(None),
     });
     let api_stop = CancellationToken::new();
     let mut server = AbortOnDrop(tokio::spawn({
@@ -237,6 +263,40 @@ async fn sweep(groups: &Groups) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// Removes what jobs of an earlier run left (their working directories: no job runs yet)
+/// and the unpacked code they used (a cache, unpacked again on demand), so a host killed
+/// again and again does not fill its disk.
+async fn clear_leftovers(data_dir: &std::path::Path, uploads: &std::path::Path) {
+    for name in ["jobs", "artifacts"] {
+        let dir = data_dir.join(name);
+        // Never the uploaded tarballs themselves, should the two directories coincide.
+        let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if same(&dir, uploads) {
+            continue;
+        }
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            continue;
+        };
+        let mut removed = 0;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let path = entry.path();
+            let gone = match entry.file_type().await {
+                Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                _ => tokio::fs::remove_file(&path).await,
+            };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a leftover failed")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed what an earlier run left");
+        }
+    }
 }
 
 /// Aborts a task when dropped, so an aborted agent takes its API server with it.

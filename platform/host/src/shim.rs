@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The shim is the agent's own executable run with a hidden subcommand ([`SUBCOMMAND`],
-//! see [`Shim`]); its arguments are `AGENT_PID [--] PROGRAM ARGS...`. It blocks every
+//! see [`Shim`]); its arguments are `AGENT_PID [--as UID] [--] PROGRAM ARGS...`: with
+//! `--as`, the job runs as that uid and gid (no supplementary groups), switched in the
+//! job's process after the shim, still root, has entered the working directory. It blocks every
 //! catchable signal and waits for them with `sigtimedwait` (waking at least every
 //! [`POLL`] as a backstop); on every wake it asks [`decide`]:
 //! - the agent is gone (the shim's parent pid is no longer the agent's; the kernel sends
@@ -72,14 +74,20 @@ impl Shim {
         }
     }
 
-    /// The command that runs `program args` under a shim whose agent is this process.
-    pub fn command(&self, program: &OsStr, args: &[&OsStr]) -> tokio::process::Command {
+    /// The command that runs `program args` under a shim whose agent is this process,
+    /// as user `user` (uid = gid) when given.
+    pub fn command(
+        &self,
+        program: &OsStr,
+        args: &[&OsStr],
+        user: Option<u32>,
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(&self.args)
-            .arg(std::process::id().to_string())
-            .arg("--")
-            .arg(program)
-            .args(args);
+        cmd.args(&self.args).arg(std::process::id().to_string());
+        if let Some(uid) = user {
+            cmd.arg("--as").arg(uid.to_string());
+        }
+        cmd.arg("--").arg(program).args(args);
         cmd
     }
 }
@@ -181,6 +189,15 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<i32, ShimError> {
         .and_then(|a| a.to_str()?.parse().ok())
         .ok_or(ShimError::Usage)?;
     let mut program = args.next().ok_or(ShimError::Usage)?;
+    let mut user: Option<u32> = None;
+    if program == "--as" {
+        user = Some(
+            args.next()
+                .and_then(|a| a.to_str()?.parse().ok())
+                .ok_or(ShimError::Usage)?,
+        );
+        program = args.next().ok_or(ShimError::Usage)?;
+    }
     if program == "--" {
         program = args.next().ok_or(ShimError::Usage)?;
     }
@@ -213,12 +230,21 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<i32, ShimError> {
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&rest);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (sigemptyset, sigprocmask, prctl, getppid).
+    // async-signal-safe calls (sigemptyset, sigprocmask, setgroups, setgid, setuid,
+    // prctl, getppid). The user switch comes first: it clears the parent-death signal.
     unsafe {
         cmd.pre_exec(move || {
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            if let Some(id) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id) != 0
+                    || libc::setuid(id) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -339,7 +365,7 @@ mod tests {
     #[test]
     fn the_command_puts_the_agent_pid_before_the_job() {
         let shim = Shim::new("/bin/paas", ["job-shim"]);
-        let cmd = shim.command(OsStr::new("sh"), &[OsStr::new("-c"), OsStr::new("x")]);
+        let cmd = shim.command(OsStr::new("sh"), &[OsStr::new("-c"), OsStr::new("x")], None);
         let args: Vec<&OsStr> = cmd.as_std().get_args().collect();
         let pid = std::process::id().to_string();
         assert_eq!(

@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,6 +34,7 @@ use crate::capture::{self, LineOrigin, LogSink};
 use crate::health::{self, Check, Exposure};
 use crate::reaper::Groups;
 use crate::shim::Shim;
+use crate::users::JobUser;
 
 /// First restart delay after a quick crash.
 pub const BASE_DELAY: Duration = Duration::from_millis(200);
@@ -129,16 +131,17 @@ pub fn job_env(
 }
 
 /// Spawns `sh -c command` under `shim`, the shim leading a new process group, with
-/// exactly `env`, in `workdir`, stdout and stderr piped. The child is the shim: its pid is
-/// the group's id and its exit mirrors the job's.
+/// exactly `env`, in `workdir`, as `user` when given, stdout and stderr piped. The child
+/// is the shim: its pid is the group's id and its exit mirrors the job's.
 pub fn spawn_group(
     shim: &Shim,
     command: &str,
     env: &BTreeMap<String, String>,
     workdir: &Path,
+    user: Option<u32>,
     stdin: Stdio,
 ) -> std::io::Result<Child> {
-    let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()]);
+    let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()], user);
     cmd.stdin(stdin);
     group_command(&mut cmd, env, workdir);
     cmd.spawn()
@@ -189,6 +192,9 @@ pub fn signal_group(pgid: u32, signal: i32) {
 pub struct GroupGuard {
     pgid: u32,
     groups: Groups,
+    /// The job's own user: every process of it is killed too, also those that left the
+    /// group (`setsid`, double forks).
+    user: Option<u32>,
 }
 
 impl GroupGuard {
@@ -201,13 +207,23 @@ impl GroupGuard {
         GroupGuard {
             pgid,
             groups: groups.clone(),
+            user: None,
         }
+    }
+
+    /// Also kills every process of `uid` (the job's own user) when dropped.
+    pub fn with_user(mut self, uid: Option<u32>) -> GroupGuard {
+        self.user = uid;
+        self
     }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         signal_group(self.pgid, libc::SIGKILL);
+        if let Some(uid) = self.user {
+            crate::users::kill_all(uid);
+        }
         self.groups.forget(self.pgid);
     }
 }
@@ -265,6 +281,9 @@ pub struct JobSpec {
     pub check_interval: Duration,
     /// How the job's shim is started.
     pub shim: Shim,
+    /// The unprivileged user the job runs as (`None`: the agent's); held while the job
+    /// exists.
+    pub user: Option<Arc<JobUser>>,
     /// Where the job's process groups are recorded.
     pub groups: Groups,
 }
@@ -300,6 +319,7 @@ pub async fn supervise(
             &spec.command,
             &spec.env,
             &spec.workdir,
+            spec.user.as_ref().map(|u| u.id),
             Stdio::null(),
         ) {
             Ok(child) => child,
@@ -323,7 +343,10 @@ pub async fn supervise(
             }
         };
         let pid = child.id();
-        let _group = pid.map(|p| GroupGuard::record(&spec.groups, &spec.job.id, p));
+        let _group = pid.map(|p| {
+            GroupGuard::record(&spec.groups, &spec.job.id, p)
+                .with_user(spec.user.as_ref().map(|u| u.id))
+        });
         report.send_replace(Report {
             state: JobState::Starting,
             pid,

@@ -81,6 +81,12 @@ impl Fixture {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
+        // Jobs run as their own users: they must be able to reach their directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
         Fixture { etcd, coord, dir }
     }
@@ -326,9 +332,9 @@ async fn a_killed_shim_takes_its_job_with_it_and_the_agent_restarts_the_job() {
 async fn the_shim_mirrors_exit_codes_and_signals() {
     let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = spawn_group(&shim(), "exit 7", &env, dir.path(), Stdio::null()).unwrap();
+    let mut c = spawn_group(&shim(), "exit 7", &env, dir.path(), None, Stdio::null()).unwrap();
     assert_eq!(exit_code(c.wait().await.unwrap()), 7);
-    let mut c = spawn_group(&shim(), "sleep 30", &env, dir.path(), Stdio::null()).unwrap();
+    let mut c = spawn_group(&shim(), "sleep 30", &env, dir.path(), None, Stdio::null()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = terminate(&mut c, Duration::from_secs(5)).await.unwrap();
     assert_eq!(exit_code(status), 128 + libc::SIGTERM);
@@ -346,6 +352,7 @@ async fn terminate_kills_a_group_that_ignores_sigterm() {
         "trap '' TERM; sleep 60 & echo $! > child.tmp; mv child.tmp child.pid; wait",
         &env,
         dir.path(),
+        None,
         Stdio::null(),
     )
     .unwrap();

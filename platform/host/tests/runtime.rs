@@ -56,6 +56,12 @@ impl Cluster {
         let etcd = paas_it::EtcdServer::start().expect("etcd");
         let coord = connect(&etcd).await;
         let dir = tempfile::tempdir().unwrap();
+        // Jobs run as their own users: they must be able to reach their directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
         Cluster { etcd, coord, dir }
     }
@@ -544,6 +550,73 @@ async fn run_passes_stdin_output_and_exit_code() {
         );
     }
 
+    // A job runs as its own unprivileged user (when the agent is root): it cannot read
+    // the agent's files nor list the other jobs' directories.
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let data = c.dir.path().join("h1");
+        let secret = data.join("secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let script = format!(
+            "id -u; cat {} || echo refused; ls {} || echo unlisted; touch mine && echo own",
+            secret.display(),
+            data.join("jobs").display()
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_remote(
+            &api,
+            SECRET,
+            &req(&["sh", "-c", &script]),
+            tokio::io::empty(),
+            &mut out,
+            &mut err,
+        )
+        .await
+        .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "{out} {}", String::from_utf8_lossy(&err));
+        let uid: u32 = out.lines().next().unwrap().parse().unwrap();
+        assert!(uid >= 2_000_000, "job ran as uid {uid}: {out}");
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains("refused") && out.contains("unlisted"), "{out}");
+        assert!(out.contains("own"), "a job writes its own directory: {out}");
+
+        // A process that leaves the job's group and session (a daemon) still ends with
+        // the job: everything its user owns is killed.
+        let code = run_remote(
+            &api,
+            SECRET,
+            &req(&[
+                "sh",
+                "-c",
+                "setsid sleep 321 </dev/null >/dev/null 2>&1 & echo started",
+            ]),
+            tokio::io::empty(),
+            tokio::io::sink(),
+            tokio::io::sink(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        let escaped = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00321\x00")
+                })
+                .count()
+        };
+        wait_for(
+            "the escaped daemon to be killed",
+            Duration::from_secs(5),
+            || async { escaped() == 0 },
+        )
+        .await;
+    }
+
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = run_remote(
         &api,
@@ -577,6 +650,58 @@ async fn run_passes_stdin_output_and_exit_code() {
         "line one\nline two\nhi tool 1\n"
     );
     assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+
+    // A one-off job is listed while it runs (process type `run`), its output goes to the
+    // app's log like any job's, and its exit code is logged when it ends.
+    let running = tokio::spawn({
+        let (api, r) = (
+            api.clone(),
+            req(&["sh", "-c", "echo from-run; sleep 2; exit 3"]),
+        );
+        async move {
+            run_remote(
+                &api,
+                SECRET,
+                &r,
+                tokio::io::empty(),
+                tokio::io::sink(),
+                tokio::io::sink(),
+            )
+            .await
+        }
+    });
+    let run_status = || async {
+        let statuses: Vec<(String, JobStatus, i64)> =
+            c.coord.list(&keys::job_statuses()).await.unwrap();
+        statuses
+            .into_iter()
+            .map(|(_, s, _)| s)
+            .find(|s| s.process_type == "run" && s.message.contains("from-run"))
+    };
+    wait_for(
+        "the one-off job listed while it runs",
+        Duration::from_secs(10),
+        || async { run_status().await.is_some() },
+    )
+    .await;
+    let listed = run_status().await.unwrap();
+    assert_eq!(listed.state, JobState::Up);
+    assert_eq!(running.await.unwrap().unwrap(), 3);
+    let statuses: Vec<(String, JobStatus, i64)> =
+        c.coord.list(&keys::job_statuses()).await.unwrap();
+    assert!(
+        statuses.iter().all(|(_, s, _)| s.id != listed.id),
+        "an ended one-off job leaves the list"
+    );
+    let log = std::fs::read_to_string(
+        c.dir
+            .path()
+            .join("h1/logs/tool")
+            .join(format!("{}.log", listed.id)),
+    )
+    .unwrap();
+    assert!(log.contains("from-run"), "{log}");
+    assert!(log.contains("exited with code 3"), "{log}");
 
     // A signal comes back as 128 + signal.
     let code = run_remote(

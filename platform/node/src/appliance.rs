@@ -120,7 +120,14 @@ pub async fn launch(
     let host = addr::cluster_ip(&dir.to_string_lossy());
     let ports = member_ports(kind, host, members)?;
     let binary = stable_binary(data_dir)?;
-    let processes = member_processes(kind, &binary, &dir, etcd, cluster, host, &ports, ttl_secs);
+    let pki = data_dir.join("pki");
+    let etcd_tls = etcd
+        .iter()
+        .any(|e| e.starts_with("https://"))
+        .then_some(pki.as_path());
+    let processes = member_processes(
+        kind, &binary, &dir, etcd, cluster, host, &ports, ttl_secs, etcd_tls,
+    );
     let system_app = system_app(name, cluster);
     ensure_system_app(
         store,
@@ -212,6 +219,7 @@ fn member_processes(
     host: Ipv4Addr,
     ports: &[(u16, u16)],
     ttl_secs: u64,
+    etcd_tls: Option<&Path>,
 ) -> BTreeMap<String, String> {
     let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let members = ports.len();
@@ -220,7 +228,7 @@ fn member_processes(
         .enumerate()
         .map(|(i, (port, health))| {
             let name = format!("{}{i}", kind.member_prefix());
-            let command = format!(
+            let mut command = format!(
                 "exec {} appliance {} --cluster {cluster} --name {name} --etcd {} \
                  --prefix {prefix} --dir {} --host {host} --port {port} --health-port {health} \
                  --ttl-secs {ttl_secs} --members {members}",
@@ -229,6 +237,9 @@ fn member_processes(
                 etcd.join(","),
                 dir.join(&name).display(),
             );
+            if let Some(tls) = etcd_tls {
+                command.push_str(&format!(" --etcd-tls-dir {}", tls.display()));
+            }
             (name, command)
         })
         .collect()

@@ -17,6 +17,10 @@ pub struct HostArgs {
     /// etcd client URLs of the cluster, comma-separated.
     #[arg(long)]
     pub join: String,
+    /// A copy of the cluster's DATA_DIR/pki (ca.pem, client.pem, client-key.pem): the
+    /// identity etcd requires of every client.
+    #[arg(long)]
+    pub etcd_tls_dir: Option<PathBuf>,
     /// Host id (default: the machine's hostname).
     #[arg(long)]
     pub id: Option<String>,
@@ -112,6 +116,9 @@ pub async fn run(args: HostArgs) -> Result<()> {
     };
     let id = args.id.unwrap_or_else(hostname);
     let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
+    if let Some(dir) = &args.etcd_tls_dir {
+        paas_coord::tls::set_client_identity(dir)?;
+    }
     let coord = paas_coord::Coord::connect(
         &etcd,
         paas_model::keys::DEFAULT_PREFIX,

@@ -100,6 +100,7 @@ impl ApplianceKind for PostgresKind {
 /// Runs one supervisor until SIGINT/SIGTERM.
 pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     crate::up::init_tracing();
+    args.member.load_etcd_identity()?;
     paas_postgres::supervisor::run(args.into_config(), crate::up::wait_for_signal())
         .await
         .context("postgres supervisor failed")

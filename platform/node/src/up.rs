@@ -17,6 +17,7 @@
 //! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
 //! DATA_DIR/redis/<group>/ one Redis resource's group: members' data (rN/), its secret,
 //!                        group.json (members, endpoint port)
+//! DATA_DIR/mysql/        the MariaDB members' data (myN/) and superuser password (--appliance mysql=N)
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
 
@@ -44,6 +45,10 @@ pub struct UpArgs {
     /// Use this etcd (comma-separated client URLs) instead of starting one.
     #[arg(long)]
     pub etcd: Option<String>,
+    /// With --etcd https://...: the directory holding the client identity to present
+    /// (ca.pem, client.pem, client-key.pem). The embedded etcd always uses DATA_DIR/pki.
+    #[arg(long)]
+    pub etcd_tls_dir: Option<PathBuf>,
     /// Address of the controller API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
@@ -63,12 +68,17 @@ pub struct UpArgs {
     #[arg(long, default_value_t = default_log_threads())]
     pub log_threads: usize,
     /// Appliances started at boot, as KIND=MEMBERS (repeatable; kinds: see
-    /// `APPLIANCE_KINDS`). The default is postgres=3; postgres=0 turns it off.
+    /// `APPLIANCE_KINDS`: postgres, mysql). The default is postgres=3 (postgres=0 turns
+    /// it off) and no mysql (mysql=3 starts a MariaDB cluster).
     #[arg(long = "appliance", value_name = "KIND=MEMBERS", value_parser = parse_appliance)]
     pub appliances: Vec<(String, usize)>,
     /// Members of the Postgres cluster started at boot (same as --appliance postgres=N).
     #[arg(long)]
     pub postgres_members: Option<usize>,
+    /// Releases kept per app (besides the current one): older release records and the
+    /// uploaded code no kept release uses are deleted every 5 minutes.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub keep_releases: u64,
     /// Lease TTL of the appliance members, in seconds (at least 2). A dead primary is
     /// replaced within about this long; a primary whose lease renewals stall for the TTL
     /// minus one second stops itself. Shorter fails over faster but fences a primary on
@@ -85,7 +95,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=5))]
     pub redis_members: u64,
     /// Address of an appliance's leader-following endpoint, as KIND=ADDR (repeatable);
-    /// each kind has its default (postgres: 127.0.0.1:6432).
+    /// each kind has its default (postgres: 127.0.0.1:6432, mysql: 127.0.0.1:6033).
     #[arg(long = "appliance-listen", value_name = "KIND=ADDR", value_parser = parse_listen)]
     pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
     /// The HTTP router's flags.
@@ -95,7 +105,10 @@ pub struct UpArgs {
 
 /// The appliance kinds `paas up` can start, in start order: one registration line each.
 pub fn appliance_kinds() -> Vec<Box<dyn ApplianceKind>> {
-    vec![Box::new(crate::postgres::PostgresKind)]
+    vec![
+        Box::new(crate::postgres::PostgresKind),
+        Box::new(crate::mysql::MysqlKind),
+    ]
 }
 
 fn known_kind(kind: &str) -> std::result::Result<(), String> {
@@ -202,6 +215,9 @@ pub async fn run(
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     private_dirs(&data_dir)?;
+    if let Some(tls) = &args.etcd_tls_dir {
+        paas_coord::tls::set_client_identity(tls)?;
+    }
 
     let mut etcd_child = None;
     let endpoints: Vec<String> = match &args.etcd {
@@ -276,6 +292,13 @@ async fn serve(
     .await?;
 
     let stop = tokio_util::sync::CancellationToken::new();
+    // Jobs run as their own users (when we are root): fail now, naming the directory
+    // that blocks them, rather than start an agent whose jobs cannot reach their dirs.
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        paas_host::users::prepare_jobs_dir(&data_dir.join("host"))
+            .map_err(|e| anyhow::anyhow!("cannot run jobs: {e}"))?;
+    }
     let runtime = tokio::spawn(crate::host::run_runtime(
         crate::host::Runtime {
             id: crate::host::hostname(),
@@ -290,6 +313,13 @@ async fn serve(
         stop.clone(),
     ));
 
+    let gc = tokio::spawn(paas_controller::gc::run(
+        controller.state().clone(),
+        paas_controller::gc::GcConfig {
+            keep_releases: args.keep_releases as usize,
+            ..Default::default()
+        },
+    ));
     let result = async {
         let mut appliances = Vec::new();
         let mut providers = paas_controller::Providers::default();
@@ -395,6 +425,7 @@ async fn serve(
     }
     .await;
 
+    gc.abort();
     router.shutdown().await;
     // Jobs (the Postgres members among them) stop with the host agent.
     stop.cancel();
@@ -521,8 +552,9 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File> {
 }
 
 /// The data dir's subdirectories only the platform's own processes may enter (etcd's
-/// data, uploaded code, logs, job directories, the router's keys, the shipper's spool):
-/// made 0700, also when an older version left them readable. Appliance directories stay
+/// data, uploaded code, logs, the router's keys, the shipper's spool): made 0700, also
+/// when an older version left them readable. `host` is 0711 (jobs, each as its own user,
+/// reach their own 0700 directories inside it) and appliance directories stay
 /// traversable for servers that run as their own users.
 const PRIVATE_DIRS: &[&str] = &[
     "etcd",
@@ -600,7 +632,11 @@ fn etcd_addrs(dir: &Path) -> Result<(std::net::IpAddr, Ports)> {
 /// Starts the embedded etcd and waits until it answers.
 async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
     let (host, ports) = etcd_addrs(dir)?;
-    let client = format!("http://{host}:{}", ports.etcd_client);
+    // Clients must present the cluster's client certificate: only the platform's own
+    // processes (which can read DATA_DIR/pki) reach its state.
+    let pki = crate::pki::ensure(dir, host)?;
+    paas_coord::tls::set_client_identity(&pki)?;
+    let client = format!("https://{host}:{}", ports.etcd_client);
     let peer = format!("http://{host}:{}", ports.etcd_peer);
     for (port, what) in [
         (ports.etcd_client, "etcd client port"),
@@ -636,6 +672,13 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
         .arg(&peer)
         .arg("--initial-cluster")
         .arg(format!("paas={peer}"))
+        .arg("--client-cert-auth")
+        .arg("--trusted-ca-file")
+        .arg(pki.join(paas_coord::tls::CA_FILE))
+        .arg("--cert-file")
+        .arg(pki.join(crate::pki::SERVER_CERT))
+        .arg("--key-file")
+        .arg(pki.join(crate::pki::SERVER_KEY))
         .arg("--auto-compaction-mode=revision")
         .arg("--auto-compaction-retention=10000")
         .stdin(Stdio::null())

@@ -7,6 +7,19 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+/// A temporary HOME for `paas up` whose data dir jobs can reach: jobs run as their own
+/// users and must traverse every parent of their working directory (a plain temp dir is
+/// 0700).
+pub fn home() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
 /// The binary under test.
 pub const PAAS: &str = env!("CARGO_BIN_EXE_paas");
 

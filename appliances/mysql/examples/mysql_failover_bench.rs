@@ -1,0 +1,126 @@
+//! Failover and provisioning figures against real etcd and a real 3-member MariaDB
+//! cluster.
+//!
+//! `mysql_failover_bench [FAILOVERS] [PROVISIONS]` (defaults 20 and 100): forces
+//! FAILOVERS failovers, rotating kill -9 of the primary's mariadbd, kill -9 of its
+//! supervisor and SIGSTOP of its supervisor, while a writer on an app's `DATABASE_URL`
+//! records every acknowledged insert and a monitor probes every member for a second
+//! writable one. Each failover is checked like in the tests (writes resume through the
+//! same endpoint, the old primary rejoins as a replica, every acknowledged row is
+//! present). Prints the failover time (fault to first write acknowledged by the new
+//! primary) per fault kind (median, max) and over all, and `resource add mysql` latency
+//! (p50, p99). Run by `scripts/bench`; needs the `paas-mysql-supervisor` binary built
+//! next to it (`cargo build -p paas-mysql --bins --examples`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{force_failover, monitor, prepare_app_database, writer, Acked, Harness, Kind};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(times: &mut [Duration]) -> String {
+    times.sort();
+    format!(
+        "median {:.2} s, max {:.2} s over {}",
+        percentile(times, 50.0).as_secs_f64(),
+        times.last().map_or(0.0, Duration::as_secs_f64),
+        times.len()
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let failovers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let provisions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+
+    let mut h = Harness::start(3).await;
+    let url = prepare_app_database(&h).await;
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_task = tokio::spawn(writer(url.clone(), acked.clone(), stop.clone()));
+    let members = (0..h.cluster.members().len())
+        .map(|i| (h.cluster.members()[i].name.clone(), h.member_addr(i)))
+        .collect();
+    let monitor_task = tokio::spawn(monitor(members, stop.clone()));
+
+    let kinds = [
+        Kind::KillServer,
+        Kind::KillSupervisor,
+        Kind::FreezeSupervisor,
+    ];
+    let mut by_kind: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut all = Vec::new();
+    let mut rows = 0;
+    for n in 0..failovers {
+        let kind = kinds[n % kinds.len()];
+        let f = force_failover(&mut h, kind, &url, &acked).await;
+        println!(
+            "failover {:>2} {kind:<16?} {} -> {} generation {:>2}: {:>6.2} s, {} acknowledged rows all present",
+            n + 1,
+            f.old,
+            f.new,
+            f.generation,
+            f.took.as_secs_f64(),
+            f.rows
+        );
+        by_kind.entry(format!("{kind:?}")).or_default().push(f.took);
+        all.push(f.took);
+        rows = f.rows;
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer_task.await.expect("writer");
+    let violations = monitor_task.await.expect("monitor");
+    assert!(
+        violations.is_empty(),
+        "two writable members: {violations:#?}"
+    );
+
+    let provider = h.provider();
+    let mut latencies = Vec::new();
+    let mut created = Vec::new();
+    for n in 0..provisions {
+        let started = Instant::now();
+        let (_, data) = provider
+            .provision_database("bench", &format!("r{n}"))
+            .await
+            .expect("provision");
+        latencies.push(started.elapsed());
+        created.push(data);
+    }
+    for data in &created {
+        provider
+            .deprovision_database(data)
+            .await
+            .expect("deprovision");
+    }
+
+    if !all.is_empty() {
+        for (kind, times) in &mut by_kind {
+            println!("failover after {kind}: {}", summary(times));
+        }
+        println!(
+            "failover over {} forced failovers: {} (targets: median <= 5 s, max <= 10 s); {rows} acknowledged rows, 0 lost; no second writable member seen",
+            all.len(),
+            summary(&mut all)
+        );
+    }
+    if !latencies.is_empty() {
+        latencies.sort();
+        println!(
+            "resource add mysql (user + database, through the endpoint) over {}: p50 {:.1} ms, p99 {:.1} ms (target p50 <= 200 ms)",
+            latencies.len(),
+            percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+            percentile(&latencies, 99.0).as_secs_f64() * 1e3
+        );
+    }
+}
