@@ -272,6 +272,7 @@ impl GroupRunner for NodeRunner {
 /// Runs one member's supervisor until SIGINT/SIGTERM (`paas appliance redis`).
 pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     crate::up::init_tracing();
+    args.member.load_etcd_identity()?;
     paas_redis::supervisor::run(args.into_config(), crate::up::wait_for_signal())
         .await
         .context("redis supervisor failed")

@@ -21,7 +21,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = Cli::parse().args.into_config();
+    let args = Cli::parse().args;
+    args.member.load_etcd_identity()?;
+    let config = args.into_config();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
