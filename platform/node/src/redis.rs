@@ -33,6 +33,9 @@ pub const ENDPOINT_PORT_BASE: u16 = 26379;
 /// How many groups one node serves (endpoint ports `ENDPOINT_PORT_BASE..+this`).
 pub const MAX_GROUPS: u16 = 2000;
 
+/// How often adopting a group found on disk is tried at start.
+const ADOPT_ATTEMPTS: u32 = 12;
+
 /// How long removing a group waits for its members to stop before deleting its data.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -185,13 +188,21 @@ impl NodeRunner {
             ) else {
                 continue;
             };
-            match self
-                .launch_group(&group, file.members, file.endpoint_port)
-                .await
-            {
-                Ok(endpoint) => tracing::info!(%group, %endpoint, "redis group adopted"),
-                Err(err) => {
-                    tracing::error!(%group, error = %format!("{err:#}"), "cannot adopt redis group")
+            // A port may still be held by the previous run's member for a moment: try
+            // again for a while before giving up on the group.
+            for attempt in 1..=ADOPT_ATTEMPTS {
+                match self
+                    .launch_group(&group, file.members, file.endpoint_port)
+                    .await
+                {
+                    Ok(endpoint) => {
+                        tracing::info!(%group, %endpoint, "redis group adopted");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::error!(%group, attempt, error = %format!("{err:#}"), "cannot adopt redis group");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
                 }
             }
         }
