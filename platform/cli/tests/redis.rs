@@ -140,10 +140,20 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
         if String::from_utf8_lossy(&out.stdout).trim() == "v" {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the group did not come back with its data"
-        );
+        if Instant::now() >= deadline {
+            // Say why: the daemon's lines about the group.
+            let log = std::fs::read_to_string(home.join("paas-up.log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("redis") && !l.contains("logshipper"))
+                .rev()
+                .take(25)
+                .collect();
+            panic!(
+                "the group did not come back with its data:\n{}",
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 

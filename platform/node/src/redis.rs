@@ -142,10 +142,18 @@ fn groups_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("redis")
 }
 
+/// A group this node serves: launched by `resource add` through the common launcher, or
+/// adopted at start (its members are jobs the scheduler places again from the stored
+/// formation; only the endpoint is this process's). Dropping it stops the endpoint.
+enum Running {
+    Launched(#[allow(dead_code)] Launched),
+    Adopted(#[allow(dead_code)] paas_router::tcp::TcpEndpoint),
+}
+
 /// Runs groups through the common launcher and keeps their endpoints.
 struct NodeRunner {
     kind: RedisKind,
-    launched: Mutex<BTreeMap<String, Launched>>,
+    launched: Mutex<BTreeMap<String, Running>>,
 }
 
 impl NodeRunner {
@@ -173,8 +181,30 @@ impl NodeRunner {
         self.launched
             .lock()
             .expect("launched lock")
-            .insert(group.to_string(), launched);
+            .insert(group.to_string(), Running::Launched(launched));
         Ok(endpoint)
+    }
+
+    /// Serves an existing group again: its endpoint on its recorded port, in front of
+    /// the members the scheduler runs from the stored formation.
+    async fn adopt_group(&self, group: &str, port: u16) -> Result<SocketAddr> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let endpoint = paas_router::tcp::TcpEndpoint::start(
+            listen,
+            paas_router::tcp::EndpointConfig {
+                coord: self.kind.site.store.coord().clone(),
+                leader_key: paas_redis::cluster::keys(group).leader(),
+                no_leader_wait: Duration::from_secs(15),
+            },
+        )
+        .await
+        .with_context(|| format!("cannot listen on {listen} for redis group {group}"))?;
+        let addr = endpoint.local_addr();
+        self.launched
+            .lock()
+            .expect("launched lock")
+            .insert(group.to_string(), Running::Adopted(endpoint));
+        Ok(addr)
     }
 
     /// Starts again every group found on disk (after a restart of `paas up`).
@@ -188,13 +218,10 @@ impl NodeRunner {
             ) else {
                 continue;
             };
-            // A port may still be held by the previous run's member for a moment: try
-            // again for a while before giving up on the group.
+            // The endpoint's port may still be held by the previous run for a moment:
+            // try again for a while before giving up on the group.
             for attempt in 1..=ADOPT_ATTEMPTS {
-                match self
-                    .launch_group(&group, file.members, file.endpoint_port)
-                    .await
-                {
+                match self.adopt_group(&group, file.endpoint_port).await {
                     Ok(endpoint) => {
                         tracing::info!(%group, %endpoint, "redis group adopted");
                         break;
