@@ -26,6 +26,10 @@ pub struct Provisioned {
     pub data: serde_json::Value,
 }
 
+/// Kind-specific options of `paas resource add` (e.g. `members=3` for Redis), by name;
+/// a provider refuses the ones it does not know.
+pub type Options = BTreeMap<String, String>;
+
 /// Why a provider could not do its part.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -54,8 +58,14 @@ pub type RestoreSource<'a> = &'a mut (dyn AsyncRead + Send + Unpin);
 /// A kind of resource the platform can provision.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
-    /// Creates the resource for `app`; `id` is unique per app and safe to embed in names.
-    async fn provision(&self, app: &str, id: &str) -> Result<Provisioned, ProviderError>;
+    /// Creates the resource for `app`; `id` is unique per app and safe to embed in names;
+    /// `options` are the kind's own settings, refused when unknown.
+    async fn provision(
+        &self,
+        app: &str,
+        id: &str,
+        options: &Options,
+    ) -> Result<Provisioned, ProviderError>;
     /// Removes what `provision` created; must succeed if it is already gone.
     async fn deprovision(
         &self,

@@ -235,8 +235,14 @@ impl paas_appliance::provider::Provider for PostgresProvider {
         &self,
         app: &str,
         id: &str,
+        options: &paas_appliance::provider::Options,
     ) -> Result<paas_appliance::provider::Provisioned, paas_appliance::provider::ProviderError>
     {
+        if let Some(option) = options.keys().next() {
+            return Err(paas_appliance::provider::ProviderError(format!(
+                "unknown option {option:?}: postgres takes no options"
+            )));
+        }
         let (env, data) = self.provision_database(app, id).await.map_err(|err| {
             tracing::error!(%app, %id, error = %err, "postgres provisioning failed");
             paas_appliance::provider::ProviderError(err.to_string())

@@ -108,7 +108,7 @@ async fn provision_and_remove_an_app_database() {
     // Through the controller's interface, as `paas resource add|remove` calls it.
     let dynamic: &dyn paas_appliance::provider::Provider = &provider;
     let provisioned = dynamic
-        .provision("shop", "r3")
+        .provision("shop", "r3", &Default::default())
         .await
         .expect("provision via trait");
     assert!(provisioned.env["DATABASE_URL"].ends_with("/shop_r3"));

@@ -312,13 +312,17 @@ pub async fn tokens_revoke(json: bool, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `paas resource add KIND -a APP`
-pub async fn resource_add(json: bool, app: &str, kind: &str) -> Result<()> {
+/// `paas resource add KIND -a APP [--members N]`
+pub async fn resource_add(json: bool, app: &str, kind: &str, members: Option<usize>) -> Result<()> {
+    let mut options = serde_json::Map::new();
+    if let Some(members) = members {
+        options.insert("members".into(), json!(members.to_string()));
+    }
     let r: Value = client()?
         .call(
             Method::POST,
             &format!("/apps/{app}/resources"),
-            Some(&json!({ "kind": kind })),
+            Some(&json!({ "kind": kind, "options": options })),
         )
         .await?;
     if json {

@@ -11,6 +11,7 @@ mod config;
 mod logs;
 mod mysql;
 mod pg;
+mod redis;
 mod routes;
 mod runtime;
 mod table;
@@ -123,6 +124,9 @@ enum Command {
     /// Postgres resources of an app.
     #[command(subcommand)]
     Pg(PgCmd),
+    /// Redis resources of an app.
+    #[command(subcommand)]
+    Redis(RedisCmd),
     /// MariaDB resources of an app.
     #[command(subcommand)]
     Mysql(MysqlCmd),
@@ -177,9 +181,28 @@ enum PgCmd {
 }
 
 #[derive(Subcommand)]
+enum RedisCmd {
+    /// Each Redis resource's group: generation, roles, offsets, lag, last decisions.
+    Info {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+    },
+    /// Open redis-cli on the app's Redis (its REDIS_URL).
+    Cli {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// Extra redis-cli arguments (after `--`), e.g. `-- PING`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApplianceCmd {
     /// A PostgreSQL supervisor.
     Postgres(paas_postgres::args::SupervisorArgs),
+    /// A Redis supervisor (one member of a resource's replication group).
+    Redis(paas_redis::args::SupervisorArgs),
     /// A MariaDB supervisor.
     Mysql(paas_mysql::args::SupervisorArgs),
 }
@@ -315,11 +338,15 @@ enum TokensCmd {
 
 #[derive(Subcommand)]
 enum ResourceCmd {
-    /// Provision a resource of KIND (e.g. postgres) and set its variables on the app.
+    /// Provision a resource of KIND (e.g. postgres, redis) and set its variables on the app.
     Add {
         kind: String,
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
+        /// Members of the resource's own replication group (redis: 1 primary + replicas;
+        /// default 2).
+        #[arg(long)]
+        members: Option<usize>,
     },
     /// List an app's resources.
     List {
@@ -502,6 +529,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Postgres(args)) => {
             paas_node::postgres::supervise(args).await
         }
+        Command::Appliance(ApplianceCmd::Redis(args)) => paas_node::redis::supervise(args).await,
+        Command::Redis(RedisCmd::Cli { app, args }) => redis::cli(&app, &args).await,
+        Command::Redis(RedisCmd::Info { app }) => redis::info(json, &app).await,
         Command::Appliance(ApplianceCmd::Mysql(args)) => paas_node::mysql::supervise(args).await,
         Command::Mysql(MysqlCmd::Shell { app, args }) => mysql::shell(&app, &args).await,
         Command::Mysql(MysqlCmd::Info) => c::provider_status(json, "mysql").await,
@@ -526,8 +556,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tokens(TokensCmd::List) => c::tokens_list(json).await,
         Command::Tokens(TokensCmd::Revoke { id }) => c::tokens_revoke(json, &id).await,
-        Command::Resource(ResourceCmd::Add { kind, app }) => {
-            c::resource_add(json, &app, &kind).await
+        Command::Resource(ResourceCmd::Add { kind, app, members }) => {
+            c::resource_add(json, &app, &kind, members).await
         }
         Command::Resource(ResourceCmd::List { app }) => c::resource_list(json, &app).await,
         Command::Resource(ResourceCmd::Remove { id, app }) => {

@@ -397,6 +397,9 @@ async fn rollback(
 #[serde(deny_unknown_fields)]
 struct AddResource {
     kind: String,
+    /// The kind's own settings (`paas resource add redis --members 3`).
+    #[serde(default)]
+    options: paas_appliance::provider::Options,
 }
 
 async fn add_resource(
@@ -421,7 +424,7 @@ async fn add_resource(
     })?;
     let id = format!("{}-{}", req.kind, short_id());
     let provisioned = provider
-        .provision(&app, &id)
+        .provision(&app, &id, &req.options)
         .await
         .map_err(|e| ApiError::Provider(format!("{} provider: {e}", req.kind)))?;
     let resource = Resource {

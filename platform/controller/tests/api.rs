@@ -16,7 +16,12 @@ struct RecordingProvider {
 
 #[async_trait::async_trait]
 impl Provider for RecordingProvider {
-    async fn provision(&self, app: &str, id: &str) -> Result<Provisioned, ProviderError> {
+    async fn provision(
+        &self,
+        app: &str,
+        id: &str,
+        _options: &paas_appliance::provider::Options,
+    ) -> Result<Provisioned, ProviderError> {
         self.calls
             .lock()
             .unwrap()

@@ -13,7 +13,9 @@
 //!   with fixed addresses and data dirs, the leader-following endpoint and the
 //!   readiness wait that says what it waits for; what differs is an `ApplianceKind`;
 //! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`;
-//! - [`mysql`]: MariaDB's `ApplianceKind` and `paas appliance mysql`.
+//! - [`mysql`]: MariaDB's `ApplianceKind` and `paas appliance mysql`;
+//! - [`redis`]: a Redis replication group per resource (the Redis provider's group
+//!   runner on the common launcher) and `paas appliance redis`.
 //!
 //! Invariants:
 //! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
@@ -27,5 +29,6 @@ pub mod host;
 pub mod mysql;
 pub mod pki;
 pub mod postgres;
+pub mod redis;
 pub mod router;
 pub mod up;

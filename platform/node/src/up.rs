@@ -15,6 +15,8 @@
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
 //! DATA_DIR/router/       the HTTP router's access-line spool
 //! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
+//! DATA_DIR/redis/<group>/ one Redis resource's group: members' data (rN/), its secret,
+//!                        group.json (members, endpoint port)
 //! DATA_DIR/mysql/        the MariaDB members' data (myN/) and superuser password (--appliance mysql=N)
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
 //! ```
@@ -87,6 +89,11 @@ pub struct UpArgs {
     /// (same as --appliance-listen postgres=ADDR).
     #[arg(long)]
     pub postgres_listen: Option<std::net::SocketAddr>,
+    /// Members of each Redis resource's own replication group when `paas resource add
+    /// redis` does not say (`--members`); 0 turns the Redis provider off. Groups listen
+    /// on their own endpoint ports from 127.0.0.1:26379 up.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=5))]
+    pub redis_members: u64,
     /// Address of an appliance's leader-following endpoint, as KIND=ADDR (repeatable);
     /// each kind has its default (postgres: 127.0.0.1:6432, mysql: 127.0.0.1:6033).
     #[arg(long = "appliance-listen", value_name = "KIND=ADDR", value_parser = parse_listen)]
@@ -343,6 +350,11 @@ async fn serve(
             .await?;
             providers.register(kind.kind(), kind.provider(&launched, endpoints));
             appliances.push((kind.kind(), members, launched));
+        }
+        if args.redis_members > 0 {
+            // Redis groups are made per resource (and re-adopted from disk), not at boot.
+            let members = usize::try_from(args.redis_members).unwrap_or(2);
+            providers.register("redis", crate::redis::provider(&site, endpoints, members));
         }
         controller = controller.with_providers(providers);
         let (backups, backup_location) =

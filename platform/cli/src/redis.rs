@@ -1,0 +1,89 @@
+//! `paas redis ...`: redis-cli on an app's Redis, and its groups' state.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use reqwest::Method;
+use serde_json::Value;
+
+fn client() -> Result<crate::client::Client> {
+    crate::client::Client::new(crate::config::load()?)
+}
+
+/// `paas redis cli -a APP [-- ARGS]`: replaces this process with redis-cli on REDIS_URL.
+pub async fn cli(app: &str, args: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let env: BTreeMap<String, String> = client()?
+        .call(Method::GET, &format!("/apps/{app}/env"), None::<&Value>)
+        .await?;
+    let url = env.get("REDIS_URL").with_context(|| {
+        format!("{app} has no REDIS_URL: run `paas resource add redis -a {app}` first")
+    })?;
+    // redis://USER:PASSWORD@HOST:PORT; the password goes in the environment, not on the
+    // command line where `ps` shows it.
+    let rest = url
+        .strip_prefix("redis://")
+        .context("REDIS_URL is not a redis:// URL")?;
+    let (auth, hostport) = rest
+        .trim_end_matches('/')
+        .rsplit_once('@')
+        .context("REDIS_URL has no credentials")?;
+    let (user, password) = auth.split_once(':').context("REDIS_URL has no password")?;
+    let (host, port) = hostport.rsplit_once(':').context("REDIS_URL has no port")?;
+    let err = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "--user", user])
+        .env("REDISCLI_AUTH", password)
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!(
+        "cannot run redis-cli: {err} (apt-get install redis-tools)"
+    ))
+}
+
+/// `paas redis info -a APP`: the groups of the app's Redis resources.
+pub async fn info(json: bool, app: &str) -> Result<()> {
+    let client = client()?;
+    let resources: Vec<Value> = client
+        .call(
+            Method::GET,
+            &format!("/apps/{app}/resources"),
+            None::<&Value>,
+        )
+        .await?;
+    let groups: Vec<(String, String)> = resources
+        .iter()
+        .filter(|r| r["kind"] == "redis")
+        .filter_map(|r| {
+            Some((
+                r["id"].as_str()?.to_string(),
+                r["data"]["group"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    anyhow::ensure!(
+        !groups.is_empty(),
+        "{app} has no Redis resource: run `paas resource add redis -a {app}` first"
+    );
+    let cluster: Value = client.call(Method::GET, "/cluster", None::<&Value>).await?;
+    let status = cluster["providers"]
+        .get("redis")
+        .context("no redis provider is configured")?;
+    if let Some(err) = status["error"].as_str() {
+        anyhow::bail!("redis status unavailable: {err}");
+    }
+    if json {
+        let picked: serde_json::Map<String, Value> = groups
+            .iter()
+            .map(|(id, group)| (id.clone(), status["groups"][group].clone()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&picked)?);
+        return Ok(());
+    }
+    for (id, group) in &groups {
+        let info: paas_redis::info::GroupInfo =
+            serde_json::from_value(status["groups"][group].clone()).unwrap_or_default();
+        println!("resource {id}");
+        print!("{}", paas_redis::info::render(group, &info));
+    }
+    Ok(())
+}

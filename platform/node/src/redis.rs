@@ -1,0 +1,317 @@
+//! Redis as `paas up` runs it: one replication group per resource. The Redis provider
+//! (`paas_redis::provision`) decides what a group is; this module is the
+//! [`GroupRunner`] it is given: each group is a cluster of the common launcher
+//! (`crate::appliance`), its members jobs of the system app `paas-redis-<group>` and its
+//! leader-following endpoint on a fixed port of its own, recorded in the group's
+//! directory so `REDIS_URL` stays valid across restarts of `paas up`, which re-adopts
+//! every group found under `DATA_DIR/redis/`.
+//!
+//! Files of a group (`DATA_DIR/redis/<group>/`): `superuser-password` (the group's
+//! secret, 0600), `group.json` (members and endpoint port), `rN/` (members' dirs).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use paas_appliance::provider::{Provider, ProviderError};
+use paas_appliance::records::Keys;
+use paas_model::Formation;
+use paas_redis::args::SupervisorArgs;
+use paas_redis::launcher::GroupSpec;
+use paas_redis::provision::{GroupRunner, ProviderConfig, RedisProvider};
+use serde::{Deserialize, Serialize};
+
+use crate::appliance::{system_app, ApplianceKind, Launched, Site};
+
+/// Endpoints of groups listen on 127.0.0.1 from this port up, one per group: below the
+/// ephemeral range, apart from the members' fixed ports.
+pub const ENDPOINT_PORT_BASE: u16 = 26379;
+
+/// How many groups one node serves (endpoint ports `ENDPOINT_PORT_BASE..+this`).
+pub const MAX_GROUPS: u16 = 2000;
+
+/// How often adopting a group found on disk is tried at start.
+const ADOPT_ATTEMPTS: u32 = 12;
+
+/// How long removing a group waits for its members to stop before deleting its data.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Redis 7 replication groups (`paas-redis`), one per resource.
+pub struct RedisKind {
+    site: Site,
+}
+
+/// What `group.json` records about a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupFile {
+    members: usize,
+    endpoint_port: u16,
+}
+
+#[async_trait::async_trait]
+impl ApplianceKind for RedisKind {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn member_prefix(&self) -> &'static str {
+        paas_redis::launcher::MEMBER_PREFIX
+    }
+
+    fn port_bases(&self) -> (u16, u16) {
+        (
+            paas_appliance::addr::REDIS_PORT,
+            paas_appliance::addr::REDIS_HEALTH_PORT,
+        )
+    }
+
+    fn keys(&self, cluster: &str) -> Keys {
+        paas_redis::cluster::keys(cluster)
+    }
+
+    fn secret_env(&self) -> &'static str {
+        paas_redis::args::SECRET_ENV
+    }
+
+    /// Not used: every group gets its own fixed endpoint port (`ENDPOINT_PORT_BASE`).
+    fn default_listen(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], ENDPOINT_PORT_BASE))
+    }
+
+    /// The members run redis-server as the redis user: fail now, naming the directory,
+    /// rather than wait for a group that cannot start.
+    fn check_dir(&self, dir: &Path) -> Result<()> {
+        Ok(paas_redis::server::check_reachable(dir)?)
+    }
+
+    /// Ready when the endpoint reaches a writable primary with the app's password.
+    async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String> {
+        let password = paas_redis::secret::app_password(secret);
+        let url = format!("redis://default:{password}@{endpoint}/");
+        // ROLE is an admin command; INFO is the app's too.
+        let check = async {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), check).await {
+            Err(_) => Some("the endpoint did not answer in time".into()),
+            Ok(Err(e)) => Some(format!("cannot reach the primary: {e}")),
+            Ok(Ok(info)) if info.lines().any(|l| l.trim() == "role:master") => None,
+            Ok(Ok(_)) => Some("the endpoint reaches a replica".into()),
+        }
+    }
+
+    /// The Redis provider, which starts a group per resource on this kind's site (a
+    /// Redis group is never a boot cluster, so `cluster` plays no part).
+    fn provider(&self, _cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
+        provider(&self.site, etcd, 2)
+    }
+}
+
+/// The Redis provider of `site`, making groups of `default_members` unless told
+/// otherwise; groups found on disk are re-adopted in the background.
+pub fn provider(site: &Site, etcd: &[String], default_members: usize) -> Arc<dyn Provider> {
+    let runner = Arc::new(NodeRunner {
+        kind: RedisKind { site: site.clone() },
+        launched: Mutex::new(BTreeMap::new()),
+    });
+    let adopting = runner.clone();
+    tokio::spawn(async move { adopting.adopt_all().await });
+    Arc::new(RedisProvider::new(
+        ProviderConfig {
+            base_dir: groups_dir(&site.data_dir),
+            etcd_endpoints: etcd.to_vec(),
+            prefix: format!("{}/", paas_model::keys::DEFAULT_PREFIX),
+            ttl_secs: site.ttl_secs,
+            default_members,
+        },
+        runner,
+        site.store.coord().clone(),
+    ))
+}
+
+/// Where groups' directories are (what the common launcher uses for cluster `<group>`).
+fn groups_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("redis")
+}
+
+/// A group this node serves: launched by `resource add` through the common launcher, or
+/// adopted at start (its members are jobs the scheduler places again from the stored
+/// formation; only the endpoint is this process's). Dropping it stops the endpoint.
+enum Running {
+    Launched(#[allow(dead_code)] Launched),
+    Adopted(#[allow(dead_code)] paas_router::tcp::TcpEndpoint),
+}
+
+/// Runs groups through the common launcher and keeps their endpoints.
+struct NodeRunner {
+    kind: RedisKind,
+    launched: Mutex<BTreeMap<String, Running>>,
+}
+
+impl NodeRunner {
+    /// A free endpoint port: the lowest above [`ENDPOINT_PORT_BASE`] no group records.
+    fn free_endpoint_port(&self) -> Result<u16, ProviderError> {
+        let dir = groups_dir(&self.kind.site.data_dir);
+        let mut used = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Some(file) = read_group_file(&entry.path()) {
+                used.insert(file.endpoint_port);
+            }
+        }
+        (ENDPOINT_PORT_BASE..ENDPOINT_PORT_BASE + MAX_GROUPS)
+            .find(|p| !used.contains(p))
+            .ok_or_else(|| {
+                ProviderError(format!("all {MAX_GROUPS} redis endpoint ports are in use"))
+            })
+    }
+
+    async fn launch_group(&self, group: &str, members: usize, port: u16) -> Result<SocketAddr> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let launched =
+            crate::appliance::launch(&self.kind, &self.kind.site, group, members, listen).await?;
+        let endpoint = launched.endpoint;
+        self.launched
+            .lock()
+            .expect("launched lock")
+            .insert(group.to_string(), Running::Launched(launched));
+        Ok(endpoint)
+    }
+
+    /// Serves an existing group again: its endpoint on its recorded port, in front of
+    /// the members the scheduler runs from the stored formation.
+    async fn adopt_group(&self, group: &str, port: u16) -> Result<SocketAddr> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let endpoint = paas_router::tcp::TcpEndpoint::start(
+            listen,
+            paas_router::tcp::EndpointConfig {
+                coord: self.kind.site.store.coord().clone(),
+                leader_key: paas_redis::cluster::keys(group).leader(),
+                no_leader_wait: Duration::from_secs(15),
+            },
+        )
+        .await
+        .with_context(|| format!("cannot listen on {listen} for redis group {group}"))?;
+        let addr = endpoint.local_addr();
+        self.launched
+            .lock()
+            .expect("launched lock")
+            .insert(group.to_string(), Running::Adopted(endpoint));
+        Ok(addr)
+    }
+
+    /// Starts again every group found on disk (after a restart of `paas up`).
+    async fn adopt_all(&self) {
+        let dir = groups_dir(&self.kind.site.data_dir);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let (Some(file), Some(group)) = (
+                read_group_file(&path),
+                path.file_name().map(|n| n.to_string_lossy().to_string()),
+            ) else {
+                continue;
+            };
+            // The endpoint's port may still be held by the previous run for a moment:
+            // try again for a while before giving up on the group.
+            for attempt in 1..=ADOPT_ATTEMPTS {
+                match self.adopt_group(&group, file.endpoint_port).await {
+                    Ok(endpoint) => {
+                        tracing::info!(%group, %endpoint, "redis group adopted");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::error!(%group, attempt, error = %format!("{err:#}"), "cannot adopt redis group");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_group_file(dir: &Path) -> Option<GroupFile> {
+    let text = std::fs::read_to_string(dir.join("group.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[async_trait::async_trait]
+impl GroupRunner for NodeRunner {
+    async fn launch(&self, spec: &GroupSpec) -> Result<SocketAddr, ProviderError> {
+        let fail = |e: anyhow::Error| ProviderError(format!("{e:#}"));
+        let expected = groups_dir(&self.kind.site.data_dir).join(&spec.group);
+        if spec.base_dir != expected {
+            return Err(ProviderError(format!(
+                "group directory {} is not {}",
+                spec.base_dir.display(),
+                expected.display()
+            )));
+        }
+        // The launcher keeps the cluster's secret in this file: the provider's.
+        crate::up::persistent_secret(&spec.base_dir.join("superuser-password"), || {
+            spec.secret.clone()
+        })
+        .map_err(fail)?;
+        let port = self.free_endpoint_port()?;
+        let file = GroupFile {
+            members: spec.members,
+            endpoint_port: port,
+        };
+        std::fs::write(
+            spec.base_dir.join("group.json"),
+            serde_json::to_vec(&file).expect("GroupFile serializes"),
+        )
+        .map_err(|e| ProviderError(format!("writing group.json: {e}")))?;
+        self.launch_group(&spec.group, spec.members, port)
+            .await
+            .map_err(fail)
+    }
+
+    async fn stop(&self, group: &str) -> Result<(), ProviderError> {
+        let fail = |e: String| ProviderError(e);
+        let launched = self.launched.lock().expect("launched lock").remove(group);
+        drop(launched);
+        let store = &self.kind.site.store;
+        let app = system_app("redis", group);
+        if store.get_app(&app).await.is_ok() {
+            store
+                .put_formation(&Formation {
+                    app: app.clone(),
+                    processes: BTreeMap::new(),
+                })
+                .await
+                .map_err(|e| fail(format!("scaling {app} to zero: {e}")))?;
+        }
+        // The members deregister (their leases are revoked) as they stop.
+        let members = paas_redis::cluster::keys(group).members();
+        let started = Instant::now();
+        loop {
+            match store.coord().entries(&members).await {
+                Ok(entries) if entries.is_empty() => return Ok(()),
+                Ok(_) if started.elapsed() > STOP_LIMIT => {
+                    return Err(fail(format!(
+                        "the members of {group} did not stop within {STOP_LIMIT:?}"
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(fail(format!("reading {group}'s members: {e}"))),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Runs one member's supervisor until SIGINT/SIGTERM (`paas appliance redis`).
+pub async fn supervise(args: SupervisorArgs) -> Result<()> {
+    crate::up::init_tracing();
+    args.member.load_etcd_identity()?;
+    paas_redis::supervisor::run(args.into_config(), crate::up::wait_for_signal())
+        .await
+        .context("redis supervisor failed")
+}
