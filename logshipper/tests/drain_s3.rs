@@ -100,11 +100,7 @@ impl Drop for Moto {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    paas_it::free_port().unwrap()
 }
 
 fn set_credentials() {
