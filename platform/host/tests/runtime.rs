@@ -275,6 +275,14 @@ async fn scale_restart_and_host_death() {
         None,
     )
     .await;
+    // Spreading needs both hosts in the scheduler's view: a scale seen while only one is
+    // registered rightly puts everything on it.
+    wait_for("both hosts registered", Duration::from_secs(10), || async {
+        let hosts: Vec<(String, paas_model::Host, i64)> =
+            c.coord.list(&keys::hosts()).await.unwrap();
+        hosts.len() == 2
+    })
+    .await;
     c.scale("shop", &[("web", 3), ("clock", 1)]).await;
 
     let up = c.wait_up("shop", 4, 1, Duration::from_secs(30)).await;
