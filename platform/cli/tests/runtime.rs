@@ -139,6 +139,20 @@ fn scale_restart_reschedule_and_run() {
             site.to_str().unwrap(),
         ],
     ));
+    // Spreading needs both hosts in the scheduler's view before the scale.
+    let started = std::time::Instant::now();
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(paas(home, &["--json", "cluster", "status"]))).unwrap();
+        if status["hosts"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the second host never registered: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     ok(paas(home, &["scale", "-a", "shop", "web=3"]));
 
     let j = wait_jobs(home, 60, "3 web jobs up on 2 hosts", |j| {
