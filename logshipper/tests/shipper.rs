@@ -127,12 +127,23 @@ async fn receive_all(
     seen
 }
 
-/// Every expected message is in the store's tail of app `shop` exactly once.
-fn assert_no_duplicates_in_store(store: &Store, expected: &HashSet<String>) {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for l in store.tail("shop", 200_000, &Filter::default()) {
-        *counts.entry(l.message).or_default() += 1;
-    }
+/// Every expected message is in the store's tail of app `shop` exactly once. The journal
+/// takes a batch before the store does (`Aggregator::accept`), so a reader of the
+/// journal can see the last lines a moment before the store has them: wait for them.
+async fn assert_no_duplicates_in_store(store: &Store, expected: &HashSet<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for l in store.tail("shop", 200_000, &Filter::default()) {
+            *counts.entry(l.message).or_default() += 1;
+        }
+        if expected.iter().all(|m| counts.contains_key(m))
+            || tokio::time::Instant::now() >= deadline
+        {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
     assert!(dups.is_empty(), "duplicated in the store: {dups:?}");
     assert!(
@@ -253,7 +264,7 @@ async fn aggregator_restart_while_lines_flow_loses_nothing() {
         dropped > 0,
         "the shipper replayed lines the aggregator already had"
     );
-    assert_no_duplicates_in_store(&agg.store, &expected);
+    assert_no_duplicates_in_store(&agg.store, &expected).await;
     assert!(status.reconnects >= 1, "{status:?}");
     assert!(status.last_error.is_some());
     assert_eq!(status.dropped, 0);
@@ -296,7 +307,7 @@ async fn spooled_lines_survive_a_shipper_restart() {
         seen.values().all(|(c, _)| *c == 1),
         "duplicates in the journal"
     );
-    assert_no_duplicates_in_store(&agg.store, &expected);
+    assert_no_duplicates_in_store(&agg.store, &expected).await;
     // Confirmation follows once the writes have aged on an open connection.
     for _ in 0..200 {
         if shipper.status().pending == 0 {
