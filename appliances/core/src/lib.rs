@@ -15,6 +15,7 @@
 //! - [`fence`]: the timing argument, the pure lease clock and the watchdog that kills a
 //!   leader's server before its lease can expire;
 //! - [`health`]: `/primary`, `/replica`, `/health`, `/status`;
+//! - [`os_user`]: the OS user a server runs as, and the directory that keeps it out;
 //! - [`process`]: servers started in their own process group, dying with their parent;
 //! - [`supervisor`]: the skeleton every member runs (etcd, lease, watchdog, health API,
 //!   the tick that hands an engine its context, long actions, shutdown).
@@ -32,6 +33,7 @@ pub mod health;
 pub mod launcher;
 pub mod leader;
 pub mod lease;
+pub mod os_user;
 pub mod process;
 pub mod provider;
 pub mod records;

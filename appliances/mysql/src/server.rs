@@ -40,7 +40,6 @@
 //! outlives its supervisor); tools (mariadb-install-db, mariadb-backup, mbstream) run
 //! through `runuser -u mysql --`.
 
-use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -942,32 +941,19 @@ fn slave_status(row: &Row) -> Result<SlaveStatus, ServerError> {
 /// every existing directory on its path must be searchable by it. A datadir under a
 /// 0700 parent would otherwise keep the member down with only mariadbd's log saying why.
 pub fn check_reachable(dir: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = os_user()? else {
         return Ok(());
     };
-    let absolute = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
-    for ancestor in absolute.ancestors().collect::<Vec<_>>().into_iter().rev() {
-        let Ok(meta) = std::fs::metadata(ancestor) else {
-            break; // created later, owned by the server's user
-        };
-        let mode = meta.mode() & 0o7777;
-        let searchable = if meta.uid() == uid {
-            mode & 0o100 != 0
-        } else if meta.gid() == gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
-        if !searchable {
-            return Err(ServerError::Unreachable {
-                dir: dir.display().to_string(),
-                blocked: ancestor.display().to_string(),
-                mode,
-            });
-        }
+    match paas_appliance::os_user::blocked_ancestor(dir, uid, gid)
+        .map_err(io(format!("resolving {}", dir.display())))?
+    {
+        None => Ok(()),
+        Some(b) => Err(ServerError::Unreachable {
+            dir: dir.display().to_string(),
+            blocked: b.path.display().to_string(),
+            mode: b.mode,
+        }),
     }
-    Ok(())
 }
 
 /// `'text'` with quotes and backslashes escaped (the default SQL mode).
@@ -982,19 +968,7 @@ fn is_root() -> bool {
 
 /// The `mysql` OS user's (uid, gid) when running as root; `None` otherwise.
 fn os_user() -> Result<Option<(libc::uid_t, libc::gid_t)>, ServerError> {
-    if !is_root() {
-        return Ok(None);
-    }
-    let name = CString::new("mysql").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or null; the ids are copied
-    // out at once.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(ServerError::NoOsUser);
-    }
-    // SAFETY: non-null pointer from getpwnam.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
+    paas_appliance::os_user::server_user("mysql").map_err(|_| ServerError::NoOsUser)
 }
 
 fn chown(path: &Path) -> Result<(), ServerError> {

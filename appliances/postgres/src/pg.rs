@@ -28,7 +28,6 @@
 //! sync names [`NO_SYNC`], a name no standby has, so commits wait instead of being
 //! acknowledged without a copy.
 
-use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -107,33 +106,20 @@ pub enum PgError {
 /// directory under a 0700 parent (`mktemp -d`, root's home) would otherwise make the
 /// member wait forever, with only the server's own log saying why.
 pub fn check_reachable(dir: &Path) -> Result<(), PgError> {
-    use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = os_user()? else {
         return Ok(());
     };
-    let absolute = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
-    for ancestor in absolute.ancestors().collect::<Vec<_>>().into_iter().rev() {
-        let Ok(meta) = std::fs::metadata(ancestor) else {
-            break; // not created yet: created later, owned by the server's user
-        };
-        let mode = meta.mode() & 0o7777;
-        let searchable = if meta.uid() == uid {
-            mode & 0o100 != 0
-        } else if meta.gid() == gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
-        if !searchable {
-            return Err(PgError::Unreachable {
-                dir: dir.display().to_string(),
-                blocked: ancestor.display().to_string(),
-                mode,
-                owner: meta.uid(),
-            });
-        }
+    match paas_appliance::os_user::blocked_ancestor(dir, uid, gid)
+        .map_err(io(format!("resolving {}", dir.display())))?
+    {
+        None => Ok(()),
+        Some(b) => Err(PgError::Unreachable {
+            dir: dir.display().to_string(),
+            blocked: b.path.display().to_string(),
+            mode: b.mode,
+            owner: b.owner,
+        }),
     }
-    Ok(())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
@@ -725,19 +711,7 @@ fn nix_root() -> bool {
 
 /// The `postgres` OS user's (uid, gid) when running as root; `None` otherwise.
 fn os_user() -> Result<Option<(libc::uid_t, libc::gid_t)>, PgError> {
-    if !nix_root() {
-        return Ok(None);
-    }
-    let name = CString::new("postgres").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or null; we copy the ids out
-    // immediately and do not call it concurrently from this crate.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(PgError::NoOsUser);
-    }
-    // SAFETY: non-null pointer from getpwnam.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
+    paas_appliance::os_user::server_user("postgres").map_err(|_| PgError::NoOsUser)
 }
 
 fn chown(path: &Path) -> Result<(), PgError> {

@@ -32,7 +32,6 @@
 //! in the child, so the parent-death signal survives) and leads its own process group:
 //! the fencing watchdog kills it with one signal, and it dies with its supervisor.
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -101,33 +100,20 @@ pub enum ServerError {
 /// under a 0700 parent (`mktemp -d`, root's home) would otherwise keep the member down
 /// with only redis-server's own log saying why.
 pub fn check_reachable(dir: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = os_user()? else {
         return Ok(());
     };
-    let absolute = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
-    for ancestor in absolute.ancestors().collect::<Vec<_>>().into_iter().rev() {
-        let Ok(meta) = std::fs::metadata(ancestor) else {
-            break; // not created yet: created later, owned by the server's user
-        };
-        let mode = meta.mode() & 0o7777;
-        let searchable = if meta.uid() == uid {
-            mode & 0o100 != 0
-        } else if meta.gid() == gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
-        if !searchable {
-            return Err(ServerError::Unreachable {
-                dir: dir.display().to_string(),
-                blocked: ancestor.display().to_string(),
-                mode,
-                owner: meta.uid(),
-            });
-        }
+    match paas_appliance::os_user::blocked_ancestor(dir, uid, gid)
+        .map_err(io(format!("resolving {}", dir.display())))?
+    {
+        None => Ok(()),
+        Some(b) => Err(ServerError::Unreachable {
+            dir: dir.display().to_string(),
+            blocked: b.path.display().to_string(),
+            mode: b.mode,
+            owner: b.owner,
+        }),
     }
-    Ok(())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -605,26 +591,9 @@ pub fn parse_replication(text: &str) -> Result<Runtime, ServerError> {
     }
 }
 
-fn nix_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The `redis` OS user's ids when running as root (redis-server then runs as it).
 fn os_user() -> Result<Option<(libc::uid_t, libc::gid_t)>, ServerError> {
-    if !nix_root() {
-        return Ok(None);
-    }
-    let name = CString::new("redis").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or null; the ids are copied
-    // out at once.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(ServerError::NoOsUser);
-    }
-    // SAFETY: non-null pointer from getpwnam.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
+    paas_appliance::os_user::server_user("redis").map_err(|_| ServerError::NoOsUser)
 }
 
 fn chown(path: &Path, ids: Option<(libc::uid_t, libc::gid_t)>) -> Result<(), ServerError> {
