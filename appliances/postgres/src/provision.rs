@@ -13,7 +13,8 @@
 //! becomes `_`), at most 63 bytes, always double-quoted in SQL. Passwords are 24 random
 //! bytes from the OS-seeded CSPRNG, hex-encoded (192 bits), so they need no escaping in a
 //! URL or SQL literal. `CONNECT` on the database is revoked from `PUBLIC`: only its owner
-//! (and the superuser) may connect to it.
+//! (and the superuser) may connect to it. So is `CONNECT` on the maintenance databases
+//! (`postgres`, `template1`), which app roles have no business in.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -395,9 +396,13 @@ impl Op {
                         .batch_execute(&format!("CREATE DATABASE {ident} OWNER {ident}"))
                         .await?;
                 }
+                // App roles reach their own database only: not each other's, and not
+                // the maintenance databases, where any role could otherwise list every
+                // database and role or open sessions.
                 client
                     .batch_execute(&format!(
-                        "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC"
+                        "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC; \
+                         REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC"
                     ))
                     .await
             }

@@ -64,6 +64,24 @@ async fn provision_and_remove_an_app_database() {
         .map(|e| e.message().to_string())
         .unwrap_or_default();
     assert!(message.contains("permission denied"), "{refused:?}");
+    // Nor to the maintenance databases.
+    for maintenance in ["postgres", "template1"] {
+        let url = format!(
+            "host={} port={} user={} password={} dbname={maintenance}",
+            addr.ip(),
+            addr.port(),
+            env["PGUSER"],
+            env["PGPASSWORD"]
+        );
+        let refused = connect(&url)
+            .await
+            .expect_err("an app role must not connect to a maintenance database");
+        let message = refused
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(message.contains("permission denied"), "{maintenance}: {refused:?}");
+    }
     // A wrong password is refused too.
     let wrong = env["DATABASE_URL"].replace(&env["PGPASSWORD"], "00");
     assert!(connect(&wrong).await.is_err());
