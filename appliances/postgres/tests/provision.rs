@@ -80,7 +80,10 @@ async fn provision_and_remove_an_app_database() {
             .as_db_error()
             .map(|e| e.message().to_string())
             .unwrap_or_default();
-        assert!(message.contains("permission denied"), "{maintenance}: {refused:?}");
+        assert!(
+            message.contains("permission denied"),
+            "{maintenance}: {refused:?}"
+        );
     }
     // A wrong password is refused too.
     let wrong = env["DATABASE_URL"].replace(&env["PGPASSWORD"], "00");

@@ -76,6 +76,32 @@ fn up_serves_the_cli_and_keeps_state_across_restarts() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+    // The peer port (12380 beside the client port) wants the cluster's certificate too.
+    let peer = etcd.rsplit_once(':').unwrap().0.to_string() + ":12380/members";
+    let curl = |with_cert: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--http1.1", "--max-time", "5", "--cacert"])
+            .arg(pki.join("ca.pem"));
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(pki.join("client.pem"))
+                .arg("--key")
+                .arg(pki.join("client-key.pem"));
+        }
+        cmd.arg(&peer).output().unwrap()
+    };
+    let refused = curl(false);
+    assert!(
+        !refused.status.success(),
+        "etcd's peer port answered without a client certificate: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let allowed = curl(true);
+    assert!(
+        allowed.status.success() && String::from_utf8_lossy(&allowed.stdout).contains("peerURLs"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
     let mode = std::fs::metadata(&pki).unwrap().permissions().mode();
     assert_eq!(
         mode & 0o777,

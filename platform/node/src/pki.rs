@@ -1,5 +1,6 @@
 //! The cluster's certificate authority and the certificates made from it, in the data
-//! dir's `pki/` (0700, keys 0600): etcd's server certificate and the one client identity
+//! dir's `pki/` (0700, keys 0600): etcd's server certificate (also its peer certificate)
+//! and the one client identity
 //! the platform's processes present to etcd (`paas_coord::tls`). etcd runs with
 //! client-certificate authentication, so a process without these files (any job, any
 //! other user) cannot read or write the platform's state.
@@ -69,7 +70,11 @@ fn make(dir: &Path, ip: IpAddr) -> Result<()> {
     server_params
         .distinguished_name
         .push(DnType::CommonName, "paas etcd");
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Also a client certificate: etcd members present it to each other on the peer port.
+    server_params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let server_key = KeyPair::generate()?;
     let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
 

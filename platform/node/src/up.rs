@@ -653,7 +653,10 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
     let pki = crate::pki::ensure(dir, host)?;
     paas_coord::tls::set_client_identity(&pki)?;
     let client = format!("https://{host}:{}", ports.etcd_client);
-    let peer = format!("http://{host}:{}", ports.etcd_peer);
+    // The peer port speaks TLS too and wants a certificate of the cluster's CA: raft
+    // messages from anyone else are refused. A data dir made with a plain peer URL keeps
+    // that URL in etcd's member list; with one member nothing dials it.
+    let peer = format!("https://{host}:{}", ports.etcd_peer);
     for (port, what) in [
         (ports.etcd_client, "etcd client port"),
         (ports.etcd_peer, "etcd peer port"),
@@ -694,6 +697,13 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
         .arg("--cert-file")
         .arg(pki.join(crate::pki::SERVER_CERT))
         .arg("--key-file")
+        .arg(pki.join(crate::pki::SERVER_KEY))
+        .arg("--peer-client-cert-auth")
+        .arg("--peer-trusted-ca-file")
+        .arg(pki.join(paas_coord::tls::CA_FILE))
+        .arg("--peer-cert-file")
+        .arg(pki.join(crate::pki::SERVER_CERT))
+        .arg("--peer-key-file")
         .arg(pki.join(crate::pki::SERVER_KEY))
         .arg("--auto-compaction-mode=revision")
         .arg("--auto-compaction-retention=10000")
