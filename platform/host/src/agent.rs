@@ -6,8 +6,8 @@
 //! Each job task ([`run_job`]) prepares the job (release, command, port, working dir),
 //! runs [`supervisor::supervise`], and in parallel mirrors the supervisor's [`Report`] to
 //! `job-status/<job>` and, while the job is `Up` and exposed, to
-//! `services/<app>-<type>/<job>` — both written with `Batch::put_leased` on the current
-//! host lease. When the lease is lost (`Lease::lost`: expired, or unrenewed up to the
+//! `services/<app>-<type>/<job>` — both through the agent's one [`StatusWriter`], which
+//! batches every job's writes on the current host lease. When the lease is lost (`Lease::lost`: expired, or unrenewed up to the
 //! safe deadline) the agent takes a new one, registers again and every job task rewrites
 //! its keys on it; jobs keep running throughout.
 //!
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::LineOrigin;
 use crate::health::{self, Exposure};
+use crate::status_writer::StatusWriter;
 use crate::supervisor::{self, backoff, JobSpec, Report};
 use crate::{HostError, Shared};
 
@@ -79,6 +80,7 @@ pub(crate) async fn run(
         .await?;
     let mut placements_changed = placements_watch.subscribe();
     let (lease_tx, lease_rx) = watch::channel(Arc::clone(&lease));
+    let writer = StatusWriter::start(Arc::clone(&shared));
     let mut tasks: JoinSet<String> = JoinSet::new();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut failed_registrations = 0u32;
@@ -163,6 +165,7 @@ pub(crate) async fn run(
                 job,
                 stop.clone(),
                 lease_rx.clone(),
+                writer.clone(),
             ));
             running.insert(
                 id,
@@ -237,11 +240,7 @@ pub enum PrepareError {
 
 /// Reads the release, picks a port, makes the working dir.
 async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
-    let (release, _): (Release, i64) = shared
-        .coord
-        .get(&keys::release(&job.app, job.release))
-        .await?
-        .ok_or(PrepareError::NoRelease(job.release))?;
+    let release = release_of(shared, &job.app, job.release).await?;
     let command = release
         .processes
         .get(&job.process_type)
@@ -285,6 +284,33 @@ async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
     })
 }
 
+/// Release `version` of `app`, from the agent's cache or etcd.
+async fn release_of(
+    shared: &Shared,
+    app: &str,
+    version: u64,
+) -> Result<Arc<Release>, PrepareError> {
+    let key = (app.to_string(), version);
+    if let Some(r) = shared.releases.lock().expect("release cache").get(&key) {
+        return Ok(Arc::clone(r));
+    }
+    let (release, _): (Release, i64) = shared
+        .coord
+        .get(&keys::release(app, version))
+        .await?
+        .ok_or(PrepareError::NoRelease(version))?;
+    let release = Arc::new(release);
+    let mut cache = shared.releases.lock().expect("release cache");
+    if cache.len() >= RELEASE_CACHE {
+        cache.clear();
+    }
+    cache.insert(key, Arc::clone(&release));
+    Ok(release)
+}
+
+/// Releases the agent keeps before it starts its cache afresh.
+const RELEASE_CACHE: usize = 4096;
+
 /// A free port on `ip` (bound and released; the job binds it right after).
 fn reserve_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind((ip, 0))?.local_addr()
@@ -296,6 +322,7 @@ async fn run_job(
     job: Job,
     stop: CancellationToken,
     lease: watch::Receiver<Arc<Lease>>,
+    writer: StatusWriter,
 ) -> String {
     let (report_tx, report_rx) = watch::channel(Report {
         state: JobState::Starting,
@@ -305,13 +332,7 @@ async fn run_job(
         message: "preparing".into(),
     });
     let (exposure_tx, exposure_rx) = watch::channel(None::<(SocketAddr, Exposure)>);
-    let reporter = tokio::spawn(report(
-        Arc::clone(&shared),
-        job.clone(),
-        report_rx,
-        exposure_rx,
-        lease,
-    ));
+    let reporter = tokio::spawn(report(writer, job.clone(), report_rx, exposure_rx, lease));
     let mut streak = 0;
     let prepared = loop {
         match prepare(&shared, &job).await {
@@ -353,7 +374,7 @@ async fn run_job(
 
 /// Mirrors a job's report into etcd until the job is down, then removes its keys.
 async fn report(
-    shared: Arc<Shared>,
+    writer: StatusWriter,
     job: Job,
     mut reports: watch::Receiver<Report>,
     mut exposure: watch::Receiver<Option<(SocketAddr, Exposure)>>,
@@ -364,7 +385,8 @@ async fn report(
     let mut registered = false;
     loop {
         let r = reports.borrow_and_update().clone();
-        let current = Arc::clone(&lease.borrow_and_update());
+        // A new lease: every key is written again, on it.
+        lease.borrow_and_update();
         let exposed = exposure.borrow_and_update().clone();
         if r.state == JobState::Down {
             break;
@@ -382,9 +404,7 @@ async fn report(
             started_at: r.started_at,
             message: r.message.clone(),
         };
-        if let Err(e) = put_leased(&shared, &status_key, &status, &current).await {
-            tracing::warn!(job = %job.id, error = %e, "writing job status failed");
-        }
+        writer.put(&status_key, &status);
         let serve = match &exposed {
             Some((addr, Exposure::Service { .. })) if r.state == JobState::Up => Some(*addr),
             _ => None,
@@ -397,17 +417,13 @@ async fn report(
                     job: job.id.clone(),
                     process_type: job.process_type.clone(),
                 };
-                match put_leased(&shared, &service_key, &entry, &current).await {
-                    Ok(()) => registered = true,
-                    Err(e) => {
-                        tracing::warn!(job = %job.id, error = %e, "registering in discovery failed")
-                    }
-                }
+                writer.put(&service_key, &entry);
+                registered = true;
             }
-            None if registered => match remove(&shared, &[&service_key]).await {
-                Ok(()) => registered = false,
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "deregistering failed"),
-            },
+            None if registered => {
+                writer.remove(&service_key);
+                registered = false;
+            }
             None => {}
         }
         tokio::select! {
@@ -416,30 +432,8 @@ async fn report(
             Ok(()) = lease.changed() => {}
         }
     }
-    if let Err(e) = remove(&shared, &[&service_key, &status_key]).await {
-        tracing::warn!(job = %job.id, error = %e, "removing job keys failed; they go with the lease");
-    }
-}
-
-/// Writes one document on the host lease.
-async fn put_leased<T: serde::Serialize>(
-    shared: &Shared,
-    key: &str,
-    value: &T,
-    lease: &Lease,
-) -> Result<(), CoordError> {
-    let mut batch = Batch::new();
-    batch.put_leased(key, value, lease)?;
-    shared.coord.commit(batch).await.map(drop)
-}
-
-/// Deletes `keys` in one batch (absent ones are fine).
-async fn remove(shared: &Shared, keys: &[&str]) -> Result<(), CoordError> {
-    let mut batch = Batch::new();
-    for key in keys {
-        batch.remove(key);
-    }
-    shared.coord.commit(batch).await.map(drop)
+    writer.remove(&service_key);
+    writer.remove(&status_key);
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! - [`agent`]      registration on a lease, the placement loop (woken by a watch on this
 //!   host's placements, resynced every poll interval), one task per job that prepares
 //!   it, supervises it and writes its status and discovery entry.
+//! - `status_writer` the one writer of every job's status and discovery entry: newest
+//!   state per key, up to 100 keys per etcd transaction, one transaction at a time.
 //! - [`supervisor`] one job's process group: spawn, restart with backoff, health, stop.
 //! - [`shim`]       the tiny process between the agent and each job that kills the job's
 //!   whole group when the agent dies (the `job-shim` subcommand of the agent's binary).
@@ -39,9 +41,11 @@ pub mod capture;
 pub mod health;
 pub mod reaper;
 pub mod shim;
+mod status_writer;
 pub mod supervisor;
 pub mod users;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,6 +163,9 @@ pub(crate) struct Shared {
     /// The host lease while registered, for what the API publishes (one-off jobs'
     /// statuses); cleared before the agent revokes it.
     pub(crate) lease: std::sync::RwLock<Option<Arc<paas_coord::Lease>>>,
+    /// Releases read so far: they are immutable, so the jobs of one release (a scale-up,
+    /// a host's share after another host died) read it from etcd once.
+    pub(crate) releases: std::sync::Mutex<HashMap<(String, u64), Arc<paas_model::Release>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops every job and releases the
@@ -212,6 +219,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         groups,
         users,
         lease: std::sync::RwLock::new(None),
+        releases: Default::default(),
     });
     let api_stop = CancellationToken::new();
     let mut server = AbortOnDrop(tokio::spawn({

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use paas_coord::{Batch, Coord, CoordError, Leadership};
 use paas_model::keys;
 use paas_model::{App, Formation, Host, Job, JobStatus, Release};
@@ -148,12 +149,21 @@ async fn lead(
         let tick = async {
             let view = read_view(coord, releases).await?;
             let read = started.elapsed();
-            let actions = reconcile::reconcile(&view);
+            let mut actions = reconcile::reconcile(&view);
             let decided = started.elapsed();
-            for chunk in actions.chunks(ACTIONS_PER_TXN) {
-                apply(coord, leadership, chunk).await?;
-                for action in chunk {
-                    tracing::info!(scheduler = %cfg.id, "{action}");
+            // Placements first, so a host's replacements start before the cleanup of
+            // what it lost; the chunks go to etcd together (raft commits concurrent
+            // proposals in shared rounds), not one round after another: 1,334 actions
+            // after a host loss took 12.7 s one chunk at a time on a busy machine.
+            actions.sort_by_key(|a| !matches!(a, Action::Place { .. }));
+            let chunks: Vec<&[Action]> = actions.chunks(ACTIONS_PER_TXN).collect();
+            for window in chunks.chunks(CONCURRENT_TXNS) {
+                let mut commits = FuturesUnordered::new();
+                for chunk in window {
+                    commits.push(apply_logged(coord, leadership, &cfg.id, chunk));
+                }
+                while let Some(done) = commits.next().await {
+                    done?;
                 }
             }
             // One line per tick for `scripts/bench-scale` (RUST_LOG=paas_scheduler=debug).
@@ -260,6 +270,23 @@ fn new_job_id() -> String {
 /// round with its fsync) per hundred actions rather than per action, within etcd's
 /// default limit of 128 operations per transaction (the leadership check is one more).
 const ACTIONS_PER_TXN: usize = 100;
+
+/// [`apply`], then logs each action (so the log shows only what was written).
+async fn apply_logged(
+    coord: &Coord,
+    leadership: &Leadership,
+    id: &str,
+    actions: &[Action],
+) -> Result<(), CoordError> {
+    apply(coord, leadership, actions).await?;
+    for action in actions {
+        tracing::info!(scheduler = %id, "{action}");
+    }
+    Ok(())
+}
+
+/// Transactions of one tick in flight at once.
+const CONCURRENT_TXNS: usize = 16;
 
 /// Writes `actions` in one transaction guarded by `leadership`; `Fenced` when it no
 /// longer leads (nothing was written).
