@@ -5,6 +5,7 @@ mod attach;
 pub mod backups;
 pub mod drain_policy;
 pub mod logs;
+pub mod quota;
 mod routes;
 mod runtime;
 pub use runtime::{artifact_path, MAX_ARTIFACT_BYTES};
@@ -297,6 +298,7 @@ async fn change_env(
     Body(change): Body<EnvChange>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
+    check_release_quota(&s, &p, &app).await?;
     if change.set.is_empty() && change.unset.is_empty() {
         return Err(ApiError::Invalid(
             "nothing to change: give 'set' or 'unset'".into(),
@@ -372,6 +374,7 @@ async fn rollback(
     Body(req): Body<RollbackRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
+    check_release_quota(&s, &p, &app).await?;
     let current = s.store.get_app(&app).await?;
     let target = match req.version {
         Some(v) => v,
@@ -409,6 +412,7 @@ async fn add_resource(
     Body(req): Body<AddResource>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
+    check_release_quota(&s, &p, &app).await?;
     s.store.get_app(&app).await?;
     let provider = s.providers.get(&req.kind).ok_or_else(|| {
         let kinds = s.providers.kinds();
@@ -492,6 +496,7 @@ async fn remove_resource(
     Path((app, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
+    check_release_quota(&s, &p, &app).await?;
     let resource = s.store.resource(&app, &id).await?;
     deprovision(&s, &resource).await?;
     let keys: Vec<String> = resource.env.keys().cloned().collect();
@@ -579,4 +584,19 @@ async fn revoke_token(
     s.store.delete_token(&id).await?;
     tracing::info!(%id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fails when an app-scoped caller's app already made its hourly share of releases.
+/// Exact while the quota is at most the releases GC keeps (`paas up` checks that): the
+/// newest kept releases then include every one made in the last hour that counts.
+pub(crate) async fn check_release_quota(
+    s: &AppState,
+    p: &Principal,
+    app: &str,
+) -> Result<(), ApiError> {
+    if p.is_admin() {
+        return Ok(());
+    }
+    let made = s.store.list_releases(app).await?;
+    quota::check_releases(made.iter().map(|r| r.created_at), Utc::now(), &s.quotas)
 }

@@ -49,6 +49,11 @@ pub fn short_id() -> String {
 pub struct Principal(pub Scope);
 
 impl Principal {
+    /// Whether the caller holds an admin token (quotas do not apply to it).
+    pub fn is_admin(&self) -> bool {
+        matches!(self.0, Scope::Admin)
+    }
+
     /// Whether the caller may see `app` at all. Apps it may not see are reported as
     /// missing (404), so that names of other apps do not leak.
     pub fn can_see(&self, app: &str) -> bool {

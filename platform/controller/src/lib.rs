@@ -49,6 +49,10 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Where backups of resources are kept; `None`: backups are not offered.
     pub backups: Option<paas_backups::Backups>,
+    /// What an app-scoped token may make its app consume.
+    pub quotas: api::quota::Quotas,
+    /// One-off runs attached through this controller (for the runs quota).
+    pub runs: api::quota::RunCounter,
 }
 
 /// A connected controller, ready to serve its router.
@@ -82,6 +86,8 @@ impl Controller {
                 agent_secret: String::new(),
                 http: reqwest::Client::new(),
                 backups: None,
+                quotas: Default::default(),
+                runs: Default::default(),
             },
         })
     }
@@ -113,6 +119,12 @@ impl Controller {
     /// Sets the largest artifact accepted (default [`api::MAX_ARTIFACT_BYTES`]).
     pub fn with_max_artifact_bytes(mut self, bytes: u64) -> Self {
         self.state.max_artifact_bytes = bytes;
+        self
+    }
+
+    /// Sets the limits of app-scoped tokens (default [`api::quota::Quotas::default`]).
+    pub fn with_quotas(mut self, quotas: api::quota::Quotas) -> Self {
+        self.state.quotas = quotas;
         self
     }
 

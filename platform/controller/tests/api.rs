@@ -1171,3 +1171,100 @@ async fn old_releases_and_unreferenced_artifacts_are_collected() {
         "the kept releases' code stays, the rest goes"
     );
 }
+
+#[tokio::test]
+async fn app_tokens_are_held_to_quotas() {
+    // Defaults: 20 jobs per app, 10 releases per hour, 3 one-off runs at once.
+    let api = Api::start().await;
+    assert_eq!(
+        api.admin("POST", "/apps", Some(json!({"name": "shop"})))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (_, created) = api
+        .admin("POST", "/tokens", Some(json!({"app": "shop"})))
+        .await;
+    let scoped = created["token"].as_str().unwrap().to_string();
+    let release = api
+        .call(
+            Some(&scoped),
+            "POST",
+            "/apps/shop/releases",
+            Some(json!({"processes": {"web": "serve", "worker": "work"}})),
+        )
+        .await;
+    assert_eq!(release.0, StatusCode::CREATED, "{:?}", release.1);
+
+    // Jobs: all process types together.
+    let scale = |n: u32| json!({"processes": {"web": 15, "worker": n}});
+    let ok = api
+        .call(Some(&scoped), "PUT", "/apps/shop/formation", Some(scale(5)))
+        .await;
+    assert_eq!(ok.0, StatusCode::OK, "{:?}", ok.1);
+    assert_error(
+        &api.call(Some(&scoped), "PUT", "/apps/shop/formation", Some(scale(6)))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "at most 20",
+    );
+    let (_, formation) = api.admin("GET", "/apps/shop/formation", None).await;
+    assert_eq!(
+        formation["processes"]["worker"], 5,
+        "the refused scale changed nothing"
+    );
+    let admin = api
+        .admin("PUT", "/apps/shop/formation", Some(scale(50)))
+        .await;
+    assert_eq!(admin.0, StatusCode::OK, "admins are not held to quotas");
+
+    // Releases: v1 (create) and v2 above count; eight more env changes make ten.
+    for i in 0..8 {
+        let r = api
+            .call(
+                Some(&scoped),
+                "PATCH",
+                "/apps/shop/env",
+                Some(json!({"set": {"N": i.to_string()}})),
+            )
+            .await;
+        assert_eq!(r.0, StatusCode::CREATED, "change {i}: {:?}", r.1);
+    }
+    assert_error(
+        &api.call(
+            Some(&scoped),
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"set": {"N": "x"}})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "10 releases in the last hour",
+    );
+    assert_error(
+        &api.call(
+            Some(&scoped),
+            "POST",
+            "/apps/shop/releases",
+            Some(json!({"processes": {"web": "serve"}})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "releases in the last hour",
+    );
+    let admin = api
+        .admin(
+            "PATCH",
+            "/apps/shop/env",
+            Some(json!({"set": {"N": "admin"}})),
+        )
+        .await;
+    assert_eq!(
+        admin.0,
+        StatusCode::CREATED,
+        "admins are not held to quotas"
+    );
+}

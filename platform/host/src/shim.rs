@@ -11,7 +11,8 @@
 //!
 //! The shim is the agent's own executable run with a hidden subcommand ([`SUBCOMMAND`],
 //! see [`Shim`]); its arguments are `AGENT_PID [--as UID] [--] PROGRAM ARGS...`: with
-//! `--as`, the job runs as that uid and gid (no supplementary groups), switched in the
+//! `--as`, the job runs as that uid and gid (no supplementary groups) with the
+//! [`JOB_LIMITS`] (open files, processes), switched in the
 //! job's process after the shim, still root, has entered the working directory. It blocks every
 //! catchable signal and waits for them with `sigtimedwait` (waking at least every
 //! [`POLL`] as a backstop); on every wake it asks [`decide`]:
@@ -39,6 +40,12 @@ use std::time::Duration;
 
 /// The hidden subcommand of an agent binary that runs the shim (`paas job-shim ...`).
 pub const SUBCOMMAND: &str = "job-shim";
+
+/// Limits of a job that runs as its own user (`--as`): open files, and processes of
+/// its uid, which is the job's alone, so it bounds a fork bomb to this job. The values
+/// are Heroku's for a standard dyno's files and a generous process count.
+pub const JOB_LIMITS: [(libc::__rlimit_resource_t, libc::rlim_t); 2] =
+    [(libc::RLIMIT_NOFILE, 10_000), (libc::RLIMIT_NPROC, 512)];
 
 /// Longest time between two looks at the parent and the leader.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -230,14 +237,24 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<i32, ShimError> {
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&rest);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (sigemptyset, sigprocmask, setgroups, setgid, setuid,
-    // prctl, getppid). The user switch comes first: it clears the parent-death signal.
+    // async-signal-safe calls (sigemptyset, sigprocmask, setrlimit, setgroups, setgid,
+    // setuid, prctl, getppid). The user switch comes first: it clears the parent-death signal.
     unsafe {
         cmd.pre_exec(move || {
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             if let Some(id) = user {
+                // Limits first, while still root (a hard limit cannot be raised after).
+                for (resource, limit) in JOB_LIMITS {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(resource, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(id) != 0
                     || libc::setuid(id) != 0

@@ -568,7 +568,7 @@ async fn run_passes_stdin_output_and_exit_code() {
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let script = format!(
-            "id -u; cat {} || echo refused; ls {} || echo unlisted; touch mine && echo own",
+            "id -u; cat {} || echo refused; ls {} || echo unlisted; touch mine && echo own; echo files=$(awk '/^Max open files/ {{print $4}}' /proc/self/limits) procs=$(awk '/^Max processes/ {{print $3}}' /proc/self/limits)",
             secret.display(),
             data.join("jobs").display()
         );
@@ -590,6 +590,10 @@ async fn run_passes_stdin_output_and_exit_code() {
         assert!(!out.contains("s3cret"), "{out}");
         assert!(out.contains("refused") && out.contains("unlisted"), "{out}");
         assert!(out.contains("own"), "a job writes its own directory: {out}");
+        assert!(
+            out.contains("files=10000 procs=512"),
+            "a job runs with its limits: {out}"
+        );
 
         // A process that leaves the job's group and session (a daemon) still ends with
         // the job: everything its user owns is killed.

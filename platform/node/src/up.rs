@@ -79,6 +79,17 @@ pub struct UpArgs {
     /// uploaded code no kept release uses are deleted every 5 minutes.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub keep_releases: u64,
+    /// Most jobs an app-scoped token may give its app (all process types together);
+    /// admin tokens are not limited.
+    #[arg(long, default_value_t = 20)]
+    pub quota_jobs: u32,
+    /// Most releases (deploys, env changes, rollbacks, resource changes) an app-scoped
+    /// token may make per hour; at most --keep-releases.
+    #[arg(long, default_value_t = 10)]
+    pub quota_releases: u32,
+    /// Most one-off runs (`paas run`) of an app an app-scoped token may have at once.
+    #[arg(long, default_value_t = 3)]
+    pub quota_runs: u32,
     /// Lease TTL of the appliance members, in seconds (at least 2). A dead primary is
     /// replaced within about this long; a primary whose lease renewals stall for the TTL
     /// minus one second stops itself. Shorter fails over faster but fences a primary on
@@ -268,6 +279,18 @@ async fn serve(
         paas_controller::auth::generate_secret().secret
     })?;
     controller = controller.with_agent_secret(cluster_secret.clone());
+    if u64::from(args.quota_releases) > args.keep_releases {
+        bail!(
+            "--quota-releases ({}) may not exceed --keep-releases ({}): the releases made in the last hour are counted among the kept ones",
+            args.quota_releases,
+            args.keep_releases
+        );
+    }
+    controller = controller.with_quotas(paas_controller::api::quota::Quotas {
+        jobs: args.quota_jobs,
+        releases_per_hour: args.quota_releases,
+        runs: args.quota_runs,
+    });
     let admin_token = admin_token(data_dir)?;
     controller
         .ensure_admin_token(&admin_token)

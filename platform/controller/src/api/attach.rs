@@ -61,6 +61,10 @@ pub async fn run(
     }
     s.store.get_app(&app).await?;
     job["app"] = serde_json::Value::String(app.clone());
+    // Counted until the session ends (the slot moves into the splicing task).
+    let slot = s
+        .runs
+        .start(&app, (!p.is_admin()).then_some(s.quotas.runs))?;
 
     let hosts = s.store.hosts().await?;
     let host: Host = hosts
@@ -71,6 +75,7 @@ pub async fn run(
     tracing::info!(%app, host = %host.id, "one-off job attached");
 
     tokio::spawn(async move {
+        let _slot = slot;
         let (client, agent) = tokio::join!(client_upgrade, async {
             Ok::<_, hyper::Error>(agent_upgrade)
         });

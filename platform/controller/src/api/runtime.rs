@@ -103,6 +103,7 @@ pub async fn create_release(
     Body(req): Body<NewRelease>,
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
+    super::check_release_quota(&s, &p, &app).await?;
     for (kind, command) in &req.processes {
         validate_process_type(kind)?;
         if command.trim().is_empty() {
@@ -201,6 +202,9 @@ pub async fn scale(
     let mut formation = s.store.formation(&app).await?;
     formation.processes.extend(req.processes);
     formation.processes.retain(|_, n| *n > 0);
+    if !p.is_admin() {
+        super::quota::check_jobs(&formation.processes, &s.quotas)?;
+    }
     s.store.put_formation(&formation).await?;
     tracing::info!(%app, processes = ?formation.processes, "scaled");
     Ok(Json(formation))
