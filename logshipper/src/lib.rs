@@ -18,6 +18,7 @@
 
 pub mod aggregator;
 pub mod api;
+pub mod close_log;
 pub mod conn_buffer;
 pub mod dedupe;
 pub mod drain;
@@ -32,5 +33,6 @@ pub mod shipper;
 pub mod store;
 pub mod syslog;
 pub mod text;
+pub mod tls;
 
 pub use line::{LogLine, Stream};

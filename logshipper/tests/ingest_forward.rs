@@ -138,9 +138,9 @@ async fn node_client_shared_key_and_tls() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = paas_logshipper::ingest::load_tls(&cert_path, &key_path).unwrap();
+    let tls = paas_logshipper::tls::server_config(&cert_path, &key_path).unwrap();
     let h = Harness::start(dir.path(), |c| {
-        c.tls = Some(tls);
+        c.forward_tls = Some(tls);
         c.shared_key = Some(SharedKey {
             key: "sesame".into(),
             server_hostname: "aggregator".into(),
