@@ -248,3 +248,72 @@ async fn only_the_platforms_certificate_and_secret_open_the_aggregator() {
     assert_eq!(body.lines().count(), 100, "{body}");
     service.shutdown().await;
 }
+
+/// rsyslog, as an operator would point it at the aggregator: `omfwd` with the gtls
+/// stream driver (Debian `rsyslog-gnutls`), the cluster's client certificate, and the
+/// aggregator's name checked (`x509/name`, `paas-logs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_sends_over_tls_with_the_cluster_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki(&pki_dir);
+    let service = start(&dir.path().join("agg"), &pki_dir).await;
+    let input = dir.path().join("app.log");
+    let lines: Vec<String> = (0..500).map(|i| format!("rsyslog tls line {i}")).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let conf = dir.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{work}"
+       DefaultNetstreamDriverCAFile="{pki}/{ca}"
+       DefaultNetstreamDriverCertFile="{pki}/{cert}"
+       DefaultNetstreamDriverKeyFile="{pki}/{key}")
+module(load="imfile")
+input(type="imfile" File="{input}" Tag="tlsapp")
+action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
+       TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format"
+       StreamDriver="gtls" StreamDriverMode="1" StreamDriverAuthMode="x509/name"
+       StreamDriverPermittedPeers="{name}")
+"#,
+            work = dir.path().display(),
+            pki = pki_dir.display(),
+            ca = tls::CA_FILE,
+            cert = tls::CLIENT_CERT_FILE,
+            key = tls::CLIENT_KEY_FILE,
+            input = input.display(),
+            port = service.syslog_addr().unwrap().port(),
+            name = tls::SERVER_NAME,
+        ),
+    )
+    .unwrap();
+    let _rsyslogd = tokio::process::Command::new("rsyslogd")
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.path().join("rsyslogd.pid"))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rsyslogd must be installed (apt-get install rsyslog rsyslog-gnutls)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got: Vec<String> = loop {
+        let (_, body) = get(&service, "/apps/tlsapp/log?lines=1000", Some(SECRET)).await;
+        let got: Vec<String> = body
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        if got.len() >= lines.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got, lines);
+    service.shutdown().await;
+}
