@@ -241,6 +241,17 @@ struct Ctx {
     close_log: Mutex<LogLimit>,
 }
 
+impl Ctx {
+    /// Counts a closed or refused connection; says whether to log it
+    /// ([`crate::close_log`]).
+    fn note_close(&self) -> LogVerdict {
+        self.close_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(std::time::Instant::now())
+    }
+}
+
 impl Ingest {
     /// Binds the configured listeners and starts accepting connections.
     pub async fn start(
@@ -367,7 +378,9 @@ async fn listen(
             ctx.aggregator
                 .metrics()
                 .parse_error(input.name(), "too_many_connections");
-            tracing::warn!(input = input.name(), %peer, limit = ctx.config.max_connections, "too many connections; closing the new one");
+            if let LogVerdict::Log { unlogged } = ctx.note_close() {
+                tracing::warn!(input = input.name(), %peer, limit = ctx.config.max_connections, unlogged_before = unlogged, "too many connections; closing the new one");
+            }
             drop(socket);
             continue;
         };
@@ -390,14 +403,12 @@ async fn listen(
                 None => tracing::debug!(input = input.name(), %peer, ?reason, "connection closed"),
                 Some(kind) => {
                     ctx.aggregator.metrics().parse_error(input.name(), kind);
-                    let verdict = ctx
-                        .close_log
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .note(std::time::Instant::now());
-                    if let LogVerdict::Log { unlogged } = verdict {
-                        let refused = reason.is_refusal();
-                        tracing::warn!(input = input.name(), %peer, ?reason, refused, unlogged_before = unlogged, "connection closed");
+                    if let LogVerdict::Log { unlogged } = ctx.note_close() {
+                        if reason.is_refusal() {
+                            tracing::warn!(input = input.name(), %peer, ?reason, unlogged_before = unlogged, "connection refused: no valid credentials");
+                        } else {
+                            tracing::warn!(input = input.name(), %peer, ?reason, unlogged_before = unlogged, "connection closed");
+                        }
                     }
                 }
             }
