@@ -28,6 +28,16 @@
 //! Forward heartbeats: a `nil` value on a TCP connection is ignored; a UDP datagram to the
 //! forward port is answered with one zero byte (Fluentd `in_forward` behaviour).
 //!
+//! # Authentication
+//!
+//! Each input authenticates with its protocol's own standard means: syslog with TLS and a
+//! client certificate (`syslog_tls` from [`crate::tls::mutual_server_config`], RFC
+//! 5425), forward with the shared-key handshake (`shared_key`: HELO, PING, PONG before
+//! any event, [`forward_step`]). A refused connection is closed before anything it sent
+//! becomes a line, counted (`reason="tls"` or `"handshake"`) and logged within
+//! [`crate::close_log`]'s limit. `unauthenticated_syslog_addr` is the one plain input,
+//! opened only when asked for.
+//!
 //! # Shutdown
 //!
 //! [`Ingest::shutdown`] stops the listeners, tells every connection to stop reading (each
