@@ -284,6 +284,11 @@ async fn serve(
         .await
         .context("cannot store the admin token")?;
 
+    // The identity directory: the embedded etcd's, or the one given with --etcd.
+    let pki = match (&args.etcd, &args.etcd_tls_dir) {
+        (Some(_), Some(dir)) => dir.clone(),
+        _ => data_dir.join("pki"),
+    };
     let forward_shared_key = persistent_secret(&data_dir.join("forward-shared-key"), || {
         paas_controller::auth::generate_secret().secret
     })?;
@@ -297,10 +302,7 @@ async fn serve(
             unauthenticated_syslog: args.unauthenticated_syslog_listen,
         },
         crate::aggregator::Credentials {
-            pki: match (&args.etcd, &args.etcd_tls_dir) {
-                (Some(_), Some(dir)) => dir.clone(),
-                _ => data_dir.join("pki"),
-            },
+            pki: pki.clone(),
             forward_shared_key,
             api_secret: cluster_secret.clone(),
         },
@@ -403,7 +405,7 @@ async fn serve(
         if let Some(a) = logs.syslog_addr() {
             println!(
                 "  syslog:   {a} (RFC 5424 over TLS, RFC 5425; client certificate from {})",
-                data_dir.join("pki").display()
+                pki.display()
             );
         }
         if let Some(a) = logs.unauthenticated_syslog_addr() {
