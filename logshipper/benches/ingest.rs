@@ -3,8 +3,11 @@
 //! the same run with the same clients and bytes.
 //!
 //! Scenarios: `syslog` (plain RFC 5424 lines), `syslog+paas id` (the same with the
-//! shipper's `[paas id="N" spool="S"]`, so replay detection runs for every line) and
-//! `forward` (PackedForward).
+//! shipper's `[paas id="N" spool="S"]`, so replay detection runs for every line),
+//! `syslog+id mTLS` (the same over TLS with client certificates, as `paas up` takes the
+//! shipper's lines), `forward` (PackedForward) and `forward+shared key` (the same after
+//! the HELO/PING/PONG handshake, as `paas up` requires). The authenticated rows are
+//! printed against the same baselines and against their plain row (`vs plain`).
 //!
 //! Each scenario opens `CONNECTIONS` client connections on 127.0.0.1; every connection
 //! sends `MIB_PER_CONNECTION` MiB of pre-encoded 200-byte lines. A scenario's time runs
@@ -135,20 +138,113 @@ fn forward_payload(conn: usize, target: usize) -> Payload {
     Payload { bytes, lines }
 }
 
+/// The shared key of the `forward+shared key` scenario.
+const SHARED_KEY: &str = "bench-shared-key";
+
+/// How the clients authenticate, as `paas up` requires it.
+#[derive(Clone, Default)]
+struct ClientAuth {
+    /// TLS with a client certificate (syslog).
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The forward handshake with this key.
+    shared_key: Option<&'static str>,
+}
+
+/// A cluster CA with the aggregator's certificate and a client identity in `dir`, as
+/// `paas up` makes them.
+fn make_pki(dir: &std::path::Path) {
+    use paas_logshipper::tls as t;
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut server = CertificateParams::new(vec![t::SERVER_NAME.to_string()]).unwrap();
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().unwrap();
+    let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().unwrap();
+    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+    for (name, text) in [
+        (t::CA_FILE, ca.pem()),
+        (t::SERVER_CERT_FILE, server.pem()),
+        (t::SERVER_KEY_FILE, server_key.serialize_pem()),
+        (t::CLIENT_CERT_FILE, client.pem()),
+        (t::CLIENT_KEY_FILE, client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// The client side of the forward handshake: reads HELO, sends PING, reads PONG.
+async fn forward_handshake(s: &mut TcpStream, key: &str) {
+    let helo = read_value(s).await;
+    let nonce = helo[1]["nonce"].as_slice().unwrap().to_vec();
+    let (hostname, salt) = (b"bench-client", b"0123456789abcdef");
+    let digest = paas_logshipper::forward::handshake::digest(salt, hostname, &nonce, key);
+    let ping = Value::Array(vec![
+        Value::from("PING"),
+        Value::from("bench-client"),
+        Value::Binary(salt.to_vec()),
+        Value::from(digest),
+        Value::from(""),
+        Value::from(""),
+    ]);
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &ping).unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let pong = read_value(s).await;
+    assert_eq!(pong[1], Value::from(true), "PONG refused: {pong}");
+}
+
+/// Reads one small MessagePack value (a handshake message) from `s`.
+async fn read_value(s: &mut TcpStream) -> Value {
+    let mut buf = Vec::new();
+    loop {
+        if let Ok(v) = rmpv::decode::read_value(&mut buf.as_slice()) {
+            return v;
+        }
+        let mut more = [0u8; 256];
+        let n = s.read(&mut more).await.unwrap();
+        assert!(n > 0, "connection closed during the handshake");
+        buf.extend_from_slice(&more[..n]);
+    }
+}
+
+/// Writes `bytes`, closes the write side and waits until the server closes.
+async fn send_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, bytes: &[u8]) {
+    for chunk in bytes.chunks(256 * 1024) {
+        s.write_all(chunk).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    // Keep the connection until the server has read everything.
+    let mut sink = [0u8; 64];
+    let _ = s.read(&mut sink).await;
+}
+
 /// Sends every payload on its own connection; returns when all are written.
-async fn send_all(addr: SocketAddr, payloads: Arc<Vec<Payload>>) {
+async fn send_all(addr: SocketAddr, payloads: Arc<Vec<Payload>>, auth: ClientAuth) {
     let mut tasks = Vec::new();
     for i in 0..payloads.len() {
         let payloads = Arc::clone(&payloads);
+        let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            for chunk in payloads[i].bytes.chunks(256 * 1024) {
-                s.write_all(chunk).await.unwrap();
+            if let Some(key) = auth.shared_key {
+                forward_handshake(&mut s, key).await;
             }
-            s.shutdown().await.unwrap();
-            // Keep the connection until the server has read everything.
-            let mut sink = [0u8; 64];
-            let _ = s.read(&mut sink).await;
+            match &auth.tls {
+                Some(tls) => {
+                    let s = tls
+                        .connect(paas_logshipper::tls::server_name(), s)
+                        .await
+                        .unwrap();
+                    send_one(s, &payloads[i].bytes).await
+                }
+                None => send_one(s, &payloads[i].bytes).await,
+            }
         }));
     }
     for t in tasks {
@@ -302,7 +398,7 @@ async fn raw_baseline(name: &'static str, split: Split, payloads: Arc<Vec<Payloa
     });
     let start = Instant::now();
     let cpu_start = process_cpu_secs();
-    send_all(addr, Arc::clone(&payloads)).await;
+    send_all(addr, Arc::clone(&payloads), ClientAuth::default()).await;
     let frames = server.await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = process_cpu_secs() - cpu_start;
@@ -319,8 +415,15 @@ async fn raw_baseline(name: &'static str, split: Split, payloads: Arc<Vec<Payloa
     }
 }
 
-/// Full ingest of `payloads` on the syslog or forward input.
-async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) -> Figures {
+/// Full ingest of `payloads` on the syslog or forward input; with `auth`, the input
+/// requires what `paas up`'s does (syslog: a client certificate; forward: the shared key)
+/// and the clients present it.
+async fn ingest(
+    name: &'static str,
+    forward: bool,
+    auth: bool,
+    payloads: Arc<Vec<Payload>>,
+) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path().join("journal"), JournalConfig::default()).unwrap();
     let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("store"))).unwrap());
@@ -338,11 +441,27 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
         stop_persisting.clone(),
     ));
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let config = IngestConfig {
+    let mut config = IngestConfig {
         syslog_addr: (!forward).then_some(local),
         forward_addr: forward.then_some(local),
         ..IngestConfig::default()
     };
+    let mut client = ClientAuth::default();
+    if auth && forward {
+        config.shared_key = Some(paas_logshipper::forward::handshake::SharedKey {
+            key: SHARED_KEY.into(),
+            server_hostname: "bench".into(),
+        });
+        client.shared_key = Some(SHARED_KEY);
+    } else if auth {
+        let pki = dir.path().join("pki");
+        std::fs::create_dir(&pki).unwrap();
+        make_pki(&pki);
+        config.syslog_tls = Some(paas_logshipper::tls::mutual_server_config(&pki).unwrap());
+        client.tls = Some(tokio_rustls::TlsConnector::from(
+            paas_logshipper::tls::client_config(&pki).unwrap(),
+        ));
+    }
     let ingest = Ingest::start(config, aggregator).await.unwrap();
     let addr = if forward {
         ingest.forward_addr().unwrap()
@@ -353,7 +472,7 @@ async fn ingest(name: &'static str, forward: bool, payloads: Arc<Vec<Payload>>) 
     let total_bytes: u64 = payloads.iter().map(|p| p.bytes.len() as u64).sum();
     let start = Instant::now();
     let cpu_start = process_cpu_secs();
-    let sender = tokio::spawn(send_all(addr, Arc::clone(&payloads)));
+    let sender = tokio::spawn(send_all(addr, Arc::clone(&payloads), client));
     while accepted.get() < total_lines {
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(
@@ -560,20 +679,26 @@ async fn main() {
     print(&raw_syslog, None);
     let framed_syslog = baseline("raw + framing", Split::Syslog, &syslog).await;
     print(&framed_syslog, Some(&raw_syslog));
-    let s = ingest("syslog", false, Arc::clone(&syslog)).await;
+    let s = ingest("syslog", false, false, Arc::clone(&syslog)).await;
     print_against(&s, &raw_syslog, &framed_syslog);
     let raw_shipped = baseline("raw tcp read", Split::None, &shipped).await;
     print(&raw_shipped, None);
     let framed_shipped = baseline("raw + framing", Split::Syslog, &shipped).await;
     print(&framed_shipped, Some(&raw_shipped));
-    let d = ingest("syslog+paas id", false, Arc::clone(&shipped)).await;
+    let d = ingest("syslog+paas id", false, false, Arc::clone(&shipped)).await;
     print_against(&d, &raw_shipped, &framed_shipped);
+    let t = ingest("syslog+id mTLS", false, true, Arc::clone(&shipped)).await;
+    print_against(&t, &raw_shipped, &framed_shipped);
+    print_row(&format!("  vs {}", d.name), &t, Some(&d));
     let raw_forward = baseline("raw tcp read", Split::None, &forward).await;
     print(&raw_forward, None);
     let framed_forward = baseline("raw + framing", Split::Forward, &forward).await;
     print(&framed_forward, Some(&raw_forward));
-    let f = ingest("forward", true, Arc::clone(&forward)).await;
+    let f = ingest("forward", true, false, Arc::clone(&forward)).await;
     print_against(&f, &raw_forward, &framed_forward);
+    let k = ingest("forward+shared key", true, true, Arc::clone(&forward)).await;
+    print_against(&k, &raw_forward, &framed_forward);
+    print_row(&format!("  vs {}", f.name), &k, Some(&f));
     print(&decode_only("syslog decode", false, &syslog[0]), None);
     print(&decode_only("forward decode", true, &forward[0]), None);
     for part in accept_parts(&syslog[0]) {

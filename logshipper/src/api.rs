@@ -8,13 +8,19 @@
 //! * `GET /metrics` — the Prometheus registry in the OpenMetrics text format.
 //!
 //! Bad query parameters get `400` with a JSON `{"error": ...}` body.
+//!
+//! With a bearer secret ([`require_bearer`], the cluster secret in `paas up`), every
+//! endpoint answers `401` to a request without `Authorization: Bearer <secret>`: the logs
+//! of every app are here, and jobs on the same machine can reach this port. The
+//! controller presents the secret when it proxies `paas log`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -43,6 +49,53 @@ pub fn router(state: ApiState) -> Router {
         .route("/apps/{app}/log", get(app_log))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Wraps `router` so every request must carry `Authorization: Bearer <secret>`; others
+/// get `401` with a JSON error and `WWW-Authenticate: Bearer`.
+pub fn require_bearer(router: Router, secret: &str) -> Router {
+    let expected: Arc<[u8; 32]> = Arc::new(sha256(secret.as_bytes()));
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let expected = Arc::clone(&expected);
+        async move {
+            if authorized(request.headers(), &expected) {
+                next.run(request).await
+            } else {
+                tracing::debug!(path = %request.uri().path(), "log API request without the cluster secret");
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    axum::Json(serde_json::json!({
+                        "error": "this API requires the cluster secret as a bearer token"
+                    })),
+                )
+                    .into_response()
+            }
+        }
+    }))
+}
+
+/// Whether `headers` carry the bearer secret whose SHA-256 is `expected`; the digests
+/// are compared without an early exit, so timing does not tell how much matched.
+fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = sha256(given.trim().as_bytes());
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Query parameters of the log endpoint.
@@ -135,4 +188,25 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         crate::metrics::render(&state.registry),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_secret_is_authorized() {
+        let expected = sha256(b"s3cret");
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            h
+        };
+        assert!(authorized(&with("Bearer s3cret"), &expected));
+        assert!(!authorized(&with("Bearer s3cre"), &expected));
+        assert!(!authorized(&with("Bearer s3cretx"), &expected));
+        assert!(!authorized(&with("Basic s3cret"), &expected));
+        assert!(!authorized(&with("s3cret"), &expected));
+        assert!(!authorized(&HeaderMap::new(), &expected));
+    }
 }

@@ -28,6 +28,16 @@
 //! Forward heartbeats: a `nil` value on a TCP connection is ignored; a UDP datagram to the
 //! forward port is answered with one zero byte (Fluentd `in_forward` behaviour).
 //!
+//! # Authentication
+//!
+//! Each input authenticates with its protocol's own standard means: syslog with TLS and a
+//! client certificate (`syslog_tls` from [`crate::tls::mutual_server_config`], RFC
+//! 5425), forward with the shared-key handshake (`shared_key`: HELO, PING, PONG before
+//! any event, [`forward_step`]). A refused connection is closed before anything it sent
+//! becomes a line, counted (`reason="tls"` or `"handshake"`) and logged within
+//! [`crate::close_log`]'s limit. `unauthenticated_syslog_addr` is the one plain input,
+//! opened only when asked for.
+//!
 //! # Shutdown
 //!
 //! [`Ingest::shutdown`] stops the listeners, tells every connection to stop reading (each
@@ -36,10 +46,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::close_log::{LogLimit, LogVerdict};
 use crate::conn_buffer::{Budget, ConnBuffer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -61,8 +71,17 @@ pub struct IngestConfig {
     pub syslog_addr: Option<SocketAddr>,
     /// Address of the Fluent Forward listener (`None`: no forward input).
     pub forward_addr: Option<SocketAddr>,
-    /// TLS for both listeners (`None`: plain TCP).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS of the syslog listener (`None`: plain TCP). `paas up` requires client
+    /// certificates here ([`crate::tls::mutual_server_config`]): RFC 5425's way of
+    /// authenticating syslog senders.
+    pub syslog_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS of the forward listener (`None`: plain TCP); forward clients authenticate
+    /// with the shared key, TLS only hides the stream.
+    pub forward_tls: Option<Arc<rustls::ServerConfig>>,
+    /// A second syslog listener, plain TCP and without any authentication, for clients
+    /// that cannot do TLS (`logger --tcp`); anyone who can reach it can write into any
+    /// app's log. `None` (the default): no such listener.
+    pub unauthenticated_syslog_addr: Option<SocketAddr>,
     /// Largest forward message (one MessagePack value) accepted: Fluentd's and Fluent
     /// Bit's chunks of many entries travel as one message, so this is large; the
     /// buffer budget, not this, bounds what many such connections can hold together.
@@ -90,7 +109,8 @@ pub struct IngestConfig {
     /// A connection holding a partial message with no new byte for this long is closed
     /// (also the TLS handshake's limit).
     pub idle_timeout: Duration,
-    /// Forward shared key; when set, clients must complete the HELO/PING/PONG handshake.
+    /// Forward shared key; when set, clients must complete the HELO/PING/PONG handshake
+    /// before any event is taken.
     pub shared_key: Option<SharedKey>,
     /// Bytes requested per read.
     pub read_buffer: usize,
@@ -101,7 +121,9 @@ impl Default for IngestConfig {
         IngestConfig {
             syslog_addr: None,
             forward_addr: None,
-            tls: None,
+            syslog_tls: None,
+            forward_tls: None,
+            unauthenticated_syslog_addr: None,
             max_message_bytes: 16 * 1024 * 1024,
             max_syslog_bytes: 68 * 1024,
             buffer_budget: 64 * 1024 * 1024,
@@ -128,9 +150,6 @@ pub enum IngestError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The TLS certificate or key cannot be read or used.
-    #[error("TLS setup: {0}")]
-    Tls(String),
 }
 
 /// Which input a connection belongs to.
@@ -187,6 +206,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Whether the connection was refused for lacking credentials: no client
+    /// certificate from the cluster's CA (syslog TLS), or no or a wrong shared key
+    /// (forward handshake).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, CloseReason::Handshake(_) | CloseReason::Tls(_))
+    }
+
     /// The metric reason for a close caused by bad input or failure; `None` for normal
     /// closes.
     pub fn error_kind(&self) -> Option<&'static str> {
@@ -210,6 +236,7 @@ impl CloseReason {
 pub struct Ingest {
     syslog_addr: Option<SocketAddr>,
     forward_addr: Option<SocketAddr>,
+    unauthenticated_syslog_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done_tx: mpsc::Sender<()>,
     done_rx: mpsc::Receiver<()>,
@@ -218,32 +245,21 @@ pub struct Ingest {
 struct Ctx {
     config: IngestConfig,
     aggregator: Aggregator,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     budget: Arc<Budget>,
     connections: Arc<tokio::sync::Semaphore>,
+    /// Keeps a flood of refused or broken connections from flooding the log.
+    close_log: Mutex<LogLimit>,
 }
 
-/// Reads a PEM certificate chain and private key into a TLS server configuration.
-pub fn load_tls(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, IngestError> {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| IngestError::Tls(format!("{}: {e}", p.display())));
-    let cert_bytes = read(cert_pem)?;
-    let key_bytes = read(key_pem)?;
-    let certs = rustls_pemfile::certs(&mut cert_bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IngestError::Tls(format!("certificates: {e}")))?;
-    let key = rustls_pemfile::private_key(&mut key_bytes.as_slice())
-        .map_err(|e| IngestError::Tls(format!("private key: {e}")))?
-        .ok_or_else(|| IngestError::Tls(format!("no private key in {}", key_pem.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| IngestError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| IngestError::Tls(e.to_string()))?;
-    Ok(Arc::new(config))
+impl Ctx {
+    /// Counts a closed or refused connection; says whether to log it
+    /// ([`crate::close_log`]).
+    fn note_close(&self) -> LogVerdict {
+        self.close_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(std::time::Instant::now())
+    }
 }
 
 impl Ingest {
@@ -255,25 +271,35 @@ impl Ingest {
         let shutdown = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel(1);
         let ctx = Arc::new(Ctx {
-            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config: config.clone(),
             aggregator,
             budget: Budget::new(config.buffer_budget),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            close_log: Mutex::new(LogLimit::default()),
         });
-        let mut bound = [None, None];
-        for (slot, (addr, input)) in bound.iter_mut().zip([
-            (config.syslog_addr, Input::Syslog),
-            (config.forward_addr, Input::Forward),
+        let mut bound = [None, None, None];
+        for (slot, (addr, input, tls)) in bound.iter_mut().zip([
+            (config.syslog_addr, Input::Syslog, config.syslog_tls.clone()),
+            (
+                config.forward_addr,
+                Input::Forward,
+                config.forward_tls.clone(),
+            ),
+            (config.unauthenticated_syslog_addr, Input::Syslog, None),
         ]) {
             let Some(addr) = addr else { continue };
+            let tls = tls.map(tokio_rustls::TlsAcceptor::from);
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| IngestError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| IngestError::Bind { addr, source })?;
-            tracing::info!(input = input.name(), addr = %local, tls = ctx.tls.is_some(), "listening");
+            let authenticated = match input {
+                Input::Syslog => tls.is_some(),
+                Input::Forward => config.shared_key.is_some(),
+            };
+            tracing::info!(input = input.name(), addr = %local, tls = tls.is_some(), authenticated, "listening");
             *slot = Some(local);
             if input == Input::Forward {
                 let udp = tokio::net::UdpSocket::bind(local).await.map_err(|source| {
@@ -287,6 +313,7 @@ impl Ingest {
             tokio::spawn(listen(
                 listener,
                 input,
+                tls,
                 Arc::clone(&ctx),
                 shutdown.clone(),
                 done_tx.clone(),
@@ -295,6 +322,7 @@ impl Ingest {
         Ok(Ingest {
             syslog_addr: bound[0],
             forward_addr: bound[1],
+            unauthenticated_syslog_addr: bound[2],
             shutdown,
             done_tx,
             done_rx,
@@ -309,6 +337,11 @@ impl Ingest {
     /// Bound address of the forward listener.
     pub fn forward_addr(&self) -> Option<SocketAddr> {
         self.forward_addr
+    }
+
+    /// Bound address of the unauthenticated syslog listener, if one was asked for.
+    pub fn unauthenticated_syslog_addr(&self) -> Option<SocketAddr> {
+        self.unauthenticated_syslog_addr
     }
 
     /// Stops accepting, lets every connection finish its complete messages, and waits
@@ -331,6 +364,7 @@ impl Ingest {
 async fn listen(
     listener: TcpListener,
     input: Input,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
     done: mpsc::Sender<()>,
@@ -354,7 +388,9 @@ async fn listen(
             ctx.aggregator
                 .metrics()
                 .parse_error(input.name(), "too_many_connections");
-            tracing::warn!(input = input.name(), %peer, limit = ctx.config.max_connections, "too many connections; closing the new one");
+            if let LogVerdict::Log { unlogged } = ctx.note_close() {
+                tracing::warn!(input = input.name(), %peer, limit = ctx.config.max_connections, unlogged_before = unlogged, "too many connections; closing the new one");
+            }
             drop(socket);
             continue;
         };
@@ -369,14 +405,21 @@ async fn listen(
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
         let done = done.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let reason = serve(socket, input, &ctx, &shutdown).await;
+            let reason = serve(socket, input, tls.as_ref(), &ctx, &shutdown).await;
             drop(slot);
             match reason.error_kind() {
                 None => tracing::debug!(input = input.name(), %peer, ?reason, "connection closed"),
                 Some(kind) => {
                     ctx.aggregator.metrics().parse_error(input.name(), kind);
-                    tracing::warn!(input = input.name(), %peer, ?reason, "connection closed");
+                    if let LogVerdict::Log { unlogged } = ctx.note_close() {
+                        if reason.is_refusal() {
+                            tracing::warn!(input = input.name(), %peer, ?reason, unlogged_before = unlogged, "connection refused: no valid credentials");
+                        } else {
+                            tracing::warn!(input = input.name(), %peer, ?reason, unlogged_before = unlogged, "connection closed");
+                        }
+                    }
                 }
             }
             drop(done);
@@ -417,10 +460,11 @@ async fn heartbeat_responder(
 async fn serve(
     socket: TcpStream,
     input: Input,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
     ctx: &Ctx,
     shutdown: &CancellationToken,
 ) -> CloseReason {
-    match &ctx.tls {
+    match tls {
         None => serve_stream(socket, input, ctx, shutdown).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(ctx.config.idle_timeout, acceptor.accept(socket));

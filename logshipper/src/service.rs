@@ -44,6 +44,9 @@ pub struct ServiceConfig {
     pub journal: JournalConfig,
     /// Lines kept per app for `paas log`.
     pub lines_per_app: usize,
+    /// The secret every API request must present as a bearer token (`None`: the API is
+    /// open, for tests and embedding where nothing untrusted shares the host).
+    pub api_bearer: Option<String>,
     /// How often the journal is fsynced and the store writes its new recent lines to
     /// disk ([`Aggregator::persist`]).
     pub persist_interval: Duration,
@@ -118,7 +121,7 @@ impl Service {
             source,
         })?;
         let for_status = Arc::clone(&drains);
-        let router = api::router(ApiState {
+        let mut router = api::router(ApiState {
             store,
             registry: Arc::new(registry),
         })
@@ -129,6 +132,9 @@ impl Service {
                 async move { Json::<Vec<DrainStatus>>(drains.list()) }
             }),
         ));
+        if let Some(secret) = &config.api_bearer {
+            router = api::require_bearer(router, secret);
+        }
         let stop_api = CancellationToken::new();
         let stop = stop_api.clone();
         let api_task = tokio::spawn(async move {
@@ -139,7 +145,7 @@ impl Service {
                 tracing::error!(error = %e, "log API failed");
             }
         });
-        tracing::info!(api = %api_addr, syslog = ?ingest.syslog_addr(), forward = ?ingest.forward_addr(), "log aggregator up");
+        tracing::info!(api = %api_addr, syslog = ?ingest.syslog_addr(), forward = ?ingest.forward_addr(), unauthenticated_syslog = ?ingest.unauthenticated_syslog_addr(), "log aggregator up");
         Ok(Service {
             ingest,
             drains,
@@ -169,6 +175,11 @@ impl Service {
     /// Bound address of the forward input.
     pub fn forward_addr(&self) -> Option<SocketAddr> {
         self.ingest.forward_addr()
+    }
+
+    /// Bound address of the unauthenticated syslog input, if one was asked for.
+    pub fn unauthenticated_syslog_addr(&self) -> Option<SocketAddr> {
+        self.ingest.unauthenticated_syslog_addr()
     }
 
     /// Stops the inputs (finishing complete messages), the drains (cursors saved) and

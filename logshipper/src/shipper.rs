@@ -1,5 +1,8 @@
 //! The host agent's log shipper: spools a job's stdout/stderr lines on local disk and
-//! sends them to the aggregator as RFC 5424 syslog with octet counting over TCP.
+//! sends them to the aggregator as RFC 5424 syslog with octet counting over TCP, or over
+//! TLS presenting the platform's client certificate (RFC 5425; [`crate::tls`]) when the
+//! process has that identity, as `paas up` and `paas host` do: the aggregator takes
+//! syslog from no one else.
 //!
 //! Wire format (see [`crate::encode::syslog_frame`]): APP-NAME = app, PROCID =
 //! `<type>.<job>`, MSGID = `stdout`|`stderr`, STRUCTURED-DATA `[paas id="N" spool="S"]`
@@ -38,7 +41,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use futures::FutureExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -75,10 +79,14 @@ pub struct ShipperConfig {
     pub backoff: Backoff,
     /// How often the spool is fsynced.
     pub sync_interval: Duration,
+    /// TLS with a client certificate (`None`: plain TCP); the aggregator's certificate
+    /// is checked for [`crate::tls::SERVER_NAME`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ShipperConfig {
-    /// Defaults for a spool in `spool_dir` shipping to `aggregator`.
+    /// Defaults for a spool in `spool_dir` shipping to `aggregator`, with this process's
+    /// identity ([`crate::tls::client_identity`]) if it has one.
     pub fn new(spool_dir: impl Into<PathBuf>, aggregator: impl Into<String>) -> Self {
         ShipperConfig {
             spool_dir: spool_dir.into(),
@@ -91,6 +99,7 @@ impl ShipperConfig {
             confirm_after: Duration::from_secs(2),
             backoff: Backoff::default(),
             sync_interval: Duration::from_secs(1),
+            tls: crate::tls::client_identity(),
         }
     }
 }
@@ -298,7 +307,7 @@ struct Sender {
     config: ShipperConfig,
     counters: Arc<Counters>,
     cancel: CancellationToken,
-    conn: Option<TcpStream>,
+    conn: Option<Box<dyn Link>>,
     /// Written batches not yet confirmed: (last id, written at).
     unconfirmed: VecDeque<(u64, Instant)>,
     /// The spool's incarnation, sent with every line.
@@ -364,9 +373,18 @@ pub fn confirmable(
         .count()
 }
 
-fn peer_closed(conn: &TcpStream) -> bool {
+/// A connection to the aggregator: plain TCP or TLS over it.
+trait Link: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Link for T {}
+
+/// Whether the aggregator closed (or broke) the connection. It never sends anything on
+/// syslog, so anything readable now (end of stream, an error, a TLS alert, bytes) means
+/// the connection is over; a read that would wait means it is open. The read goes
+/// through TLS, so TLS records are decoded rather than taken off the socket.
+fn peer_closed(conn: &mut Box<dyn Link>) -> bool {
     let mut probe = [0u8; 1];
-    !matches!(conn.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    conn.read(&mut probe).now_or_never().is_some()
 }
 
 impl Sender {
@@ -441,7 +459,7 @@ impl Sender {
 
     /// Commits the batches that are now confirmed.
     async fn confirm(&mut self) {
-        let open = self.conn.as_ref().is_some_and(|c| !peer_closed(c));
+        let open = self.conn.as_mut().is_some_and(|c| !peer_closed(c));
         let n = confirmable(
             &self.unconfirmed,
             Instant::now(),
@@ -462,22 +480,17 @@ impl Sender {
     }
 
     async fn write(&mut self, lines: &[LogLine]) -> Result<(), String> {
-        if self.conn.as_ref().is_some_and(peer_closed) {
+        if self.conn.as_mut().is_some_and(peer_closed) {
             return Err("aggregator closed the connection".into());
         }
         if self.conn.is_none() {
-            let conn = tokio::time::timeout(
-                Duration::from_secs(10),
-                TcpStream::connect(&self.config.aggregator),
-            )
-            .await
-            .map_err(|_| format!("{}: connect timeout", self.config.aggregator))?
-            .map_err(|e| format!("{}: {e}", self.config.aggregator))?;
-            let _ = conn.set_nodelay(true);
+            let conn = tokio::time::timeout(Duration::from_secs(10), self.connect())
+                .await
+                .map_err(|_| format!("{}: connect timeout", self.config.aggregator))??;
             if self.counters.connections.fetch_add(1, Ordering::Relaxed) > 0 {
                 self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::info!(aggregator = %self.config.aggregator, "shipper: connected");
+            tracing::info!(aggregator = %self.config.aggregator, tls = self.config.tls.is_some(), "shipper: connected");
             self.conn = Some(conn);
         }
         let mut buf = Vec::with_capacity(lines.len() * 160);
@@ -485,9 +498,30 @@ impl Sender {
             syslog_frame(&mut buf, line, Some(self.spool));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        conn.write_all(&buf)
+        async {
+            conn.write_all(&buf).await?;
+            // TLS may hold the last record until flushed; plain TCP flushes at once.
+            conn.flush().await
+        }
+        .await
+        .map_err(|e| format!("{}: {e}", self.config.aggregator))
+    }
+
+    /// Opens a connection to the aggregator, with the TLS handshake when configured.
+    async fn connect(&self) -> Result<Box<dyn Link>, String> {
+        let addr = &self.config.aggregator;
+        let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("{}: {e}", self.config.aggregator))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.config.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(crate::tls::server_name(), tcp)
+            .await
+            .map_err(|e| format!("{addr}: TLS: {e}"))?;
+        Ok(Box::new(stream))
     }
 
     async fn pause(&self, attempt: u32) -> bool {

@@ -211,7 +211,7 @@ async fn syslog_tls_drain_verifies_the_receiver_with_the_given_roots() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let mut config = listeners();
-    config.tls = Some(paas_logshipper::ingest::load_tls(&cert_path, &key_path).unwrap());
+    config.syslog_tls = Some(paas_logshipper::tls::server_config(&cert_path, &key_path).unwrap());
     let (mut down, mut received) = Downstream::start(&dir.path().join("down"), config).await;
     let journal = Journal::open(dir.path().join("up"), JournalConfig::default()).unwrap();
     let m = manager(&journal, dir.path());

@@ -138,9 +138,9 @@ async fn node_client_shared_key_and_tls() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = paas_logshipper::ingest::load_tls(&cert_path, &key_path).unwrap();
+    let tls = paas_logshipper::tls::server_config(&cert_path, &key_path).unwrap();
     let h = Harness::start(dir.path(), |c| {
-        c.tls = Some(tls);
+        c.forward_tls = Some(tls);
         c.shared_key = Some(SharedKey {
             key: "sesame".into(),
             server_hostname: "aggregator".into(),
@@ -158,6 +158,19 @@ async fn node_client_shared_key_and_tls() {
     let got = h.log("vault", "lines=100").await;
     assert_eq!(got.len(), 50);
     assert_eq!(got[49]["message"], "secret 49");
+
+    // A client configured with a username and password as well: the server's HELO asks
+    // for no user authentication (empty `auth`), so the shared key alone admits it.
+    let out = node(serde_json::json!({
+        "port": port, "mode": "Message", "tag": "vault", "label": "user",
+        "count": 5, "prefix": "with user", "ack": true, "sharedKey": "sesame",
+        "username": "fluent", "password": "secret", "ca": cert_path,
+    }))
+    .await;
+    assert_ok(&out);
+    let got = h.log("vault", "lines=100").await;
+    assert_eq!(got.len(), 55);
+    assert_eq!(got[54]["message"], "with user 4");
 
     // A client with the wrong key is refused at the handshake and nothing is stored.
     // (How the client itself reports the refusal is up to it; the server side is checked.)

@@ -357,8 +357,8 @@ async fn tls_syslog() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = paas_logshipper::ingest::load_tls(&cert_path, &key_path).unwrap();
-    let h = Harness::start(dir.path(), |c| c.tls = Some(tls)).await;
+    let tls = paas_logshipper::tls::server_config(&cert_path, &key_path).unwrap();
+    let h = Harness::start(dir.path(), |c| c.syslog_tls = Some(tls)).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();

@@ -1,7 +1,8 @@
 // Sends log events to a Fluent Forward server with the @fluent-org/logger package.
 // Usage: node forward_node.js '<json options>'
 //   {"port": 24224, "mode": "PackedForward", "tag": "shop", "label": "web", "count": 10,
-//    "prefix": "node", "ack": true, "sharedKey": "k", "ca": "/path/ca.pem", "eventTime": true}
+//    "prefix": "node", "ack": true, "sharedKey": "k", "username": "u", "password": "p",
+//    "ca": "/path/ca.pem", "eventTime": true}
 // Exits 0 once every event was sent (and acked when "ack" is set), 1 otherwise.
 const fs = require("fs");
 const { FluentClient } = require("@fluent-org/logger");
@@ -24,6 +25,10 @@ async function main() {
   }
   if (opts.sharedKey) {
     clientOpts.security = { clientHostname: "node-client", sharedKey: opts.sharedKey };
+    if (opts.username) {
+      clientOpts.security.username = opts.username;
+      clientOpts.security.password = opts.password;
+    }
   }
   const client = new FluentClient(opts.tag, clientOpts);
   const sends = [];

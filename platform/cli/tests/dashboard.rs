@@ -202,9 +202,12 @@ impl Browser {
     }
 }
 
-/// `paas up` (no Postgres) and its admin token, syslog input and HTTP router address.
+/// `paas up` (no Postgres) and its admin token, unauthenticated syslog input (`logger`
+/// cannot present a client certificate) and HTTP router address.
 fn up(home: &Path, listen: &str, args: &[&str]) -> (common::Daemon, String, String, String) {
-    let (daemon, out) = common::start_up(home, listen, args);
+    let mut args = args.to_vec();
+    args.extend(["--unauthenticated-syslog-listen", "127.0.0.1:0"]);
+    let (daemon, out) = common::start_up(home, listen, &args);
     let field = |name: &str| {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(name))
@@ -215,7 +218,12 @@ fn up(home: &Path, listen: &str, args: &[&str]) -> (common::Daemon, String, Stri
             .to_string()
     };
     let router = field("router:").trim_start_matches("http://").to_string();
-    (daemon, field("token:"), field("syslog:"), router)
+    (
+        daemon,
+        field("token:"),
+        field("syslog-unauthenticated:"),
+        router,
+    )
 }
 
 /// GET `path` through the router with `Host: host`: (HTTP status, body).

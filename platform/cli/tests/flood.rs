@@ -85,11 +85,21 @@ fn hostile_log_flood_does_not_starve_the_control_plane() {
     let (up, out) = common::start_up_logged(
         home,
         &listen,
-        &["--postgres-listen", &pg, "--postgres-members", "3"],
+        &[
+            "--postgres-listen",
+            &pg,
+            "--postgres-members",
+            "3",
+            // The hostile syslog bytes must reach the parser, so they go to the plain
+            // input; the TLS one is flooded too, with connections it refuses.
+            "--unauthenticated-syslog-listen",
+            "127.0.0.1:0",
+        ],
         &[("RUST_LOG", "info")],
         log.into(),
     );
-    let syslog = addr_after(&out, "syslog:");
+    let syslog = addr_after(&out, "syslog-unauthenticated:");
+    let tls_syslog = addr_after(&out, "syslog:");
     let forward = addr_after(&out, "forward:");
 
     ok(paas(home, &["apps", "create", "shop"]));
@@ -153,6 +163,7 @@ fn hostile_log_flood_does_not_starve_the_control_plane() {
         (forward.clone(), vec![0xc1; 4096]),
         (syslog.clone(), syslog_hostile()),
         (syslog.clone(), b"\x00garbage".repeat(512)),
+        (tls_syslog.clone(), syslog_hostile()),
     ] {
         let (stop, conns) = (Arc::clone(&stop), Arc::clone(&conns));
         flooders.push(std::thread::spawn(move || {

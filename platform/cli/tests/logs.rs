@@ -1,5 +1,9 @@
 //! Logs as a user drives them through `paas up`: a real syslog client, `paas log`, and an
 //! S3 drain (moto server) that keeps every line through an outage of the sink.
+//!
+//! `logger` cannot present a client certificate, so these tests open the explicit
+//! `--unauthenticated-syslog-listen` door; `log_inputs_refuse_callers_without_credentials`
+//! checks the authenticated inputs and the log API.
 
 mod common;
 
@@ -74,7 +78,7 @@ async fn syslog_lines_reach_paas_log_and_an_s3_drain_through_an_outage() {
     let (_up, _) = common::start_up_with_env(
         &home,
         &listen,
-        &["--syslog-listen", &syslog_addr],
+        &["--unauthenticated-syslog-listen", &syslog_addr],
         &[
             ("AWS_ACCESS_KEY_ID", s3.access_key_id()),
             ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key()),
@@ -229,7 +233,11 @@ fn paas_log_keeps_every_line_through_a_kill_9() {
     let listen = common::free_addr();
     let port = paas_it::free_port().unwrap();
     let syslog_addr = format!("127.0.0.1:{port}");
-    let (up, _) = common::start_up(&home, &listen, &["--syslog-listen", &syslog_addr]);
+    let (up, _) = common::start_up(
+        &home,
+        &listen,
+        &["--unauthenticated-syslog-listen", &syslog_addr],
+    );
     ok(paas(&home, &["apps", "create", "shop"]));
     send_lines(port, 0..300);
     wait_for_log(&home, "crash-0299");
@@ -239,7 +247,11 @@ fn paas_log_keeps_every_line_through_a_kill_9() {
     up.signal(libc::SIGKILL);
     drop(up);
 
-    let (up, _) = common::start_up(&home, &listen, &["--syslog-listen", &syslog_addr]);
+    let (up, _) = common::start_up(
+        &home,
+        &listen,
+        &["--unauthenticated-syslog-listen", &syslog_addr],
+    );
     let log = wait_for_log(&home, "crash-0399");
     let seen: Vec<&str> = log
         .lines()
@@ -262,7 +274,7 @@ fn paas_up_stops_while_a_log_follow_is_open() {
     let (mut up, _) = common::start_up(
         home,
         &common::free_addr(),
-        &["--syslog-listen", &syslog_addr],
+        &["--unauthenticated-syslog-listen", &syslog_addr],
     );
     ok(paas(home, &["apps", "create", "shop"]));
     let mut follow = common::base(home)
@@ -305,4 +317,116 @@ fn paas_up_stops_while_a_log_follow_is_open() {
     assert!(status.success(), "paas up exited with {status}");
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+/// What a job on the machine could try against `paas up`'s log inputs and API, without
+/// the platform's credentials: every attempt is refused, nothing reaches the app's log,
+/// and the aggregator keeps serving; the controller (which has the cluster secret) still
+/// answers `paas log`.
+#[test]
+fn log_inputs_refuse_callers_without_credentials() {
+    let home = common::home();
+    let home = home.path();
+    let (up, out) = common::start_up(home, &common::free_addr(), &[]);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    let (syslog, forward) = (field("syslog:"), field("forward:"));
+    assert!(
+        !out.contains("syslog-unauthenticated:"),
+        "no plain input unless asked for: {out}"
+    );
+    ok(paas(home, &["apps", "create", "shop"]));
+
+    // A forged syslog frame on plain TCP: the TLS input takes no line from it.
+    let msg = "<14>1 - h shop web.1 stdout - forged-syslog";
+    let mut conn = std::net::TcpStream::connect(&syslog).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = std::io::Write::write_all(&mut conn, format!("{} {msg}", msg.len()).as_bytes());
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest); // the server closes the connection
+    drop(conn);
+
+    // A forged forward event without the shared-key handshake: the server sends HELO,
+    // then closes on the event.
+    let mut conn = std::net::TcpStream::connect(&forward).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut helo = [0u8; 64];
+    let n = conn.read(&mut helo).unwrap();
+    assert!(
+        helo[..n].windows(4).any(|w| w == b"HELO"),
+        "{:?}",
+        &helo[..n]
+    );
+    // ["shop.web", 1700000000, {"log": "forged-forward"}]
+    let mut event = vec![0x93, 0xa8];
+    event.extend_from_slice(b"shop.web");
+    event.push(0xce);
+    event.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    event.extend_from_slice(&[0x81, 0xa3]);
+    event.extend_from_slice(b"log");
+    event.push(0xae);
+    event.extend_from_slice(b"forged-forward");
+    let _ = std::io::Write::write_all(&mut conn, &event);
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    drop(conn);
+
+    // The aggregator's own API: 401 without the cluster secret, 200 with it.
+    let status = ok(paas(home, &["cluster", "status"]));
+    let api = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Log aggregator: api "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no aggregator in {status}"))
+        .to_string();
+    let curl = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-m", "10", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("http://{api}/apps/shop/log"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "401");
+    assert_eq!(curl(&["-H", "Authorization: Bearer not-the-secret"]), "401");
+    let secret = std::fs::read_to_string(home.join("data/cluster-secret")).unwrap();
+    let header = format!("Authorization: Bearer {}", secret.trim());
+    assert_eq!(curl(&["-H", &header]), "200");
+
+    // The controller still proxies `paas log`, and the forged lines are not there. The
+    // refusals are counted by the aggregator, so both attempts were seen and judged.
+    let metrics = Command::new("curl")
+        .args(["-s", "-m", "10", "-H", &header])
+        .arg(format!("http://{api}/metrics"))
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for needle in [
+        r#"logshipper_parse_errors_total{input="syslog",reason="tls"}"#,
+        r#"logshipper_parse_errors_total{input="forward",reason="handshake"}"#,
+    ] {
+        let mut metrics = metrics.to_string();
+        while !metrics.contains(needle) {
+            assert!(Instant::now() < deadline, "{needle} not in {metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+            let out = Command::new("curl")
+                .args(["-s", "-m", "10", "-H", &header])
+                .arg(format!("http://{api}/metrics"))
+                .output()
+                .expect("curl");
+            metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+    }
+    let log = ok(paas(home, &["log", "-a", "shop", "-n", "100"]));
+    assert!(!log.contains("forged"), "{log}");
+    up.stop();
 }

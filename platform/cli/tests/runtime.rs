@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{base, free_addr, ok, paas, Daemon};
 
-/// `paas up`, the etcd URL it printed (for `paas host --join`) and its router's HTTP
-/// and HTTPS addresses.
-fn start_up(home: &Path) -> (Daemon, String, String, String) {
+/// `paas up`, the etcd URL it printed (for `paas host --join`), its router's HTTP
+/// and HTTPS addresses and its (TLS) syslog input.
+fn start_up(home: &Path) -> (Daemon, String, String, String, String) {
     let (up, out) = common::start_up(home, &free_addr(), &[]);
     let printed = |key: &str| {
         out.lines()
@@ -26,7 +26,9 @@ fn start_up(home: &Path) -> (Daemon, String, String, String) {
     let words: Vec<&str> = router_line.split_whitespace().collect();
     let router = words[0].trim_start_matches("http://").to_string();
     let https = words[words.iter().position(|w| *w == "https").unwrap() + 1].trim_end_matches(',');
-    (up, etcd, router, https.to_string())
+    let syslog = printed("syslog:");
+    let syslog = syslog.split_whitespace().next().unwrap().to_string();
+    (up, etcd, router, https.to_string(), syslog)
 }
 
 /// GET `path` through the router with `Host: host`: (HTTP status, body).
@@ -82,7 +84,7 @@ fn up_count(j: &[serde_json::Value]) -> usize {
 fn scale_restart_reschedule_and_run() {
     let home = common::home();
     let home = home.path();
-    let (_up, etcd, router, router_tls) = start_up(home);
+    let (_up, etcd, router, router_tls, syslog) = start_up(home);
     let artifacts = home.join("data/artifacts");
 
     // A second host on another loopback address, as another machine would join.
@@ -105,6 +107,8 @@ fn scale_restart_reschedule_and_run() {
             .arg(home.join("second"))
             .arg("--etcd-tls-dir")
             .arg(home.join("data/pki"))
+            // Its shippers present the same certificate to the aggregator's syslog input.
+            .args(["--log-addr", &syslog])
             .env(
                 "PAAS_CLUSTER_SECRET",
                 std::fs::read_to_string(home.join("data/cluster-secret")).unwrap(),
@@ -180,6 +184,26 @@ fn scale_restart_reschedule_and_run() {
             "hello from paas\n",
             "{job}"
         );
+    }
+
+    // The joined host ships its job's output (the request lines above) over TLS with
+    // its copy of the pki.
+    let second = j.iter().find(|j| j["host"] == "second").unwrap();
+    let second_job = second["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ok(paas(
+            home,
+            &["log", "-a", "shop", "-n", "200", "--job", second_job],
+        ));
+        if log.contains("GET /index.html") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line of the joined host's job {second_job} in: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     // kill -9 of a job's process: the host restarts it.

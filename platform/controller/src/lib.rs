@@ -41,7 +41,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// Where uploaded artifacts (`<sha256>.tar.gz`) are kept; hosts read them from here.
     pub artifacts_dir: PathBuf,
-    /// The cluster secret host agents require to start one-off jobs (`paas run`).
+    /// The cluster secret: host agents require it to start one-off jobs (`paas run`),
+    /// the log aggregator's API for every query the controller proxies.
     pub agent_secret: String,
     /// Largest artifact `PUT /artifacts` accepts (413 beyond).
     pub max_artifact_bytes: u64,

@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use paas_coord::{Coord, Registration};
 use paas_logshipper::drain::DrainSpec;
+use paas_logshipper::forward::handshake::SharedKey;
 use paas_logshipper::ingest::IngestConfig;
 use paas_logshipper::journal::JournalConfig;
 use paas_logshipper::service::{Service, ServiceConfig};
@@ -34,6 +35,19 @@ pub struct Listen {
     pub forward: SocketAddr,
     /// HTTP API.
     pub api: SocketAddr,
+    /// A plain syslog input that takes lines from anyone (off unless asked for).
+    pub unauthenticated_syslog: Option<SocketAddr>,
+}
+
+/// What callers must present.
+pub struct Credentials {
+    /// The cluster's identity directory (`ca.pem`, `logs.pem`, `logs-key.pem`): the
+    /// syslog input's certificate and the CA its clients' certificates must chain to.
+    pub pki: PathBuf,
+    /// The Fluent Forward shared key.
+    pub forward_shared_key: String,
+    /// The bearer secret of the HTTP API (the cluster secret).
+    pub api_secret: String,
 }
 
 /// A running aggregator on its own runtime.
@@ -42,6 +56,7 @@ pub struct Running {
     runtime: Option<tokio::runtime::Runtime>,
     syslog: Option<SocketAddr>,
     forward: Option<SocketAddr>,
+    unauthenticated_syslog: Option<SocketAddr>,
 }
 
 /// The service with its registration and drain sync (lives on the aggregator runtime).
@@ -72,6 +87,11 @@ impl Running {
         self.forward
     }
 
+    /// The plain syslog input without authentication, if it was asked for.
+    pub fn unauthenticated_syslog_addr(&self) -> Option<SocketAddr> {
+        self.unauthenticated_syslog
+    }
+
     /// Stops the drain sync, then the service, then the aggregator's runtime.
     pub async fn shutdown(mut self) {
         if let (Some(inner), Some(runtime)) = (self.inner.take(), self.runtime.take()) {
@@ -97,6 +117,7 @@ pub async fn start(
     coord: &Coord,
     data_dir: &Path,
     listen: Listen,
+    credentials: Credentials,
     persist_interval: Duration,
     threads: usize,
     instance: &str,
@@ -111,6 +132,7 @@ pub async fn start(
         coord.clone(),
         data_dir.to_path_buf(),
         listen,
+        credentials,
         persist_interval,
         instance.to_owned(),
     ));
@@ -128,6 +150,7 @@ pub async fn start(
     Ok(Running {
         syslog: inner.service.syslog_addr(),
         forward: inner.service.forward_addr(),
+        unauthenticated_syslog: inner.service.unauthenticated_syslog_addr(),
         inner: Some(inner),
         runtime: Some(runtime),
     })
@@ -137,21 +160,39 @@ async fn start_inner(
     coord: Coord,
     data_dir: std::path::PathBuf,
     listen: Listen,
+    credentials: Credentials,
     persist_interval: Duration,
     instance: String,
 ) -> Result<Inner> {
     let (coord, data_dir, instance) = (&coord, data_dir.as_path(), instance.as_str());
+    let syslog_tls =
+        paas_logshipper::tls::mutual_server_config(&credentials.pki).with_context(|| {
+            format!(
+                "the syslog input needs the cluster's certificates in {} (made by `paas up` with its own etcd; with --etcd, pass --etcd-tls-dir holding ca.pem, logs.pem and logs-key.pem)",
+                credentials.pki.display()
+            )
+        })?;
     let ingest = IngestConfig {
         syslog_addr: Some(listen.syslog),
         forward_addr: Some(listen.forward),
+        syslog_tls: Some(syslog_tls),
+        unauthenticated_syslog_addr: listen.unauthenticated_syslog,
+        shared_key: Some(SharedKey {
+            key: credentials.forward_shared_key,
+            server_hostname: instance.to_owned(),
+        }),
         ..IngestConfig::default()
     };
+    if let Some(addr) = listen.unauthenticated_syslog {
+        tracing::warn!(%addr, "syslog input WITHOUT authentication: anyone who reaches it can write into any app's log");
+    }
     let service = Service::start(ServiceConfig {
         data_dir: data_dir.to_path_buf(),
         ingest,
         api_addr: listen.api,
         journal: JournalConfig::default(),
         lines_per_app: 10_000,
+        api_bearer: Some(credentials.api_secret),
         persist_interval,
     })
     .await

@@ -18,7 +18,8 @@ pub struct HostArgs {
     #[arg(long)]
     pub join: String,
     /// A copy of the cluster's DATA_DIR/pki (ca.pem, client.pem, client-key.pem): the
-    /// identity etcd requires of every client.
+    /// identity etcd requires of every client, and the log aggregator's syslog input of
+    /// this host's shippers.
     #[arg(long)]
     pub etcd_tls_dir: Option<PathBuf>,
     /// Host id (default: the machine's hostname).
@@ -118,6 +119,9 @@ pub async fn run(args: HostArgs) -> Result<()> {
     let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
     if let Some(dir) = &args.etcd_tls_dir {
         paas_coord::tls::set_client_identity(dir)?;
+        // The aggregator's syslog input takes the same certificate from this host's
+        // shippers.
+        paas_logshipper::tls::set_client_identity(dir)?;
     }
     let coord = paas_coord::Coord::connect(
         &etcd,

@@ -1,9 +1,10 @@
 //! The cluster's certificate authority and the certificates made from it, in the data
-//! dir's `pki/` (0700, keys 0600): etcd's server certificate (also its peer certificate)
-//! and the one client identity
-//! the platform's processes present to etcd (`paas_coord::tls`). etcd runs with
-//! client-certificate authentication, so a process without these files (any job, any
-//! other user) cannot read or write the platform's state.
+//! dir's `pki/` (0700, keys 0600): etcd's server certificate (also its peer certificate), the log aggregator's
+//! (`logs.pem`, for the name `paas-logs`) and the one client identity the platform's
+//! processes present to etcd (`paas_coord::tls`) and to the aggregator's syslog input
+//! (`paas_logshipper::tls`). Both run with client-certificate authentication, so a
+//! process without these files (any job, any other user) cannot read or write the
+//! platform's state or write into its logs.
 //!
 //! Made once and kept (joined hosts hold copies); made again only when the address etcd
 //! listens on changed, since its certificate names it.
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use paas_coord::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+use paas_logshipper::tls::{SERVER_CERT_FILE as LOGS_CERT, SERVER_KEY_FILE as LOGS_KEY};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -38,9 +40,19 @@ pub fn ensure(data_dir: &Path, ip: IpAddr) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-    let complete = [CA_FILE, CERT_FILE, KEY_FILE, SERVER_CERT, SERVER_KEY]
-        .iter()
-        .all(|f| dir.join(f).exists());
+    // A directory made before the aggregator had a certificate is made again whole (the
+    // CA's key is not kept): joined hosts then need the new copy.
+    let complete = [
+        CA_FILE,
+        CERT_FILE,
+        KEY_FILE,
+        SERVER_CERT,
+        SERVER_KEY,
+        LOGS_CERT,
+        LOGS_KEY,
+    ]
+    .iter()
+    .all(|f| dir.join(f).exists());
     let same_addr =
         fs::read_to_string(dir.join(SERVER_ADDR)).is_ok_and(|a| a.trim() == ip.to_string());
     if complete && same_addr {
@@ -78,6 +90,16 @@ fn make(dir: &Path, ip: IpAddr) -> Result<()> {
     let server_key = KeyPair::generate()?;
     let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
 
+    // The aggregator's name, not an address: shippers on any host check this name.
+    let mut logs_params =
+        CertificateParams::new(vec![paas_logshipper::tls::SERVER_NAME.to_string()])?;
+    logs_params
+        .distinguished_name
+        .push(DnType::CommonName, "paas log aggregator");
+    logs_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let logs_key = KeyPair::generate()?;
+    let logs = logs_params.signed_by(&logs_key, &ca, &ca_key)?;
+
     let mut client_params = CertificateParams::new(Vec::<String>::new())?;
     client_params
         .distinguished_name
@@ -89,6 +111,8 @@ fn make(dir: &Path, ip: IpAddr) -> Result<()> {
     write(dir, CA_FILE, &ca.pem())?;
     write(dir, SERVER_CERT, &server.pem())?;
     write(dir, SERVER_KEY, &server_key.serialize_pem())?;
+    write(dir, LOGS_CERT, &logs.pem())?;
+    write(dir, LOGS_KEY, &logs_key.serialize_pem())?;
     write(dir, CERT_FILE, &client.pem())?;
     write(dir, KEY_FILE, &client_key.serialize_pem())?;
     write(dir, SERVER_ADDR, &ip.to_string())?;

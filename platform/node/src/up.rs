@@ -9,6 +9,8 @@
 //! DATA_DIR/ports.toml    etcd ports of data dirs made by older versions (new ones use
 //!                        the data dir's own loopback address, ports 12379/12380)
 //! DATA_DIR/admin-token   the admin token's secret (0600), printed at every start
+//! DATA_DIR/cluster-secret what host agents and the log API require (0600)
+//! DATA_DIR/forward-shared-key the Fluent Forward input's shared key (0600)
 //! DATA_DIR/etcd/         etcd's data;   DATA_DIR/etcd.log: its output
 //! DATA_DIR/artifacts/    uploaded code, `<sha256>.tar.gz`
 //! DATA_DIR/host/         the host agent's job directories and log spool
@@ -52,10 +54,17 @@ pub struct UpArgs {
     /// Address of the controller API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
-    /// Address of the log aggregator's syslog input.
+    /// Address of the log aggregator's syslog input: TLS (RFC 5425), clients must present
+    /// a certificate from the cluster CA (DATA_DIR/pki/client.pem).
     #[arg(long, default_value = "127.0.0.1:5514")]
     pub syslog_listen: std::net::SocketAddr,
-    /// Address of the log aggregator's Fluent Forward input.
+    /// Also take syslog on this address as plain TCP WITHOUT any authentication (for
+    /// clients that cannot do TLS with a client certificate, such as `logger --tcp`):
+    /// whoever reaches it can write lines into any app's log. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub unauthenticated_syslog_listen: Option<std::net::SocketAddr>,
+    /// Address of the log aggregator's Fluent Forward input (clients need the shared key
+    /// in DATA_DIR/forward-shared-key).
     #[arg(long, default_value = "127.0.0.1:24224")]
     pub forward_listen: std::net::SocketAddr,
     /// How often (milliseconds) the log aggregator fsyncs accepted syslog lines and
@@ -234,6 +243,7 @@ pub async fn run(
     private_dirs(&data_dir)?;
     if let Some(tls) = &args.etcd_tls_dir {
         paas_coord::tls::set_client_identity(tls)?;
+        paas_logshipper::tls::set_client_identity(tls)?;
     }
 
     let mut etcd_child = None;
@@ -297,6 +307,14 @@ async fn serve(
         .await
         .context("cannot store the admin token")?;
 
+    // The identity directory: the embedded etcd's, or the one given with --etcd.
+    let pki = match (&args.etcd, &args.etcd_tls_dir) {
+        (Some(_), Some(dir)) => dir.clone(),
+        _ => data_dir.join("pki"),
+    };
+    let forward_shared_key = persistent_secret(&data_dir.join("forward-shared-key"), || {
+        paas_controller::auth::generate_secret().secret
+    })?;
     let logs = crate::aggregator::start(
         controller.state().store.coord(),
         &data_dir.join("logs"),
@@ -304,6 +322,12 @@ async fn serve(
             syslog: args.syslog_listen,
             forward: args.forward_listen,
             api: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            unauthenticated_syslog: args.unauthenticated_syslog_listen,
+        },
+        crate::aggregator::Credentials {
+            pki: pki.clone(),
+            forward_shared_key,
+            api_secret: cluster_secret.clone(),
         },
         std::time::Duration::from_millis(args.log_sync_ms),
         args.log_threads,
@@ -402,10 +426,19 @@ async fn serve(
         println!("  token:    {admin_token}");
         println!("  etcd:     {}", endpoints.join(","));
         if let Some(a) = logs.syslog_addr() {
-            println!("  syslog:   {a} (RFC 5424, octet-counted or newline framed)");
+            println!(
+                "  syslog:   {a} (RFC 5424 over TLS, RFC 5425; client certificate from {})",
+                pki.display()
+            );
+        }
+        if let Some(a) = logs.unauthenticated_syslog_addr() {
+            println!("  syslog-unauthenticated: {a} (plain TCP, anyone may write any app's log)");
         }
         if let Some(a) = logs.forward_addr() {
-            println!("  forward:  {a} (Fluent Forward)");
+            println!(
+                "  forward:  {a} (Fluent Forward; shared key in {})",
+                data_dir.join("forward-shared-key").display()
+            );
         }
         for (kind, members, launched) in &appliances {
             println!(
@@ -675,6 +708,9 @@ async fn start_etcd(dir: &Path) -> Result<(Child, String)> {
     // processes (which can read DATA_DIR/pki) reach its state.
     let pki = crate::pki::ensure(dir, host)?;
     paas_coord::tls::set_client_identity(&pki)?;
+    // The same identity opens the log aggregator's syslog input to this process's
+    // shippers (job output, access lines, backup progress).
+    paas_logshipper::tls::set_client_identity(&pki)?;
     let client = format!("https://{host}:{}", ports.etcd_client);
     // The peer port speaks TLS too and wants a certificate of the cluster's CA: raft
     // messages from anyone else are refused. A data dir made with a plain peer URL keeps

@@ -46,6 +46,7 @@ pub async fn app_log(
     let resp = s
         .http
         .get(&url)
+        .bearer_auth(&s.agent_secret)
         .send()
         .await
         .map_err(|e| ApiError::Unavailable(format!("log aggregator at {}: {e}", agg.api)))?;
@@ -156,6 +157,7 @@ pub async fn list_drains(
         Ok(agg) => match s
             .http
             .get(format!("http://{}/drains", agg.api))
+            .bearer_auth(&s.agent_secret)
             .send()
             .await
         {
