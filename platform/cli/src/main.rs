@@ -433,12 +433,17 @@ enum BackupCmd {
 
 #[derive(Subcommand)]
 enum RouteCmd {
-    /// Route DOMAIN (optionally only paths under --path) to the app's web jobs.
+    /// Route DOMAIN (optionally only paths under --path) to the app's web jobs, or with
+    /// --tcp PORT every connection to that port of every router.
     Add {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
         /// The domain, e.g. shop.example.com.
-        domain: String,
+        #[arg(required_unless_present = "tcp", conflicts_with = "tcp")]
+        domain: Option<String>,
+        /// A TCP route on this port (3000-3999) of every router.
+        #[arg(long, conflicts_with_all = ["path", "sticky", "cert", "key"])]
+        tcp: Option<u16>,
         /// Only requests under this path prefix, e.g. /api.
         #[arg(long)]
         path: Option<String>,
@@ -566,6 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(RouteCmd::Add {
             app,
             domain,
+            tcp,
             path,
             sticky,
             cert,
@@ -573,7 +579,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let args = routes::AddArgs {
                 app: &app,
-                domain: &domain,
+                domain: domain.as_deref().unwrap_or(""),
+                tcp,
                 path: path.as_deref(),
                 sticky,
                 cert: cert.as_deref(),

@@ -13,8 +13,10 @@ use crate::{config, table};
 pub struct AddArgs<'a> {
     /// The app.
     pub app: &'a str,
-    /// The domain.
+    /// The domain (empty for a TCP route).
     pub domain: &'a str,
+    /// The port of a TCP route.
+    pub tcp: Option<u16>,
     /// Optional path prefix.
     pub path: Option<&'a str>,
     /// Sticky sessions.
@@ -35,7 +37,10 @@ fn read(path: &Path) -> Result<String> {
 
 /// `paas route add -a APP DOMAIN [--path P] [--sticky] [--cert F --key F]`
 pub async fn add(json_out: bool, a: AddArgs<'_>) -> Result<()> {
-    let mut body = json!({ "domain": a.domain, "sticky": a.sticky });
+    let mut body = match a.tcp {
+        Some(port) => json!({ "tcp_port": port }),
+        None => json!({ "domain": a.domain, "sticky": a.sticky }),
+    };
     if let Some(p) = a.path {
         body["path"] = p.into();
     }
@@ -55,6 +60,12 @@ pub async fn add(json_out: bool, a: AddArgs<'_>) -> Result<()> {
         .await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if let Some(port) = r["tcp_port"].as_u64() {
+        println!(
+            "Added TCP route {} for {}: port {port} of every router",
+            r["id"].as_str().unwrap_or(""),
+            a.app
+        );
     } else {
         println!(
             "Added route {} for {}: {}{}",
@@ -90,9 +101,13 @@ pub async fn list(json_out: bool, app: &str) -> Result<()> {
         .into_iter()
         .flatten()
         .map(|r| {
+            let domain = match r["tcp_port"].as_u64() {
+                Some(port) => format!("tcp:{port}"),
+                None => text(&r["domain"]),
+            };
             vec![
                 text(&r["id"]),
-                text(&r["domain"]),
+                domain,
                 r["path"].as_str().unwrap_or("/").to_string(),
                 yes(&r["sticky"]),
                 yes(&r["tls"]),

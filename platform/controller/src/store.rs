@@ -135,7 +135,7 @@ impl Store {
         for (key, route, rev) in self.coord.list::<Route>(&keys::routes()).await? {
             if route.app == name {
                 batch.delete(&key, rev);
-                let name_key = keys::route_name(&route.domain, route.path.as_deref());
+                let name_key = keys::route_name_of(&route);
                 if let Some((_, name_rev)) = self.coord.get::<String>(&name_key).await? {
                     batch.delete(&name_key, name_rev);
                 }
@@ -441,19 +441,24 @@ impl Store {
     /// another route has the same domain and path. The domain and path are checked here,
     /// as app names are in [`Store::create_app`].
     pub async fn create_route(&self, route: &Route) -> Result<(), ApiError> {
-        validate_route(&route.domain, route.path.as_deref())?;
+        match route.tcp_port {
+            Some(port) => paas_model::validate_tcp_port(port)?,
+            None => validate_route(&route.domain, route.path.as_deref())?,
+        }
         let mut batch = Batch::new();
-        batch.create(&keys::route(&route.id), route)?.create(
-            &keys::route_name(&route.domain, route.path.as_deref()),
-            &route.id,
-        )?;
+        batch
+            .create(&keys::route(&route.id), route)?
+            .create(&keys::route_name_of(route), &route.id)?;
         match self.coord.commit(batch).await {
             Ok(_) => Ok(()),
-            Err(CoordError::Conflict { .. }) => Err(ApiError::Conflict(format!(
-                "{}{} is already routed",
-                route.domain,
-                route.path.as_deref().unwrap_or("")
-            ))),
+            Err(CoordError::Conflict { .. }) => Err(ApiError::Conflict(match route.tcp_port {
+                Some(port) => format!("TCP port {port} is already routed"),
+                None => format!(
+                    "{}{} is already routed",
+                    route.domain,
+                    route.path.as_deref().unwrap_or("")
+                ),
+            })),
             Err(e) => Err(e.into()),
         }
     }
@@ -484,7 +489,7 @@ impl Store {
         }
         let mut batch = Batch::new();
         batch.delete(&keys::route(id), rev);
-        let name_key = keys::route_name(&route.domain, route.path.as_deref());
+        let name_key = keys::route_name_of(&route);
         if let Some((owner, name_rev)) = self.coord.get::<String>(&name_key).await? {
             if owner == id {
                 batch.delete(&name_key, name_rev);

@@ -1079,6 +1079,7 @@ async fn the_store_checks_names_for_in_process_writers() {
         path: path.map(str::to_string),
         sticky: false,
         tls: None,
+        tcp_port: None,
         created_at: chrono::Utc::now(),
     };
     invalid(
@@ -1267,4 +1268,52 @@ async fn app_tokens_are_held_to_quotas() {
         StatusCode::CREATED,
         "admins are not held to quotas"
     );
+}
+
+#[tokio::test]
+async fn tcp_routes_take_a_free_port_in_the_range() {
+    let api = Api::start().await;
+    for app in ["shop", "blog"] {
+        api.admin("POST", "/apps", Some(json!({"name": app}))).await;
+    }
+    let (s, route) = api
+        .admin("POST", "/apps/shop/routes", Some(json!({"tcp_port": 3000})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{route:?}");
+    assert_eq!(route["tcp_port"], 3000);
+    assert_error(
+        &api.admin("POST", "/apps/blog/routes", Some(json!({"tcp_port": 3000})))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "TCP port 3000 is already routed",
+    );
+    assert_error(
+        &api.admin("POST", "/apps/blog/routes", Some(json!({"tcp_port": 22})))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "outside 3000-3999",
+    );
+    assert_error(
+        &api.admin(
+            "POST",
+            "/apps/blog/routes",
+            Some(json!({"tcp_port": 3001, "domain": "blog.example.com"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "takes only a port",
+    );
+    // Removing the route frees the port.
+    let id = route["id"].as_str().unwrap();
+    let (s, _) = api
+        .admin("DELETE", &format!("/apps/shop/routes/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .admin("POST", "/apps/blog/routes", Some(json!({"tcp_port": 3000})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
 }

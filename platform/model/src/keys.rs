@@ -110,6 +110,14 @@ pub fn route_name(domain: &str, path: Option<&str>) -> String {
     format!("route-names/{domain}{}", path.unwrap_or(""))
 }
 
+/// The key that makes what `route` claims taken: its domain and path, or its TCP port.
+pub fn route_name_of(route: &crate::Route) -> String {
+    match route.tcp_port {
+        Some(port) => format!("route-names/tcp:{port}"),
+        None => route_name(&route.domain, route.path.as_deref()),
+    }
+}
+
 /// Prefix of all live hosts.
 pub fn hosts() -> String {
     "hosts/".to_string()

@@ -259,9 +259,17 @@ pub struct Route {
     /// Certificate served for `domain` over HTTPS (by SNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// A TCP route: every router listens on this port (in [`TCP_ROUTE_PORTS`]) and
+    /// forwards each connection to one of the app's `web` jobs; `domain` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
     /// When the route was added.
     pub created_at: DateTime<Utc>,
 }
+
+/// The ports TCP routes may take on every router (Flynn's routers kept a range too), clear
+/// of the platform's own fixed ports and of the kernel's ephemeral range.
+pub const TCP_ROUTE_PORTS: std::ops::RangeInclusive<u16> = 3000..=3999;
 
 /// A route's certificate chain and private key, PEM encoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +291,18 @@ pub enum RouteError {
     /// Paths start with `/` and hold no spaces, `?` or `#`.
     #[error("invalid path {0:?}: must start with '/' and contain no whitespace, '?' or '#'")]
     Path(String),
+    /// A TCP route's port lies in [`TCP_ROUTE_PORTS`].
+    #[error("TCP route port {0} is outside 3000-3999")]
+    TcpPort(u16),
+}
+
+/// Checks a TCP route's port. Pure.
+pub fn validate_tcp_port(port: u16) -> Result<(), RouteError> {
+    if TCP_ROUTE_PORTS.contains(&port) {
+        Ok(())
+    } else {
+        Err(RouteError::TcpPort(port))
+    }
 }
 
 /// Checks a route's domain (already lower-cased) and path. Pure.

@@ -12,6 +12,8 @@
 //!   (retry verdicts) -> `access` (access lines to the app's log) and `metrics`.
 //!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
 //!   `state` turns the etcd watches into the snapshot every request reads.
+//! - [`tcp_routes`]: TCP routes (`paas route add --tcp PORT`), one listener per routed
+//!   port on the router's TCP address, each connection to one of the app's `web` jobs.
 //! - [`tcp`], the leader-following TCP endpoint: a stable address forwarding each
 //!   connection to the current leader of a service (appliances put it into
 //!   `DATABASE_URL`).
@@ -38,6 +40,7 @@ pub mod state;
 pub mod sticky;
 pub mod table;
 pub mod tcp;
+pub mod tcp_routes;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,10 +78,14 @@ pub struct RouterConfig {
     pub access_log: Option<AccessLogConfig>,
     /// Size and time limits.
     pub limits: Limits,
+    /// The address TCP routes listen on (their ports are the routes'); none: TCP routes
+    /// are not served here.
+    pub tcp_ip: Option<std::net::IpAddr>,
 }
 
 impl RouterConfig {
-    /// Defaults: HTTP on `listen`, no TLS, admin or access log, domain `localhost`.
+    /// Defaults: HTTP on `listen`, no TLS, admin or access log, domain `localhost`, TCP
+    /// routes on `listen`'s address.
     pub fn new(listen: SocketAddr, host: impl Into<String>) -> Self {
         RouterConfig {
             listen,
@@ -89,6 +96,7 @@ impl RouterConfig {
             host: host.into(),
             access_log: None,
             limits: Limits::default(),
+            tcp_ip: Some(listen.ip()),
         }
     }
 }
@@ -237,6 +245,17 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
         tasks.push(tokio::spawn(server::serve_admin(
             listener,
             Arc::clone(&metrics),
+            stop.clone(),
+        )));
+    }
+    if let Some(ip) = config.tcp_ip {
+        tasks.push(tokio::spawn(tcp_routes::run(
+            ip,
+            follower.subscribe(),
+            tcp_routes::TcpLimits {
+                connect_timeout: config.limits.connect_timeout,
+                down_after_refusal: config.limits.down_after_refusal,
+            },
             stop.clone(),
         )));
     }

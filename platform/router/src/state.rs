@@ -114,6 +114,16 @@ pub struct Snapshot {
     pub backends: Backends,
     /// Domain -> certificate, for routes with TLS.
     pub certs: HashMap<String, Arc<CertifiedKey>>,
+    /// TCP route port -> app.
+    pub tcp: BTreeMap<u16, String>,
+}
+
+/// The TCP routes among `routes`: port -> app. Pure.
+pub fn tcp_routes<'a>(routes: impl IntoIterator<Item = &'a Route>) -> BTreeMap<u16, String> {
+    routes
+        .into_iter()
+        .filter_map(|r| r.tcp_port.map(|port| (port, r.app.clone())))
+        .collect()
 }
 
 /// The current snapshot, kept up to date by a background task until dropped.
@@ -195,12 +205,14 @@ pub async fn follow(
     let services_now = services_rx.borrow_and_update().docs.clone();
     let mut table = build_table(&routes_now, &apps_now);
     let mut certs = tls::certs_of(routes_now.values());
+    let mut tcp = tcp_routes(routes_now.values());
     let mut backends = backends_by_app(&services_now, &HashMap::new());
     metrics.set_backends(&backends);
     let (tx, rx) = watch::channel(Arc::new(Snapshot {
         table: table.clone(),
         backends: backends.clone(),
         certs: certs.clone(),
+        tcp: tcp.clone(),
     }));
     let task = tokio::spawn(async move {
         // The watches live as long as this task.
@@ -212,6 +224,7 @@ pub async fn follow(
                     let routes = routes_rx.borrow_and_update().docs.clone();
                     table = build_table(&routes, &apps_rx.borrow().docs);
                     certs = tls::certs_of(routes.values());
+                    tcp = tcp_routes(routes.values());
                 }
                 changed = apps_rx.changed() => {
                     if changed.is_err() { break; }
@@ -234,6 +247,7 @@ pub async fn follow(
                 table: table.clone(),
                 backends: backends.clone(),
                 certs: certs.clone(),
+                tcp: tcp.clone(),
             };
             if tx.send(Arc::new(snapshot)).is_err() {
                 break;

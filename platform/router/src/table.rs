@@ -47,6 +47,9 @@ impl RouteTable {
         let mut table = RouteTable::default();
         let domain = domain.trim_matches('.').to_ascii_lowercase();
         for route in routes {
+            if route.tcp_port.is_some() {
+                continue; // served by `tcp_routes`, not matched by host
+            }
             table.insert(RouteEntry {
                 id: route.id.clone(),
                 app: route.app.clone(),
@@ -154,6 +157,7 @@ mod tests {
             path: path.map(Into::into),
             sticky: id.contains("sticky"),
             tls: None,
+            tcp_port: None,
             created_at: chrono::Utc::now(),
         }
     }

@@ -102,6 +102,7 @@ mod tests {
             path: None,
             sticky: false,
             tls,
+            tcp_port: None,
             created_at: chrono::Utc::now(),
         }
     }

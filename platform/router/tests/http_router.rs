@@ -988,3 +988,96 @@ async fn send_failures_are_classified_for_the_retry_verdict() {
         assert_eq!(paas_router::proxy::classify(&err), expected, "{err:?}");
     }
 }
+
+/// A TCP backend that answers each line with `<name> <line>`.
+async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let reply = format!("{name} {}", String::from_utf8_lossy(&buf[..n]));
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One line through a TCP route: the reply, or the error.
+async fn tcp_exchange(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(line.as_bytes()).await?;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no reply"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn tcp_routes_forward_connections_to_the_apps_web_jobs() {
+    let p = platform().await;
+    p.app("tcpapp").await;
+    let _a = p.register("tcpapp", "j1", echo_backend("one").await).await;
+    let _b = p.register("tcpapp", "j2", echo_backend("two").await).await;
+    // Its own loopback address, so the fixed port is free whatever else runs.
+    let ip: std::net::IpAddr = "127.0.0.77".parse().unwrap();
+    let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
+    config.tcp_ip = Some(ip);
+    let router = paas_router::start(&p.coord, config).await.unwrap();
+    let route = json!({"id": "t1", "app": "tcpapp", "domain": "", "tcp_port": 3456, "sticky": false, "created_at": "2026-12-01T00:00:00Z"});
+    let rev = p.coord.create(&keys::route("t1"), &route).await.unwrap();
+    let addr = SocketAddr::new(ip, 3456);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tcp_exchange(addr, "hello").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TCP route never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Connections spread over both jobs, each one byte for byte.
+    let mut seen = BTreeMap::new();
+    for i in 0..40 {
+        let reply = tcp_exchange(addr, &format!("ping{i}")).await.unwrap();
+        let (name, echoed) = reply.split_once(' ').unwrap();
+        assert_eq!(echoed, format!("ping{i}"));
+        *seen.entry(name.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both backends serve: {seen:?}");
+
+    // A registered backend that refuses costs a retry, never a failed connection.
+    let _dead = p.register("tcpapp", "j3", refusing_addr().await).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..30 {
+        let reply = tcp_exchange(addr, &format!("again{i}")).await;
+        assert!(
+            reply
+                .as_ref()
+                .is_ok_and(|r| r.ends_with(&format!("again{i}"))),
+            "connection {i}: {reply:?}"
+        );
+    }
+
+    // The route goes: so does the listener.
+    p.coord.delete(&keys::route("t1"), rev).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TCP route still listens"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    router.shutdown().await;
+}

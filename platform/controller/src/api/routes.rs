@@ -1,7 +1,8 @@
-//! HTTP routes of apps: `POST/GET /apps/{app}/routes`, `DELETE /apps/{app}/routes/{id}`.
+//! Routes of apps: `POST/GET /apps/{app}/routes`, `DELETE /apps/{app}/routes/{id}`.
 //!
-//! A route sends requests for a domain (and optionally a path prefix) to the app's
-//! `web` jobs; every router follows `routes/` in etcd. Like every app endpoint, a token
+//! An HTTP route sends requests for a domain (and optionally a path prefix) to the app's
+//! `web` jobs; a TCP route (`tcp_port`) sends every connection to one port of every
+//! router to them. Every router follows `routes/` in etcd. Like every app endpoint, a token
 //! scoped to another app gets 404. A domain and path can be routed once (409 after).
 //! Private keys are stored for the routers but never returned: replies carry `tls: true`.
 
@@ -22,7 +23,10 @@ use crate::AppState;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddRoute {
+    #[serde(default)]
     domain: String,
+    #[serde(default)]
+    tcp_port: Option<u16>,
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
@@ -41,6 +45,8 @@ pub struct RouteView {
     path: Option<String>,
     sticky: bool,
     tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_port: Option<u16>,
     created_at: DateTime<Utc>,
 }
 
@@ -53,6 +59,7 @@ impl From<Route> for RouteView {
             path: r.path,
             sticky: r.sticky,
             tls: r.tls.is_some(),
+            tcp_port: r.tcp_port,
             created_at: r.created_at,
         }
     }
@@ -82,6 +89,27 @@ pub async fn add_route(
 ) -> Result<impl IntoResponse, ApiError> {
     p.check_app(&app)?;
     s.store.get_app(&app).await?;
+    if let Some(port) = req.tcp_port {
+        if !req.domain.is_empty() || req.path.is_some() || req.sticky || req.tls.is_some() {
+            return Err(ApiError::Invalid(
+                "a TCP route takes only a port: no domain, path, sticky or tls".into(),
+            ));
+        }
+        paas_model::validate_tcp_port(port)?;
+        let route = Route {
+            id: short_id(),
+            app: app.clone(),
+            domain: String::new(),
+            path: None,
+            sticky: false,
+            tls: None,
+            tcp_port: Some(port),
+            created_at: Utc::now(),
+        };
+        s.store.create_route(&route).await?;
+        tracing::info!(%app, id = %route.id, port, "TCP route added");
+        return Ok((StatusCode::CREATED, Json(RouteView::from(route))));
+    }
     let domain = req.domain.trim().trim_end_matches('.').to_ascii_lowercase();
     // `/api/` and `/api` are the same prefix; `/` is every path.
     let path = req
@@ -100,6 +128,7 @@ pub async fn add_route(
         path,
         sticky: req.sticky,
         tls: req.tls,
+        tcp_port: None,
         created_at: Utc::now(),
     };
     s.store.create_route(&route).await?;
