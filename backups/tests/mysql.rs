@@ -400,3 +400,59 @@ async fn a_backup_under_transfers_restores_consistently() {
         "the dump holds the transfers of one moment during the backup: {moved} not in {at_start}..={at_end}+1"
     );
 }
+
+/// The journal's lines, as `paas log --type backup` would show them.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl paas_backups::journal::Journal for Lines {
+    fn line(&self, _app: &str, _job: &str, message: &str, _failed: bool) {
+        self.0.lock().unwrap().push(message.to_string());
+    }
+}
+
+impl Lines {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_lines_tell_rate_and_eta() {
+    let maria = Maria::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = Arc::new(Lines::default());
+    let backups = local_backups(dir.path())
+        .with_journal(lines.clone())
+        .with_progress_every(std::time::Duration::from_millis(20));
+    let target = maria.target("shop", "r1").await;
+    let mut app = maria.connect(&target).await;
+    fill(&mut app, 100_000).await;
+
+    // A first backup has no total to go by: bytes and rate only.
+    let first = backup(&backups, &target).await;
+    let told = lines.take();
+    let progress: Vec<&String> = told.iter().filter(|l| l.contains("/s")).collect();
+    assert!(progress.len() >= 2, "{told:#?}");
+    assert!(!told.iter().any(|l| l.contains("ETA")), "{told:#?}");
+    assert!(told.last().unwrap().contains("complete"), "{told:#?}");
+
+    // The next one is estimated from it, and says so.
+    backup(&backups, &target).await;
+    let told = lines.take();
+    let estimated: Vec<&String> = told
+        .iter()
+        .filter(|l| l.contains("estimate: the previous backup's size"))
+        .collect();
+    assert!(!estimated.is_empty(), "{told:#?}");
+    assert!(estimated.iter().all(|l| l.contains("ETA")), "{told:#?}");
+
+    // A restore knows its total exactly.
+    backups.restore(&first, &target).await.expect("restore");
+    let told = lines.take();
+    assert!(
+        told.iter()
+            .any(|l| l.contains("loading into r1") && l.contains("%") && l.contains("ETA")),
+        "{told:#?}"
+    );
+}
