@@ -181,7 +181,7 @@ impl Backups {
 
     /// What the next backup of `target` is expected to weigh: the size of its
     /// resource's newest backup, if there is one.
-    async fn estimate(&self, target: &Target) -> Total {
+    pub async fn estimate(&self, target: &Target) -> Total {
         match self.store.list(&target.app).await {
             Ok(list) => list
                 .iter()

@@ -54,6 +54,9 @@ use crate::server::SUPERUSER;
 /// The format name recorded in manifests.
 pub const FORMAT: &str = "mariadb-dump sql";
 
+/// How long the swap waits for the app's transactions to release its tables.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// Where Debian's MariaDB client tools live.
 pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 
@@ -458,6 +461,14 @@ async fn swap(c: &mut Conn, db: &str, scratch: &str, trash: &str) -> Result<(), 
         .chain(new.tables.iter().map(|t| rename(scratch, t, db)))
         .collect();
     if !renames.is_empty() {
+        // A transaction of the app holding a table waits the rename out; a long one
+        // fails the restore (nothing changed) rather than stalling it for good.
+        c.query_drop(format!(
+            "SET SESSION lock_wait_timeout = {}",
+            LOCK_WAIT.as_secs()
+        ))
+        .await
+        .map_err(DumpError::Before)?;
         c.query_drop(format!("RENAME TABLE {}", renames.join(", ")))
             .await
             .map_err(DumpError::Before)?;
