@@ -63,6 +63,9 @@ pub enum BackupError {
     /// Redis refused a command or the connection broke.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered a backup's command with something it never sends.
+    #[error("unexpected answer from redis: {0}")]
+    Unexpected(String),
     /// Writing the dump to the sink failed; the dump is incomplete.
     #[error("writing the dump: {0}")]
     Sink(std::io::Error),
@@ -183,26 +186,9 @@ async fn dump_batch(
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut replies = replies.into_iter();
-    let now_ms = match replies.next() {
-        Some(Value::Array(parts)) if parts.len() == 2 => {
-            let int = |v: &Value| -> i64 {
-                match v {
-                    Value::BulkString(b) => std::str::from_utf8(b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    Value::Int(n) => *n,
-                    _ => 0,
-                }
-            };
-            int(&parts[0]) * 1000 + int(&parts[1]) / 1000
-        }
-        other => {
-            return Err(BackupError::Format(format!(
-                "unexpected TIME reply {other:?}"
-            )))
-        }
-    };
+    let time = replies.next();
+    let now_ms = time_ms(time.as_ref())
+        .ok_or_else(|| BackupError::Unexpected(format!("TIME gave {time:?}")))?;
     let mut out = Vec::new();
     for key in batch {
         let (payload, pttl) = (replies.next(), replies.next());
@@ -222,6 +208,24 @@ async fn dump_batch(
         *keys += 1;
     }
     Ok(out)
+}
+
+/// `TIME`'s answer (seconds and microseconds, as strings) in Unix milliseconds.
+fn time_ms(reply: Option<&Value>) -> Option<i64> {
+    let Some(Value::Array(parts)) = reply else {
+        return None;
+    };
+    let int = |v: &Value| -> Option<i64> {
+        match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    };
+    match parts.as_slice() {
+        [secs, micros] => Some(int(secs)? * 1000 + int(micros)? / 1000),
+        _ => None,
+    }
 }
 
 /// One record of a dump.
@@ -464,6 +468,17 @@ mod tests {
         let info = "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb4:keys=1,expires=0,avg_ttl=0\r\ndb7:keys=0,expires=0,avg_ttl=0\r\n";
         assert_eq!(keyspace_dbs(info), BTreeSet::from([0, 4]));
         assert!(keyspace_dbs("# Keyspace\r\n").is_empty());
+    }
+
+    #[test]
+    fn time_is_read_strictly() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let time = Value::Array(vec![bulk("1700000000"), bulk("123456")]);
+        assert_eq!(time_ms(Some(&time)), Some(1_700_000_000_123));
+        let bad = Value::Array(vec![bulk("x"), bulk("1")]);
+        assert_eq!(time_ms(Some(&bad)), None);
+        assert_eq!(time_ms(Some(&Value::Nil)), None);
+        assert_eq!(time_ms(None), None);
     }
 
     #[test]
