@@ -79,7 +79,7 @@ async fn main() {
         let to = (from + 999_999).min(rows);
         admin
             .query_drop(format!(
-                "INSERT INTO {db}.orders SELECT seq, CONCAT(MD5(seq), MD5(seq * 7), MD5(seq * 13)) FROM seq_{from}_to_{to}",
+                "INSERT INTO {db}.orders SELECT seq, CONCAT(MD5(seq), MD5(seq * 7), MD5(seq * 13)) FROM {db}.seq_{from}_to_{to}",
                 db = data.database
             ))
             .await
