@@ -3,23 +3,28 @@
 //! streamed), delete.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use paas_appliance::provider::Provider;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::journal::Journal;
 use crate::manifest::{new_id, valid_id, Manifest, State, Trigger};
+use crate::progress::{self, Total};
 use crate::store::{BackupStore, StoreError};
 use crate::upload::{self, UploadError, PART_SIZE};
 use crate::verify::{self, CheckError};
 
 /// Bytes buffered between the engine's dump and the upload.
 const PIPE_BYTES: usize = 1024 * 1024;
+
+/// How often a running backup or restore writes a progress line to the journal.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a backup operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,7 @@ pub struct Backups {
     store: BackupStore,
     part_size: usize,
     journal: Option<Arc<dyn Journal>>,
+    progress_every: Duration,
 }
 
 impl std::fmt::Debug for Backups {
@@ -125,6 +131,7 @@ impl Backups {
             store: BackupStore::new(store),
             part_size: PART_SIZE,
             journal: None,
+            progress_every: PROGRESS_EVERY,
         }
     }
 
@@ -134,9 +141,57 @@ impl Backups {
         self
     }
 
+    /// Writes progress lines every `every` instead of [`PROGRESS_EVERY`].
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
+    }
+
     fn tell(&self, app: &str, job: &str, message: &str, failed: bool) {
         if let Some(journal) = &self.journal {
             journal.line(app, job, message, failed);
+        }
+    }
+
+    /// Runs `work`, telling a progress line (`what`, the bytes `done` publishes, the
+    /// rate, the ETA against `total`) every [`Backups::with_progress_every`] meanwhile.
+    async fn reporting<T>(
+        &self,
+        (app, job, what): (&str, &str, &str),
+        done: watch::Receiver<u64>,
+        total: Total,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let clock = Instant::now();
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.progress_every,
+            self.progress_every,
+        );
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = ticks.tick() => {
+                    let bytes = *done.borrow();
+                    self.tell(app, job, &progress::line(what, bytes, clock.elapsed(), total), false);
+                }
+            }
+        }
+    }
+
+    /// What the next backup of `target` is expected to weigh: the size of its
+    /// resource's newest backup, if there is one.
+    pub async fn estimate(&self, target: &Target) -> Total {
+        match self.store.list(&target.app).await {
+            Ok(list) => list
+                .iter()
+                .rev()
+                .find(|m| m.resource == target.resource && m.kind == target.kind)
+                .map_or(Total::Unknown, |m| Total::PreviousBackup(m.size)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no size estimate for the backup");
+                Total::Unknown
+            }
         }
     }
 
@@ -200,7 +255,16 @@ impl Backups {
             self.part_size,
             progress,
         );
-        let (dumped, sent) = tokio::join!(dump, sent);
+        let total = self.estimate(target).await;
+        let what = format!("backup {id} of {}", target.resource);
+        let (dumped, sent) = self
+            .reporting(
+                (&target.app, &id, &what),
+                progress.subscribe(),
+                total,
+                async { tokio::join!(dump, sent) },
+            )
+            .await;
         let result = async {
             let info = match (dumped, sent) {
                 (Ok(info), Ok(pending)) => {
@@ -263,11 +327,15 @@ impl Backups {
                     &m.app,
                     &m.id,
                     &format!(
-                        "backup {} complete: {} bytes, sha256 {}, took {:.1} s",
+                        "backup {} complete: {} bytes ({}), sha256 {}, took {:.1} s ({}/s)",
                         m.id,
                         m.size,
+                        progress::human_bytes(m.size),
                         m.sha256,
-                        m.took_ms as f64 / 1000.0
+                        m.took_ms as f64 / 1000.0,
+                        progress::human_bytes(
+                            (m.size as f64 / (m.took_ms as f64 / 1000.0).max(0.001)) as u64
+                        ),
                     ),
                     false,
                 );
@@ -315,7 +383,17 @@ impl Backups {
 
     /// Reads the whole dump and checks it against the manifest; returns its ETag.
     pub async fn verify(&self, manifest: &Manifest) -> Result<Option<String>, BackupError> {
+        self.verify_counting(manifest, &watch::channel(0).0).await
+    }
+
+    /// [`Backups::verify`], publishing the bytes read so far on `read`.
+    async fn verify_counting(
+        &self,
+        manifest: &Manifest,
+        read: &watch::Sender<u64>,
+    ) -> Result<Option<String>, BackupError> {
         let (etag, stream) = self.store.dump(&manifest.app, &manifest.id, None).await?;
+        let stream = counting(stream, read.clone());
         match verify::check(stream, manifest.size, &manifest.sha256).await {
             Ok(()) => Ok(etag),
             Err(CheckError::Mismatch(m)) => Err(BackupError::Damaged {
@@ -376,7 +454,18 @@ impl Backups {
         into: &Target,
     ) -> Result<std::time::Duration, BackupError> {
         let clock = Instant::now();
-        let etag = self.verify(manifest).await?;
+        let (app, id) = (into.app.as_str(), manifest.id.as_str());
+        let total = Total::Exact(manifest.size);
+        let (checked_bytes, seen) = watch::channel(0u64);
+        let what = format!("restore of backup {id}: checking");
+        let etag = self
+            .reporting(
+                (app, id, &what),
+                seen,
+                total,
+                self.verify_counting(manifest, &checked_bytes),
+            )
+            .await?;
         let stream = match self.store.dump(&manifest.app, &manifest.id, etag).await {
             Ok((_, stream)) => stream,
             Err(StoreError::Store(e)) => {
@@ -387,15 +476,22 @@ impl Backups {
             }
             Err(e) => return Err(e.into()),
         };
-        let checked = verify::verified(stream, manifest.size, &manifest.sha256);
+        let (loaded, seen) = watch::channel(0u64);
+        let checked = verify::verified(counting(stream, loaded), manifest.size, &manifest.sha256);
         let mut reader = tokio_util::io::StreamReader::new(Box::pin(checked));
-        into.provider
-            .restore(&into.app, &into.resource, &into.data, &mut reader)
-            .await
-            .map_err(|e| BackupError::Engine {
-                kind: into.kind.clone(),
-                message: e.0,
-            })?;
+        let what = format!("restore of backup {id}: loading into {}", into.resource);
+        self.reporting(
+            (app, id, &what),
+            seen,
+            total,
+            into.provider
+                .restore(&into.app, &into.resource, &into.data, &mut reader),
+        )
+        .await
+        .map_err(|e| BackupError::Engine {
+            kind: into.kind.clone(),
+            message: e.0,
+        })?;
         tracing::info!(id = %manifest.id, app = %into.app, resource = %into.resource, took = ?clock.elapsed(), "backup restored");
         Ok(clock.elapsed())
     }
@@ -407,4 +503,18 @@ impl Backups {
         tracing::info!(%app, %id, "backup deleted");
         Ok(())
     }
+}
+
+/// `stream`, publishing the bytes it yielded so far on `read`.
+fn counting(
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    read: watch::Sender<u64>,
+) -> BoxStream<'static, object_store::Result<Bytes>> {
+    let mut total = 0u64;
+    Box::pin(stream.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            total += bytes.len() as u64;
+            read.send_replace(total);
+        }
+    }))
 }

@@ -13,6 +13,8 @@
 //! - [`backups`]: the operations (create, list, get, download, restore, delete) on a
 //!   [`backups::Target`] resource;
 //! - [`journal`]: the lines a backup writes to the app's log (`--type backup`);
+//!   [`progress`]: the periodic progress line (bytes, rate, ETA against the exact size
+//!   of a restore or the previous backup's size as an estimate), pure;
 //! - [`manifest`]: what a backup is (engine, version, size, SHA-256, times);
 //! - [`schedule`] (cron, what is due) and [`retention`] (what to delete): pure;
 //!   [`schedules`]: schedules and their last runs in etcd; [`runner`]: the elected
@@ -28,12 +30,13 @@
 //!   a truncated or corrupted object is refused and the resource is left unchanged.
 //! - Nothing is copied to local disk on the way (uploads stream part by part; restores
 //!   stream from the store to the engine's tool).
-//! - [`schedule::due`] and [`retention::expired`] do no I/O.
+//! - [`schedule::due`], [`retention::expired`] and [`progress::line`] do no I/O.
 
 pub mod backups;
 pub mod journal;
 pub mod location;
 pub mod manifest;
+pub mod progress;
 pub mod retention;
 pub mod runner;
 pub mod schedule;

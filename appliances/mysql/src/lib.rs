@@ -12,7 +12,8 @@
 //! - [`server`]: the local mariadbd (files, process, queries, seeds); [`gtid`]: GTID
 //!   positions and their comparison;
 //! - [`info`]: the table of `paas mysql info`; [`provision`]: databases and users for
-//!   apps (`MysqlProvider`); [`recover`]: the explicit restart of a cluster whose etcd
+//!   apps (`MysqlProvider`); [`dump`]: its backup hooks (`mariadb-dump` as the app's
+//!   user, restore into a scratch database swapped in with one `RENAME TABLE`); [`recover`]: the explicit restart of a cluster whose etcd
 //!   state was lost; [`args`]: the supervisor's command line (the local
 //!   launcher and the supervisor skeleton are the appliance core's).
 //!
@@ -30,6 +31,7 @@
 pub mod args;
 pub mod cluster;
 pub mod decide;
+pub mod dump;
 pub mod gtid;
 pub mod info;
 pub mod provision;

@@ -64,6 +64,10 @@ pub struct ResourceData {
     pub user: String,
     /// The database created.
     pub database: String,
+    /// The user's password, which backups log in with (recorded since backups exist:
+    /// `None` for older resources, which then cannot be backed up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,14 @@ impl MysqlProvider {
             admin: Mutex::new(None),
             status: None,
         }
+    }
+
+    /// The dump and restore tools, reaching the cluster like provisioning does.
+    pub fn tools(&self) -> crate::dump::Tools {
+        crate::dump::Tools::new(
+            std::path::Path::new(crate::dump::DEFAULT_BIN_DIR),
+            self.config.clone(),
+        )
     }
 
     /// Reports cluster `cluster` (under `prefix` in etcd) as the provider's status, for
@@ -141,7 +153,7 @@ impl MysqlProvider {
             ("MYSQL_HOST".to_string(), host.clone()),
             ("MYSQL_PORT".to_string(), port.to_string()),
             ("MYSQL_USER".to_string(), name.clone()),
-            ("MYSQL_PASSWORD".to_string(), password),
+            ("MYSQL_PASSWORD".to_string(), password.clone()),
             ("MYSQL_DATABASE".to_string(), name.clone()),
         ]);
         Ok((
@@ -149,6 +161,7 @@ impl MysqlProvider {
             ResourceData {
                 user: name.clone(),
                 database: name,
+                password: Some(password),
             },
         ))
     }
@@ -317,6 +330,48 @@ impl paas_appliance::provider::Provider for MysqlProvider {
             }),
             "members": info.members,
         }))
+    }
+
+    fn has_backups(&self) -> bool {
+        true
+    }
+
+    async fn backup(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        sink: paas_appliance::provider::BackupSink<'_>,
+    ) -> Result<paas_appliance::provider::BackupInfo, paas_appliance::provider::ProviderError> {
+        let fail = |err: String| {
+            tracing::warn!(%app, %id, error = %err, "mysql backup failed");
+            paas_appliance::provider::ProviderError(err)
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.to_string()))?;
+        self.tools()
+            .dump(&data, sink)
+            .await
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    async fn restore(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        source: paas_appliance::provider::RestoreSource<'_>,
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
+        let fail = |err: String| {
+            tracing::warn!(%app, %id, error = %err, "mysql restore failed");
+            paas_appliance::provider::ProviderError(err)
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.to_string()))?;
+        self.tools()
+            .restore(&data, source)
+            .await
+            .map_err(|e| fail(e.to_string()))
     }
 
     async fn recover(

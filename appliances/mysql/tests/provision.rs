@@ -133,6 +133,7 @@ async fn apps_get_isolated_databases_that_removal_drops() {
         .deprovision_database(&ResourceData {
             user: "never_db".into(),
             database: "never_db".into(),
+            password: None,
         })
         .await
         .unwrap();

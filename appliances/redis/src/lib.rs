@@ -17,7 +17,9 @@
 //!   [`args`]: its command line (`paas-redis-supervisor`, `paas appliance redis`);
 //! - [`launcher`]: a group's spec and its members' command line for the core launcher;
 //! - [`provision`]: a dedicated group per resource (`RedisProvider`), started through a
-//!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`.
+//!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`;
+//!   [`backup`]: its backup hooks (SCAN + DUMP of every key as the app's user; restore
+//!   into unused database indexes, swapped in with `SWAPDB` in one `MULTI`).
 //!
 //! Invariants:
 //! - [`decide`] does no I/O.
@@ -30,6 +32,7 @@
 //! - This crate talks to etcd only through `paas-coord` and the appliance core.
 
 pub mod args;
+pub mod backup;
 pub mod cluster;
 pub mod decide;
 pub mod health;

@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paas_appliance::provider::{Options, Provider, ProviderError, Provisioned};
+use paas_appliance::provider::{
+    BackupInfo, BackupSink, Options, Provider, ProviderError, Provisioned, RestoreSource,
+};
 use paas_coord::{Batch, Coord};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,10 @@ pub struct ResourceData {
     pub dir: PathBuf,
     /// How many members it has.
     pub members: usize,
+    /// The app's `REDIS_URL`, which backups connect with (recorded since backups exist:
+    /// `None` for older resources, which then cannot be backed up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Where groups go and how their members reach etcd.
@@ -222,14 +228,13 @@ impl Provider for RedisProvider {
             }
         };
         tracing::info!(%app, %id, %group, members, took = ?started.elapsed(), "redis group provisioned");
-        let env = BTreeMap::from([(
-            "REDIS_URL".to_string(),
-            format!("redis://default:{password}@{endpoint}"),
-        )]);
+        let url = format!("redis://default:{password}@{endpoint}");
+        let env = BTreeMap::from([("REDIS_URL".to_string(), url.clone())]);
         let data = ResourceData {
             group,
             dir,
             members,
+            url: Some(url),
         };
         Ok(Provisioned {
             env,
@@ -261,6 +266,38 @@ impl Provider for RedisProvider {
         Ok(())
     }
 
+    fn has_backups(&self) -> bool {
+        true
+    }
+
+    async fn backup(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        sink: BackupSink<'_>,
+    ) -> Result<BackupInfo, ProviderError> {
+        let url = backup_url(id, data)?;
+        crate::backup::dump(&url, sink).await.map_err(|e| {
+            tracing::warn!(%app, %id, error = %e, "redis backup failed");
+            ProviderError(e.to_string())
+        })
+    }
+
+    async fn restore(
+        &self,
+        app: &str,
+        id: &str,
+        data: &serde_json::Value,
+        source: RestoreSource<'_>,
+    ) -> Result<(), ProviderError> {
+        let url = backup_url(id, data)?;
+        crate::backup::restore(&url, source).await.map_err(|e| {
+            tracing::warn!(%app, %id, error = %e, "redis restore failed");
+            ProviderError(e.to_string())
+        })
+    }
+
     /// Every group (`groups`: name -> `info::GroupInfo`) and their tables (`text`).
     async fn status(&self) -> Result<serde_json::Value, ProviderError> {
         let groups = crate::info::groups(&self.coord)
@@ -269,6 +306,14 @@ impl Provider for RedisProvider {
         let text = crate::info::render_all(&groups);
         Ok(serde_json::json!({ "groups": groups, "text": text }))
     }
+}
+
+/// The URL a backup of resource `id` connects with.
+fn backup_url(id: &str, data: &serde_json::Value) -> Result<String, ProviderError> {
+    let data: ResourceData = serde_json::from_value(data.clone())
+        .map_err(|e| ProviderError(format!("unrecognised resource data: {e}")))?;
+    data.url
+        .ok_or_else(|| ProviderError(crate::backup::BackupError::NoUrl(id.into()).to_string()))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use paas_backups::progress::{self, Total};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -32,8 +33,8 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// `paas backup create -a APP [RESOURCE]`: runs a backup, showing bytes and rate on a
-/// terminal.
+/// `paas backup create -a APP [RESOURCE]`: runs a backup, showing bytes, rate and (from
+/// the previous backup's size, an estimate) the ETA on a terminal.
 pub async fn create(json_out: bool, app: &str, resource: Option<&str>) -> Result<()> {
     let resp = client()?
         .stream_json(
@@ -54,11 +55,12 @@ pub async fn create(json_out: bool, app: &str, resource: Option<&str>) -> Result
             let value: Value = serde_json::from_slice(&line).context("unexpected reply line")?;
             if let Some(bytes) = value["progress"]["bytes"].as_u64() {
                 if tty {
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    let total = value["progress"]["estimate"]
+                        .as_u64()
+                        .map_or(Total::Unknown, Total::PreviousBackup);
                     eprint!(
-                        "\r\x1b[2K{} sent, {}/s",
-                        human_bytes(bytes),
-                        human_bytes((bytes as f64 / secs) as u64)
+                        "\r\x1b[2K{}",
+                        progress::line("sent", bytes, started.elapsed(), total)
                     );
                     let _ = std::io::stderr().flush();
                 }

@@ -163,7 +163,8 @@ struct CreateRequest {
 }
 
 /// `POST /apps/{app}/backups`: runs a backup; the reply is NDJSON, one
-/// `{"progress":{"bytes":N}}` line every 250 ms, then `{"backup":MANIFEST}` or
+/// `{"progress":{"bytes":N,"estimate":M|null}}` line every 250 ms (`estimate`: the
+/// previous backup's size of the resource), then `{"backup":MANIFEST}` or
 /// `{"error":{"code","message"}}`. The backup runs to its end even if the client goes.
 async fn create(
     p: Principal,
@@ -174,6 +175,10 @@ async fn create(
     p.check_app(&app)?;
     let backups = backups(&s)?.clone();
     let target = one_target(&s, &app, req.resource.as_deref(), None).await?;
+    let total = match backups.estimate(&target).await {
+        paas_backups::progress::Total::PreviousBackup(n) => serde_json::json!(n),
+        _ => serde_json::Value::Null,
+    };
     let (progress, seen) = watch::channel(0u64);
     let task =
         tokio::spawn(async move { backups.create(&target, Trigger::Manual, &progress).await });
@@ -182,7 +187,7 @@ async fn create(
         Done,
     }
     let lines = futures::stream::unfold(Phase::Running(task), move |phase| {
-        let seen = seen.clone();
+        let (seen, total) = (seen.clone(), total.clone());
         async move {
             let Phase::Running(mut task) = phase else {
                 return None;
@@ -197,7 +202,7 @@ async fn create(
                     return Some((ndjson(&value), Phase::Done));
                 }
                 () = tokio::time::sleep(PROGRESS_EVERY) => {
-                    serde_json::json!({ "progress": { "bytes": *seen.borrow() } })
+                    serde_json::json!({ "progress": { "bytes": *seen.borrow(), "estimate": total } })
                 }
             };
             Some((ndjson(&line), Phase::Running(task)))

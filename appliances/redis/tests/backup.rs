@@ -1,0 +1,400 @@
+//! Backups of a real Redis group (supervisors, redis-servers, the leader-following
+//! endpoint, the provider's own `REDIS_URL`) through the provider's hooks into a local
+//! directory store: roundtrip over every type, TTLs and several databases; damaged
+//! objects and broken streams leaving the data unchanged; a backup taken under a writer
+//! restoring every key whole.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::local::LocalFileSystem;
+use paas_appliance::provider::{Options, Provider};
+use paas_backups::{BackupError, Backups, Target, Trigger};
+use paas_redis::provision::{ProviderConfig, RedisProvider};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+
+use common::{reachable_tempdir, LocalRunner};
+
+/// etcd, a provider over local groups, and one provisioned one-member group as a target.
+struct Setup {
+    target: Target,
+    url: String,
+    provider: Arc<RedisProvider>,
+    _runner: Arc<LocalRunner>,
+    _dir: tempfile::TempDir,
+    _etcd: paas_it::EtcdServer,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let etcd = paas_it::EtcdServer::start().expect("etcd");
+        let dir = reachable_tempdir("paas-redis-backup");
+        let coord =
+            paas_coord::Coord::connect(&[etcd.endpoint()], "/paas/", Duration::from_secs(5))
+                .await
+                .unwrap();
+        let runner = Arc::new(LocalRunner::new(coord.clone()));
+        let provider = Arc::new(RedisProvider::new(
+            ProviderConfig {
+                base_dir: dir.path().to_path_buf(),
+                etcd_endpoints: vec![etcd.endpoint()],
+                prefix: "/paas/".into(),
+                ttl_secs: 3,
+                default_members: 1,
+            },
+            runner.clone(),
+            coord,
+        ));
+        let made = provider
+            .provision("shop", "redis-aaaa", &Options::new())
+            .await
+            .expect("provision");
+        let target = Target {
+            app: "shop".into(),
+            resource: "redis-aaaa".into(),
+            kind: "redis".into(),
+            data: made.data,
+            provider: provider.clone(),
+        };
+        Setup {
+            target,
+            url: made.env["REDIS_URL"].clone(),
+            provider,
+            _runner: runner,
+            _dir: dir,
+            _etcd: etcd,
+        }
+    }
+
+    async fn conn(&self, db: u32) -> MultiplexedConnection {
+        let client = redis::Client::open(format!("{}/{db}", self.url)).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Every key of every database with its DUMP payload and whether it has a TTL.
+    async fn snapshot(&self) -> BTreeMap<(u32, Vec<u8>), (Vec<u8>, bool)> {
+        let mut all = BTreeMap::new();
+        for db in 0..16 {
+            let mut c = self.conn(db).await;
+            let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            for key in keys {
+                let payload: Vec<u8> = redis::cmd("DUMP")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let pttl: i64 = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                all.insert((db, key), (payload, pttl >= 0));
+            }
+        }
+        all
+    }
+
+    async fn restore_hook(&self, source: paas_appliance::provider::RestoreSource<'_>) -> String {
+        self.provider
+            .restore("shop", "redis-aaaa", &self.target.data, source)
+            .await
+            .expect_err("the restore fails")
+            .to_string()
+    }
+}
+
+fn local_backups(dir: &std::path::Path) -> Backups {
+    Backups::new(Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap()))
+}
+
+async fn backup(backups: &Backups, target: &Target) -> paas_backups::Manifest {
+    let (progress, _) = watch::channel(0);
+    backups
+        .create(target, Trigger::Manual, &progress)
+        .await
+        .expect("backup")
+}
+
+async fn fill(c: &mut MultiplexedConnection, keys: u32) {
+    let mut pipe = redis::pipe();
+    for i in 0..keys {
+        pipe.cmd("SET")
+            .arg(format!("k:{i}"))
+            .arg(format!(
+                "{:x}{:x}",
+                (i as u64).wrapping_mul(0x9e3779b97f4a7c15),
+                i as u64 * 31
+            ))
+            .ignore();
+        if i % 1000 == 999 {
+            pipe.query_async::<()>(c).await.unwrap();
+            pipe.clear();
+        }
+    }
+    pipe.query_async::<()>(c).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_roundtrip() {
+    let s = Setup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backups = local_backups(dir.path());
+    let mut c = s.conn(0).await;
+    fill(&mut c, 5_000).await;
+    redis::pipe()
+        .cmd("HSET")
+        .arg("h")
+        .arg("a")
+        .arg(1)
+        .arg("b")
+        .arg(2)
+        .ignore()
+        .cmd("RPUSH")
+        .arg("l")
+        .arg("x")
+        .arg("y")
+        .ignore()
+        .cmd("SADD")
+        .arg("s")
+        .arg("m")
+        .ignore()
+        .cmd("ZADD")
+        .arg("z")
+        .arg(1.5)
+        .arg("m")
+        .ignore()
+        .cmd("XADD")
+        .arg("x")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .ignore()
+        .cmd("SET")
+        .arg("ttl")
+        .arg("v")
+        .arg("EX")
+        .arg(3600)
+        .ignore()
+        .cmd("SET")
+        .arg(b"bin\x00\xff")
+        .arg(b"\x00\x01")
+        .ignore()
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let mut db3 = s.conn(3).await;
+    redis::cmd("SET")
+        .arg("other")
+        .arg("db")
+        .query_async::<()>(&mut db3)
+        .await
+        .unwrap();
+    let before = s.snapshot().await;
+    assert_eq!(before.len(), 5_008);
+
+    let m = backup(&backups, &s.target).await;
+    assert_eq!(m.engine, "redis");
+    assert_eq!(m.format, "paas redis dump v1");
+    assert!(m.version.starts_with("Redis 7"), "{}", m.version);
+
+    // Change everything: values, deletions, a new key, a new database.
+    redis::pipe()
+        .cmd("DEL")
+        .arg("h")
+        .arg("k:1")
+        .ignore()
+        .cmd("SET")
+        .arg("k:2")
+        .arg("changed")
+        .ignore()
+        .cmd("SET")
+        .arg("new")
+        .arg("1")
+        .ignore()
+        .cmd("PERSIST")
+        .arg("ttl")
+        .ignore()
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let mut db5 = s.conn(5).await;
+    redis::cmd("SET")
+        .arg("later")
+        .arg("1")
+        .query_async::<()>(&mut db5)
+        .await
+        .unwrap();
+    assert_ne!(s.snapshot().await, before);
+
+    backups.restore(&m, &s.target).await.expect("restore");
+    assert_eq!(
+        s.snapshot().await,
+        before,
+        "the dataset is the backup's, nothing else"
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("ttl")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        (3_500_000..=3_600_000).contains(&pttl),
+        "the expiry kept its moment: {pttl}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_backups_and_broken_streams_change_nothing() {
+    let s = Setup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backups = local_backups(dir.path());
+    let mut c = s.conn(0).await;
+    fill(&mut c, 3_000).await;
+    let m = backup(&backups, &s.target).await;
+    let path = dir.path().join("shop").join(&m.id).join("dump");
+    let good = std::fs::read(&path).unwrap();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    fill(&mut c, 10).await;
+    let current = s.snapshot().await;
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    std::fs::write(&path, &flipped).unwrap();
+    let err = backups.restore(&m, &s.target).await.expect_err("corrupted");
+    assert!(matches!(err, BackupError::Damaged { .. }), "{err}");
+    assert_eq!(s.snapshot().await, current);
+
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    let err = backups.restore(&m, &s.target).await.expect_err("truncated");
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert_eq!(s.snapshot().await, current);
+
+    // The hook itself: a source failing before its end, a stream cut short, a damaged
+    // record: each leaves the data as it was and no scratch database behind.
+    let chunks = vec![
+        Ok(bytes::Bytes::from(good[..good.len() - 1].to_vec())),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "checksum mismatch",
+        )),
+    ];
+    let mut source = tokio_util::io::StreamReader::new(futures::stream::iter(chunks));
+    let err = s.restore_hook(&mut source).await;
+    assert!(err.contains("nothing was restored"), "{err}");
+    assert_eq!(s.snapshot().await, current);
+
+    let err = s.restore_hook(&mut &good[..good.len() - 9]).await;
+    assert!(err.contains("ends before its end record"), "{err}");
+    assert_eq!(s.snapshot().await, current);
+
+    let mut bad_payload = good.clone();
+    let at = bad_payload.len() - 20;
+    bad_payload[at] ^= 0xff;
+    let err = s.restore_hook(&mut bad_payload.as_slice()).await;
+    assert!(err.contains("nothing was restored"), "{err}");
+    assert_eq!(s.snapshot().await, current);
+
+    std::fs::write(&path, &good).unwrap();
+    backups.restore(&m, &s.target).await.expect("restore");
+    let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_writes_restores_every_key_whole() {
+    let s = Setup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backups = local_backups(dir.path());
+    let mut c = s.conn(0).await;
+    fill(&mut c, 50_000).await;
+    let mut init = redis::pipe();
+    for i in 0..100 {
+        init.cmd("HSET").arg("accounts").arg(i).arg(1000).ignore();
+    }
+    init.query_async::<()>(&mut c).await.unwrap();
+
+    // Transfers inside one hash (one key), and new keys w:0, w:1... in order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut w = s.conn(0).await;
+    let writer = tokio::spawn({
+        let (stop, written) = (stop.clone(), written.clone());
+        async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let (a, b, x) = (i * 7 % 100, i * 13 % 100, (i % 50 + 1) as i64);
+                redis::pipe()
+                    .atomic()
+                    .cmd("HINCRBY")
+                    .arg("accounts")
+                    .arg(a)
+                    .arg(-x)
+                    .ignore()
+                    .cmd("HINCRBY")
+                    .arg("accounts")
+                    .arg(b)
+                    .arg(x)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(format!("w:{i}"))
+                    .arg(i)
+                    .ignore()
+                    .query_async::<()>(&mut w)
+                    .await
+                    .expect("write");
+                i += 1;
+                written.store(i, Ordering::SeqCst);
+            }
+        }
+    });
+    while written.load(Ordering::SeqCst) < 50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at_start = written.load(Ordering::SeqCst);
+    let m = backup(&backups, &s.target).await;
+    let at_end = written.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(at_end > at_start, "writes ran during the backup");
+
+    backups.restore(&m, &s.target).await.expect("restore");
+    let balances: Vec<i64> = redis::cmd("HVALS")
+        .arg("accounts")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(balances.len(), 100);
+    assert_eq!(
+        balances.iter().sum::<i64>(),
+        100_000,
+        "the hash was saved whole"
+    );
+    for i in 0..at_start {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(format!("w:{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, Some(i), "w:{i} existed for the whole backup");
+    }
+    let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert!(
+        (50_001 + at_start..=50_002 + at_end).contains(&n),
+        "{n} keys, between {} and {}",
+        50_001 + at_start,
+        50_002 + at_end
+    );
+}
