@@ -10,7 +10,9 @@
 //! publishes its status ([`Ctx::publish`]: health API and etcd) and acts. Quick actions
 //! run inline; long ones run on a task that owns the server handle
 //! ([`Actions::spawn`]), which is how the next tick knows one is in progress
-//! ([`Slot::Busy`]). On shutdown it stops leading, stops the server (SIGKILL of its
+//! ([`Slot::Busy`]). Ticks come every [`MemberConfig::tick`], or, for an engine that
+//! asks for a longer wait while its cluster is steady ([`Engine::next_wait`]), as soon as
+//! a record of the cluster or the lease changes ([`crate::wake`]). On shutdown it stops leading, stops the server (SIGKILL of its
 //! process group if an action holds it for more than a minute), releases the leader key
 //! and revokes the lease, so a successor does not wait for the TTL.
 //!
@@ -33,6 +35,7 @@ use crate::fence::{self, kill_pid_group, Fence};
 use crate::health::{self, Probed};
 use crate::lease::{LeaseHandle, LeaseState};
 use crate::records::{Keys, Member, Records};
+use crate::wake::Wake;
 
 /// How long a shutdown waits for a running long action before killing the server.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(60);
@@ -92,6 +95,16 @@ pub trait Engine: Send + Sized + 'static {
 
     /// One tick: observe, decide, say, publish, act.
     fn tick(&mut self, ctx: &mut Ctx<Self>) -> impl Future<Output = ()> + Send;
+
+    /// How long after the start of the tick that just ran the next one may wait, asked
+    /// after every tick. `None` (the default): [`MemberConfig::tick`], polling. `Some`
+    /// (e.g. a longer wait while the cluster is steady): the loop also wakes as soon as
+    /// another member's record, the state document, the leader key or the lease changes
+    /// ([`crate::wake`]), though never sooner than [`MemberConfig::tick`] after the
+    /// previous tick started.
+    fn next_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The server handle as a tick finds it.
@@ -311,7 +324,8 @@ pub async fn run_with_routes<E: Engine>(
         })?;
     let coord = connect_etcd(&config).await;
     let records = Records::new(coord.clone(), config.keys.clone());
-    let lease = LeaseHandle::spawn(coord, config.ttl);
+    let lease = LeaseHandle::spawn(coord.clone(), config.ttl);
+    let mut wake = Wake::new(coord, &config.keys, &config.name, lease.subscribe());
     let fence = Fence {
         leading: Arc::new(AtomicI64::new(0)),
         pid,
@@ -352,13 +366,24 @@ pub async fn run_with_routes<E: Engine>(
         published,
         last_reason: String::new(),
     };
-    let mut interval = tokio::time::interval(config.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = interval.tick() => engine.tick(&mut ctx).await,
+        let started = tokio::time::Instant::now();
+        engine.tick(&mut ctx).await;
+        let paced = tokio::time::sleep_until(started + config.tick);
+        match engine.next_wait() {
+            None => tokio::select! {
+                _ = &mut shutdown => break,
+                _ = paced => {}
+            },
+            Some(wait) => tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep_until(started + wait.max(config.tick)) => {}
+                _ = wake.changed() => tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = paced => {}
+                },
+            },
         }
     }
 

@@ -88,8 +88,13 @@ pub struct SupervisorConfig {
     pub ttl: Duration,
     /// How long before the lease's earliest expiry the primary fences itself.
     pub fence_margin: Duration,
-    /// The tick interval.
+    /// The tick interval while something is to be done or awaited (starting, failing
+    /// over), and the shortest time between two ticks.
     pub tick: Duration,
+    /// The longest wait between two ticks while the group is steady: a change of the
+    /// group's records or of the lease ends it early, so this only bounds how late a
+    /// crash of the local redis-server is seen.
+    pub idle_tick: Duration,
     /// How many members the group has (0: unknown); a bootstrap waits for all of them.
     pub members: usize,
 }
@@ -145,6 +150,11 @@ impl SupervisorConfig {
         if self.max_lag_secs == 0 {
             return Err(SupervisorError::Config(
                 "min-replicas-max-lag must be at least 1 s".into(),
+            ));
+        }
+        if self.idle_tick < self.tick {
+            return Err(SupervisorError::Config(
+                "the idle tick must not be shorter than the tick".into(),
             ));
         }
         if self.etcd_endpoints.is_empty() {
@@ -233,6 +243,7 @@ pub async fn run(
         status: initial.clone(),
         known_addrs: BTreeMap::new(),
         published: None,
+        steady: false,
     };
     paas_appliance::supervisor::run(member, engine, redis, pid, initial, shutdown).await?;
     Ok(())
@@ -249,6 +260,9 @@ struct RedisEngine {
     known_addrs: BTreeMap<String, String>,
     /// What was last published, under which lease, and when.
     published: Option<(i64, MemberStatus, Instant)>,
+    /// Whether the last tick found nothing to do and no action running: the next one
+    /// may wait [`SupervisorConfig::idle_tick`] unless a record changes.
+    steady: bool,
 }
 
 /// How often an unchanged status is published again anyway (a lost registration write
@@ -261,7 +275,18 @@ impl Engine for RedisEngine {
     type Status = MemberStatus;
 
     async fn tick(&mut self, ctx: &mut Ctx<Self>) {
+        self.steady = false;
         self.run(ctx).await
+    }
+
+    /// Steady: the idle tick (a change of the group's records wakes the member at
+    /// once); otherwise the short tick, still woken by changes.
+    fn next_wait(&self) -> Option<Duration> {
+        Some(if self.steady {
+            self.config.idle_tick
+        } else {
+            self.config.tick
+        })
     }
 }
 
@@ -329,6 +354,11 @@ impl RedisEngine {
             expected_members: self.config.members,
         };
         let decision = decide(&observed);
+        // A replica still connecting to its primary is not steady: its link coming up
+        // is seen (and published) by the short tick.
+        self.steady = observed.busy.is_none()
+            && matches!(decision, Decision::Nothing(_))
+            && !matches!(observed.local, Local::Replica { link_up: false, .. });
         ctx.say(decision.reason());
         self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
         self.publish(ctx, lease.id).await;
@@ -630,6 +660,7 @@ mod tests {
             ttl: Duration::from_secs(3),
             fence_margin: Duration::from_secs(1),
             tick: Duration::from_millis(250),
+            idle_tick: Duration::from_secs(1),
             members: 2,
         }
     }
