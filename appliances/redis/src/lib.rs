@@ -17,7 +17,8 @@
 //!   [`args`]: its command line (`paas-redis-supervisor`, `paas appliance redis`);
 //! - [`launcher`]: a group's spec and its members' command line for the core launcher;
 //! - [`provision`]: a dedicated group per resource (`RedisProvider`), started through a
-//!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`.
+//!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`;
+//!   [`recover`]: `paas redis recover`, a group whose state document etcd lost.
 //!
 //! Invariants:
 //! - [`decide`] does no I/O.
@@ -36,6 +37,7 @@ pub mod health;
 pub mod info;
 pub mod launcher;
 pub mod provision;
+pub mod recover;
 pub mod secret;
 pub mod server;
 pub mod supervisor;

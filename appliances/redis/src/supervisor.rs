@@ -464,6 +464,9 @@ impl RedisEngine {
                 primary_offset.map(|p| p.saturating_sub(*offset)),
             ),
             (_, Some(Runtime::Primary { offset, .. })) => (None, false, Some(*offset), Some(0)),
+            // A stopped server keeps the offset last seen while it ran: what `paas redis
+            // recover` compares when no server runs.
+            (Local::Stopped { .. }, None) => (None, false, previous.offset, None),
             _ => (None, false, None, None),
         };
         self.status = MemberStatus {
