@@ -12,7 +12,8 @@
 //! ([`Actions::spawn`]), which is how the next tick knows one is in progress
 //! ([`Slot::Busy`]). Ticks come every [`MemberConfig::tick`], or, for an engine that
 //! asks for a longer wait while its cluster is steady ([`Engine::next_wait`]), as soon as
-//! a record of the cluster or the lease changes ([`crate::wake`]). On shutdown it stops leading, stops the server (SIGKILL of its
+//! a record of the cluster or the lease changes ([`crate::wake`]) or the engine sees a
+//! local reason ([`Engine::wants_tick`]). On shutdown it stops leading, stops the server (SIGKILL of its
 //! process group if an action holds it for more than a minute), releases the leader key
 //! and revokes the lease, so a successor does not wait for the TTL.
 //!
@@ -36,6 +37,10 @@ use crate::health::{self, Probed};
 use crate::lease::{LeaseHandle, LeaseState};
 use crate::records::{Keys, Member, Records};
 use crate::wake::Wake;
+
+/// How often an engine waiting longer than its tick is asked whether something local
+/// calls for a tick ([`Engine::wants_tick`]), as often as the fencing watchdog looks.
+const LOCAL_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a shutdown waits for a running long action before killing the server.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(60);
@@ -104,6 +109,13 @@ pub trait Engine: Send + Sized + 'static {
     /// previous tick started.
     fn next_wait(&self) -> Option<Duration> {
         None
+    }
+
+    /// Whether something local calls for a tick before a longer wait is over (the
+    /// server exited, say): asked every 100 ms during such a wait, so it must be cheap
+    /// and must not block. Default: never.
+    fn wants_tick(&self) -> bool {
+        false
     }
 }
 
@@ -367,23 +379,36 @@ pub async fn run_with_routes<E: Engine>(
         last_reason: String::new(),
     };
     tokio::pin!(shutdown);
-    loop {
+    'ticks: loop {
         let started = tokio::time::Instant::now();
         engine.tick(&mut ctx).await;
-        let paced = tokio::time::sleep_until(started + config.tick);
-        match engine.next_wait() {
-            None => tokio::select! {
-                _ = &mut shutdown => break,
-                _ = paced => {}
-            },
-            Some(wait) => tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep_until(started + wait.max(config.tick)) => {}
-                _ = wake.changed() => tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = paced => {}
+        let paced = started + config.tick;
+        let Some(wait) = engine.next_wait() else {
+            tokio::select! {
+                _ = &mut shutdown => break 'ticks,
+                _ = tokio::time::sleep_until(paced) => continue 'ticks,
+            }
+        };
+        let idle = tokio::time::sleep_until(started + wait.max(config.tick));
+        tokio::pin!(idle);
+        let mut local = tokio::time::interval_at(started + LOCAL_CHECK, LOCAL_CHECK);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break 'ticks,
+                _ = &mut idle => break,
+                _ = local.tick() => if engine.wants_tick() {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'ticks,
+                        _ = tokio::time::sleep_until(paced) => break,
+                    }
                 },
-            },
+                _ = wake.changed() => {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'ticks,
+                        _ = tokio::time::sleep_until(paced) => break,
+                    }
+                }
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,6 +244,7 @@ pub async fn run(
         known_addrs: BTreeMap::new(),
         published: None,
         steady: false,
+        server_pid: pid.clone(),
     };
     paas_appliance::supervisor::run(member, engine, redis, pid, initial, shutdown).await?;
     Ok(())
@@ -263,6 +264,8 @@ struct RedisEngine {
     /// Whether the last tick found nothing to do and no action running: the next one
     /// may wait [`SupervisorConfig::idle_tick`] unless a record changes.
     steady: bool,
+    /// The running redis-server's pid (0: none), shared with the server handle.
+    server_pid: Arc<AtomicI32>,
 }
 
 /// How often an unchanged status is published again anyway (a lost registration write
@@ -287,6 +290,13 @@ impl Engine for RedisEngine {
         } else {
             self.config.tick
         })
+    }
+
+    /// The local redis-server exited (a crashed primary is handed over at once, not
+    /// up to an idle tick later): one non-blocking `waitid` that leaves the child for
+    /// the tick to reap.
+    fn wants_tick(&self) -> bool {
+        crate::server::has_exited(self.server_pid.load(Ordering::SeqCst))
     }
 }
 
