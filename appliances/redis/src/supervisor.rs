@@ -8,6 +8,13 @@
 //! resign, re-point, `min-replicas-to-write`) run inline; long ones (bootstrap, start,
 //! promotion, reclaim) run on a task that owns the server handle.
 //!
+//! Pace: a tick that decided nothing (no action running, no replica still connecting)
+//! lets the next one wait [`SupervisorConfig::idle_tick`]; the core wakes it earlier on
+//! any change of the group's records by another member or of the lease, and on the
+//! local redis-server exiting ([`paas_appliance::wake`], `Engine::wants_tick`).
+//! Otherwise ticks come every [`SupervisorConfig::tick`]. An idle group thus costs etcd
+//! a watch and a lease per member instead of four reads a second.
+//!
 //! Fencing has two layers. The core's watchdog kills redis-server's process group the
 //! moment the leader's lease may be expiring (`paas_appliance::fence` holds the timing
 //! argument). And a primary whose supervisor is frozen (no watchdog runs) loses its
