@@ -18,7 +18,9 @@
 //! - [`os_user`]: the OS user a server runs as, and the directory that keeps it out;
 //! - [`process`]: servers started in their own process group, dying with their parent;
 //! - [`supervisor`]: the skeleton every member runs (etcd, lease, watchdog, health API,
-//!   the tick that hands an engine its context, long actions, shutdown).
+//!   the tick that hands an engine its context, long actions, shutdown);
+//! - [`wake`]: what ends a steady engine's idle wait early (a change of the cluster's
+//!   records by another member, a new or lost lease).
 //!
 //! Invariants:
 //! - Only `paas-coord` talks to etcd; this crate depends on nothing else of the platform.
@@ -38,3 +40,4 @@ pub mod process;
 pub mod provider;
 pub mod records;
 pub mod supervisor;
+pub mod wake;

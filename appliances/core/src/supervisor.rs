@@ -10,7 +10,10 @@
 //! publishes its status ([`Ctx::publish`]: health API and etcd) and acts. Quick actions
 //! run inline; long ones run on a task that owns the server handle
 //! ([`Actions::spawn`]), which is how the next tick knows one is in progress
-//! ([`Slot::Busy`]). On shutdown it stops leading, stops the server (SIGKILL of its
+//! ([`Slot::Busy`]). Ticks come every [`MemberConfig::tick`], or, for an engine that
+//! asks for a longer wait while its cluster is steady ([`Engine::next_wait`]), as soon as
+//! a record of the cluster or the lease changes ([`crate::wake`]) or the engine sees a
+//! local reason ([`Engine::wants_tick`]). On shutdown it stops leading, stops the server (SIGKILL of its
 //! process group if an action holds it for more than a minute), releases the leader key
 //! and revokes the lease, so a successor does not wait for the TTL.
 //!
@@ -33,6 +36,11 @@ use crate::fence::{self, kill_pid_group, Fence};
 use crate::health::{self, Probed};
 use crate::lease::{LeaseHandle, LeaseState};
 use crate::records::{Keys, Member, Records};
+use crate::wake::Wake;
+
+/// How often an engine waiting longer than its tick is asked whether something local
+/// calls for a tick ([`Engine::wants_tick`]), as often as the fencing watchdog looks.
+const LOCAL_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a shutdown waits for a running long action before killing the server.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(60);
@@ -92,6 +100,23 @@ pub trait Engine: Send + Sized + 'static {
 
     /// One tick: observe, decide, say, publish, act.
     fn tick(&mut self, ctx: &mut Ctx<Self>) -> impl Future<Output = ()> + Send;
+
+    /// How long after the start of the tick that just ran the next one may wait, asked
+    /// after every tick. `None` (the default): [`MemberConfig::tick`], polling. `Some`
+    /// (e.g. a longer wait while the cluster is steady): the loop also wakes as soon as
+    /// another member's record, the state document, the leader key or the lease changes
+    /// ([`crate::wake`]), though never sooner than [`MemberConfig::tick`] after the
+    /// previous tick started.
+    fn next_wait(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether something local calls for a tick before a longer wait is over (the
+    /// server exited, say): asked every 100 ms during such a wait, so it must be cheap
+    /// and must not block. Default: never.
+    fn wants_tick(&self) -> bool {
+        false
+    }
 }
 
 /// The server handle as a tick finds it.
@@ -311,7 +336,8 @@ pub async fn run_with_routes<E: Engine>(
         })?;
     let coord = connect_etcd(&config).await;
     let records = Records::new(coord.clone(), config.keys.clone());
-    let lease = LeaseHandle::spawn(coord, config.ttl);
+    let lease = LeaseHandle::spawn(coord.clone(), config.ttl);
+    let mut wake = Wake::new(coord, &config.keys, &config.name, lease.subscribe());
     let fence = Fence {
         leading: Arc::new(AtomicI64::new(0)),
         pid,
@@ -352,13 +378,37 @@ pub async fn run_with_routes<E: Engine>(
         published,
         last_reason: String::new(),
     };
-    let mut interval = tokio::time::interval(config.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = interval.tick() => engine.tick(&mut ctx).await,
+    'ticks: loop {
+        let started = tokio::time::Instant::now();
+        engine.tick(&mut ctx).await;
+        let paced = started + config.tick;
+        let Some(wait) = engine.next_wait() else {
+            tokio::select! {
+                _ = &mut shutdown => break 'ticks,
+                _ = tokio::time::sleep_until(paced) => continue 'ticks,
+            }
+        };
+        let idle = tokio::time::sleep_until(started + wait.max(config.tick));
+        tokio::pin!(idle);
+        let mut local = tokio::time::interval_at(started + LOCAL_CHECK, LOCAL_CHECK);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break 'ticks,
+                _ = &mut idle => break,
+                _ = local.tick() => if engine.wants_tick() {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'ticks,
+                        _ = tokio::time::sleep_until(paced) => break,
+                    }
+                },
+                _ = wake.changed() => {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'ticks,
+                        _ = tokio::time::sleep_until(paced) => break,
+                    }
+                }
+            }
         }
     }
 

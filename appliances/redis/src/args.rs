@@ -29,6 +29,11 @@ pub struct SupervisorArgs {
     /// a replica refuses writes (`min-replicas-max-lag`).
     #[arg(long, default_value_t = 2)]
     pub max_lag_secs: u32,
+    /// Milliseconds between two ticks while the group is steady (a change of its
+    /// records wakes the supervisor at once): how late a crash of the local
+    /// redis-server may be noticed.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_tick_ms: u64,
 }
 
 impl SupervisorArgs {
@@ -51,6 +56,7 @@ impl SupervisorArgs {
             ttl: m.ttl(),
             fence_margin: Duration::from_millis(1000),
             tick: Duration::from_millis(250),
+            idle_tick: Duration::from_millis(self.idle_tick_ms),
             members: m.members,
         }
     }

@@ -66,7 +66,8 @@ pub struct MemberStatus {
     /// Whether a replica's link to its upstream is up.
     pub link_up: bool,
     /// The replication offset: `master_repl_offset` on a primary, the processed offset
-    /// on a replica.
+    /// on a replica; on a stopped member, the last one its supervisor saw while the
+    /// server ran (unknown after the supervisor restarted).
     pub offset: Option<u64>,
     /// Bytes a replica is behind the primary's offset, when known.
     pub lag_bytes: Option<u64>,

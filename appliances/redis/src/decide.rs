@@ -21,8 +21,10 @@
 //!    leader key together with generation 1 and start as primary.
 //! 3. The leader key is held by this member's previous lease (supervisor restarted within
 //!    the TTL): wait for it to expire, touching nothing.
-//! 4. This member leads: keep the server a writable primary; if it crashed while a
-//!    replica is alive, hand leadership over (release the key) instead of restarting it;
+//! 4. This member leads: keep the server a writable primary; if it crashed while another
+//!    member may hold a confirmed write its disk lacks (one not registered yet, or one
+//!    reporting data: see rule 6), hand leadership over (release the key) instead of
+//!    restarting it;
 //!    require one replica for writes (`min-replicas-to-write 1`) exactly while another
 //!    member's server runs ([`required_replicas`]): a member that is down or still
 //!    starting does not hold writes up, one that runs is waited for.
@@ -33,7 +35,9 @@
 //!    offset (lowest name on a tie) takes the key with generation + 1 and promotes itself
 //!    (a sole live replica promotes at once: `REPLICAOF NO ONE` detaches it). The recorded
 //!    primary takes the key back only when no replica is alive to do so, and, if its
-//!    server was killed, only once every member registered.
+//!    server was killed, only once every member registered and no other reports data
+//!    (a member reported "not running" may be a live server too busy to answer `INFO`
+//!    in time, and a stopped one with data starts as a detached replica by itself).
 
 use std::collections::BTreeMap;
 
@@ -235,6 +239,34 @@ pub fn required_replicas(o: &Observed) -> u32 {
     u32::from(o.members.values().any(|m| m.name != o.me && m.running))
 }
 
+/// Why another member may hold a write a `WAIT 1` confirmed that this member's disk
+/// lacks, when its redis-server was killed; `None` when provably none can: every expected
+/// member registered and no other reports data. A member's "not running" is no proof
+/// that its server is down (a server too busy to answer `INFO` in time is reported so),
+/// and a stopped one with data starts again as a replica by itself.
+fn others_that_may_know_more(o: &Observed) -> Option<String> {
+    if o.members.len() < o.expected_members {
+        return Some(format!(
+            "only {} of {} members registered and one not seen may hold confirmed writes my disk lacks",
+            o.members.len(),
+            o.expected_members
+        ));
+    }
+    let with_data: Vec<&str> = o
+        .members
+        .values()
+        .filter(|m| m.name != o.me && m.has_data)
+        .map(|m| m.name.as_str())
+        .collect();
+    (!with_data.is_empty()).then(|| {
+        format!(
+            "{} hold{} data that may include confirmed writes my disk lacks",
+            with_data.join(", "),
+            if with_data.len() == 1 { "s" } else { "" }
+        )
+    })
+}
+
 /// Live replicas other than me, by name.
 fn other_live_replicas(o: &Observed) -> Vec<&MemberStatus> {
     o.members
@@ -280,13 +312,12 @@ fn leading(o: &Observed, state: &GroupState) -> Decision {
         Local::Starting => Decision::Wait(format!(
             "primary of generation {g}: redis-server is loading its data"
         )),
-        Local::Stopped { crashed: true } => match other_live_replicas(o).first() {
-            Some(replica) => Decision::Resign(format!(
-                "redis-server exited unexpectedly on the primary of generation {g}: handing leadership to the live replica {}, which may hold writes my disk lacks",
-                replica.name
+        Local::Stopped { crashed: true } => match others_that_may_know_more(o) {
+            Some(why) => Decision::Resign(format!(
+                "redis-server exited unexpectedly on the primary of generation {g}: handing leadership over, as {why}"
             )),
             None => Decision::StartPrimary(format!(
-                "redis-server exited unexpectedly on the primary of generation {g} and no replica can take over: restarting it here"
+                "redis-server exited unexpectedly on the primary of generation {g}; every member registered and none other holds data: restarting it here"
             )),
         },
         Local::Stopped { crashed: false } => Decision::StartPrimary(format!(
@@ -366,16 +397,18 @@ fn leaderless(o: &Observed, state: &GroupState) -> Decision {
                 "nobody leads generation {g}; my redis-server is loading its data"
             )),
             // Killed (crash, fence): with `everysec` my disk may lack a write a replica
-            // confirmed, and a replica that registers late (after an etcd outage, say)
-            // would then be resynchronized from me. Only once every member is seen and
-            // none is a live replica is my data the best there is.
-            Local::Stopped { crashed: true } if o.members.len() < o.expected_members => {
-                Decision::Wait(format!(
-                    "nobody leads generation {g}; my redis-server was killed and only {} of {} members registered: waiting for them, as a replica may hold confirmed writes my disk lacks",
-                    o.members.len(),
-                    o.expected_members
-                ))
-            }
+            // confirmed, and that replica would then be resynchronized from me. Only
+            // once every member is seen and none other holds data is my data the best
+            // there is: a member with data that is not (yet) a live replica starts as
+            // a detached one and takes over.
+            Local::Stopped { crashed: true } => match others_that_may_know_more(o) {
+                Some(why) => Decision::Wait(format!(
+                    "nobody leads generation {g}; my redis-server was killed and {why}: waiting for it to take over"
+                )),
+                None => Decision::Reclaim(format!(
+                    "nobody leads generation {g}; my redis-server was killed, every member registered and none other holds data: taking the key back"
+                )),
+            },
             _ => Decision::Reclaim(format!(
                 "nobody leads and I am the primary of generation {g}: taking the key back"
             )),
@@ -574,7 +607,31 @@ mod tests {
             vec![me.clone(), other],
         );
         assert!(matches!(decide(&o), Decision::Resign(r) if r.contains("r1")));
-        let o = observed("r0", Leader::Me, Local::Stopped { crashed: true }, vec![me]);
+        // r1 not registered (yet): it may hold what my disk lacks.
+        let o = observed(
+            "r0",
+            Leader::Me,
+            Local::Stopped { crashed: true },
+            vec![me.clone()],
+        );
+        assert!(matches!(decide(&o), Decision::Resign(r) if r.contains("1 of 2")));
+        // r1 reported not running (a server too busy to answer looks the same) with
+        // data: handed over, not restarted over it.
+        let mut busy = member("r1", Role::Stopped, None, 10);
+        let o = observed(
+            "r0",
+            Leader::Me,
+            Local::Stopped { crashed: true },
+            vec![me.clone(), busy.clone()],
+        );
+        assert!(matches!(decide(&o), Decision::Resign(r) if r.contains("r1 holds data")));
+        busy.has_data = false;
+        let o = observed(
+            "r0",
+            Leader::Me,
+            Local::Stopped { crashed: true },
+            vec![me, busy],
+        );
         assert!(matches!(decide(&o), Decision::StartPrimary(_)));
     }
 
@@ -687,8 +744,19 @@ mod tests {
             vec![me.clone()],
         );
         assert!(matches!(decide(&o), Decision::Wait(r) if r.contains("1 of 2")));
-        // r1 registered with its server down: nobody has more than my disk.
-        let down = member("r1", Role::Stopped, None, 0);
+        // r1 registered as not running, with data: it may be a server too busy to
+        // answer, holding confirmed writes my disk lacks (or it starts as a detached
+        // replica by itself): no reclaim over it.
+        let mut down = member("r1", Role::Stopped, None, 0);
+        let o = observed(
+            "r0",
+            Leader::Nobody,
+            Local::Stopped { crashed: true },
+            vec![me.clone(), down.clone()],
+        );
+        assert!(matches!(decide(&o), Decision::Wait(r) if r.contains("r1 holds data")));
+        // r1 without data: nobody has more than my disk.
+        down.has_data = false;
         let o = observed(
             "r0",
             Leader::Nobody,

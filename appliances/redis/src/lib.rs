@@ -19,7 +19,8 @@
 //! - [`provision`]: a dedicated group per resource (`RedisProvider`), started through a
 //!   [`provision::GroupRunner`] the platform plugs in; [`info`]: `paas redis info`;
 //!   [`backup`]: its backup hooks (SCAN + DUMP of every key as the app's user; restore
-//!   into unused database indexes, swapped in with `SWAPDB` in one `MULTI`).
+//!   into unused database indexes, swapped in with `SWAPDB` in one `MULTI`);
+//!   [`recover`]: `paas redis recover`, a group whose state document etcd lost.
 //!
 //! Invariants:
 //! - [`decide`] does no I/O.
@@ -39,6 +40,7 @@ pub mod health;
 pub mod info;
 pub mod launcher;
 pub mod provision;
+pub mod recover;
 pub mod secret;
 pub mod server;
 pub mod supervisor;

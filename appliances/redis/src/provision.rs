@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use paas_appliance::provider::{
     BackupInfo, BackupSink, Options, Provider, ProviderError, Provisioned, RestoreSource,
 };
+use paas_appliance::records::Records;
 use paas_coord::{Batch, Coord};
 use serde::{Deserialize, Serialize};
 
@@ -296,6 +297,30 @@ impl Provider for RedisProvider {
             tracing::warn!(%app, %id, error = %e, "redis restore failed");
             ProviderError(e.to_string())
         })
+    }
+
+    /// Restarts one group whose state document etcd lost (`paas redis recover -a APP`):
+    /// every resource is a group of its own, so `member` names it, as `<group>` (restart
+    /// from the member with the most data, see [`crate::recover`]) or `<group>/<member>`
+    /// (from that member).
+    async fn recover(&self, member: Option<&str>) -> Result<String, ProviderError> {
+        let target = member.ok_or_else(|| {
+            ProviderError(
+                "every redis resource is a group of its own: name it (`paas redis recover -a APP`)"
+                    .into(),
+            )
+        })?;
+        let (group, chosen) = match target.split_once('/') {
+            Some((group, member)) => (group, Some(member)),
+            None => (target, None),
+        };
+        if group_name(group).as_deref() != Some(group) {
+            return Err(ProviderError(format!("{group:?} is not a group name")));
+        }
+        let records = Records::new(self.coord.clone(), keys(group));
+        crate::recover::recover(&records, chosen)
+            .await
+            .map_err(|e| ProviderError(e.to_string()))
     }
 
     /// Every group (`groups`: name -> `info::GroupInfo`) and their tables (`text`).

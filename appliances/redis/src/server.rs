@@ -476,6 +476,27 @@ async fn timed<T>(
     }
 }
 
+/// Whether child process `pid` (0: none) has exited, without reaping it (`waitid` with
+/// `WNOWAIT`), so [`Redis::poll_exit`] still sees its status.
+pub fn has_exited(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: non-blocking waitid on our own child, leaving it waitable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is set by waitid (0 when no child changed state).
+    rc == 0 && unsafe { info.si_pid() } != 0
+}
+
 /// Whether `data` (Redis's `dir`) holds an AOF directory or an RDB file.
 pub fn has_data(data: &Path) -> bool {
     data.join("appendonlydir").is_dir() || data.join("dump.rdb").is_file()
@@ -654,6 +675,24 @@ mod tests {
         assert!(text.contains("min-replicas-to-write 1\n"));
         assert!(text.contains("dir \"/var/lib/paas/redis/r0/data\"\n"));
         assert!(!text.contains("replicaof"));
+    }
+
+    #[test]
+    fn an_exited_child_is_seen_without_being_reaped() {
+        let mut running = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(!has_exited(running.id() as i32));
+        running.kill().unwrap();
+        let started = Instant::now();
+        while !has_exited(running.id() as i32) {
+            assert!(started.elapsed() < Duration::from_secs(5), "exit not seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Still there for the owner to reap.
+        assert!(running.try_wait().unwrap().is_some());
+        assert!(!has_exited(0));
     }
 
     #[test]

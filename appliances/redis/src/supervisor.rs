@@ -8,6 +8,13 @@
 //! resign, re-point, `min-replicas-to-write`) run inline; long ones (bootstrap, start,
 //! promotion, reclaim) run on a task that owns the server handle.
 //!
+//! Pace: a tick that decided nothing (no action running, no replica still connecting)
+//! lets the next one wait [`SupervisorConfig::idle_tick`]; the core wakes it earlier on
+//! any change of the group's records by another member or of the lease, and on the
+//! local redis-server exiting ([`paas_appliance::wake`], `Engine::wants_tick`).
+//! Otherwise ticks come every [`SupervisorConfig::tick`]. An idle group thus costs etcd
+//! a watch and a lease per member instead of four reads a second.
+//!
 //! Fencing has two layers. The core's watchdog kills redis-server's process group the
 //! moment the leader's lease may be expiring (`paas_appliance::fence` holds the timing
 //! argument). And a primary whose supervisor is frozen (no watchdog runs) loses its
@@ -20,7 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,8 +95,13 @@ pub struct SupervisorConfig {
     pub ttl: Duration,
     /// How long before the lease's earliest expiry the primary fences itself.
     pub fence_margin: Duration,
-    /// The tick interval.
+    /// The tick interval while something is to be done or awaited (starting, failing
+    /// over), and the shortest time between two ticks.
     pub tick: Duration,
+    /// The longest wait between two ticks while the group is steady: a change of the
+    /// group's records or of the lease ends it early, so this only bounds how late a
+    /// crash of the local redis-server is seen.
+    pub idle_tick: Duration,
     /// How many members the group has (0: unknown); a bootstrap waits for all of them.
     pub members: usize,
 }
@@ -145,6 +157,11 @@ impl SupervisorConfig {
         if self.max_lag_secs == 0 {
             return Err(SupervisorError::Config(
                 "min-replicas-max-lag must be at least 1 s".into(),
+            ));
+        }
+        if self.idle_tick < self.tick {
+            return Err(SupervisorError::Config(
+                "the idle tick must not be shorter than the tick".into(),
             ));
         }
         if self.etcd_endpoints.is_empty() {
@@ -233,6 +250,8 @@ pub async fn run(
         status: initial.clone(),
         known_addrs: BTreeMap::new(),
         published: None,
+        steady: false,
+        server_pid: pid.clone(),
     };
     paas_appliance::supervisor::run(member, engine, redis, pid, initial, shutdown).await?;
     Ok(())
@@ -249,6 +268,11 @@ struct RedisEngine {
     known_addrs: BTreeMap<String, String>,
     /// What was last published, under which lease, and when.
     published: Option<(i64, MemberStatus, Instant)>,
+    /// Whether the last tick found nothing to do and no action running: the next one
+    /// may wait [`SupervisorConfig::idle_tick`] unless a record changes.
+    steady: bool,
+    /// The running redis-server's pid (0: none), shared with the server handle.
+    server_pid: Arc<AtomicI32>,
 }
 
 /// How often an unchanged status is published again anyway (a lost registration write
@@ -261,7 +285,25 @@ impl Engine for RedisEngine {
     type Status = MemberStatus;
 
     async fn tick(&mut self, ctx: &mut Ctx<Self>) {
+        self.steady = false;
         self.run(ctx).await
+    }
+
+    /// Steady: the idle tick (a change of the group's records wakes the member at
+    /// once); otherwise the short tick, still woken by changes.
+    fn next_wait(&self) -> Option<Duration> {
+        Some(if self.steady {
+            self.config.idle_tick
+        } else {
+            self.config.tick
+        })
+    }
+
+    /// The local redis-server exited (a crashed primary is handed over at once, not
+    /// up to an idle tick later): one non-blocking `waitid` that leaves the child for
+    /// the tick to reap.
+    fn wants_tick(&self) -> bool {
+        crate::server::has_exited(self.server_pid.load(Ordering::SeqCst))
     }
 }
 
@@ -329,6 +371,11 @@ impl RedisEngine {
             expected_members: self.config.members,
         };
         let decision = decide(&observed);
+        // A replica still connecting to its primary is not steady: its link coming up
+        // is seen (and published) by the short tick.
+        self.steady = observed.busy.is_none()
+            && matches!(decision, Decision::Nothing(_))
+            && !matches!(observed.local, Local::Replica { link_up: false, .. });
         ctx.say(decision.reason());
         self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
         self.publish(ctx, lease.id).await;
@@ -434,6 +481,9 @@ impl RedisEngine {
                 primary_offset.map(|p| p.saturating_sub(*offset)),
             ),
             (_, Some(Runtime::Primary { offset, .. })) => (None, false, Some(*offset), Some(0)),
+            // A stopped server keeps the offset last seen while it ran: what `paas redis
+            // recover` compares when no server runs.
+            (Local::Stopped { .. }, None) => (None, false, previous.offset, None),
             _ => (None, false, None, None),
         };
         self.status = MemberStatus {
@@ -630,6 +680,7 @@ mod tests {
             ttl: Duration::from_secs(3),
             fence_margin: Duration::from_secs(1),
             tick: Duration::from_millis(250),
+            idle_tick: Duration::from_secs(1),
             members: 2,
         }
     }

@@ -187,6 +187,18 @@ enum RedisCmd {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
     },
+    /// Restart a resource's group whose state in etcd was lost (members with data
+    /// refuse to bootstrap over it) from the member with the most data.
+    Recover {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// The Redis resource (needed when the app has several).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Restart from this member instead (e.g. r1).
+        #[arg(long)]
+        member: Option<String>,
+    },
     /// Open redis-cli on the app's Redis (its REDIS_URL).
     Cli {
         #[arg(short, long, env = "PAAS_APP")]
@@ -537,6 +549,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(ApplianceCmd::Redis(args)) => paas_node::redis::supervise(args).await,
         Command::Redis(RedisCmd::Cli { app, args }) => redis::cli(&app, &args).await,
         Command::Redis(RedisCmd::Info { app }) => redis::info(json, &app).await,
+        Command::Redis(RedisCmd::Recover {
+            app,
+            resource,
+            member,
+        }) => redis::recover(json, &app, resource.as_deref(), member.as_deref()).await,
         Command::Appliance(ApplianceCmd::Mysql(args)) => paas_node::mysql::supervise(args).await,
         Command::Mysql(MysqlCmd::Shell { app, args }) => mysql::shell(&app, &args).await,
         Command::Mysql(MysqlCmd::Info) => c::provider_status(json, "mysql").await,

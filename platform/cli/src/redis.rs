@@ -1,4 +1,5 @@
-//! `paas redis ...`: redis-cli on an app's Redis, and its groups' state.
+//! `paas redis ...`: redis-cli on an app's Redis, its groups' state, and the recovery of
+//! a group whose state etcd lost.
 
 use std::collections::BTreeMap;
 
@@ -40,9 +41,8 @@ pub async fn cli(app: &str, args: &[String]) -> Result<()> {
     ))
 }
 
-/// `paas redis info -a APP`: the groups of the app's Redis resources.
-pub async fn info(json: bool, app: &str) -> Result<()> {
-    let client = client()?;
+/// `(resource id, group)` of each of the app's Redis resources; an error if it has none.
+async fn groups(client: &crate::client::Client, app: &str) -> Result<Vec<(String, String)>> {
     let resources: Vec<Value> = client
         .call(
             Method::GET,
@@ -64,6 +64,56 @@ pub async fn info(json: bool, app: &str) -> Result<()> {
         !groups.is_empty(),
         "{app} has no Redis resource: run `paas resource add redis -a {app}` first"
     );
+    Ok(groups)
+}
+
+/// `paas redis recover -a APP [--resource ID] [--member NAME]`: restarts the resource's
+/// group whose state etcd lost, from the member with the most data (or `member`).
+pub async fn recover(
+    json: bool,
+    app: &str,
+    resource: Option<&str>,
+    member: Option<&str>,
+) -> Result<()> {
+    let client = client()?;
+    let groups = groups(&client, app).await?;
+    let group = match (resource, groups.as_slice()) {
+        (Some(id), _) => groups
+            .iter()
+            .find(|(rid, _)| rid == id)
+            .map(|(_, group)| group.clone())
+            .with_context(|| format!("{app} has no Redis resource {id}"))?,
+        (None, [(_, group)]) => group.clone(),
+        (None, _) => anyhow::bail!(
+            "{app} has several Redis resources: pick one with --resource ({})",
+            groups
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    // The provider's recovery names the group, and the member after a slash.
+    let target = match member {
+        Some(member) => format!("{group}/{member}"),
+        None => group,
+    };
+    let body = serde_json::json!({ "member": target });
+    let reply: Value = client
+        .call(Method::POST, "/cluster/redis/recover", Some(&body))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        println!("{}", reply["recovered"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `paas redis info -a APP`: the groups of the app's Redis resources.
+pub async fn info(json: bool, app: &str) -> Result<()> {
+    let client = client()?;
+    let groups = groups(&client, app).await?;
     let cluster: Value = client.call(Method::GET, "/cluster", None::<&Value>).await?;
     let status = cluster["providers"]
         .get("redis")

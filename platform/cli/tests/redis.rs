@@ -3,7 +3,7 @@
 //! `redis cli` uses it; one app's password does not open another's group; the primary's
 //! job dies and a `WAIT`-confirmed write is still there behind the same URL; the group
 //! comes back with its data after a restart of `paas up`; `resource remove` stops it and
-//! deletes its data.
+//! deletes its data, its records and its system app.
 
 mod common;
 
@@ -177,6 +177,24 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
     assert!(
         !String::from_utf8_lossy(&gone.stdout).contains("PONG"),
         "the removed group must be gone"
+    );
+    // Nothing of it is left: no system app, no directory, no records.
+    let apps = ok(paas(home, &["apps", "list"]));
+    assert!(!apps.contains(&system_app), "{apps}");
+    assert!(apps.contains("shop"), "{apps}");
+    assert!(
+        !home.join("data/redis").join(&group).exists(),
+        "the group's directory must be deleted"
+    );
+    let info = paas(home, &["redis", "info", "-a", "shop"]);
+    assert!(!info.status.success(), "shop has no redis resource left");
+    let cluster: serde_json::Value =
+        serde_json::from_str(&ok(paas(home, &["--json", "cluster", "status"]))).unwrap();
+    assert!(
+        cluster["providers"]["redis"]["groups"]
+            .get(&group)
+            .is_none(),
+        "the group's records must be deleted: {cluster}"
     );
     up.stop();
 }

@@ -288,12 +288,13 @@ impl GroupRunner for NodeRunner {
                 .await
                 .map_err(|e| fail(format!("scaling {app} to zero: {e}")))?;
         }
-        // The members deregister (their leases are revoked) as they stop.
+        // The members deregister (their leases are revoked) as they stop; then the
+        // system app goes (with its formation and releases), leaving no empty app behind.
         let members = paas_redis::cluster::keys(group).members();
         let started = Instant::now();
         loop {
             match store.coord().entries(&members).await {
-                Ok(entries) if entries.is_empty() => return Ok(()),
+                Ok(entries) if entries.is_empty() => break,
                 Ok(_) if started.elapsed() > STOP_LIMIT => {
                     return Err(fail(format!(
                         "the members of {group} did not stop within {STOP_LIMIT:?}"
@@ -303,6 +304,11 @@ impl GroupRunner for NodeRunner {
                 Err(e) => return Err(fail(format!("reading {group}'s members: {e}"))),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match store.destroy_app(&app).await {
+            Ok(()) => Ok(()),
+            Err(paas_controller::ApiError::NotFound(_)) => Ok(()),
+            Err(e) => Err(fail(format!("removing the system app {app}: {e}"))),
         }
     }
 }
