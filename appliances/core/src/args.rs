@@ -24,6 +24,10 @@ pub struct MemberArgs {
     /// `https://` etcd that requires client certificates.
     #[arg(long)]
     pub etcd_tls_dir: Option<PathBuf>,
+    /// The cluster's server certificate (`ca.pem`, `server.pem`, `server-key.pem`, see
+    /// `crate::tls`): the server speaks TLS with it. Without it, plain TCP only.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
     /// Member directory (the server's data lives inside it).
     #[arg(long)]
     pub dir: PathBuf,
