@@ -149,9 +149,10 @@ pub async fn launch(
     let ports = member_ports(kind, host, members)?;
     let binary = stable_binary(data_dir)?;
     let pki = data_dir.join("pki");
-    let (tls_dir, ca_file) = match kind.speaks_tls() {
-        true => server_certificate(kind, data_dir, &dir, host, listen)?,
-        false => (None, None),
+    let (tls_dir, ca_file) = if kind.speaks_tls() {
+        server_certificate(kind, data_dir, &dir, host, listen)?
+    } else {
+        (None, None)
     };
     let etcd_tls = etcd
         .iter()
