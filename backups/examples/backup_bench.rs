@@ -30,6 +30,7 @@ async fn main() {
         host: "127.0.0.1".into(),
         port: server.port(),
         superuser_password: "unused-with-trust".into(),
+        tls: None,
     }));
     let (_, data) = provider.provision_database("bench", "r1").await.unwrap();
     let target = Target {

@@ -17,6 +17,8 @@
 //! - [`health`]: `/primary`, `/replica`, `/health`, `/status`;
 //! - [`os_user`]: the OS user a server runs as, and the directory that keeps it out;
 //! - [`process`]: servers started in their own process group, dying with their parent;
+//! - [`tls`]: the cluster's server certificate as members receive it (`--tls-dir`) and
+//!   install it for their server's OS user;
 //! - [`supervisor`]: the skeleton every member runs (etcd, lease, watchdog, health API,
 //!   the tick that hands an engine its context, long actions, shutdown);
 //! - [`wake`]: what ends a steady engine's idle wait early (a change of the cluster's
@@ -40,4 +42,5 @@ pub mod process;
 pub mod provider;
 pub mod records;
 pub mod supervisor;
+pub mod tls;
 pub mod wake;

@@ -71,6 +71,7 @@ async fn main() {
         host: addr.ip().to_string(),
         port: addr.port(),
         superuser_password: PASSWORD.into(),
+        tls: None,
     });
     let mut latencies = Vec::new();
     let mut created = Vec::new();

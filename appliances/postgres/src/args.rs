@@ -43,6 +43,7 @@ impl SupervisorArgs {
         config.host = m.host.clone();
         config.ttl = m.ttl();
         config.members = m.members;
+        config.tls_dir = m.tls_dir.clone();
         config
     }
 }

@@ -11,8 +11,18 @@
 //! data/paas_standby.conf   primary_conninfo of a standby (mode 0600: holds the password)
 //! data/standby.signal      present iff the data is started as a standby
 //! data/paas_upstream       the member a standby's data follows; absent for a primary
+//! tls/                     the cluster's certificate (ca.pem, server.pem, server-key.pem;
+//!                          0600, owned by the server's user), copied from `--tls-dir`
+//!                          before every start and every clone or rewind
 //! postgres.log             the server's stderr
 //! ```
+//!
+//! With a certificate (`PgConfig::tls_dir`), the server runs with `ssl = on`, and the
+//! members' own libpq connections to each other (streaming replication, pg_basebackup,
+//! pg_rewind) require it with `sslmode=verify-full` against the cluster CA. The
+//! supervisor's queries to its own server stay plain TCP on the member's loopback
+//! address. Clients choose: `pg_hba.conf` accepts both, so the URL handed to apps
+//! decides (see `crate::provision`).
 //!
 //! `postgresql.conf` gets three `include_if_exists` lines at initdb, and `pg_hba.conf`
 //! requires scram-sha-256 for every TCP connection (no Unix sockets are opened). The
@@ -87,6 +97,9 @@ pub enum PgError {
     /// initdb was asked to run where a database already exists.
     #[error("{0} already holds a database: refusing to run initdb over it")]
     WouldOverwrite(String),
+    /// The cluster's certificate could not be copied for the server.
+    #[error("tls: {0}")]
+    Tls(#[from] paas_appliance::tls::InstallError),
     /// The server's OS user cannot reach the instance directory.
     #[error("the postgres OS user cannot reach {dir}: {blocked} is mode {mode:o} (owner uid {owner}); choose a data directory it can reach, or give it search permission (chmod o+x)")]
     Unreachable {
@@ -142,6 +155,8 @@ pub struct PgConfig {
     pub port: u16,
     /// The `postgres` superuser's password (also used for replication).
     pub superuser_password: String,
+    /// The cluster's certificate (`paas_appliance::tls` file names); `None`: no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// How the data is to be started.
@@ -300,8 +315,9 @@ impl Postgres {
             .args(["-X", "stream", "-c", "fast", "--no-sync"])
             .arg("-d")
             .arg(format!(
-                "host={host} port={port} user=postgres application_name={}",
-                self.cfg.name
+                "host={host} port={port} user=postgres application_name={}{}",
+                self.cfg.name,
+                self.ssl_conninfo()?
             ))
             .output()
             .await;
@@ -369,7 +385,8 @@ impl Postgres {
             .arg("-D")
             .arg(self.data_dir())
             .arg(format!(
-                "--source-server=host={host} port={port} user=postgres dbname=postgres"
+                "--source-server=host={host} port={port} user=postgres dbname=postgres{}",
+                self.ssl_conninfo()?
             ))
             .output()
             .await;
@@ -605,9 +622,10 @@ impl Postgres {
                  wal_level = replica\nmax_wal_senders = 10\nwal_keep_size = '256MB'\nwal_log_hints = on\n\
                  hot_standby = on\nsynchronous_commit = on\nwal_sender_timeout = '5s'\nwal_receiver_timeout = '5s'\n\
                  wal_retrieve_retry_interval = '500ms'\nshared_buffers = '32MB'\nmax_connections = 100\n\
-                 logging_collector = off\nrecovery_target_timeline = 'latest'\n",
+                 logging_collector = off\nrecovery_target_timeline = 'latest'\n{ssl}",
                 host = self.cfg.host,
-                port = self.cfg.port
+                port = self.cfg.port,
+                ssl = self.ssl_settings()?,
             ),
             0o600,
         )?;
@@ -640,15 +658,12 @@ impl Postgres {
                     &format!("synchronous_standby_names = '\"{NO_SYNC}\"'\n"),
                     0o600,
                 )?;
-                let password = self
-                    .cfg
-                    .superuser_password
-                    .replace('\\', "\\\\")
-                    .replace('\'', "\\'");
+                let password = conninfo_quote(&self.cfg.superuser_password);
+                let ssl = self.ssl_conninfo()?.replace('\'', "''");
                 write_owned(
                     &data.join("paas_standby.conf"),
                     &format!(
-                        "primary_conninfo = 'host={host} port={port} user=postgres password=''{password}'' application_name={}'\n",
+                        "primary_conninfo = 'host={host} port={port} user=postgres password=''{password}'' application_name={}{ssl}'\n",
                         self.cfg.name
                     ),
                     0o600,
@@ -656,6 +671,43 @@ impl Postgres {
                 self.mark_upstream(Some(upstream))
             }
         }
+    }
+
+    /// Copies the cluster's certificate into `<dir>/tls` for the server's user; `None`
+    /// without one.
+    fn tls(&self) -> Result<Option<paas_appliance::tls::Installed>, PgError> {
+        let Some(from) = &self.cfg.tls_dir else {
+            return Ok(None);
+        };
+        Ok(Some(paas_appliance::tls::install(
+            from,
+            &self.cfg.dir.join("tls"),
+            os_user()?,
+        )?))
+    }
+
+    /// The `paas.conf` lines that turn TLS on (empty without a certificate).
+    fn ssl_settings(&self) -> Result<String, PgError> {
+        Ok(match self.tls()? {
+            None => String::new(),
+            Some(t) => format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                conf_quote(&t.cert.to_string_lossy()),
+                conf_quote(&t.key.to_string_lossy()),
+            ),
+        })
+    }
+
+    /// What a member's libpq connection to another member adds to its conninfo: TLS
+    /// required and the server verified against the cluster CA (empty without one).
+    fn ssl_conninfo(&self) -> Result<String, PgError> {
+        Ok(match self.tls()? {
+            None => String::new(),
+            Some(t) => format!(
+                " sslmode=verify-full sslrootcert='{}'",
+                conninfo_quote(&t.ca.to_string_lossy())
+            ),
+        })
     }
 
     fn mark_upstream(&self, upstream: Option<&str>) -> Result<(), PgError> {
@@ -728,6 +780,16 @@ fn write_owned(path: &Path, contents: &str, mode: u32) -> Result<(), PgError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io(format!("chmod {}", path.display())))?;
     chown(path)
+}
+
+/// `text` escaped for a single-quoted libpq conninfo value (the quotes not included).
+fn conninfo_quote(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// `text` as a single-quoted `postgresql.conf` string.
+fn conf_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn kill_group(child: &mut Child) {

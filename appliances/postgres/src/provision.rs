@@ -15,8 +15,22 @@
 //! URL or SQL literal. `CONNECT` on the database is revoked from `PUBLIC`: only its owner
 //! (and the superuser) may connect to it. So is `CONNECT` on the maintenance databases
 //! (`postgres`, `template1`), which app roles have no business in.
+//!
+//! TLS ([`ClientTls`]): the servers always offer it with the cluster CA's certificate.
+//! While every client is on the endpoint's own machine (one host, loopback endpoint),
+//! `DATABASE_URL` names no `sslmode`, so libpq's default (`prefer`) encrypts and drivers
+//! without TLS (tokio-postgres with `NoTls`) still connect; `PGSSLROOTCERT` names the CA
+//! for clients that verify. Once [`ClientTls::verify_full`] says clients may be on
+//! another machine (more than one host, or an endpoint on a non-loopback address), the
+//! URL and `PGSSLMODE` require `verify-full` against the CA: a client that cannot
+//! verify the server does not connect, rather than send the password in the clear. The
+//! rule is asked at each provisioning; a URL handed out earlier keeps its form (add the
+//! resource again for a new one).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +77,94 @@ pub struct ProviderConfig {
     pub port: u16,
     /// The `postgres` superuser's password.
     pub superuser_password: String,
+    /// What the URLs handed to apps say about TLS; `None`: the servers have no
+    /// certificate and the URLs do not mention TLS.
+    pub tls: Option<ClientTls>,
+}
+
+/// Whether clients must verify the server, asked at each provisioning.
+pub type VerifyRule = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// How apps reach the cluster over TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The cluster CA's certificate, at a path the apps' jobs can read.
+    pub ca_file: String,
+    /// `true` when clients may connect from another machine, so the URL must require
+    /// `sslmode=verify-full`.
+    pub verify_full: VerifyRule,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the app's variables say about TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlTls<'a> {
+    /// The servers have no certificate: nothing.
+    Off,
+    /// Encrypted when the client can (libpq's `prefer`); the CA in `PGSSLROOTCERT`.
+    Offered {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+    /// `sslmode=verify-full` against the CA, in the URL and `PGSSLMODE`.
+    VerifyFull {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+}
+
+/// The variables an app connects with (pure: the URL's form is decided here).
+pub fn client_env(
+    host: &str,
+    port: u16,
+    name: &str,
+    password: &str,
+    tls: UrlTls<'_>,
+) -> BTreeMap<String, String> {
+    let mut url = format!("postgres://{name}:{password}@{host}:{port}/{name}");
+    let mut env = BTreeMap::from([
+        ("PGHOST".to_string(), host.to_string()),
+        ("PGPORT".to_string(), port.to_string()),
+        ("PGUSER".to_string(), name.to_string()),
+        ("PGPASSWORD".to_string(), password.to_string()),
+        ("PGDATABASE".to_string(), name.to_string()),
+    ]);
+    match tls {
+        UrlTls::Off => {}
+        UrlTls::Offered { ca_file } => {
+            env.insert("PGSSLROOTCERT".into(), ca_file.into());
+        }
+        UrlTls::VerifyFull { ca_file } => {
+            url.push_str(&format!(
+                "?sslmode=verify-full&sslrootcert={}",
+                percent_encode(ca_file)
+            ));
+            env.insert("PGSSLMODE".into(), "verify-full".into());
+            env.insert("PGSSLROOTCERT".into(), ca_file.into());
+        }
+    }
+    env.insert("DATABASE_URL".into(), url);
+    env
+}
+
+/// `text` with every byte but unreserved characters and `/` percent-encoded, for a URL
+/// query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// What `provision` remembers for `deprovision` (the controller stores it opaquely).
@@ -148,18 +250,16 @@ impl PostgresProvider {
         })
         .await?;
         tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "postgres database provisioned");
-        let (host, port) = (&self.config.host, self.config.port);
-        let env = BTreeMap::from([
-            (
-                "DATABASE_URL".to_string(),
-                format!("postgres://{name}:{password}@{host}:{port}/{name}"),
-            ),
-            ("PGHOST".to_string(), host.clone()),
-            ("PGPORT".to_string(), port.to_string()),
-            ("PGUSER".to_string(), name.clone()),
-            ("PGPASSWORD".to_string(), password),
-            ("PGDATABASE".to_string(), name.clone()),
-        ]);
+        let tls = match &self.config.tls {
+            None => UrlTls::Off,
+            Some(t) if (t.verify_full)().await => UrlTls::VerifyFull {
+                ca_file: &t.ca_file,
+            },
+            Some(t) => UrlTls::Offered {
+                ca_file: &t.ca_file,
+            },
+        };
+        let env = client_env(&self.config.host, self.config.port, &name, &password, tls);
         Ok((
             env,
             ResourceData {
@@ -483,6 +583,44 @@ mod tests {
         let long = derive_name(&"a".repeat(100), "abcdef").unwrap();
         assert_eq!(long.len(), 63);
         assert!(long.ends_with("_abcdef"));
+    }
+
+    #[test]
+    fn urls_require_verification_only_when_asked() {
+        let off = client_env("127.0.0.1", 6432, "shop_r1", "pw", UrlTls::Off);
+        assert_eq!(
+            off["DATABASE_URL"],
+            "postgres://shop_r1:pw@127.0.0.1:6432/shop_r1"
+        );
+        assert!(!off.contains_key("PGSSLROOTCERT") && !off.contains_key("PGSSLMODE"));
+
+        let ca_file = "/var/lib/paas/ca.pem";
+        let offered = client_env(
+            "127.0.0.1",
+            6432,
+            "shop_r1",
+            "pw",
+            UrlTls::Offered { ca_file },
+        );
+        assert_eq!(offered["DATABASE_URL"], off["DATABASE_URL"]);
+        assert_eq!(offered["PGSSLROOTCERT"], ca_file);
+        assert!(!offered.contains_key("PGSSLMODE"));
+
+        let ca_file = "/srv/my paas/ca.pem";
+        let verify = client_env(
+            "10.0.0.5",
+            6432,
+            "shop_r1",
+            "pw",
+            UrlTls::VerifyFull { ca_file },
+        );
+        assert_eq!(
+            verify["DATABASE_URL"],
+            "postgres://shop_r1:pw@10.0.0.5:6432/shop_r1?sslmode=verify-full&sslrootcert=/srv/my%20paas/ca.pem"
+        );
+        assert_eq!(verify["PGSSLMODE"], "verify-full");
+        assert_eq!(verify["PGSSLROOTCERT"], ca_file);
+        assert_eq!(verify["PGHOST"], "10.0.0.5");
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct SupervisorConfig {
     /// How many members the cluster has (0: unknown); a bootstrap waits until all of
     /// them registered without data.
     pub members: usize,
+    /// The cluster's server certificate (`paas_appliance::tls`); `None`: no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl SupervisorConfig {
@@ -129,6 +131,7 @@ impl SupervisorConfig {
             tick: Duration::from_millis(250),
             stall_after: Duration::from_secs(2),
             members: 0,
+            tls_dir: None,
         }
     }
 
@@ -219,6 +222,7 @@ pub async fn run(
         host: config.host.clone(),
         port: config.pg_port,
         superuser_password: config.superuser_password.clone(),
+        tls_dir: config.tls_dir.clone(),
     });
     let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {
         format!("{}:{port}", config.host).parse().map_err(|e| {

@@ -46,6 +46,7 @@ async fn a_backup_across_a_failover_fails_or_is_consistent() {
         host: addr.ip().to_string(),
         port: addr.port(),
         superuser_password: PASSWORD.into(),
+        tls: None,
     });
     let (env, data) = provider.provision_database("shop", "r1").await.unwrap();
     let data = serde_json::to_value(data).unwrap();

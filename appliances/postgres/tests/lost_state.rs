@@ -77,6 +77,7 @@ async fn deleting_the_clusters_records_wipes_nothing_and_recover_brings_it_back(
             host: addr.ip().to_string(),
             port: addr.port(),
             superuser_password: common::PASSWORD.into(),
+            tls: None,
         })
         .with_status_from(vec![h.etcd.endpoint()], "/paas/", "main");
     let done = provider.recover(None).await.expect("recover");

@@ -13,6 +13,7 @@ async fn provision_and_remove_an_app_database() {
         host: addr.ip().to_string(),
         port: addr.port(),
         superuser_password: PASSWORD.into(),
+        tls: None,
     });
 
     let (env, data) = provider

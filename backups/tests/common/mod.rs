@@ -26,6 +26,7 @@ impl Pg {
             host: "127.0.0.1".into(),
             port: server.port(),
             superuser_password: "unused-with-trust".into(),
+            tls: None,
         }));
         Pg { server, provider }
     }

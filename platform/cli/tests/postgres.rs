@@ -1,5 +1,6 @@
 //! Postgres as a user gets it from `paas up`: `resource add postgres` hands out a
-//! DATABASE_URL through the leader-following endpoint; `pg psql` uses it; the primary's
+//! DATABASE_URL through the leader-following endpoint, whose server certificate a
+//! client verifies with the published cluster CA; `pg psql` uses it; the primary's
 //! job dies and writes resume through the same URL; `resource remove` drops the database
 //! and role; the data survives a restart of `paas up`.
 
@@ -52,6 +53,29 @@ fn resource_add_postgres_gives_a_working_database_that_survives_restarts() {
     assert!(
         password.len() >= 32,
         "password of at least 128 bits: {password}"
+    );
+    // One host, loopback endpoint: the URL leaves TLS to the client's default (libpq
+    // prefers it), and names the cluster CA, published readable for every job.
+    assert!(!url.contains("sslmode"), "{url}");
+    let ca = r["env"]["PGSSLROOTCERT"].as_str().unwrap().to_string();
+    let mode = std::fs::metadata(&ca).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "{ca}");
+    // The members' certificate is the cluster CA's and names the endpoint's address.
+    let verified = Command::new("psql")
+        .arg(format!("{url}?sslmode=verify-full&sslrootcert={ca}"))
+        .args([
+            "-X",
+            "-tA",
+            "-c",
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&verified.stdout).trim(),
+        "t",
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
     );
     ok(paas(home, &["resource", "add", "postgres", "-a", "blog"]));
     let info = ok(paas(home, &["pg", "info"]));

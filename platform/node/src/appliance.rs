@@ -7,7 +7,7 @@
 //! [`ApplianceKind`]; everything else is here, once.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +45,11 @@ pub trait ApplianceKind: Send + Sync {
         let _ = dir;
         Ok(())
     }
+    /// Whether the engine's members take the cluster's server certificate
+    /// (`--tls-dir`); those that do get one issued from the cluster CA.
+    fn speaks_tls(&self) -> bool {
+        false
+    }
     /// Why the cluster does not take durable writes through `endpoint` yet; `None` when
     /// it does.
     async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String>;
@@ -66,6 +71,29 @@ pub struct Launched {
     pub dir: PathBuf,
     /// The system app whose jobs the members are.
     pub system_app: String,
+    /// The cluster CA's certificate, readable by every job, when the members speak TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The platform's etcd (what a provider asks about the hosts).
+    pub coord: Arc<paas_coord::Coord>,
+}
+
+/// Whether clients of an endpoint may connect from another machine, so the URLs
+/// handed to apps must make them verify the server: the endpoint listens on a
+/// non-loopback address, or the cluster has more than one live host.
+pub fn clients_off_host(endpoint: SocketAddr, live_hosts: usize) -> bool {
+    !endpoint.ip().is_loopback() || live_hosts > 1
+}
+
+/// Asks etcd how many hosts are live and applies [`clients_off_host`]; when etcd cannot
+/// say, verification is required.
+pub async fn clients_may_be_off_host(coord: &paas_coord::Coord, endpoint: SocketAddr) -> bool {
+    match coord.entries(&paas_model::keys::hosts()).await {
+        Ok(hosts) => clients_off_host(endpoint, hosts.len()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the hosts; requiring verified TLS");
+            true
+        }
+    }
 }
 
 /// The system app of cluster `cluster` of `kind`.
@@ -121,12 +149,26 @@ pub async fn launch(
     let ports = member_ports(kind, host, members)?;
     let binary = stable_binary(data_dir)?;
     let pki = data_dir.join("pki");
+    let (tls_dir, ca_file) = if kind.speaks_tls() {
+        server_certificate(kind, data_dir, &dir, host, listen)?
+    } else {
+        (None, None)
+    };
     let etcd_tls = etcd
         .iter()
         .any(|e| e.starts_with("https://"))
         .then_some(pki.as_path());
     let processes = member_processes(
-        kind, &binary, &dir, etcd, cluster, host, &ports, ttl_secs, etcd_tls,
+        kind,
+        &binary,
+        &dir,
+        etcd,
+        cluster,
+        host,
+        &ports,
+        ttl_secs,
+        etcd_tls,
+        tls_dir.as_deref(),
     );
     let system_app = system_app(name, cluster);
     ensure_system_app(
@@ -159,7 +201,53 @@ pub async fn launch(
         secret,
         dir,
         system_app,
+        ca_file,
+        coord: Arc::new(store.coord().clone()),
     })
+}
+
+/// Issues the cluster's server certificate from the cluster CA into `DIR/tls` (names:
+/// the endpoint's address, the members' address, 127.0.0.1, `localhost`) and
+/// publishes the CA's certificate for the jobs; returns both paths. Without a CA key
+/// in `DATA_DIR/pki` (an external etcd), the members speak plain TCP.
+fn server_certificate(
+    kind: &dyn ApplianceKind,
+    data_dir: &Path,
+    dir: &Path,
+    host: Ipv4Addr,
+    listen: SocketAddr,
+) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    let pki = data_dir.join("pki");
+    if !crate::pki::has_ca_key(&pki) {
+        tracing::warn!(
+            kind = kind.kind(),
+            "no cluster CA in {}: the members speak plain TCP",
+            pki.display()
+        );
+        return Ok((None, None));
+    }
+    let mut ips = vec![IpAddr::V4(host), IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if !listen.ip().is_unspecified() {
+        ips.push(listen.ip());
+    }
+    let tls_dir = dir.join("tls");
+    crate::pki::issue_server(&pki, &tls_dir, &format!("paas {}", kind.kind()), &ips)
+        .with_context(|| format!("cannot issue the {} certificate", kind.kind()))?;
+    let ca_file = crate::pki::publish_ca(data_dir, &pki)?;
+    // Jobs run under uids of their own: check as another user (`nobody`), when root.
+    if let Some((uid, gid)) = paas_appliance::os_user::server_user("nobody")
+        .ok()
+        .flatten()
+    {
+        if let Ok(Some(b)) = paas_appliance::os_user::blocked_ancestor(data_dir, uid, gid) {
+            tracing::warn!(
+                ca = %ca_file.display(),
+                blocked = %b.path.display(),
+                "jobs cannot read the CA certificate: a directory on its path is closed to other users"
+            );
+        }
+    }
+    Ok((Some(tls_dir), Some(ca_file)))
 }
 
 /// `(server, health)` ports per member on the cluster's own address, each checked free:
@@ -220,6 +308,7 @@ fn member_processes(
     ports: &[(u16, u16)],
     ttl_secs: u64,
     etcd_tls: Option<&Path>,
+    tls: Option<&Path>,
 ) -> BTreeMap<String, String> {
     let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let members = ports.len();
@@ -239,6 +328,9 @@ fn member_processes(
             );
             if let Some(tls) = etcd_tls {
                 command.push_str(&format!(" --etcd-tls-dir {}", tls.display()));
+            }
+            if let Some(tls) = tls {
+                command.push_str(&format!(" --tls-dir {}", tls.display()));
             }
             (name, command)
         })
@@ -335,4 +427,21 @@ async fn wait_ready(
         "{} cluster not ready after {READY_LIMIT:?}: {last}",
         kind.kind()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_is_required_once_clients_can_be_elsewhere() {
+        let loopback: SocketAddr = "127.0.0.1:6432".parse().unwrap();
+        let routable: SocketAddr = "10.1.2.3:6432".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:6432".parse().unwrap();
+        assert!(!clients_off_host(loopback, 0));
+        assert!(!clients_off_host(loopback, 1));
+        assert!(clients_off_host(loopback, 2));
+        assert!(clients_off_host(routable, 1));
+        assert!(clients_off_host(any, 1));
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use paas_appliance::provider::Provider;
 use paas_appliance::records::Keys;
 use paas_postgres::args::SupervisorArgs;
-use paas_postgres::provision::{PostgresProvider, ProviderConfig};
+use paas_postgres::provision::{ClientTls, PostgresProvider, ProviderConfig, VerifyRule};
 
 use crate::appliance::{ApplianceKind, Launched};
 
@@ -84,13 +84,33 @@ impl ApplianceKind for PostgresKind {
         }
     }
 
+    fn speaks_tls(&self) -> bool {
+        true
+    }
+
+    /// `DATABASE_URL` requires `sslmode=verify-full` once clients may be on another
+    /// machine (`crate::appliance::clients_off_host`), asked at each `resource add`.
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
         let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
+        let tls = cluster.ca_file.as_ref().map(|ca| {
+            let (coord, endpoint) = (cluster.coord.clone(), cluster.endpoint);
+            let verify_full: VerifyRule = Arc::new(move || {
+                let coord = coord.clone();
+                Box::pin(async move {
+                    crate::appliance::clients_may_be_off_host(&coord, endpoint).await
+                })
+            });
+            ClientTls {
+                ca_file: ca.display().to_string(),
+                verify_full,
+            }
+        });
         Arc::new(
             PostgresProvider::new(ProviderConfig {
                 host: cluster.endpoint.ip().to_string(),
                 port: cluster.endpoint.port(),
                 superuser_password: cluster.secret.clone(),
+                tls,
             })
             .with_status_from(etcd.to_vec(), &prefix, &cluster.cluster),
         )

@@ -16,7 +16,10 @@
 //! DATA_DIR/host/         the host agent's job directories and log spool
 //! DATA_DIR/logs/         the log aggregator's journal, store and dead letters
 //! DATA_DIR/router/       the HTTP router's access-line spool
-//! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password
+//! DATA_DIR/postgres/     the Postgres members' data (pgN/), their ports, the superuser password,
+//!                        tls/ (the cluster's server certificate, from the cluster CA)
+//! DATA_DIR/pki/          the cluster CA (with its key), etcd's and the platform's certificates
+//! DATA_DIR/ca.pem        the cluster CA's certificate, readable by every job (0644)
 //! DATA_DIR/redis/<group>/ one Redis resource's group: members' data (rN/), its secret,
 //!                        group.json (members, endpoint port)
 //! DATA_DIR/mysql/        the MariaDB members' data (myN/) and superuser password (--appliance mysql=N)
