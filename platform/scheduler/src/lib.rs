@@ -2,9 +2,10 @@
 //!
 //! Map:
 //! - [`reconcile`] the pure decision: [`reconcile::View`] -> [`reconcile::Action`]s.
-//! - `triggers`    prefix watches that start a tick as soon as something relevant changes.
+//! - `triggers`    prefix watches that hold the view and start a tick as soon as something
+//!   relevant changes.
 //! - this file     the loop: win the `scheduler` election (`paas-coord`), then on every
-//!   change (and at least every interval, as a resync) read the view, decide, apply.
+//!   change (and at least every interval, as a resync) take the view, decide, apply.
 //!
 //! All etcd access goes through `paas-coord`; keys and documents are `paas-model`'s.
 //!
@@ -18,15 +19,17 @@
 //! - A scheduler whose process dies stops renewing its lease; a standby wins the
 //!   election within the lease TTL. One whose task is dropped revokes the lease on the
 //!   way out (`paas_coord::Lease`'s drop), so a standby wins at once.
-//! - The view is always read fresh (lenient lists: a document that does not decode is
-//!   logged and skipped), so a tick never acts on a watch event older than its own
-//!   writes; watches only decide *when* to tick.
+//! - A tick's view comes from the watches on its five prefixes (`triggers`), and only
+//!   once the placements watch has seen this scheduler's last commit, so a tick never
+//!   acts on a view older than its own writes; when the watch lags past a moment, or a
+//!   watch could not start, the tick reads etcd (lenient lists: a document that does
+//!   not decode is logged and skipped).
 //! - `reconcile` does no I/O; everything it decides is logged at INFO with its reason.
 
 pub mod reconcile;
 mod triggers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -37,7 +40,7 @@ use paas_model::{App, Formation, Host, Job, JobStatus, Release};
 use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::{Action, View};
-use crate::triggers::Triggers;
+use crate::triggers::{by_id, Parts, Triggers};
 
 /// How long start-up waits for etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,10 +147,15 @@ async fn lead(
     releases: &mut ReleaseCache,
 ) -> TermEnd {
     let mut triggers = Triggers::start(coord).await;
+    // Revision of this term's last commit: no view older than it is acted on.
+    let mut written: i64 = 0;
     loop {
         let started = tokio::time::Instant::now();
         let tick = async {
-            let view = read_view(coord, releases).await?;
+            let view = match triggers.parts(written).await {
+                Some(parts) => view_of(parts, coord, releases).await?,
+                None => read_view(coord, releases).await?,
+            };
             let read = started.elapsed();
             let mut actions = reconcile::reconcile(&view);
             let decided = started.elapsed();
@@ -163,7 +171,7 @@ async fn lead(
                     commits.push(apply_logged(coord, leadership, &cfg.id, chunk));
                 }
                 while let Some(done) = commits.next().await {
-                    done?;
+                    written = written.max(done?);
                 }
             }
             // One line per tick for `scripts/bench-scale` (RUST_LOG=paas_scheduler=debug).
@@ -202,8 +210,9 @@ struct ReleaseCache {
     by_version: HashMap<(String, u64), Release>,
 }
 
-/// Reads apps, their current releases, formations, live hosts, placements and statuses;
-/// the five prefixes are read concurrently (one round trip instead of five).
+/// Reads apps, formations, live hosts, placements and statuses from etcd (the five
+/// prefixes concurrently: one round trip instead of five), when the watches cannot
+/// serve the view.
 async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, CoordError> {
     let prefixes = [
         keys::apps(),
@@ -219,8 +228,30 @@ async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, Coor
         coord.list_decodable::<Job>(&prefixes[3]),
         coord.list_decodable::<JobStatus>(&prefixes[4]),
     )?;
+    let parts = Parts {
+        apps: docs(apps),
+        formations: docs(formations),
+        hosts: docs(hosts),
+        placements: docs(placements),
+        statuses: docs(statuses),
+    };
+    view_of(parts, coord, cache).await
+}
+
+/// The documents of a lenient list, without their keys and revisions.
+fn docs<T>(listed: Vec<(String, T, i64)>) -> Vec<T> {
+    listed.into_iter().map(|(_, d, _)| d).collect()
+}
+
+/// The view from its documents, with each app's current release (from the cache, or
+/// read once: releases are immutable).
+async fn view_of(
+    parts: Parts,
+    coord: &Coord,
+    cache: &mut ReleaseCache,
+) -> Result<View, CoordError> {
     let mut view = View::default();
-    for (_, app, _) in apps {
+    for app in parts.apps {
         let k = (app.name.clone(), app.release);
         if !cache.by_version.contains_key(&k) {
             match coord
@@ -245,19 +276,10 @@ async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, Coor
             view.releases.insert(app.name.clone(), r.clone());
         }
     }
-    view.formations = formations
-        .into_iter()
-        .map(|(_, f, _)| (f.app.clone(), f))
-        .collect();
-    view.hosts = hosts
-        .into_iter()
-        .map(|(_, h, _)| (h.id.clone(), h))
-        .collect();
-    view.placements = placements.into_iter().map(|(_, j, _)| j).collect();
-    view.statuses = statuses
-        .into_iter()
-        .map(|(_, s, _)| (s.id.clone(), s))
-        .collect::<BTreeMap<_, _>>();
+    view.formations = by_id(parts.formations, |f| f.app.clone());
+    view.hosts = by_id(parts.hosts, |h| h.id.clone());
+    view.placements = parts.placements;
+    view.statuses = by_id(parts.statuses, |st| st.id.clone());
     Ok(view)
 }
 
@@ -277,24 +299,24 @@ async fn apply_logged(
     leadership: &Leadership,
     id: &str,
     actions: &[Action],
-) -> Result<(), CoordError> {
-    apply(coord, leadership, actions).await?;
+) -> Result<i64, CoordError> {
+    let revision = apply(coord, leadership, actions).await?;
     for action in actions {
         tracing::info!(scheduler = %id, "{action}");
     }
-    Ok(())
+    Ok(revision)
 }
 
 /// Transactions of one tick in flight at once.
 const CONCURRENT_TXNS: usize = 16;
 
-/// Writes `actions` in one transaction guarded by `leadership`; `Fenced` when it no
-/// longer leads (nothing was written).
+/// Writes `actions` in one transaction guarded by `leadership` and returns its
+/// revision; `Fenced` when it no longer leads (nothing was written).
 async fn apply(
     coord: &Coord,
     leadership: &Leadership,
     actions: &[Action],
-) -> Result<(), CoordError> {
+) -> Result<i64, CoordError> {
     let mut batch = Batch::new();
     batch.require_leadership(leadership)?;
     for action in actions {
@@ -315,5 +337,5 @@ async fn apply(
             }
         }
     }
-    coord.commit(batch).await.map(drop)
+    coord.commit(batch).await
 }
