@@ -7,12 +7,14 @@
 //! `PAASRDUMP1\n`, the number of databases n:u32 and their indexes (n × u32), then
 //! records tagged by one byte:
 //!
-//!     'D' db:u32                                     the keys that follow are in db
-//!     'K' len:u32 key  expires_at_ms:i64  len:u32 payload   one key: DUMP's payload
-//!                                                    (Redis's own serialization with its
-//!                                                    RDB version and CRC64), absolute
-//!                                                    expiry in Unix ms or -1
-//!     'E' keys:u64                                   the end, with the number of keys
+//! ```text
+//! 'D' db:u32                                     the keys that follow are in db
+//! 'K' len:u32 key  expires_at_ms:i64  len:u32 payload   one key: DUMP's payload
+//!                                                (Redis's own serialization with its
+//!                                                RDB version and CRC64), absolute
+//!                                                expiry in Unix ms or -1
+//! 'E' keys:u64                                   the end, with the number of keys
+//! ```
 //!
 //! What a backup guarantees while writes go on: the keys are scanned (`SCAN`, every
 //! database `INFO keyspace` lists) and each batch of keys is dumped in one `MULTI`
