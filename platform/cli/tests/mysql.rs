@@ -66,7 +66,17 @@ fn resource_add_mysql_gives_a_working_database_that_fails_over() {
         "create table t (x int primary key); insert into t values (42); select x from t",
     ));
     assert_eq!(out, "42\n");
-    let info = ok(paas(home, &["mysql", "info"]));
+    // `paas up` is ready once the primary takes writes with one replica acknowledging;
+    // the third member may still be seeding its empty data dir from the primary
+    // (mariadb-backup), which on a slow machine outlasts the steps above.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let info = loop {
+        let info = ok(paas(home, &["mysql", "info"]));
+        if info.matches(" yes ").count() == 3 || std::time::Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     assert!(info.contains("mysql cluster main: generation"), "{info}");
     assert_eq!(
         info.matches(" yes ").count(),
