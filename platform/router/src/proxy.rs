@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use crate::access::{AccessEntry, AccessLog};
-use crate::balance::{self, Candidate, Pick};
+use crate::balance::{self, Pick};
 use crate::headers::{self, Forwarded};
 use crate::metrics::Metrics;
 use crate::retry::{self, Failure, GiveUpReason, RetryVerdict};
@@ -233,15 +233,7 @@ impl Proxy {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = String::new();
         loop {
-            let now = crate::state::now_ms();
-            let candidates: Vec<Candidate> = backends
-                .iter()
-                .map(|b| Candidate {
-                    addr: b.addr,
-                    in_flight: b.in_flight(),
-                    down: b.is_down_at(now),
-                })
-                .collect();
+            let candidates = crate::state::candidates(backends);
             let backend: &Arc<Backend> = match balance::pick(
                 &candidates,
                 &tried,

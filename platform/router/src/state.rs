@@ -92,6 +92,19 @@ impl Backend {
     }
 }
 
+/// What `balance::pick` knows of each of `backends` now (in-flight count, down mark).
+pub fn candidates(backends: &[Arc<Backend>]) -> Vec<crate::balance::Candidate> {
+    let now = now_ms();
+    backends
+        .iter()
+        .map(|b| crate::balance::Candidate {
+            addr: b.addr,
+            in_flight: b.in_flight(),
+            down: b.is_down_at(now),
+        })
+        .collect()
+}
+
 /// One request in flight to a backend; dropping it ends the count.
 #[derive(Debug)]
 pub struct InFlight(Arc<Backend>);

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{self, Candidate, Pick};
+use crate::balance::{self, Pick};
 use crate::state::{Backend, Snapshot};
 
 /// Backends tried per connection.
@@ -147,15 +147,7 @@ async fn forward(
     let backends = snapshot.backends.get(app).unwrap_or(&empty);
     let mut tried: Vec<SocketAddr> = Vec::new();
     while tried.len() < MAX_ATTEMPTS {
-        let now = crate::state::now_ms();
-        let candidates: Vec<Candidate> = backends
-            .iter()
-            .map(|b| Candidate {
-                addr: b.addr,
-                in_flight: b.in_flight(),
-                down: b.is_down_at(now),
-            })
-            .collect();
+        let candidates = crate::state::candidates(backends);
         let backend: &Arc<Backend> =
             match balance::pick(&candidates, &tried, None, (rand::random(), rand::random())) {
                 Pick::Backend { index, .. } => &backends[index],
