@@ -96,8 +96,8 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String
             }
         }
         // Everything already queued joins this round: newest wish per key.
-        while let Ok((key, wish)) = rx.try_recv() {
-            pending.insert(key, wish);
+        if open {
+            open = drain(&mut rx, &mut pending);
         }
         let lease = shared.lease.read().expect("lease lock").clone();
         let Some(lease) = lease else {
@@ -106,7 +106,6 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String
                 return;
             }
             tokio::time::sleep(RETRY_DELAY).await;
-            open = drain(&mut rx, &mut pending);
             continue;
         };
         let batch_wishes = take_batch(&mut pending, OPS_PER_TXN);
@@ -143,9 +142,6 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String
                 restore(&mut pending, batch_wishes);
                 tokio::time::sleep(RETRY_DELAY).await;
             }
-        }
-        if open {
-            open = drain(&mut rx, &mut pending);
         }
     }
 }
