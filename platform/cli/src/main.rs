@@ -86,12 +86,19 @@ enum Command {
     /// Create releases with process types and code.
     #[command(subcommand)]
     Release(ReleaseCmd),
-    /// Set how many jobs of each process type run: TYPE=COUNT...
+    /// Set how many jobs of each process type run (TYPE=COUNT...), and their limits
+    /// (TYPE alone changes only the limits).
     Scale {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
         #[arg(required = true)]
         counts: Vec<String>,
+        /// Memory limit of each job of the named types (512M, 1G; `none` to lift it).
+        #[arg(long)]
+        memory: Option<String>,
+        /// CPU limit of each job of the named types, in CPUs (0.5, 2, 250m; `none` to lift it).
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// List an app's jobs.
     Ps {
@@ -614,7 +621,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             procfile,
             code,
         }) => runtime::release_add(json, &app, &procfile, code.as_deref()).await,
-        Command::Scale { app, counts } => runtime::scale(json, &app, &counts).await,
+        Command::Scale {
+            app,
+            counts,
+            memory,
+            cpu,
+        } => runtime::scale(json, &app, &counts, memory.as_deref(), cpu.as_deref()).await,
         Command::Ps { app } => runtime::ps(json, &app).await,
         Command::Kill { app, job } => runtime::kill(json, &app, &job).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
