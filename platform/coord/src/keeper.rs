@@ -33,11 +33,14 @@ pub(crate) fn handle() -> &'static Handle {
 /// An etcd connection for keep-alives, opened lazily on the keeper runtime; clones of a
 /// [`crate::Coord`] share it.
 ///
-/// A keeper whose renewal went unanswered drops the connection ([`KeeperClient::reset`])
-/// and the next renewal opens a new one: an etcd member that died silently (a dead
-/// machine, a cut link: no reset, no close) would otherwise hold every keep-alive stream
-/// on it until HTTP/2's keep-alive ping gives up, which takes longer than a short
-/// lease lives. A new connection balances over the endpoints that answer.
+/// The connection goes to one endpoint at a time, the next one in the list each time a
+/// new connection is opened. A keeper whose renewal failed or went unanswered drops the
+/// connection ([`KeeperClient::reset`]) and its next renewal goes to the next member:
+/// a member that died silently (a dead machine, a cut link: no reset, no close) would
+/// otherwise hold every keep-alive stream on it until HTTP/2's keep-alive ping gives up,
+/// longer than a short lease lives; and a channel balanced over every endpoint keeps
+/// handing renewals to a member that refuses connections (it reports that member ready,
+/// and a new channel reports it first, since a refusal comes before any TLS handshake).
 #[derive(Clone)]
 pub(crate) struct KeeperClient {
     endpoints: Arc<Vec<String>>,
@@ -45,7 +48,8 @@ pub(crate) struct KeeperClient {
     client: Arc<Mutex<Slot>>,
 }
 
-/// The current connection, and how many were opened.
+/// The current connection, and how many were opened (which also picks the endpoint
+/// of the next one).
 #[derive(Default)]
 struct Slot {
     opened: u64,
@@ -78,7 +82,13 @@ impl KeeperClient {
         if let Some(conn) = &slot.current {
             return Ok(conn.clone());
         }
-        let client = Client::connect(self.endpoints.as_slice(), Some(self.options.clone())).await?;
+        if self.endpoints.is_empty() {
+            return Err(etcd_client::Error::InvalidArgs("no etcd endpoints".into()));
+        }
+        // Processes start at different members, so their renewals are spread.
+        let first = std::process::id() as usize;
+        let endpoint = &self.endpoints[(first + slot.opened as usize) % self.endpoints.len()];
+        let client = Client::connect([endpoint], Some(self.options.clone())).await?;
         let conn = Connection {
             client,
             generation: slot.opened,
@@ -89,7 +99,7 @@ impl KeeperClient {
     }
 
     /// Drops connection `generation` if it is still the current one (a renewal over it
-    /// went unanswered); the next [`KeeperClient::get`] opens a new one. Streams already
+    /// failed); the next [`KeeperClient::get`] opens a new one, to the next endpoint. Streams already
     /// open on it keep it until they are dropped.
     pub(crate) async fn reset(&self, generation: u64) {
         let mut slot = self.client.lock().await;

@@ -16,12 +16,12 @@
 //! assumes clock *rates* are close (no assumption on clock offsets); `t/4` is the
 //! margin for rate drift, scheduling delay and the holder's reaction.
 //!
-//! One renewal waits at most a sixth of the TTL for its answer; an unanswered one drops
-//! the keeper's connection, and the next opens a new one. A member that died silently
-//! (a dead machine, a cut link) answers nothing and closes nothing, and HTTP/2's
-//! keep-alive ping notices only after about 8 s, longer than a 5 s lease lives: the
-//! retries over a new connection, which balances over the members that answer, renew
-//! in time.
+//! One renewal waits at most a sixth of the TTL for its answer; a failed or unanswered
+//! one drops the keeper's connection, and the next renewal goes over a new one to the
+//! next etcd member (`crate::keeper`). A member that died silently (a dead machine, a
+//! cut link) answers nothing and closes nothing, and HTTP/2's keep-alive ping notices
+//! only after about 8 s, longer than a 5 s lease lives: the retries at another member
+//! renew in time.
 //!
 //! Keepers run on the process's lease keeper runtime (`crate::keeper`), over their own
 //! connection, so a busy process does not delay its renewals.
