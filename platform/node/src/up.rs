@@ -127,6 +127,11 @@ pub struct UpArgs {
     /// Default: DATA_DIR/backups.
     #[arg(long, env = "PAAS_BACKUP_STORE")]
     pub backup_store: Option<String>,
+    /// IP address this host's jobs listen on and are registered at (as `paas host
+    /// --job-ip`): another host's router reaches them there, so with joined hosts it is
+    /// an address of this machine the others can route to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub job_ip: std::net::IpAddr,
     /// The HTTP router's flags.
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
@@ -360,7 +365,7 @@ async fn serve(
             id: crate::host::hostname(),
             etcd: endpoints.to_vec(),
             data_dir: data_dir.join("host"),
-            job_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            job_ip: args.job_ip,
             api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             artifacts: data_dir.join("artifacts"),
             log_addr: logs.syslog_addr(),
