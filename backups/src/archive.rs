@@ -412,7 +412,10 @@ mod tests {
         let snapshot = b"etcd bytes".to_vec();
         let dump = vec![7u8; 1500];
         let mut parts = Vec::new();
-        for (path, bytes) in [(ETCD_SNAPSHOT.to_string(), &snapshot), (dump_path("shop", "b1"), &dump)] {
+        for (path, bytes) in [
+            (ETCD_SNAPSHOT.to_string(), &snapshot),
+            (dump_path("shop", "b1"), &dump),
+        ] {
             parts.push(
                 write_part(&mut file, &path, bytes.len() as u64, &mut bytes.as_slice())
                     .await
@@ -455,14 +458,20 @@ mod tests {
 
     #[test]
     fn verdict_names_the_first_difference() {
-        let listed = vec![part(ETCD_SNAPSHOT, 3, "aa"), part("artifacts/x.tar.gz", 4, "bb")];
+        let listed = vec![
+            part(ETCD_SNAPSHOT, 3, "aa"),
+            part("artifacts/x.tar.gz", 4, "bb"),
+        ];
         let m = manifest(listed.clone());
         assert_eq!(verdict(&m, &listed), Ok(()));
         let check = |seen: Vec<Part>, expected: &str| {
             let err = verdict(&m, &seen).unwrap_err();
             assert!(err.contains(expected), "{err} lacks {expected}");
         };
-        check(vec![part(ETCD_SNAPSHOT, 3, "aa")], "artifacts/x.tar.gz is in the file 0 times");
+        check(
+            vec![part(ETCD_SNAPSHOT, 3, "aa")],
+            "artifacts/x.tar.gz is in the file 0 times",
+        );
         check(
             vec![part(ETCD_SNAPSHOT, 3, "ab"), listed[1].clone()],
             "etcd.snapshot: SHA-256 ab",

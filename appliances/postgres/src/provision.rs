@@ -482,9 +482,7 @@ impl paas_appliance::provider::Provider for PostgresProvider {
                 "the resource's variables have no PGPASSWORD".into(),
             ))
         })?;
-        self.reinstate_database(&data, password)
-            .await
-            .map_err(fail)
+        self.reinstate_database(&data, password).await.map_err(fail)
     }
 
     async fn recover(

@@ -41,10 +41,9 @@ pub async fn backup(json_out: bool, file: &Path) -> Result<()> {
             .with_context(|| format!("cannot create {}", partial.display()))?;
         let (size, sha) = copy(resp, &mut out).await?;
         out.sync_all()?;
-        let manifest = paas_backups::archive::check(std::io::BufReader::new(
-            std::fs::File::open(&partial)?,
-        ))
-        .context("the written file does not check out")?;
+        let manifest =
+            paas_backups::archive::check(std::io::BufReader::new(std::fs::File::open(&partial)?))
+                .context("the written file does not check out")?;
         Ok::<_, anyhow::Error>((size, sha, manifest))
     }
     .await;
@@ -69,7 +68,10 @@ pub async fn backup(json_out: bool, file: &Path) -> Result<()> {
     );
     println!("  {}", counts(&manifest.counts));
     for r in &manifest.resources {
-        println!("  {} {} of {}: backup {}", r.kind, r.resource, r.app, r.backup);
+        println!(
+            "  {} {} of {}: backup {}",
+            r.kind, r.resource, r.app, r.backup
+        );
     }
     Ok(())
 }
@@ -139,6 +141,9 @@ mod tests {
             partial_path(Path::new("/backups/c.tar")),
             PathBuf::from("/backups/c.tar.partial")
         );
-        assert_eq!(partial_path(Path::new("c.tar")), PathBuf::from("c.tar.partial"));
+        assert_eq!(
+            partial_path(Path::new("c.tar")),
+            PathBuf::from("c.tar.partial")
+        );
     }
 }

@@ -100,7 +100,7 @@ fn get_through_router(router: &str, host: &str, limit: Duration) -> String {
             );
             let mut reply = String::new();
             let _ = s.read_to_string(&mut reply);
-            if reply.starts_with("HTTP/1.1 200") {
+            if reply.split_whitespace().nth(1) == Some("200") {
                 return reply;
             }
             last = reply;
@@ -170,8 +170,14 @@ fn a_cluster_comes_back_from_its_backup_file() {
         ],
     ));
     ok(paas(home, &["scale", "-a", "shop", "web=1"]));
-    ok(paas(home, &["route", "add", "-a", "shop", "shop.example.test"]));
-    let token = json(ok(paas(home, &["--json", "tokens", "create", "-a", "shop"])));
+    ok(paas(
+        home,
+        &["route", "add", "-a", "shop", "shop.example.test"],
+    ));
+    let token = json(ok(paas(
+        home,
+        &["--json", "tokens", "create", "-a", "shop"],
+    )));
     let app_token = token["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token in {token}"))
@@ -307,11 +313,21 @@ fn a_cluster_comes_back_from_its_backup_file() {
     assert_eq!(names(&apps_after), names(&apps_before));
     assert_eq!(shop(&apps_after), shop(&apps_before));
     assert_eq!(
-        ok(as_token(home2, &url2, &old_admin, &["releases", "-a", "shop"])),
+        ok(as_token(
+            home2,
+            &url2,
+            &old_admin,
+            &["releases", "-a", "shop"]
+        )),
         releases_before
     );
     assert_eq!(
-        ok(as_token(home2, &url2, &app_token, &["route", "list", "-a", "shop"])),
+        ok(as_token(
+            home2,
+            &url2,
+            &app_token,
+            &["route", "list", "-a", "shop"]
+        )),
         routes_before
     );
     fails(

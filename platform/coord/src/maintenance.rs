@@ -38,9 +38,7 @@ impl Coord {
                 .map_err(CoordError::Sink)?;
             bytes += chunk.blob().len() as u64;
         }
-        out.flush()
-            .await
-            .map_err(CoordError::Sink)?;
+        out.flush().await.map_err(CoordError::Sink)?;
         Ok(SnapshotInfo {
             bytes,
             etcd_version,

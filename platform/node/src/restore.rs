@@ -166,9 +166,8 @@ fn empty(dir: &Path) {
 
 fn lay_out(manifest: &ArchiveManifest, file: fs::File, data_dir: &Path) -> Result<()> {
     let put = |part: &Part, bytes: &mut dyn Read| -> std::io::Result<()> {
-        let relative = destination(&part.path).ok_or_else(|| {
-            std::io::Error::other(format!("unexpected part {:?}", part.path))
-        })?;
+        let relative = destination(&part.path)
+            .ok_or_else(|| std::io::Error::other(format!("unexpected part {:?}", part.path)))?;
         let path = data_dir.join(relative);
         if let Some(parent) = path.parent() {
             fs::DirBuilder::new()
@@ -191,7 +190,10 @@ fn lay_out(manifest: &ArchiveManifest, file: fs::File, data_dir: &Path) -> Resul
     fs::remove_file(&snapshot)?;
     for dir in ["etcd", "artifacts"] {
         let dir = data_dir.join(dir);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     }
     write_pending(
@@ -240,7 +242,10 @@ fn restore_etcd(snapshot: &Path, data_dir: &Path) -> Result<()> {
 
 fn write_pending(data_dir: &Path, pending: &Pending) -> Result<()> {
     let dir = data_dir.join(RESTORE_DIR);
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
     let tmp = dir.join(format!("{PENDING}.new"));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -257,10 +262,11 @@ fn write_pending(data_dir: &Path, pending: &Pending) -> Result<()> {
 fn read_pending(data_dir: &Path) -> Result<Option<Pending>> {
     let path = data_dir.join(RESTORE_DIR).join(PENDING);
     match fs::read(&path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("cannot parse {}", path.display()))?,
-        )),
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("cannot parse {}", path.display())
+            })?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -380,11 +386,7 @@ mod tests {
     fn parts_land_only_where_the_format_puts_them() {
         let sha = "ab".repeat(32);
         let check = |path: &str, expected: Option<&str>| {
-            assert_eq!(
-                destination(path),
-                expected.map(PathBuf::from),
-                "{path}"
-            );
+            assert_eq!(destination(path), expected.map(PathBuf::from), "{path}");
         };
         check("etcd.snapshot", Some("restore/etcd.snapshot"));
         check(

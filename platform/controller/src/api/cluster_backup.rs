@@ -55,9 +55,10 @@ struct Contents {
 
 async fn backup(p: Principal, State(s): State<AppState>) -> Result<Response, ApiError> {
     p.require_admin("a cluster backup")?;
-    let store = s.backups.clone().ok_or_else(|| {
-        ApiError::Invalid("backups are not configured on this controller".into())
-    })?;
+    let store = s
+        .backups
+        .clone()
+        .ok_or_else(|| ApiError::Invalid("backups are not configured on this controller".into()))?;
     let created = Utc::now();
     let contents = gather(&s, &store).await?;
     tracing::info!(
@@ -106,7 +107,10 @@ async fn gather(s: &AppState, store: &Backups) -> Result<Contents, ApiError> {
         for release in s.store.list_releases(&app.name).await? {
             releases += 1;
             if let Some(a) = release.artifact {
-                artifacts.insert(a.sha256.clone(), (a.size, app.name.clone(), release.version));
+                artifacts.insert(
+                    a.sha256.clone(),
+                    (a.size, app.name.clone(), release.version),
+                );
             }
         }
         resources.extend(s.store.list_resources(&app.name).await?);
@@ -242,7 +246,10 @@ async fn write_archive(
             .await
             .map_err(|e| e.to_string())?;
         if part.sha256 != sha {
-            return Err(format!("artifact {sha} has SHA-256 {} on disk", part.sha256));
+            return Err(format!(
+                "artifact {sha} has SHA-256 {} on disk",
+                part.sha256
+            ));
         }
         parts.push(part);
     }
@@ -288,9 +295,8 @@ async fn write_backup(
         .download(&m.app, &m.id)
         .await
         .map_err(|e| e.to_string())?;
-    let mut reader = tokio_util::io::StreamReader::new(
-        stream.map(|chunk| chunk.map_err(std::io::Error::other)),
-    );
+    let mut reader =
+        tokio_util::io::StreamReader::new(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
     let part = archive::write_part(out, &archive::dump_path(&m.app, &m.id), m.size, &mut reader)
         .await
         .map_err(|e| e.to_string())?;
