@@ -142,7 +142,12 @@ fn a_cluster_comes_back_from_its_backup_file() {
     let listen = common::free_addr();
     let flags = engines(&pg, &my);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let clock = Instant::now();
     let (up, out) = common::start_up(home, &listen, &flags);
+    eprintln!(
+        "figures: paas up on a new dir, ready in {:?}",
+        clock.elapsed()
+    );
     let url = api_url(&out);
     let old_admin = admin_token(&out);
 
@@ -209,9 +214,6 @@ fn a_cluster_comes_back_from_its_backup_file() {
     let page = get_through_router(&router, "shop.example.test", Duration::from_secs(120));
     assert!(page.contains("hello from the old cluster"), "{page}");
 
-    let apps_before = ok(paas(home, &["apps", "list"]));
-    let releases_before = ok(paas(home, &["releases", "-a", "shop"]));
-    let routes_before = ok(paas(home, &["route", "list", "-a", "shop"]));
 
     // An app-scoped token may not take it.
     fails(
@@ -219,7 +221,43 @@ fn a_cluster_comes_back_from_its_backup_file() {
         "admin token",
     );
     let file = home.join("cluster.tar");
+    // A resource a restore could not bring back (Redis) makes the backup fail, naming
+    // it, and leaves no file.
+    ok(paas(home, &["apps", "create", "cache"]));
+    let redis = json(ok(paas(
+        home,
+        &[
+            "--json",
+            "resource",
+            "add",
+            "redis",
+            "-a",
+            "cache",
+            "--members",
+            "1",
+        ],
+    )));
+    let redis_id = redis["id"].as_str().unwrap().to_string();
+    fails(
+        paas(home, &["cluster", "backup", file.to_str().unwrap()]),
+        "cannot bring back",
+    );
+    assert!(!file.exists() && !home.join("cluster.tar.partial").exists());
+    ok(paas(
+        home,
+        &["resource", "remove", &redis_id, "-a", "cache"],
+    ));
+    let apps_before = ok(paas(home, &["apps", "list"]));
+    let releases_before = ok(paas(home, &["releases", "-a", "shop"]));
+    let routes_before = ok(paas(home, &["route", "list", "-a", "shop"]));
+
+    let clock = Instant::now();
     let report = ok(paas(home, &["cluster", "backup", file.to_str().unwrap()]));
+    eprintln!(
+        "figures: cluster backup {:?}, {} bytes",
+        clock.elapsed(),
+        std::fs::metadata(&file).unwrap().len()
+    );
     assert!(report.contains("checked"), "{report}");
     assert!(report.contains("postgres"), "{report}");
     assert!(!home.join("cluster.tar.partial").exists());
@@ -276,6 +314,7 @@ fn a_cluster_comes_back_from_its_backup_file() {
     // Restore into a new HOME's data dir and start there.
     let tmp2 = common::home();
     let home2 = tmp2.path();
+    let clock = Instant::now();
     let restored = ok(paas(
         home2,
         &[
@@ -287,8 +326,14 @@ fn a_cluster_comes_back_from_its_backup_file() {
         ],
     ));
     assert!(restored.contains("paas up --data-dir"), "{restored}");
+    eprintln!("figures: cluster restore {:?}", clock.elapsed());
     let listen2 = common::free_addr();
+    let clock = Instant::now();
     let (up2, out2) = common::start_up(home2, &listen2, &flags);
+    eprintln!(
+        "figures: paas up on the restored dir, ready in {:?}",
+        clock.elapsed()
+    );
     let url2 = api_url(&out2);
     assert!(
         !home2.join("data/restore").exists(),

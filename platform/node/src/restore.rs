@@ -20,17 +20,19 @@
 //! is resumed by the next one:
 //! - `records`: the snapshot still holds the old cluster's processes: placements, host
 //!   and job records, the scheduler's leader key, the appliances' own records (state
-//!   document, leader, members) and the formations of their system apps, whose commands
-//!   name the old data dir. These are deleted before the host agent or any member
-//!   starts, so the new, empty members bootstrap as a new cluster (with the old state
-//!   document they would wait for a primary that does not exist; with the old
-//!   formations, members of the old data dir's paths would be placed). Then `data`.
+//!   document, leader, members) and the formations. These are deleted before the host
+//!   agent or any member starts, so the new, empty members bootstrap as a new cluster
+//!   (with the old state document they would wait for a primary that does not exist;
+//!   with their system apps' old formations, members with the old data dir's paths
+//!   would be placed). The apps' formations are kept in `pending.json` and put back
+//!   last, so no app job runs before its data is back. Then `data`.
 //! - `data`: once the appliances are ready, every resource recorded in etcd is
 //!   re-created under its recorded names and credentials (`Provider::reinstate`), so
 //!   the apps' `DATABASE_URL`s work unchanged, and its backup from the file is
-//!   restored into it (checked against its manifest first). Then `DIR/restore/` is
-//!   removed.
+//!   restored into it (checked against its manifest first). Then the apps'
+//!   formations go back into etcd and `DIR/restore/` is removed.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -64,6 +66,10 @@ pub struct Pending {
     pub phase: Phase,
     /// The backups in `DIR/restore/backups/`, one per resource.
     pub resources: Vec<ResourceBackup>,
+    /// The apps' formations (etcd key -> value), held out of etcd from phase `records`
+    /// until their data is back, so no app job runs on a half-restored database.
+    #[serde(default)]
+    pub formations: BTreeMap<String, serde_json::Value>,
 }
 
 /// What [`restore`] did, for the command's report.
@@ -102,6 +108,21 @@ pub fn destination(path: &str) -> Option<PathBuf> {
         }
         _ => None,
     }
+}
+
+/// Whether `app` is an appliance's system app (`paas-<kind>`, `paas-<kind>-<cluster>`),
+/// whose formation `paas up` writes itself. Pure.
+pub fn is_system_app(app: &str) -> bool {
+    let kinds = crate::up::appliance_kinds();
+    let names = kinds.iter().map(|k| k.kind()).chain(["redis"]);
+    names
+        .map(|kind| crate::appliance::system_app(kind, "main"))
+        .any(|main| {
+            app == main
+                || app
+                    .strip_prefix(main.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
 }
 
 /// Checks `file` whole, then lays it out in `data_dir` (which must be empty or absent)
@@ -201,6 +222,7 @@ fn lay_out(manifest: &ArchiveManifest, file: fs::File, data_dir: &Path) -> Resul
         &Pending {
             phase: Phase::Records,
             resources: manifest.resources.clone(),
+            formations: BTreeMap::new(),
         },
     )
 }
@@ -280,7 +302,21 @@ pub async fn prepare(coord: &paas_coord::Coord, data_dir: &Path) -> Result<Optio
         return Ok(None);
     };
     if pending.phase == Phase::Records {
+        // The apps' formations wait in pending.json; the system apps' are written anew
+        // when their clusters launch (the old ones name the old data dir).
+        let formations = coord
+            .list::<serde_json::Value>(&paas_model::keys::formations())
+            .await
+            .context("restore: cannot read the formations")?;
+        for (key, value, _) in formations {
+            let app = value["app"].as_str().unwrap_or_default();
+            if !is_system_app(app) {
+                pending.formations.insert(key, value);
+            }
+        }
+        write_pending(data_dir, &pending)?;
         let mut prefixes = vec![
+            paas_model::keys::formations(),
             paas_model::keys::placements(),
             paas_model::keys::job_statuses(),
             paas_model::keys::hosts(),
@@ -289,12 +325,7 @@ pub async fn prepare(coord: &paas_coord::Coord, data_dir: &Path) -> Result<Optio
         ];
         for kind in crate::up::appliance_kinds() {
             prefixes.push(kind.keys("main").base().to_string());
-            // `paas-<kind>` and `paas-<kind>-<cluster>`: every cluster of the kind.
-            let app = crate::appliance::system_app(kind.kind(), "main");
-            prefixes.push(paas_model::keys::formation(&app));
         }
-        let redis_groups = format!("{}-", crate::appliance::system_app("redis", "main"));
-        prefixes.push(paas_model::keys::formation(&redis_groups));
         for prefix in &prefixes {
             let deleted = coord
                 .delete_prefix(prefix)
@@ -325,6 +356,8 @@ pub async fn finish(
         .with_context(|| format!("cannot open {}", dir.display()))?;
     let backups = Backups::new(objects);
     let api = |e: paas_controller::ApiError| anyhow::anyhow!("{e}");
+    // Every provider first: a missing engine stops the start before any data moves.
+    let mut work = Vec::new();
     for app in store.list_apps().await.map_err(api)? {
         for resource in store.list_resources(&app.name).await.map_err(api)? {
             let Some(provider) = providers.get(&resource.kind) else {
@@ -337,50 +370,86 @@ pub async fn finish(
                     resource.kind
                 );
             };
-            provider
-                .reinstate(&resource.app, &resource.id, &resource.env, &resource.data)
-                .await
-                .with_context(|| {
-                    format!(
-                        "restore: cannot re-create resource {} of app {}",
-                        resource.id, resource.app
-                    )
-                })?;
-            let backup = pending
-                .resources
-                .iter()
-                .find(|r| r.app == resource.app && r.resource == resource.id);
-            let Some(backup) = backup else {
-                tracing::warn!(app = %resource.app, resource = %resource.id,
-                    "restore: the file holds no backup of this resource; it is empty");
-                continue;
-            };
-            let manifest = backups.get(&backup.app, &backup.backup).await?;
-            let target = Target {
-                app: resource.app.clone(),
-                resource: resource.id.clone(),
-                kind: resource.kind.clone(),
-                data: resource.data.clone(),
-                provider,
-            };
-            backups.restore(&manifest, &target).await.with_context(|| {
-                format!(
-                    "restore: loading backup {} into resource {} of app {}",
-                    backup.backup, resource.id, resource.app
-                )
-            })?;
-            tracing::info!(app = %resource.app, resource = %resource.id, backup = %backup.backup,
-                "restore: resource data restored");
+            work.push((resource, provider));
         }
     }
+    for (resource, provider) in work {
+        provider
+            .reinstate(&resource.app, &resource.id, &resource.env, &resource.data)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore: cannot re-create resource {} of app {}",
+                    resource.id, resource.app
+                )
+            })?;
+        let backup = pending
+            .resources
+            .iter()
+            .find(|r| r.app == resource.app && r.resource == resource.id);
+        let Some(backup) = backup else {
+            tracing::warn!(app = %resource.app, resource = %resource.id,
+                "restore: the file holds no backup of this resource; it is empty");
+            continue;
+        };
+        let manifest = backups.get(&backup.app, &backup.backup).await?;
+        let target = Target {
+            app: resource.app.clone(),
+            resource: resource.id.clone(),
+            kind: resource.kind.clone(),
+            data: resource.data.clone(),
+            provider,
+        };
+        backups.restore(&manifest, &target).await.with_context(|| {
+            format!(
+                "restore: loading backup {} into resource {} of app {}",
+                backup.backup, resource.id, resource.app
+            )
+        })?;
+        tracing::info!(app = %resource.app, resource = %resource.id, backup = %backup.backup,
+            "restore: resource data restored");
+    }
+    let mut batch = paas_coord::Batch::new();
+    for (key, formation) in &pending.formations {
+        batch.put(key, formation)?;
+    }
+    store
+        .coord()
+        .commit(batch)
+        .await
+        .context("restore: cannot put the apps' formations back")?;
     fs::remove_dir_all(data_dir.join(RESTORE_DIR))?;
-    tracing::info!("restore: finished");
+    tracing::info!(
+        formations = pending.formations.len(),
+        "restore: finished; the apps' jobs start"
+    );
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_apps_are_the_appliances_own() {
+        for app in [
+            "paas-postgres",
+            "paas-mysql",
+            "paas-redis-g1a2b",
+            "paas-postgres-b",
+        ] {
+            assert!(is_system_app(app), "{app}");
+        }
+        for app in [
+            "shop",
+            "paas-postgresx",
+            "paas",
+            "paas-",
+            "my-paas-postgres",
+        ] {
+            assert!(!is_system_app(app), "{app}");
+        }
+    }
 
     #[test]
     fn parts_land_only_where_the_format_puts_them() {
