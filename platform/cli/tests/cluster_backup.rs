@@ -214,7 +214,6 @@ fn a_cluster_comes_back_from_its_backup_file() {
     let page = get_through_router(&router, "shop.example.test", Duration::from_secs(120));
     assert!(page.contains("hello from the old cluster"), "{page}");
 
-
     // An app-scoped token may not take it.
     fails(
         as_token(home, &url, &app_token, &["cluster", "backup", "x.tar"]),
@@ -261,6 +260,16 @@ fn a_cluster_comes_back_from_its_backup_file() {
     assert!(report.contains("checked"), "{report}");
     assert!(report.contains("postgres"), "{report}");
     assert!(!home.join("cluster.tar.partial").exists());
+    // To stdout: the same archive, complete.
+    let piped = paas(home, &["cluster", "backup", "-"]);
+    assert!(piped.status.success(), "{piped:?}");
+    let manifest = paas_backups::archive::check(piped.stdout.as_slice()).unwrap();
+    let mut kinds: Vec<&str> = manifest.resources.iter().map(|r| r.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["mysql", "postgres"]);
+    assert_eq!(manifest.counts["apps"], 5, "{:?}", manifest.counts);
+    assert_eq!(manifest.counts["routes"], 1, "{:?}", manifest.counts);
+    assert_eq!(manifest.counts["artifacts"], 1, "{:?}", manifest.counts);
     up.stop();
 
     // A damaged copy (one byte flipped in the middle of the database's dump) is
