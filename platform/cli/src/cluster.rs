@@ -3,6 +3,7 @@
 //! dir for the next `paas up`, see `paas_node::restore`).
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -37,7 +38,14 @@ pub async fn backup(json_out: bool, file: &Path) -> Result<()> {
     }
     let partial = partial_path(file);
     let result = async {
-        let mut out = std::fs::File::create(&partial)
+        // 0600: the file holds every secret of the cluster (database passwords in the
+        // apps' variables, token hashes, routes' private keys).
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?;
         let (size, sha) = copy(resp, &mut out).await?;
         out.sync_all()?;

@@ -260,6 +260,9 @@ fn a_cluster_comes_back_from_its_backup_file() {
     assert!(report.contains("checked"), "{report}");
     assert!(report.contains("postgres"), "{report}");
     assert!(!home.join("cluster.tar.partial").exists());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the file holds the cluster's secrets");
     // To stdout: the same archive, complete.
     let piped = paas(home, &["cluster", "backup", "-"]);
     assert!(piped.status.success(), "{piped:?}");
