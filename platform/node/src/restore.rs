@@ -296,11 +296,24 @@ fn read_pending(data_dir: &Path) -> Result<Option<Pending>> {
 
 /// At `paas up` start, before the host agent or any appliance member runs: if the data
 /// dir holds an unfinished restore, deletes the old cluster's process records from
-/// etcd (phase `records`) and returns what [`finish`] must do.
-pub async fn prepare(coord: &paas_coord::Coord, data_dir: &Path) -> Result<Option<Pending>> {
+/// etcd (phase `records`) and returns what [`finish`] must do. The restored keyspace is
+/// the embedded etcd's (`DATA_DIR/etcd`): with `external_etcd`, an unfinished restore
+/// is refused rather than deleting records of another etcd.
+pub async fn prepare(
+    coord: &paas_coord::Coord,
+    data_dir: &Path,
+    external_etcd: bool,
+) -> Result<Option<Pending>> {
     let Some(mut pending) = read_pending(data_dir)? else {
         return Ok(None);
     };
+    if external_etcd {
+        bail!(
+            "{} holds an unfinished cluster restore, whose etcd is DATA_DIR/etcd: start \
+             without --etcd",
+            data_dir.display()
+        );
+    }
     if pending.phase == Phase::Records {
         // The apps' formations wait in pending.json; the system apps' are written anew
         // when their clusters launch (the old ones name the old data dir).

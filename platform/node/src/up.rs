@@ -312,7 +312,12 @@ async fn serve(
         .context("cannot store the admin token")?;
     // A data dir made by `paas cluster restore`: the old cluster's process records go
     // before anything runs; the resources' data comes back once the appliances are up.
-    let restoring = crate::restore::prepare(controller.state().store.coord(), data_dir).await?;
+    let restoring = crate::restore::prepare(
+        controller.state().store.coord(),
+        data_dir,
+        args.etcd.is_some(),
+    )
+    .await?;
 
     // The identity directory: the embedded etcd's, or the one given with --etcd.
     let pki = match (&args.etcd, &args.etcd_tls_dir) {
