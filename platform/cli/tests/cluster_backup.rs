@@ -1,11 +1,13 @@
 //! The whole cluster through `paas cluster backup` and `paas cluster restore`, end to
 //! end with real `paas up`s: an app with code, a release, a route, a scaled web process,
 //! an app-scoped token and a Postgres database with rows, a second app with a MariaDB
-//! database with rows; a backup; the first cluster
-//! stopped; a damaged copy of the file refused with the data dir left empty; the file
-//! restored into a new data dir; `paas up` on it serves the same apps, releases and
-//! routes to the old tokens, the web job answers through the router from the restored
-//! code, and the rows are back behind the same DATABASE_URL and MYSQL_URL.
+//! database with rows; a backup refused while a Redis resource exists, then taken (to a
+//! file and to stdout); the first cluster stopped; a damaged copy of the file refused
+//! with the data dir left empty; the file restored into a new data dir; a `paas up` on
+//! it without the MariaDB appliance stops, saying so, and the next one serves the same
+//! apps, releases and routes to the old tokens, the web job answers through the router
+//! from the restored code, and the rows are back behind the same DATABASE_URL and
+//! MYSQL_URL.
 
 mod common;
 
@@ -131,6 +133,50 @@ fn shell(home: &Path, app: &str, sql: &str) -> std::process::Output {
         home,
         &["mysql", "shell", "-a", app, "--", "-N", "-B", "-e", sql],
     )
+}
+
+/// Runs `paas up ARGS` (free ports for the rest), which must exit with an error within
+/// three minutes; its stderr.
+fn up_fails(home: &Path, args: &[&str]) -> String {
+    let mut child = common::base(home)
+        .args(["up", "--listen", &common::free_addr()])
+        .args([
+            "--syslog-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--router-tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--router-admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut daemon_stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut daemon_stderr, &mut text);
+        text
+    });
+    // Stopped on drop should the assertion below fail.
+    let mut daemon = common::Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "paas up did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "paas up should have failed: {stderr}");
+    stderr
 }
 
 #[test]
@@ -339,6 +385,14 @@ fn a_cluster_comes_back_from_its_backup_file() {
     ));
     assert!(restored.contains("paas up --data-dir"), "{restored}");
     eprintln!("figures: cluster restore {:?}", clock.elapsed());
+    // Without the MariaDB appliance the start stops before any data moves, saying why;
+    // the next start resumes.
+    let stderr = up_fails(
+        home2,
+        &["--postgres-listen", &pg, "--postgres-members", "2"],
+    );
+    assert!(stderr.contains("--appliance mysql=N"), "{stderr}");
+    assert!(home2.join("data/restore/pending.json").exists());
     let listen2 = common::free_addr();
     let clock = Instant::now();
     let (up2, out2) = common::start_up(home2, &listen2, &flags);
