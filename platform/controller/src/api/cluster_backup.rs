@@ -5,10 +5,10 @@
 //! (spooled to an unlinked file in the private artifacts directory, since its size must
 //! be known before its tar header), then the apps, releases and resources are read and
 //! every artifact a release names is opened, then a fresh backup of every resource is
-//! taken, one after another. Only then does the reply start. A resource taken or code
+//! taken, one after another. Only then does the reply start. A resource added or code
 //! uploaded after the snapshot is in the file but not in the snapshot, and is ignored by
-//! a restore; gc removing a release meanwhile cannot remove an artifact the file needs
-//! (it is already open).
+//! a restore; a resource removed after the snapshot comes back empty; gc removing a
+//! release meanwhile cannot remove an artifact the file needs (it is already open).
 //!
 //! Complete or failed, never partial: a resource whose kind has no backups or cannot be
 //! re-created by a restore (`Provider::can_reinstate`), a missing artifact or any failed
