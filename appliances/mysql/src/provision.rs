@@ -41,6 +41,9 @@ pub enum ProvisionError {
     /// The data handed back to `deprovision` is not what `provision` returned.
     #[error("unrecognised resource data: {0}")]
     BadData(#[from] serde_json::Error),
+    /// A resource cannot be re-created from what was recorded of it.
+    #[error("cannot reinstate the database: {0}")]
+    Reinstate(String),
     /// MariaDB refused a statement, or stayed unreachable for [`RETRY_FOR`].
     #[error("mariadb: {0}")]
     Mariadb(#[from] mysql_async::Error),
@@ -132,18 +135,8 @@ impl MysqlProvider {
         })?;
         let password = hex::encode(rand::random::<[u8; 24]>());
         let started = Instant::now();
-        let user = format!("{}@'%'", quote(&name));
-        let db = quote_ident(&name);
-        self.with_retry(&[
-            format!(
-                "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
-                quote(&password)
-            ),
-            format!("ALTER USER {user} IDENTIFIED BY {}", quote(&password)),
-            format!("CREATE DATABASE IF NOT EXISTS {db}"),
-            format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
-        ])
-        .await?;
+        self.with_retry(&create_statements(&name, &password))
+            .await?;
         tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "mysql database provisioned");
         let (host, port) = (&self.config.host, self.config.port);
         let url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
@@ -164,6 +157,27 @@ impl MysqlProvider {
                 password: Some(password),
             },
         ))
+    }
+
+    /// Re-creates user and database `data` with the password it records (what an
+    /// earlier `provision_database` handed out), for a whole-cluster restore into a
+    /// fresh cluster: the app's `DATABASE_URL` works again unchanged. Idempotent.
+    pub async fn reinstate_database(&self, data: &ResourceData) -> Result<(), ProvisionError> {
+        let Some(password) = &data.password else {
+            return Err(ProvisionError::Reinstate(
+                "the resource records no password (made before backups existed)".into(),
+            ));
+        };
+        if data.user != data.database {
+            return Err(ProvisionError::Reinstate(format!(
+                "user {:?} and database {:?} differ; provisioning makes them equal",
+                data.user, data.database
+            )));
+        }
+        self.with_retry(&create_statements(&data.user, password))
+            .await?;
+        tracing::info!(database = %data.database, "mysql database reinstated");
+        Ok(())
     }
 
     /// Ends every session of the user, drops the database and the user. Succeeds when
@@ -374,6 +388,26 @@ impl paas_appliance::provider::Provider for MysqlProvider {
             .map_err(|e| fail(e.to_string()))
     }
 
+    fn can_reinstate(&self) -> bool {
+        true
+    }
+
+    async fn reinstate(
+        &self,
+        app: &str,
+        id: &str,
+        _env: &BTreeMap<String, String>,
+        data: &serde_json::Value,
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
+        let fail = |err: ProvisionError| {
+            tracing::error!(%app, %id, error = %err, "mysql reinstate failed");
+            paas_appliance::provider::ProviderError(err.to_string())
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
+        self.reinstate_database(&data).await.map_err(fail)
+    }
+
     async fn recover(
         &self,
         member: Option<&str>,
@@ -405,6 +439,22 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         tracing::warn!(cluster = %src.cluster, "{done}");
         Ok(done)
     }
+}
+
+/// The statements that make user and database `name` with `password` (creating them,
+/// or setting the password of an existing user), idempotent.
+fn create_statements(name: &str, password: &str) -> [String; 4] {
+    let user = format!("{}@'%'", quote(name));
+    let db = quote_ident(name);
+    [
+        format!(
+            "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
+            quote(password)
+        ),
+        format!("ALTER USER {user} IDENTIFIED BY {}", quote(password)),
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
+    ]
 }
 
 /// `<app>_<id>` reduced to `[a-z0-9_]`, at most 63 bytes.

@@ -6,6 +6,7 @@
 mod attach;
 mod backups;
 mod client;
+mod cluster;
 mod commands;
 mod config;
 mod logs;
@@ -164,6 +165,22 @@ enum Command {
 enum ClusterCmd {
     /// Hosts, the scheduler's leader, the log aggregator and every appliance's roles.
     Status,
+    /// The whole cluster in one file (admin token): an etcd snapshot, the releases'
+    /// code and a fresh backup of every resource, with a manifest of SHA-256 digests.
+    Backup {
+        /// Where to write it (`-`: stdout).
+        file: PathBuf,
+    },
+    /// Lay out a `paas cluster backup` file in an empty data dir; `paas up --data-dir
+    /// DIR` then starts with the same apps, releases, tokens and routes and restores
+    /// the resources' data. A damaged file is refused before anything is written.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new data dir (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -569,6 +586,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
         Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,
+        Command::Cluster(ClusterCmd::Backup { file }) => cluster::backup(json, &file).await,
+        Command::Cluster(ClusterCmd::Restore { file, data_dir }) => {
+            cluster::restore(json, &file, &data_dir)
+        }
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,
