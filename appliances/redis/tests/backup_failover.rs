@@ -1,7 +1,8 @@
 //! Backups while the primary fails over, with real etcd, a three-member group of real
 //! supervisors and redis-servers and the leader-following endpoint: the primary is
-//! killed (kill -9 of its redis-server, then of its supervisor) while `paas-backups`
-//! streams the provider's dump into a local store. The backup then either fails,
+//! forced out (kill -9 of its redis-server, then of its supervisor, then SIGSTOP of its
+//! supervisor, whose redis-server keeps serving the dump until the endpoint follows the
+//! new leader) while `paas-backups` streams the provider's dump into a local store. The backup then either fails,
 //! leaving nothing listed and no object behind, or completes with every key whole:
 //! restored, the balances a writer moves inside one hash keep their sum, the writer's
 //! sequence (a list it appends to in the same `MULTI`) has no gap or repeat, and it
@@ -32,8 +33,13 @@ const KILL_AFTER: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 enum Kill {
+    /// kill -9 of the primary's server.
     Server,
+    /// kill -9 of the primary's supervisor (its server dies with it).
     Supervisor,
+    /// SIGSTOP of the primary's supervisor: its server keeps serving the dump until the
+    /// endpoint follows the new leader.
+    Freeze,
 }
 
 /// The provider over the harness's group, as the platform holds it, with the group as
@@ -227,7 +233,10 @@ async fn a_backup_across_a_failover_fails_or_restores_every_key_whole() {
 
     // Every listed backup, with the writes confirmed when it started.
     let mut listed: Vec<(Manifest, u64)> = Vec::new();
-    for (round, kill) in [Kill::Server, Kill::Supervisor].into_iter().enumerate() {
+    for (round, kill) in [Kill::Server, Kill::Supervisor, Kill::Freeze]
+        .into_iter()
+        .enumerate()
+    {
         let state = h.wait_healthy(Duration::from_secs(60), None).await;
         let i = h.index(&state.primary);
         let before = confirmed.load(Ordering::SeqCst);
@@ -253,6 +262,7 @@ async fn a_backup_across_a_failover_fails_or_restores_every_key_whole() {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             Kill::Supervisor => h.group.signal(i, libc::SIGKILL),
+            Kill::Freeze => h.group.signal(i, libc::SIGSTOP),
         }
         let result = backup.await.unwrap();
         let listed_manifests: Vec<Manifest> = listed.iter().map(|(m, _)| m.clone()).collect();
@@ -288,8 +298,23 @@ async fn a_backup_across_a_failover_fails_or_restores_every_key_whole() {
                 listed.push((m, at_start));
             }
         }
-        if matches!(kill, Kill::Supervisor) {
-            h.group.restart(i).expect("restart the supervisor");
+        match kill {
+            Kill::Server => {}
+            Kill::Supervisor => h.group.restart(i).expect("restart the supervisor"),
+            Kill::Freeze => {
+                paas_it::wait_for(
+                    "another member to lead",
+                    Duration::from_secs(60),
+                    || async {
+                        h.snapshot()
+                            .await
+                            .leader
+                            .is_some_and(|l| l.record.member != state.primary)
+                    },
+                )
+                .await;
+                h.group.signal(i, libc::SIGCONT);
+            }
         }
 
         h.wait_healthy(Duration::from_secs(60), Some(&state.primary))
