@@ -97,6 +97,19 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// The resource's `data` as [`Provider::backup`] and [`Provider::restore`] take it,
+    /// completed from the `env` the resource gave its app: resources provisioned before
+    /// an engine's hooks existed hold their credentials only there. Providers whose data
+    /// is always complete keep the default, `data` as it is.
+    fn backup_data(
+        &self,
+        data: &serde_json::Value,
+        env: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        let _ = env;
+        data.clone()
+    }
+
     /// Writes a dump of the resource (`app`, `id`, with the provider's `data`) to
     /// `sink`, in the engine's own format, and says what it wrote. The dump is one
     /// consistent snapshot, or the hook fails. The sink is not flushed or closed here.

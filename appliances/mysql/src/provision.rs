@@ -68,7 +68,8 @@ pub struct ResourceData {
     /// The database created.
     pub database: String,
     /// The user's password, which backups log in with (recorded since backups exist:
-    /// `None` for older resources, which then cannot be backed up).
+    /// `None` for older resources, whose backups take it from their environment, see
+    /// [`complete_data`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
@@ -288,6 +289,24 @@ impl MysqlProvider {
     }
 }
 
+/// `data` with the user's password taken from the resource's `MYSQL_PASSWORD` when it
+/// records none (resources provisioned before backups recorded it there), provided the
+/// environment names the same user; any other data as it is.
+pub fn complete_data(
+    data: &serde_json::Value,
+    env: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    let Ok(mut known) = serde_json::from_value::<ResourceData>(data.clone()) else {
+        return data.clone();
+    };
+    let same_user = env.get("MYSQL_USER").is_none_or(|u| *u == known.user);
+    if known.password.is_some() || !same_user {
+        return data.clone();
+    }
+    known.password = env.get("MYSQL_PASSWORD").cloned();
+    serde_json::to_value(known).unwrap_or_else(|_| data.clone())
+}
+
 /// The controller's interface: `resource add mysql` and `resource remove`.
 #[async_trait::async_trait]
 impl paas_appliance::provider::Provider for MysqlProvider {
@@ -309,6 +328,14 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         })?;
         let data = serde_json::to_value(data).expect("ResourceData serializes");
         Ok(paas_appliance::provider::Provisioned { env, data })
+    }
+
+    fn backup_data(
+        &self,
+        data: &serde_json::Value,
+        env: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        complete_data(data, env)
     }
 
     async fn deprovision(
@@ -495,6 +522,31 @@ pub fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_resources_take_their_password_from_their_environment() {
+        let env = BTreeMap::from([
+            ("MYSQL_USER".to_string(), "shop_r1".to_string()),
+            ("MYSQL_PASSWORD".to_string(), "secret".to_string()),
+        ]);
+        let old = serde_json::json!({"user": "shop_r1", "database": "shop_r1"});
+        assert_eq!(
+            complete_data(&old, &env),
+            serde_json::json!({"user": "shop_r1", "database": "shop_r1", "password": "secret"})
+        );
+        let recorded =
+            serde_json::json!({"user": "shop_r1", "database": "shop_r1", "password": "own"});
+        assert_eq!(complete_data(&recorded, &env), recorded);
+        let other = serde_json::json!({"user": "blog_r2", "database": "blog_r2"});
+        assert_eq!(
+            complete_data(&other, &env),
+            other,
+            "another user's password"
+        );
+        assert_eq!(complete_data(&old, &BTreeMap::new()), old);
+        let odd = serde_json::json!("not data");
+        assert_eq!(complete_data(&odd, &env), odd);
+    }
 
     #[test]
     fn names_are_reduced_and_bounded() {
