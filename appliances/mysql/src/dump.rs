@@ -132,6 +132,7 @@ impl Tools {
             .args(["-u", &data.user])
             .arg("--protocol=TCP")
             .arg("--default-character-set=utf8mb4")
+            .args(crate::tls::client_args(self.config.ca_file()))
             .env("MYSQL_PWD", password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -301,6 +302,7 @@ impl Tools {
             .user(Some(SUPERUSER))
             .pass(Some(self.config.superuser_password.clone()))
             .prefer_socket(false);
+        let opts = crate::tls::with_tls(opts, self.config.ca_file());
         match tokio::time::timeout(Duration::from_secs(10), Conn::new(opts)).await {
             Ok(conn) => conn,
             Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(

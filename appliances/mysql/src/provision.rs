@@ -13,6 +13,20 @@
 //! hex-encoded (192 bits). The user gets `ALL` on its database and nothing global: no
 //! READ ONLY ADMIN (so `read_only` replicas refuse its writes), no SUPER, no access to
 //! other databases.
+//!
+//! TLS ([`ClientTls`]): the servers always offer it with the cluster CA's certificate,
+//! and the provider's own connections require and verify it. While every client is on
+//! the endpoint's own machine (one host, loopback endpoint), the URL asks for nothing
+//! and the user may connect either way (`REQUIRE NONE`); `MYSQL_SSL_CA` names the CA
+//! for clients that verify. Once [`ClientTls::verify_full`] says clients may be on
+//! another machine, the user `REQUIRE SSL` (the server refuses it a plain session, so
+//! the password check and the data never travel in clear) and the URLs carry
+//! `?require_ssl=true`, the parameter `mysql_async` reads (it verifies the CA and the
+//! server's name by default, and rejects parameters it does not know, so no other is
+//! added); `MYSQL_SSL_MODE=VERIFY_IDENTITY` and `MYSQL_SSL_CA` say the same for other
+//! clients: `mariadb --ssl --ssl-ca=$MYSQL_SSL_CA --ssl-verify-server-cert`, or a
+//! `mysql_async` `SslOpts` with `MYSQL_SSL_CA` as its root. The rule is asked at each
+//! provisioning; a URL handed out earlier keeps its form.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::server::{quote, SUPERUSER};
+
+pub use paas_appliance::tls::{ClientTls, VerifyRule};
 
 /// How long an operation is retried on connection failures (covers a failover).
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -55,6 +71,66 @@ pub struct ProviderConfig {
     pub port: u16,
     /// The superuser's password.
     pub superuser_password: String,
+    /// What the URLs handed to apps say about TLS, and the CA the provider's own
+    /// connections verify against; `None`: the servers have no certificate.
+    pub tls: Option<ClientTls>,
+}
+
+impl ProviderConfig {
+    /// The CA connections to the cluster verify against, when it has one.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| std::path::Path::new(&t.ca_file))
+    }
+}
+
+/// What the app's variables say about TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlTls<'a> {
+    /// The servers have no certificate: nothing.
+    Off,
+    /// Offered, not required: the CA in `MYSQL_SSL_CA`.
+    Offered {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+    /// Required and verified: `?require_ssl=true` in the URLs, `MYSQL_SSL_MODE`,
+    /// `MYSQL_SSL_CA`; the user `REQUIRE SSL`.
+    Required {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+}
+
+/// The variables an app connects with (pure: the URLs' form is decided here).
+pub fn client_env(
+    host: &str,
+    port: u16,
+    name: &str,
+    password: &str,
+    tls: UrlTls<'_>,
+) -> BTreeMap<String, String> {
+    let mut url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
+    let mut env = BTreeMap::from([
+        ("MYSQL_HOST".to_string(), host.to_string()),
+        ("MYSQL_PORT".to_string(), port.to_string()),
+        ("MYSQL_USER".to_string(), name.to_string()),
+        ("MYSQL_PASSWORD".to_string(), password.to_string()),
+        ("MYSQL_DATABASE".to_string(), name.to_string()),
+    ]);
+    match tls {
+        UrlTls::Off => {}
+        UrlTls::Offered { ca_file } => {
+            env.insert("MYSQL_SSL_CA".into(), ca_file.into());
+        }
+        UrlTls::Required { ca_file } => {
+            url.push_str("?require_ssl=true");
+            env.insert("MYSQL_SSL_MODE".into(), "VERIFY_IDENTITY".into());
+            env.insert("MYSQL_SSL_CA".into(), ca_file.into());
+        }
+    }
+    env.insert("DATABASE_URL".into(), url.clone());
+    env.insert("MYSQL_URL".into(), url);
+    env
 }
 
 /// What `provision` remembers for `deprovision` (stored opaquely by the controller).
@@ -134,28 +210,34 @@ impl MysqlProvider {
         let started = Instant::now();
         let user = format!("{}@'%'", quote(&name));
         let db = quote_ident(&name);
+        let tls = match &self.config.tls {
+            None => UrlTls::Off,
+            Some(t) if (t.verify_full)().await => UrlTls::Required {
+                ca_file: &t.ca_file,
+            },
+            Some(t) => UrlTls::Offered {
+                ca_file: &t.ca_file,
+            },
+        };
+        let require = match tls {
+            UrlTls::Required { .. } => "SSL",
+            UrlTls::Off | UrlTls::Offered { .. } => "NONE",
+        };
         self.with_retry(&[
             format!(
                 "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
                 quote(&password)
             ),
-            format!("ALTER USER {user} IDENTIFIED BY {}", quote(&password)),
+            format!(
+                "ALTER USER {user} IDENTIFIED BY {} REQUIRE {require}",
+                quote(&password)
+            ),
             format!("CREATE DATABASE IF NOT EXISTS {db}"),
             format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
         ])
         .await?;
         tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "mysql database provisioned");
-        let (host, port) = (&self.config.host, self.config.port);
-        let url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
-        let env = BTreeMap::from([
-            ("DATABASE_URL".to_string(), url.clone()),
-            ("MYSQL_URL".to_string(), url),
-            ("MYSQL_HOST".to_string(), host.clone()),
-            ("MYSQL_PORT".to_string(), port.to_string()),
-            ("MYSQL_USER".to_string(), name.clone()),
-            ("MYSQL_PASSWORD".to_string(), password.clone()),
-            ("MYSQL_DATABASE".to_string(), name.clone()),
-        ]);
+        let env = client_env(&self.config.host, self.config.port, &name, &password, tls);
         Ok((
             env,
             ResourceData {
@@ -260,6 +342,7 @@ impl MysqlProvider {
                 .user(Some(SUPERUSER))
                 .pass(Some(self.config.superuser_password.clone()))
                 .prefer_socket(false);
+            let opts = crate::tls::with_tls(opts, self.config.ca_file());
             let conn = match tokio::time::timeout(Duration::from_secs(5), Conn::new(opts)).await {
                 Ok(conn) => conn?,
                 Err(_) => {
@@ -445,6 +528,48 @@ pub fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_require_tls_only_when_asked() {
+        let off = client_env("127.0.0.1", 6033, "shop_r1", "pw", UrlTls::Off);
+        assert_eq!(
+            off["MYSQL_URL"],
+            "mysql://shop_r1:pw@127.0.0.1:6033/shop_r1"
+        );
+        assert_eq!(off["DATABASE_URL"], off["MYSQL_URL"]);
+        assert!(!off.contains_key("MYSQL_SSL_CA") && !off.contains_key("MYSQL_SSL_MODE"));
+
+        let ca_file = "/var/lib/paas/ca.pem";
+        let offered = client_env(
+            "127.0.0.1",
+            6033,
+            "shop_r1",
+            "pw",
+            UrlTls::Offered { ca_file },
+        );
+        assert_eq!(offered["MYSQL_URL"], off["MYSQL_URL"]);
+        assert_eq!(offered["MYSQL_SSL_CA"], ca_file);
+        assert!(!offered.contains_key("MYSQL_SSL_MODE"));
+
+        let required = client_env(
+            "10.0.0.5",
+            6033,
+            "shop_r1",
+            "pw",
+            UrlTls::Required { ca_file },
+        );
+        assert_eq!(
+            required["MYSQL_URL"],
+            "mysql://shop_r1:pw@10.0.0.5:6033/shop_r1?require_ssl=true"
+        );
+        assert_eq!(required["DATABASE_URL"], required["MYSQL_URL"]);
+        assert_eq!(required["MYSQL_SSL_MODE"], "VERIFY_IDENTITY");
+        assert_eq!(required["MYSQL_SSL_CA"], ca_file);
+        // mysql_async reads the URL: TLS on, CA and name verified.
+        let opts = mysql_async::Opts::from_url(&required["MYSQL_URL"]).unwrap();
+        let ssl = opts.ssl_opts().expect("require_ssl");
+        assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation());
+    }
 
     #[test]
     fn names_are_reduced_and_bounded() {

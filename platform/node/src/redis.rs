@@ -88,7 +88,12 @@ impl ApplianceKind for RedisKind {
     }
 
     /// Ready when the endpoint reaches a writable primary with the app's password.
-    async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String> {
+    async fn not_ready(
+        &self,
+        endpoint: SocketAddr,
+        secret: &str,
+        _ca_file: Option<&Path>,
+    ) -> Option<String> {
         let password = paas_redis::secret::app_password(secret);
         let url = format!("redis://default:{password}@{endpoint}/");
         // ROLE is an admin command; INFO is the app's too.
