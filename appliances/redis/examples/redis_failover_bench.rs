@@ -65,6 +65,7 @@ async fn provisioning(groups: usize) {
             prefix: "/paas/".into(),
             ttl_secs: 3,
             default_members: 2,
+            ca_file: None,
         },
         runner.clone(),
         coord,
