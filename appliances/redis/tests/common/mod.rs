@@ -123,7 +123,14 @@ impl Harness {
             endpoint,
             group,
             store,
-            ca_file: tls_dir.map(|d| d.join(paas_appliance::tls::CA_FILE)),
+            ca_file: tls_dir.map(|d| {
+                let ca = d.join(paas_appliance::tls::CA_FILE);
+                assert!(
+                    HARNESS_CA.set(ca.clone()).is_ok(),
+                    "one group with a certificate per process"
+                );
+                ca
+            }),
             dir,
             etcd,
         };
@@ -250,9 +257,14 @@ pub fn describe(snapshot: &Snapshot) -> String {
     )
 }
 
-/// A connection through `url`, bounded in time.
+/// The CA of the group with a certificate this process started (one per test binary),
+/// which [`connect`] trusts for `rediss://` URLs.
+static HARNESS_CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A connection through `url` (`rediss://`: verified against the harness's CA),
+/// bounded in time.
 pub async fn connect(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
+    let client = paas_redis::tls::open(url, HARNESS_CA.get().map(PathBuf::as_path)).ok()?;
     match tokio::time::timeout(
         Duration::from_secs(3),
         client.get_multiplexed_async_connection(),
