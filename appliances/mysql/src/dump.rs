@@ -127,7 +127,7 @@ impl Tools {
             .ok_or_else(|| DumpError::NoPassword(data.database.clone()))?;
         let mut cmd = Command::new(self.bin_dir.join(tool));
         cmd.arg("--no-defaults")
-            .args(["-h", &self.config.host])
+            .args(["-h", &self.config.dial_host()])
             .args(["-P", &self.config.port.to_string()])
             .args(["-u", &data.user])
             .arg("--protocol=TCP")
@@ -297,7 +297,7 @@ impl Tools {
 
     async fn admin(&self) -> Result<Conn, mysql_async::Error> {
         let opts = OptsBuilder::default()
-            .ip_or_hostname(self.config.host.clone())
+            .ip_or_hostname(self.config.dial_host())
             .tcp_port(self.config.port)
             .user(Some(SUPERUSER))
             .pass(Some(self.config.superuser_password.clone()))

@@ -81,6 +81,12 @@ impl ProviderConfig {
     pub fn ca_file(&self) -> Option<&std::path::Path> {
         self.tls.as_ref().map(|t| std::path::Path::new(&t.ca_file))
     }
+
+    /// The address the provider's own connections dial: the endpoint's host, or
+    /// 127.0.0.1 when it listens on every address (a name the certificate has).
+    pub fn dial_host(&self) -> String {
+        crate::tls::dial_host(&self.host)
+    }
 }
 
 /// What the app's variables say about TLS.
@@ -337,7 +343,7 @@ impl MysqlProvider {
     ) -> Result<&'a mut Conn, mysql_async::Error> {
         if admin.is_none() {
             let opts = OptsBuilder::default()
-                .ip_or_hostname(self.config.host.clone())
+                .ip_or_hostname(self.config.dial_host())
                 .tcp_port(self.config.port)
                 .user(Some(SUPERUSER))
                 .pass(Some(self.config.superuser_password.clone()))

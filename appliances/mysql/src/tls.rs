@@ -37,3 +37,26 @@ pub fn client_args(ca_file: Option<&Path>) -> Vec<String> {
         None => Vec::new(),
     }
 }
+
+/// `host`, or 127.0.0.1 when it is the unspecified address (an endpoint listening on
+/// every address): what a connection of ours dials, so the name checked is one the
+/// cluster's certificate has.
+pub fn dial_host(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.to_string(),
+        _ => host.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_on_every_address_is_dialled_on_loopback() {
+        assert_eq!(dial_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(dial_host("::"), "127.0.0.1");
+        assert_eq!(dial_host("10.1.2.3"), "10.1.2.3");
+        assert_eq!(dial_host("127.0.0.1"), "127.0.0.1");
+    }
+}

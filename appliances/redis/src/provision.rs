@@ -240,6 +240,8 @@ impl Provider for RedisProvider {
             etcd_endpoints: self.config.etcd_endpoints.clone(),
             prefix: self.config.prefix.clone(),
             ttl_secs: self.config.ttl_secs,
+            // The runner issues the certificate (the node's, from the cluster CA): the
+            // provider has none to hand over.
             tls_dir: None,
         };
         let started = Instant::now();

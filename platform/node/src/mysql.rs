@@ -67,7 +67,7 @@ impl ApplianceKind for MysqlKind {
         ca_file: Option<&Path>,
     ) -> Option<String> {
         let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(endpoint.ip().to_string())
+            .ip_or_hostname(paas_mysql::tls::dial_host(&endpoint.ip().to_string()))
             .tcp_port(endpoint.port())
             .user(Some(paas_mysql::server::SUPERUSER))
             .pass(Some(password))
