@@ -54,6 +54,7 @@ async fn main() {
         host: "127.0.0.1".into(),
         port: server.port(),
         superuser_password: "bench".into(),
+        tls: None,
     }));
     let (_, data) = provider.provision_database("bench", "r1").await.unwrap();
     let target = Target {

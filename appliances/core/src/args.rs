@@ -25,8 +25,8 @@ pub struct MemberArgs {
     #[arg(long)]
     pub etcd_tls_dir: Option<PathBuf>,
     /// The cluster's server certificate (`ca.pem`, `server.pem`, `server-key.pem`, see
-    /// `crate::tls`): engines that speak TLS (PostgreSQL so far) serve with it; without
-    /// it, plain TCP only.
+    /// `crate::tls`): engines that speak TLS (PostgreSQL, MariaDB, Redis) serve with it;
+    /// without it, plain TCP only.
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
     /// Member directory (the server's data lives inside it).

@@ -4,9 +4,17 @@
 //! member copies the files next to its server's data, owned by the server's OS user and
 //! mode 0600 (PostgreSQL refuses a key others can read), before every start, so a
 //! re-issued certificate is picked up by the next start.
+//!
+//! Also shared by the engines' providers: [`ClientTls`], what the URLs handed to apps
+//! say about TLS and the rule ([`VerifyRule`]) that makes them require verification, and
+//! [`use_ring`], the process's rustls crypto provider for client libraries (mysql_async,
+//! redis-rs) that ask rustls for its process default.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// The cluster CA's certificate (public).
 pub const CA_FILE: &str = "ca.pem";
@@ -82,6 +90,38 @@ pub fn install(
         std::fs::rename(&tmp, to.join(file)).map_err(fail(file))?;
     }
     Ok(Installed::at(to))
+}
+
+/// Whether clients must verify the server, asked at each provisioning.
+pub type VerifyRule = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// How apps reach a cluster over TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The cluster CA's certificate, at a path the apps' jobs can read.
+    pub ca_file: String,
+    /// `true` when clients may connect from another machine, so the URL must require
+    /// TLS with the server verified.
+    pub verify_full: VerifyRule,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes ring rustls's process-wide crypto provider, unless one is set already.
+/// Client libraries that build their TLS configuration with `ClientConfig::builder()`
+/// panic when the binary links more than one provider (ring here, aws-lc through
+/// reqwest) and none was chosen; call this before their first TLS connection.
+pub fn use_ring() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another caller leaves a provider set, which is all we need.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {

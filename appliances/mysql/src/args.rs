@@ -41,6 +41,7 @@ impl SupervisorArgs {
         config.server_id = self.server_id.unwrap_or_else(|| server_id_of(&m.name));
         config.ttl = m.ttl();
         config.members = m.members;
+        config.tls_dir = m.tls_dir.clone();
         config
     }
 }

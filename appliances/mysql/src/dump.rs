@@ -127,11 +127,12 @@ impl Tools {
             .ok_or_else(|| DumpError::NoPassword(data.database.clone()))?;
         let mut cmd = Command::new(self.bin_dir.join(tool));
         cmd.arg("--no-defaults")
-            .args(["-h", &self.config.host])
+            .args(["-h", &self.config.dial_host()])
             .args(["-P", &self.config.port.to_string()])
             .args(["-u", &data.user])
             .arg("--protocol=TCP")
             .arg("--default-character-set=utf8mb4")
+            .args(crate::tls::client_args(self.config.ca_file()))
             .env("MYSQL_PWD", password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -296,11 +297,12 @@ impl Tools {
 
     async fn admin(&self) -> Result<Conn, mysql_async::Error> {
         let opts = OptsBuilder::default()
-            .ip_or_hostname(self.config.host.clone())
+            .ip_or_hostname(self.config.dial_host())
             .tcp_port(self.config.port)
             .user(Some(SUPERUSER))
             .pass(Some(self.config.superuser_password.clone()))
             .prefer_socket(false);
+        let opts = crate::tls::with_tls(opts, self.config.ca_file());
         match tokio::time::timeout(Duration::from_secs(10), Conn::new(opts)).await {
             Ok(conn) => conn,
             Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(

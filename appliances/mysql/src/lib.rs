@@ -15,7 +15,8 @@
 //!   apps (`MysqlProvider`); [`dump`]: its backup hooks (`mariadb-dump` as the app's
 //!   user, restore into a scratch database swapped in with one `RENAME TABLE`); [`recover`]: the explicit restart of a cluster whose etcd
 //!   state was lost; [`args`]: the supervisor's command line (the local
-//!   launcher and the supervisor skeleton are the appliance core's).
+//!   launcher and the supervisor skeleton are the appliance core's); [`tls`]: the
+//!   client side of the cluster's certificate (how our connections verify members).
 //!
 //! Invariants:
 //! - Only the member named `sync` in the state document (or the recorded `primary`
@@ -38,3 +39,4 @@ pub mod provision;
 pub mod recover;
 pub mod server;
 pub mod supervisor;
+pub mod tls;

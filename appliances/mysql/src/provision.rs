@@ -13,6 +13,20 @@
 //! hex-encoded (192 bits). The user gets `ALL` on its database and nothing global: no
 //! READ ONLY ADMIN (so `read_only` replicas refuse its writes), no SUPER, no access to
 //! other databases.
+//!
+//! TLS ([`ClientTls`]): the servers always offer it with the cluster CA's certificate,
+//! and the provider's own connections require and verify it. While every client is on
+//! the endpoint's own machine (one host, loopback endpoint), the URL asks for nothing
+//! and the user may connect either way (`REQUIRE NONE`); `MYSQL_SSL_CA` names the CA
+//! for clients that verify. Once [`ClientTls::verify_full`] says clients may be on
+//! another machine, the user `REQUIRE SSL` (the server refuses it a plain session, so
+//! the password check and the data never travel in clear) and the URLs carry
+//! `?require_ssl=true`, the parameter `mysql_async` reads (it verifies the CA and the
+//! server's name by default, and rejects parameters it does not know, so no other is
+//! added); `MYSQL_SSL_MODE=VERIFY_IDENTITY` and `MYSQL_SSL_CA` say the same for other
+//! clients: `mariadb --ssl --ssl-ca=$MYSQL_SSL_CA --ssl-verify-server-cert`, or a
+//! `mysql_async` `SslOpts` with `MYSQL_SSL_CA` as its root. The rule is asked at each
+//! provisioning; a URL handed out earlier keeps its form.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::server::{quote, SUPERUSER};
+
+pub use paas_appliance::tls::{ClientTls, VerifyRule};
 
 /// How long an operation is retried on connection failures (covers a failover).
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -58,6 +74,72 @@ pub struct ProviderConfig {
     pub port: u16,
     /// The superuser's password.
     pub superuser_password: String,
+    /// What the URLs handed to apps say about TLS, and the CA the provider's own
+    /// connections verify against; `None`: the servers have no certificate.
+    pub tls: Option<ClientTls>,
+}
+
+impl ProviderConfig {
+    /// The CA connections to the cluster verify against, when it has one.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| std::path::Path::new(&t.ca_file))
+    }
+
+    /// The address the provider's own connections dial: the endpoint's host, or
+    /// 127.0.0.1 when it listens on every address (a name the certificate has).
+    pub fn dial_host(&self) -> String {
+        crate::tls::dial_host(&self.host)
+    }
+}
+
+/// What the app's variables say about TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlTls<'a> {
+    /// The servers have no certificate: nothing.
+    Off,
+    /// Offered, not required: the CA in `MYSQL_SSL_CA`.
+    Offered {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+    /// Required and verified: `?require_ssl=true` in the URLs, `MYSQL_SSL_MODE`,
+    /// `MYSQL_SSL_CA`; the user `REQUIRE SSL`.
+    Required {
+        /// The CA's certificate.
+        ca_file: &'a str,
+    },
+}
+
+/// The variables an app connects with (pure: the URLs' form is decided here).
+pub fn client_env(
+    host: &str,
+    port: u16,
+    name: &str,
+    password: &str,
+    tls: UrlTls<'_>,
+) -> BTreeMap<String, String> {
+    let mut url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
+    let mut env = BTreeMap::from([
+        ("MYSQL_HOST".to_string(), host.to_string()),
+        ("MYSQL_PORT".to_string(), port.to_string()),
+        ("MYSQL_USER".to_string(), name.to_string()),
+        ("MYSQL_PASSWORD".to_string(), password.to_string()),
+        ("MYSQL_DATABASE".to_string(), name.to_string()),
+    ]);
+    match tls {
+        UrlTls::Off => {}
+        UrlTls::Offered { ca_file } => {
+            env.insert("MYSQL_SSL_CA".into(), ca_file.into());
+        }
+        UrlTls::Required { ca_file } => {
+            url.push_str("?require_ssl=true");
+            env.insert("MYSQL_SSL_MODE".into(), "VERIFY_IDENTITY".into());
+            env.insert("MYSQL_SSL_CA".into(), ca_file.into());
+        }
+    }
+    env.insert("DATABASE_URL".into(), url.clone());
+    env.insert("MYSQL_URL".into(), url);
+    env
 }
 
 /// What `provision` remembers for `deprovision` (stored opaquely by the controller).
@@ -136,20 +218,23 @@ impl MysqlProvider {
         })?;
         let password = hex::encode(rand::random::<[u8; 24]>());
         let started = Instant::now();
-        self.with_retry(&create_statements(&name, &password))
+        let tls = match &self.config.tls {
+            None => UrlTls::Off,
+            Some(t) if (t.verify_full)().await => UrlTls::Required {
+                ca_file: &t.ca_file,
+            },
+            Some(t) => UrlTls::Offered {
+                ca_file: &t.ca_file,
+            },
+        };
+        let require = match tls {
+            UrlTls::Required { .. } => Require::Ssl,
+            UrlTls::Off | UrlTls::Offered { .. } => Require::None,
+        };
+        self.with_retry(&create_statements(&name, &password, require))
             .await?;
         tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "mysql database provisioned");
-        let (host, port) = (&self.config.host, self.config.port);
-        let url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
-        let env = BTreeMap::from([
-            ("DATABASE_URL".to_string(), url.clone()),
-            ("MYSQL_URL".to_string(), url),
-            ("MYSQL_HOST".to_string(), host.clone()),
-            ("MYSQL_PORT".to_string(), port.to_string()),
-            ("MYSQL_USER".to_string(), name.clone()),
-            ("MYSQL_PASSWORD".to_string(), password.clone()),
-            ("MYSQL_DATABASE".to_string(), name.clone()),
-        ]);
+        let env = client_env(&self.config.host, self.config.port, &name, &password, tls);
         Ok((
             env,
             ResourceData {
@@ -163,7 +248,13 @@ impl MysqlProvider {
     /// Re-creates user and database `data` with the password it records (what an
     /// earlier `provision_database` handed out), for a whole-cluster restore into a
     /// fresh cluster: the app's `DATABASE_URL` works again unchanged. Idempotent.
-    pub async fn reinstate_database(&self, data: &ResourceData) -> Result<(), ProvisionError> {
+    /// `require` is what the resource's URL asks of the connection (`REQUIRE SSL` when
+    /// it requires TLS).
+    pub async fn reinstate_database(
+        &self,
+        data: &ResourceData,
+        require: Require,
+    ) -> Result<(), ProvisionError> {
         let Some(password) = &data.password else {
             return Err(ProvisionError::Reinstate(
                 "the resource records no password (made before backups existed)".into(),
@@ -175,7 +266,7 @@ impl MysqlProvider {
                 data.user, data.database
             )));
         }
-        self.with_retry(&create_statements(&data.user, password))
+        self.with_retry(&create_statements(&data.user, password, require))
             .await?;
         tracing::info!(database = %data.database, "mysql database reinstated");
         Ok(())
@@ -270,11 +361,12 @@ impl MysqlProvider {
     ) -> Result<&'a mut Conn, mysql_async::Error> {
         if admin.is_none() {
             let opts = OptsBuilder::default()
-                .ip_or_hostname(self.config.host.clone())
+                .ip_or_hostname(self.config.dial_host())
                 .tcp_port(self.config.port)
                 .user(Some(SUPERUSER))
                 .pass(Some(self.config.superuser_password.clone()))
                 .prefer_socket(false);
+            let opts = crate::tls::with_tls(opts, self.config.ca_file());
             let conn = match tokio::time::timeout(Duration::from_secs(5), Conn::new(opts)).await {
                 Ok(conn) => conn?,
                 Err(_) => {
@@ -423,7 +515,7 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         &self,
         app: &str,
         id: &str,
-        _env: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
         data: &serde_json::Value,
     ) -> Result<(), paas_appliance::provider::ProviderError> {
         let fail = |err: ProvisionError| {
@@ -432,7 +524,15 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         };
         let data: ResourceData =
             serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
-        self.reinstate_database(&data).await.map_err(fail)
+        let require = if env
+            .get("MYSQL_SSL_MODE")
+            .is_some_and(|m| m == "VERIFY_IDENTITY")
+        {
+            Require::Ssl
+        } else {
+            Require::None
+        };
+        self.reinstate_database(&data, require).await.map_err(fail)
     }
 
     async fn recover(
@@ -470,15 +570,31 @@ impl paas_appliance::provider::Provider for MysqlProvider {
 
 /// The statements that make user and database `name` with `password` (creating them,
 /// or setting the password of an existing user), idempotent.
-fn create_statements(name: &str, password: &str) -> [String; 4] {
+/// What an app user's connections must be: `REQUIRE SSL` once its URL requires TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Require {
+    /// Plain sessions allowed (the URL asks nothing; loopback).
+    None,
+    /// TLS required.
+    Ssl,
+}
+
+fn create_statements(name: &str, password: &str, require: Require) -> [String; 4] {
     let user = format!("{}@'%'", quote(name));
     let db = quote_ident(name);
+    let require = match require {
+        Require::None => "NONE",
+        Require::Ssl => "SSL",
+    };
     [
         format!(
             "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
             quote(password)
         ),
-        format!("ALTER USER {user} IDENTIFIED BY {}", quote(password)),
+        format!(
+            "ALTER USER {user} IDENTIFIED BY {} REQUIRE {require}",
+            quote(password)
+        ),
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
     ]
@@ -546,6 +662,48 @@ mod tests {
         assert_eq!(complete_data(&old, &BTreeMap::new()), old);
         let odd = serde_json::json!("not data");
         assert_eq!(complete_data(&odd, &env), odd);
+    }
+
+    #[test]
+    fn urls_require_tls_only_when_asked() {
+        let off = client_env("127.0.0.1", 6033, "shop_r1", "pw", UrlTls::Off);
+        assert_eq!(
+            off["MYSQL_URL"],
+            "mysql://shop_r1:pw@127.0.0.1:6033/shop_r1"
+        );
+        assert_eq!(off["DATABASE_URL"], off["MYSQL_URL"]);
+        assert!(!off.contains_key("MYSQL_SSL_CA") && !off.contains_key("MYSQL_SSL_MODE"));
+
+        let ca_file = "/var/lib/paas/ca.pem";
+        let offered = client_env(
+            "127.0.0.1",
+            6033,
+            "shop_r1",
+            "pw",
+            UrlTls::Offered { ca_file },
+        );
+        assert_eq!(offered["MYSQL_URL"], off["MYSQL_URL"]);
+        assert_eq!(offered["MYSQL_SSL_CA"], ca_file);
+        assert!(!offered.contains_key("MYSQL_SSL_MODE"));
+
+        let required = client_env(
+            "10.0.0.5",
+            6033,
+            "shop_r1",
+            "pw",
+            UrlTls::Required { ca_file },
+        );
+        assert_eq!(
+            required["MYSQL_URL"],
+            "mysql://shop_r1:pw@10.0.0.5:6033/shop_r1?require_ssl=true"
+        );
+        assert_eq!(required["DATABASE_URL"], required["MYSQL_URL"]);
+        assert_eq!(required["MYSQL_SSL_MODE"], "VERIFY_IDENTITY");
+        assert_eq!(required["MYSQL_SSL_CA"], ca_file);
+        // mysql_async reads the URL: TLS on, CA and name verified.
+        let opts = mysql_async::Opts::from_url(&required["MYSQL_URL"]).unwrap();
+        let ssl = opts.ssl_opts().expect("require_ssl");
+        assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation());
     }
 
     #[test]

@@ -12,7 +12,20 @@
 //! backup.cnf             credentials of mariadb-backup when this member serves a seed
 //! tmp/                   tmpdir; backup.tmp/ the seed server's scratch directory
 //! mariadb.log            the server's error log
+//! tls/                   the cluster's certificate (ca.pem, server.pem, server-key.pem;
+//!                        0600, owned by the `mysql` user), copied from `--tls-dir`
+//!                        before every start
 //! ```
+//!
+//! With a certificate (`ServerConfig::tls_dir`) the server offers TLS (`ssl-ca`,
+//! `ssl-cert`, `ssl-key`), replication requires it and verifies the upstream's
+//! certificate against the cluster CA and its address (`MASTER_SSL = 1`,
+//! `MASTER_SSL_VERIFY_SERVER_CERT = 1`; the replication accounts `REQUIRE SSL`), and
+//! every connection of the supervisor (to its own server and to other members'
+//! servers) is TLS verified the same way (`crate::tls`). Whether apps must use TLS is
+//! their account's (`crate::provision`). The seed stream's transport is the
+//! supervisor's (`crate::supervisor`); `mariadb-backup` itself only talks to its own
+//! server.
 //!
 //! Durability and replication settings (every start, nothing from /etc/mysql):
 //! GTID replication in strict mode, binlog on every member with `log_slave_updates`,
@@ -122,6 +135,9 @@ pub enum ServerError {
         /// What went wrong.
         reason: String,
     },
+    /// The cluster's certificate could not be copied for the server.
+    #[error("tls: {0}")]
+    Tls(#[from] paas_appliance::tls::InstallError),
     /// The server's OS user cannot reach the instance directory.
     #[error("the mysql OS user cannot reach {dir}: {blocked} is mode {mode:o}; choose a data directory it can reach, or give it search permission (chmod o+x)")]
     Unreachable {
@@ -154,6 +170,8 @@ pub struct ServerConfig {
     pub server_id: u32,
     /// The superuser's password (also the replication accounts').
     pub superuser_password: String,
+    /// The cluster's certificate (`paas_appliance::tls` file names); `None`: no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// How the data is to be started.
@@ -319,6 +337,9 @@ impl Mariadb {
         chown(&self.cfg.dir.join("tmp"))?;
         let init = self.cfg.dir.join("init.sql");
         let cnf = self.cfg.dir.join("my.cnf");
+        if let Some(from) = &self.cfg.tls_dir {
+            paas_appliance::tls::install(from, &self.tls_installed_dir(), os_user()?)?;
+        }
         write_owned(&cnf, &self.my_cnf(how, init.exists()), 0o600)?;
         let mut command = std::process::Command::new("mariadbd");
         command
@@ -393,7 +414,33 @@ impl Mariadb {
         if init_file {
             cnf.push_str(&format!("init-file={}/init.sql\n", dir.display()));
         }
+        if let Some(tls) = self.tls() {
+            cnf.push_str(&format!(
+                "ssl-ca={}\nssl-cert={}\nssl-key={}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
         cnf
+    }
+
+    /// Where the server's copy of the cluster's certificate is.
+    fn tls_installed_dir(&self) -> PathBuf {
+        self.cfg.dir.join("tls")
+    }
+
+    /// The installed certificate's paths, when the cluster has one.
+    fn tls(&self) -> Option<paas_appliance::tls::Installed> {
+        self.cfg
+            .tls_dir
+            .as_ref()
+            .map(|_| paas_appliance::tls::Installed::at(&self.tls_installed_dir()))
+    }
+
+    /// The CA our connections verify servers against, when the cluster has one.
+    fn ca_file(&self) -> Option<PathBuf> {
+        self.tls().map(|t| t.ca)
     }
 
     /// Replicates from `upstream` (member name) at `addr` (`host:port`) by GTID, with
@@ -412,6 +459,13 @@ impl Mariadb {
             .ok_or_else(|| ServerError::Unexpected(format!("address {addr:?}")))?;
         let me = self.cfg.name.clone();
         let password = quote(&self.cfg.superuser_password);
+        let ssl = match self.tls() {
+            Some(t) => format!(
+                ", MASTER_SSL = 1, MASTER_SSL_CA = {}, MASTER_SSL_VERIFY_SERVER_CERT = 1",
+                quote(&t.ca.to_string_lossy())
+            ),
+            None => ", MASTER_SSL = 0, MASTER_SSL_VERIFY_SERVER_CERT = 0".into(),
+        };
         let mut statements = vec!["STOP SLAVE".to_string()];
         if from_binlog {
             statements.push("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos".into());
@@ -420,7 +474,7 @@ impl Mariadb {
             format!(
                 "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {port}, MASTER_USER = {}, \
                  MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos, \
-                 MASTER_CONNECT_RETRY = 1, MASTER_HEARTBEAT_PERIOD = 1",
+                 MASTER_CONNECT_RETRY = 1, MASTER_HEARTBEAT_PERIOD = 1{ssl}",
                 quote(host),
                 quote(&repl_user(&me))
             ),
@@ -520,9 +574,14 @@ impl Mariadb {
 
     /// Creates the replication accounts of `members` on this server only: written to
     /// the binlog they would wait for an acknowledgement nobody can give before the
-    /// accounts exist. Every primary creates the ones it lacks.
+    /// accounts exist. Every primary creates the ones it lacks. With TLS they
+    /// `REQUIRE SSL`: a member never sends the password or receives the binlog in clear.
     pub async fn create_accounts(&mut self, members: &[String]) -> Result<(), ServerError> {
         let password = quote(&self.cfg.superuser_password);
+        let require = match self.tls() {
+            Some(_) => "SSL",
+            None => "NONE",
+        };
         for member in members {
             let user = quote(&repl_user(member));
             self.exec_local(&format!(
@@ -530,6 +589,8 @@ impl Mariadb {
             ))
             .await?;
             self.exec_local(&format!("GRANT REPLICATION SLAVE ON *.* TO {user}@'%'"))
+                .await?;
+            self.exec_local(&format!("ALTER USER {user}@'%' REQUIRE {require}"))
                 .await?;
         }
         Ok(())
@@ -830,12 +891,13 @@ impl Mariadb {
     }
 
     fn opts(&self, host: &str, port: u16) -> OptsBuilder {
-        OptsBuilder::default()
+        let opts = OptsBuilder::default()
             .ip_or_hostname(host)
             .tcp_port(port)
             .user(Some(SUPERUSER))
             .pass(Some(self.cfg.superuser_password.clone()))
-            .prefer_socket(false)
+            .prefer_socket(false);
+        crate::tls::with_tls(opts, self.ca_file().as_deref())
     }
 
     async fn connect(&mut self) -> Result<(), ServerError> {

@@ -105,6 +105,8 @@ pub struct SupervisorConfig {
     pub stall_after: Duration,
     /// How many members the cluster has (0: unknown); a bootstrap waits for all.
     pub members: usize,
+    /// The cluster's server certificate (`paas_appliance::tls`); `None`: no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl SupervisorConfig {
@@ -134,6 +136,7 @@ impl SupervisorConfig {
             tick: Duration::from_millis(250),
             stall_after: Duration::from_secs(3),
             members: 0,
+            tls_dir: None,
         }
     }
 
@@ -294,6 +297,7 @@ pub async fn run(
         port: config.port,
         server_id: config.server_id,
         superuser_password: config.superuser_password.clone(),
+        tls_dir: config.tls_dir.clone(),
     };
     let server = Mariadb::new(server_config.clone());
     let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {

@@ -38,6 +38,7 @@ impl Fixture {
         let host = paas_appliance::addr::cluster_ip(&dir.path().to_string_lossy());
         let port = paas_it::free_port().unwrap();
         let mut server = Mariadb::new(ServerConfig {
+            tls_dir: None,
             name: "my0".into(),
             dir: dir.path().join("my0"),
             host: host.to_string(),
@@ -128,6 +129,7 @@ async fn read_only_stops_app_users_and_super_but_not_the_supervisor() {
         host: f.addr.ip().to_string(),
         port: f.addr.port(),
         superuser_password: PASSWORD.into(),
+        tls: None,
     });
     let (env, _) = provider
         .provision_database("shop", "db")

@@ -28,9 +28,6 @@
 //! resource again for a new one).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -85,26 +82,7 @@ pub struct ProviderConfig {
     pub tls: Option<ClientTls>,
 }
 
-/// Whether clients must verify the server, asked at each provisioning.
-pub type VerifyRule = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-/// How apps reach the cluster over TLS.
-#[derive(Clone)]
-pub struct ClientTls {
-    /// The cluster CA's certificate, at a path the apps' jobs can read.
-    pub ca_file: String,
-    /// `true` when clients may connect from another machine, so the URL must require
-    /// `sslmode=verify-full`.
-    pub verify_full: VerifyRule,
-}
-
-impl std::fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("ca_file", &self.ca_file)
-            .finish_non_exhaustive()
-    }
-}
+pub use paas_appliance::tls::{ClientTls, VerifyRule};
 
 /// What the app's variables say about TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

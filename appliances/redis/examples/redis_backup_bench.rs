@@ -44,6 +44,7 @@ async fn main() {
             prefix: "/paas/".into(),
             ttl_secs: 3,
             default_members: 1,
+            ca_file: None,
         },
         Arc::new(LocalRunner::new(coord.clone())),
         coord,

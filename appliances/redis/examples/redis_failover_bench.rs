@@ -65,6 +65,7 @@ async fn provisioning(groups: usize) {
             prefix: "/paas/".into(),
             ttl_secs: 3,
             default_members: 2,
+            ca_file: None,
         },
         runner.clone(),
         coord,
@@ -129,7 +130,9 @@ enum Fault {
 }
 
 async fn failovers(count: usize) {
-    let mut h = Harness::start(2).await;
+    // With a certificate, as `paas up` runs groups: replication, the supervisors' and
+    // the writer's connections over verified TLS.
+    let mut h = Harness::start_with(2, true).await;
     let written = Arc::new(Mutex::new(Written::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(writer(h.url(), written.clone(), stop.clone()));

@@ -58,6 +58,7 @@ impl SupervisorArgs {
             tick: Duration::from_millis(250),
             idle_tick: Duration::from_millis(self.idle_tick_ms),
             members: m.members,
+            tls_dir: m.tls_dir.clone(),
         }
     }
 }

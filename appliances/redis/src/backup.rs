@@ -106,8 +106,11 @@ pub fn scratch_dbs(databases: u32, used: &BTreeSet<u32>, wanted: usize) -> Optio
     (free.len() == wanted).then_some(free)
 }
 
-async fn connect(url: &str) -> Result<MultiplexedConnection, redis::RedisError> {
-    let client = redis::Client::open(url)?;
+async fn connect(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let client = crate::tls::open(url, ca_file)?;
     client.get_multiplexed_async_connection().await
 }
 
@@ -127,8 +130,12 @@ async fn version(conn: &mut MultiplexedConnection) -> Result<String, redis::Redi
 }
 
 /// Streams a dump of every database of the group behind `url` into `sink`.
-pub async fn dump(url: &str, sink: BackupSink<'_>) -> Result<BackupInfo, BackupError> {
-    let mut conn = connect(url).await?;
+pub async fn dump(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    sink: BackupSink<'_>,
+) -> Result<BackupInfo, BackupError> {
+    let mut conn = connect(url, ca_file).await?;
     let version = version(&mut conn).await?;
     let dbs = used_dbs(&mut conn).await?;
     let mut header = MAGIC.to_vec();
@@ -298,8 +305,12 @@ async fn read_bytes(source: RestoreSource<'_>) -> Result<Vec<u8>, BackupError> {
 
 /// Replaces the dataset of the group behind `url` with the dump read from `source`
 /// (see the module doc for how, and what a failure leaves).
-pub async fn restore(url: &str, source: RestoreSource<'_>) -> Result<(), BackupError> {
-    let mut conn = connect(url).await?;
+pub async fn restore(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    source: RestoreSource<'_>,
+) -> Result<(), BackupError> {
+    let mut conn = connect(url, ca_file).await?;
     let used = used_dbs(&mut conn).await?;
     let mut magic = [0u8; MAGIC.len()];
     read_exact(source, &mut magic).await?;

@@ -34,6 +34,9 @@ pub struct GroupSpec {
     pub prefix: String,
     /// Lease TTL in seconds.
     pub ttl_secs: u64,
+    /// The group's server certificate (`paas_appliance::tls`), passed as `--tls-dir`;
+    /// `None`: plain TCP.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl GroupSpec {
@@ -53,7 +56,10 @@ pub fn local_spec(
     LocalClusterSpec {
         program,
         args_prefix,
-        args: vec![],
+        args: match &group.tls_dir {
+            Some(dir) => vec!["--tls-dir".into(), dir.display().to_string()],
+            None => vec![],
+        },
         env: group.env(),
         cluster: group.group.clone(),
         member_prefix: MEMBER_PREFIX.into(),

@@ -10,7 +10,8 @@
 //! Map, in reading order:
 //! - [`cluster`]: the records in etcd (state document, member status) and their keys;
 //! - [`decide`]: the pure decision function of a supervisor tick, with its rules;
-//! - [`server`]: the local redis-server (configuration, process, commands);
+//! - [`server`]: the local redis-server (configuration, process, commands); [`tls`]:
+//!   connections to a group with a certificate (`rediss://`, verified against its CA);
 //!   [`secret`]: the group's secret and the two passwords derived from it;
 //! - [`health`]: what `/primary`, `/replica`, `/health` mean here;
 //! - [`supervisor`]: the engine on the appliance core's skeleton (tick, actions);
@@ -44,3 +45,4 @@ pub mod recover;
 pub mod secret;
 pub mod server;
 pub mod supervisor;
+pub mod tls;

@@ -14,6 +14,14 @@
 //! a group never starts over data it did not create. Each group has its own secret (256
 //! random bits), from which the app's password (in `REDIS_URL`) and the supervisors' are
 //! derived (`crate::secret`); the latter never leaves the platform.
+//!
+//! TLS: when the platform has a CA ([`ProviderConfig::ca_file`]) its runner starts
+//! groups with a certificate of it, and a member's only port speaks TLS (the plain port
+//! is off, on one host as on many, so no client can send the password in clear by
+//! mistake). `REDIS_URL` is then `rediss://` and `REDIS_TLS_CA` names the CA to verify
+//! the server with: redis-rs `Client::build_with_tls` with it as `root_cert`,
+//! `redis-cli --tls --cacert $REDIS_TLS_CA`, redis-py `ssl_ca_certs`. Groups made
+//! before keep their `redis://` URL (their members run without `--tls-dir`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,6 +85,27 @@ pub struct ProviderConfig {
     pub ttl_secs: u64,
     /// Members of a group when `--members` is not given.
     pub default_members: usize,
+    /// The CA whose certificates the runner gives new groups, when it does: URLs are
+    /// then `rediss://` and every connection verifies the server against it.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The variables an app connects with (pure): `REDIS_URL`, and `REDIS_TLS_CA` when the
+/// group speaks TLS.
+pub fn client_env(
+    endpoint: SocketAddr,
+    password: &str,
+    ca_file: Option<&std::path::Path>,
+) -> BTreeMap<String, String> {
+    let scheme = crate::tls::scheme(ca_file.is_some());
+    let mut env = BTreeMap::from([(
+        "REDIS_URL".to_string(),
+        format!("{scheme}default:{password}@{endpoint}"),
+    )]);
+    if let Some(ca) = ca_file {
+        env.insert("REDIS_TLS_CA".into(), ca.display().to_string());
+    }
+    env
 }
 
 /// Creates and removes replication groups.
@@ -131,9 +160,13 @@ impl RedisProvider {
     }
 
     /// Waits until `PING` answers through `endpoint` with `password`.
-    async fn wait_ready(endpoint: SocketAddr, password: &str) -> Result<(), ProviderError> {
-        let url = format!("redis://default:{password}@{endpoint}/");
-        let client = redis::Client::open(url).map_err(|e| ProviderError(e.to_string()))?;
+    async fn wait_ready(&self, endpoint: SocketAddr, password: &str) -> Result<(), ProviderError> {
+        let ca = self.config.ca_file.as_deref();
+        let url = format!(
+            "{}default:{password}@{endpoint}/",
+            crate::tls::scheme(ca.is_some())
+        );
+        let client = crate::tls::open(&url, ca).map_err(|e| ProviderError(e.to_string()))?;
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < READY_LIMIT {
@@ -208,10 +241,14 @@ impl Provider for RedisProvider {
             etcd_endpoints: self.config.etcd_endpoints.clone(),
             prefix: self.config.prefix.clone(),
             ttl_secs: self.config.ttl_secs,
+            // The runner issues the certificate (the node's, from the cluster CA): the
+            // provider has none to hand over.
+            tls_dir: None,
         };
         let started = Instant::now();
         let launched = match self.runner.launch(&spec).await {
-            Ok(endpoint) => Self::wait_ready(endpoint, &password)
+            Ok(endpoint) => self
+                .wait_ready(endpoint, &password)
                 .await
                 .map(|()| endpoint),
             Err(err) => Err(err),
@@ -230,8 +267,8 @@ impl Provider for RedisProvider {
             }
         };
         tracing::info!(%app, %id, %group, members, took = ?started.elapsed(), "redis group provisioned");
-        let url = format!("redis://default:{password}@{endpoint}");
-        let env = BTreeMap::from([("REDIS_URL".to_string(), url.clone())]);
+        let env = client_env(endpoint, &password, self.config.ca_file.as_deref());
+        let url = env["REDIS_URL"].clone();
         let data = ResourceData {
             group,
             dir,
@@ -288,10 +325,12 @@ impl Provider for RedisProvider {
         sink: BackupSink<'_>,
     ) -> Result<BackupInfo, ProviderError> {
         let url = backup_url(id, data)?;
-        crate::backup::dump(&url, sink).await.map_err(|e| {
-            tracing::warn!(%app, %id, error = %e, "redis backup failed");
-            ProviderError(e.to_string())
-        })
+        crate::backup::dump(&url, self.config.ca_file.as_deref(), sink)
+            .await
+            .map_err(|e| {
+                tracing::warn!(%app, %id, error = %e, "redis backup failed");
+                ProviderError(e.to_string())
+            })
     }
 
     async fn restore(
@@ -302,10 +341,12 @@ impl Provider for RedisProvider {
         source: RestoreSource<'_>,
     ) -> Result<(), ProviderError> {
         let url = backup_url(id, data)?;
-        crate::backup::restore(&url, source).await.map_err(|e| {
-            tracing::warn!(%app, %id, error = %e, "redis restore failed");
-            ProviderError(e.to_string())
-        })
+        crate::backup::restore(&url, self.config.ca_file.as_deref(), source)
+            .await
+            .map_err(|e| {
+                tracing::warn!(%app, %id, error = %e, "redis restore failed");
+                ProviderError(e.to_string())
+            })
     }
 
     /// Restarts one group whose state document etcd lost (`paas redis recover -a APP`):
@@ -384,6 +425,18 @@ mod tests {
         let recorded = serde_json::json!({"group": "redisab", "dir": "/d", "members": 2, "url": "redis://own"});
         assert_eq!(complete_data(&recorded, &env), recorded);
         assert_eq!(complete_data(&old, &BTreeMap::new()), old);
+    }
+
+    #[test]
+    fn urls_are_rediss_with_the_ca_when_groups_have_certificates() {
+        let endpoint: SocketAddr = "127.0.0.1:26380".parse().unwrap();
+        let plain = client_env(endpoint, "pw", None);
+        assert_eq!(plain["REDIS_URL"], "redis://default:pw@127.0.0.1:26380");
+        assert!(!plain.contains_key("REDIS_TLS_CA"));
+        let ca = std::path::Path::new("/var/lib/paas/ca.pem");
+        let tls = client_env(endpoint, "pw", Some(ca));
+        assert_eq!(tls["REDIS_URL"], "rediss://default:pw@127.0.0.1:26380");
+        assert_eq!(tls["REDIS_TLS_CA"], "/var/lib/paas/ca.pem");
     }
 
     #[test]

@@ -9,7 +9,17 @@
 //!                 and dump.rdb (RDB snapshots)
 //! redis.log       the server's output
 //! redis.pid       the server's pid while it runs (for operators and tests)
+//! tls/            the group's certificate (ca.pem, server.pem, server-key.pem; 0600,
+//!                 owned by the `redis` user), copied from `--tls-dir` before every start
 //! ```
+//!
+//! TLS: with a certificate (`ServerConfig::tls_dir`) the member's port is `tls-port`
+//! and the plain port is off (`port 0`): every client, the supervisor's own admin
+//! connection included, speaks TLS and verifies the server against the group's CA
+//! (`crate::tls`). Replication too (`tls-replication yes`): a replica checks its
+//! primary's certificate chain against the CA (Redis 7.0 does not check the name).
+//! Clients present no certificate (`tls-auth-clients no`); the ACL passwords below
+//! authenticate them, inside TLS.
 //!
 //! Two ACL users: `default`, the app's (`REDIS_URL`), may run every command but the
 //! `@admin` category (CONFIG, REPLICAOF, SHUTDOWN, DEBUG, MONITOR, FAILOVER, SAVE, the
@@ -72,6 +82,9 @@ pub enum ServerError {
     /// A command or the start did not finish in time.
     #[error("{0} timed out")]
     Timeout(String),
+    /// The group's certificate could not be copied for the server.
+    #[error("tls: {0}")]
+    Tls(#[from] paas_appliance::tls::InstallError),
     /// The server process exited while it was expected to run.
     #[error("redis-server exited: {0}")]
     Exited(String),
@@ -157,6 +170,17 @@ pub struct ServerConfig {
     /// `min-replicas-max-lag`: seconds without a replica's acknowledgement after which an
     /// isolated primary refuses writes.
     pub max_lag_secs: u32,
+    /// The group's certificate (`paas_appliance::tls` file names); `None`: plain TCP.
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The installed copy of the certificate (`<dir>/tls`), when the group has one.
+    pub fn tls(&self) -> Option<paas_appliance::tls::Installed> {
+        self.tls_dir
+            .as_ref()
+            .map(|_| paas_appliance::tls::Installed::at(&self.dir.join("tls")))
+    }
 }
 
 /// How the data is to be started.
@@ -286,6 +310,9 @@ impl Redis {
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
         chown(&self.cfg.dir, ids)?;
         chown(&data, ids)?;
+        if let Some(from) = &self.cfg.tls_dir {
+            paas_appliance::tls::install(from, &self.cfg.dir.join("tls"), ids)?;
+        }
         let conf = self.cfg.dir.join("redis.conf");
         write_private(&conf, &config_text(&self.cfg, how), ids)?;
         let log = std::fs::OpenOptions::new()
@@ -337,10 +364,14 @@ impl Redis {
             return Ok(conn.clone());
         }
         let url = format!(
-            "redis://{ADMIN_USER}:{}@{}:{}/",
-            self.cfg.admin_password, self.cfg.host, self.cfg.port
+            "{}{ADMIN_USER}:{}@{}:{}/",
+            crate::tls::scheme(self.cfg.tls_dir.is_some()),
+            self.cfg.admin_password,
+            self.cfg.host,
+            self.cfg.port
         );
-        let client = redis::Client::open(url)?;
+        let ca = self.cfg.tls().map(|t| t.ca);
+        let client = crate::tls::open(&url, ca.as_deref())?;
         let conn = timed("connecting", client.get_multiplexed_async_connection()).await?;
         self.conn = Some(conn.clone());
         Ok(conn)
@@ -515,7 +546,7 @@ pub fn config_text(cfg: &ServerConfig, how: &StartAs) -> String {
     let mut text = format!(
         "# written by the paas supervisor before every start; edits are lost\n\
          bind {host}\n\
-         port {port}\n\
+         {ports}\
          unixsocket \"\"\n\
          protected-mode no\n\
          daemonize no\n\
@@ -540,7 +571,17 @@ pub fn config_text(cfg: &ServerConfig, how: &StartAs) -> String {
          user default on >{password} ~* &* +@all -@admin\n\
          user {ADMIN_USER} on >{admin} ~* &* +@all\n",
         host = cfg.host,
-        port = cfg.port,
+        ports = match cfg.tls() {
+            None => format!("port {}\n", cfg.port),
+            Some(t) => format!(
+                "port 0\ntls-port {}\ntls-cert-file \"{}\"\ntls-key-file \"{}\"\n\
+                 tls-ca-cert-file \"{}\"\ntls-auth-clients no\ntls-replication yes\n",
+                cfg.port,
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display()
+            ),
+        },
         data = data.display(),
         pidfile = cfg.dir.join("redis.pid").display(),
         fsync = cfg.fsync.as_str(),
@@ -660,7 +701,31 @@ mod tests {
             admin_password: "admin-secret".into(),
             fsync: Fsync::Everysec,
             max_lag_secs: 2,
+            tls_dir: None,
         }
+    }
+
+    #[test]
+    fn with_a_certificate_only_the_tls_port_listens_and_replication_uses_it() {
+        let plain = config_text(&cfg(), &StartAs::Primary { min_replicas: 1 });
+        assert!(plain.contains("\nport 16379\n") && !plain.contains("tls-"));
+        let tls = ServerConfig {
+            tls_dir: Some(PathBuf::from("/var/lib/paas/redis/tls")),
+            ..cfg()
+        };
+        let text = config_text(&tls, &StartAs::Primary { min_replicas: 1 });
+        for line in [
+            "port 0",
+            "tls-port 16379",
+            "tls-cert-file \"/var/lib/paas/redis/r0/tls/server.pem\"",
+            "tls-key-file \"/var/lib/paas/redis/r0/tls/server-key.pem\"",
+            "tls-ca-cert-file \"/var/lib/paas/redis/r0/tls/ca.pem\"",
+            "tls-auth-clients no",
+            "tls-replication yes",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        assert!(!text.lines().any(|l| l == "port 16379"));
     }
 
     #[test]

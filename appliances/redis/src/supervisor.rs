@@ -104,6 +104,8 @@ pub struct SupervisorConfig {
     pub idle_tick: Duration,
     /// How many members the group has (0: unknown); a bootstrap waits for all of them.
     pub members: usize,
+    /// The group's server certificate (`paas_appliance::tls`); `None`: no TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The shortest password accepted: 22 characters of `[A-Za-z0-9_-]` carry more than
@@ -202,6 +204,7 @@ pub async fn run(
         admin_password: config.admin_password.clone(),
         fsync: config.fsync,
         max_lag_secs: config.max_lag_secs,
+        tls_dir: config.tls_dir.clone(),
     });
     let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {
         format!("{}:{port}", config.host).parse().map_err(|e| {
@@ -682,6 +685,7 @@ mod tests {
             tick: Duration::from_millis(250),
             idle_tick: Duration::from_secs(1),
             members: 2,
+            tls_dir: None,
         }
     }
 

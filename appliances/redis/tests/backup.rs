@@ -46,6 +46,7 @@ impl Setup {
                 prefix: "/paas/".into(),
                 ttl_secs: 3,
                 default_members: 1,
+                ca_file: None,
             },
             runner.clone(),
             coord,

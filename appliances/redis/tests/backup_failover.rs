@@ -55,6 +55,7 @@ async fn target(h: &Harness) -> Target {
             prefix: "/paas/".into(),
             ttl_secs: 3,
             default_members: 3,
+            ca_file: h.ca_file.clone(),
         },
         Arc::new(LocalRunner::new(coord.clone())),
         coord,

@@ -4,6 +4,8 @@
 //! every failover the old primary rejoins as a replica. No write `WAIT` confirmed may be
 //! lost; unconfirmed writes lost are counted and printed, not failed (Redis replication
 //! is asynchronous). Failover times are printed (the bench measures them over 20 runs).
+//! The two-member group runs with a certificate: replication, the supervisors' and the
+//! writer's connections over verified TLS.
 
 mod common;
 
@@ -30,7 +32,7 @@ async fn no_wait_confirmed_write_is_lost_across_forced_failovers() {
         Fault::KillSupervisor,
         Fault::StopSupervisor,
     ];
-    run_failovers(Harness::start(2).await, &faults).await;
+    run_failovers(Harness::start_with(2, true).await, &faults).await;
 }
 
 /// With two replicas, both detach from the lost primary before the one with the highest

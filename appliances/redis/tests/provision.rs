@@ -38,6 +38,7 @@ async fn each_resource_is_its_own_isolated_group_and_removal_deletes_it() {
             prefix: "/paas/".into(),
             ttl_secs: 3,
             default_members: 2,
+            ca_file: None,
         },
         runner.clone(),
         coord,

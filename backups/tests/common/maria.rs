@@ -44,6 +44,7 @@ impl Maria {
             host: "127.0.0.1".into(),
             port: server.port(),
             superuser_password: SUPERUSER_PASSWORD.into(),
+            tls: None,
         }));
         Maria { server, provider }
     }

@@ -37,7 +37,8 @@ pub fn parse_url(url: &str) -> Option<MysqlUrl> {
 
 /// `paas mysql shell -a APP [-- ARGS]`: replaces this process with the mariadb client
 /// on the app's DATABASE_URL (the password passed in the environment, not on the
-/// command line).
+/// command line), verifying the server against `MYSQL_SSL_CA` when the app's
+/// variables require TLS.
 pub async fn shell(app: &str, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let client = crate::client::Client::new(crate::config::load()?)?;
@@ -56,6 +57,16 @@ pub async fn shell(app: &str, args: &[String]) -> Result<()> {
         })?;
     let url = parse_url(url)
         .with_context(|| format!("{app}'s MYSQL_URL is not mysql://user:password@host:port/db"))?;
+    // The URL requires TLS: verify the server against the CA it names (a path on the
+    // platform's hosts).
+    let tls: Vec<String> = match (env.get("MYSQL_SSL_MODE"), env.get("MYSQL_SSL_CA")) {
+        (Some(_), Some(ca)) => vec![
+            "--ssl".into(),
+            format!("--ssl-ca={ca}"),
+            "--ssl-verify-server-cert".into(),
+        ],
+        _ => Vec::new(),
+    };
     let err = std::process::Command::new("mariadb")
         .args([
             "--protocol=TCP",
@@ -65,6 +76,7 @@ pub async fn shell(app: &str, args: &[String]) -> Result<()> {
             &url.port.to_string(),
         ])
         .args(["-u", &url.user, &url.database])
+        .args(&tls)
         .args(args)
         .env("MYSQL_PWD", &url.password)
         .exec();

@@ -20,11 +20,21 @@ pub async fn cli(app: &str, args: &[String]) -> Result<()> {
     let url = env.get("REDIS_URL").with_context(|| {
         format!("{app} has no REDIS_URL: run `paas resource add redis -a {app}` first")
     })?;
-    // redis://USER:PASSWORD@HOST:PORT; the password goes in the environment, not on the
-    // command line where `ps` shows it.
-    let rest = url
-        .strip_prefix("redis://")
-        .context("REDIS_URL is not a redis:// URL")?;
+    // redis://USER:PASSWORD@HOST:PORT (rediss:// over TLS, verified with REDIS_TLS_CA);
+    // the password goes in the environment, not on the command line where `ps` shows it.
+    let (rest, tls) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+        (Some(rest), _) => {
+            let ca = env
+                .get("REDIS_TLS_CA")
+                .context("REDIS_URL is rediss:// but REDIS_TLS_CA is not set")?;
+            (
+                rest,
+                vec!["--tls".to_string(), "--cacert".into(), ca.clone()],
+            )
+        }
+        (None, Some(rest)) => (rest, Vec::new()),
+        (None, None) => anyhow::bail!("REDIS_URL is not a redis:// or rediss:// URL"),
+    };
     let (auth, hostport) = rest
         .trim_end_matches('/')
         .rsplit_once('@')
@@ -33,6 +43,7 @@ pub async fn cli(app: &str, args: &[String]) -> Result<()> {
     let (host, port) = hostport.rsplit_once(':').context("REDIS_URL has no port")?;
     let err = std::process::Command::new("redis-cli")
         .args(["-h", host, "-p", port, "--user", user])
+        .args(&tls)
         .env("REDISCLI_AUTH", password)
         .args(args)
         .exec();

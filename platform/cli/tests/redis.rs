@@ -24,9 +24,10 @@ fn cli(home: &Path, app: &str, args: &[&str]) -> String {
     ok(paas(home, &all)).trim().to_string()
 }
 
-/// `(host, port, password)` of a `redis://default:PASSWORD@HOST:PORT` URL.
+/// `(host, port, password)` of a `rediss://default:PASSWORD@HOST:PORT` URL (the group
+/// has a certificate of the cluster CA).
 fn parts(url: &str) -> (String, String, String) {
-    let rest = url.strip_prefix("redis://default:").expect("redis URL");
+    let rest = url.strip_prefix("rediss://default:").expect("rediss URL");
     let (password, hostport) = rest.rsplit_once('@').unwrap();
     let (host, port) = hostport.trim_end_matches('/').rsplit_once(':').unwrap();
     (host.into(), port.into(), password.into())
@@ -53,6 +54,8 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
     let url = r["env"]["REDIS_URL"].as_str().unwrap().to_string();
     let (host, port, password) = parts(&url);
     assert_eq!(host, "127.0.0.1");
+    let ca = r["env"]["REDIS_TLS_CA"].as_str().unwrap().to_string();
+    assert!(Path::new(&ca).exists(), "REDIS_TLS_CA {ca} does not exist");
     assert!(
         password.len() >= 32,
         "password of at least 128 bits: {password}"
@@ -83,6 +86,9 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
             "--user",
             "default",
             "--no-auth-warning",
+            "--tls",
+            "--cacert",
+            &ca,
         ])
         .env("REDISCLI_AUTH", &blog_password)
         .args(["GET", "k"])
@@ -97,17 +103,11 @@ fn resource_add_redis_gives_a_dedicated_group_that_survives_failover_and_restart
 
     // kill -9 the primary's whole job (supervisor and redis-server): the replica takes
     // over behind the same URL with the confirmed write.
-    let server = cli(home, "shop", &["INFO", "server"]);
-    let primary_port: u16 = server
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("tcp_port:"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    // Member N listens on the fixed port 16379 + N of the group's own address.
-    let member = primary_port
-        .checked_sub(16379)
-        .expect("primary is a member");
+    let member = info
+        .split_once(", primary r")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no primary in {info}"));
     let system_app = format!("paas-redis-{group}");
     let jobs: serde_json::Value =
         serde_json::from_str(&ok(paas(home, &["--json", "ps", "-a", &system_app]))).unwrap();

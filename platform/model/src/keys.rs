@@ -21,6 +21,7 @@
 //! services/logaggregator/<host>  AggregatorInstance  aggregator (coord registration)
 //! elections/scheduler/leader     scheduler id        leader, on its lease (coord election)
 //! router/sticky-key              hex secret          first router (create-if-absent)
+//! pki/ca-path                    path (JSON string)  paas up: where DATA_DIR/ca.pem is
 //! ```
 //!
 //! `paas-coord` builds the last segments of registrations (`services/<service>/<id>`)
@@ -191,6 +192,13 @@ pub fn scheduler_leader() -> String {
 /// first router that finds none.
 pub fn sticky_key() -> String {
     "router/sticky-key".to_string()
+}
+
+/// Where `paas up` published the cluster CA's certificate (an absolute path ending in
+/// `ca.pem`, named by the apps' database URLs): joined hosts write the CA they were
+/// given at the same path, so those URLs work on every host.
+pub fn ca_path() -> String {
+    "pki/ca-path".to_string()
 }
 
 #[cfg(test)]

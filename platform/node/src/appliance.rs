@@ -51,8 +51,13 @@ pub trait ApplianceKind: Send + Sync {
         false
     }
     /// Why the cluster does not take durable writes through `endpoint` yet; `None` when
-    /// it does.
-    async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String>;
+    /// it does. `ca_file`: the cluster CA, when the members have its certificate.
+    async fn not_ready(
+        &self,
+        endpoint: SocketAddr,
+        secret: &str,
+        ca_file: Option<&Path>,
+    ) -> Option<String>;
     /// The provider `paas resource add KIND` is served by, for a running cluster.
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider>;
 }
@@ -94,6 +99,22 @@ pub async fn clients_may_be_off_host(coord: &paas_coord::Coord, endpoint: Socket
             true
         }
     }
+}
+
+/// How apps reach `cluster` over TLS (`None` when its members have no certificate):
+/// the published CA, and [`clients_may_be_off_host`] as the rule that makes URLs
+/// require verification.
+pub fn client_tls(cluster: &Launched) -> Option<paas_appliance::tls::ClientTls> {
+    let ca = cluster.ca_file.as_ref()?;
+    let (coord, endpoint) = (cluster.coord.clone(), cluster.endpoint);
+    let verify_full: paas_appliance::tls::VerifyRule = Arc::new(move || {
+        let coord = coord.clone();
+        Box::pin(async move { clients_may_be_off_host(&coord, endpoint).await })
+    });
+    Some(paas_appliance::tls::ClientTls {
+        ca_file: ca.display().to_string(),
+        verify_full,
+    })
 }
 
 /// The system app of cluster `cluster` of `kind`.
@@ -193,7 +214,7 @@ pub async fn launch(
     .await
     .with_context(|| format!("cannot listen on {listen} for {name}"))?;
     let addr = endpoint.local_addr();
-    wait_ready(kind, store, &keys, addr, &secret).await?;
+    wait_ready(kind, store, &keys, addr, &secret, ca_file.as_deref()).await?;
     Ok(Launched {
         _endpoint: endpoint,
         cluster: cluster.to_string(),
@@ -405,11 +426,12 @@ async fn wait_ready(
     keys: &Keys,
     endpoint: SocketAddr,
     secret: &str,
+    ca_file: Option<&Path>,
 ) -> Result<()> {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < READY_LIMIT {
-        match kind.not_ready(endpoint, secret).await {
+        match kind.not_ready(endpoint, secret, ca_file).await {
             None => {
                 tracing::info!(kind = kind.kind(), elapsed = ?started.elapsed(), "cluster ready");
                 return Ok(());

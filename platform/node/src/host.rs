@@ -19,7 +19,8 @@ pub struct HostArgs {
     pub join: String,
     /// A copy of the cluster's DATA_DIR/pki (ca.pem, client.pem, client-key.pem): the
     /// identity etcd requires of every client, and the log aggregator's syslog input of
-    /// this host's shippers.
+    /// this host's shippers. Its ca.pem is also written where `paas up` publishes the
+    /// CA for jobs (the path recorded in etcd), which the apps' URLs name.
     #[arg(long)]
     pub etcd_tls_dir: Option<PathBuf>,
     /// Host id (default: the machine's hostname).
@@ -130,6 +131,18 @@ pub async fn run(args: HostArgs) -> Result<()> {
     )
     .await
     .with_context(|| format!("cannot use etcd at {}", args.join))?;
+    // The apps' database URLs name the CA's certificate at `paas up`'s path: put the
+    // one handed over at join there.
+    if let Some(dir) = &args.etcd_tls_dir {
+        match crate::pki::install_joined_ca(&coord, dir).await? {
+            Some(path) => {
+                tracing::info!(ca = %path.display(), "the cluster CA is published for jobs")
+            }
+            None => tracing::warn!(
+                "etcd records no CA path: apps here cannot verify the databases' certificates"
+            ),
+        }
+    }
     let router = crate::router::start(
         &coord,
         &args.router,

@@ -53,15 +53,26 @@ impl ApplianceKind for MysqlKind {
         Ok(paas_mysql::server::check_reachable(dir)?)
     }
 
+    fn speaks_tls(&self) -> bool {
+        true
+    }
+
     /// Ready when the endpoint reaches a writable primary that a replica acknowledges
-    /// to (its commits do not wait).
-    async fn not_ready(&self, endpoint: SocketAddr, password: &str) -> Option<String> {
+    /// to (its commits do not wait); over TLS verified against the cluster CA when the
+    /// members have its certificate (the endpoint may lead to another host).
+    async fn not_ready(
+        &self,
+        endpoint: SocketAddr,
+        password: &str,
+        ca_file: Option<&Path>,
+    ) -> Option<String> {
         let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(endpoint.ip().to_string())
+            .ip_or_hostname(paas_mysql::tls::dial_host(&endpoint.ip().to_string()))
             .tcp_port(endpoint.port())
             .user(Some(paas_mysql::server::SUPERUSER))
             .pass(Some(password))
             .prefer_socket(false);
+        let opts = paas_mysql::tls::with_tls(opts, ca_file);
         let mut conn = match tokio::time::timeout(
             Duration::from_secs(5),
             mysql_async::Conn::new(opts),
@@ -90,6 +101,9 @@ impl ApplianceKind for MysqlKind {
         }
     }
 
+    /// The app's user `REQUIRE SSL` and its URLs require TLS once clients may be on
+    /// another machine (`crate::appliance::clients_off_host`), asked at each
+    /// `resource add`.
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
         let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
         Arc::new(
@@ -97,6 +111,7 @@ impl ApplianceKind for MysqlKind {
                 host: cluster.endpoint.ip().to_string(),
                 port: cluster.endpoint.port(),
                 superuser_password: cluster.secret.clone(),
+                tls: crate::appliance::client_tls(cluster),
             })
             .with_status_from(etcd.to_vec(), &prefix, &cluster.cluster),
         )

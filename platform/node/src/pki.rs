@@ -14,6 +14,12 @@
 //! server certificates ([`issue_server`]); the CA's certificate alone is also published
 //! world-readable as `DATA_DIR/ca.pem` ([`publish_ca`]), where the apps' jobs (other
 //! uids, which cannot enter `pki/`) read it to verify the database servers.
+//!
+//! That path is recorded in etcd ([`announce_ca`], key `pki/ca-path`); a joined host
+//! (`paas host --join --etcd-tls-dir DIR`) writes the CA it was handed (`DIR/ca.pem`,
+//! the one its etcd connection verifies) at the same path ([`install_joined_ca`]), so
+//! the URLs handed to apps name a file that exists on every host. Only the path comes
+//! from etcd, and only a path ending in `ca.pem` is written.
 
 use std::fs;
 use std::io::Write as _;
@@ -217,6 +223,80 @@ pub fn publish_ca(data_dir: &Path, pki: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Records in etcd where the CA's certificate is published (`ca_file`, from
+/// [`publish_ca`]), for the hosts that join.
+pub async fn announce_ca(coord: &paas_coord::Coord, ca_file: &Path) -> Result<()> {
+    let key = paas_model::keys::ca_path();
+    let path = ca_file.display().to_string();
+    match coord.get::<String>(&key).await? {
+        Some((current, _)) if current == path => Ok(()),
+        Some((_, revision)) => {
+            coord.cas(&key, &path, revision).await?;
+            Ok(())
+        }
+        None => {
+            coord.create(&key, &path).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Why a path recorded as the CA's cannot be written on a joined host; `None` when it
+/// can (absolute, ending in `ca.pem`, no `..`).
+pub fn unusable_ca_path(path: &Path) -> Option<&'static str> {
+    if !path.is_absolute() {
+        return Some("it is not absolute");
+    }
+    if path.file_name() != Some(std::ffi::OsStr::new(PUBLIC_CA)) {
+        return Some("its file name is not ca.pem");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Some("it has a `..`");
+    }
+    None
+}
+
+/// On a joined host: writes `tls_dir/ca.pem` (the CA handed over at join) at the path
+/// `paas up` recorded (0644; missing directories made 0755), and returns it; `None`
+/// when nothing is recorded (an external etcd without `paas up`'s CA).
+pub async fn install_joined_ca(
+    coord: &paas_coord::Coord,
+    tls_dir: &Path,
+) -> Result<Option<PathBuf>> {
+    let Some((path, _)) = coord.get::<String>(&paas_model::keys::ca_path()).await? else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    if let Some(why) = unusable_ca_path(&path) {
+        anyhow::bail!(
+            "the CA path recorded in etcd, {}, is unusable: {why}",
+            path.display()
+        );
+    }
+    copy_ca(&tls_dir.join(CA_FILE), &path)?;
+    Ok(Some(path))
+}
+
+/// Copies the CA certificate `from` to `to` (0644), unless `to` already holds it.
+fn copy_ca(from: &Path, to: &Path) -> Result<()> {
+    let ca = fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
+    if fs::read_to_string(to).is_ok_and(|c| c == ca) {
+        return Ok(());
+    }
+    let dir = to.parent().context("the CA path has no directory")?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    write(dir, PUBLIC_CA, &ca)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
 /// Writes `name` in `dir` (0600), replacing it atomically.
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     let tmp = dir.join(format!(".{name}.new"));
@@ -287,6 +367,29 @@ mod tests {
             fs::read_to_string(&public).unwrap(),
             fs::read_to_string(pki.join(CA_FILE)).unwrap()
         );
+    }
+
+    #[test]
+    fn a_joined_host_writes_only_the_ca_it_was_given_where_the_urls_name_it() {
+        assert_eq!(unusable_ca_path(Path::new("/var/lib/paas/ca.pem")), None);
+        assert!(unusable_ca_path(Path::new("var/lib/paas/ca.pem")).is_some());
+        assert!(unusable_ca_path(Path::new("/etc/passwd")).is_some());
+        assert!(unusable_ca_path(Path::new("/var/lib/../../etc/ca.pem")).is_some());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = ensure(tmp.path(), Ipv4Addr::new(127, 0, 0, 9).into()).unwrap();
+        let to = tmp.path().join("elsewhere/paas/ca.pem");
+        copy_ca(&pki.join(CA_FILE), &to).unwrap();
+        assert_eq!(
+            fs::read_to_string(&to).unwrap(),
+            fs::read_to_string(pki.join(CA_FILE)).unwrap()
+        );
+        assert_eq!(fs::metadata(&to).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(to.parent().unwrap()).unwrap().mode() & 0o777,
+            0o755
+        );
+        copy_ca(&pki.join(CA_FILE), &to).unwrap();
     }
 
     #[test]

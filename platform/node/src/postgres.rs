@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use paas_appliance::provider::Provider;
 use paas_appliance::records::Keys;
 use paas_postgres::args::SupervisorArgs;
-use paas_postgres::provision::{ClientTls, PostgresProvider, ProviderConfig, VerifyRule};
+use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 
 use crate::appliance::{ApplianceKind, Launched};
 
@@ -54,7 +54,12 @@ impl ApplianceKind for PostgresKind {
 
     /// Ready when a primary is reachable through the endpoint with a synchronous
     /// standby streaming.
-    async fn not_ready(&self, endpoint: SocketAddr, password: &str) -> Option<String> {
+    async fn not_ready(
+        &self,
+        endpoint: SocketAddr,
+        password: &str,
+        _ca_file: Option<&Path>,
+    ) -> Option<String> {
         let mut config = tokio_postgres::Config::new();
         config
             .host(endpoint.ip().to_string())
@@ -92,19 +97,7 @@ impl ApplianceKind for PostgresKind {
     /// machine (`crate::appliance::clients_off_host`), asked at each `resource add`.
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
         let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
-        let tls = cluster.ca_file.as_ref().map(|ca| {
-            let (coord, endpoint) = (cluster.coord.clone(), cluster.endpoint);
-            let verify_full: VerifyRule = Arc::new(move || {
-                let coord = coord.clone();
-                Box::pin(async move {
-                    crate::appliance::clients_may_be_off_host(&coord, endpoint).await
-                })
-            });
-            ClientTls {
-                ca_file: ca.display().to_string(),
-                verify_full,
-            }
-        });
+        let tls = crate::appliance::client_tls(cluster);
         Arc::new(
             PostgresProvider::new(ProviderConfig {
                 host: cluster.endpoint.ip().to_string(),

@@ -87,13 +87,26 @@ impl ApplianceKind for RedisKind {
         Ok(paas_redis::server::check_reachable(dir)?)
     }
 
-    /// Ready when the endpoint reaches a writable primary with the app's password.
-    async fn not_ready(&self, endpoint: SocketAddr, secret: &str) -> Option<String> {
+    /// Each group gets a certificate of the cluster CA; its members' only port speaks
+    /// TLS.
+    fn speaks_tls(&self) -> bool {
+        true
+    }
+
+    /// Ready when the endpoint reaches a writable primary with the app's password
+    /// (over TLS verified against the CA when the group has a certificate).
+    async fn not_ready(
+        &self,
+        endpoint: SocketAddr,
+        secret: &str,
+        ca_file: Option<&Path>,
+    ) -> Option<String> {
         let password = paas_redis::secret::app_password(secret);
-        let url = format!("redis://default:{password}@{endpoint}/");
+        let scheme = paas_redis::tls::scheme(ca_file.is_some());
+        let url = format!("{scheme}default:{password}@{endpoint}/");
         // ROLE is an admin command; INFO is the app's too.
         let check = async {
-            let client = redis::Client::open(url)?;
+            let client = paas_redis::tls::open(&url, ca_file)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("INFO")
                 .arg("replication")
@@ -131,6 +144,9 @@ pub fn provider(site: &Site, etcd: &[String], default_members: usize) -> Arc<dyn
             prefix: format!("{}/", paas_model::keys::DEFAULT_PREFIX),
             ttl_secs: site.ttl_secs,
             default_members,
+            // The launcher gives every new group a certificate when the CA's key is here.
+            ca_file: crate::pki::has_ca_key(&site.data_dir.join("pki"))
+                .then(|| site.data_dir.join(crate::pki::PUBLIC_CA)),
         },
         runner,
         site.store.coord().clone(),

@@ -323,6 +323,14 @@ async fn serve(
         args.etcd.is_some(),
     )
     .await?;
+    // The CA's certificate for jobs, at a path joined hosts learn from etcd.
+    let own_pki = data_dir.join("pki");
+    if crate::pki::has_ca_key(&own_pki) {
+        let ca_file = crate::pki::publish_ca(data_dir, &own_pki)?;
+        crate::pki::announce_ca(controller.state().store.coord(), &ca_file)
+            .await
+            .context("cannot record the CA's path in etcd")?;
+    }
 
     // The identity directory: the embedded etcd's, or the one given with --etcd.
     let pki = match (&args.etcd, &args.etcd_tls_dir) {

@@ -1,5 +1,8 @@
 //! Shared helpers of the integration tests: a real etcd, a cluster of real supervisor
-//! processes with real MariaDB, and the leader-following endpoint.
+//! processes with real MariaDB, and the leader-following endpoint. The members get a
+//! server certificate of a CA made here (`--tls-dir`), as `paas up` gives them one of
+//! the cluster CA, so every test runs with TLS on: replication and the supervisors'
+//! connections verify it.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -30,6 +33,8 @@ pub struct Harness {
     pub cluster: LocalCluster,
     pub store: Store,
     pub keys: Keys,
+    /// The CA's certificate the members' certificate verifies against.
+    pub ca_file: PathBuf,
     // Dropped last: the processes above must stop before etcd and the files go.
     pub dir: tempfile::TempDir,
     pub etcd: paas_it::EtcdServer,
@@ -51,10 +56,16 @@ impl Harness {
         )
         .unwrap();
         let keys = paas_mysql::cluster::keys("main");
+        let host = addr::cluster_ip(&dir.path().to_string_lossy());
+        let tls_dir = dir.path().join("tls");
+        make_certificate(
+            &tls_dir,
+            &[host.into(), std::net::Ipv4Addr::LOCALHOST.into()],
+        );
         let cluster = LocalCluster::start(LocalClusterSpec {
             program: supervisor_program(),
             args_prefix: vec![],
-            args: vec![],
+            args: vec!["--tls-dir".into(), tls_dir.display().to_string()],
             env: vec![(
                 paas_mysql::args::PASSWORD_ENV.to_string(),
                 PASSWORD.to_string(),
@@ -88,6 +99,7 @@ impl Harness {
             cluster,
             store,
             keys,
+            ca_file: tls_dir.join(paas_appliance::tls::CA_FILE),
             dir,
             etcd,
         };
@@ -150,13 +162,26 @@ impl Harness {
         self.endpoint.local_addr()
     }
 
-    /// A provider through the endpoint, as the controller would hold it.
+    /// A provider through the endpoint, as the controller of a one-host platform would
+    /// hold it: its own connections verify the CA, the URLs it hands out do not
+    /// require TLS.
     pub fn provider(&self) -> MysqlProvider {
+        self.provider_requiring_tls(false)
+    }
+
+    /// A provider whose URLs require TLS when `required` (clients on other hosts).
+    pub fn provider_requiring_tls(&self, required: bool) -> MysqlProvider {
         let addr = self.endpoint_addr();
+        let verify_full: paas_mysql::provision::VerifyRule =
+            Arc::new(move || Box::pin(async move { required }));
         MysqlProvider::new(ProviderConfig {
             host: addr.ip().to_string(),
             port: addr.port(),
             superuser_password: PASSWORD.into(),
+            tls: Some(paas_mysql::provision::ClientTls {
+                ca_file: self.ca_file.display().to_string(),
+                verify_full,
+            }),
         })
     }
 
@@ -570,4 +595,42 @@ pub async fn force_failover(
         took,
         rows,
     }
+}
+
+/// Makes a CA and a server certificate of it for `ips` and `localhost` in `dir`, with
+/// the file names members expect (`paas_appliance::tls`); the CA's key is not kept.
+pub fn make_certificate(dir: &std::path::Path, ips: &[std::net::IpAddr]) {
+    use paas_appliance::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = make_ca(dir, CA_FILE, "test CA");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test mariadb");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.0, &ca.1).unwrap();
+    std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
+    std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+}
+
+/// Makes a CA named `name`, writes its certificate to `dir/file` and returns it with
+/// its key.
+pub fn make_ca(
+    dir: &std::path::Path,
+    file: &str,
+    name: &str,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(file), cert.pem()).unwrap();
+    (cert, key)
 }

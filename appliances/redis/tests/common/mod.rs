@@ -36,6 +36,8 @@ pub struct Harness {
     pub endpoint: TcpEndpoint,
     pub group: LocalCluster,
     pub store: Store,
+    /// The CA the members' certificate verifies against, when they have one.
+    pub ca_file: Option<PathBuf>,
     // Dropped last: the processes above must stop before etcd and the files go.
     pub dir: tempfile::TempDir,
     pub etcd: paas_it::EtcdServer,
@@ -73,8 +75,22 @@ pub fn reachable_tempdir(prefix: &str) -> tempfile::TempDir {
 impl Harness {
     /// Starts etcd, an `n`-member group and the endpoint, and waits until it is healthy.
     pub async fn start(n: usize) -> Harness {
+        Harness::start_with(n, false).await
+    }
+
+    /// [`Harness::start`], the members with a certificate of a CA made here when `tls`.
+    pub async fn start_with(n: usize, tls: bool) -> Harness {
         let etcd = paas_it::EtcdServer::start().expect("etcd");
         let dir = reachable_tempdir("paas-redis-test");
+        let tls_dir = tls.then(|| {
+            let tls_dir = dir.path().join("tls");
+            let host = paas_appliance::addr::cluster_ip(&dir.path().to_string_lossy());
+            make_certificate(
+                &tls_dir,
+                &[host.into(), std::net::Ipv4Addr::LOCALHOST.into()],
+            );
+            tls_dir
+        });
         let spec = GroupSpec {
             group: "g".into(),
             members: n,
@@ -83,6 +99,7 @@ impl Harness {
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: "/paas/".into(),
             ttl_secs: 3,
+            tls_dir: tls_dir.clone(),
         };
         let group = LocalCluster::start(launcher::local_spec(&spec, supervisor_program(), vec![]))
             .expect("group");
@@ -106,6 +123,14 @@ impl Harness {
             endpoint,
             group,
             store,
+            ca_file: tls_dir.map(|d| {
+                let ca = d.join(paas_appliance::tls::CA_FILE);
+                assert!(
+                    HARNESS_CA.set(ca.clone()).is_ok(),
+                    "one group with a certificate per process"
+                );
+                ca
+            }),
             dir,
             etcd,
         };
@@ -163,10 +188,11 @@ impl Harness {
         }
     }
 
-    /// `redis://default:PASSWORD@endpoint`.
+    /// `redis://default:PASSWORD@endpoint` (`rediss://` with TLS).
     pub fn url(&self) -> String {
         format!(
-            "redis://default:{}@{}/",
+            "{}default:{}@{}/",
+            paas_redis::tls::scheme(self.ca_file.is_some()),
             password(),
             self.endpoint.local_addr()
         )
@@ -231,9 +257,14 @@ pub fn describe(snapshot: &Snapshot) -> String {
     )
 }
 
-/// A connection through `url`, bounded in time.
+/// The CA of the group with a certificate this process started (one per test binary),
+/// which [`connect`] trusts for `rediss://` URLs.
+static HARNESS_CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A connection through `url` (`rediss://`: verified against the harness's CA),
+/// bounded in time.
 pub async fn connect(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
+    let client = paas_redis::tls::open(url, HARNESS_CA.get().map(PathBuf::as_path)).ok()?;
     match tokio::time::timeout(
         Duration::from_secs(3),
         client.get_multiplexed_async_connection(),
@@ -414,4 +445,42 @@ impl paas_redis::provision::GroupRunner for LocalRunner {
         }
         Ok(())
     }
+}
+
+/// Makes a CA and a server certificate of it for `ips` and `localhost` in `dir`, with
+/// the file names members expect (`paas_appliance::tls`); the CA's key is not kept.
+pub fn make_certificate(dir: &std::path::Path, ips: &[std::net::IpAddr]) {
+    use paas_appliance::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = make_ca(dir, CA_FILE, "test CA");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test redis");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.0, &ca.1).unwrap();
+    std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
+    std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+}
+
+/// Makes a CA named `name`, writes its certificate to `dir/file` and returns it with
+/// its key.
+pub fn make_ca(
+    dir: &std::path::Path,
+    file: &str,
+    name: &str,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(file), cert.pem()).unwrap();
+    (cert, key)
 }
