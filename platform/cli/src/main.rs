@@ -181,6 +181,20 @@ enum ClusterCmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Print a join token for `paas host --join-token-file` (run on the `paas up`
+    /// machine; it reads the data dir's pki and cluster secret, and whoever holds the
+    /// token is a member of the cluster: hand it over like a password).
+    JoinToken {
+        /// The `paas up` data dir (default: PAAS_DATA_DIR or ~/.paas).
+        #[arg(long, env = "PAAS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// etcd client URLs the host should use (default: the embedded etcd's).
+        #[arg(long)]
+        etcd: Option<String>,
+        /// The log aggregator's syslog address for the host's shippers.
+        #[arg(long)]
+        log_addr: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -589,6 +603,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCmd::Backup { file }) => cluster::backup(json, &file).await,
         Command::Cluster(ClusterCmd::Restore { file, data_dir }) => {
             cluster::restore(json, &file, &data_dir)
+        }
+        Command::Cluster(ClusterCmd::JoinToken {
+            data_dir,
+            etcd,
+            log_addr,
+        }) => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => paas_node::up::default_data_dir()?,
+            };
+            let token = paas_node::join::make(&data_dir, etcd.as_deref(), log_addr)?;
+            println!("{}", paas_node::join::encode(&token));
+            Ok(())
         }
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,

@@ -87,13 +87,49 @@ fn scale_restart_reschedule_and_run() {
     let (_up, etcd, router, router_tls, syslog) = start_up(home);
     let artifacts = home.join("data/artifacts");
 
-    // A second host on another loopback address, as another machine would join.
+    // A second host on another loopback address, as another machine would join, with
+    // a join token made from the data dir.
+    let token = ok(paas(
+        home,
+        &[
+            "cluster",
+            "join-token",
+            "--data-dir",
+            home.join("data").to_str().unwrap(),
+            "--log-addr",
+            &syslog,
+        ],
+    ));
+    let decoded = paas_node::join::decode(&token).unwrap();
+    assert_eq!(
+        decoded.etcd,
+        std::slice::from_ref(&etcd),
+        "the token names the etcd paas up printed"
+    );
+    assert_eq!(decoded.log_addr.unwrap().to_string(), syslog);
+    let token_file = home.join("join-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mangled = home.join("bad-token");
+    std::fs::write(&mangled, &token.trim()[..token.trim().len() / 2]).unwrap();
+    let refused = base(home)
+        .args(["host", "--join-token-file"])
+        .arg(&mangled)
+        .arg("--artifacts")
+        .arg(&artifacts)
+        .arg("--data-dir")
+        .arg(home.join("refused"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a join token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let _second = Daemon(
         base(home)
             .args([
                 "host",
-                "--join",
-                &etcd,
                 "--id",
                 "second",
                 "--job-ip",
@@ -105,14 +141,10 @@ fn scale_restart_reschedule_and_run() {
             .arg(&artifacts)
             .arg("--data-dir")
             .arg(home.join("second"))
-            .arg("--etcd-tls-dir")
-            .arg(home.join("data/pki"))
-            // Its shippers present the same certificate to the aggregator's syslog input.
-            .args(["--log-addr", &syslog])
-            .env(
-                "PAAS_CLUSTER_SECRET",
-                std::fs::read_to_string(home.join("data/cluster-secret")).unwrap(),
-            )
+            // One join token carries the pki (its shippers present the same certificate
+            // to the aggregator's syslog input), the cluster secret and the log address.
+            .arg("--join-token-file")
+            .arg(&token_file)
             .args(["--router-listen", "127.0.0.2:0"])
             .args(["--router-tls-listen", "127.0.0.2:0"])
             .args(["--router-admin-listen", "127.0.0.2:0"])

@@ -14,9 +14,18 @@ use tokio_util::sync::CancellationToken;
 /// Options of `paas host`.
 #[derive(clap::Args)]
 pub struct HostArgs {
-    /// etcd client URLs of the cluster, comma-separated.
-    #[arg(long)]
-    pub join: String,
+    /// etcd client URLs of the cluster, comma-separated (given by a join token
+    /// otherwise).
+    #[arg(long, required_unless_present_any = ["join_token", "join_token_file"])]
+    pub join: Option<String>,
+    /// A join token (`paas cluster join-token` on the `paas up` machine): the etcd URLs,
+    /// the cluster's client identity and secret, and the log aggregator's address in one
+    /// credential. Prefer the environment or a file: arguments show in `ps`.
+    #[arg(long, env = "PAAS_JOIN_TOKEN", hide_env_values = true, conflicts_with_all = ["join_token_file", "etcd_tls_dir", "cluster_secret"])]
+    pub join_token: Option<String>,
+    /// A file holding a join token.
+    #[arg(long, conflicts_with_all = ["etcd_tls_dir", "cluster_secret"])]
+    pub join_token_file: Option<PathBuf>,
     /// A copy of the cluster's DATA_DIR/pki (ca.pem, client.pem, client-key.pem): the
     /// identity etcd requires of every client, and the log aggregator's syslog input of
     /// this host's shippers. Its ca.pem is also written where `paas up` publishes the
@@ -43,8 +52,8 @@ pub struct HostArgs {
     pub log_addr: Option<SocketAddr>,
     /// The cluster's secret (DATA_DIR/cluster-secret of `paas up`): the controller
     /// presents it to start one-off jobs on this host; nothing else may.
-    #[arg(long, env = "PAAS_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
+    #[arg(long, env = "PAAS_CLUSTER_SECRET", hide_env_values = true, required_unless_present_any = ["join_token", "join_token_file"])]
+    pub cluster_secret: Option<String>,
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
 }
@@ -109,7 +118,13 @@ pub async fn run_runtime(rt: Runtime, shutdown: CancellationToken) -> Result<()>
     Ok(())
 }
 
-/// `paas host --join ...`: runs until SIGINT/SIGTERM.
+/// Comma-separated URLs.
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',').map(|s| s.trim().to_string()).collect()
+}
+
+/// `paas host --join ...` or `paas host --join-token-file FILE`: runs until
+/// SIGINT/SIGTERM.
 pub async fn run(args: HostArgs) -> Result<()> {
     crate::up::init_tracing();
     let data_dir = match args.data_dir {
@@ -117,8 +132,36 @@ pub async fn run(args: HostArgs) -> Result<()> {
         None => crate::up::default_data_dir()?.join("host"),
     };
     let id = args.id.unwrap_or_else(hostname);
-    let etcd: Vec<String> = args.join.split(',').map(|s| s.trim().to_string()).collect();
-    if let Some(dir) = &args.etcd_tls_dir {
+    let token = match (&args.join_token, &args.join_token_file) {
+        (Some(text), _) => Some(crate::join::decode(text)?),
+        (None, Some(file)) => Some(crate::join::decode(
+            &std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the join token {}", file.display()))?,
+        )?),
+        (None, None) => None,
+    };
+    let (etcd, etcd_tls_dir, cluster_secret, log_addr) = match token {
+        Some(t) => {
+            let pki = crate::join::install(&t, &data_dir)?;
+            let etcd = match &args.join {
+                Some(urls) => split_urls(urls),
+                None => t.etcd.clone(),
+            };
+            (
+                etcd,
+                Some(pki),
+                t.cluster_secret,
+                args.log_addr.or(t.log_addr),
+            )
+        }
+        None => (
+            split_urls(args.join.as_deref().unwrap_or_default()),
+            args.etcd_tls_dir.clone(),
+            args.cluster_secret.clone().unwrap_or_default(),
+            args.log_addr,
+        ),
+    };
+    if let Some(dir) = &etcd_tls_dir {
         paas_coord::tls::set_client_identity(dir)?;
         // The aggregator's syslog input takes the same certificate from this host's
         // shippers.
@@ -130,10 +173,10 @@ pub async fn run(args: HostArgs) -> Result<()> {
         Duration::from_secs(10),
     )
     .await
-    .with_context(|| format!("cannot use etcd at {}", args.join))?;
+    .with_context(|| format!("cannot use etcd at {}", etcd.join(",")))?;
     // The apps' database URLs name the CA's certificate at `paas up`'s path: put the
     // one handed over at join there.
-    if let Some(dir) = &args.etcd_tls_dir {
+    if let Some(dir) = &etcd_tls_dir {
         match crate::pki::install_joined_ca(&coord, dir).await? {
             Some(path) => {
                 tracing::info!(ca = %path.display(), "the cluster CA is published for jobs")
@@ -148,7 +191,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
         &args.router,
         &id,
         &data_dir.join("router"),
-        args.log_addr,
+        log_addr,
     )
     .await?;
     let shutdown = CancellationToken::new();
@@ -159,8 +202,8 @@ pub async fn run(args: HostArgs) -> Result<()> {
         job_ip: args.job_ip,
         api_listen: args.api_listen,
         artifacts: args.artifacts,
-        log_addr: args.log_addr,
-        api_secret: args.cluster_secret,
+        log_addr,
+        api_secret: cluster_secret,
     };
     let task = tokio::spawn(run_runtime(rt, shutdown.clone()));
     crate::up::wait_for_signal().await;

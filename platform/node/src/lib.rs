@@ -29,6 +29,7 @@ pub mod aggregator;
 pub mod appliance;
 pub mod backups;
 pub mod host;
+pub mod join;
 pub mod mysql;
 pub mod pki;
 pub mod postgres;

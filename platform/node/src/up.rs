@@ -730,6 +730,15 @@ fn etcd_addrs(dir: &Path) -> Result<(std::net::IpAddr, Ports)> {
     ))
 }
 
+/// The client URL of the embedded etcd of `data_dir` (what `paas up` prints as `etcd:`).
+pub(crate) fn embedded_etcd_url(data_dir: &Path) -> Result<String> {
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot read the data dir {}", data_dir.display()))?;
+    let (host, ports) = etcd_addrs(&data_dir)?;
+    Ok(format!("https://{host}:{}", ports.etcd_client))
+}
+
 /// The peer URL the embedded etcd of `data_dir` (canonical) advertises, which a
 /// snapshot restored into `data_dir/etcd` must record as its member's.
 pub(crate) fn etcd_peer_url(data_dir: &Path) -> Result<String> {
