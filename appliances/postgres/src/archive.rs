@@ -4,13 +4,15 @@
 //! at any moment since the first base backup.
 //!
 //! Who does what:
-//! - every member runs with `archive_mode = always` and an `archive_command` running
-//!   `pgbackrest archive-push`: the primary pushes its WAL (a segment is forced every
-//!   `archive_timeout`, which bounds the recovery point objective), and the standbys
-//!   push the same segments as they receive them, which pgBackRest accepts as
-//!   duplicates. So a segment the old primary had not pushed when it died is still in
-//!   the repository after a failover, and the new primary continues on its new timeline
-//!   under the same stanza;
+//! - every member runs with `archive_mode = on` and an `archive_command` running
+//!   `pgbackrest archive-push`; only the primary archives (a segment is forced every
+//!   `archive_timeout`, which bounds the recovery point objective). After a failover
+//!   the promoted member archives its new timeline, from a copy of the segment the
+//!   switch happened in, under the same stanza. (pgBackRest refuses to back up a
+//!   cluster with `archive_mode = always`, and concurrent pushes of the same segment
+//!   from several members race in its repository, so standbys do not archive: a
+//!   segment the old primary had completed but not yet pushed when it died is missing
+//!   from the archive; the archiver pushes within a second of a segment's end);
 //! - the primary's supervisor creates the stanza (idempotent) and takes the base
 //!   backups when [`due`] says so: a full one first and every `full_every`, an
 //!   incremental one every `every` in between. Old backups and the WAL only they need
@@ -115,7 +117,7 @@ impl ArchiveConfig {
             self.stanza
         );
         format!(
-            "archive_mode = always\narchive_command = '{}'\narchive_timeout = {}\n\
+            "archive_mode = on\narchive_command = '{}'\narchive_timeout = {}\n\
              unix_socket_directories = '{}'\n",
             command.replace('\'', "''"),
             self.archive_timeout.as_secs().max(1),
@@ -435,7 +437,7 @@ mod tests {
         let config = ArchiveConfig::new("/data/postgres/pgbackrest".into(), "main");
         let text =
             config.server_settings(Path::new("/d/pg0/pgbackrest.conf"), Path::new("/d/pg0/run"));
-        assert!(text.contains("archive_mode = always\n"), "{text}");
+        assert!(text.contains("archive_mode = on\n"), "{text}");
         assert!(
             text.contains("archive_command = '/usr/bin/pgbackrest --config=/d/pg0/pgbackrest.conf --stanza=main archive-push %p'"),
             "{text}"
