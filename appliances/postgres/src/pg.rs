@@ -15,6 +15,7 @@
 //!                          0600, owned by the server's user), copied from `--tls-dir`
 //!                          before every start and every clone or rewind
 //! postgres.log             the server's stderr
+//! pgbackrest.conf, run/    with archiving only (see `crate::archive`)
 //! ```
 //!
 //! With a certificate (`PgConfig::tls_dir`), the server runs with `ssl = on`, and the
@@ -25,7 +26,9 @@
 //! decides (see `crate::provision`).
 //!
 //! `postgresql.conf` gets three `include_if_exists` lines at initdb, and `pg_hba.conf`
-//! requires scram-sha-256 for every TCP connection (no Unix sockets are opened). The
+//! (rewritten before every start) requires scram-sha-256 for every connection. No Unix
+//! socket is opened unless the cluster archives (`crate::archive`): then one in
+//! `<dir>/run` (0700, the server's user's), for pgBackRest and the superuser only. The
 //! superuser `postgres` also replicates; its password comes from the supervisor config.
 //!
 //! When the supervisor runs as root, short-lived tools (initdb, pg_basebackup, pg_rewind)
