@@ -16,6 +16,9 @@
 //!   [`progress`]: the periodic progress line (bytes, rate, ETA against the exact size
 //!   of a restore or the previous backup's size as an estimate), pure;
 //! - [`manifest`]: what a backup is (engine, version, size, SHA-256, times);
+//! - [`archive`]: the whole-cluster backup file (`paas cluster backup`): a tar of the
+//!   etcd snapshot, artifacts and one backup per resource, its manifest last; written
+//!   as a stream, checked whole before a restore writes anything;
 //! - [`schedule`] (cron, what is due) and [`retention`] (what to delete): pure;
 //!   [`schedules`]: schedules and their last runs in etcd; [`runner`]: the elected
 //!   runner that takes due backups and applies retention.
@@ -30,8 +33,10 @@
 //!   a truncated or corrupted object is refused and the resource is left unchanged.
 //! - Nothing is copied to local disk on the way (uploads stream part by part; restores
 //!   stream from the store to the engine's tool).
-//! - [`schedule::due`], [`retention::expired`] and [`progress::line`] do no I/O.
+//! - [`schedule::due`], [`retention::expired`], [`progress::line`] and
+//!   [`archive::verdict`] do no I/O.
 
+pub mod archive;
 pub mod backups;
 pub mod journal;
 pub mod location;

@@ -26,7 +26,8 @@
 //!
 //! Building blocks: [`free_port`], [`ServerProcess`] (the process guard),
 //! [`require_binary`], [`OsUser`], [`Crashable`] (a runtime that dies like kill -9),
-//! [`wait_for`] (poll until a condition holds). Errors: [`FixtureError`].
+//! [`wait_for`] (poll until a condition holds), [`CutProxy`] (a TCP proxy that cuts a
+//! server off after N bytes, e.g. an S3 store in the middle of an upload). Errors: [`FixtureError`].
 //!
 //! Usage, from any crate's tests (`paas-it` as a dev-dependency):
 //!
@@ -37,6 +38,7 @@
 //! ```
 
 mod crashable;
+mod cut_proxy;
 mod error;
 mod etcd;
 mod http;
@@ -51,6 +53,7 @@ mod s3;
 mod wait;
 
 pub use crashable::Crashable;
+pub use cut_proxy::CutProxy;
 pub use error::{FixtureError, Result};
 pub use etcd::EtcdServer;
 pub use mariadb::MariaDbServer;

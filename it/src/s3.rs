@@ -97,6 +97,18 @@ impl S3Server {
         Ok(())
     }
 
+    /// The object keys in `bucket` (unsigned `ListObjectsV2`, one page: up to 1,000).
+    pub fn keys(&self, bucket: &str) -> Result<Vec<String>> {
+        let body = get(self.port, &format!("/{bucket}?list-type=2"))?;
+        Ok(elements(&body, "Key"))
+    }
+
+    /// How many multipart uploads `bucket` holds open (neither completed nor aborted).
+    pub fn open_uploads(&self, bucket: &str) -> Result<usize> {
+        let body = get(self.port, &format!("/{bucket}?uploads"))?;
+        Ok(body.matches("<Upload>").count())
+    }
+
     /// Stops the server; connections to its port are refused until [`S3Server::restart`].
     pub fn stop(&mut self) {
         self.process.stop();
@@ -138,6 +150,33 @@ fn put_bucket(port: u16, name: &str) -> Result<()> {
     }
 }
 
+/// The body of an unsigned `GET path` answered 200.
+fn get(port: u16, path: &str) -> Result<String> {
+    let what = || format!("GET {path}");
+    let answer = http::request(port, "GET", path).map_err(|answer| FixtureError::Request {
+        what: what(),
+        answer,
+    })?;
+    if answer.status == 200 {
+        Ok(answer.body)
+    } else {
+        Err(FixtureError::Request {
+            what: what(),
+            answer: format!("{} {}", answer.status, answer.body.trim()),
+        })
+    }
+}
+
+/// The texts of every `<tag>...</tag>` in `xml`, in order.
+fn elements(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(open.as_str())
+        .skip(1)
+        .filter_map(|s| s.split(close.as_str()).next())
+        .map(str::to_string)
+        .collect()
+}
+
 fn launch(dir: &Path, port: u16) -> Result<ServerProcess> {
     let mut command = Command::new("moto_server");
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
@@ -152,4 +191,16 @@ fn launch(dir: &Path, port: u16) -> Result<ServerProcess> {
         }
     })?;
     Ok(process)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elements;
+
+    #[test]
+    fn reads_elements_in_order() {
+        let xml = "<R><Contents><Key>a/1</Key></Contents><Contents><Key>b</Key></Contents></R>";
+        assert_eq!(elements(xml, "Key"), vec!["a/1", "b"]);
+        assert!(elements("<R/>", "Key").is_empty());
+    }
 }

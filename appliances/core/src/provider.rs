@@ -9,7 +9,8 @@
 //! [`Provider::backup`] (write the dump to a byte sink) and [`Provider::restore`] (load
 //! one from a byte source, atomically where the engine allows it). The backups crate owns
 //! everything else (object store, checksums, manifests, schedules); engines that do not
-//! implement the hooks answer "not supported".
+//! implement the hooks answer "not supported". A whole-cluster restore also needs
+//! [`Provider::reinstate`]: the resource re-created under its recorded credentials.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -96,6 +97,19 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// The resource's `data` as [`Provider::backup`] and [`Provider::restore`] take it,
+    /// completed from the `env` the resource gave its app: resources provisioned before
+    /// an engine's hooks existed hold their credentials only there. Providers whose data
+    /// is always complete keep the default, `data` as it is.
+    fn backup_data(
+        &self,
+        data: &serde_json::Value,
+        env: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        let _ = env;
+        data.clone()
+    }
+
     /// Writes a dump of the resource (`app`, `id`, with the provider's `data`) to
     /// `sink`, in the engine's own format, and says what it wrote. The dump is one
     /// consistent snapshot, or the hook fails. The sink is not flushed or closed here.
@@ -123,6 +137,30 @@ pub trait Provider: Send + Sync {
     ) -> Result<(), ProviderError> {
         let _ = (app, id, data, source);
         Err(ProviderError("this kind has no restore".into()))
+    }
+
+    /// Whether [`Provider::reinstate`] is implemented, so a whole-cluster backup knows
+    /// before it starts whether a restore can bring every resource back.
+    fn can_reinstate(&self) -> bool {
+        false
+    }
+
+    /// Re-creates what `provision` made for (`app`, `id`) in a fresh cluster, with the
+    /// same names and credentials it handed out then (`env`: the variables stored with
+    /// the resource, `data`: the provider's data), so the app's URLs keep working after
+    /// a whole-cluster restore; the contents come afterwards from a backup through
+    /// [`Provider::restore`]. Idempotent: existing names get the recorded password.
+    async fn reinstate(
+        &self,
+        app: &str,
+        id: &str,
+        env: &BTreeMap<String, String>,
+        data: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        let _ = (app, id, env, data);
+        Err(ProviderError(
+            "this kind cannot be reinstated by a cluster restore".into(),
+        ))
     }
 
     /// Loads the resource (`data`) as it was at `to` into another resource of the same

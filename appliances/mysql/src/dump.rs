@@ -63,8 +63,8 @@ pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 /// Why a dump or restore failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    /// The resource was provisioned before its user's password was recorded.
-    #[error("resource {0} was created before backups recorded its user's password; add a new resource to back it up")]
+    /// Neither the resource's data nor its environment holds its user's password.
+    #[error("resource {0} records no password for its user, in its data or its environment; add a new resource to back it up")]
     NoPassword(String),
     /// The tool could not be started (missing binary).
     #[error("starting {tool}: {source}")]

@@ -41,6 +41,9 @@ pub enum ProvisionError {
     /// The data handed back to `deprovision` is not what `provision` returned.
     #[error("unrecognised resource data: {0}")]
     BadData(#[from] serde_json::Error),
+    /// A resource cannot be re-created from what was recorded of it.
+    #[error("cannot reinstate the database: {0}")]
+    Reinstate(String),
     /// MariaDB refused a statement, or stayed unreachable for [`RETRY_FOR`].
     #[error("mariadb: {0}")]
     Mariadb(#[from] mysql_async::Error),
@@ -65,7 +68,8 @@ pub struct ResourceData {
     /// The database created.
     pub database: String,
     /// The user's password, which backups log in with (recorded since backups exist:
-    /// `None` for older resources, which then cannot be backed up).
+    /// `None` for older resources, whose backups take it from their environment, see
+    /// [`complete_data`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
@@ -132,18 +136,8 @@ impl MysqlProvider {
         })?;
         let password = hex::encode(rand::random::<[u8; 24]>());
         let started = Instant::now();
-        let user = format!("{}@'%'", quote(&name));
-        let db = quote_ident(&name);
-        self.with_retry(&[
-            format!(
-                "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
-                quote(&password)
-            ),
-            format!("ALTER USER {user} IDENTIFIED BY {}", quote(&password)),
-            format!("CREATE DATABASE IF NOT EXISTS {db}"),
-            format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
-        ])
-        .await?;
+        self.with_retry(&create_statements(&name, &password))
+            .await?;
         tracing::info!(%app, %id, database = %name, took = ?started.elapsed(), "mysql database provisioned");
         let (host, port) = (&self.config.host, self.config.port);
         let url = format!("mysql://{name}:{password}@{host}:{port}/{name}");
@@ -164,6 +158,27 @@ impl MysqlProvider {
                 password: Some(password),
             },
         ))
+    }
+
+    /// Re-creates user and database `data` with the password it records (what an
+    /// earlier `provision_database` handed out), for a whole-cluster restore into a
+    /// fresh cluster: the app's `DATABASE_URL` works again unchanged. Idempotent.
+    pub async fn reinstate_database(&self, data: &ResourceData) -> Result<(), ProvisionError> {
+        let Some(password) = &data.password else {
+            return Err(ProvisionError::Reinstate(
+                "the resource records no password (made before backups existed)".into(),
+            ));
+        };
+        if data.user != data.database {
+            return Err(ProvisionError::Reinstate(format!(
+                "user {:?} and database {:?} differ; provisioning makes them equal",
+                data.user, data.database
+            )));
+        }
+        self.with_retry(&create_statements(&data.user, password))
+            .await?;
+        tracing::info!(database = %data.database, "mysql database reinstated");
+        Ok(())
     }
 
     /// Ends every session of the user, drops the database and the user. Succeeds when
@@ -274,6 +289,24 @@ impl MysqlProvider {
     }
 }
 
+/// `data` with the user's password taken from the resource's `MYSQL_PASSWORD` when it
+/// records none (resources provisioned before backups recorded it there), provided the
+/// environment names the same user; any other data as it is.
+pub fn complete_data(
+    data: &serde_json::Value,
+    env: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    let Ok(mut known) = serde_json::from_value::<ResourceData>(data.clone()) else {
+        return data.clone();
+    };
+    let same_user = env.get("MYSQL_USER").is_none_or(|u| *u == known.user);
+    if known.password.is_some() || !same_user {
+        return data.clone();
+    }
+    known.password = env.get("MYSQL_PASSWORD").cloned();
+    serde_json::to_value(known).unwrap_or_else(|_| data.clone())
+}
+
 /// The controller's interface: `resource add mysql` and `resource remove`.
 #[async_trait::async_trait]
 impl paas_appliance::provider::Provider for MysqlProvider {
@@ -295,6 +328,14 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         })?;
         let data = serde_json::to_value(data).expect("ResourceData serializes");
         Ok(paas_appliance::provider::Provisioned { env, data })
+    }
+
+    fn backup_data(
+        &self,
+        data: &serde_json::Value,
+        env: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        complete_data(data, env)
     }
 
     async fn deprovision(
@@ -374,6 +415,26 @@ impl paas_appliance::provider::Provider for MysqlProvider {
             .map_err(|e| fail(e.to_string()))
     }
 
+    fn can_reinstate(&self) -> bool {
+        true
+    }
+
+    async fn reinstate(
+        &self,
+        app: &str,
+        id: &str,
+        _env: &BTreeMap<String, String>,
+        data: &serde_json::Value,
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
+        let fail = |err: ProvisionError| {
+            tracing::error!(%app, %id, error = %err, "mysql reinstate failed");
+            paas_appliance::provider::ProviderError(err.to_string())
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
+        self.reinstate_database(&data).await.map_err(fail)
+    }
+
     async fn recover(
         &self,
         member: Option<&str>,
@@ -405,6 +466,22 @@ impl paas_appliance::provider::Provider for MysqlProvider {
         tracing::warn!(cluster = %src.cluster, "{done}");
         Ok(done)
     }
+}
+
+/// The statements that make user and database `name` with `password` (creating them,
+/// or setting the password of an existing user), idempotent.
+fn create_statements(name: &str, password: &str) -> [String; 4] {
+    let user = format!("{}@'%'", quote(name));
+    let db = quote_ident(name);
+    [
+        format!(
+            "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {}",
+            quote(password)
+        ),
+        format!("ALTER USER {user} IDENTIFIED BY {}", quote(password)),
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!("GRANT ALL PRIVILEGES ON {db}.* TO {user}"),
+    ]
 }
 
 /// `<app>_<id>` reduced to `[a-z0-9_]`, at most 63 bytes.
@@ -445,6 +522,31 @@ pub fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_resources_take_their_password_from_their_environment() {
+        let env = BTreeMap::from([
+            ("MYSQL_USER".to_string(), "shop_r1".to_string()),
+            ("MYSQL_PASSWORD".to_string(), "secret".to_string()),
+        ]);
+        let old = serde_json::json!({"user": "shop_r1", "database": "shop_r1"});
+        assert_eq!(
+            complete_data(&old, &env),
+            serde_json::json!({"user": "shop_r1", "database": "shop_r1", "password": "secret"})
+        );
+        let recorded =
+            serde_json::json!({"user": "shop_r1", "database": "shop_r1", "password": "own"});
+        assert_eq!(complete_data(&recorded, &env), recorded);
+        let other = serde_json::json!({"user": "blog_r2", "database": "blog_r2"});
+        assert_eq!(
+            complete_data(&other, &env),
+            other,
+            "another user's password"
+        );
+        assert_eq!(complete_data(&old, &BTreeMap::new()), old);
+        let odd = serde_json::json!("not data");
+        assert_eq!(complete_data(&odd, &env), odd);
+    }
 
     #[test]
     fn names_are_reduced_and_bounded() {

@@ -54,6 +54,9 @@ pub enum ProvisionError {
     /// The data handed back to `deprovision` is not what `provision` returned.
     #[error("unrecognised resource data: {0}")]
     BadData(#[from] serde_json::Error),
+    /// A resource cannot be re-created from what was recorded of it.
+    #[error("cannot reinstate the database: {0}")]
+    Reinstate(String),
     /// PostgreSQL refused a statement, or stayed unreachable for [`RETRY_FOR`].
     #[error("postgres: {}", detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -277,6 +280,34 @@ impl PostgresProvider {
         ))
     }
 
+    /// Re-creates role and database `data` with `password` (what an earlier
+    /// `provision_database` handed out), for a whole-cluster restore into a fresh
+    /// cluster: the app's `DATABASE_URL` works again unchanged. Idempotent.
+    pub async fn reinstate_database(
+        &self,
+        data: &ResourceData,
+        password: &str,
+    ) -> Result<(), ProvisionError> {
+        if data.role != data.database {
+            return Err(ProvisionError::Reinstate(format!(
+                "role {:?} and database {:?} differ; provisioning makes them equal",
+                data.role, data.database
+            )));
+        }
+        if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ProvisionError::Reinstate(
+                "the recorded PGPASSWORD is not a password this provider made".into(),
+            ));
+        }
+        self.with_retry(&Op::Create {
+            name: data.role.clone(),
+            password: password.to_string(),
+        })
+        .await?;
+        tracing::info!(database = %data.database, "postgres database reinstated");
+        Ok(())
+    }
+
     /// Ends every session of the database, drops it and its role. Succeeds when they
     /// are already gone.
     pub async fn deprovision_database(&self, data: &ResourceData) -> Result<(), ProvisionError> {
@@ -467,6 +498,31 @@ impl paas_appliance::provider::Provider for PostgresProvider {
             .restore(&data, source)
             .await
             .map_err(|e| fail(e.to_string()))
+    }
+
+    fn can_reinstate(&self) -> bool {
+        true
+    }
+
+    async fn reinstate(
+        &self,
+        app: &str,
+        id: &str,
+        env: &BTreeMap<String, String>,
+        data: &serde_json::Value,
+    ) -> Result<(), paas_appliance::provider::ProviderError> {
+        let fail = |err: ProvisionError| {
+            tracing::error!(%app, %id, error = %err, "postgres reinstate failed");
+            paas_appliance::provider::ProviderError(err.to_string())
+        };
+        let data: ResourceData =
+            serde_json::from_value(data.clone()).map_err(|e| fail(e.into()))?;
+        let password = env.get("PGPASSWORD").ok_or_else(|| {
+            fail(ProvisionError::Reinstate(
+                "the resource's variables have no PGPASSWORD".into(),
+            ))
+        })?;
+        self.reinstate_database(&data, password).await.map_err(fail)
     }
 
     async fn recover(

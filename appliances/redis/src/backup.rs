@@ -59,8 +59,8 @@ const DATABASES: u32 = 16;
 /// Why a dump or restore failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    /// The resource was provisioned before its URL was recorded.
-    #[error("resource {0} was created before backups recorded its URL; add a new resource to back it up")]
+    /// Neither the resource's data nor its environment holds its URL.
+    #[error("resource {0} records no REDIS_URL, in its data or its environment; add a new resource to back it up")]
     NoUrl(String),
     /// Redis refused a command or the connection broke.
     #[error("redis: {0}")]

@@ -58,7 +58,8 @@ pub struct ResourceData {
     /// How many members it has.
     pub members: usize,
     /// The app's `REDIS_URL`, which backups connect with (recorded since backups exist:
-    /// `None` for older resources, which then cannot be backed up).
+    /// `None` for older resources, whose backups take it from their environment, see
+    /// [`complete_data`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
@@ -271,6 +272,14 @@ impl Provider for RedisProvider {
         true
     }
 
+    fn backup_data(
+        &self,
+        data: &serde_json::Value,
+        env: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        complete_data(data, env)
+    }
+
     async fn backup(
         &self,
         app: &str,
@@ -333,6 +342,22 @@ impl Provider for RedisProvider {
     }
 }
 
+/// `data` with the resource's `REDIS_URL` when it records no URL (resources
+/// provisioned before backups recorded it there); any other data as it is.
+pub fn complete_data(
+    data: &serde_json::Value,
+    env: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    let Ok(mut known) = serde_json::from_value::<ResourceData>(data.clone()) else {
+        return data.clone();
+    };
+    if known.url.is_some() {
+        return data.clone();
+    }
+    known.url = env.get("REDIS_URL").cloned();
+    serde_json::to_value(known).unwrap_or_else(|_| data.clone())
+}
+
 /// The URL a backup of resource `id` connects with.
 fn backup_url(id: &str, data: &serde_json::Value) -> Result<String, ProviderError> {
     let data: ResourceData = serde_json::from_value(data.clone())
@@ -344,6 +369,22 @@ fn backup_url(id: &str, data: &serde_json::Value) -> Result<String, ProviderErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_resources_take_their_url_from_their_environment() {
+        let env = BTreeMap::from([(
+            "REDIS_URL".to_string(),
+            "redis://default:pw@127.0.0.1:26379".to_string(),
+        )]);
+        let old = serde_json::json!({"group": "redisab", "dir": "/d", "members": 2});
+        assert_eq!(
+            complete_data(&old, &env)["url"],
+            "redis://default:pw@127.0.0.1:26379"
+        );
+        let recorded = serde_json::json!({"group": "redisab", "dir": "/d", "members": 2, "url": "redis://own"});
+        assert_eq!(complete_data(&recorded, &env), recorded);
+        assert_eq!(complete_data(&old, &BTreeMap::new()), old);
+    }
 
     #[test]
     fn group_names_come_from_resource_ids() {

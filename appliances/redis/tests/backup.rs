@@ -2,7 +2,7 @@
 //! endpoint, the provider's own `REDIS_URL`) through the provider's hooks into a local
 //! directory store: roundtrip over every type, TTLs and several databases; damaged
 //! objects and broken streams leaving the data unchanged; a backup taken under a writer
-//! restoring every key whole.
+//! restoring every key whole; the S3 store (moto) cut off in the middle of a backup.
 
 mod common;
 
@@ -397,4 +397,77 @@ async fn a_backup_under_writes_restores_every_key_whole() {
         50_001 + at_start,
         50_002 + at_end
     );
+}
+
+/// The S3 store (moto) cut off in the middle of an upload: the backup fails, is never
+/// listed, its multipart upload is aborted once the store is back and nothing of it is
+/// left; the next run succeeds and restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_cut_off_mid_backup() {
+    let s3 = paas_it::S3Server::start().expect("moto");
+    s3.create_bucket("backups").unwrap();
+    // Cut once 7 MiB went to the store: the first 5 MiB part is in, the second is not.
+    let proxy = paas_it::CutProxy::start(s3.port(), 7 * 1024 * 1024)
+        .await
+        .unwrap();
+    let location = paas_backups::Location::parse("s3://backups/clusters/main").unwrap();
+    let store = location
+        .open(&paas_backups::location::S3Options {
+            endpoint: Some(proxy.endpoint()),
+            region: Some(s3.region().into()),
+            access_key_id: Some(s3.access_key_id().into()),
+            secret_access_key: Some(s3.secret_access_key().into()),
+        })
+        .unwrap();
+    let backups = Backups::new(store).with_part_size(5 * 1024 * 1024);
+    let s = Setup::start().await;
+    let mut c = s.conn(0).await;
+    fill(&mut c, 150_000).await;
+
+    let (progress, _) = watch::channel(0);
+    let err = backups
+        .create(&s.target, Trigger::Schedule, &progress)
+        .await
+        .expect_err("the store went away");
+    assert!(proxy.is_down(), "the cut happened");
+    assert!(matches!(err, BackupError::Upload(_)), "{err}");
+    assert!(
+        s3.open_uploads("backups").unwrap() >= 1,
+        "a multipart upload was under way when the store went away"
+    );
+
+    proxy.heal();
+    assert!(backups.list("shop").await.unwrap().is_empty());
+    paas_it::wait_for(
+        "the failed upload to be aborted",
+        Duration::from_secs(60),
+        || async { s3.open_uploads("backups").unwrap() == 0 },
+    )
+    .await;
+    assert!(s3.keys("backups").unwrap().is_empty());
+
+    let sample = ["k:0", "k:77777", "k:149999"];
+    let values = async |c: &mut MultiplexedConnection| -> (u64, Vec<String>) {
+        let n: u64 = redis::cmd("DBSIZE").query_async(c).await.unwrap();
+        let v: Vec<String> = redis::cmd("MGET")
+            .arg(&sample)
+            .query_async(c)
+            .await
+            .unwrap();
+        (n, v)
+    };
+    let before = values(&mut c).await;
+    assert_eq!(before.0, 150_000);
+    let m = backups
+        .create(&s.target, Trigger::Schedule, &progress)
+        .await
+        .expect("next backup");
+    assert!(m.size > 7 * 1024 * 1024, "past the cut: {}", m.size);
+    assert_eq!(backups.list("shop").await.unwrap(), vec![m.clone()]);
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    backups.restore(&m, &s.target).await.expect("restore");
+    assert_eq!(values(&mut c).await, before);
 }

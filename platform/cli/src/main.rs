@@ -6,6 +6,7 @@
 mod attach;
 mod backups;
 mod client;
+mod cluster;
 mod commands;
 mod config;
 mod logs;
@@ -86,12 +87,19 @@ enum Command {
     /// Create releases with process types and code.
     #[command(subcommand)]
     Release(ReleaseCmd),
-    /// Set how many jobs of each process type run: TYPE=COUNT...
+    /// Set how many jobs of each process type run (TYPE=COUNT...), and their limits
+    /// (TYPE alone changes only the limits).
     Scale {
         #[arg(short, long, env = "PAAS_APP")]
         app: String,
         #[arg(required = true)]
         counts: Vec<String>,
+        /// Memory limit of each job of the named types (512M, 1G; `none` to lift it).
+        #[arg(long)]
+        memory: Option<String>,
+        /// CPU limit of each job of the named types, in CPUs (0.5, 2, 250m; `none` to lift it).
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// List an app's jobs.
     Ps {
@@ -157,6 +165,22 @@ enum Command {
 enum ClusterCmd {
     /// Hosts, the scheduler's leader, the log aggregator and every appliance's roles.
     Status,
+    /// The whole cluster in one file (admin token): an etcd snapshot, the releases'
+    /// code and a fresh backup of every resource, with a manifest of SHA-256 digests.
+    Backup {
+        /// Where to write it (`-`: stdout).
+        file: PathBuf,
+    },
+    /// Lay out a `paas cluster backup` file in an empty data dir; `paas up --data-dir
+    /// DIR` then starts with the same apps, releases, tokens and routes and restores
+    /// the resources' data. A damaged file is refused before anything is written.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new data dir (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -593,6 +617,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
         Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,
+        Command::Cluster(ClusterCmd::Backup { file }) => cluster::backup(json, &file).await,
+        Command::Cluster(ClusterCmd::Restore { file, data_dir }) => {
+            cluster::restore(json, &file, &data_dir)
+        }
         Command::Apps(AppsCmd::Create { name }) => c::apps_create(json, &name).await,
         Command::Apps(AppsCmd::List) => c::apps_list(json).await,
         Command::Apps(AppsCmd::Info { name }) => c::apps_info(json, &name).await,
@@ -645,7 +673,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             procfile,
             code,
         }) => runtime::release_add(json, &app, &procfile, code.as_deref()).await,
-        Command::Scale { app, counts } => runtime::scale(json, &app, &counts).await,
+        Command::Scale {
+            app,
+            counts,
+            memory,
+            cpu,
+        } => runtime::scale(json, &app, &counts, memory.as_deref(), cpu.as_deref()).await,
         Command::Ps { app } => runtime::ps(json, &app).await,
         Command::Kill { app, job } => runtime::kill(json, &app, &job).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),

@@ -94,34 +94,84 @@ pub async fn release_add(
     Ok(())
 }
 
-/// `paas scale -a APP web=2 worker=1`
-pub async fn scale(json: bool, app: &str, counts: &[String]) -> Result<()> {
+/// A limit flag: `None` not given, `Some(None)` lift it (`none`), `Some(Some(v))` set it.
+fn limit_flag<T>(
+    flag: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, paas_model::LimitError>,
+) -> Result<Option<Option<T>>> {
+    match flag {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("none") => Ok(Some(None)),
+        Some(v) => Ok(Some(Some(parse(v)?))),
+    }
+}
+
+/// `paas scale -a APP web=2 worker=1 [--memory 512M] [--cpu 0.5]`
+pub async fn scale(
+    json: bool,
+    app: &str,
+    counts: &[String],
+    memory: Option<&str>,
+    cpu: Option<&str>,
+) -> Result<()> {
+    let memory = limit_flag(memory, paas_model::parse_memory)?;
+    let cpu = limit_flag(cpu, paas_model::parse_cpu)?;
+    let limiting = memory.is_some() || cpu.is_some();
     let mut processes = BTreeMap::new();
+    let mut named = Vec::new();
     for c in counts {
-        let (kind, n) = c
-            .split_once('=')
-            .with_context(|| format!("{c:?} is not TYPE=COUNT"))?;
-        let n: u32 = n
-            .parse()
-            .with_context(|| format!("{c:?}: count must be a number"))?;
-        processes.insert(kind.to_string(), n);
+        match c.split_once('=') {
+            Some((kind, n)) => {
+                let n: u32 = n
+                    .parse()
+                    .with_context(|| format!("{c:?}: count must be a number"))?;
+                processes.insert(kind.to_string(), n);
+                named.push(kind.to_string());
+            }
+            None if limiting => named.push(c.clone()),
+            None => bail!("{c:?} is not TYPE=COUNT (TYPE alone only with --memory or --cpu)"),
+        }
     }
     let client = Client::new(config::load()?)?;
+    let mut limits = BTreeMap::new();
+    if limiting {
+        // Only the flags given change: the rest of each type's limits is kept.
+        let current: paas_model::Formation = serde_json::from_value(
+            client
+                .call(Method::GET, &format!("/apps/{app}/formation"), NO_BODY)
+                .await?,
+        )
+        .context("reading the formation")?;
+        for kind in &named {
+            let mut l = current.limits_of(kind);
+            if let Some(m) = memory {
+                l.memory = m;
+            }
+            if let Some(c) = cpu {
+                l.cpu_millis = c;
+            }
+            limits.insert(kind.clone(), l);
+        }
+    }
     let formation: Value = client
         .call(
             Method::PUT,
             &format!("/apps/{app}/formation"),
-            Some(&json!({ "processes": processes })),
+            Some(&json!({ "processes": processes, "limits": limits })),
         )
         .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&formation)?);
     } else {
-        let parts: Vec<String> = formation["processes"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={v}"))
+        let f: paas_model::Formation =
+            serde_json::from_value(formation).context("reading the formation")?;
+        let parts: Vec<String> = f
+            .processes
+            .iter()
+            .map(|(k, v)| match f.limits.get(k) {
+                Some(l) => format!("{k}={v} ({l})"),
+                None => format!("{k}={v}"),
+            })
             .collect();
         println!(
             "Scaled {app} to {}",

@@ -215,6 +215,41 @@ fn scale_restart_reschedule_and_run() {
         })
     });
 
+    // Limits: the web jobs roll over to jobs in cgroups with the new limits.
+    let before: Vec<String> = jobs(home)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let out = ok(paas(
+        home,
+        &[
+            "scale", "-a", "shop", "web", "--memory", "256M", "--cpu", "0.5",
+        ],
+    ));
+    assert!(out.contains("web=3 (memory 256 MiB, cpu 0.5)"), "{out}");
+    let j = wait_jobs(home, 60, "3 new web jobs up under limits", |j| {
+        j.len() == 3
+            && up_count(j) == 3
+            && j.iter()
+                .all(|x| !before.iter().any(|b| x["id"] == b.as_str()))
+    });
+    for job in &j {
+        let pid = job["pid"].as_u64().unwrap();
+        let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let memory = groups.lines().find(|l| l.contains(":memory:")).unwrap();
+        assert!(
+            memory.ends_with(&format!(
+                "/paas-jobs/{}/{}",
+                job["host"].as_str().unwrap(),
+                job["id"].as_str().unwrap()
+            )),
+            "{job}: {groups}"
+        );
+    }
+    let refused = paas(home, &["scale", "-a", "shop", "web", "--memory", "1M"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("at least 16M"));
+
     // The router serves every app at <app>.localhost, and added routes, spreading
     // requests over the web jobs of both hosts.
     for _ in 0..6 {

@@ -3,6 +3,7 @@
 
 mod attach;
 pub mod backups;
+mod cluster_backup;
 pub mod drain_policy;
 pub mod logs;
 pub mod pitr;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{id}", delete(revoke_token))
         .merge(backups::routes())
         .merge(pitr::routes())
+        .merge(cluster_backup::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

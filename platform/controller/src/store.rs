@@ -255,6 +255,7 @@ impl Store {
             .unwrap_or_else(|| Formation {
                 app: app.to_string(),
                 processes: BTreeMap::new(),
+                limits: Default::default(),
             }))
     }
 

@@ -692,6 +692,71 @@ async fn releases_formations_and_jobs() {
     let (_, f) = api.admin("GET", "/apps/shop/formation", None).await;
     assert_eq!(f["processes"], json!({"web": 3}));
 
+    // Limits per type: set without changing counts, kept by a later count change,
+    // cleared with an empty object; nonsense refused.
+    let (s, f) = api
+        .admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"limits": {"web": {"memory": 536870912, "cpu_millis": 500}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{f}");
+    assert_eq!(f["processes"], json!({"web": 3}));
+    assert_eq!(
+        f["limits"]["web"],
+        json!({"memory": 536870912, "cpu_millis": 500})
+    );
+    let (_, f) = api
+        .admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"processes": {"web": 2}})),
+        )
+        .await;
+    assert_eq!(f["limits"]["web"]["memory"], 536870912, "{f}");
+    assert_error(
+        &api.admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"limits": {"web": {"memory": 4096}}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "at least 16 MiB",
+    );
+    assert_error(
+        &api.admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"limits": {"web": {"cpu_millis": 1}}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "between 0.01 and 64",
+    );
+    assert_error(
+        &api.admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"limits": {"db": {"memory": 536870912}}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "no process type \"db\"",
+    );
+    let (_, f) = api
+        .admin(
+            "PUT",
+            "/apps/shop/formation",
+            Some(json!({"processes": {"web": 3}, "limits": {"web": {}}})),
+        )
+        .await;
+    assert_eq!(f.get("limits"), None, "{f}");
+
     // Jobs as the scheduler and a host would write them.
     let coord = paas_coord::Coord::connect(
         &[api._etcd.endpoint()],

@@ -61,6 +61,9 @@ pub enum CoordError {
         #[source]
         source: serde_json::Error,
     },
+    /// Writing a snapshot to its destination failed ([`crate::Coord::snapshot`]).
+    #[error("cannot write the etcd snapshot: {0}")]
+    Sink(#[source] std::io::Error),
     /// A lease this operation depends on is gone (expired, revoked or unrenewable).
     #[error("lease {lease:x} lost: {reason}")]
     LeaseLost {

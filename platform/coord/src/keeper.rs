@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// The runtime every lease keeper of this process runs on, started on first use.
 pub(crate) fn handle() -> &'static Handle {
@@ -32,11 +32,37 @@ pub(crate) fn handle() -> &'static Handle {
 
 /// An etcd connection for keep-alives, opened lazily on the keeper runtime; clones of a
 /// [`crate::Coord`] share it.
+///
+/// The connection goes to one endpoint at a time, the next one in the list each time a
+/// new connection is opened. A keeper whose renewal failed or went unanswered drops the
+/// connection ([`KeeperClient::reset`]) and its next renewal goes to the next member:
+/// a member that died silently (a dead machine, a cut link: no reset, no close) would
+/// otherwise hold every keep-alive stream on it until HTTP/2's keep-alive ping gives up,
+/// longer than a short lease lives; and a channel balanced over every endpoint keeps
+/// handing renewals to a member that refuses connections (it reports that member ready,
+/// and a new channel reports it first, since a refusal comes before any TLS handshake).
 #[derive(Clone)]
 pub(crate) struct KeeperClient {
     endpoints: Arc<Vec<String>>,
     options: ConnectOptions,
-    client: Arc<OnceCell<Client>>,
+    client: Arc<Mutex<Slot>>,
+}
+
+/// The current connection, and how many were opened (which also picks the endpoint
+/// of the next one).
+#[derive(Default)]
+struct Slot {
+    opened: u64,
+    current: Option<Connection>,
+}
+
+/// One opened connection and its generation (how many were opened before it).
+#[derive(Clone)]
+pub(crate) struct Connection {
+    /// The client over it.
+    pub(crate) client: Client,
+    /// Which connection this is, for [`KeeperClient::reset`].
+    pub(crate) generation: u64,
 }
 
 impl KeeperClient {
@@ -45,18 +71,44 @@ impl KeeperClient {
         KeeperClient {
             endpoints: Arc::new(endpoints),
             options,
-            client: Arc::new(OnceCell::new()),
+            client: Arc::new(Mutex::new(Slot::default())),
         }
     }
 
-    /// The connection; must be called from a task on [`handle`] so the connection's own
-    /// tasks run there.
-    pub(crate) async fn get(&self) -> Result<Client, etcd_client::Error> {
-        self.client
-            .get_or_try_init(|| {
-                Client::connect(self.endpoints.as_slice(), Some(self.options.clone()))
-            })
-            .await
-            .cloned()
+    /// The connection, opened if there is none; must be called from a task on
+    /// [`handle`] so the connection's own tasks run there.
+    pub(crate) async fn get(&self) -> Result<Connection, etcd_client::Error> {
+        let mut slot = self.client.lock().await;
+        if let Some(conn) = &slot.current {
+            return Ok(conn.clone());
+        }
+        if self.endpoints.is_empty() {
+            return Err(etcd_client::Error::InvalidArgs("no etcd endpoints".into()));
+        }
+        // Processes start at different members, so their renewals are spread.
+        let first = std::process::id() as usize;
+        let endpoint = &self.endpoints[(first + slot.opened as usize) % self.endpoints.len()];
+        let client = Client::connect([endpoint], Some(self.options.clone())).await?;
+        let conn = Connection {
+            client,
+            generation: slot.opened,
+        };
+        slot.opened += 1;
+        slot.current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops connection `generation` if it is still the current one (a renewal over it
+    /// failed); the next [`KeeperClient::get`] opens a new one, to the next endpoint. Streams already
+    /// open on it keep it until they are dropped.
+    pub(crate) async fn reset(&self, generation: u64) {
+        let mut slot = self.client.lock().await;
+        if slot
+            .current
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
+        {
+            slot.current = None;
+        }
     }
 }

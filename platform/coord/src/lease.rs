@@ -16,6 +16,13 @@
 //! assumes clock *rates* are close (no assumption on clock offsets); `t/4` is the
 //! margin for rate drift, scheduling delay and the holder's reaction.
 //!
+//! One renewal waits at most a sixth of the TTL for its answer; a failed or unanswered
+//! one drops the keeper's connection, and the next renewal goes over a new one to the
+//! next etcd member (`crate::keeper`). A member that died silently (a dead machine, a
+//! cut link) answers nothing and closes nothing, and HTTP/2's keep-alive ping notices
+//! only after about 8 s, longer than a 5 s lease lives: the retries at another member
+//! renew in time.
+//!
 //! Keepers run on the process's lease keeper runtime (`crate::keeper`), over their own
 //! connection, so a busy process does not delay its renewals.
 //!
@@ -100,6 +107,19 @@ pub(crate) enum Next {
 /// renewal (see the module doc for the timing argument).
 pub(crate) fn safe_deadline(valid_until: Instant, ttl: Duration) -> Instant {
     valid_until - ttl / 4
+}
+
+/// How long one renewal may wait for its answer: a sixth of the TTL, so a renewal lost
+/// on a connection to a member that died silently leaves time for two more, over a new
+/// connection, before the safe deadline.
+fn attempt_timeout(ttl: Duration) -> Duration {
+    ttl / 6
+}
+
+/// When a renewal sent at `sent_at` is given up: after [`attempt_timeout`], and never
+/// after the safe deadline. Pure.
+pub(crate) fn attempt_deadline(sent_at: Instant, valid_until: Instant, ttl: Duration) -> Instant {
+    (sent_at + attempt_timeout(ttl)).min(safe_deadline(valid_until, ttl))
 }
 
 /// How long to wait before retrying a failed renewal.
@@ -282,18 +302,28 @@ async fn keep_alive(
     state: watch::Sender<LeaseState>,
 ) {
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    // The keeper connection the stream is on (see `KeeperClient::reset`).
+    let mut generation: Option<u64> = None;
     let mut next = Instant::now() + ttl / 3;
     loop {
         tokio::time::sleep_until(next).await;
         let sent_at = Instant::now();
-        let deadline = safe_deadline(valid_until, ttl);
-        let renewal = renew(&coord, id, ttl, &mut stream);
+        let deadline = attempt_deadline(sent_at, valid_until, ttl);
+        let renewal = renew(&coord, id, ttl, &mut stream, &mut generation);
         let attempt = match tokio::time::timeout_at(deadline, renewal).await {
             Ok(attempt) => attempt,
-            Err(_) => Attempt::Failed("no answer before the safe deadline".into()),
+            Err(_) => Attempt::Failed(format!(
+                "no answer within {:?}",
+                deadline.saturating_duration_since(sent_at)
+            )),
         };
         if matches!(attempt, Attempt::Failed(_)) {
             stream = None;
+            // The connection may be to a member that died silently: the next attempt
+            // opens another.
+            if let Some(g) = generation.take() {
+                coord.keeper.reset(g).await;
+            }
         }
         match after_attempt(sent_at, Instant::now(), attempt, valid_until, ttl) {
             Next::RenewAt {
@@ -316,19 +346,22 @@ async fn keep_alive(
 }
 
 /// One renewal over the keep-alive stream, opening it first when needed (opening it
-/// renews once, to the granted `ttl`).
+/// renews once, to the granted `ttl`; `generation` is set to the keeper connection it
+/// is opened on).
 async fn renew(
     coord: &Coord,
     id: i64,
     ttl: Duration,
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    generation: &mut Option<u64>,
 ) -> Attempt {
     let Some((keeper, responses)) = stream else {
-        let client = match coord.keeper.get().await {
-            Ok(client) => client,
+        let conn = match coord.keeper.get().await {
+            Ok(conn) => conn,
             Err(err) => return Attempt::Failed(format!("keep-alive connection: {err}")),
         };
-        return match client.lease_client().keep_alive(id).await {
+        *generation = Some(conn.generation);
+        return match conn.client.lease_client().keep_alive(id).await {
             Ok(opened) => {
                 *stream = Some(opened);
                 Attempt::Renewed {
@@ -381,6 +414,20 @@ mod tests {
         let t0 = Instant::now();
         let next = after_attempt(t0, t0, Attempt::Renewed { ttl_secs: 0 }, t0 + TTL, TTL);
         assert_eq!(next, Next::Lost(LostReason::Expired));
+    }
+
+    #[test]
+    fn an_attempt_waits_a_sixth_of_the_ttl_and_never_past_the_safe_deadline() {
+        let t0 = Instant::now();
+        let valid_until = t0 + TTL; // safe deadline at t0 + 3 s
+        assert_eq!(
+            attempt_deadline(t0 + ms(1333), valid_until, TTL),
+            t0 + ms(1333) + ms(666) + Duration::from_nanos(666_666)
+        );
+        assert_eq!(
+            attempt_deadline(t0 + ms(2800), valid_until, TTL),
+            t0 + ms(3000)
+        );
     }
 
     #[test]

@@ -90,7 +90,8 @@
 //! its module doc holds the timing argument), `keeper` (the thread and connection
 //! every keep-alive of the process runs on, apart from everything else), `watch` (prefix snapshots without gaps,
 //! [`Coord::watch_prefix`]), `registry` (registrations and service watches), `election`
-//! (leaders and fencing tokens), `error`. Decisions are pure functions next to the I/O
+//! (leaders and fencing tokens), `maintenance` (the whole keyspace's snapshot and prefix
+//! deletion, for cluster backup and restore), `error`. Decisions are pure functions next to the I/O
 //! that uses them: `first_failed_check`,
 //! `lease::after_attempt`, `watch::apply`, `election::is_ours`.
 //!
@@ -109,6 +110,7 @@ mod error;
 mod keeper;
 mod keys;
 mod lease;
+mod maintenance;
 mod registry;
 mod task;
 pub mod tls;
@@ -119,5 +121,6 @@ pub use docs::{Batch, Entry};
 pub use election::{FencingToken, Leader, LeaderWatch, Leadership, LeadershipLost};
 pub use error::{CoordError, Result};
 pub use lease::{Lease, LeaseState, LostReason};
+pub use maintenance::SnapshotInfo;
 pub use registry::{Registration, ServiceSnapshot, ServiceWatch};
 pub use watch::{DocWatch, Snapshot};

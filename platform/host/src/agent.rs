@@ -280,6 +280,7 @@ async fn prepare(shared: &Shared, job: &Job) -> Result<Prepared, PrepareError> {
             shim: shared.cfg.shim.clone(),
             user,
             groups: shared.groups.clone(),
+            cgroups: shared.cgroups.clone(),
         },
     })
 }

@@ -174,6 +174,7 @@ async fn start(shared: &Shared, request: &RunRequest) -> Result<OneOff, Response
         process_type: "run".into(),
         host: shared.cfg.id.clone(),
         created_at: Utc::now(),
+        limits: Default::default(),
     };
     let addr = std::net::TcpListener::bind((shared.cfg.job_ip, 0))
         .and_then(|l| l.local_addr())

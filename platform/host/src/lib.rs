@@ -8,6 +8,7 @@
 //! - `status_writer` the one writer of every job's status and discovery entry: newest
 //!   state per key, up to 100 keys per etcd transaction, one transaction at a time.
 //! - [`supervisor`] one job's process group: spawn, restart with backoff, health, stop.
+//! - [`cgroups`]    memory and CPU limits: one cgroup per limited job, entered at exec.
 //! - [`shim`]       the tiny process between the agent and each job that kills the job's
 //!   whole group when the agent dies (the `job-shim` subcommand of the agent's binary).
 //! - [`reaper`]     records of the groups started (`DATA_DIR/groups`) and the start-up
@@ -38,6 +39,7 @@ pub mod api;
 pub mod artifacts;
 pub mod attach;
 pub mod capture;
+pub mod cgroups;
 pub mod health;
 pub mod reaper;
 pub mod shim;
@@ -57,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::Artifacts;
 use crate::capture::LogSink;
+use crate::cgroups::Cgroups;
 use crate::reaper::{Groups, Verdict};
 use crate::shim::Shim;
 use crate::users::JobUsers;
@@ -160,6 +163,7 @@ pub(crate) struct Shared {
     pub(crate) sink: LogSink,
     pub(crate) groups: Groups,
     pub(crate) users: JobUsers,
+    pub(crate) cgroups: Cgroups,
     /// The host lease while registered, for what the API publishes (one-off jobs'
     /// statuses); cleared before the agent revokes it.
     pub(crate) lease: std::sync::RwLock<Option<Arc<paas_coord::Lease>>>,
@@ -188,6 +192,8 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
     if !swept.is_empty() {
         tracing::warn!(users = ?swept, "killed processes an earlier run's jobs left under their users");
     }
+    let cgroups = Cgroups::detect(&cfg.id);
+    cgroups.sweep();
     clear_leftovers(&cfg.data_dir, &cfg.artifacts_dir).await;
     let coord = Coord::connect(&cfg.etcd_endpoints, &cfg.prefix, CONNECT_TIMEOUT).await?;
     let shipper = match cfg.log_addr {
@@ -218,6 +224,7 @@ pub async fn run(cfg: HostConfig, shutdown: CancellationToken) -> Result<(), Hos
         sink,
         groups,
         users,
+        cgroups,
         lease: std::sync::RwLock::new(None),
         releases: Default::default(),
     });

@@ -24,13 +24,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paas_logshipper::Stream;
-use paas_model::{Job, JobState};
+use paas_model::{format_memory, Job, JobState};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, LineOrigin, LogSink};
+use crate::cgroups::{Cgroups, JobCgroup};
 use crate::health::{self, Check, Exposure};
 use crate::reaper::Groups;
 use crate::shim::Shim;
@@ -131,7 +132,8 @@ pub fn job_env(
 }
 
 /// Spawns `sh -c command` under `shim`, the shim leading a new process group, with
-/// exactly `env`, in `workdir`, as `user` when given, stdout and stderr piped. The child
+/// exactly `env`, in `workdir`, as `user` when given, in `cgroup` when given, stdout
+/// and stderr piped. The child
 /// is the shim: its pid is the group's id and its exit mirrors the job's.
 pub fn spawn_group(
     shim: &Shim,
@@ -140,10 +142,14 @@ pub fn spawn_group(
     workdir: &Path,
     user: Option<u32>,
     stdin: Stdio,
+    cgroup: Option<&JobCgroup>,
 ) -> std::io::Result<Child> {
     let mut cmd = shim.command("sh".as_ref(), &["-c".as_ref(), command.as_ref()], user);
     cmd.stdin(stdin);
     group_command(&mut cmd, env, workdir);
+    if let Some(c) = cgroup {
+        c.enter_at_exec(&mut cmd);
+    }
     cmd.spawn()
 }
 
@@ -286,6 +292,8 @@ pub struct JobSpec {
     pub user: Option<Arc<JobUser>>,
     /// Where the job's process groups are recorded.
     pub groups: Groups,
+    /// Where the job's cgroup goes when it has limits.
+    pub cgroups: Cgroups,
 }
 
 impl JobSpec {
@@ -312,8 +320,35 @@ pub async fn supervise(
 ) {
     let mut streak = 0;
     let mut restarts = 0;
+    // The job's cgroup when it has limits: made before the first start, kept across
+    // restarts, removed when the job ends.
+    let mut cgroup: Option<JobCgroup> = None;
     loop {
         let started = Instant::now();
+        if cgroup.is_none() && !spec.job.limits.is_unlimited() {
+            match spec.cgroups.create(&spec.job.id, &spec.job.limits) {
+                Ok(c) => cgroup = Some(c),
+                Err(e) => {
+                    tracing::warn!(job = %spec.job.id, error = %e, limits = %spec.job.limits, "cannot enforce the job's limits");
+                    let next = backoff(streak, Duration::ZERO);
+                    if !crashed(
+                        &report,
+                        &stop,
+                        format!("cannot start: {e}"),
+                        &next,
+                        restarts,
+                    )
+                    .await
+                    {
+                        return;
+                    }
+                    streak = next.streak;
+                    restarts += 1;
+                    continue;
+                }
+            }
+        }
+        let oom_before = cgroup.as_ref().map_or(0, JobCgroup::oom_kills);
         let mut child = match spawn_group(
             &spec.shim,
             &spec.command,
@@ -321,6 +356,7 @@ pub async fn supervise(
             &spec.workdir,
             spec.user.as_ref().map(|u| u.id),
             Stdio::null(),
+            cgroup.as_ref(),
         ) {
             Ok(child) => child,
             Err(e) => {
@@ -379,7 +415,17 @@ pub async fn supervise(
                 });
                 return;
             }
-            Ended::Exited(how) => how,
+            Ended::Exited(how) => match &cgroup {
+                Some(c) if c.oom_kills() > oom_before => format!(
+                    "{how}: out of memory (limit {})",
+                    spec.job
+                        .limits
+                        .memory
+                        .map(format_memory)
+                        .unwrap_or_default()
+                ),
+                _ => how,
+            },
             Ended::Unhealthy(why) => {
                 terminate(&mut child, spec.stop_grace).await;
                 format!("health check failed: {why}")
@@ -581,6 +627,7 @@ mod tests {
             process_type: "web".into(),
             host: "h1".into(),
             created_at: Utc::now(),
+            limits: Default::default(),
         };
         let release: BTreeMap<String, String> =
             [("PORT", "1"), ("DATABASE_URL", "pg://x"), ("HOME", "/h")]

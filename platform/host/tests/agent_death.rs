@@ -122,6 +122,7 @@ impl Fixture {
             process_type: "worker".into(),
             host: host.into(),
             created_at: Utc::now(),
+            limits: Default::default(),
         };
         self.put(&keys::placement(host, job), &placement).await;
     }
@@ -332,9 +333,27 @@ async fn a_killed_shim_takes_its_job_with_it_and_the_agent_restarts_the_job() {
 async fn the_shim_mirrors_exit_codes_and_signals() {
     let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = spawn_group(&shim(), "exit 7", &env, dir.path(), None, Stdio::null()).unwrap();
+    let mut c = spawn_group(
+        &shim(),
+        "exit 7",
+        &env,
+        dir.path(),
+        None,
+        Stdio::null(),
+        None,
+    )
+    .unwrap();
     assert_eq!(exit_code(c.wait().await.unwrap()), 7);
-    let mut c = spawn_group(&shim(), "sleep 30", &env, dir.path(), None, Stdio::null()).unwrap();
+    let mut c = spawn_group(
+        &shim(),
+        "sleep 30",
+        &env,
+        dir.path(),
+        None,
+        Stdio::null(),
+        None,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = terminate(&mut c, Duration::from_secs(5)).await.unwrap();
     assert_eq!(exit_code(status), 128 + libc::SIGTERM);
@@ -354,6 +373,7 @@ async fn terminate_kills_a_group_that_ignores_sigterm() {
         dir.path(),
         None,
         Stdio::null(),
+        None,
     )
     .unwrap();
     let pid_file = dir.path().join("child.pid");

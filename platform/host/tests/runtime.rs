@@ -187,6 +187,7 @@ impl Cluster {
         let f = Formation {
             app: app.into(),
             processes: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            limits: Default::default(),
         };
         self.put(&keys::formation(app), &f).await;
     }
@@ -847,6 +848,7 @@ async fn bad_placements_are_reported_and_do_not_stop_the_agent() {
         process_type: process_type.into(),
         host: "h1".into(),
         created_at: Utc::now(),
+        limits: Default::default(),
     };
     // Written as the scheduler would (no scheduler runs here): garbage, a job of a
     // release that does not exist, a type without a command, and a good job.
@@ -928,6 +930,7 @@ async fn an_agent_that_loses_its_lease_registers_again() {
         process_type: "worker".into(),
         host: "h1".into(),
         created_at: Utc::now(),
+        limits: Default::default(),
     };
     c.put(&keys::placement("h1", &job.id), &job).await;
     let before = c.wait_up("shop", 1, 1, Duration::from_secs(30)).await;
@@ -958,6 +961,147 @@ async fn an_agent_that_loses_its_lease_registers_again() {
         (before[0].pid, before[0].restarts)
     );
 
+    a1.stop.cancel();
+    a1.task.await.unwrap().unwrap();
+}
+
+/// The cgroup directory of `pid` in the hierarchy mounted at `mount` whose
+/// `/proc/PID/cgroup` line names `controller`.
+fn cgroup_dir_of(pid: u32, controller: &str, mount: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            list.split(',').any(|c| c == controller).then_some(path)
+        })
+        .unwrap_or_else(|| panic!("no {controller} line in {text}"));
+    Path::new(mount).join(path.trim_start_matches('/'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_under_their_memory_and_cpu_limits() {
+    let bases = paas_host::cgroups::Cgroups::detect("h1")
+        .bases()
+        .cloned()
+        .expect("this test needs cgroup memory and cpu controllers (run as root)");
+    let c = Cluster::start().await;
+    let a1 = c.agent("h1", [127, 0, 0, 11]);
+    c.release(
+        "shop",
+        1,
+        &[
+            ("capped", "sleep 1000 & exec sleep 1000"),
+            (
+                "hog",
+                "exec python3 -c 'import time; b = bytearray(256 << 20); time.sleep(1000)'",
+            ),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    let job = |id: &str, process_type: &str, limits: paas_model::Limits| Job {
+        id: id.into(),
+        app: "shop".into(),
+        release: 1,
+        process_type: process_type.into(),
+        host: "h1".into(),
+        created_at: Utc::now(),
+        limits,
+    };
+    let capped = job(
+        "capped",
+        "capped",
+        paas_model::Limits {
+            memory: Some(64 << 20),
+            cpu_millis: Some(200),
+        },
+    );
+    let hog = job(
+        "hog",
+        "hog",
+        paas_model::Limits {
+            memory: Some(64 << 20),
+            cpu_millis: None,
+        },
+    );
+    for j in [&capped, &hog] {
+        c.put(&keys::placement("h1", &j.id), j).await;
+    }
+    // The hog is killed by the kernel at its limit, and the status says why.
+    wait_for(
+        "the hog killed for memory",
+        Duration::from_secs(30),
+        || async {
+            c.statuses().await.iter().any(|s| {
+                s.id == "hog"
+                    && s.state == JobState::Crashed
+                    && s.message.contains("out of memory (limit 64 MiB)")
+            })
+        },
+    )
+    .await;
+
+    // The capped job, the shim and what the job forked are in the job's groups, with
+    // the formation's limits.
+    let status = c
+        .statuses()
+        .await
+        .into_iter()
+        .find(|s| s.id == "capped" && s.state == JobState::Up)
+        .expect("capped job up");
+    let shim = status.pid.unwrap();
+    let (mem_mount, cpu_mount) = match bases.version {
+        paas_host::cgroups::Version::V1 => (
+            bases
+                .memory
+                .ancestors()
+                .find(|p| p.parent() == Some(Path::new("/sys/fs/cgroup")))
+                .unwrap()
+                .to_path_buf(),
+            bases
+                .cpu
+                .ancestors()
+                .find(|p| p.parent() == Some(Path::new("/sys/fs/cgroup")))
+                .unwrap()
+                .to_path_buf(),
+        ),
+        paas_host::cgroups::Version::V2 => {
+            panic!("written for the legacy hierarchy of these machines")
+        }
+    };
+    let memory = cgroup_dir_of(shim, "memory", mem_mount.to_str().unwrap());
+    let cpu = cgroup_dir_of(shim, "cpu", cpu_mount.to_str().unwrap());
+    assert_eq!(memory, bases.memory.join("capped"));
+    assert_eq!(cpu, bases.cpu.join("capped"));
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(
+        read(memory.join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "20000");
+    assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+    let members: Vec<u32> = read(memory.join("cgroup.procs"))
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        members.len(),
+        3,
+        "shim, job and its background child: {members:?}"
+    );
+    assert!(members.contains(&shim));
+
+    // Removing the placements stops the jobs and removes their groups.
+    for id in ["capped", "hog"] {
+        c.remove(&keys::placement("h1", id)).await;
+    }
+    wait_for("job cgroups removed", Duration::from_secs(20), || async {
+        !memory.exists() && !cpu.exists() && !bases.memory.join("hog").exists()
+    })
+    .await;
     a1.stop.cancel();
     a1.task.await.unwrap().unwrap();
 }

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::Limits;
+
 /// An application: a name and a pointer to its current release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -61,6 +63,16 @@ pub struct Formation {
     pub app: String,
     /// Process type -> number of jobs.
     pub processes: BTreeMap<String, u32>,
+    /// Process type -> limits of its jobs (types not named are unlimited).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Limits>,
+}
+
+impl Formation {
+    /// The limits of `process_type`'s jobs.
+    pub fn limits_of(&self, process_type: &str) -> Limits {
+        self.limits.get(process_type).copied().unwrap_or_default()
+    }
 }
 
 /// A host agent, registered on a lease: the key vanishes when the agent dies.
@@ -92,6 +104,9 @@ pub struct Job {
     pub host: String,
     /// When the scheduler placed it.
     pub created_at: DateTime<Utc>,
+    /// Memory and CPU limits the host enforces (the formation's when it was placed).
+    #[serde(default, skip_serializing_if = "Limits::is_unlimited")]
+    pub limits: Limits,
 }
 
 /// Lifecycle state of a job as reported by its host.

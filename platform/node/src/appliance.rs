@@ -379,6 +379,7 @@ async fn ensure_system_app(
     let formation = Formation {
         app: app.to_string(),
         processes: processes.keys().map(|k| (k.clone(), 1)).collect(),
+        limits: Default::default(),
     };
     store.put_formation(&formation).await
 }

@@ -15,7 +15,10 @@
 //! - [`postgres`]: PostgreSQL's `ApplianceKind` and `paas appliance postgres`;
 //! - [`mysql`]: MariaDB's `ApplianceKind` and `paas appliance mysql`;
 //! - [`redis`]: a Redis replication group per resource (the Redis provider's group
-//!   runner on the common launcher) and `paas appliance redis`.
+//!   runner on the common launcher) and `paas appliance redis`;
+//! - [`restore`]: `paas cluster restore` (a backup file laid out in an empty data dir,
+//!   etcd's snapshot restored) and the part `paas up` finishes (old process records
+//!   deleted, resources re-created and their data loaded).
 //!
 //! Invariants:
 //! - Nothing but the CLI imports this crate; it talks to etcd only through `paas-coord`.
@@ -30,5 +33,6 @@ pub mod mysql;
 pub mod pki;
 pub mod postgres;
 pub mod redis;
+pub mod restore;
 pub mod router;
 pub mod up;

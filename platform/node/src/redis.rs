@@ -284,6 +284,7 @@ impl GroupRunner for NodeRunner {
                 .put_formation(&Formation {
                     app: app.clone(),
                     processes: BTreeMap::new(),
+                    limits: Default::default(),
                 })
                 .await
                 .map_err(|e| fail(format!("scaling {app} to zero: {e}")))?;

@@ -24,6 +24,7 @@
 //!                        group.json (members, endpoint port)
 //! DATA_DIR/mysql/        the MariaDB members' data (myN/) and superuser password (--appliance mysql=N)
 //! DATA_DIR/bin/paas      link to the running binary (the Postgres members' command)
+//! DATA_DIR/restore/      left by `paas cluster restore` until this finishes it (`restore.rs`)
 //! ```
 
 use crate::appliance::ApplianceKind;
@@ -127,6 +128,11 @@ pub struct UpArgs {
     /// Default: DATA_DIR/backups.
     #[arg(long, env = "PAAS_BACKUP_STORE")]
     pub backup_store: Option<String>,
+    /// IP address this host's jobs listen on and are registered at (as `paas host
+    /// --job-ip`): another host's router reaches them there, so with joined hosts it is
+    /// an address of this machine the others can route to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub job_ip: std::net::IpAddr,
     /// The HTTP router's flags.
     #[command(flatten)]
     pub router: crate::router::RouterArgs,
@@ -309,6 +315,14 @@ async fn serve(
         .ensure_admin_token(&admin_token)
         .await
         .context("cannot store the admin token")?;
+    // A data dir made by `paas cluster restore`: the old cluster's process records go
+    // before anything runs; the resources' data comes back once the appliances are up.
+    let restoring = crate::restore::prepare(
+        controller.state().store.coord(),
+        data_dir,
+        args.etcd.is_some(),
+    )
+    .await?;
 
     // The identity directory: the embedded etcd's, or the one given with --etcd.
     let pki = match (&args.etcd, &args.etcd_tls_dir) {
@@ -360,7 +374,7 @@ async fn serve(
             id: crate::host::hostname(),
             etcd: endpoints.to_vec(),
             data_dir: data_dir.join("host"),
-            job_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            job_ip: args.job_ip,
             api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             artifacts: data_dir.join("artifacts"),
             log_addr: logs.syslog_addr(),
@@ -410,6 +424,10 @@ async fn serve(
         let (backups, backup_location) =
             crate::backups::open(data_dir, args.backup_store.as_deref(), logs.syslog_addr())?;
         controller = controller.with_backups(backups.clone());
+        if let Some(pending) = &restoring {
+            let state = controller.state();
+            crate::restore::finish(pending, data_dir, &state.store, &state.providers).await?;
+        }
         crate::backups::run_schedules(
             controller.state(),
             backups,
@@ -702,6 +720,13 @@ fn etcd_addrs(dir: &Path) -> Result<(std::net::IpAddr, Ports)> {
             etcd_peer: 12380,
         },
     ))
+}
+
+/// The peer URL the embedded etcd of `data_dir` (canonical) advertises, which a
+/// snapshot restored into `data_dir/etcd` must record as its member's.
+pub(crate) fn etcd_peer_url(data_dir: &Path) -> Result<String> {
+    let (host, ports) = etcd_addrs(data_dir)?;
+    Ok(format!("https://{host}:{}", ports.etcd_peer))
 }
 
 /// Starts the embedded etcd and waits until it answers.

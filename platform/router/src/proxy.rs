@@ -64,6 +64,13 @@ pub struct Limits {
     pub pool_idle_timeout: Duration,
     /// How long a backend that refused a connection is skipped (while others are left).
     pub down_after_refusal: Duration,
+    /// How long bytes sent to a backend may stay unacknowledged before its connection is
+    /// dropped (`TCP_USER_TIMEOUT`). A backend whose machine died or whose link was cut
+    /// answers nothing, not even a reset: without this, a request sent on a kept-alive
+    /// connection to it waits the whole backend timeout (504); with it, the connection
+    /// fails within this time and an idempotent request goes to another backend. A live
+    /// backend's kernel acknowledges within milliseconds, however slow its answer.
+    pub backend_ack_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -76,6 +83,7 @@ impl Default for Limits {
             max_attempts: 3,
             pool_idle_timeout: Duration::from_secs(60),
             down_after_refusal: Duration::from_secs(2),
+            backend_ack_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -116,6 +124,7 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(limits.connect_timeout));
+        connector.set_tcp_user_timeout(Some(limits.backend_ack_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(limits.pool_idle_timeout)
             .build(connector);
@@ -392,7 +401,15 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     if e.is_connect() {
         return Failure::Connect;
     }
-    let mut source = std::error::Error::source(e);
+    std::error::Error::source(e).map_or(Failure::Other, classify_cause)
+}
+
+/// What the cause of a failed send on an established connection means for retrying:
+/// the connection ended before any byte of a response (closed, reset, or dropped by the
+/// kernel because the backend stopped acknowledging, `ETIMEDOUT` from
+/// [`Limits::backend_ack_timeout`]), or anything else. Looks through `cause`'s chain.
+pub fn classify_cause(cause: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut source = Some(cause);
     while let Some(err) = source {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() {
@@ -403,7 +420,7 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
             use std::io::ErrorKind::*;
             if matches!(
                 io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut
             ) {
                 return Failure::ClosedBeforeResponse;
             }
@@ -573,5 +590,50 @@ impl Body for Observed {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that wraps another, as hyper and hyper-util wrap the socket's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "send failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn check(kind: std::io::ErrorKind, expected: Failure) {
+        let wrapped = Wrapped(std::io::Error::from(kind));
+        assert_eq!(classify_cause(&wrapped), expected, "{kind:?}");
+    }
+
+    #[test]
+    fn a_connection_that_ended_before_the_response_is_closed_before_response() {
+        use std::io::ErrorKind::*;
+        // TimedOut: the kernel dropped a connection whose backend stopped acknowledging
+        // (a dead machine, a cut link).
+        for kind in [
+            ConnectionReset,
+            ConnectionAborted,
+            BrokenPipe,
+            UnexpectedEof,
+            TimedOut,
+        ] {
+            check(kind, Failure::ClosedBeforeResponse);
+        }
+        for kind in [InvalidData, PermissionDenied, Other] {
+            check(kind, Failure::Other);
+        }
     }
 }

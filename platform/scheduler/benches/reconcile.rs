@@ -49,6 +49,7 @@ fn view(apps: usize, hosts: usize, per_type: u32, placed: bool) -> View {
             Formation {
                 app: app.clone(),
                 processes: processes.keys().map(|t| (t.clone(), per_type)).collect(),
+                limits: Default::default(),
             },
         );
         if !placed {
@@ -66,6 +67,7 @@ fn view(apps: usize, hosts: usize, per_type: u32, placed: bool) -> View {
                     process_type: t.clone(),
                     host: host.clone(),
                     created_at: Utc::now(),
+                    limits: Default::default(),
                 });
                 v.statuses.insert(
                     id.clone(),

@@ -329,6 +329,7 @@ async fn apply(
                     process_type: job.process_type.clone(),
                     host: host.clone(),
                     created_at: Utc::now(),
+                    limits: job.limits,
                 };
                 batch.put(&keys::placement(host, &job.id), &job)?;
             }

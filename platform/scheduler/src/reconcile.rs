@@ -10,7 +10,8 @@
 //!   `Up` first, then the newest).
 //! - Jobs of older releases (rollover): they are stopped only as jobs of the current
 //!   release come `Up`: at most `n - up_current` old jobs stay, never more than there are.
-//!   Old jobs not `Up` go first.
+//!   Old jobs not `Up` go first. A job placed under other limits than the formation's
+//!   (`paas scale --memory`) is old in the same way: the change rolls over.
 //! - A new job goes to the live host with the fewest jobs of its app, then the fewest jobs
 //!   overall, then the smallest host id (so one app spreads across hosts).
 //! - Without any live host nothing is placed.
@@ -18,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use paas_model::{Formation, Host, Job, JobState, JobStatus, Release};
+use paas_model::{Formation, Host, Job, JobState, JobStatus, Limits, Release};
 
 /// Everything the scheduler knows at one instant.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +45,8 @@ pub struct NewJob {
     pub release: u64,
     /// Process type.
     pub process_type: String,
+    /// Memory and CPU limits (the formation's for the type).
+    pub limits: Limits,
 }
 
 /// One change to placements.
@@ -87,6 +90,11 @@ pub enum PlaceReason {
         /// The release being replaced.
         from: u64,
     },
+    /// Starts a job under the formation's new limits while jobs under the old ones run.
+    Resize {
+        /// The new limits.
+        limits: Limits,
+    },
 }
 
 /// Why a placement is removed.
@@ -120,6 +128,7 @@ impl fmt::Display for PlaceReason {
             }
             PlaceReason::HostLost { host } => write!(f, "replaces a job of vanished host {host}"),
             PlaceReason::Rollover { from } => write!(f, "rollover from release {from}"),
+            PlaceReason::Resize { limits } => write!(f, "new limits: {limits}"),
         }
     }
 }
@@ -269,16 +278,28 @@ pub fn reconcile(view: &View) -> Vec<Action> {
                 reason: StopReason::HostLost,
             });
         }
-        let (mut current, mut old): (Vec<&Job>, Vec<&Job>) =
-            live.into_iter().partition(|j| j.release == release.version);
+        let limits = view
+            .formations
+            .get(&app)
+            .map(|f| f.limits_of(&ptype))
+            .unwrap_or_default();
+        let (mut current, mut old): (Vec<&Job>, Vec<&Job>) = live
+            .into_iter()
+            .partition(|j| j.release == release.version && j.limits == limits);
 
         let have = current.len() as u32;
         if have < wanted {
-            let oldest_old = old.iter().map(|j| j.release).min();
+            let oldest_old = old
+                .iter()
+                .filter(|j| j.release != release.version)
+                .map(|j| j.release)
+                .min();
+            let resized = old.iter().any(|j| j.release == release.version);
             for i in 0..(wanted - have) {
                 let reason = match (lost_hosts.get(i as usize), oldest_old) {
                     (Some(host), _) => PlaceReason::HostLost { host: host.clone() },
                     (None, Some(from)) => PlaceReason::Rollover { from },
+                    (None, None) if resized => PlaceReason::Resize { limits },
                     (None, None) => PlaceReason::Scale { wanted, have },
                 };
                 let Some(host) = load.pick(&app) else {
@@ -290,6 +311,7 @@ pub fn reconcile(view: &View) -> Vec<Action> {
                         app: app.clone(),
                         release: release.version,
                         process_type: ptype.clone(),
+                        limits,
                     },
                     host,
                     reason,
@@ -393,6 +415,7 @@ mod tests {
                 Formation {
                     app: app.into(),
                     processes: formation.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+                    limits: Default::default(),
                 },
             );
             self
@@ -416,6 +439,7 @@ mod tests {
                 process_type: ptype.into(),
                 host: host.into(),
                 created_at: at(created),
+                limits: Default::default(),
             });
             if let Some(state) = state {
                 self.view.statuses.insert(
@@ -562,6 +586,64 @@ mod tests {
                 .job("o1", "shop/web", 1, "h1", 0, STARTING)
                 .job("n1", "shop/web", 2, "h1", 5, UP),
             &["stop o1 (shop/web release 1 on h1): replaced: 1 jobs of release 2 are up"],
+        );
+    }
+
+    /// Sets `memory` as the formation's limit of `app`'s `ptype`.
+    fn with_memory(mut f: Fixture, app: &str, ptype: &str, memory: u64) -> Fixture {
+        f.view.formations.get_mut(app).unwrap().limits.insert(
+            ptype.into(),
+            Limits {
+                memory: Some(memory),
+                cpu_millis: None,
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn new_limits_roll_over_like_a_release() {
+        let f = Fixture::new(&["h1", "h2"])
+            .app("shop", 2, &["web", "worker"], &[("web", 2), ("worker", 1)])
+            .job("o1", "shop/web", 2, "h1", 0, UP)
+            .job("o2", "shop/web", 2, "h2", 0, UP)
+            .job("w1", "shop/worker", 2, "h1", 0, UP);
+        let f = with_memory(f, "shop", "web", 64 << 20);
+        let actions = reconcile(&f.view);
+        let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "place shop/web release 2 on h2: new limits: memory 64 MiB",
+                "place shop/web release 2 on h1: new limits: memory 64 MiB",
+            ]
+        );
+        for a in &actions {
+            let Action::Place { job, .. } = a else {
+                panic!("{a}")
+            };
+            assert_eq!(job.limits.memory, Some(64 << 20));
+        }
+    }
+
+    #[test]
+    fn jobs_under_old_limits_stop_as_resized_ones_come_up() {
+        let mut f = Fixture::new(&["h1"])
+            .app("shop", 2, &["web"], &[("web", 1)])
+            .job("o1", "shop/web", 2, "h1", 0, UP)
+            .job("n1", "shop/web", 2, "h1", 5, STARTING);
+        f = with_memory(f, "shop", "web", 64 << 20);
+        f.view.placements[1].limits.memory = Some(64 << 20);
+        check(
+            Fixture {
+                view: f.view.clone(),
+            },
+            &[],
+        );
+        f.view.statuses.get_mut("n1").unwrap().state = JobState::Up;
+        check(
+            f,
+            &["stop o1 (shop/web release 2 on h1): replaced: 1 jobs of release 2 are up"],
         );
     }
 

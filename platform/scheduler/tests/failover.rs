@@ -80,6 +80,7 @@ async fn scale(coord: &Coord, web: u32) {
     let formation = Formation {
         app: "shop".into(),
         processes: BTreeMap::from([("web".to_string(), web)]),
+        limits: Default::default(),
     };
     put(coord, &keys::formation("shop"), &formation).await;
 }

@@ -165,3 +165,41 @@ pub fn start_up_logged(
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", paas_it::free_port().unwrap())
 }
+
+/// `etcdctl ARGS` against the embedded etcd of the `paas up` in `home` that printed
+/// `up_out` (its `etcd:` line), with the platform's client certificate.
+pub fn etcdctl(home: &Path, up_out: &str, args: &[&str]) -> Output {
+    let etcd = up_out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("etcd:"))
+        .expect("paas up prints its etcd")
+        .trim()
+        .to_string();
+    let pki = home.join("data/pki");
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd, "--command-timeout", "5s"])
+        .arg("--cacert")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("client.pem"))
+        .arg("--key")
+        .arg(pki.join("client-key.pem"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Rewrites resource `id` of `app` in etcd as a version of the platform older than the
+/// backup hooks stored it: without `field` in its provider data (the credentials the
+/// hooks now record).
+pub fn forget_resource_field(home: &Path, up_out: &str, app: &str, id: &str, field: &str) {
+    let key = format!("paas/resources/{app}/{id}");
+    let value = ok(etcdctl(home, up_out, &["get", &key, "--print-value-only"]));
+    let mut record: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+    let removed = record["data"]
+        .as_object_mut()
+        .and_then(|data| data.remove(field));
+    assert!(removed.is_some(), "{field} in {record}");
+    ok(etcdctl(home, up_out, &["put", &key, &record.to_string()]));
+}

@@ -105,10 +105,10 @@ async fn targets(s: &AppState, app: &str, resource: Option<&str>) -> Result<Vec<
             continue;
         }
         targets.push(Target {
+            data: provider.backup_data(&r.data, &r.env),
             app: r.app,
             resource: r.id,
             kind: r.kind,
-            data: r.data,
             provider,
         });
     }

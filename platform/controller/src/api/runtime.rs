@@ -12,7 +12,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt;
-use paas_model::{validate_process_type, Artifact, Formation, Job, JobStatus};
+use paas_model::{
+    format_cpu, format_memory, validate_process_type, Artifact, Formation, Job, JobStatus, Limits,
+    MAX_CPU_MILLIS, MIN_MEMORY,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -160,11 +163,38 @@ pub async fn get_formation(
     Ok(Json(s.store.formation(&app).await?))
 }
 
-/// Body of `PUT /apps/{app}/formation`: counts to change (others are kept).
+/// Body of `PUT /apps/{app}/formation`: counts to change and limits to set (other
+/// types are kept; a type named in `limits` gets exactly those, `{}` for none).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
+    #[serde(default)]
     processes: BTreeMap<String, u32>,
+    #[serde(default)]
+    limits: BTreeMap<String, Limits>,
+}
+
+/// Refuses limits the kernel cannot honour or that no job could start under.
+fn check_limits(kind: &str, l: &Limits) -> Result<(), ApiError> {
+    if let Some(m) = l.memory {
+        if m < MIN_MEMORY {
+            return Err(ApiError::Invalid(format!(
+                "{kind}: memory {}: at least {}",
+                format_memory(m),
+                format_memory(MIN_MEMORY)
+            )));
+        }
+    }
+    if let Some(c) = l.cpu_millis {
+        if !(10..=MAX_CPU_MILLIS).contains(&c) {
+            return Err(ApiError::Invalid(format!(
+                "{kind}: cpu {}: between 0.01 and {}",
+                format_cpu(c),
+                format_cpu(MAX_CPU_MILLIS)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Most jobs of one process type.
@@ -180,7 +210,12 @@ pub async fn scale(
     p.check_app(&app)?;
     let a = s.store.get_app(&app).await?;
     let release = s.store.release(&app, a.release).await?;
-    for (kind, count) in &req.processes {
+    let named = req
+        .processes
+        .iter()
+        .map(|(kind, count)| (kind, Some(*count)))
+        .chain(req.limits.keys().map(|kind| (kind, None)));
+    for (kind, count) in named {
         if !release.processes.contains_key(kind) {
             let known: Vec<&str> = release.processes.keys().map(String::as_str).collect();
             return Err(ApiError::Invalid(format!(
@@ -193,20 +228,25 @@ pub async fn scale(
                 }
             )));
         }
-        if *count > MAX_SCALE {
+        if let Some(count) = count.filter(|c| *c > MAX_SCALE) {
             return Err(ApiError::Invalid(format!(
                 "{kind}={count}: at most {MAX_SCALE} jobs per type"
             )));
         }
     }
+    for (kind, limits) in &req.limits {
+        check_limits(kind, limits)?;
+    }
     let mut formation = s.store.formation(&app).await?;
     formation.processes.extend(req.processes);
     formation.processes.retain(|_, n| *n > 0);
+    formation.limits.extend(req.limits);
+    formation.limits.retain(|_, l| !l.is_unlimited());
     if !p.is_admin() {
         super::quota::check_jobs(&formation.processes, &s.quotas)?;
     }
     s.store.put_formation(&formation).await?;
-    tracing::info!(%app, processes = ?formation.processes, "scaled");
+    tracing::info!(%app, processes = ?formation.processes, limits = ?formation.limits, "scaled");
     Ok(Json(formation))
 }
 

@@ -1,0 +1,477 @@
+//! The whole cluster through `paas cluster backup` and `paas cluster restore`, end to
+//! end with real `paas up`s: an app with code, a release, a route, a scaled web process,
+//! an app-scoped token and a Postgres database with rows, a second app with a MariaDB
+//! database with rows; a backup refused while a Redis resource exists, then taken (to a
+//! file and to stdout); the first cluster stopped; a damaged copy of the file refused
+//! with the data dir left empty; the file restored into a new data dir; a `paas up` on
+//! it without the MariaDB appliance stops, saying so, and the next one serves the same
+//! apps, releases and routes to the old tokens, the web job answers through the router
+//! from the restored code, and the rows are back behind the same DATABASE_URL and
+//! MYSQL_URL.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fails, ok, paas};
+
+fn json(out: String) -> serde_json::Value {
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A client command against `url` with `token` (overriding the config file).
+fn as_token(home: &Path, url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    common::base(home)
+        .env("PAAS_URL", url)
+        .env("PAAS_TOKEN", token)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn api_url(up_output: &str) -> String {
+    up_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no API line in {up_output}"))
+}
+
+fn admin_token(up_output: &str) -> String {
+    up_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no token line in {up_output}"))
+}
+
+fn router_addr(up_output: &str) -> String {
+    let line = up_output
+        .lines()
+        .find(|l| l.trim().starts_with("router:"))
+        .unwrap_or_else(|| panic!("no router line in {up_output}"));
+    let url = line.split_whitespace().nth(1).unwrap();
+    url.trim_start_matches("http://").to_string()
+}
+
+fn rows(url: &str) -> Result<Vec<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let rows = client
+            .query("SELECT item FROM orders ORDER BY id", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    })
+}
+
+fn sql(url: &str, statements: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(statements).await.unwrap();
+    })
+}
+
+/// GET / through the router with `Host: host`, until it answers 200 (the job may still
+/// be starting) or `limit` passes; the body.
+fn get_through_router(router: &str, host: &str, limit: Duration) -> String {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        if let Ok(mut s) = std::net::TcpStream::connect(router) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                s,
+                "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            );
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            if reply.split_whitespace().nth(1) == Some("200") {
+                return reply;
+            }
+            last = reply;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{host} never answered 200 through {router}: {last}");
+}
+
+/// `paas up` flags: Postgres (2 members) and MariaDB (2 members) on fixed endpoints,
+/// which the apps' URLs name, so the restored cluster must use them too.
+fn engines(pg: &str, my: &str) -> Vec<String> {
+    vec![
+        "--postgres-listen".into(),
+        pg.into(),
+        "--postgres-members".into(),
+        "2".into(),
+        "--appliance".into(),
+        "mysql=2".into(),
+        "--appliance-listen".into(),
+        format!("mysql={my}"),
+    ]
+}
+
+/// SQL through `paas mysql shell` (the mariadb client on the app's MYSQL_URL).
+fn shell(home: &Path, app: &str, sql: &str) -> std::process::Output {
+    paas(
+        home,
+        &["mysql", "shell", "-a", app, "--", "-N", "-B", "-e", sql],
+    )
+}
+
+/// Runs `paas up ARGS` (free ports for the rest), which must exit with an error within
+/// three minutes; its stderr.
+fn up_fails(home: &Path, args: &[&str]) -> String {
+    let mut child = common::base(home)
+        .args(["up", "--listen", &common::free_addr()])
+        .args([
+            "--syslog-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--router-tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--router-admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut daemon_stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut daemon_stderr, &mut text);
+        text
+    });
+    // Stopped on drop should the assertion below fail.
+    let mut daemon = common::Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "paas up did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "paas up should have failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_cluster_comes_back_from_its_backup_file() {
+    let tmp = common::home();
+    let home = tmp.path();
+    let pg = common::free_addr();
+    let my = common::free_addr();
+    let listen = common::free_addr();
+    let flags = engines(&pg, &my);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let clock = Instant::now();
+    let (up, out) = common::start_up(home, &listen, &flags);
+    eprintln!(
+        "figures: paas up on a new dir, ready in {:?}",
+        clock.elapsed()
+    );
+    let url = api_url(&out);
+    let old_admin = admin_token(&out);
+
+    // An app with code, a release, a route, one web job, a token and a database.
+    let site = home.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "hello from the old cluster\n").unwrap();
+    std::fs::write(
+        home.join("Procfile"),
+        "web: exec python3 -m http.server --bind $HOST_IP $PORT\n",
+    )
+    .unwrap();
+    ok(paas(home, &["apps", "create", "shop"]));
+    ok(paas(home, &["resource", "add", "postgres", "-a", "shop"]));
+    ok(paas(
+        home,
+        &[
+            "release",
+            "add",
+            "-a",
+            "shop",
+            "--procfile",
+            home.join("Procfile").to_str().unwrap(),
+            site.to_str().unwrap(),
+        ],
+    ));
+    ok(paas(home, &["scale", "-a", "shop", "web=1"]));
+    ok(paas(
+        home,
+        &["route", "add", "-a", "shop", "shop.example.test"],
+    ));
+    let token = json(ok(paas(
+        home,
+        &["--json", "tokens", "create", "-a", "shop"],
+    )));
+    let app_token = token["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {token}"))
+        .to_string();
+    let env = json(ok(paas(home, &["--json", "env", "get", "-a", "shop"])));
+    let database_url = env["DATABASE_URL"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no DATABASE_URL in {env}"))
+        .to_string();
+    sql(
+        &database_url,
+        "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL);
+         INSERT INTO orders (item) VALUES ('tea'), ('cake'), ('scones');",
+    );
+    // A second app with a MariaDB database.
+    ok(paas(home, &["apps", "create", "blog"]));
+    let blog = json(ok(paas(
+        home,
+        &["--json", "resource", "add", "mysql", "-a", "blog"],
+    )));
+    let mysql_url = blog["env"]["MYSQL_URL"].as_str().unwrap().to_string();
+    ok(shell(
+        home,
+        "blog",
+        "create table posts (id int primary key, title text); \
+         insert into posts values (1, 'first'), (2, 'second')",
+    ));
+    let router = router_addr(&out);
+    let page = get_through_router(&router, "shop.example.test", Duration::from_secs(120));
+    assert!(page.contains("hello from the old cluster"), "{page}");
+
+    // An app-scoped token may not take it.
+    fails(
+        as_token(home, &url, &app_token, &["cluster", "backup", "x.tar"]),
+        "admin token",
+    );
+    let file = home.join("cluster.tar");
+    // A resource a restore could not bring back (Redis) makes the backup fail, naming
+    // it, and leaves no file.
+    ok(paas(home, &["apps", "create", "cache"]));
+    let redis = json(ok(paas(
+        home,
+        &[
+            "--json",
+            "resource",
+            "add",
+            "redis",
+            "-a",
+            "cache",
+            "--members",
+            "1",
+        ],
+    )));
+    let redis_id = redis["id"].as_str().unwrap().to_string();
+    fails(
+        paas(home, &["cluster", "backup", file.to_str().unwrap()]),
+        "cannot bring back",
+    );
+    assert!(!file.exists() && !home.join("cluster.tar.partial").exists());
+    ok(paas(
+        home,
+        &["resource", "remove", &redis_id, "-a", "cache"],
+    ));
+    let apps_before = ok(paas(home, &["apps", "list"]));
+    let releases_before = ok(paas(home, &["releases", "-a", "shop"]));
+    let routes_before = ok(paas(home, &["route", "list", "-a", "shop"]));
+
+    let clock = Instant::now();
+    let report = ok(paas(home, &["cluster", "backup", file.to_str().unwrap()]));
+    eprintln!(
+        "figures: cluster backup {:?}, {} bytes",
+        clock.elapsed(),
+        std::fs::metadata(&file).unwrap().len()
+    );
+    assert!(report.contains("checked"), "{report}");
+    assert!(report.contains("postgres"), "{report}");
+    assert!(!home.join("cluster.tar.partial").exists());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the file holds the cluster's secrets");
+    // To stdout: the same archive, complete.
+    let piped = paas(home, &["cluster", "backup", "-"]);
+    assert!(piped.status.success(), "{piped:?}");
+    let manifest = paas_backups::archive::check(piped.stdout.as_slice()).unwrap();
+    let mut kinds: Vec<&str> = manifest.resources.iter().map(|r| r.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["mysql", "postgres"]);
+    assert_eq!(manifest.counts["apps"], 5, "{:?}", manifest.counts);
+    assert_eq!(manifest.counts["routes"], 1, "{:?}", manifest.counts);
+    assert_eq!(manifest.counts["artifacts"], 1, "{:?}", manifest.counts);
+    up.stop();
+
+    // A damaged copy (one byte flipped in the middle of the database's dump) is
+    // refused; nothing is written.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let (offset, size) = {
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let dump = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().ends_with("dump"))
+            .expect("a dump in the archive");
+        (dump.raw_file_position() as usize, dump.size() as usize)
+    };
+    bytes[offset + size / 2] ^= 0x55;
+    let damaged = home.join("damaged.tar");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let empty = other.path().join("data");
+    std::fs::create_dir(&empty).unwrap();
+    fails(
+        paas(
+            home,
+            &[
+                "cluster",
+                "restore",
+                damaged.to_str().unwrap(),
+                "--data-dir",
+                empty.to_str().unwrap(),
+            ],
+        ),
+        "nothing was written",
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // A data dir in use is refused.
+    fails(
+        paas(
+            home,
+            &[
+                "cluster",
+                "restore",
+                file.to_str().unwrap(),
+                "--data-dir",
+                home.join("data").to_str().unwrap(),
+            ],
+        ),
+        "not empty",
+    );
+
+    // Restore into a new HOME's data dir and start there.
+    let tmp2 = common::home();
+    let home2 = tmp2.path();
+    let clock = Instant::now();
+    let restored = ok(paas(
+        home2,
+        &[
+            "cluster",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            home2.join("data").to_str().unwrap(),
+        ],
+    ));
+    assert!(restored.contains("paas up --data-dir"), "{restored}");
+    eprintln!("figures: cluster restore {:?}", clock.elapsed());
+    // Without the MariaDB appliance the start stops before any data moves, saying why;
+    // the next start resumes.
+    let stderr = up_fails(
+        home2,
+        &["--postgres-listen", &pg, "--postgres-members", "2"],
+    );
+    assert!(stderr.contains("--appliance mysql=N"), "{stderr}");
+    assert!(home2.join("data/restore/pending.json").exists());
+    let listen2 = common::free_addr();
+    let clock = Instant::now();
+    let (up2, out2) = common::start_up(home2, &listen2, &flags);
+    eprintln!(
+        "figures: paas up on the restored dir, ready in {:?}",
+        clock.elapsed()
+    );
+    let url2 = api_url(&out2);
+    assert!(
+        !home2.join("data/restore").exists(),
+        "the restore's files are left behind"
+    );
+
+    // The old tokens work, and see what they saw (the system app `paas-postgres` has a
+    // new release: its members' commands name the new data dir).
+    let apps_after = ok(as_token(home2, &url2, &old_admin, &["apps", "list"]));
+    let names = |list: &str| -> Vec<String> {
+        list.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let shop = |list: &str| -> String {
+        list.lines()
+            .find(|l| l.starts_with("shop "))
+            .unwrap_or_else(|| panic!("no shop in {list}"))
+            .to_string()
+    };
+    assert_eq!(names(&apps_after), names(&apps_before));
+    assert_eq!(shop(&apps_after), shop(&apps_before));
+    assert_eq!(
+        ok(as_token(
+            home2,
+            &url2,
+            &old_admin,
+            &["releases", "-a", "shop"]
+        )),
+        releases_before
+    );
+    assert_eq!(
+        ok(as_token(
+            home2,
+            &url2,
+            &app_token,
+            &["route", "list", "-a", "shop"]
+        )),
+        routes_before
+    );
+    fails(
+        as_token(home2, &url2, &app_token, &["apps", "create", "other"]),
+        "admin",
+    );
+
+    // The rows are back behind the same URL, and the database takes writes.
+    assert_eq!(
+        rows(&database_url).unwrap(),
+        vec!["tea".to_string(), "cake".into(), "scones".into()]
+    );
+    sql(&database_url, "INSERT INTO orders (item) VALUES ('jam');");
+    let env2 = json(ok(as_token(
+        home2,
+        &url2,
+        &app_token,
+        &["--json", "env", "get", "-a", "shop"],
+    )));
+    assert_eq!(env2["DATABASE_URL"], env["DATABASE_URL"]);
+    let blog_env = json(ok(paas(home2, &["--json", "env", "get", "-a", "blog"])));
+    assert_eq!(blog_env["MYSQL_URL"].as_str(), Some(mysql_url.as_str()));
+    assert_eq!(
+        ok(shell(home2, "blog", "select title from posts order by id")),
+        "first\nsecond\n"
+    );
+
+    // The restored code runs and the route leads to it.
+    let page = get_through_router(
+        &router_addr(&out2),
+        "shop.example.test",
+        Duration::from_secs(120),
+    );
+    assert!(page.contains("hello from the old cluster"), "{page}");
+    up2.stop();
+}
