@@ -147,7 +147,10 @@ impl Backups {
         self
     }
 
-    fn tell(&self, app: &str, job: &str, message: &str, failed: bool) {
+    /// Tells `message` about job `job` of `app` to the journal (the app's log, process
+    /// type `backup`), if there is one; also used by jobs outside this crate such as
+    /// the controller's point-in-time restores.
+    pub fn tell(&self, app: &str, job: &str, message: &str, failed: bool) {
         if let Some(journal) = &self.journal {
             journal.line(app, job, message, failed);
         }

@@ -162,6 +162,23 @@ pub trait Provider: Send + Sync {
             "this kind cannot be reinstated by a cluster restore".into(),
         ))
     }
+
+    /// Loads the resource (`data`) as it was at `to` into another resource of the same
+    /// kind (`into`), never in place: the engine rebuilds its cluster from its archive in
+    /// scratch space and copies that one resource out of it (`paas pg restore
+    /// --to-time`). `tell` receives progress lines. Returns what was done.
+    async fn restore_to_time(
+        &self,
+        data: &serde_json::Value,
+        to: std::time::SystemTime,
+        into: &serde_json::Value,
+        tell: &(dyn for<'l> Fn(&'l str) + Send + Sync),
+    ) -> Result<String, ProviderError> {
+        let _ = (data, to, into, tell);
+        Err(ProviderError(
+            "this kind has no point-in-time restore".into(),
+        ))
+    }
 }
 
 /// The providers available in this platform, by kind.

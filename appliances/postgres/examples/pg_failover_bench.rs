@@ -7,8 +7,10 @@
 //! in the tests (writes resume through the same endpoint, the old primary rejoins as a
 //! standby, every acknowledged row is present). Prints the failover time (kill to first
 //! write acknowledged by the new primary: median, max) and `resource add` latency
-//! (p50, p99). Run by `scripts/bench`; needs the `paas-pg-supervisor` binary built
-//! next to it (`cargo build -p paas-postgres --bins --examples`).
+//! (p50, p99). The members archive their WAL with pgBackRest as under `paas up`
+//! (`PG_BENCH_ARCHIVE=off`: without, for a comparison). Run by `scripts/bench`; needs
+//! the `paas-pg-supervisor` binary built next to it (`cargo build -p paas-postgres
+//! --bins --examples`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -33,7 +35,22 @@ async fn main() {
     let failovers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
     let provisions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
 
-    let mut h = Harness::start(3).await;
+    let archive = std::env::var("PG_BENCH_ARCHIVE").map_or(true, |v| v != "off");
+    println!(
+        "archiving with pgBackRest: {}",
+        if archive { "on" } else { "off" }
+    );
+    let mut h = Harness::start_with(3, |dir| {
+        if archive {
+            vec![
+                "--archive-repo".into(),
+                dir.join("repo").display().to_string(),
+            ]
+        } else {
+            vec![]
+        }
+    })
+    .await;
     let url = prepare_app_database(&h).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));

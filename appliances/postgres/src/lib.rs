@@ -16,7 +16,10 @@
 //!   `paas pg info` / `paas cluster status`;
 //! - [`provision`]: databases and roles for apps (`PostgresProvider`);
 //!   [`dump`]: its backup hooks (`pg_dump -Fc`, `pg_restore --single-transaction`);
-//!   [`recover`]: the explicit restart of a cluster whose etcd state was lost.
+//!   [`recover`]: the explicit restart of a cluster whose etcd state was lost;
+//! - [`archive`]: continuous WAL archiving and base backups with pgBackRest;
+//!   [`pitr`]: the restore of that archive to a moment, into a scratch instance, and
+//!   the copy of one app database out of it.
 //!
 //! Invariants:
 //! - Only the member named `sync` in the state document (or the recorded `primary`
@@ -28,6 +31,7 @@
 //! - This crate talks to etcd only through `paas-coord` and the appliance core
 //!   (`paas-appliance`: records, lease, fencing watchdog, health routes, provider).
 
+pub mod archive;
 pub mod args;
 pub mod cluster;
 pub mod decide;
@@ -35,6 +39,7 @@ pub mod dump;
 pub mod health;
 pub mod info;
 pub mod pg;
+pub mod pitr;
 pub mod provision;
 pub mod recover;
 pub mod store;

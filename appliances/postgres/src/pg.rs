@@ -15,6 +15,7 @@
 //!                          0600, owned by the server's user), copied from `--tls-dir`
 //!                          before every start and every clone or rewind
 //! postgres.log             the server's stderr
+//! pgbackrest.conf, run/    with archiving only (see `crate::archive`)
 //! ```
 //!
 //! With a certificate (`PgConfig::tls_dir`), the server runs with `ssl = on`, and the
@@ -25,7 +26,9 @@
 //! decides (see `crate::provision`).
 //!
 //! `postgresql.conf` gets three `include_if_exists` lines at initdb, and `pg_hba.conf`
-//! requires scram-sha-256 for every TCP connection (no Unix sockets are opened). The
+//! (rewritten before every start) requires scram-sha-256 for every connection. No Unix
+//! socket is opened unless the cluster archives (`crate::archive`): then one in
+//! `<dir>/run` (0700, the server's user's), for pgBackRest and the superuser only. The
 //! superuser `postgres` also replicates; its password comes from the supervisor config.
 //!
 //! When the supervisor runs as root, short-lived tools (initdb, pg_basebackup, pg_rewind)
@@ -48,8 +51,18 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
+use crate::archive::{socket_dir, ArchiveConfig};
+
 /// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
 pub const NO_SYNC: &str = "paas_no_sync_standby";
+
+/// `pg_hba.conf`, rewritten before every start: passwords always; the Unix socket
+/// (opened only for pgBackRest when archiving is on, in a directory only the server's
+/// user may enter) for the superuser alone.
+const PG_HBA: &str = "# managed by the paas supervisor: passwords always\n\
+    local all postgres scram-sha-256\n\
+    host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n\
+    host replication all 0.0.0.0/0 scram-sha-256\nhost replication all ::/0 scram-sha-256\n";
 
 /// How long a query may take before PostgreSQL counts as not answering.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -157,6 +170,8 @@ pub struct PgConfig {
     pub superuser_password: String,
     /// The cluster's certificate (`paas_appliance::tls` file names); `None`: no TLS.
     pub tls_dir: Option<PathBuf>,
+    /// Continuous archiving with pgBackRest (`crate::archive`); `None`: no archive.
+    pub archive: Option<ArchiveConfig>,
 }
 
 /// How the data is to be started.
@@ -175,6 +190,10 @@ pub enum StartAs {
         /// Its PostgreSQL address.
         addr: String,
     },
+    /// As a scratch copy restored from the archive (`crate::pitr`): recovering to its
+    /// target as the restore's `recovery.signal` says, then a primary that archives
+    /// nothing, requires no sync and serves only the restore's dump.
+    Scratch,
 }
 
 /// What a status query saw.
@@ -294,11 +313,7 @@ impl Postgres {
             "\n# managed by the paas supervisor\ninclude_if_exists = 'paas.conf'\ninclude_if_exists = 'paas_sync.conf'\ninclude_if_exists = 'paas_standby.conf'\n",
         );
         write_owned(&conf, &text, 0o600)?;
-        write_owned(
-            &data.join("pg_hba.conf"),
-            "# managed by the paas supervisor: TCP only, passwords always\nhost all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\nhost replication all 0.0.0.0/0 scram-sha-256\nhost replication all ::/0 scram-sha-256\n",
-            0o600,
-        )
+        write_owned(&data.join("pg_hba.conf"), PG_HBA, 0o600)
     }
 
     /// Replaces PGDATA with a copy of the server at `addr`, streaming WAL, and marks it
@@ -622,14 +637,29 @@ impl Postgres {
                  wal_level = replica\nmax_wal_senders = 10\nwal_keep_size = '256MB'\nwal_log_hints = on\n\
                  hot_standby = on\nsynchronous_commit = on\nwal_sender_timeout = '5s'\nwal_receiver_timeout = '5s'\n\
                  wal_retrieve_retry_interval = '500ms'\nshared_buffers = '32MB'\nmax_connections = 100\n\
-                 logging_collector = off\nrecovery_target_timeline = 'latest'\n{ssl}",
+                 logging_collector = off\nrecovery_target_timeline = 'latest'\n{ssl}{archive}",
                 host = self.cfg.host,
                 port = self.cfg.port,
-                ssl = self.ssl_settings()?,
+                ssl = if *how == StartAs::Scratch { String::new() } else { self.ssl_settings()? },
+                archive = match (&self.cfg.archive, how) {
+                    (Some(archive), StartAs::Primary { .. } | StartAs::Standby { .. }) => archive
+                        .server_settings(
+                            &self.cfg.dir.join("pgbackrest.conf"),
+                            &socket_dir(&self.cfg.dir),
+                        ),
+                    _ => "archive_mode = off\n".into(),
+                },
             ),
             0o600,
         )?;
+        write_owned(&data.join("pg_hba.conf"), PG_HBA, 0o600)?;
         match how {
+            StartAs::Scratch => {
+                std::fs::remove_file(data.join("standby.signal")).ok();
+                write_owned(&data.join("paas_standby.conf"), "", 0o600)?;
+                write_owned(&data.join("paas_sync.conf"), "", 0o600)?;
+                self.mark_upstream(None)
+            }
             StartAs::Primary { sync } => {
                 std::fs::remove_file(data.join("standby.signal")).ok();
                 write_owned(&data.join("paas_standby.conf"), "", 0o600)?;
@@ -754,6 +784,16 @@ impl Postgres {
             .kill_on_drop(true);
         command
     }
+}
+
+/// Whether this process runs as root (so the server's tools run as `postgres`).
+pub fn is_root() -> bool {
+    nix_root()
+}
+
+/// Gives `path` to the server's OS user when running as root.
+pub fn chown_to_server(path: &Path) -> Result<(), PgError> {
+    chown(path)
 }
 
 fn nix_root() -> bool {

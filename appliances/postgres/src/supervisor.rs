@@ -41,6 +41,7 @@ use paas_appliance::leader::LeaderRecord;
 use paas_appliance::supervisor::{Ctx, Engine, MemberConfig, RunError, Server, Slot};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::archive::{ArchiveConfig, Archiver};
 use crate::cluster::{keys, ClusterState, MemberStatus, Role};
 use crate::decide::{decide, Decision, Leader, Local, Observed, Replica};
 use crate::pg::{PgConfig, PgError, Postgres, Runtime, StartAs};
@@ -102,6 +103,8 @@ pub struct SupervisorConfig {
     pub members: usize,
     /// The cluster's server certificate (`paas_appliance::tls`); `None`: no TLS.
     pub tls_dir: Option<PathBuf>,
+    /// Continuous archiving and base backups with pgBackRest; `None`: none.
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl SupervisorConfig {
@@ -132,6 +135,7 @@ impl SupervisorConfig {
             stall_after: Duration::from_secs(2),
             members: 0,
             tls_dir: None,
+            archive: None,
         }
     }
 
@@ -223,7 +227,21 @@ pub async fn run(
         port: config.pg_port,
         superuser_password: config.superuser_password.clone(),
         tls_dir: config.tls_dir.clone(),
+        archive: config.archive.clone(),
     });
+    let archiver = match &config.archive {
+        None => None,
+        Some(archive) => Some(
+            Archiver::prepare(
+                archive,
+                &config.dir,
+                &postgres.data_dir(),
+                config.pg_port,
+                &config.superuser_password,
+            )
+            .map_err(|e| SupervisorError::Config(format!("archive: {e}")))?,
+        ),
+    };
     let parse = |port: u16| -> Result<SocketAddr, SupervisorError> {
         format!("{}:{port}", config.host).parse().map_err(|e| {
             SupervisorError::Config(format!(
@@ -270,6 +288,7 @@ pub async fn run(
         status: initial.clone(),
         known_addrs: BTreeMap::new(),
         not_streaming_since: None,
+        archiving: archiver.map(Archiving::new),
     };
     paas_appliance::supervisor::run(member, engine, postgres, pid, initial, shutdown).await?;
     Ok(())
@@ -283,6 +302,61 @@ struct PgEngine {
     status: MemberStatus,
     known_addrs: BTreeMap<String, String>,
     not_streaming_since: Option<Instant>,
+    archiving: Option<Archiving>,
+}
+
+/// How often the primary asks the repository whether a base backup is due (and makes
+/// sure the stanza exists).
+const ARCHIVE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The primary's archive housekeeping: the stanza and the periodic base backups, run
+/// off the tick on their own task (they do not need the server's handle), one at a time.
+struct Archiving {
+    archiver: Archiver,
+    busy: Arc<AtomicBool>,
+    last: Option<Instant>,
+}
+
+impl Archiving {
+    fn new(archiver: Archiver) -> Self {
+        Archiving {
+            archiver,
+            busy: Arc::new(AtomicBool::new(false)),
+            last: None,
+        }
+    }
+
+    /// On the leading primary, at most every [`ARCHIVE_CHECK_EVERY`] (or sooner after a
+    /// failure): creates the stanza if needed and takes the base backup that is due.
+    fn maybe_run(&mut self, me: &str, leading: bool, local: &Local) {
+        if !leading || !matches!(local, Local::Primary { .. }) {
+            self.last = None;
+            return;
+        }
+        if self.busy.load(Ordering::SeqCst)
+            || self.last.is_some_and(|t| t.elapsed() < ARCHIVE_CHECK_EVERY)
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.busy.store(true, Ordering::SeqCst);
+        let (archiver, busy, me) = (self.archiver.clone(), self.busy.clone(), me.to_string());
+        tokio::spawn(async move {
+            let outcome = async {
+                archiver.ensure_stanza().await?;
+                archiver.backup_if_due().await
+            }
+            .await;
+            match outcome {
+                Ok(Some(kind)) => tracing::info!(member = %me, ?kind, "base backup taken"),
+                Ok(None) => tracing::debug!(member = %me, "no base backup due"),
+                Err(err) => {
+                    tracing::warn!(member = %me, error = %err, "archive housekeeping failed")
+                }
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
+    }
 }
 
 impl Engine for PgEngine {
@@ -363,6 +437,9 @@ impl PgEngine {
         ctx.say(decision.reason());
         self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
         ctx.publish(self.status.clone()).await;
+        if let Some(archiving) = &mut self.archiving {
+            archiving.maybe_run(&self.config.name, leader == Leader::Me, &local);
+        }
         if let Some(guard) = guard {
             self.execute(ctx, decision, guard, &snapshot, lease.id, &local)
                 .await;

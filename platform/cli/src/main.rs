@@ -208,6 +208,22 @@ enum PgCmd {
         #[arg(long)]
         member: Option<String>,
     },
+    /// Restore the app's database as it was at a moment (from the cluster's continuous
+    /// archive) into a NEW database attached to the app (or to --into-app) as
+    /// <RESOURCE>_URL; the app's DATABASE_URL is left alone.
+    Restore {
+        #[arg(short, long, env = "PAAS_APP")]
+        app: String,
+        /// The moment: 'YYYY-MM-DD HH:MM:SS' in UTC, or with an offset ('+01:00', 'Z').
+        #[arg(long)]
+        to_time: String,
+        /// Attach the restored database to this app instead.
+        #[arg(long)]
+        into_app: Option<String>,
+        /// The app's Postgres resource to restore (default: its only one).
+        #[arg(long)]
+        resource: Option<String>,
+    },
     /// Open psql on the app's database (its DATABASE_URL).
     Psql {
         #[arg(short, long, env = "PAAS_APP")]
@@ -597,6 +613,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mysql(MysqlCmd::Info) => c::provider_status(json, "mysql").await,
         Command::Mysql(MysqlCmd::Recover { member }) => c::recover(json, "mysql", member).await,
         Command::Pg(PgCmd::Psql { app, args }) => pg::psql(&app, &args).await,
+        Command::Pg(PgCmd::Restore {
+            app,
+            to_time,
+            into_app,
+            resource,
+        }) => {
+            pg::restore(
+                json,
+                &app,
+                &to_time,
+                into_app.as_deref(),
+                resource.as_deref(),
+            )
+            .await
+        }
         Command::Pg(PgCmd::Info) => c::provider_status(json, "postgres").await,
         Command::Pg(PgCmd::Recover { member }) => c::recover(json, "postgres", member).await,
         Command::Cluster(ClusterCmd::Status) => c::cluster_status(json).await,

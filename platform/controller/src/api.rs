@@ -6,6 +6,7 @@ pub mod backups;
 mod cluster_backup;
 pub mod drain_policy;
 pub mod logs;
+pub mod pitr;
 pub mod quota;
 mod routes;
 mod runtime;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .merge(backups::routes())
+        .merge(pitr::routes())
         .merge(cluster_backup::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -442,18 +444,7 @@ async fn add_resource(
         created_at: Utc::now(),
     };
     let description = format!("Add {} resource {id}", req.kind);
-    let stored = async {
-        s.store.put_resource(&resource).await?;
-        s.store
-            .new_release(&app, |current| {
-                let mut env = current.env.clone();
-                env.extend(resource.env.clone());
-                Ok((env, description.clone()))
-            })
-            .await
-    }
-    .await;
-    match stored {
+    match attach_resource(&s, &resource, &description).await {
         Ok(release) => {
             tracing::info!(%app, %id, kind = %req.kind, version = release.version, "resource added");
             Ok((StatusCode::CREATED, Json(resource)))
@@ -467,6 +458,23 @@ async fn add_resource(
             Err(e)
         }
     }
+}
+
+/// Records `resource` and makes a release of its app with the resource's variables
+/// added (`description` names the release).
+pub(crate) async fn attach_resource(
+    s: &AppState,
+    resource: &Resource,
+    description: &str,
+) -> Result<Release, ApiError> {
+    s.store.put_resource(resource).await?;
+    s.store
+        .new_release(&resource.app, |current| {
+            let mut env = current.env.clone();
+            env.extend(resource.env.clone());
+            Ok((env, description.to_string()))
+        })
+        .await
 }
 
 async fn list_resources(

@@ -50,6 +50,12 @@ pub trait ApplianceKind: Send + Sync {
     fn speaks_tls(&self) -> bool {
         false
     }
+    /// Flags of the engine's own added to every member's command; `dir` is the
+    /// cluster's directory (where the members' directories are).
+    fn member_args(&self, dir: &Path) -> Vec<String> {
+        let _ = dir;
+        Vec::new()
+    }
     /// Why the cluster does not take durable writes through `endpoint` yet; `None` when
     /// it does. `ca_file`: the cluster CA, when the members have its certificate.
     async fn not_ready(
@@ -352,6 +358,9 @@ fn member_processes(
             }
             if let Some(tls) = tls {
                 command.push_str(&format!(" --tls-dir {}", tls.display()));
+            }
+            for arg in kind.member_args(dir) {
+                command.push_str(&format!(" {arg}"));
             }
             (name, command)
         })

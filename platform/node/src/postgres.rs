@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use paas_appliance::provider::Provider;
 use paas_appliance::records::Keys;
+use paas_postgres::archive::ArchiveConfig;
 use paas_postgres::args::SupervisorArgs;
+use paas_postgres::pitr::PitrConfig;
 use paas_postgres::provision::{PostgresProvider, ProviderConfig};
 
 use crate::appliance::{ApplianceKind, Launched};
@@ -93,6 +95,15 @@ impl ApplianceKind for PostgresKind {
         true
     }
 
+    /// Continuous archiving with pgBackRest into `DIR/pgbackrest` (`paas pg restore
+    /// --to-time`).
+    fn member_args(&self, dir: &Path) -> Vec<String> {
+        vec![
+            "--archive-repo".into(),
+            archive_repo(dir).display().to_string(),
+        ]
+    }
+
     /// `DATABASE_URL` requires `sslmode=verify-full` once clients may be on another
     /// machine (`crate::appliance::clients_off_host`), asked at each `resource add`.
     fn provider(&self, cluster: &Launched, etcd: &[String]) -> Arc<dyn Provider> {
@@ -105,9 +116,20 @@ impl ApplianceKind for PostgresKind {
                 superuser_password: cluster.secret.clone(),
                 tls,
             })
-            .with_status_from(etcd.to_vec(), &prefix, &cluster.cluster),
+            .with_status_from(etcd.to_vec(), &prefix, &cluster.cluster)
+            .with_pitr(PitrConfig {
+                archive: ArchiveConfig::new(archive_repo(&cluster.dir), &cluster.cluster),
+                scratch_root: cluster.dir.join("pitr"),
+                bin_dir: paas_postgres::dump::DEFAULT_BIN_DIR.into(),
+                superuser_password: cluster.secret.clone(),
+            }),
         )
     }
+}
+
+/// The pgBackRest repository of the cluster whose members live in `dir`.
+fn archive_repo(dir: &Path) -> std::path::PathBuf {
+    dir.join("pgbackrest")
 }
 
 /// Runs one supervisor until SIGINT/SIGTERM.

@@ -36,6 +36,14 @@ pub struct Harness {
 impl Harness {
     /// Starts etcd, `n` supervisors and the endpoint, and waits for a primary with a sync.
     pub async fn start(n: usize) -> Harness {
+        Harness::start_with(n, |_| vec![]).await
+    }
+
+    /// [`Harness::start`] with more supervisor flags, made from the test's directory.
+    pub async fn start_with(
+        n: usize,
+        more_args: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> Harness {
         let etcd = paas_it::EtcdServer::start().expect("etcd");
         let dir = tempfile::Builder::new()
             .prefix("paas-pg-test")
@@ -57,7 +65,11 @@ impl Harness {
         let cluster = LocalCluster::start(LocalClusterSpec {
             program: supervisor_program(),
             args_prefix: vec![],
-            args: vec!["--tls-dir".into(), tls_dir.display().to_string()],
+            args: [
+                vec!["--tls-dir".into(), tls_dir.display().to_string()],
+                more_args(dir.path()),
+            ]
+            .concat(),
             env: vec![(paas_postgres::args::PASSWORD_ENV.into(), PASSWORD.into())],
             cluster: "main".into(),
             member_prefix: "pg".into(),

@@ -1,0 +1,156 @@
+//! `paas pg restore --to-time` as a user gets it from `paas up`: the members archive
+//! into `DATA_DIR/postgres/pgbackrest`, the restore lands in a new database attached
+//! as its own variable (DATABASE_URL untouched), its steps are in the app's log, and a
+//! time in the future is refused.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fails, ok, paas};
+
+fn psql_url(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([url, "-tA", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn psql(home: &Path, app: &str, sql: &str) -> String {
+    ok(paas(
+        home,
+        &["pg", "psql", "-a", app, "--", "-tA", "-c", sql],
+    ))
+    .trim()
+    .to_string()
+}
+
+/// Waits until the repository lists a complete full base backup (`backup.info` names
+/// it once it ended), then a second more (pgBackRest records its end in whole seconds).
+fn wait_for_base_backup(home: &Path) {
+    let info = home.join("data/postgres/pgbackrest/backup/main/backup.info");
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&info).unwrap_or_default();
+        if text.contains("F={") {
+            std::thread::sleep(Duration::from_secs(1));
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no base backup in {}: {text}",
+            info.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn utc_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
+}
+
+#[test]
+fn a_point_in_time_restore_through_the_cli() {
+    let tmp = common::home();
+    let home = tmp.path();
+    let listen = common::free_addr();
+    let pg = common::free_addr();
+    let (_up, _) = common::start_up(
+        home,
+        &listen,
+        &["--postgres-listen", &pg, "--postgres-members", "2"],
+    );
+    ok(paas(home, &["apps", "create", "shop"]));
+    ok(paas(home, &["resource", "add", "postgres", "-a", "shop"]));
+    psql(
+        home,
+        "shop",
+        "create table orders (id int primary key); create table gone (x int); \
+         insert into gone values (7)",
+    );
+    wait_for_base_backup(home);
+
+    psql(
+        home,
+        "shop",
+        "insert into orders select generate_series(1, 100)",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let noted = utc_now();
+    std::thread::sleep(Duration::from_millis(200));
+    psql(
+        home,
+        "shop",
+        "insert into orders select generate_series(101, 200); drop table gone",
+    );
+
+    fails(
+        paas(
+            home,
+            &[
+                "pg",
+                "restore",
+                "-a",
+                "shop",
+                "--to-time",
+                "2999-01-01 00:00:00",
+            ],
+        ),
+        "in the future",
+    );
+    let said = ok(paas(
+        home,
+        &["--json", "pg", "restore", "-a", "shop", "--to-time", &noted],
+    ));
+    let restored: serde_json::Value =
+        serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
+    let variable = restored["variable"].as_str().unwrap().to_string();
+    assert!(
+        variable.starts_with("POSTGRES_") && variable.ends_with("_URL"),
+        "{restored}"
+    );
+    let url = ok(paas(home, &["env", "get", "-a", "shop", &variable]))
+        .trim()
+        .to_string();
+    assert_eq!(
+        psql_url(&url, "select count(*), min(id), max(id) from orders"),
+        "100|1|100"
+    );
+    assert_eq!(psql_url(&url, "select x from gone"), "7");
+    // The app's own database is untouched and still its DATABASE_URL.
+    assert_eq!(psql(home, "shop", "select count(*) from orders"), "200");
+    let resources = ok(paas(home, &["resource", "list", "-a", "shop"]));
+    assert!(
+        resources.contains(restored["resource"].as_str().unwrap()),
+        "{resources}"
+    );
+
+    let started = Instant::now();
+    loop {
+        let log = ok(paas(home, &["log", "-a", "shop", "--type", "backup"]));
+        if log.contains("point-in-time restore") && log.contains("done:") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no restore lines in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        std::fs::read_dir(home.join("data/postgres/pitr"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the scratch instance is gone"
+    );
+}
