@@ -1,5 +1,8 @@
 //! [`Coord`]: the connected, namespaced etcd client every other module hangs off.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -29,7 +32,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// keys without the namespace.
 #[derive(Clone)]
 pub struct Coord {
-    pub(crate) client: Client,
+    pub(crate) members: Arc<Members>,
     pub(crate) ns: Namespace,
     /// The keep-alive connection, opened on the lease keeper runtime.
     pub(crate) keeper: KeeperClient,
@@ -69,22 +72,131 @@ impl Coord {
             }
         }
         let keeper = KeeperClient::new(endpoint_list.clone(), options.clone());
-        let attempt = async {
-            let mut client = Client::connect(&endpoint_list, Some(options)).await?;
-            // connect() is lazy about cluster health; ask for something real.
-            client.status().await?;
-            Ok::<_, etcd_client::Error>(client)
-        };
-        let client = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(err)) => return Err(unreachable(err.to_string())),
-            Err(_) => return Err(unreachable("timed out".into())),
-        };
-        tracing::debug!(endpoints = ?endpoint_list, namespace, "connected to etcd");
-        Ok(Coord {
-            client,
+        let mut clients = Vec::with_capacity(endpoint_list.len());
+        for endpoint in &endpoint_list {
+            // Lazy: nothing is opened until the first request.
+            clients.push(
+                Client::connect([endpoint], Some(options.clone()))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?,
+            );
+        }
+        if clients.is_empty() {
+            return Err(unreachable("no endpoints".into()));
+        }
+        let members = Arc::new(Members {
+            // Processes start at different members, so their requests are spread.
+            current: AtomicUsize::new(std::process::id() as usize % clients.len()),
+            clients,
+        });
+        let coord = Coord {
+            members,
             ns: Namespace::new(namespace),
             keeper,
+        };
+        // Clients are lazy about cluster health; ask for something real, at any member.
+        let attempt = async {
+            let mut last = None;
+            for _ in 0..coord.members.clients.len() {
+                match coord.read(|mut c| async move { c.status().await }).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.expect("at least one member"))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(unreachable(err.to_string())),
+            Err(_) => return Err(unreachable("timed out".into())),
+        }
+        tracing::debug!(endpoints = ?endpoint_list, namespace, "connected to etcd");
+        Ok(coord)
+    }
+
+    /// The client of the member requests go to now, and its index for
+    /// [`Coord::failed`]. Streams (watches) are opened on it too.
+    pub(crate) fn member(&self) -> (usize, Client) {
+        let n = self.members.clients.len();
+        let i = self.members.current.load(Ordering::Relaxed) % n;
+        (i, self.members.clients[i].clone())
+    }
+
+    /// The current member's client, for streams.
+    pub(crate) fn client(&self) -> Client {
+        self.member().1
+    }
+
+    /// Records that a request to member `i` failed with `err`; when the failure is the
+    /// member's or its connection's (not an answer about the data), later requests go
+    /// to the next member. Returns whether it was such a failure.
+    pub(crate) fn failed(&self, i: usize, err: &etcd_client::Error) -> bool {
+        if !member_failure(err) {
+            return false;
+        }
+        let n = self.members.clients.len();
+        // Only the first request to see member `i` fail moves everyone on.
+        if self
+            .members
+            .current
+            .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && n > 1
+        {
+            tracing::warn!(member = i, error = %err, "etcd member failed a request: moving to the next");
+        }
+        true
+    }
+
+    /// A read, or any request that may be repeated: on the current member, and once
+    /// more on the next one when the first attempt failed for the member's sake.
+    pub(crate) async fn read<T, F, Fut>(&self, op: F) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.member();
+        match op(client).await {
+            Err(err) if self.failed(i, &err) => op(self.client()).await.inspect_err(|e| {
+                let (j, _) = self.member();
+                self.failed(j, e);
+            }),
+            other => other,
+        }
+    }
+
+    /// A write that must not be repeated blindly (it may have been applied): on the
+    /// current member; a member failure moves later requests to the next one and is
+    /// returned to the caller.
+    pub(crate) async fn write<T, F, Fut>(&self, op: F) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.member();
+        op(client).await.inspect_err(|e| {
+            self.failed(i, e);
         })
+    }
+}
+
+/// The etcd members of a [`Coord`]: one lazily opened client per endpoint, and the one
+/// requests go to now. One member at a time (not a balanced channel over all): a
+/// balanced channel keeps handing a share of requests to a member that died or refuses
+/// connections, and each of those fails.
+pub(crate) struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+/// Whether `err` says the member or the connection failed (unavailable, closed,
+/// timed out, no raft leader), rather than answering about the data.
+fn member_failure(err: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match err {
+        // gRPC codes: 1 cancelled, 4 deadline exceeded, 14 unavailable.
+        Error::GRpcStatus(status) => matches!(i32::from(status.code()), 1 | 4 | 14),
+        Error::TransportError(_) | Error::IoError(_) => true,
+        _ => false,
     }
 }

@@ -273,8 +273,13 @@ impl Coord {
     /// Reads the document at `key` and the revision to pass to [`Coord::cas`] or
     /// [`Coord::delete`]; `None` when absent.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
-        let mut kv = self.client.kv_client();
-        let response = kv.get(self.ns.full(key), None).await?;
+        let full = self.ns.full(key);
+        let response = self
+            .read(|c| {
+                let full = full.clone();
+                async move { c.kv_client().get(full, None).await }
+            })
+            .await?;
         match response.kvs().first() {
             None => Ok(None),
             Some(found) => Ok(Some((decode(key, found.value())?, found.mod_revision()))),
@@ -315,10 +320,18 @@ impl Coord {
     /// and lease: for records whose holder matters (leader keys) and readers that must
     /// decode each kind of key differently.
     pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let mut kv = self.client.kv_client();
         let start = self.ns.full(prefix);
-        let options = GetOptions::new().with_range(prefix_end(&start));
-        let response = kv.get(start, Some(options)).await?;
+        let end = prefix_end(&start);
+        let response = self
+            .read(|c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    c.kv_client()
+                        .get(start, Some(GetOptions::new().with_range(end)))
+                        .await
+                }
+            })
+            .await?;
         Ok(response
             .kvs()
             .iter()
@@ -421,7 +434,9 @@ impl Coord {
             }
         }
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self
+            .write(|c| async move { c.kv_client().txn(txn).await })
+            .await?;
         if response.succeeded() {
             return Ok(response.header().map_or(0, |h| h.revision()));
         }

@@ -123,7 +123,9 @@ impl Coord {
                     Some(PutOptions::new().with_lease(lease.id())),
                 )])
                 .or_else([TxnOp::get(full.clone(), None)]);
-            let response = self.client.kv_client().txn(txn).await?;
+            let response = self
+                .write(|c| async move { c.kv_client().txn(txn).await })
+                .await?;
             let revision = response.header().map_or(0, |h| h.revision());
             if response.succeeded() {
                 let token = FencingToken {
@@ -177,7 +179,11 @@ impl Coord {
 /// broke, in which case the caller simply tries again).
 async fn wait_for_delete(coord: &Coord, full: &[u8], after: i64) {
     let options = WatchOptions::new().with_start_revision(after + 1);
-    let Ok((_watcher, mut stream)) = coord.client.watch_client().watch(full, Some(options)).await
+    let Ok((_watcher, mut stream)) = coord
+        .client()
+        .watch_client()
+        .watch(full, Some(options))
+        .await
     else {
         tokio::time::sleep(RETRY_DELAY).await;
         return;
@@ -260,11 +266,13 @@ impl Leadership {
         if self.lost.borrow().is_some() || matches!(self.lease.state(), LeaseState::Lost(_)) {
             return Ok(false);
         }
+        let full = self.coord.ns.full(&self.key);
         let response = self
             .coord
-            .client
-            .kv_client()
-            .get(self.coord.ns.full(&self.key), None)
+            .read(|c| {
+                let full = full.clone();
+                async move { c.kv_client().get(full, None).await }
+            })
             .await?;
         Ok(is_ours(response.kvs().first().map(revisions), self.token))
     }
@@ -289,7 +297,9 @@ impl Leadership {
                 token.revision,
             )])
             .and_then([TxnOp::delete(full, None)]);
-        coord.client.kv_client().txn(txn).await?;
+        coord
+            .write(|c| async move { c.kv_client().txn(txn).await })
+            .await?;
         tracing::info!(key, ?token, "resigned");
         lease.revoke().await
     }
@@ -322,7 +332,13 @@ async fn monitor(
 async fn key_taken(coord: &Coord, key: &str, token: FencingToken) {
     let full = coord.ns.full(key);
     loop {
-        let response = match coord.client.kv_client().get(full.clone(), None).await {
+        let response = match coord
+            .read(|c| {
+                let full = full.clone();
+                async move { c.kv_client().get(full, None).await }
+            })
+            .await
+        {
             Ok(response) => response,
             Err(_) => {
                 tokio::time::sleep(RETRY_DELAY).await;
@@ -335,7 +351,7 @@ async fn key_taken(coord: &Coord, key: &str, token: FencingToken) {
         let from = response.header().map_or(0, |h| h.revision()) + 1;
         let options = WatchOptions::new().with_start_revision(from);
         if let Ok((_watcher, mut stream)) = coord
-            .client
+            .client()
             .watch_client()
             .watch(full.clone(), Some(options))
             .await

@@ -179,7 +179,10 @@ impl Coord {
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let secs = secs.max(1) as i64;
         let sent_at = Instant::now();
-        let granted = self.client.lease_client().grant(secs, None).await?;
+        // Repeatable: a lease granted by a lost answer only expires unused.
+        let granted = self
+            .read(|c| async move { c.lease_client().grant(secs, None).await })
+            .await?;
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let valid_until = sent_at + ttl;
         let (tx, state) = watch::channel(LeaseState::Held { valid_until });
@@ -234,7 +237,10 @@ impl Lease {
     /// Stops renewing and revokes the lease: every key bound to it is deleted now.
     pub async fn revoke(mut self) -> Result<()> {
         self.stop_keeper();
-        self.coord.client.lease_client().revoke(self.id).await?;
+        let id = self.id;
+        self.coord
+            .read(|c| async move { c.lease_client().revoke(id).await })
+            .await?;
         Ok(())
     }
 
@@ -269,7 +275,10 @@ impl Drop for Lease {
         let (coord, id) = (self.coord.clone(), self.id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = coord.client.lease_client().revoke(id).await {
+                if let Err(err) = coord
+                    .read(|c| async move { c.lease_client().revoke(id).await })
+                    .await
+                {
                     tracing::debug!(lease = format_args!("{id:x}"), %err, "revoke on drop failed; the lease will expire");
                 }
             });

@@ -27,7 +27,7 @@ impl Coord {
         &self,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<SnapshotInfo> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let etcd_version = client.status().await?.version().to_string();
         let mut maintenance = client.maintenance_client();
         let mut stream = maintenance.snapshot().await?;
@@ -49,10 +49,15 @@ impl Coord {
     /// how many were deleted: for a restored keyspace whose records of the old cluster's
     /// processes (placements, registrations, appliance roles) must not survive.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<i64> {
-        let mut kv = self.client.kv_client();
         let start = self.ns.full(prefix);
-        let options = DeleteOptions::new().with_range(prefix_end(&start));
-        let response = kv.delete(start, Some(options)).await?;
+        let end = prefix_end(&start);
+        let response = self
+            .write(|c| async move {
+                c.kv_client()
+                    .delete(start, Some(DeleteOptions::new().with_range(end)))
+                    .await
+            })
+            .await?;
         Ok(response.deleted())
     }
 }

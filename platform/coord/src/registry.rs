@@ -51,10 +51,13 @@ impl Coord {
         let bytes = encode(&key, value)?;
         let lease = self.grant_lease(ttl).await?;
         let options = PutOptions::new().with_lease(lease.id());
-        self.client
-            .kv_client()
-            .put(self.ns.full(&key), bytes, Some(options))
-            .await?;
+        let full = self.ns.full(&key);
+        // Repeatable: the same value on the same lease.
+        self.read(|c| {
+            let (full, bytes, options) = (full.clone(), bytes.clone(), options.clone());
+            async move { c.kv_client().put(full, bytes, Some(options)).await }
+        })
+        .await?;
         tracing::info!(key, lease = format_args!("{:x}", lease.id()), "registered");
         Ok(Registration {
             coord: self.clone(),
@@ -111,7 +114,10 @@ impl Registration {
                 bytes,
                 Some(PutOptions::new().with_lease(self.lease.id())),
             )]);
-        let response = self.coord.client.kv_client().txn(txn).await?;
+        let response = self
+            .coord
+            .write(|c| async move { c.kv_client().txn(txn).await })
+            .await?;
         if !response.succeeded() {
             return Err(CoordError::NotFound {
                 key: self.key.clone(),

@@ -189,8 +189,17 @@ impl<T: Clone> DocWatch<T> {
 /// Reads every key under `prefix` and the store revision of that read.
 async fn list(coord: &Coord, prefix: &str) -> Result<(Entries, i64)> {
     let start = coord.ns.full(prefix);
-    let options = GetOptions::new().with_range(prefix_end(&start));
-    let response = coord.client.kv_client().get(start, Some(options)).await?;
+    let end = prefix_end(&start);
+    let response = coord
+        .read(|c| {
+            let (start, end) = (start.clone(), end.clone());
+            async move {
+                c.kv_client()
+                    .get(start, Some(GetOptions::new().with_range(end)))
+                    .await
+            }
+        })
+        .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let entries = response
         .kvs()
@@ -270,7 +279,7 @@ where
         .with_range(prefix_end(&start))
         .with_start_revision(*revision + 1);
     let (_watcher, mut stream) = match coord
-        .client
+        .client()
         .watch_client()
         .watch(start, Some(options))
         .await

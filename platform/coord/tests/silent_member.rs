@@ -180,3 +180,48 @@ async fn held_for_three_ttls(
         );
     }
 }
+
+/// Requests go to one member at a time: when it dies (its connections silent, new ones
+/// closed at once), reads move to the next member and none fails.
+#[tokio::test]
+async fn reads_go_on_when_one_member_dies() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let to = etcd.endpoint().trim_start_matches("http://").to_string();
+    let (a, b) = (Relay::start(to.clone()).await, Relay::start(to).await);
+    // Each member in turn dies under a fresh client: one of the two turns kills the
+    // member the client's requests were going to.
+    for (dead, alive) in [(&a, &b), (&b, &a)] {
+        dead.refuse(false);
+        alive.refuse(false);
+        let coord = Coord::connect(
+            &[a.url.as_str(), b.url.as_str()],
+            "t",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect through the relays");
+        let mut batch = paas_coord::Batch::new();
+        batch.put("k", &1u32).unwrap();
+        coord.commit(batch).await.expect("put");
+        dead.refuse(true);
+        dead.silence();
+        reads_all_succeed(&coord).await;
+    }
+}
+
+/// 60 reads over about 6 s, all answered.
+async fn reads_all_succeed(coord: &Coord) {
+    let (mut failed, started) = (Vec::new(), std::time::Instant::now());
+    for i in 0..60 {
+        match coord.get::<u32>("k").await {
+            Ok(Some((1, _))) => {}
+            other => failed.push(format!("read {i} at {:?}: {other:?}", started.elapsed())),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 60 reads failed: {failed:#?}",
+        failed.len()
+    );
+}
