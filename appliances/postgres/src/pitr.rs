@@ -106,7 +106,7 @@ pub fn check_target(
         .map(|b| b.stopped)
         .min()
         .ok_or(PitrError::NoBaseBackup)?;
-    if target < first {
+    if !serves(first, target) {
         return Err(PitrError::BeforeFirstBackup {
             target: format_time(target),
             first: format_time(first),
@@ -199,7 +199,7 @@ pub async fn restore_database(
     check_target(target, SystemTime::now(), &backups)?;
     let from_backup = backups
         .iter()
-        .filter(|b| b.stopped <= target)
+        .filter(|b| serves(b.stopped, target))
         .max_by_key(|b| b.stopped)
         .map(|b| b.label.clone())
         .unwrap_or_default();
@@ -380,6 +380,15 @@ fn free_port() -> Result<u16, PitrError> {
         })
 }
 
+/// Whether a base backup that ended at `stopped` can be restored up to `target`.
+/// pgBackRest records stop times in whole seconds and takes a backup only when its stop
+/// time is before the target, compared in whole seconds: a target in the same second
+/// as the backup's end is refused ("unable to find backup set with stop time less
+/// than ..."), so a backup serves targets from one second after its end.
+fn serves(stopped: SystemTime, target: SystemTime) -> bool {
+    stopped + Duration::from_secs(1) <= target
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,7 +411,16 @@ mod tests {
         let now = at(2_000_000_000);
         let backups = [backup(1_999_990_000), backup(1_999_999_000)];
         assert!(check_target(at(1_999_995_000), now, &backups).is_ok());
-        assert!(check_target(at(1_999_990_000), now, &backups).is_ok());
+        assert!(check_target(at(1_999_990_001), now, &backups).is_ok());
+        // The second the first backup ended in: pgBackRest finds no backup for it.
+        assert!(matches!(
+            check_target(
+                at(1_999_990_000) + Duration::from_millis(866),
+                now,
+                &backups
+            ),
+            Err(PitrError::BeforeFirstBackup { .. })
+        ));
         assert!(check_target(now, now, &backups).is_ok());
         assert!(matches!(
             check_target(at(2_000_000_001), now, &backups),

@@ -116,6 +116,11 @@ async fn a_restore_finds_exactly_the_rows_of_the_moment_also_across_a_failover()
         .unwrap();
 
     let backed_up = first_backup(&h, &dir).await;
+    // A backup serves targets from the second after it ended (pgBackRest's stop times
+    // are whole seconds).
+    while SystemTime::now() < backed_up + Duration::from_millis(1100) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let tell = |line: &str| eprintln!("restore: {line}");
     let into = |n: &'static str| {
         let provider = &provider;
