@@ -157,10 +157,12 @@ impl Coord {
     {
         let (i, client) = self.member();
         match op(client).await {
-            Err(err) if self.failed(i, &err) => op(self.client()).await.inspect_err(|e| {
-                let (j, _) = self.member();
-                self.failed(j, e);
-            }),
+            Err(err) if self.failed(i, &err) => {
+                let (j, client) = self.member();
+                op(client).await.inspect_err(|e| {
+                    self.failed(j, e);
+                })
+            }
             other => other,
         }
     }
