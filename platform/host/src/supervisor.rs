@@ -325,39 +325,30 @@ pub async fn supervise(
     let mut cgroup: Option<JobCgroup> = None;
     loop {
         let started = Instant::now();
+        // A limited job never runs without its cgroup: failing to make one is a
+        // failed start like a failed spawn.
+        let mut refused = None;
         if cgroup.is_none() && !spec.job.limits.is_unlimited() {
             match spec.cgroups.create(&spec.job.id, &spec.job.limits) {
                 Ok(c) => cgroup = Some(c),
-                Err(e) => {
-                    tracing::warn!(job = %spec.job.id, error = %e, limits = %spec.job.limits, "cannot enforce the job's limits");
-                    let next = backoff(streak, Duration::ZERO);
-                    if !crashed(
-                        &report,
-                        &stop,
-                        format!("cannot start: {e}"),
-                        &next,
-                        restarts,
-                    )
-                    .await
-                    {
-                        return;
-                    }
-                    streak = next.streak;
-                    restarts += 1;
-                    continue;
-                }
+                Err(e) => refused = Some(e.to_string()),
             }
         }
         let oom_before = cgroup.as_ref().map_or(0, JobCgroup::oom_kills);
-        let mut child = match spawn_group(
-            &spec.shim,
-            &spec.command,
-            &spec.env,
-            &spec.workdir,
-            spec.user.as_ref().map(|u| u.id),
-            Stdio::null(),
-            cgroup.as_ref(),
-        ) {
+        let spawned = match refused {
+            Some(why) => Err(why),
+            None => spawn_group(
+                &spec.shim,
+                &spec.command,
+                &spec.env,
+                &spec.workdir,
+                spec.user.as_ref().map(|u| u.id),
+                Stdio::null(),
+                cgroup.as_ref(),
+            )
+            .map_err(|e| e.to_string()),
+        };
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 tracing::warn!(job = %spec.job.id, error = %e, "cannot start job");
