@@ -8,7 +8,7 @@
 //! cluster by port, and outgoing connections never take a port below 32768.
 //! [`check_free`] fails fast, naming the process that holds a port.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 
 /// Fixed port bases of the PostgreSQL appliance: server and health API.
 pub const POSTGRES_PORT: u16 = 15432;
@@ -36,6 +36,23 @@ pub fn cluster_ip(seed: &str) -> Ipv4Addr {
     let second = a.max(1); // 127.0.x.x holds 127.0.0.1 and friends
     let last = 1 + c % 254; // 1..=254
     Ipv4Addr::new(127, second, b, last)
+}
+
+/// The address a member listens and registers at: the address of the host it runs on
+/// (`job_ip`, which the host agent gives every job as `HOST_IP`) when that is reachable
+/// from other machines, else the cluster's own loopback address (`cluster`, from
+/// [`cluster_ip`]), so that on a single machine several clusters never collide.
+pub fn member_host(cluster: &str, job_ip: Option<IpAddr>) -> String {
+    match job_ip {
+        Some(ip) if reachable_from_elsewhere(ip) => ip.to_string(),
+        _ => cluster.to_string(),
+    }
+}
+
+/// Whether other machines may reach a server listening on `ip`: neither loopback nor
+/// unspecified (a host's job IP that members then listen on, see [`member_host`]).
+pub fn reachable_from_elsewhere(ip: IpAddr) -> bool {
+    !ip.is_loopback() && !ip.is_unspecified()
 }
 
 /// Port `base + member`.
@@ -124,6 +141,22 @@ mod tests {
             assert!((1..=254).contains(&ip[3]), "{seed}");
         }
         assert_eq!(member_port(POSTGRES_PORT, 2), 15434);
+    }
+
+    #[test]
+    fn members_take_their_host_address_only_when_it_is_routable() {
+        let cluster = "127.3.4.5";
+        let check = |job_ip: Option<&str>, expected: &str| {
+            let job_ip = job_ip.map(|ip| ip.parse::<IpAddr>().unwrap());
+            assert_eq!(member_host(cluster, job_ip), expected, "{job_ip:?}");
+        };
+        check(None, cluster);
+        check(Some("127.0.0.1"), cluster);
+        check(Some("127.9.9.9"), cluster);
+        check(Some("::1"), cluster);
+        check(Some("0.0.0.0"), cluster);
+        check(Some("10.77.0.2"), "10.77.0.2");
+        check(Some("fd00::2"), "fd00::2");
     }
 
     #[test]

@@ -32,9 +32,14 @@ pub struct MemberArgs {
     /// Member directory (the server's data lives inside it).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Listen address of the server and the health API.
+    /// Listen address of the server and the health API (see [`MemberArgs::listen_host`]).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// The address of the host the member runs on, as its host agent tells every job
+    /// (`HOST_IP`): when it is reachable from other machines, the member listens and
+    /// registers there instead of `--host`, so members on other hosts reach it.
+    #[arg(long)]
+    pub job_ip: Option<std::net::IpAddr>,
     /// The server's port.
     #[arg(long)]
     pub port: u16,
@@ -59,6 +64,12 @@ impl MemberArgs {
             Some(dir) => paas_coord::tls::set_client_identity(dir),
             None => Ok(()),
         }
+    }
+
+    /// Where the server and the health API listen and the member registers:
+    /// `crate::addr::member_host` of `--host` and `--job-ip`.
+    pub fn listen_host(&self) -> String {
+        crate::addr::member_host(&self.host, self.job_ip)
     }
 
     /// The lease TTL.

@@ -37,7 +37,7 @@ impl SupervisorArgs {
             &self.superuser_password,
         );
         config.prefix = m.prefix.clone();
-        config.host = m.host.clone();
+        config.host = m.listen_host();
         config.server_id = self.server_id.unwrap_or_else(|| server_id_of(&m.name));
         config.ttl = m.ttl();
         config.members = m.members;

@@ -56,7 +56,7 @@ impl SupervisorArgs {
         );
         config.prefix = m.prefix.clone();
         config.bin_dir = self.bin_dir;
-        config.host = m.host.clone();
+        config.host = m.listen_host();
         config.ttl = m.ttl();
         config.members = m.members;
         config.tls_dir = m.tls_dir.clone();
