@@ -1,9 +1,12 @@
 //! Running an appliance's cluster the way Flynn runs its appliances: the members are
 //! jobs of a system app (`paas-<kind>`, or `paas-<kind>-<cluster>` for a cluster other
 //! than `main`), one process type per member (`pg0`, `pg1`, ...) so each keeps its
-//! name, its fixed address and its data directory across restarts; the scheduler places
-//! them and the host agent supervises them. In front of them, the leader-following
-//! endpoint the resources' URLs point at. What differs between engines is an
+//! name, its fixed port and its data directory across restarts; the scheduler places
+//! them and the host agent supervises them. A member listens on the job IP of the host
+//! it lands on (`HOST_IP`) when other machines can reach that, else on the cluster's
+//! own loopback address (one machine). With `Site::spread_hosts` the members are placed
+//! only once that many hosts are live, so the scheduler puts one on each. In front of
+//! them, the leader-following endpoint the resources' URLs point at. What differs between engines is an
 //! [`ApplianceKind`]; everything else is here, once.
 
 use std::collections::BTreeMap;
@@ -145,6 +148,12 @@ pub struct Site {
     pub etcd: Vec<String>,
     /// The members' lease TTL in seconds.
     pub ttl_secs: u64,
+    /// The platform's identity directory: the etcd client identity handed to the
+    /// members and, when it holds the CA's key, the CA their certificates come from.
+    pub pki: PathBuf,
+    /// How many live hosts a cluster's members wait for before they are placed, so the
+    /// scheduler spreads them one per host (`paas up --appliance-hosts`); 1: no wait.
+    pub spread_hosts: usize,
 }
 
 /// Starts (or adopts, after a restart) cluster `cluster` of `kind` with `members`
@@ -175,16 +184,22 @@ pub async fn launch(
     let host = addr::cluster_ip(&dir.to_string_lossy());
     let ports = member_ports(kind, host, members)?;
     let binary = stable_binary(data_dir)?;
-    let pki = data_dir.join("pki");
+    let pki = site.pki.as_path();
+    let hosts = wait_for_hosts(store.coord(), name, site.spread_hosts).await?;
     let (tls_dir, ca_file) = if kind.speaks_tls() {
-        server_certificate(kind, data_dir, &dir, host, listen)?
+        let mut ips = vec![IpAddr::V4(host), IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if !listen.ip().is_unspecified() {
+            ips.push(listen.ip());
+        }
+        ips.extend(hosts.iter().filter_map(|h| routable(&h.job_ip)));
+        server_certificate(kind, data_dir, pki, &dir, &ips)?
     } else {
         (None, None)
     };
     let etcd_tls = etcd
         .iter()
         .any(|e| e.starts_with("https://"))
-        .then_some(pki.as_path());
+        .then_some(pki);
     let processes = member_processes(
         kind,
         &binary,
@@ -233,19 +248,77 @@ pub async fn launch(
     })
 }
 
-/// Issues the cluster's server certificate from the cluster CA into `DIR/tls` (names:
-/// the endpoint's address, the members' address, 127.0.0.1, `localhost`) and
-/// publishes the CA's certificate for the jobs; returns both paths. Without a CA key
-/// in `DATA_DIR/pki` (an external etcd), the members speak plain TCP.
+/// A host's job IP when members there listen on it ([`addr::member_host`]): not a
+/// loopback or unspecified address. Those are what the certificate must name besides
+/// the cluster's own loopback address.
+fn routable(job_ip: &str) -> Option<IpAddr> {
+    let ip: IpAddr = job_ip.parse().ok()?;
+    addr::reachable_from_elsewhere(ip).then_some(ip)
+}
+
+/// What `paas up` says while a cluster's members wait for hosts, e.g. "waiting for 3
+/// live hosts to place postgres members, 1 live: host1".
+fn hosts_wait_line(kind: &str, wanted: usize, live: &[String]) -> String {
+    let names = if live.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", live.join(", "))
+    };
+    format!(
+        "waiting for {wanted} live hosts to place {kind} members, {} live{names}",
+        live.len()
+    )
+}
+
+/// The live hosts, once there are at least `wanted` of them; says on the terminal and
+/// in the log what it waits for whenever that changes. Waits as long as it takes: the
+/// hosts are started by whoever asked for them.
+async fn wait_for_hosts(
+    coord: &paas_coord::Coord,
+    kind: &str,
+    wanted: usize,
+) -> Result<Vec<paas_model::Host>> {
+    let mut last = String::new();
+    loop {
+        let mut hosts: Vec<paas_model::Host> = coord
+            .entries(&paas_model::keys::hosts())
+            .await
+            .context("cannot read the live hosts")?
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        if hosts.len() >= wanted {
+            if wanted > 1 {
+                let ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
+                tracing::info!(kind, hosts = %ids.join(", "), "placing the members on the live hosts");
+            }
+            return Ok(hosts);
+        }
+        let ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
+        let line = hosts_wait_line(kind, wanted, &ids);
+        if line != last {
+            println!("{line}");
+            tracing::info!("{line}");
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Issues the cluster's server certificate from the cluster CA in `pki` into `DIR/tls`
+/// for `ips` (the members' loopback address and hosts' addresses, the endpoint's,
+/// 127.0.0.1) and `localhost`, and publishes the CA's certificate for the jobs; returns
+/// both paths. Without the CA's key in `pki` (an external etcd without it), the
+/// members speak plain TCP.
 fn server_certificate(
     kind: &dyn ApplianceKind,
     data_dir: &Path,
+    pki: &Path,
     dir: &Path,
-    host: Ipv4Addr,
-    listen: SocketAddr,
+    ips: &[IpAddr],
 ) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
-    let pki = data_dir.join("pki");
-    if !crate::pki::has_ca_key(&pki) {
+    if !crate::pki::has_ca_key(pki) {
         tracing::warn!(
             kind = kind.kind(),
             "no cluster CA in {}: the members speak plain TCP",
@@ -253,14 +326,10 @@ fn server_certificate(
         );
         return Ok((None, None));
     }
-    let mut ips = vec![IpAddr::V4(host), IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    if !listen.ip().is_unspecified() {
-        ips.push(listen.ip());
-    }
     let tls_dir = dir.join("tls");
-    crate::pki::issue_server(&pki, &tls_dir, &format!("paas {}", kind.kind()), &ips)
+    crate::pki::issue_server(pki, &tls_dir, &format!("paas {}", kind.kind()), ips)
         .with_context(|| format!("cannot issue the {} certificate", kind.kind()))?;
-    let ca_file = crate::pki::publish_ca(data_dir, &pki)?;
+    let ca_file = crate::pki::publish_ca(data_dir, pki)?;
     // Jobs run under uids of their own: check as another user (`nobody`), when root.
     if let Some((uid, gid)) = paas_appliance::os_user::server_user("nobody")
         .ok()
@@ -323,7 +392,8 @@ fn stable_binary(data_dir: &Path) -> Result<PathBuf> {
 }
 
 /// The process types of the system app: one per member, each running `paas appliance
-/// KIND` with the common member flags (`paas_appliance::args::MemberArgs`).
+/// KIND` with the common member flags (`paas_appliance::args::MemberArgs`); `--job-ip`
+/// is the `HOST_IP` its host agent gives it, `--host` the loopback fallback.
 #[allow(clippy::too_many_arguments)]
 fn member_processes(
     kind: &dyn ApplianceKind,
@@ -346,8 +416,8 @@ fn member_processes(
             let name = format!("{}{i}", kind.member_prefix());
             let mut command = format!(
                 "exec {} appliance {} --cluster {cluster} --name {name} --etcd {} \
-                 --prefix {prefix} --dir {} --host {host} --port {port} --health-port {health} \
-                 --ttl-secs {ttl_secs} --members {members}",
+                 --prefix {prefix} --dir {} --host {host} --job-ip \"$HOST_IP\" --port {port} \
+                 --health-port {health} --ttl-secs {ttl_secs} --members {members}",
                 binary.display(),
                 kind.kind(),
                 etcd.join(","),
@@ -464,6 +534,26 @@ async fn wait_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_for_hosts_names_the_live_ones() {
+        assert_eq!(
+            hosts_wait_line("postgres", 3, &["host1".into()]),
+            "waiting for 3 live hosts to place postgres members, 1 live: host1"
+        );
+        assert_eq!(
+            hosts_wait_line("mysql", 2, &[]),
+            "waiting for 2 live hosts to place mysql members, 0 live"
+        );
+    }
+
+    #[test]
+    fn certificates_name_only_the_hosts_members_listen_on() {
+        assert_eq!(routable("10.77.0.2"), Some("10.77.0.2".parse().unwrap()));
+        assert_eq!(routable("127.0.0.1"), None);
+        assert_eq!(routable("0.0.0.0"), None);
+        assert_eq!(routable("not an address"), None);
+    }
 
     #[test]
     fn verification_is_required_once_clients_can_be_elsewhere() {

@@ -109,6 +109,12 @@ pub struct UpArgs {
     /// a slow etcd sooner.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=60))]
     pub lease_ttl: u64,
+    /// Live hosts the appliances' members wait for before they are placed, so the
+    /// scheduler puts each member of a cluster on another host (start `paas host
+    /// --join` on the others meanwhile; `paas up` says what it waits for). 1: place
+    /// them at once, on this host if no other is live.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub appliance_hosts: u64,
     /// Address of the leader-following Postgres endpoint every DATABASE_URL points at
     /// (same as --appliance-listen postgres=ADDR).
     #[arg(long)]
@@ -406,6 +412,8 @@ async fn serve(
             data_dir: data_dir.to_path_buf(),
             etcd: endpoints.to_vec(),
             ttl_secs: args.lease_ttl,
+            pki: pki.clone(),
+            spread_hosts: usize::try_from(args.appliance_hosts).unwrap_or(1),
         };
         for kind in appliance_kinds() {
             let members = args.members(kind.kind());
