@@ -44,6 +44,7 @@ mod etcd;
 mod http;
 mod mariadb;
 mod mongo;
+pub mod phase;
 mod port;
 mod postgres;
 mod process;

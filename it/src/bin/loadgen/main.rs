@@ -31,8 +31,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use paas_it::phase::Phase;
 use rule::{Outcome, Verdict};
-use stats::{Phase, PhaseStats};
+use stats::PhaseStats;
 
 /// Options of `loadgen`.
 #[derive(Parser)]

@@ -2,37 +2,7 @@
 
 use std::time::Duration;
 
-/// The phases a request belongs to, by when it started relative to the kill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Before the kill (or with no kill signalled).
-    Before,
-    /// In the first `during` after the kill.
-    During,
-    /// Later.
-    After,
-}
-
-impl Phase {
-    /// The phase of a request that started `since_kill` after the kill (`None`: before
-    /// it, or no kill yet).
-    pub fn of(since_kill: Option<Duration>, during: Duration) -> Phase {
-        match since_kill {
-            None => Phase::Before,
-            Some(d) if d < during => Phase::During,
-            Some(_) => Phase::After,
-        }
-    }
-
-    /// Its name in the report.
-    pub fn label(self) -> &'static str {
-        match self {
-            Phase::Before => "before",
-            Phase::During => "during",
-            Phase::After => "after",
-        }
-    }
-}
+use paas_it::phase::{percentile, Phase};
 
 /// What one phase saw.
 #[derive(Debug, Default, Clone)]
@@ -69,15 +39,6 @@ impl PhaseStats {
     }
 }
 
-/// The `q` quantile (0..=1) of sorted `values`, nearest rank; `None` when empty.
-pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
@@ -88,32 +49,6 @@ mod tests {
 
     fn millis(v: &[u64]) -> Vec<Duration> {
         v.iter().map(|m| Duration::from_millis(*m)).collect()
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v = millis(&(1..=100).collect::<Vec<_>>());
-        assert_eq!(percentile(&v, 0.5), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&v, 0.99), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&v, 1.0), Some(Duration::from_millis(100)));
-        assert_eq!(percentile(&v, 0.0), Some(Duration::from_millis(1)));
-        assert_eq!(
-            percentile(&millis(&[7]), 0.9),
-            Some(Duration::from_millis(7))
-        );
-        assert_eq!(percentile(&[], 0.5), None);
-    }
-
-    #[test]
-    fn phases_split_at_the_kill() {
-        let during = Duration::from_secs(10);
-        assert_eq!(Phase::of(None, during), Phase::Before);
-        assert_eq!(Phase::of(Some(Duration::ZERO), during), Phase::During);
-        assert_eq!(
-            Phase::of(Some(Duration::from_millis(9_999)), during),
-            Phase::During
-        );
-        assert_eq!(Phase::of(Some(during), during), Phase::After);
     }
 
     #[test]
