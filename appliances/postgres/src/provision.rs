@@ -101,6 +101,16 @@ pub enum UrlTls<'a> {
     },
 }
 
+/// Whether a failure with SQLSTATE `code` (`None`: no server error, the connection
+/// failed) is worth a retry on a fresh connection through the endpoint. During a
+/// failover the endpoint forwards to the member holding the leader key as soon as it
+/// holds it, which is before its promotion has finished: statements there fail as
+/// read-only (25006), and a server shutting down or starting up refuses with 57P01,
+/// 57P02 or 57P03. Every other server error is the statement's own and final.
+pub fn retryable(code: Option<&str>) -> bool {
+    matches!(code, None | Some("25006" | "57P01" | "57P02" | "57P03"))
+}
+
 /// The variables an app connects with (pure: the URL's form is decided here).
 pub fn client_env(
     host: &str,
@@ -299,7 +309,7 @@ impl PostgresProvider {
     }
 
     /// Runs `op` on the admin connection, reconnecting and retrying while the failure is
-    /// a connection failure (not an SQL error) and [`RETRY_FOR`] has not passed.
+    /// [`retryable`] and [`RETRY_FOR`] has not passed.
     async fn with_retry(&self, op: &Op) -> Result<(), ProvisionError> {
         let started = Instant::now();
         let mut admin = self.admin.lock().await;
@@ -318,8 +328,11 @@ impl PostgresProvider {
             };
             match result {
                 Ok(()) => return Ok(()),
-                Err(err) if err.as_db_error().is_none() && started.elapsed() < RETRY_FOR => {
-                    tracing::warn!(error = %err, "provisioning connection failed; retrying");
+                Err(err)
+                    if retryable(err.as_db_error().map(|db| db.code().code()))
+                        && started.elapsed() < RETRY_FOR =>
+                {
+                    tracing::warn!(error = %detail(&err), "provisioning failed on a server that is not (yet) the writable primary or on a broken connection; retrying on a fresh connection");
                     *admin = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -695,6 +708,19 @@ mod tests {
         assert_eq!(verify["PGSSLMODE"], "verify-full");
         assert_eq!(verify["PGSSLROOTCERT"], ca_file);
         assert_eq!(verify["PGHOST"], "10.0.0.5");
+    }
+
+    #[test]
+    fn retries_only_what_a_failover_causes() {
+        assert!(retryable(None));
+        assert!(
+            retryable(Some("25006")),
+            "read-only: a standby still promoting"
+        );
+        assert!(retryable(Some("57P03")), "cannot connect now: starting up");
+        assert!(retryable(Some("57P01")), "admin shutdown");
+        assert!(!retryable(Some("42P04")), "duplicate database is final");
+        assert!(!retryable(Some("42501")), "insufficient privilege is final");
     }
 
     #[test]
