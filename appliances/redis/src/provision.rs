@@ -439,8 +439,7 @@ impl Provider for RedisProvider {
         })?;
         if target.tls && self.config.ca_file.is_none() {
             return Err(fail(
-                "its REDIS_URL is rediss:// but this cluster has no CA to certify the group"
-                    .into(),
+                "its REDIS_URL is rediss:// but this cluster has no CA to certify the group".into(),
             ));
         }
         let group = known.group;
