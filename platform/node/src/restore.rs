@@ -545,7 +545,9 @@ pub async fn finish(
             app: resource.app.clone(),
             resource: resource.id.clone(),
             kind: resource.kind.clone(),
-            data: resource.data.clone(),
+            // Completed from the variables for resources older than the backup hooks
+            // (a Redis URL, a MariaDB password), as the backups themselves were.
+            data: provider.backup_data(&resource.data, &resource.env),
             provider,
         };
         backups.restore(&manifest, &target).await.with_context(|| {
