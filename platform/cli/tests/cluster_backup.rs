@@ -5,7 +5,8 @@
 //! URL, as resources older than the backup hooks are); a backup taken (to a
 //! file and to stdout); the first cluster stopped; a damaged copy of the file refused
 //! with the data dir left empty; the file restored into a new data dir; a `paas up` on
-//! it without the MariaDB appliance stops, saying so, and the next one serves the same apps,
+//! it without the MariaDB appliance stops, saying so; one while the Redis group's
+//! endpoint port is taken stops at the Redis step; the next one serves the same apps,
 //! releases and routes to the old tokens, the web job answers through the router from
 //! the restored code, the rows and keys are back behind the same DATABASE_URL,
 //! MYSQL_URL and REDIS_URL, and the variables naming the CA name the new data dir's
@@ -377,6 +378,17 @@ fn a_cluster_comes_back_from_its_backup_file() {
     );
     assert!(stderr.contains("--appliance mysql=N"), "{stderr}");
     assert!(home2.join("data/restore/pending.json").exists());
+    // With the Redis group's endpoint port taken, the start fails at the Redis step,
+    // after the Postgres and MariaDB clusters ran and took their data: the next start
+    // resumes with both clusters restarting.
+    let endpoint = paas_redis::provision::parse_url(&redis_url)
+        .unwrap()
+        .endpoint;
+    let squatter = std::net::TcpListener::bind(endpoint).unwrap();
+    let stderr = up_fails(home2, &flags);
+    assert!(stderr.contains(&format!("{endpoint} ")), "{stderr}");
+    assert!(home2.join("data/restore/pending.json").exists());
+    drop(squatter);
     let listen2 = common::free_addr();
     let clock = Instant::now();
     let (up2, out2) = common::start_up(home2, &listen2, &flags);
