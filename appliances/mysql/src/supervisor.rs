@@ -516,7 +516,16 @@ impl MysqlEngine {
             };
             return (local, Some(runtime));
         }
-        let upstream = runtime.slave.as_ref().and_then(|_| server.upstream());
+        // The upstream it follows, only while replication runs, tries to or failed: a
+        // server started as a replica before its upstream's address was known keeps the
+        // previous run's master info with its threads stopped (`skip-slave-start`);
+        // reported as following nobody, the next tick points it (else it would wait,
+        // "connecting", for a connection nothing starts).
+        let upstream = runtime
+            .slave
+            .as_ref()
+            .filter(|s| s.io != "No" || s.sql_running || s.error.is_some())
+            .and_then(|_| server.upstream());
         let streaming = runtime
             .slave
             .as_ref()

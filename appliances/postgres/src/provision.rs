@@ -146,8 +146,8 @@ pub fn client_env(
 }
 
 /// `text` with every byte but unreserved characters and `/` percent-encoded, for a URL
-/// query value.
-fn percent_encode(text: &str) -> String {
+/// query value (public: a whole-cluster restore finds and moves the CA path it wrote).
+pub fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {

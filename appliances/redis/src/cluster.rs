@@ -80,9 +80,18 @@ pub struct MemberStatus {
     pub has_data: bool,
 }
 
+/// The first component of every group's keys.
+const KIND: &str = "redis";
+
 /// The etcd keys of group `group`: `redis/<group>/` under the coord namespace.
 pub fn keys(group: &str) -> Keys {
-    Keys::new("redis", group)
+    Keys::new(KIND, group)
+}
+
+/// The prefix of every group's records (`redis/`): a whole-cluster restore deletes the
+/// old cluster's groups' records at once, so the re-created groups start anew.
+pub fn groups_prefix() -> String {
+    format!("{KIND}/")
 }
 
 impl Member for MemberStatus {

@@ -22,6 +22,12 @@
 //! the server with: redis-rs `Client::build_with_tls` with it as `root_cert`,
 //! `redis-cli --tls --cacert $REDIS_TLS_CA`, redis-py `ssl_ca_certs`. Groups made
 //! before keep their `redis://` URL (their members run without `--tls-dir`).
+//!
+//! Whole-cluster restore (`Provider::reinstate`): a group is started again, empty,
+//! under the secret its members had (the runner's record of it, see
+//! [`GroupRunner::recorded_secret`]) and with its endpoint where its `REDIS_URL` says
+//! ([`GroupRunner::relaunch`]), so the app's URL is unchanged; its keys then come back
+//! through the backup hooks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +60,21 @@ pub trait GroupRunner: Send + Sync {
     /// Stops group `group`'s members and endpoint (its directory is the provider's to
     /// delete); succeeds if they are already gone.
     async fn stop(&self, group: &str) -> Result<(), ProviderError>;
+    /// The secret an earlier launch of `group` gave its members, where the runner keeps
+    /// a record that outlives the group's directory (the node's: the group's system
+    /// app in etcd, which a whole-cluster restore brings back); `None` when it has none.
+    /// The provider itself records only the app's password, which is derived from it.
+    async fn recorded_secret(&self, group: &str) -> Result<Option<String>, ProviderError>;
+    /// Starts `spec`'s group again for a whole-cluster restore, with its endpoint on
+    /// `listen` (what its `REDIS_URL` names) and its members speaking TLS when `tls`;
+    /// fails, naming the address, when something else holds it. A group this runner
+    /// already serves there (a restore resumed after a failed start) is left running.
+    async fn relaunch(
+        &self,
+        spec: &GroupSpec,
+        listen: SocketAddr,
+        tls: bool,
+    ) -> Result<SocketAddr, ProviderError>;
 }
 
 /// What `provision` remembers for `deprovision` (the controller stores it opaquely).
@@ -61,7 +82,9 @@ pub trait GroupRunner: Send + Sync {
 pub struct ResourceData {
     /// The group's name.
     pub group: String,
-    /// Its directory.
+    /// Its directory when it was made. Removal goes by the group's name under the
+    /// provider's `base_dir` instead: a restored cluster's groups are under its own
+    /// data dir, and this one may be another cluster's.
     pub dir: PathBuf,
     /// How many members it has.
     pub members: usize,
@@ -106,6 +129,37 @@ pub fn client_env(
         env.insert("REDIS_TLS_CA".into(), ca.display().to_string());
     }
     env
+}
+
+/// What a `REDIS_URL` of ours says (see [`client_env`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    /// `rediss://`: the group speaks TLS.
+    pub tls: bool,
+    /// The app's password.
+    pub password: String,
+    /// The leader-following endpoint.
+    pub endpoint: SocketAddr,
+}
+
+/// Reads a URL [`client_env`] made (pure): `redis[s]://default:PASSWORD@IP:PORT`, with
+/// or without a trailing `/`; `None` for anything else.
+pub fn parse_url(url: &str) -> Option<UrlParts> {
+    let (tls, rest) = match url.strip_prefix(crate::tls::scheme(true)) {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix(crate::tls::scheme(false))?),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (user_info, host) = rest.rsplit_once('@')?;
+    let password = user_info.strip_prefix("default:")?;
+    if password.is_empty() {
+        return None;
+    }
+    Some(UrlParts {
+        tls,
+        password: password.to_string(),
+        endpoint: host.parse().ok()?,
+    })
 }
 
 /// Creates and removes replication groups.
@@ -159,9 +213,15 @@ impl RedisProvider {
         }
     }
 
-    /// Waits until `PING` answers through `endpoint` with `password`.
-    async fn wait_ready(&self, endpoint: SocketAddr, password: &str) -> Result<(), ProviderError> {
-        let ca = self.config.ca_file.as_deref();
+    /// Waits until `PING` answers through `endpoint` with `password`, over TLS verified
+    /// against the provider's CA when `tls`.
+    async fn wait_ready(
+        &self,
+        endpoint: SocketAddr,
+        password: &str,
+        tls: bool,
+    ) -> Result<(), ProviderError> {
+        let ca = self.config.ca_file.as_deref().filter(|_| tls);
         let url = format!(
             "{}default:{password}@{endpoint}/",
             crate::tls::scheme(ca.is_some())
@@ -182,7 +242,7 @@ impl RedisProvider {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(ProviderError(format!(
-            "the new group did not answer PING within {READY_LIMIT:?}: {last}"
+            "the group did not answer PING within {READY_LIMIT:?}: {last}"
         )))
     }
 
@@ -248,7 +308,7 @@ impl Provider for RedisProvider {
         let started = Instant::now();
         let launched = match self.runner.launch(&spec).await {
             Ok(endpoint) => self
-                .wait_ready(endpoint, &password)
+                .wait_ready(endpoint, &password, self.config.ca_file.is_some())
                 .await
                 .map(|()| endpoint),
             Err(err) => Err(err),
@@ -290,15 +350,11 @@ impl Provider for RedisProvider {
         let data: ResourceData = serde_json::from_value(data.clone())
             .map_err(|e| ProviderError(format!("unrecognised resource data: {e}")))?;
         self.runner.stop(&data.group).await?;
-        match std::fs::remove_dir_all(&data.dir) {
+        let dir = self.config.base_dir.join(&data.group);
+        match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ProviderError(format!(
-                    "deleting {}: {e}",
-                    data.dir.display()
-                )))
-            }
+            Err(e) => return Err(ProviderError(format!("deleting {}: {e}", dir.display()))),
         }
         self.delete_records(&data.group).await?;
         tracing::info!(%app, %id, group = %data.group, "redis group removed with its data");
@@ -347,6 +403,82 @@ impl Provider for RedisProvider {
                 tracing::warn!(%app, %id, error = %e, "redis restore failed");
                 ProviderError(e.to_string())
             })
+    }
+
+    fn can_reinstate(&self) -> bool {
+        true
+    }
+
+    /// Starts the resource's group again, empty, for a whole-cluster restore: under the
+    /// secret its members had (the runner's record; it must give the password in
+    /// `REDIS_URL`), with `--members` as recorded and its endpoint where `REDIS_URL`
+    /// says, over TLS when the URL is `rediss://`; then waits until that URL answers.
+    /// The app's `REDIS_URL` is thus unchanged; the keys come afterwards from a backup.
+    /// A failure leaves what started running (nothing when the address is taken): the
+    /// next attempt finds it and only waits for it.
+    async fn reinstate(
+        &self,
+        app: &str,
+        id: &str,
+        env: &BTreeMap<String, String>,
+        data: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        let fail = |message: String| {
+            tracing::error!(%app, %id, error = %message, "redis reinstate failed");
+            ProviderError(message)
+        };
+        let known: ResourceData = serde_json::from_value(complete_data(data, env))
+            .map_err(|e| fail(format!("unrecognised resource data: {e}")))?;
+        let url = known
+            .url
+            .as_deref()
+            .ok_or_else(|| fail("the resource records no REDIS_URL".into()))?;
+        // The URL holds the password: never in a message.
+        let target = parse_url(url).ok_or_else(|| {
+            fail("its REDIS_URL is not redis[s]://default:PASSWORD@IP:PORT".into())
+        })?;
+        if target.tls && self.config.ca_file.is_none() {
+            return Err(fail(
+                "its REDIS_URL is rediss:// but this cluster has no CA to certify the group".into(),
+            ));
+        }
+        let group = known.group;
+        let secret = self
+            .runner
+            .recorded_secret(&group)
+            .await?
+            .ok_or_else(|| fail(format!("no secret is recorded for group {group}")))?;
+        if crate::secret::app_password(&secret) != target.password {
+            return Err(fail(format!(
+                "the secret recorded for group {group} does not give the password in its \
+                 REDIS_URL"
+            )));
+        }
+        let dir = self.config.base_dir.join(&group);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        let spec = GroupSpec {
+            group: group.clone(),
+            members: known.members,
+            base_dir: dir,
+            secret,
+            etcd_endpoints: self.config.etcd_endpoints.clone(),
+            prefix: self.config.prefix.clone(),
+            ttl_secs: self.config.ttl_secs,
+            tls_dir: None,
+        };
+        let started = Instant::now();
+        let endpoint = self
+            .runner
+            .relaunch(&spec, target.endpoint, target.tls)
+            .await
+            .map_err(|e| fail(e.0))?;
+        self.wait_ready(endpoint, &target.password, target.tls)
+            .await
+            .map_err(|e| fail(e.0))?;
+        tracing::info!(%app, %id, %group, %endpoint, took = ?started.elapsed(),
+            "redis group reinstated");
+        Ok(())
     }
 
     /// Restarts one group whose state document etcd lost (`paas redis recover -a APP`):
@@ -437,6 +569,32 @@ mod tests {
         let tls = client_env(endpoint, "pw", Some(ca));
         assert_eq!(tls["REDIS_URL"], "rediss://default:pw@127.0.0.1:26380");
         assert_eq!(tls["REDIS_TLS_CA"], "/var/lib/paas/ca.pem");
+    }
+
+    #[test]
+    fn urls_are_read_back_as_client_env_writes_them() {
+        let endpoint: SocketAddr = "127.0.0.1:26380".parse().unwrap();
+        let ca = std::path::Path::new("/var/lib/paas/ca.pem");
+        for tls in [false, true] {
+            let env = client_env(endpoint, "pw", tls.then_some(ca));
+            let expected = UrlParts {
+                tls,
+                password: "pw".into(),
+                endpoint,
+            };
+            assert_eq!(parse_url(&env["REDIS_URL"]), Some(expected.clone()));
+            assert_eq!(parse_url(&format!("{}/", env["REDIS_URL"])), Some(expected));
+        }
+        for bad in [
+            "http://default:pw@127.0.0.1:1",
+            "redis://pw@127.0.0.1:1",
+            "redis://default:@127.0.0.1:1",
+            "redis://default:pw@localhost:1",
+            "redis://default:pw@127.0.0.1",
+            "rediss://default:pw@127.0.0.1:1/0",
+        ] {
+            assert_eq!(parse_url(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! endpoint, the provider's own `REDIS_URL`) through the provider's hooks into a local
 //! directory store: roundtrip over every type, TTLs and several databases; damaged
 //! objects and broken streams leaving the data unchanged; a backup taken under a writer
-//! restoring every key whole; the S3 store (moto) cut off in the middle of a backup.
+//! restoring every key whole; the S3 store (moto) cut off in the middle of a backup; a
+//! removed group reinstated under its URL (as a whole-cluster restore does) taking its
+//! backup.
 
 mod common;
 
@@ -312,6 +314,60 @@ async fn damaged_backups_and_broken_streams_change_nothing() {
     backups.restore(&m, &s.target).await.expect("restore");
     let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
     assert_eq!(n, 3_000);
+}
+
+/// A whole-cluster restore's part: the group gone (stopped, its directory and records
+/// deleted), `reinstate` starts it again under the recorded secret with its endpoint
+/// where the URL says (refused, naming the address, while something else holds it),
+/// and the backup loads into it: the same URL gives the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_group_comes_back_under_its_url_with_its_backup() {
+    let s = Setup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backups = local_backups(dir.path());
+    let mut c = s.conn(0).await;
+    fill(&mut c, 2_000).await;
+    let mut db2 = s.conn(2).await;
+    redis::cmd("SET")
+        .arg("other")
+        .arg("db")
+        .query_async::<()>(&mut db2)
+        .await
+        .unwrap();
+    drop((c, db2));
+    let before = s.snapshot().await;
+    let m = backup(&backups, &s.target).await;
+    let env = BTreeMap::from([("REDIS_URL".to_string(), s.url.clone())]);
+    s.provider
+        .deprovision("shop", "redis-aaaa", &s.target.data)
+        .await
+        .expect("deprovision");
+    assert!(!s._dir.path().join("redisaaaa").exists());
+
+    let endpoint = paas_redis::provision::parse_url(&s.url).unwrap().endpoint;
+    let squatter = std::net::TcpListener::bind(endpoint).unwrap();
+    let err = s
+        .provider
+        .reinstate("shop", "redis-aaaa", &env, &s.target.data)
+        .await
+        .expect_err("the endpoint's address is taken");
+    assert!(err.to_string().contains(&endpoint.to_string()), "{err}");
+    drop(squatter);
+
+    s.provider
+        .reinstate("shop", "redis-aaaa", &env, &s.target.data)
+        .await
+        .expect("reinstate");
+    // Idempotent: the group runs, so a second call only waits for it.
+    s.provider
+        .reinstate("shop", "redis-aaaa", &env, &s.target.data)
+        .await
+        .expect("reinstate again");
+    let mut c = s.conn(0).await;
+    let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 0, "a reinstated group starts empty");
+    backups.restore(&m, &s.target).await.expect("restore");
+    assert_eq!(s.snapshot().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,20 +1,23 @@
 //! The whole cluster through `paas cluster backup` and `paas cluster restore`, end to
 //! end with real `paas up`s: an app with code, a release, a route, a scaled web process,
 //! an app-scoped token and a Postgres database with rows, a second app with a MariaDB
-//! database with rows; a backup refused while a Redis resource exists, then taken (to a
+//! database with rows, a third with a Redis group holding keys (recorded without its
+//! URL, as resources older than the backup hooks are); a backup taken (to a
 //! file and to stdout); the first cluster stopped; a damaged copy of the file refused
 //! with the data dir left empty; the file restored into a new data dir; a `paas up` on
-//! it without the MariaDB appliance stops, saying so, and the next one serves the same
-//! apps, releases and routes to the old tokens, the web job answers through the router
-//! from the restored code, and the rows are back behind the same DATABASE_URL and
-//! MYSQL_URL.
+//! it without the MariaDB appliance stops, saying so; one while the Redis group's
+//! endpoint port is taken stops at the Redis step; the next one serves the same apps,
+//! releases and routes to the old tokens, the web job answers through the router from
+//! the restored code, the rows and keys are back behind the same DATABASE_URL,
+//! MYSQL_URL and REDIS_URL, and the variables naming the CA name the new data dir's
+//! (the restored cluster has a new CA), in a release that says so.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, paas};
+use common::{fails, ok, paas, up_fails};
 
 fn json(out: String) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -135,48 +138,22 @@ fn shell(home: &Path, app: &str, sql: &str) -> std::process::Output {
     )
 }
 
-/// Runs `paas up ARGS` (free ports for the rest), which must exit with an error within
-/// three minutes; its stderr.
-fn up_fails(home: &Path, args: &[&str]) -> String {
-    let mut child = common::base(home)
-        .args(["up", "--listen", &common::free_addr()])
-        .args([
-            "--syslog-listen",
-            "127.0.0.1:0",
-            "--forward-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--router-listen",
-            "127.0.0.1:0",
-            "--router-tls-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--router-admin-listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut daemon_stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut daemon_stderr, &mut text);
-        text
-    });
-    // Stopped on drop should the assertion below fail.
-    let mut daemon = common::Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "paas up did not stop");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stderr = reader.join().unwrap();
-    assert!(!status.success(), "paas up should have failed: {stderr}");
-    stderr
+/// `paas redis cli -a cache -- ARGS` (redis-cli on the app's REDIS_URL, verifying the
+/// server with its REDIS_TLS_CA); its output.
+fn redis_cli(home: &Path, args: &[&str]) -> String {
+    let mut all = vec!["redis", "cli", "-a", "cache", "--"];
+    all.extend_from_slice(args);
+    ok(paas(home, &all)).trim().to_string()
+}
+
+/// What the test compares of the Redis resource: the key count and some keys.
+fn redis_state(home: &Path) -> Vec<String> {
+    vec![
+        redis_cli(home, &["DBSIZE"]),
+        redis_cli(home, &["GET", "k:1"]),
+        redis_cli(home, &["GET", "k:500"]),
+        redis_cli(home, &["HGETALL", "h"]),
+    ]
 }
 
 #[test]
@@ -266,8 +243,7 @@ fn a_cluster_comes_back_from_its_backup_file() {
         "admin token",
     );
     let file = home.join("cluster.tar");
-    // A resource a restore could not bring back (Redis) makes the backup fail, naming
-    // it, and leaves no file.
+    // A third app with a Redis group (one member) holding keys.
     ok(paas(home, &["apps", "create", "cache"]));
     let redis = json(ok(paas(
         home,
@@ -282,18 +258,25 @@ fn a_cluster_comes_back_from_its_backup_file() {
             "1",
         ],
     )));
-    let redis_id = redis["id"].as_str().unwrap().to_string();
-    fails(
-        paas(home, &["cluster", "backup", file.to_str().unwrap()]),
-        "cannot bring back",
-    );
-    assert!(!file.exists() && !home.join("cluster.tar.partial").exists());
-    ok(paas(
+    let redis_url = redis["env"]["REDIS_URL"].as_str().unwrap().to_string();
+    assert!(redis_url.starts_with("rediss://"), "{redis_url}");
+    redis_cli(
         home,
-        &["resource", "remove", &redis_id, "-a", "cache"],
-    ));
-    let apps_before = ok(paas(home, &["apps", "list"]));
-    let releases_before = ok(paas(home, &["releases", "-a", "shop"]));
+        &[
+            "EVAL",
+            "for i = 1, 500 do redis.call('SET', 'k:' .. i, 'v' .. i) end return 1",
+            "0",
+        ],
+    );
+    redis_cli(home, &["HSET", "h", "a", "1", "b", "2"]);
+    let keys_before = redis_state(home);
+    assert_eq!(keys_before[0], "501");
+    // Recorded as before the backup hooks (no URL in its data): the backup and the
+    // restore take it from the resource's variables.
+    let redis_id = redis["id"].as_str().unwrap();
+    common::forget_resource_field(home, &out, "cache", redis_id, "url");
+    let apps_before = json(ok(paas(home, &["--json", "apps", "list"])));
+    let releases_before = json(ok(paas(home, &["--json", "releases", "-a", "shop"])));
     let routes_before = ok(paas(home, &["route", "list", "-a", "shop"]));
 
     let clock = Instant::now();
@@ -305,6 +288,7 @@ fn a_cluster_comes_back_from_its_backup_file() {
     );
     assert!(report.contains("checked"), "{report}");
     assert!(report.contains("postgres"), "{report}");
+    assert!(report.contains("redis"), "{report}");
     assert!(!home.join("cluster.tar.partial").exists());
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
@@ -315,8 +299,9 @@ fn a_cluster_comes_back_from_its_backup_file() {
     let manifest = paas_backups::archive::check(piped.stdout.as_slice()).unwrap();
     let mut kinds: Vec<&str> = manifest.resources.iter().map(|r| r.kind.as_str()).collect();
     kinds.sort();
-    assert_eq!(kinds, ["mysql", "postgres"]);
-    assert_eq!(manifest.counts["apps"], 5, "{:?}", manifest.counts);
+    assert_eq!(kinds, ["mysql", "postgres", "redis"]);
+    // shop, blog, cache and the system apps paas-postgres, paas-mysql, paas-redis-<group>.
+    assert_eq!(manifest.counts["apps"], 6, "{:?}", manifest.counts);
     assert_eq!(manifest.counts["routes"], 1, "{:?}", manifest.counts);
     assert_eq!(manifest.counts["artifacts"], 1, "{:?}", manifest.counts);
     up.stop();
@@ -393,6 +378,17 @@ fn a_cluster_comes_back_from_its_backup_file() {
     );
     assert!(stderr.contains("--appliance mysql=N"), "{stderr}");
     assert!(home2.join("data/restore/pending.json").exists());
+    // With the Redis group's endpoint port taken, the start fails at the Redis step,
+    // after the Postgres and MariaDB clusters ran and took their data: the next start
+    // resumes with both clusters restarting.
+    let endpoint = paas_redis::provision::parse_url(&redis_url)
+        .unwrap()
+        .endpoint;
+    let squatter = std::net::TcpListener::bind(endpoint).unwrap();
+    let stderr = up_fails(home2, &flags);
+    assert!(stderr.contains(&format!("{endpoint} ")), "{stderr}");
+    assert!(home2.join("data/restore/pending.json").exists());
+    drop(squatter);
     let listen2 = common::free_addr();
     let clock = Instant::now();
     let (up2, out2) = common::start_up(home2, &listen2, &flags);
@@ -408,29 +404,55 @@ fn a_cluster_comes_back_from_its_backup_file() {
 
     // The old tokens work, and see what they saw (the system app `paas-postgres` has a
     // new release: its members' commands name the new data dir).
-    let apps_after = ok(as_token(home2, &url2, &old_admin, &["apps", "list"]));
-    let names = |list: &str| -> Vec<String> {
-        list.lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+    // The apps have one release more: their variables name the new data dir's CA.
+    let apps_after = json(ok(as_token(
+        home2,
+        &url2,
+        &old_admin,
+        &["--json", "apps", "list"],
+    )));
+    let by_name = |list: &serde_json::Value| -> Vec<(String, u64)> {
+        let mut apps: Vec<(String, u64)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap().to_string(),
+                    a["release"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        apps.sort();
+        apps
     };
-    let shop = |list: &str| -> String {
-        list.lines()
-            .find(|l| l.starts_with("shop "))
-            .unwrap_or_else(|| panic!("no shop in {list}"))
-            .to_string()
-    };
-    assert_eq!(names(&apps_after), names(&apps_before));
-    assert_eq!(shop(&apps_after), shop(&apps_before));
+    let (before, after) = (by_name(&apps_before), by_name(&apps_after));
     assert_eq!(
-        ok(as_token(
-            home2,
-            &url2,
-            &old_admin,
-            &["releases", "-a", "shop"]
-        )),
-        releases_before
+        after.iter().map(|a| &a.0).collect::<Vec<_>>(),
+        before.iter().map(|a| &a.0).collect::<Vec<_>>()
+    );
+    for ((name, was), (_, is)) in before.iter().zip(&after) {
+        if ["shop", "blog", "cache"].contains(&name.as_str()) {
+            assert_eq!(*is, was + 1, "{name}");
+        }
+    }
+    let releases_after = json(ok(as_token(
+        home2,
+        &url2,
+        &old_admin,
+        &["--json", "releases", "-a", "shop"],
+    )));
+    let (before, after) = (
+        releases_before.as_array().unwrap(),
+        releases_after.as_array().unwrap(),
+    );
+    // Newest first.
+    assert_eq!(after.len(), before.len() + 1, "{releases_after}");
+    assert_eq!(&after[1..], before.as_slice());
+    let moved = after[0]["description"].as_str().unwrap();
+    assert!(
+        moved.starts_with("Cluster restore: the CA is now"),
+        "{moved}"
     );
     assert_eq!(
         ok(as_token(
@@ -464,6 +486,32 @@ fn a_cluster_comes_back_from_its_backup_file() {
     assert_eq!(
         ok(shell(home2, "blog", "select title from posts order by id")),
         "first\nsecond\n"
+    );
+    // The keys are back behind the same REDIS_URL, verified against the new CA.
+    let cache_env = json(ok(paas(home2, &["--json", "env", "get", "-a", "cache"])));
+    assert_eq!(cache_env["REDIS_URL"].as_str(), Some(redis_url.as_str()));
+    assert_eq!(redis_state(home2), keys_before);
+    redis_cli(home2, &["SET", "new", "1"]);
+    // Every variable naming the CA names the new data dir's, which is the new CA.
+    let new_ca = home2.join("data/ca.pem").canonicalize().unwrap();
+    for (vars, key) in [
+        (&env2, "PGSSLROOTCERT"),
+        (&blog_env, "MYSQL_SSL_CA"),
+        (&cache_env, "REDIS_TLS_CA"),
+    ] {
+        let path = vars[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {vars}"));
+        assert_eq!(
+            std::path::Path::new(path).canonicalize().unwrap(),
+            new_ca,
+            "{key}"
+        );
+    }
+    assert_ne!(
+        std::fs::read(&new_ca).unwrap(),
+        std::fs::read(home.join("data/ca.pem")).unwrap(),
+        "the restored cluster has a CA of its own"
     );
 
     // The restored code runs and the route leads to it.

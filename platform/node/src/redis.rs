@@ -4,7 +4,9 @@
 //! (`crate::appliance`), its members jobs of the system app `paas-redis-<group>` and its
 //! leader-following endpoint on a fixed port of its own, recorded in the group's
 //! directory so `REDIS_URL` stays valid across restarts of `paas up`, which re-adopts
-//! every group found under `DATA_DIR/redis/`.
+//! every group found under `DATA_DIR/redis/`. A whole-cluster restore starts each
+//! group again ([`GroupRunner::relaunch`]) under the secret recorded in its system app's
+//! release (etcd, so in the backup file) and on the port its `REDIS_URL` names.
 //!
 //! Files of a group (`DATA_DIR/redis/<group>/`): `superuser-password` (the group's
 //! secret, 0600), `group.json` (members and endpoint port), `rN/` (members' dirs).
@@ -42,6 +44,9 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// Redis 7 replication groups (`paas-redis`), one per resource.
 pub struct RedisKind {
     site: Site,
+    /// Whether groups get a certificate of the cluster CA (new groups do; a restored
+    /// group made before TLS keeps its plain `redis://` URL).
+    tls: bool,
 }
 
 /// What `group.json` records about a group.
@@ -87,10 +92,10 @@ impl ApplianceKind for RedisKind {
         Ok(paas_redis::server::check_reachable(dir)?)
     }
 
-    /// Each group gets a certificate of the cluster CA; its members' only port speaks
-    /// TLS.
+    /// Each new group gets a certificate of the cluster CA; its members' only port
+    /// speaks TLS.
     fn speaks_tls(&self) -> bool {
-        true
+        self.tls
     }
 
     /// Ready when the endpoint reaches a writable primary with the app's password
@@ -132,8 +137,12 @@ impl ApplianceKind for RedisKind {
 /// otherwise; groups found on disk are re-adopted in the background.
 pub fn provider(site: &Site, etcd: &[String], default_members: usize) -> Arc<dyn Provider> {
     let runner = Arc::new(NodeRunner {
-        kind: RedisKind { site: site.clone() },
+        kind: RedisKind {
+            site: site.clone(),
+            tls: true,
+        },
         launched: Mutex::new(BTreeMap::new()),
+        serial: tokio::sync::Mutex::new(()),
     });
     let adopting = runner.clone();
     tokio::spawn(async move { adopting.adopt_all().await });
@@ -162,17 +171,39 @@ fn groups_dir(data_dir: &Path) -> PathBuf {
 /// adopted at start (its members are jobs the scheduler places again from the stored
 /// formation; only the endpoint is this process's). Dropping it stops the endpoint.
 enum Running {
-    Launched(#[allow(dead_code)] Launched),
-    Adopted(#[allow(dead_code)] paas_router::tcp::TcpEndpoint),
+    Launched(Launched),
+    Adopted(paas_router::tcp::TcpEndpoint),
+}
+
+impl Running {
+    /// Where its endpoint listens.
+    fn endpoint(&self) -> SocketAddr {
+        match self {
+            Running::Launched(launched) => launched.endpoint,
+            Running::Adopted(endpoint) => endpoint.local_addr(),
+        }
+    }
 }
 
 /// Runs groups through the common launcher and keeps their endpoints.
 struct NodeRunner {
     kind: RedisKind,
     launched: Mutex<BTreeMap<String, Running>>,
+    /// Held while a group found on disk is adopted or a group is relaunched, so the two
+    /// never race for a group's endpoint port.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl NodeRunner {
+    /// The endpoint of `group`, when this runner serves it.
+    fn serving(&self, group: &str) -> Option<SocketAddr> {
+        self.launched
+            .lock()
+            .expect("launched lock")
+            .get(group)
+            .map(Running::endpoint)
+    }
+
     /// A free endpoint port: the lowest above [`ENDPOINT_PORT_BASE`] no group records.
     fn free_endpoint_port(&self) -> Result<u16, ProviderError> {
         let dir = groups_dir(&self.kind.site.data_dir);
@@ -189,10 +220,15 @@ impl NodeRunner {
             })
     }
 
-    async fn launch_group(&self, group: &str, members: usize, port: u16) -> Result<SocketAddr> {
+    async fn launch_group(
+        &self,
+        kind: &RedisKind,
+        group: &str,
+        members: usize,
+        port: u16,
+    ) -> Result<SocketAddr> {
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let launched =
-            crate::appliance::launch(&self.kind, &self.kind.site, group, members, listen).await?;
+        let launched = crate::appliance::launch(kind, &kind.site, group, members, listen).await?;
         let endpoint = launched.endpoint;
         self.launched
             .lock()
@@ -237,7 +273,13 @@ impl NodeRunner {
             // The endpoint's port may still be held by the previous run for a moment:
             // try again for a while before giving up on the group.
             for attempt in 1..=ADOPT_ATTEMPTS {
-                match self.adopt_group(&group, file.endpoint_port).await {
+                let serial = self.serial.lock().await;
+                if self.serving(&group).is_some() {
+                    break; // relaunched by a restore meanwhile
+                }
+                let adopted = self.adopt_group(&group, file.endpoint_port).await;
+                drop(serial);
+                match adopted {
                     Ok(endpoint) => {
                         tracing::info!(%group, %endpoint, "redis group adopted");
                         break;
@@ -284,9 +326,105 @@ impl GroupRunner for NodeRunner {
             serde_json::to_vec(&file).expect("GroupFile serializes"),
         )
         .map_err(|e| ProviderError(format!("writing group.json: {e}")))?;
-        self.launch_group(&spec.group, spec.members, port)
+        self.launch_group(&self.kind, &spec.group, spec.members, port)
             .await
             .map_err(fail)
+    }
+
+    /// The secret in the current release of the group's system app (its members'
+    /// environment), which a cluster backup's etcd snapshot holds.
+    async fn recorded_secret(&self, group: &str) -> Result<Option<String>, ProviderError> {
+        let store = &self.kind.site.store;
+        let app = system_app("redis", group);
+        let fail = |e: paas_controller::ApiError| {
+            ProviderError(format!("reading the system app {app}: {e}"))
+        };
+        let current = match store.get_app(&app).await {
+            Ok(current) => current,
+            Err(paas_controller::ApiError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(fail(e)),
+        };
+        let release = store.release(&app, current.release).await.map_err(fail)?;
+        Ok(release.env.get(paas_redis::args::SECRET_ENV).cloned())
+    }
+
+    /// Launches the group with its endpoint on the port `listen` names, after checking
+    /// that port is free (a taken one fails here, naming it and its holder, before
+    /// anything is written). A group this process launched is left as it is; one only
+    /// adopted at start (a restore resumed after a failed start, whose members' formation
+    /// `restore::prepare` removed) is launched again in full.
+    async fn relaunch(
+        &self,
+        spec: &GroupSpec,
+        listen: SocketAddr,
+        tls: bool,
+    ) -> Result<SocketAddr, ProviderError> {
+        let fail = |e: String| ProviderError(format!("redis group {}: {e}", spec.group));
+        let expected = groups_dir(&self.kind.site.data_dir).join(&spec.group);
+        if spec.base_dir != expected {
+            return Err(fail(format!(
+                "directory {} is not {}",
+                spec.base_dir.display(),
+                expected.display()
+            )));
+        }
+        if listen.ip() != std::net::Ipv4Addr::LOCALHOST {
+            return Err(fail(format!(
+                "its URL names {listen}, but endpoints listen on 127.0.0.1"
+            )));
+        }
+        let _serial = self.serial.lock().await;
+        let adopted = {
+            let mut running = self.launched.lock().expect("launched lock");
+            match running.get(&spec.group) {
+                Some(Running::Launched(launched)) if launched.endpoint == listen => {
+                    return Ok(launched.endpoint)
+                }
+                Some(other) => {
+                    let endpoint = other.endpoint();
+                    if endpoint != listen {
+                        return Err(fail(format!("it is served on {endpoint}, not {listen}")));
+                    }
+                    running.remove(&spec.group)
+                }
+                None => None,
+            }
+        };
+        // An adopted endpoint lets go of the port as its tasks end: wait a moment.
+        let patience = Duration::from_secs(if adopted.is_some() { 5 } else { 0 });
+        drop(adopted);
+        tokio::task::spawn_blocking(move || {
+            paas_appliance::addr::wait_free(listen, "the endpoint its REDIS_URL names", patience)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("cannot start it: {e}")))?;
+        let kept = crate::up::persistent_secret(&spec.base_dir.join("superuser-password"), || {
+            spec.secret.clone()
+        })
+        .map_err(|e| fail(format!("{e:#}")))?;
+        if kept != spec.secret {
+            return Err(fail(format!(
+                "{} holds another secret than the recorded one",
+                spec.base_dir.display()
+            )));
+        }
+        let file = GroupFile {
+            members: spec.members,
+            endpoint_port: listen.port(),
+        };
+        std::fs::write(
+            spec.base_dir.join("group.json"),
+            serde_json::to_vec(&file).expect("GroupFile serializes"),
+        )
+        .map_err(|e| fail(format!("writing group.json: {e}")))?;
+        let kind = RedisKind {
+            site: self.kind.site.clone(),
+            tls,
+        };
+        self.launch_group(&kind, &spec.group, spec.members, listen.port())
+            .await
+            .map_err(|e| fail(format!("{e:#}")))
     }
 
     async fn stop(&self, group: &str) -> Result<(), ProviderError> {

@@ -25,12 +25,19 @@
 //!   (with the old state document they would wait for a primary that does not exist;
 //!   with their system apps' old formations, members with the old data dir's paths
 //!   would be placed). The apps' formations are kept in `pending.json` and put back
-//!   last, so no app job runs before its data is back. Then `data`.
-//! - `data`: once the appliances are ready, every resource recorded in etcd is
-//!   re-created under its recorded names and credentials (`Provider::reinstate`), so
-//!   the apps' `DATABASE_URL`s work unchanged, and its backup from the file is
-//!   restored into it (checked against its manifest first). Then the apps'
-//!   formations go back into etcd and `DIR/restore/` is removed.
+//!   last, so no app job runs before its data is back, and so is where the old
+//!   cluster published its CA (`pki/ca-path`, before this start records its own).
+//!   Then `data`. A start that finds `data` (the previous one failed midway) deletes
+//!   the appliances' formations and placements it left before anything runs: each
+//!   cluster's launch checks its members' ports are free, then writes them again.
+//! - `data`: once the appliances are ready, the CA's path is moved in the apps'
+//!   variables when this data dir publishes it elsewhere ([`moved_ca`]: the restored
+//!   cluster has a new CA, at `DIR/ca.pem`), then every resource recorded in etcd is
+//!   re-created under its recorded names and credentials (`Provider::reinstate`; a
+//!   Redis group under its recorded secret and endpoint port), so the apps' URLs work
+//!   unchanged, and its backup from the file is restored into it (checked against its
+//!   manifest first). Then the apps' formations go back into etcd and `DIR/restore/`
+//!   is removed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -70,6 +77,10 @@ pub struct Pending {
     /// until their data is back, so no app job runs on a half-restored database.
     #[serde(default)]
     pub formations: BTreeMap<String, serde_json::Value>,
+    /// Where the old cluster published its CA (`pki/ca-path` in the snapshot), which
+    /// the apps' variables name; `None` when it recorded none.
+    #[serde(default)]
+    pub old_ca: Option<String>,
 }
 
 /// What [`restore`] did, for the command's report.
@@ -223,6 +234,7 @@ fn lay_out(manifest: &ArchiveManifest, file: fs::File, data_dir: &Path) -> Resul
             phase: Phase::Records,
             resources: manifest.resources.clone(),
             formations: BTreeMap::new(),
+            old_ca: None,
         },
     )
 }
@@ -327,6 +339,11 @@ pub async fn prepare(
                 pending.formations.insert(key, value);
             }
         }
+        pending.old_ca = coord
+            .get::<String>(&paas_model::keys::ca_path())
+            .await
+            .context("restore: cannot read the old CA's path")?
+            .map(|(path, _)| path);
         write_pending(data_dir, &pending)?;
         let mut prefixes = vec![
             paas_model::keys::formations(),
@@ -339,6 +356,7 @@ pub async fn prepare(
         for kind in crate::up::appliance_kinds() {
             prefixes.push(kind.keys("main").base().to_string());
         }
+        prefixes.push(paas_redis::cluster::groups_prefix());
         for prefix in &prefixes {
             let deleted = coord
                 .delete_prefix(prefix)
@@ -348,8 +366,120 @@ pub async fn prepare(
         }
         pending.phase = Phase::Data;
         write_pending(data_dir, &pending)?;
+    } else {
+        // A start that failed midway left its clusters' formations and placements: the
+        // members would be placed before their launch checks and writes them again.
+        let formations = coord
+            .list::<serde_json::Value>(&paas_model::keys::formations())
+            .await
+            .context("restore: cannot read the formations")?;
+        let mut batch = paas_coord::Batch::new();
+        let mut left = 0;
+        for (key, value, revision) in formations {
+            if is_system_app(value["app"].as_str().unwrap_or_default()) {
+                batch.delete(&key, revision);
+                left += 1;
+            }
+        }
+        if left > 0 {
+            coord
+                .commit(batch)
+                .await
+                .context("restore: cannot delete the appliances' formations")?;
+        }
+        let placements = paas_model::keys::placements();
+        coord
+            .delete_prefix(&placements)
+            .await
+            .with_context(|| format!("restore: cannot delete {placements} from etcd"))?;
+        tracing::info!("restore: resumed; the failed start's appliance jobs were unscheduled");
     }
     Ok(Some(pending))
+}
+
+/// `value` with the CA path `old` replaced by `new` (pure): a value that is the path
+/// (`PGSSLROOTCERT`, `MYSQL_SSL_CA`, `REDIS_TLS_CA`) or a URL whose query names it
+/// (`sslrootcert=`, percent-encoded as the Postgres provider writes it); `None` when it
+/// names no such path.
+fn moved_value(value: &str, old: &str, new: &str) -> Option<String> {
+    if value == old {
+        return Some(new.to_string());
+    }
+    let (old_query, new_query) = (
+        format!("={}", paas_postgres::provision::percent_encode(old)),
+        format!("={}", paas_postgres::provision::percent_encode(new)),
+    );
+    let (url, query) = value.split_once('?')?;
+    let mut changed = false;
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if param[name.len()..] == old_query => {
+                changed = true;
+                format!("{name}{new_query}")
+            }
+            _ => param.to_string(),
+        })
+        .collect();
+    changed.then(|| format!("{url}?{}", params.join("&")))
+}
+
+/// `env` with the CA's path moved from `old` to `new` in every value that names it
+/// (pure, see [`moved_value`]); `None` when no value does. A restored cluster has a new
+/// CA, published in its own data dir: variables naming the old data dir's `ca.pem`
+/// would make verifying clients trust a file that is not there, or the old CA.
+pub fn moved_ca(
+    env: &BTreeMap<String, String>,
+    old: &str,
+    new: &str,
+) -> Option<BTreeMap<String, String>> {
+    if old == new {
+        return None;
+    }
+    let mut changed = false;
+    let moved = env
+        .iter()
+        .map(|(key, value)| match moved_value(value, old, new) {
+            Some(value) => {
+                changed = true;
+                (key.clone(), value)
+            }
+            None => (key.clone(), value.clone()),
+        })
+        .collect();
+    changed.then_some(moved)
+}
+
+/// Moves the CA's path from `old` to `new` in every app's resources and, through a
+/// new release, in its variables (releases are never changed; the new one says why).
+/// Idempotent: a resumed restore finds nothing left to move.
+async fn move_ca(store: &paas_controller::Store, old: &str, new: &str) -> Result<()> {
+    let api = |e: paas_controller::ApiError| anyhow::anyhow!("restore: moving the CA path: {e}");
+    for app in store.list_apps().await.map_err(api)? {
+        if is_system_app(&app.name) {
+            continue;
+        }
+        for mut resource in store.list_resources(&app.name).await.map_err(api)? {
+            if let Some(env) = moved_ca(&resource.env, old, new) {
+                resource.env = env;
+                store.put_resource(&resource).await.map_err(api)?;
+            }
+        }
+        let current = store.release(&app.name, app.release).await.map_err(api)?;
+        if moved_ca(&current.env, old, new).is_some() {
+            let release = store
+                .new_release(&app.name, |current| {
+                    let env =
+                        moved_ca(&current.env, old, new).unwrap_or_else(|| current.env.clone());
+                    Ok((env, format!("Cluster restore: the CA is now {new}")))
+                })
+                .await
+                .map_err(api)?;
+            tracing::info!(app = %app.name, version = release.version, %old, %new,
+                "restore: the CA's path moved in the app's variables");
+        }
+    }
+    Ok(())
 }
 
 /// Once the appliances are ready: re-creates every resource recorded in etcd under its
@@ -369,6 +499,11 @@ pub async fn finish(
         .with_context(|| format!("cannot open {}", dir.display()))?;
     let backups = Backups::new(objects);
     let api = |e: paas_controller::ApiError| anyhow::anyhow!("{e}");
+    let pki = data_dir.join("pki");
+    if let (Some(old), true) = (&pending.old_ca, crate::pki::has_ca_key(&pki)) {
+        let new = data_dir.join(crate::pki::PUBLIC_CA);
+        move_ca(store, old, &new.display().to_string()).await?;
+    }
     // Every provider first: a missing engine stops the start before any data moves.
     let mut work = Vec::new();
     for app in store.list_apps().await.map_err(api)? {
@@ -410,7 +545,9 @@ pub async fn finish(
             app: resource.app.clone(),
             resource: resource.id.clone(),
             kind: resource.kind.clone(),
-            data: resource.data.clone(),
+            // Completed from the variables for resources older than the backup hooks
+            // (a Redis URL, a MariaDB password), as the backups themselves were.
+            data: provider.backup_data(&resource.data, &resource.env),
             provider,
         };
         backups.restore(&manifest, &target).await.with_context(|| {
@@ -462,6 +599,46 @@ mod tests {
         ] {
             assert!(!is_system_app(app), "{app}");
         }
+    }
+
+    #[test]
+    fn the_ca_path_moves_wherever_a_variable_names_it() {
+        let (old, new) = ("/srv/old paas/ca.pem", "/srv/new/ca.pem");
+        let env = BTreeMap::from(
+            [
+                ("PGSSLROOTCERT", old),
+                ("MYSQL_SSL_CA", old),
+                ("REDIS_TLS_CA", old),
+                (
+                    "DATABASE_URL",
+                    "postgres://a:pw@127.0.0.1:6432/a?sslmode=verify-full&sslrootcert=/srv/old%20paas/ca.pem",
+                ),
+                ("REDIS_URL", "rediss://default:pw@127.0.0.1:26379"),
+                ("OTHER", "/srv/old paas/ca.pem.bak"),
+                ("LINK", "http://x/?f=/srv/old%20paas/ca.pem2"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let moved = moved_ca(&env, old, new).expect("something moved");
+        for key in ["PGSSLROOTCERT", "MYSQL_SSL_CA", "REDIS_TLS_CA"] {
+            assert_eq!(moved[key], new, "{key}");
+        }
+        assert_eq!(
+            moved["DATABASE_URL"],
+            "postgres://a:pw@127.0.0.1:6432/a?sslmode=verify-full&sslrootcert=/srv/new/ca.pem"
+        );
+        for key in ["REDIS_URL", "OTHER", "LINK"] {
+            assert_eq!(moved[key], env[key], "{key}");
+        }
+        assert_eq!(moved_ca(&moved, old, new), None, "nothing left to move");
+        assert_eq!(moved_ca(&env, old, old), None, "the same path");
+        let encoded = moved_ca(&env, old, "/srv/new dir/ca.pem").unwrap();
+        assert!(
+            encoded["DATABASE_URL"].ends_with("sslrootcert=/srv/new%20dir/ca.pem"),
+            "{}",
+            encoded["DATABASE_URL"]
+        );
+        assert_eq!(encoded["PGSSLROOTCERT"], "/srv/new dir/ca.pem");
     }
 
     #[test]

@@ -397,6 +397,9 @@ pub fn addr_of(h: &Harness) -> SocketAddr {
 pub struct LocalRunner {
     pub coord: paas_coord::Coord,
     pub groups: Mutex<BTreeMap<String, (LocalCluster, TcpEndpoint)>>,
+    /// The secret of every group launched, kept after it stops (what `recorded_secret`
+    /// answers).
+    pub secrets: Mutex<BTreeMap<String, String>>,
 }
 
 impl LocalRunner {
@@ -404,21 +407,21 @@ impl LocalRunner {
         LocalRunner {
             coord,
             groups: Mutex::new(BTreeMap::new()),
+            secrets: Mutex::new(BTreeMap::new()),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl paas_redis::provision::GroupRunner for LocalRunner {
-    async fn launch(
+    /// Starts `spec`'s members and an endpoint on `listen`.
+    async fn start(
         &self,
         spec: &GroupSpec,
+        listen: SocketAddr,
     ) -> Result<SocketAddr, paas_appliance::provider::ProviderError> {
         let fail = |e: String| paas_appliance::provider::ProviderError(e);
         let cluster = LocalCluster::start(launcher::local_spec(spec, supervisor_program(), vec![]))
             .map_err(|e| fail(e.to_string()))?;
         let endpoint = TcpEndpoint::start(
-            "127.0.0.1:0".parse().unwrap(),
+            listen,
             EndpointConfig {
                 coord: self.coord.clone(),
                 leader_key: paas_redis::cluster::keys(&spec.group).leader(),
@@ -428,11 +431,49 @@ impl paas_redis::provision::GroupRunner for LocalRunner {
         .await
         .map_err(|e| fail(e.to_string()))?;
         let addr = endpoint.local_addr();
+        self.secrets
+            .lock()
+            .unwrap()
+            .insert(spec.group.clone(), spec.secret.clone());
         self.groups
             .lock()
             .unwrap()
             .insert(spec.group.clone(), (cluster, endpoint));
         Ok(addr)
+    }
+}
+
+#[async_trait::async_trait]
+impl paas_redis::provision::GroupRunner for LocalRunner {
+    async fn launch(
+        &self,
+        spec: &GroupSpec,
+    ) -> Result<SocketAddr, paas_appliance::provider::ProviderError> {
+        self.start(spec, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn recorded_secret(
+        &self,
+        group: &str,
+    ) -> Result<Option<String>, paas_appliance::provider::ProviderError> {
+        Ok(self.secrets.lock().unwrap().get(group).cloned())
+    }
+
+    async fn relaunch(
+        &self,
+        spec: &GroupSpec,
+        listen: SocketAddr,
+        tls: bool,
+    ) -> Result<SocketAddr, paas_appliance::provider::ProviderError> {
+        let fail = |e: String| paas_appliance::provider::ProviderError(e);
+        if tls != spec.tls_dir.is_some() {
+            return Err(fail("this runner issues no certificates".into()));
+        }
+        if let Some((_, endpoint)) = self.groups.lock().unwrap().get(&spec.group) {
+            return Ok(endpoint.local_addr());
+        }
+        paas_appliance::addr::check_free(listen, "the group's endpoint").map_err(fail)?;
+        self.start(spec, listen).await
     }
 
     async fn stop(&self, group: &str) -> Result<(), paas_appliance::provider::ProviderError> {

@@ -203,3 +203,47 @@ pub fn forget_resource_field(home: &Path, up_out: &str, app: &str, id: &str, fie
     assert!(removed.is_some(), "{field} in {record}");
     ok(etcdctl(home, up_out, &["put", &key, &record.to_string()]));
 }
+
+/// Runs `paas up ARGS` (free ports for the rest), which must exit with an error within
+/// three minutes; its stderr.
+pub fn up_fails(home: &Path, args: &[&str]) -> String {
+    let mut child = base(home)
+        .args(["up", "--listen", &free_addr()])
+        .args([
+            "--syslog-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--router-tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--router-admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut daemon_stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut daemon_stderr, &mut text);
+        text
+    });
+    // Stopped on drop should the assertion below fail.
+    let mut daemon = Daemon(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "paas up did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "paas up should have failed: {stderr}");
+    stderr
+}

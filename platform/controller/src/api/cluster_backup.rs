@@ -148,7 +148,8 @@ async fn gather(s: &AppState, store: &Backups) -> Result<Contents, ApiError> {
             app: r.app,
             resource: r.id,
             kind: r.kind,
-            data: r.data,
+            // Completed from the variables for resources older than the backup hooks.
+            data: provider.backup_data(&r.data, &r.env),
             provider,
         });
     }
