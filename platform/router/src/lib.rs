@@ -42,6 +42,7 @@ pub mod table;
 pub mod tcp;
 pub mod tcp_routes;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,6 +242,11 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             stop.clone(),
         )));
     }
+    tasks.push(tokio::spawn(upstream::sweep_idle(
+        follower.subscribe(),
+        config.limits.pool_idle_timeout,
+        stop.clone(),
+    )));
     if let Some(listener) = admin {
         tasks.push(tokio::spawn(server::serve_admin(
             listener,
