@@ -7,8 +7,9 @@
 //!    attempt can be sent again; upgrade requests send no body.
 //! 3. Attempts: [`balance::pick`] (sticky cookie, else power of two choices on
 //!    in-flight requests, never a backend already tried, none that refused a connection
-//!    in the last `down_after_refusal` while another is left), send through the keep-alive
-//!    pool with the backend timeout, classify a failure ([`classify`]) and ask
+//!    in the last `down_after_refusal` while another is left), send on one of its
+//!    keep-alive connections (`upstream`, driven by this task) with the backend
+//!    timeout, classify a failure ([`classify`]) and ask
 //!    [`retry::verdict`] whether to go on. 503 when the app has no backend, 504 on
 //!    timeout, 502 otherwise.
 //! 4. The response streams back; its end (or the client going away) records metrics
