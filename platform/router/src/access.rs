@@ -2,8 +2,9 @@
 //! (`paas log -a shop --type router`), in the spirit of Heroku's router lines.
 //!
 //! Handlers hand an [`AccessEntry`] to a bounded channel (never blocking a request: a
-//! full channel drops the line and counts it); one task formats a batch ([`format`],
-//! pure) and spools it through the log shipper (`paas_logshipper::shipper`), which
+//! full channel drops the line and counts it); one task takes the first line waiting,
+//! lets the lines of the next [`WINDOW`] gather, formats the batch ([`format`], pure)
+//! and spools it through the log shipper (`paas_logshipper::shipper`), which
 //! delivers it to the aggregator as RFC 5424 syslog with its at-least-once spool. The
 //! router's shipper has its own spool and sends as HOSTNAME `<host>-router`, because
 //! the aggregator keeps one replay mark per sending HOSTNAME and spool.
@@ -21,8 +22,12 @@ use tokio::task::JoinHandle;
 
 /// Lines waiting for the spool before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
-/// Lines spooled per append.
+/// Lines spooled per append at most.
 const BATCH: usize = 512;
+/// How long the task lets lines gather after the first one before spooling them: under
+/// load, one append to the spool, one syslog write and one journal append per window
+/// instead of per request (and no wakeup of this task per request).
+pub const WINDOW: Duration = Duration::from_millis(10);
 
 /// Where access lines go.
 #[derive(Debug, Clone)]
@@ -129,6 +134,15 @@ pub fn start(
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
+            if batch.len() < BATCH {
+                tokio::time::sleep(WINDOW).await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(entry) => batch.push(entry),
+                        Err(_) => break,
+                    }
+                }
+            }
             let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
             let mut lines: Vec<LogLine> = batch
                 .drain(..)

@@ -8,8 +8,10 @@
 //!   both followed with watches. Module map, in the order a request meets them:
 //!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
 //!   handler) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
-//!   `sticky` (signed backend cookie) -> `balance` (power of two choices) -> `retry`
-//!   (retry verdicts) -> `access` (access lines to the app's log) and `metrics`.
+//!   `sticky` (signed backend cookie) -> `balance` (power of two choices) ->
+//!   `upstream` (keep-alive backend connections, pooled per backend, driven by the
+//!   request's task) -> `retry` (retry verdicts) -> `access` (access lines to the
+//!   app's log) and `metrics`.
 //!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
 //!   `state` turns the etcd watches into the snapshot every request reads.
 //! - [`tcp_routes`]: TCP routes (`paas route add --tcp PORT`), one listener per routed
@@ -42,6 +44,7 @@ pub mod table;
 pub mod tcp;
 pub mod tcp_routes;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,6 +244,11 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             stop.clone(),
         )));
     }
+    tasks.push(tokio::spawn(upstream::sweep_idle(
+        follower.subscribe(),
+        config.limits.pool_idle_timeout,
+        stop.clone(),
+    )));
     if let Some(listener) = admin {
         tasks.push(tokio::spawn(server::serve_admin(
             listener,

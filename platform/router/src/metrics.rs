@@ -9,7 +9,8 @@
 //!
 //! `app` is `-` for requests that matched no route.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +53,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// One app's request metrics, taken from the families once: counting a request then
+/// costs one map lookup by the app's name, with no label built.
+#[derive(Clone)]
+struct AppHandles {
+    duration: Histogram,
+    /// Request counters by status (a handful per app).
+    statuses: Vec<(u16, Counter)>,
+}
+
 /// The router's metric families and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +71,8 @@ pub struct Metrics {
     backends: Family<AppLabel, Gauge>,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
+    /// Handles of the families' series per app (they share the families' values).
+    apps: RwLock<HashMap<String, AppHandles>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,22 +118,46 @@ impl Metrics {
             retries,
             backends,
             gauged: Mutex::new(Vec::new()),
+            apps: RwLock::new(HashMap::new()),
         }
     }
 
     /// Counts one finished request.
     pub fn request(&self, app: &str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                app: app.to_string(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .observe(seconds);
+        {
+            let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(handles) = apps.get(app) {
+                if let Some((_, counter)) = handles.statuses.iter().find(|(s, _)| *s == status) {
+                    counter.inc();
+                    handles.duration.observe(seconds);
+                    return;
+                }
+            }
+        }
+        let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        let handles = apps.entry(app.to_string()).or_insert_with(|| AppHandles {
+            duration: self
+                .duration
+                .get_or_create(&AppLabel {
+                    app: app.to_string(),
+                })
+                .clone(),
+            statuses: Vec::new(),
+        });
+        if !handles.statuses.iter().any(|(s, _)| *s == status) {
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    app: app.to_string(),
+                    status,
+                })
+                .clone();
+            handles.statuses.push((status, counter));
+        }
+        if let Some((_, counter)) = handles.statuses.iter().find(|(s, _)| *s == status) {
+            counter.inc();
+        }
+        handles.duration.observe(seconds);
     }
 
     /// Counts one retry.
@@ -174,6 +210,8 @@ mod tests {
     fn families_are_exposed() {
         let m = Metrics::new();
         m.request("shop", 200, 0.003);
+        m.request("shop", 200, 0.004);
+        m.request("shop", 502, 0.001);
         m.retry("shop", "connect");
         let mut backends: Backends = HashMap::new();
         backends.insert(
@@ -187,10 +225,11 @@ mod tests {
         m.set_backends(&HashMap::new());
         let text = m.encode();
         for needle in [
-            r#"router_requests_total{app="shop",status="200"} 1"#,
+            r#"router_requests_total{app="shop",status="200"} 2"#,
+            r#"router_requests_total{app="shop",status="502"} 1"#,
             r#"router_retries_total{app="shop",reason="connect"} 1"#,
             r#"router_backends{app="shop"} 0"#,
-            r#"router_request_duration_seconds_count{app="shop"} 1"#,
+            r#"router_request_duration_seconds_count{app="shop"} 3"#,
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

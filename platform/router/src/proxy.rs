@@ -7,8 +7,9 @@
 //!    attempt can be sent again; upgrade requests send no body.
 //! 3. Attempts: [`balance::pick`] (sticky cookie, else power of two choices on
 //!    in-flight requests, never a backend already tried, none that refused a connection
-//!    in the last `down_after_refusal` while another is left), send through the keep-alive
-//!    pool with the backend timeout, classify a failure ([`classify`]) and ask
+//!    in the last `down_after_refusal` while another is left), send on one of its
+//!    keep-alive connections (`upstream`, driven by this task) with the backend
+//!    timeout, classify a failure ([`classify`]) and ask
 //!    [`retry::verdict`] whether to go on. 503 when the app has no backend, 504 on
 //!    timeout, 502 otherwise.
 //! 4. The response streams back; its end (or the client going away) records metrics
@@ -31,9 +32,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::access::{AccessEntry, AccessLog};
@@ -43,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::retry::{self, Failure, GiveUpReason, RetryVerdict};
 use crate::state::{Backend, InFlight, Snapshot};
 use crate::sticky::StickyKey;
+use crate::upstream::{self, ConnSettings, SendError, UpstreamBody};
 
 /// The body type of every response the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -102,7 +102,7 @@ pub struct ConnInfo {
 /// Shared by every connection of every listener.
 pub struct Proxy {
     state: watch::Receiver<Arc<Snapshot>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    conn: ConnSettings,
     limits: Limits,
     sticky: StickyKey,
     metrics: Arc<Metrics>,
@@ -121,16 +121,14 @@ impl Proxy {
         metrics: Arc<Metrics>,
         access: Option<AccessLog>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(limits.connect_timeout));
-        connector.set_tcp_user_timeout(Some(limits.backend_ack_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(limits.pool_idle_timeout)
-            .build(connector);
+        let conn = ConnSettings {
+            connect_timeout: limits.connect_timeout,
+            ack_timeout: limits.backend_ack_timeout,
+            idle_timeout: limits.pool_idle_timeout,
+        };
         Proxy {
             state,
-            client,
+            conn,
             limits,
             sticky,
             metrics,
@@ -227,11 +225,10 @@ impl Proxy {
                 parts.headers.insert(HOST, v);
             }
         }
-        let path = parts
+        let target = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         let sticky_app = route.sticky.then(|| route.app.clone());
         let sticky_addr = sticky_app
             .as_deref()
@@ -268,21 +265,15 @@ impl Proxy {
             tried.push(backend.addr);
             log.backend = Some(backend.addr);
             log.attempts = tried.len();
-            let upstream = match build_upstream(
-                &parts.method,
-                &parts.headers,
-                backend.addr,
-                &path,
-                body.clone(),
-            ) {
-                Ok(r) => r,
-                Err(e) => return log.finish_error(StatusCode::BAD_REQUEST, &request_id, &e),
-            };
+            let upstream = build_upstream(&parts.method, &parts.headers, &target, body.clone());
             let in_flight = backend.begin();
-            let failure = match tokio::time::timeout(
-                self.limits.backend_timeout,
-                self.client.request(upstream),
-            )
+            let failure = match tokio::time::timeout(self.limits.backend_timeout, async {
+                if upgrade {
+                    upstream::send_upgrade(backend.addr, upstream, &self.conn).await
+                } else {
+                    upstream::send(backend, upstream, &self.conn).await
+                }
+            })
             .await
             {
                 Ok(Ok(mut resp)) => {
@@ -377,31 +368,29 @@ fn request_host<B>(req: &Request<B>) -> String {
         .unwrap_or_default()
 }
 
-/// The request to send to `addr`: HTTP/1.1, absolute URI, the prepared headers.
+/// The request to send to a backend: HTTP/1.1, origin-form `target`, the prepared
+/// headers (with `Host`).
 fn build_upstream(
     method: &Method,
     headers: &http::HeaderMap,
-    addr: SocketAddr,
-    path: &str,
+    target: &Uri,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, String> {
-    let uri: Uri = format!("http://{addr}{path}")
-        .parse()
-        .map_err(|e| format!("bad request target: {e}"))?;
+) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = target.clone();
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers.clone();
-    Ok(req)
+    req
 }
 
 /// What a failed send means for retrying.
-pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
-    if e.is_connect() {
-        return Failure::Connect;
+pub fn classify(e: &SendError) -> Failure {
+    match e {
+        SendError::Connect(_) => Failure::Connect,
+        SendError::Closed => Failure::ClosedBeforeResponse,
+        SendError::Http(h) => classify_cause(h),
     }
-    std::error::Error::source(e).map_or(Failure::Other, classify_cause)
 }
 
 /// What the cause of a failed send on an established connection means for retrying:
@@ -543,7 +532,7 @@ impl Pending {
 /// A backend's response body on its way to the client: counts bytes, holds the
 /// backend's in-flight count, and records the request when it ends or is dropped.
 struct Observed {
-    inner: Incoming,
+    inner: UpstreamBody,
     bytes: u64,
     done: Option<(Pending, u16)>,
     _in_flight: InFlight,

@@ -39,6 +39,8 @@ pub struct Backend {
     in_flight: AtomicUsize,
     /// Milliseconds since [`epoch`] until which the backend is skipped (0: never).
     down_until: AtomicU64,
+    /// Idle keep-alive connections to it; closed when the backend leaves the set.
+    pool: crate::upstream::Pool,
 }
 
 /// The process-wide origin of `down_until` marks.
@@ -60,7 +62,13 @@ impl Backend {
             job,
             in_flight: AtomicUsize::new(0),
             down_until: AtomicU64::new(0),
+            pool: crate::upstream::Pool::default(),
         }
+    }
+
+    /// Its idle keep-alive connections.
+    pub fn pool(&self) -> &crate::upstream::Pool {
+        &self.pool
     }
 
     /// Requests (and upgraded connections) this router has open to it.

@@ -958,15 +958,20 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
 
 #[tokio::test]
 async fn send_failures_are_classified_for_the_retry_verdict() {
-    use hyper_util::client::legacy::Client;
     use paas_router::retry::Failure;
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let send = |addr: SocketAddr| {
-        let req = Request::get(format!("http://{addr}/"))
+    use paas_router::upstream::{self, ConnSettings};
+    let settings = ConnSettings {
+        connect_timeout: Duration::from_secs(2),
+        ack_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let send = |addr: SocketAddr| async move {
+        let backend = Arc::new(paas_router::state::Backend::new(addr, "j".into()));
+        let req = Request::get("/")
+            .header("host", "shop.localhost")
             .body(Full::default())
             .unwrap();
-        client.request(req)
+        upstream::send(&backend, req, &settings).await.map(|_| ())
     };
     // A backend that answers garbage.
     let garbage = TcpListener::bind("127.0.0.1:0").await.unwrap();
