@@ -81,14 +81,55 @@ pub fn wait_free(
     what: &str,
     patience: std::time::Duration,
 ) -> Result<(), String> {
+    wait_free_or_held_within(addr, what, patience, None)
+}
+
+/// [`wait_free`], except that a port held by process `ours` or one of its descendants
+/// counts as free: on a restart the host agent inside `paas up` may already have started
+/// a member from the formation a previous run stored, before the launcher checks its
+/// ports; that member is not a conflict, anyone else is.
+pub fn wait_free_or_held_within(
+    addr: SocketAddr,
+    what: &str,
+    patience: std::time::Duration,
+    ours: Option<u32>,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + patience;
     loop {
         match check_free(addr, what) {
             Ok(()) => return Ok(()),
+            Err(_) if ours.is_some_and(|pid| held_within(addr.port(), pid)) => return Ok(()),
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
+}
+
+/// Whether the process listening on TCP `port` is `ancestor` or a descendant of it
+/// (following parent pids in /proc; false when the owner cannot be found).
+fn held_within(port: u16, ancestor: u32) -> bool {
+    let Some((mut pid, _)) = owner_of(port) else {
+        return false;
+    };
+    // A bound on the walk, in case /proc changes under it.
+    for _ in 0..256 {
+        if pid == ancestor {
+            return true;
+        }
+        match parent_of(pid) {
+            Some(parent) if parent > 1 && parent != pid => pid = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat` (the field after the state, which
+/// follows the command name's closing parenthesis; the name may contain spaces).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process listening on TCP `port`, from /proc (best effort, Linux).
@@ -171,5 +212,26 @@ mod tests {
         );
         drop(held);
         assert!(check_free(addr, "test port").is_ok());
+    }
+
+    #[test]
+    fn a_port_held_by_our_own_tree_counts_as_free_only_when_asked() {
+        use std::time::Duration;
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let me = std::process::id();
+        assert!(held_within(addr.port(), me));
+        assert!(wait_free_or_held_within(addr, "ours", Duration::ZERO, Some(me)).is_ok());
+        assert!(wait_free(addr, "ours", Duration::ZERO).is_err());
+        // A process that is not our ancestor: a child of ours.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let err = wait_free_or_held_within(addr, "theirs", Duration::ZERO, Some(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(err.is_err(), "held by us, not by a child of ours");
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
     }
 }

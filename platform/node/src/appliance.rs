@@ -347,8 +347,9 @@ fn server_certificate(
 }
 
 /// `(server, health)` ports per member on the cluster's own address, each checked free:
-/// nothing of ours runs yet (members of a killed previous run die with it), so whoever
-/// still holds a port after a few seconds would make a member fail later.
+/// members of a killed previous run die with it, so whoever still holds a port after a
+/// few seconds would make a member fail later; unless it is a process of ours, a member
+/// the host agent already started from the formation a previous run stored.
 fn member_ports(
     kind: &dyn ApplianceKind,
     host: Ipv4Addr,
@@ -366,10 +367,11 @@ fn member_ports(
     for (i, (server, health)) in ports.iter().enumerate() {
         for (port, what) in [(server, "server"), (health, "health API")] {
             let what = format!("{}{i}'s {what} port", kind.member_prefix());
-            addr::wait_free(
+            addr::wait_free_or_held_within(
                 SocketAddr::from((host, *port)),
                 &what,
                 Duration::from_secs(10),
+                Some(std::process::id()),
             )
             .map_err(|e| anyhow::anyhow!("cannot start the {} members: {e}", kind.kind()))?;
         }
