@@ -84,6 +84,11 @@ pub struct RouterConfig {
     /// The address TCP routes listen on (their ports are the routes'); none: TCP routes
     /// are not served here.
     pub tcp_ip: Option<std::net::IpAddr>,
+    /// Worker threads serving the HTTP(S) connections, each a single-threaded runtime
+    /// (as nginx runs a worker per core); the accept loops hand connections to them in
+    /// turn. A request and its backend connection stay on one thread, so serving it
+    /// wakes no other thread.
+    pub workers: usize,
 }
 
 impl RouterConfig {
@@ -100,6 +105,7 @@ impl RouterConfig {
             access_log: None,
             limits: Limits::default(),
             tcp_ip: Some(listen.ip()),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -125,6 +131,15 @@ pub enum RouterError {
     /// The access log spool could not be opened.
     #[error("access log: {0}")]
     AccessLog(#[from] paas_logshipper::shipper::ShipperError),
+    /// A worker thread or its runtime could not be started.
+    #[error("starting worker {worker}: {source}")]
+    Worker {
+        /// The worker's index.
+        worker: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running router; [`Router::shutdown`] stops it.
@@ -134,7 +149,11 @@ pub struct Router {
     admin_addr: Option<SocketAddr>,
     proxy_protocol_addr: Option<SocketAddr>,
     stop: CancellationToken,
+    /// Cancels `stop` when the router is dropped without [`Router::shutdown`], so its
+    /// worker threads end with it.
+    _stop_on_drop: tokio_util::sync::DropGuard,
     tasks: Vec<JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     follower: state::Follower,
     access: Option<access::AccessWriter>,
     metrics: Arc<metrics::Metrics>,
@@ -154,6 +173,50 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| RouterError::Bind { addr, source })
+}
+
+/// How long a stopping worker lets its open connections finish before it drops them.
+const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts worker `index`: a thread with a single-threaded runtime serving the
+/// connections `queue` brings until `stop`, then letting them finish (for up to
+/// [`CONNECTION_DRAIN`]).
+fn spawn_worker(
+    index: usize,
+    queue: tokio::sync::mpsc::UnboundedReceiver<server::Accepted>,
+    proxy: Arc<proxy::Proxy>,
+    max_header: usize,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, RouterError> {
+    let fail = |source| RouterError::Worker {
+        worker: index,
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    std::thread::Builder::new()
+        .name(format!("paas-router-{index}"))
+        .spawn(move || {
+            upstream::set_worker(index);
+            runtime.block_on(async move {
+                let connections = tokio_util::task::TaskTracker::new();
+                server::work(queue, proxy, max_header, stop, connections.clone()).await;
+                connections.close();
+                if tokio::time::timeout(CONNECTION_DRAIN, connections.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::info!(
+                        worker = index,
+                        open = connections.len(),
+                        "closing the connections still open after the drain period"
+                    );
+                }
+            });
+        })
+        .map_err(fail)
 }
 
 /// The cluster's sticky-cookie key: read, or created by whoever comes first.
@@ -216,20 +279,39 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let admin_addr = admin.as_ref().map(local);
     let proxy_protocol_addr = proxied.as_ref().map(local);
     let stop = CancellationToken::new();
-    let max_header = config.limits.max_header_bytes;
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for index in 0..config.workers.max(1) {
+        let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let worker = spawn_worker(
+            index,
+            incoming,
+            Arc::clone(&proxy),
+            config.limits.max_header_bytes,
+            stop.clone(),
+        );
+        match worker {
+            Ok(thread) => workers.push(thread),
+            Err(e) => {
+                stop.cancel();
+                return Err(e);
+            }
+        }
+        queues.push(queue);
+    }
+    drop(proxy);
+    let dispatch = Arc::new(server::Dispatch::new(queues));
     let mut tasks = vec![tokio::spawn(server::serve(
         http,
-        Arc::clone(&proxy),
         server::Mode::Plain,
-        max_header,
+        Arc::clone(&dispatch),
         stop.clone(),
     ))];
     if let Some(listener) = proxied {
         tasks.push(tokio::spawn(server::serve(
             listener,
-            Arc::clone(&proxy),
             server::Mode::ProxyProtocol,
-            max_header,
+            Arc::clone(&dispatch),
             stop.clone(),
         )));
     }
@@ -238,12 +320,12 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(follower.subscribe())?));
         tasks.push(tokio::spawn(server::serve(
             listener,
-            Arc::clone(&proxy),
             server::Mode::Tls(acceptor),
-            max_header,
+            Arc::clone(&dispatch),
             stop.clone(),
         )));
     }
+    drop(dispatch);
     tasks.push(tokio::spawn(upstream::sweep_idle(
         follower.subscribe(),
         config.limits.pool_idle_timeout,
@@ -267,15 +349,16 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             stop.clone(),
         )));
     }
-    drop(proxy);
-    tracing::info!(http = %http_addr, tls = ?tls_addr, admin = ?admin_addr, proxy_protocol = ?proxy_protocol_addr, domain = %config.domain, "router listening");
+    tracing::info!(http = %http_addr, tls = ?tls_addr, admin = ?admin_addr, proxy_protocol = ?proxy_protocol_addr, domain = %config.domain, workers = workers.len(), "router listening");
     Ok(Router {
         http_addr,
         tls_addr,
         admin_addr,
         proxy_protocol_addr,
+        _stop_on_drop: stop.clone().drop_guard(),
         stop,
         tasks,
+        workers,
         follower,
         access,
         metrics,
@@ -313,6 +396,9 @@ impl Router {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        for worker in self.workers {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         }
         drop(self.follower);
         if let Some(access) = self.access {

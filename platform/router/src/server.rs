@@ -1,12 +1,15 @@
 //! Listeners: plain HTTP, HTTPS (rustls, SNI), plain HTTP behind a PROXY protocol
 //! header, and the admin endpoint (`/metrics`).
 //!
-//! Every accepted connection is served by hyper-util's auto builder (HTTP/1.1 with
+//! The accept loops hand each connection to one of the router's worker threads in turn
+//! ([`Dispatch`]); there it is served by hyper-util's auto builder (HTTP/1.1 with
 //! upgrades, or HTTP/2 by preface or ALPN) in its own task. On shutdown the accept
 //! loops stop and every connection is asked to finish gracefully (in-flight requests
 //! complete, idle keep-alive connections close).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +22,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
@@ -40,12 +45,44 @@ pub enum Mode {
     ProxyProtocol,
 }
 
-/// Accepts connections on `listener` until `stop`, serving each through `proxy`.
+/// A connection accepted on a listener, on its way to a worker thread.
+pub struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    local_port: u16,
+    mode: Mode,
+}
+
+/// Hands accepted connections to the router's worker threads in turn (each then serves
+/// its connections, and their backend connections, on its own single-threaded runtime).
+pub struct Dispatch {
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    next: AtomicUsize,
+}
+
+impl Dispatch {
+    /// A dispatcher over `workers` queues (at least one).
+    pub fn new(workers: Vec<mpsc::UnboundedSender<Accepted>>) -> Self {
+        Dispatch {
+            workers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn send(&self, accepted: Accepted) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        if let Some(Err(e)) = self.workers.get(i).map(|w| w.send(accepted)) {
+            tracing::warn!(worker = i, peer = %e.0.peer, "the worker has stopped; closing the connection");
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `stop`, handing each to a worker through
+/// `dispatch`.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
     mode: Mode,
-    max_header_bytes: usize,
+    dispatch: Arc<Dispatch>,
     stop: CancellationToken,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -63,10 +100,53 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        match stream.into_std() {
+            Ok(stream) => dispatch.send(Accepted {
+                stream,
+                peer,
+                local_port,
+                mode: mode.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection over; closing it")
+            }
+        }
+    }
+}
+
+/// A worker's loop: serves the connections `queue` brings, each in a task of
+/// `connections`, through `proxy`, until `stop`.
+pub async fn work(
+    mut queue: mpsc::UnboundedReceiver<Accepted>,
+    proxy: Arc<Proxy>,
+    max_header_bytes: usize,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = queue.recv() => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let Accepted {
+            stream,
+            peer,
+            local_port,
+            mode,
+        } = accepted;
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot take a connection over; closing it");
+                continue;
+            }
+        };
         let proxy = Arc::clone(&proxy);
         let stop = stop.clone();
-        let mode = mode.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let mut info = ConnInfo {
                 peer,
                 local_port,

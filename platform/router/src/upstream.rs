@@ -9,7 +9,8 @@
 //! task per connection costs two.
 //!
 //! Idle connections wait in their backend's [`Pool`] (most recently used first; gone
-//! with the backend's registration, closed after the idle timeout). A connection goes
+//! with the backend's registration, closed after the idle timeout), in the shard of the
+//! worker thread that opened them. A connection goes
 //! back only when its response body was read to the end. Taking one polls it first: a
 //! connection the backend closed while it was idle is seen closed then and dropped. The
 //! keep-alive race (the backend closes just as the request is handed over) is covered
@@ -83,10 +84,25 @@ struct Idle {
     since: Instant,
 }
 
-/// A backend's idle keep-alive connections.
+/// Shards of a pool: one per router worker thread (modulo), so a worker takes back the
+/// connections it opened, whose sockets its own reactor watches.
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// The shard of the calling thread: its router worker's index (0 elsewhere).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread use shard `worker` of every pool: a router worker calls it
+/// once at start.
+pub fn set_worker(worker: usize) {
+    SHARD.with(|s| s.set(worker % SHARDS));
+}
+
+/// A backend's idle keep-alive connections, sharded by worker thread.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    shards: [Mutex<Vec<Idle>>; SHARDS],
 }
 
 impl std::fmt::Debug for Pool {
@@ -98,18 +114,20 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Closes the connections idle for longer than `timeout`.
     pub fn sweep(&self, timeout: Duration) {
         let now = Instant::now();
-        self.lock()
-            .retain(|i| now.duration_since(i.since) < timeout);
+        for shard in &self.shards {
+            lock(shard).retain(|i| now.duration_since(i.since) < timeout);
+        }
     }
 
+    /// The calling thread's shard.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shards[SHARD.with(|s| s.get())])
     }
 
     /// The most recently used idle connection younger than `timeout`, if any.
@@ -133,6 +151,10 @@ impl Pool {
             });
         }
     }
+}
+
+fn lock(shard: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether `conn` can take a request now: its I/O is polled (a close the backend sent
