@@ -17,8 +17,8 @@
 //!   member's archiver then retries and says so in its log; nothing in the archive is
 //!   overwritten). A standby waits until a segment is [`STANDBY_PUSH_DELAY`] old before
 //!   pushing it, so the primary's copy is normally the one stored and the standby's push
-//!   only compares checksums. Pushes to a directory repository take one lock file in
-//!   the repository (`archive-push.lock`, `flock`): pgBackRest writes every copy of a
+//!   only compares checksums. Every push takes one lock file in the repository
+//!   (`archive-push.lock`, `flock`): pgBackRest writes every copy of a
 //!   segment through the same temporary file name, which two members writing at once
 //!   would corrupt. pgBackRest's own guard against this (`archive-mode-check`, which
 //!   refuses base backups of a server with `archive_mode = always`) is turned off.
@@ -35,7 +35,7 @@
 //!
 //! ```text
 //! <repo>/                    the repository (0750, owned by postgres)
-//! <repo>/archive-push.lock  taken by every push (directory repositories)
+//! <repo>/archive-push.lock  the lock every push takes
 //! <member dir>/pgbackrest.conf
 //! <member dir>/pgbackrest/   pgBackRest's logs and lock files for this member, and
 //!                            archive-push, the member's archive_command (0700)
@@ -52,7 +52,7 @@ use tokio::process::Command;
 /// Where Debian installs pgBackRest.
 pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
 
-/// The lock file in a directory repository that every push takes (see the module doc).
+/// The lock file in the repository that every push takes (see the module doc).
 const PUSH_LOCK: &str = "archive-push.lock";
 
 /// How old a segment must be before a standby pushes it: the primary's archiver is
