@@ -4,15 +4,24 @@
 //! at any moment since the first base backup.
 //!
 //! Who does what:
-//! - every member runs with `archive_mode = on` and an `archive_command` running
-//!   `pgbackrest archive-push`; only the primary archives (a segment is forced every
-//!   `archive_timeout`, which bounds the recovery point objective). After a failover
-//!   the promoted member archives its new timeline, from a copy of the segment the
-//!   switch happened in, under the same stanza. (pgBackRest refuses to back up a
-//!   cluster with `archive_mode = always`, and concurrent pushes of the same segment
-//!   from several members race in its repository, so standbys do not archive: a
-//!   segment the old primary had completed but not yet pushed when it died is missing
-//!   from the archive; the archiver pushes within a second of a segment's end);
+//! - every member archives (`archive_mode = always`): its `archive_command` is the
+//!   member's push script (`<member dir>/pgbackrest/archive-push`), which runs `pgbackrest
+//!   archive-push`. The primary pushes each segment as it completes (a segment is forced
+//!   every `archive_timeout`, which bounds the recovery point objective); a standby
+//!   pushes the segments it received too, so a segment the primary completed but had
+//!   not pushed when it died still reaches the archive from the members that streamed
+//!   it. After a failover the promoted member archives its new timeline under the same
+//!   stanza.
+//! - A segment pushed twice is accepted only as the same file: pgBackRest compares the
+//!   checksum of what is pushed with the copy it has and refuses a different one (that
+//!   member's archiver then retries and says so in its log; nothing in the archive is
+//!   overwritten). A standby waits until a segment is [`STANDBY_PUSH_DELAY`] old before
+//!   pushing it, so the primary's copy is normally the one stored and the standby's push
+//!   only compares checksums. Every push takes one lock file in the repository
+//!   (`archive-push.lock`, `flock`): pgBackRest writes every copy of a
+//!   segment through the same temporary file name, which two members writing at once
+//!   would corrupt. pgBackRest's own guard against this (`archive-mode-check`, which
+//!   refuses base backups of a server with `archive_mode = always`) is turned off.
 //! - the primary's supervisor creates the stanza (idempotent) and takes the base
 //!   backups when [`due`] says so: a full one first and every `full_every`, an
 //!   incremental one every `every` in between. Old backups and the WAL only they need
@@ -26,8 +35,10 @@
 //!
 //! ```text
 //! <repo>/                    the repository (0750, owned by postgres)
+//! <repo>/archive-push.lock  the lock every push takes
 //! <member dir>/pgbackrest.conf
-//! <member dir>/pgbackrest/   pgBackRest's logs and lock files for this member
+//! <member dir>/pgbackrest/   pgBackRest's logs and lock files for this member, and
+//!                            archive-push, the member's archive_command (0700)
 //! <member dir>/run/          the server's Unix socket (pgBackRest's way in)
 //! ```
 
@@ -40,6 +51,14 @@ use tokio::process::Command;
 
 /// Where Debian installs pgBackRest.
 pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
+
+/// The lock file in the repository that every push takes (see the module doc).
+const PUSH_LOCK: &str = "archive-push.lock";
+
+/// How old a segment must be before a standby pushes it: the primary's archiver is
+/// woken when the segment completes and pushes it in well under a second, so by then
+/// the standby's push normally finds the primary's copy and only compares checksums.
+pub const STANDBY_PUSH_DELAY: Duration = Duration::from_secs(5);
 
 /// Why a pgBackRest operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,21 +126,42 @@ impl ArchiveConfig {
         }
     }
 
-    /// The `postgresql.conf` lines that archive every WAL segment of the instance whose
-    /// pgBackRest configuration is `conf_file`.
-    pub fn server_settings(&self, conf_file: &Path, socket_dir: &Path) -> String {
-        let command = format!(
-            "{} --config={} --stanza={} archive-push %p",
-            self.pgbackrest.display(),
-            conf_file.display(),
-            self.stanza
-        );
+    /// The `postgresql.conf` lines that archive every WAL segment the instance writes
+    /// or receives through its push script `push_script` ([`ArchiveConfig::push_script`]).
+    pub fn server_settings(&self, push_script: &Path, socket_dir: &Path) -> String {
         format!(
-            "archive_mode = on\narchive_command = '{}'\narchive_timeout = {}\n\
+            "archive_mode = always\narchive_command = '{} %p'\narchive_timeout = {}\n\
              unix_socket_directories = '{}'\n",
-            command.replace('\'', "''"),
+            sh_quote(&push_script.display().to_string()).replace('\'', "''"),
             self.archive_timeout.as_secs().max(1),
             socket_dir.display().to_string().replace('\'', "''"),
+        )
+    }
+
+    /// The text of a member's push script, its `archive_command` (run by PostgreSQL's
+    /// archiver in PGDATA with the WAL file's path): on a standby (`standby.signal`) it
+    /// first waits until the file is [`STANDBY_PUSH_DELAY`] old, and keeps pgBackRest's
+    /// "already exists with the same checksum" warning out of the server's log; then it
+    /// runs `pgbackrest archive-push` with the member's configuration `conf_file`,
+    /// under the repository's push lock.
+    pub fn push_script(&self, conf_file: &Path) -> String {
+        let delay = STANDBY_PUSH_DELAY.as_secs();
+        format!(
+            "#!/bin/sh\n\
+             # archive_command of this member, written by paas-postgres: pushes WAL file $1\n\
+             # into the cluster's pgBackRest repository.\n\
+             set -eu\n\
+             quiet=\n\
+             if [ -f standby.signal ]; then\n\
+             \x20   age=$(( $(date +%s) - $(stat -c %Y \"$1\") ))\n\
+             \x20   if [ \"$age\" -lt {delay} ]; then sleep $(( {delay} - age )); fi\n\
+             \x20   quiet=--log-level-console=error\n\
+             fi\n\
+             exec flock {lock} {pgbackrest} --config={conf} --stanza={stanza} $quiet archive-push \"$1\"\n",
+            lock = sh_quote(&self.repo.join(PUSH_LOCK).display().to_string()),
+            pgbackrest = sh_quote(&self.pgbackrest.display().to_string()),
+            conf = sh_quote(&conf_file.display().to_string()),
+            stanza = sh_quote(&self.stanza),
         )
     }
 
@@ -137,7 +177,7 @@ impl ArchiveConfig {
         format!(
             "[global]\nrepo1-path={repo}\nrepo1-retention-full={keep}\ncompress-type=lz4\n\
              start-fast=y\nlog-path={work}\nlock-path={work}/lock\nlog-level-console=warn\n\
-             log-level-file=info\narchive-timeout=60\n\n\
+             log-level-file=info\narchive-timeout=60\narchive-mode-check=n\n\n\
              [{stanza}]\npg1-path={data}\npg1-port={port}\npg1-socket-path={socket}\npg1-user=postgres\n",
             repo = self.repo.display(),
             keep = self.retention_full,
@@ -277,14 +317,20 @@ impl Archiver {
             chown(path)?;
         }
         let conf_file = dir.join("pgbackrest.conf");
-        std::fs::write(
-            &conf_file,
-            config.pgbackrest_conf(data, port, &socket, &work),
-        )
-        .map_err(io(format!("writing {}", conf_file.display())))?;
-        std::fs::set_permissions(&conf_file, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("chmod pgbackrest.conf"))?;
-        chown(&conf_file)?;
+        let script = push_script_file(dir);
+        for (path, text, mode) in [
+            (
+                &conf_file,
+                config.pgbackrest_conf(data, port, &socket, &work),
+                0o600,
+            ),
+            (&script, config.push_script(&conf_file), 0o700),
+        ] {
+            std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io(format!("chmod {}", path.display())))?;
+            chown(path)?;
+        }
         Ok(Archiver {
             config: config.clone(),
             conf_file,
@@ -369,6 +415,17 @@ pub fn socket_dir(dir: &Path) -> PathBuf {
     dir.join("run")
 }
 
+/// The push script (`archive_command`) of the instance whose own files are in `dir`;
+/// pgBackRest requires its name in the `archive_command` of a server it backs up.
+pub fn push_script_file(dir: &Path) -> PathBuf {
+    dir.join("pgbackrest").join("archive-push")
+}
+
+/// `text` as one shell word.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 fn chown(path: &Path) -> Result<(), ArchiveError> {
     crate::pg::chown_to_server(path).map_err(|e| ArchiveError::Io {
         what: format!("chown {}", path.display()),
@@ -433,15 +490,45 @@ mod tests {
     }
 
     #[test]
-    fn the_archive_command_names_the_members_configuration_and_stanza() {
+    fn every_member_archives_through_its_push_script() {
         let config = ArchiveConfig::new("/data/postgres/pgbackrest".into(), "main");
         let text =
-            config.server_settings(Path::new("/d/pg0/pgbackrest.conf"), Path::new("/d/pg0/run"));
-        assert!(text.contains("archive_mode = on\n"), "{text}");
+            config.server_settings(Path::new("/d/it's/archive-push"), Path::new("/d/pg0/run"));
+        assert!(text.contains("archive_mode = always\n"), "{text}");
         assert!(
-            text.contains("archive_command = '/usr/bin/pgbackrest --config=/d/pg0/pgbackrest.conf --stanza=main archive-push %p'"),
+            text.contains(r"archive_command = '''/d/it''\''''s/archive-push'' %p'"),
             "{text}"
         );
         assert!(text.contains("archive_timeout = 30\n"), "{text}");
+        let conf = config.pgbackrest_conf(
+            Path::new("/d/pg0/data"),
+            5432,
+            Path::new("/d/pg0/run"),
+            Path::new("/d/pg0/pgbackrest"),
+        );
+        assert!(conf.contains("\narchive-mode-check=n\n"), "{conf}");
+    }
+
+    #[test]
+    fn the_push_script_delays_standbys_and_pushes_under_the_repository_lock() {
+        let config = ArchiveConfig::new("/data/postgres/pgbackrest".into(), "main");
+        let script = config.push_script(Path::new("/d/pg0/pgbackrest.conf"));
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        assert!(
+            script.contains("if [ -f standby.signal ]; then\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains(r#"if [ "$age" -lt 5 ]; then sleep $(( 5 - age )); fi"#),
+            "{script}"
+        );
+        assert!(
+            script.ends_with(
+                "exec flock '/data/postgres/pgbackrest/archive-push.lock' '/usr/bin/pgbackrest' \
+                 --config='/d/pg0/pgbackrest.conf' --stanza='main' $quiet archive-push \"$1\"\n"
+            ),
+            "{script}"
+        );
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
 }

@@ -15,7 +15,7 @@
 //!                          0600, owned by the server's user), copied from `--tls-dir`
 //!                          before every start and every clone or rewind
 //! postgres.log             the server's stderr
-//! pgbackrest.conf, run/    with archiving only (see `crate::archive`)
+//! pgbackrest.conf, pgbackrest/, run/  with archiving only (see `crate::archive`)
 //! ```
 //!
 //! With a certificate (`PgConfig::tls_dir`), the server runs with `ssl = on`, and the
@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
-use crate::archive::{socket_dir, ArchiveConfig};
+use crate::archive::{push_script_file, socket_dir, ArchiveConfig};
 
 /// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
 pub const NO_SYNC: &str = "paas_no_sync_standby";
@@ -644,7 +644,7 @@ impl Postgres {
                 archive = match (&self.cfg.archive, how) {
                     (Some(archive), StartAs::Primary { .. } | StartAs::Standby { .. }) => archive
                         .server_settings(
-                            &self.cfg.dir.join("pgbackrest.conf"),
+                            &push_script_file(&self.cfg.dir),
                             &socket_dir(&self.cfg.dir),
                         ),
                     _ => "archive_mode = off\n".into(),

@@ -7,101 +7,21 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{connect, Harness, PASSWORD};
+use common::pitr::{
+    archive_args, cluster_config, first_backup, ids, insert, note_time, pitr_provider,
+};
+use common::{connect, Harness};
 use paas_appliance::provider::Provider;
-use paas_postgres::archive::{ArchiveConfig, Archiver};
-use paas_postgres::pitr::PitrConfig;
-use paas_postgres::provision::{PostgresProvider, ProviderConfig};
-
-fn archive_config(dir: &Path) -> ArchiveConfig {
-    ArchiveConfig::new(dir.join("repo"), "main")
-}
-
-/// Waits until the primary has taken its first base backup; returns when it ended.
-async fn first_backup(h: &Harness, dir: &Path) -> SystemTime {
-    let probe = dir.join("probe");
-    std::fs::create_dir_all(&probe).unwrap();
-    let archiver = Archiver::prepare(
-        &archive_config(dir),
-        &probe,
-        &probe.join("data"),
-        1,
-        PASSWORD,
-    )
-    .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Ok(backups) = archiver.backups().await {
-            if let Some(b) = backups.first() {
-                return b.stopped;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no base backup after 60 s\n{}",
-            h.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The ids in table `t` of the database behind `url`.
-async fn ids(url: &str) -> Vec<i32> {
-    let client = connect(url).await.unwrap();
-    client
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn insert(url: &str, range: std::ops::RangeInclusive<i32>) {
-    let client = connect(url).await.unwrap();
-    for id in range {
-        client
-            .execute("INSERT INTO t VALUES ($1)", &[&id])
-            .await
-            .unwrap();
-    }
-}
-
-/// A moment between two writes: the writes before it committed earlier, the ones after
-/// it commit later.
-async fn note_time() -> SystemTime {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let t = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    t
-}
+use paas_postgres::provision::PostgresProvider;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_finds_exactly_the_rows_of_the_moment_also_across_a_failover() {
-    let mut h = Harness::start_with(3, |dir| {
-        vec![
-            "--archive-repo".into(),
-            dir.join("repo").display().to_string(),
-        ]
-    })
-    .await;
+    let mut h = Harness::start_with(3, archive_args).await;
     let dir = h.dir.path().to_path_buf();
-    let addr = h.endpoint_addr();
-    let config = ProviderConfig {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        superuser_password: PASSWORD.into(),
-        tls: None,
-    };
-    let provider = PostgresProvider::new(config.clone()).with_pitr(PitrConfig {
-        archive: archive_config(&dir),
-        scratch_root: dir.join("scratch"),
-        bin_dir: paas_postgres::dump::DEFAULT_BIN_DIR.into(),
-        superuser_password: PASSWORD.into(),
-    });
+    let config = cluster_config(&h);
+    let provider = pitr_provider(&h);
     let (env, data) = provider.provision_database("shop", "db").await.unwrap();
     let url = env["DATABASE_URL"].clone();
     let data = serde_json::to_value(data).unwrap();
