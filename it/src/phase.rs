@@ -45,6 +45,25 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// `latencies` (sorted here) as the columns of a phase's report line: `p50 … p90 …
+/// p99 … max …` in milliseconds, `-` where there are none.
+pub fn latency_columns(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let p = |q: f64| percentile(latencies, q).map_or("-".into(), millis_text);
+    format!(
+        "p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}",
+        p(0.50),
+        p(0.90),
+        p(0.99),
+        latencies.last().copied().map_or("-".into(), millis_text),
+    )
+}
+
+/// `d` in milliseconds with one decimal, e.g. `12.5ms`.
+pub fn millis_text(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

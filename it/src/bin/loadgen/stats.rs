@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use paas_it::phase::{percentile, Phase};
+use paas_it::phase::{latency_columns, Phase};
 
 /// What one phase saw.
 #[derive(Debug, Default, Clone)]
@@ -23,24 +23,15 @@ impl PhaseStats {
 
     /// One report line: counts and p50/p90/p99/max of the successful requests.
     pub fn line(&mut self, phase: Phase) -> String {
-        self.latencies.sort();
-        let p = |q: f64| percentile(&self.latencies, q).map_or("-".into(), ms);
         format!(
-            "{:<6}  requests {:>7}  failed {:>4}  retried {:>4}  p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}",
+            "{:<6}  requests {:>7}  failed {:>4}  retried {:>4}  {}",
             phase.label(),
             self.total(),
             self.failed,
             self.retried,
-            p(0.50),
-            p(0.90),
-            p(0.99),
-            self.latencies.last().copied().map_or("-".into(), ms),
+            latency_columns(&mut self.latencies),
         )
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use paas_it::phase::{percentile, Phase};
+use paas_it::phase::{latency_columns, Phase};
 
 /// The longest time without an acknowledged commit around the kill: between two
 /// consecutive acknowledgements (or the kill and the first one after it, when none came
@@ -82,23 +82,14 @@ pub struct PhaseStats {
 impl PhaseStats {
     /// One report line: counts and p50/p90/p99/max of the acknowledged commits.
     pub fn line(&mut self, phase: Phase) -> String {
-        self.latencies.sort();
-        let p = |q: f64| percentile(&self.latencies, q).map_or("-".into(), ms);
         format!(
-            "{:<6}  acknowledged {:>6}  unknown {:>3}  p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}",
+            "{:<6}  acknowledged {:>6}  unknown {:>3}  {}",
             phase.label(),
             self.latencies.len(),
             self.unknown,
-            p(0.50),
-            p(0.90),
-            p(0.99),
-            self.latencies.last().copied().map_or("-".into(), ms),
+            latency_columns(&mut self.latencies),
         )
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]
