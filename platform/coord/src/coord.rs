@@ -167,6 +167,25 @@ impl Coord {
         }
     }
 
+    /// Every key under `prefix` (in this coordinator's namespace) in one consistent
+    /// read, as a [`read`](Coord::read).
+    pub(crate) async fn read_prefix(
+        &self,
+        prefix: &str,
+    ) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
+        let start = self.ns.full(prefix);
+        let end = crate::keys::prefix_end(&start);
+        self.read(|c| {
+            let (start, end) = (start.clone(), end.clone());
+            async move {
+                c.kv_client()
+                    .get(start, Some(etcd_client::GetOptions::new().with_range(end)))
+                    .await
+            }
+        })
+        .await
+    }
+
     /// A write that must not be repeated blindly (it may have been applied): on the
     /// current member; a member failure moves later requests to the next one and is
     /// returned to the caller.

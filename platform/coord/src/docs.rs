@@ -25,7 +25,6 @@ use serde::Serialize;
 use crate::coord::Coord;
 use crate::election::Leadership;
 use crate::error::{CoordError, Result};
-use crate::keys::prefix_end;
 use crate::lease::{Lease, LeaseState};
 
 /// What a [`Batch`] requires of a key before it writes anything.
@@ -320,18 +319,7 @@ impl Coord {
     /// and lease: for records whose holder matters (leader keys) and readers that must
     /// decode each kind of key differently.
     pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let start = self.ns.full(prefix);
-        let end = prefix_end(&start);
-        let response = self
-            .read(|c| {
-                let (start, end) = (start.clone(), end.clone());
-                async move {
-                    c.kv_client()
-                        .get(start, Some(GetOptions::new().with_range(end)))
-                        .await
-                }
-            })
-            .await?;
+        let response = self.read_prefix(prefix).await?;
         Ok(response
             .kvs()
             .iter()

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -188,18 +188,7 @@ impl<T: Clone> DocWatch<T> {
 
 /// Reads every key under `prefix` and the store revision of that read.
 async fn list(coord: &Coord, prefix: &str) -> Result<(Entries, i64)> {
-    let start = coord.ns.full(prefix);
-    let end = prefix_end(&start);
-    let response = coord
-        .read(|c| {
-            let (start, end) = (start.clone(), end.clone());
-            async move {
-                c.kv_client()
-                    .get(start, Some(GetOptions::new().with_range(end)))
-                    .await
-            }
-        })
-        .await?;
+    let response = coord.read_prefix(prefix).await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let entries = response
         .kvs()
