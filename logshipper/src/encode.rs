@@ -44,13 +44,28 @@ fn push_field(out: &mut String, value: &str, max: usize) {
     }
 }
 
-/// Formats nanoseconds since the epoch as an RFC 3339 UTC timestamp with microseconds.
-fn timestamp(ns: i64) -> String {
+/// Appends nanoseconds since the epoch as an RFC 3339 UTC timestamp with microseconds
+/// (`-` when out of range). Written field by field: a strftime pattern would be parsed
+/// again for every line.
+fn push_timestamp(out: &mut String, ns: i64) {
+    use chrono::{Datelike, Timelike};
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000) as u32;
     match Utc.timestamp_opt(secs, nanos).single() {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        None => "-".to_string(),
+        Some(t) => {
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                nanos / 1000,
+            );
+        }
+        None => out.push('-'),
     }
 }
 
@@ -69,7 +84,9 @@ pub fn procid(line: &LogLine) -> String {
 pub fn syslog_frame(out: &mut Vec<u8>, line: &LogLine, spool: Option<u64>) {
     let mut msg = String::with_capacity(96 + line.message.len());
     let pri = FACILITY_USER * 8 + severity(line.stream);
-    let _ = write!(msg, "<{pri}>1 {} ", timestamp(line.timestamp_ns));
+    let _ = write!(msg, "<{pri}>1 ");
+    push_timestamp(&mut msg, line.timestamp_ns);
+    msg.push(' ');
     push_field(&mut msg, line.host.as_deref().unwrap_or(""), 255);
     msg.push(' ');
     push_field(&mut msg, &line.app, 48);
