@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use paas_logshipper::shipper::{Shipper, ShipperConfig, ShipperError};
 use paas_logshipper::{LogLine, Stream};
 use tokio::sync::mpsc;
@@ -38,17 +40,18 @@ pub struct AccessLogConfig {
     pub spool_dir: PathBuf,
 }
 
-/// One finished request.
+/// One finished request. Its fields are the request's own values, shared rather than
+/// copied (an `Arc` or a `Bytes` clone each): the request path builds one per request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessEntry {
     /// The app.
-    pub app: String,
+    pub app: Arc<str>,
     /// Request method.
-    pub method: String,
+    pub method: Method,
     /// Request path (and query).
-    pub path: String,
+    pub path: PathAndQuery,
     /// Host header.
-    pub host: String,
+    pub host: HeaderValue,
     /// Status sent to the client.
     pub status: u16,
     /// Response body bytes sent.
@@ -60,27 +63,39 @@ pub struct AccessEntry {
     /// From request to end of response.
     pub duration: Duration,
     /// The request id.
-    pub request_id: String,
+    pub request_id: HeaderValue,
     /// The client's address.
     pub client: SocketAddr,
 }
 
 /// The line for one entry (logfmt, quoted where values may hold spaces). Pure.
 pub fn format(e: &AccessEntry) -> String {
-    let backend = e.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
-    format!(
-        "method={} path={:?} host={} status={} bytes={} backend={} attempts={} duration_ms={:.1} request_id={} fwd={}",
+    use std::fmt::Write;
+    let mut line = String::with_capacity(160 + e.path.as_str().len());
+    let _ = write!(
+        line,
+        "method={} path={:?} host={} status={} bytes={} backend=",
         e.method,
-        e.path,
-        e.host,
+        e.path.as_str(),
+        e.host.to_str().unwrap_or("-"),
         e.status,
         e.bytes,
-        backend,
+    );
+    match e.backend {
+        Some(b) => {
+            let _ = write!(line, "{b}");
+        }
+        None => line.push('-'),
+    }
+    let _ = write!(
+        line,
+        " attempts={} duration_ms={:.1} request_id={} fwd={}",
         e.attempts,
         e.duration.as_secs_f64() * 1000.0,
-        e.request_id,
+        e.request_id.to_str().unwrap_or("-"),
         e.client.ip(),
-    )
+    );
+    line
 }
 
 /// The sending half handlers use; cheap to clone.
@@ -148,7 +163,7 @@ pub fn start(
                 .drain(..)
                 .map(|e| LogLine {
                     id: 0,
-                    app: e.app.as_str().into(),
+                    app: (*e.app).into(),
                     process_type: Some("router".into()),
                     job: Some(job.as_str().into()),
                     host: Some(sender.as_str().into()),
@@ -178,20 +193,26 @@ mod tests {
     fn line_format() {
         let e = AccessEntry {
             app: "shop".into(),
-            method: "GET".into(),
-            path: "/a b?x=1".into(),
-            host: "shop.localhost".into(),
+            method: Method::GET,
+            path: PathAndQuery::from_static("/a%20b?x=1"),
+            host: HeaderValue::from_static("shop.localhost"),
             status: 200,
             bytes: 12,
             backend: Some("127.0.0.1:5001".parse().unwrap()),
             attempts: 2,
             duration: Duration::from_micros(1500),
-            request_id: "r1".into(),
+            request_id: HeaderValue::from_static("r1"),
             client: "10.0.0.1:4000".parse().unwrap(),
         };
         assert_eq!(
             format(&e),
-            "method=GET path=\"/a b?x=1\" host=shop.localhost status=200 bytes=12 backend=127.0.0.1:5001 attempts=2 duration_ms=1.5 request_id=r1 fwd=10.0.0.1"
+            "method=GET path=\"/a%20b?x=1\" host=shop.localhost status=200 bytes=12 backend=127.0.0.1:5001 attempts=2 duration_ms=1.5 request_id=r1 fwd=10.0.0.1"
         );
+        let unanswered = AccessEntry {
+            backend: None,
+            status: 503,
+            ..e
+        };
+        assert!(format(&unanswered).contains(" status=503 bytes=12 backend=- attempts=2 "));
     }
 }

@@ -10,7 +10,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue};
 
 /// `X-Forwarded-For`.
@@ -21,6 +24,11 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+// Hop-by-hop headers http has no constant for (a constant spares parsing the name on
+// every request).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Longest client-given request id kept; longer ones are replaced.
 pub const MAX_REQUEST_ID: usize = 200;
@@ -66,10 +74,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(name);
     }
     for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
     }
@@ -82,7 +90,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// The request's id: the client's `X-Request-Id` if it is short, visible ASCII,
 /// else `generated`.
-pub fn request_id(headers: &HeaderMap, generated: impl FnOnce() -> String) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap, generated: impl FnOnce() -> HeaderValue) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID) {
         let ok = !v.is_empty()
             && v.len() <= MAX_REQUEST_ID
@@ -91,7 +99,7 @@ pub fn request_id(headers: &HeaderMap, generated: impl FnOnce() -> String) -> He
             return v.clone();
         }
     }
-    HeaderValue::from_str(&generated()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    generated()
 }
 
 /// Prepares a client request's headers for the backend.
@@ -102,12 +110,16 @@ pub fn to_upstream(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
-    let client = fwd.client.to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
-        _ => client,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    use std::fmt::Write;
+    let mut xff = String::new();
+    if let Some(earlier) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        if !earlier.trim().is_empty() {
+            xff.push_str(earlier);
+            xff.push_str(", ");
+        }
+    }
+    let _ = write!(xff, "{}", fwd.client);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
@@ -207,7 +219,7 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        let gen = || "generated".to_string();
+        let gen = || HeaderValue::from_static("generated");
         assert_eq!(
             request_id(&map(&[("x-request-id", "given-1")]), gen),
             "given-1"

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -143,27 +144,28 @@ impl Proxy {
         let host = request_host(&req);
         let mut log = Pending {
             started,
-            app: NO_APP.to_string(),
-            method: req.method().to_string(),
+            app: None,
+            method: req.method().clone(),
             path: req
                 .uri()
                 .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             host: host.clone(),
             backend: None,
             attempts: 0,
-            request_id: request_id.to_str().unwrap_or("-").to_string(),
+            request_id: request_id.clone(),
             client: conn.peer,
             metrics: Arc::clone(&self.metrics),
             access: self.access.clone(),
         };
+        let host = host.to_str().unwrap_or("");
 
         let snapshot = Arc::clone(&self.state.borrow());
-        let Some(route) = snapshot.table.lookup(&host, req.uri().path()) else {
+        let Some(route) = snapshot.table.lookup(host, req.uri().path()) else {
             return log.finish_error(StatusCode::NOT_FOUND, &request_id, "no route for this host");
         };
-        log.app = route.app.clone();
+        log.app = Some(Arc::clone(&route.app));
         if headers::header_bytes(req.headers()) > self.limits.max_header_bytes {
             return log.finish_error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -221,7 +223,7 @@ impl Proxy {
         };
         headers::to_upstream(&mut parts.headers, &fwd, &request_id, upgrade);
         if !parts.headers.contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
+            if let Ok(v) = HeaderValue::from_str(host) {
                 parts.headers.insert(HOST, v);
             }
         }
@@ -234,7 +236,7 @@ impl Proxy {
             .as_deref()
             .and_then(|app| self.sticky.from_headers(app, &parts.headers));
         let empty = Vec::new();
-        let backends = snapshot.backends.get(&route.app).unwrap_or(&empty);
+        let backends = snapshot.backends.get(&*route.app).unwrap_or(&empty);
 
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = String::new();
@@ -353,19 +355,28 @@ impl Proxy {
     }
 }
 
-/// A random request id (32 hex digits).
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// A random request id (32 hex digits), written straight into its header value.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for digit in out.iter_mut().rev() {
+        *digit = HEX[(id & 0xf) as usize];
+        id >>= 4;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The request's host: the `Host` header, else the URI's authority (HTTP/2).
-fn request_host<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
-        .unwrap_or_default()
+/// The request's host: the `Host` header, else the URI's authority (HTTP/2); empty
+/// when neither is there. A clone of the header value shares its bytes.
+fn request_host<B>(req: &Request<B>) -> HeaderValue {
+    if let Some(v) = req.headers().get(HOST) {
+        return v.clone();
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
 /// The request to send to a backend: HTTP/1.1, origin-form `target`, the prepared
@@ -463,13 +474,14 @@ fn empty_body() -> ProxyBody {
 /// A request's log and metrics, recorded once when its response ends.
 struct Pending {
     started: Instant,
-    app: String,
-    method: String,
-    path: String,
-    host: String,
+    /// The app its route names; `None` before (or without) a route.
+    app: Option<Arc<str>>,
+    method: Method,
+    path: PathAndQuery,
+    host: HeaderValue,
     backend: Option<SocketAddr>,
     attempts: usize,
-    request_id: String,
+    request_id: HeaderValue,
     client: SocketAddr,
     metrics: Arc<Metrics>,
     access: Option<AccessLog>,
@@ -479,24 +491,25 @@ impl Pending {
     /// Records the finished request.
     fn finish(self, status: u16, bytes: u64) {
         let duration = self.started.elapsed();
-        self.metrics
-            .request(&self.app, status, duration.as_secs_f64());
-        if let Some(access) = &self.access {
-            if self.app != NO_APP {
-                access.record(AccessEntry {
-                    app: self.app,
-                    method: self.method,
-                    path: self.path,
-                    host: self.host,
-                    status,
-                    bytes,
-                    backend: self.backend,
-                    attempts: self.attempts,
-                    duration,
-                    request_id: self.request_id,
-                    client: self.client,
-                });
-            }
+        self.metrics.request(
+            self.app.as_deref().unwrap_or(NO_APP),
+            status,
+            duration.as_secs_f64(),
+        );
+        if let (Some(access), Some(app)) = (&self.access, self.app) {
+            access.record(AccessEntry {
+                app,
+                method: self.method,
+                path: self.path,
+                host: self.host,
+                status,
+                bytes,
+                backend: self.backend,
+                attempts: self.attempts,
+                duration,
+                request_id: self.request_id,
+                client: self.client,
+            });
         }
     }
 
@@ -605,6 +618,20 @@ mod tests {
     fn check(kind: std::io::ErrorKind, expected: Failure) {
         let wrapped = Wrapped(std::io::Error::from(kind));
         assert_eq!(classify_cause(&wrapped), expected, "{kind:?}");
+    }
+
+    #[test]
+    fn generated_request_ids_are_32_hex_digits() {
+        let a = new_request_id();
+        let b = new_request_id();
+        for id in [&a, &b] {
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(text
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        }
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! `/api/x`, not `/apix`). A stored route wins over a default route with the same domain
 //! and path.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use paas_model::Route;
 
@@ -16,8 +18,8 @@ use paas_model::Route;
 pub struct RouteEntry {
     /// The stored route's id, or `default` for `<app>.<domain>`.
     pub id: String,
-    /// The app whose `web` jobs serve the route.
-    pub app: String,
+    /// The app whose `web` jobs serve the route (shared: every request's log names it).
+    pub app: Arc<str>,
     /// Lower-case domain.
     pub domain: String,
     /// Path prefix without a trailing slash; empty matches every path.
@@ -52,7 +54,7 @@ impl RouteTable {
             }
             table.insert(RouteEntry {
                 id: route.id.clone(),
-                app: route.app.clone(),
+                app: route.app.as_str().into(),
                 domain: route.domain.to_ascii_lowercase(),
                 path: normalize_prefix(route.path.as_deref().unwrap_or("")),
                 sticky: route.sticky,
@@ -64,14 +66,14 @@ impl RouteTable {
                 let own = table
                     .by_domain
                     .get(&name)
-                    .is_some_and(|es| es.iter().any(|e| e.path.is_empty() && e.app == app));
+                    .is_some_and(|es| es.iter().any(|e| e.path.is_empty() && &*e.app == app));
                 if own {
                     // The app's own stored route for its default name (e.g. sticky).
                     continue;
                 }
                 table.insert(RouteEntry {
                     id: DEFAULT_ROUTE_ID.to_string(),
-                    app: app.to_string(),
+                    app: app.into(),
                     domain: name,
                     path: String::new(),
                     sticky: false,
@@ -95,7 +97,7 @@ impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<&RouteEntry> {
         let host = normalize_host(host)?;
         self.by_domain
-            .get(&host)?
+            .get(host.as_ref())?
             .iter()
             .find(|e| path_matches(&e.path, path))
     }
@@ -113,7 +115,7 @@ impl RouteTable {
 
 /// The host name of a `Host` header value: port and trailing dot removed, lower case;
 /// `None` when empty.
-pub fn normalize_host(host: &str) -> Option<String> {
+pub fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -124,8 +126,11 @@ pub fn normalize_host(host: &str) -> Option<String> {
     let name = name.trim_end_matches('.');
     if name.is_empty() {
         None
+    } else if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(name.to_ascii_lowercase()))
     } else {
-        Some(name.to_ascii_lowercase())
+        // The usual case: no copy on the request path.
+        Some(Cow::Borrowed(name))
     }
 }
 
@@ -179,9 +184,7 @@ mod tests {
     /// `(host, path)` -> `(route id, app)`, or `None`.
     fn check(host: &str, path: &str, expected: Option<(&str, &str)>) {
         let t = table();
-        let got = t
-            .lookup(host, path)
-            .map(|e| (e.id.as_str(), e.app.as_str()));
+        let got = t.lookup(host, path).map(|e| (e.id.as_str(), &*e.app));
         assert_eq!(got, expected, "{host} {path}");
     }
 
