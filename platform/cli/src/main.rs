@@ -536,12 +536,6 @@ enum RouteCmd {
     },
 }
 
-/// mimalloc instead of glibc's malloc: the router's request path allocates and frees
-/// small buffers on one thread per worker, where glibc spent about 8% of the router's
-/// CPU (`_int_malloc`, `_int_free`, `malloc_consolidate`); see ARCHITECTURE.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::JobShim { args } = cli.command {
