@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 use paas_logshipper::shipper::{Shipper, ShipperConfig, ShipperError};
 use paas_logshipper::{LogLine, Stream};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -102,20 +102,15 @@ pub fn format(e: &AccessEntry) -> String {
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     tx: mpsc::Sender<AccessEntry>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl AccessLog {
     /// Queues a line; drops it (counted) if the queue is full.
     pub fn record(&self, entry: AccessEntry) {
         if self.tx.try_send(entry).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
-    }
-
-    /// Lines dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -134,10 +129,13 @@ impl AccessWriter {
     }
 }
 
-/// Opens the spool and starts shipping; `host` is this router's host id.
+/// Opens the spool and starts shipping; `host` is this router's host id. Lines lost
+/// (queue full, or the spool refused them) are counted in `dropped`
+/// (`router_access_lines_dropped_total`).
 pub fn start(
     config: &AccessLogConfig,
     host: &str,
+    dropped: Counter,
 ) -> Result<(AccessLog, AccessWriter), ShipperError> {
     let shipper = Shipper::start(ShipperConfig::new(
         &config.spool_dir,
@@ -146,6 +144,7 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel::<AccessEntry>(QUEUE);
     let job = host.to_string();
     let sender = format!("{host}-router");
+    let lost = dropped.clone();
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -173,15 +172,13 @@ pub fn start(
                 })
                 .collect();
             if let Err(e) = shipper.ship(&mut lines) {
+                lost.inc_by(lines.len() as u64);
                 tracing::warn!(error = %e, lines = lines.len(), "spooling access lines failed");
             }
         }
         shipper
     });
-    let log = AccessLog {
-        tx,
-        dropped: Arc::new(AtomicU64::new(0)),
-    };
+    let log = AccessLog { tx, dropped };
     Ok((log, AccessWriter { task }))
 }
 
@@ -214,5 +211,32 @@ mod tests {
             ..e
         };
         assert!(format(&unanswered).contains(" status=503 bytes=12 backend=- attempts=2 "));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, _rx) = mpsc::channel(1);
+        let dropped = Counter::default();
+        let log = AccessLog {
+            tx,
+            dropped: dropped.clone(),
+        };
+        let entry = AccessEntry {
+            app: "shop".into(),
+            method: Method::GET,
+            path: PathAndQuery::from_static("/"),
+            host: HeaderValue::from_static("shop.localhost"),
+            status: 200,
+            bytes: 0,
+            backend: None,
+            attempts: 1,
+            duration: Duration::ZERO,
+            request_id: HeaderValue::from_static("r"),
+            client: "127.0.0.1:1".parse().unwrap(),
+        };
+        log.record(entry.clone());
+        assert_eq!(dropped.get(), 0);
+        log.record(entry);
+        assert_eq!(dropped.get(), 1);
     }
 }

@@ -261,7 +261,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let key = sticky_key(coord).await?;
     let (access_log, access) = match &config.access_log {
         Some(cfg) => {
-            let (log, writer) = access::start(cfg, &config.host)?;
+            let (log, writer) = access::start(cfg, &config.host, metrics.access_dropped())?;
             (Some(log), Some(writer))
         }
         None => (None, None),

@@ -6,6 +6,7 @@
 //! | `router_request_duration_seconds`     | histogram | app           |
 //! | `router_retries_total`                | counter   | app, reason   |
 //! | `router_backends`                     | gauge     | app           |
+//! | `router_access_lines_dropped_total`   | counter   |               |
 //!
 //! `app` is `-` for requests that matched no route.
 
@@ -69,6 +70,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     retries: Family<RetryLabels, Counter>,
     backends: Family<AppLabel, Gauge>,
+    access_dropped: Counter,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
     /// Handles of the families' series per app (they share the families' values).
@@ -111,15 +113,27 @@ impl Metrics {
             retries.clone(),
         );
         registry.register("backends", "Backends (web jobs) per app", backends.clone());
+        let access_dropped = Counter::default();
+        registry.register(
+            "access_lines_dropped",
+            "Access lines lost: the queue to the spool was full, or the spool refused them",
+            access_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
             retries,
             backends,
+            access_dropped,
             gauged: Mutex::new(Vec::new()),
             apps: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The counter of lost access lines, for the access log's writer to count into.
+    pub fn access_dropped(&self) -> Counter {
+        self.access_dropped.clone()
     }
 
     /// Counts one finished request.

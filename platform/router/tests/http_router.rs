@@ -373,6 +373,11 @@ async fn routes_by_host_and_path_and_sets_forwarding_headers() {
         .body
         .contains(r#"router_requests_total{app="-",status="404"}"#));
     assert!(metrics.body.contains(r#"router_backends{app="shop"} 1"#));
+    assert!(
+        metrics.body.contains("router_access_lines_dropped_total 0"),
+        "{}",
+        metrics.body
+    );
     router.shutdown().await;
 }
 
