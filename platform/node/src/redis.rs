@@ -35,6 +35,16 @@ pub const ENDPOINT_PORT_BASE: u16 = 26379;
 /// How many groups one node serves (endpoint ports `ENDPOINT_PORT_BASE..+this`).
 pub const MAX_GROUPS: u16 = 2000;
 
+/// The lowest endpoint port that no group records (`used`) and that `bindable` says is
+/// free on the machine now. Pure but for `bindable`.
+fn pick_endpoint_port(
+    used: &std::collections::BTreeSet<u16>,
+    bindable: impl Fn(u16) -> bool,
+) -> Option<u16> {
+    (ENDPOINT_PORT_BASE..ENDPOINT_PORT_BASE + MAX_GROUPS)
+        .find(|p| !used.contains(p) && bindable(*p))
+}
+
 /// How often adopting a group found on disk is tried at start.
 const ADOPT_ATTEMPTS: u32 = 12;
 
@@ -204,7 +214,9 @@ impl NodeRunner {
             .map(Running::endpoint)
     }
 
-    /// A free endpoint port: the lowest above [`ENDPOINT_PORT_BASE`] no group records.
+    /// A free endpoint port: the lowest above [`ENDPOINT_PORT_BASE`] that no group of
+    /// this node records and that nothing on the machine listens on or holds now (an
+    /// other `paas up` on the same machine counts its own groups only).
     fn free_endpoint_port(&self) -> Result<u16, ProviderError> {
         let dir = groups_dir(&self.kind.site.data_dir);
         let mut used = std::collections::BTreeSet::new();
@@ -213,11 +225,15 @@ impl NodeRunner {
                 used.insert(file.endpoint_port);
             }
         }
-        (ENDPOINT_PORT_BASE..ENDPOINT_PORT_BASE + MAX_GROUPS)
-            .find(|p| !used.contains(p))
-            .ok_or_else(|| {
-                ProviderError(format!("all {MAX_GROUPS} redis endpoint ports are in use"))
-            })
+        pick_endpoint_port(&used, |port| {
+            std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
+        })
+        .ok_or_else(|| {
+            ProviderError(format!(
+                "no free redis endpoint port in 127.0.0.1:{ENDPOINT_PORT_BASE}-{}",
+                ENDPOINT_PORT_BASE + MAX_GROUPS - 1
+            ))
+        })
     }
 
     async fn launch_group(
@@ -475,4 +491,26 @@ pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     paas_redis::supervisor::run(args.into_config(), crate::up::wait_for_signal())
         .await
         .context("redis supervisor failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_ports_skip_recorded_and_busy_ones() {
+        let used: std::collections::BTreeSet<u16> =
+            [ENDPOINT_PORT_BASE, ENDPOINT_PORT_BASE + 2].into();
+        // Another process on the machine holds base+1.
+        let busy = ENDPOINT_PORT_BASE + 1;
+        assert_eq!(
+            pick_endpoint_port(&used, |p| p != busy),
+            Some(ENDPOINT_PORT_BASE + 3)
+        );
+        assert_eq!(
+            pick_endpoint_port(&used, |_| true),
+            Some(ENDPOINT_PORT_BASE + 1)
+        );
+        assert_eq!(pick_endpoint_port(&used, |_| false), None);
+    }
 }
