@@ -15,7 +15,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::local::LocalFileSystem;
 use paas_backups::{Backups, Target, Trigger};
 use paas_redis::provision::{ProviderConfig, RedisProvider, ResourceData};
 
@@ -123,7 +122,12 @@ async fn main() {
 
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let backups = Backups::new(Arc::new(LocalFileSystem::new_with_prefix(&store).unwrap()));
+    let backups = Backups::new(
+        // The store as `paas up` opens a directory store.
+        paas_backups::Location::Dir(store.clone())
+            .open(&paas_backups::location::S3Options::default())
+            .unwrap(),
+    );
     let (progress, _) = tokio::sync::watch::channel(0);
     let clock = Instant::now();
     let m = backups
