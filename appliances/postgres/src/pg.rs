@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
-use crate::archive::{push_script_file, socket_dir, ArchiveConfig};
+use crate::archive::{push_script_file, socket_dir, ArchiveConfig, S3Keys};
 
 /// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
 pub const NO_SYNC: &str = "paas_no_sync_standby";
@@ -170,7 +170,10 @@ pub struct PgConfig {
     pub superuser_password: String,
     /// The cluster's certificate (`paas_appliance::tls` file names); `None`: no TLS.
     pub tls_dir: Option<PathBuf>,
-    /// Continuous archiving with pgBackRest (`crate::archive`); `None`: no archive.
+    /// Continuous archiving with pgBackRest (`crate::archive`): a primary or standby
+    /// pushes its WAL into it, a scratch instance ([`StartAs::Scratch`]) only fetches WAL
+    /// from it (its S3 keys, if it holds them, go in the server's environment for
+    /// pgBackRest's `restore_command`); `None`: no archive.
     pub archive: Option<ArchiveConfig>,
 }
 
@@ -432,6 +435,8 @@ impl Postgres {
         if ids.is_some() {
             command.env("HOME", self.cfg.dir.as_os_str());
         }
+        let keys = self.cfg.archive.as_ref().and_then(|a| a.repo.keys());
+        command.envs(keys.into_iter().flat_map(S3Keys::env));
         let child = Command::from(command)
             .spawn()
             .map_err(io("spawning postgres"))?;

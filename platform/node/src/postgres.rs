@@ -136,7 +136,7 @@ fn archive_repo(dir: &Path) -> std::path::PathBuf {
 pub async fn supervise(args: SupervisorArgs) -> Result<()> {
     crate::up::init_tracing();
     args.member.load_etcd_identity()?;
-    paas_postgres::supervisor::run(args.into_config(), crate::up::wait_for_signal())
+    paas_postgres::supervisor::run(args.into_config()?, crate::up::wait_for_signal())
         .await
         .context("postgres supervisor failed")
 }
