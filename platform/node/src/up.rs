@@ -414,6 +414,10 @@ async fn serve(
             ttl_secs: args.lease_ttl,
             pki: pki.clone(),
             spread_hosts: usize::try_from(args.appliance_hosts).unwrap_or(1),
+            backup_store: std::sync::Arc::new(crate::backups::location(
+                data_dir,
+                args.backup_store.as_deref(),
+            )?),
         };
         for kind in appliance_kinds() {
             let members = args.members(kind.kind());
@@ -438,7 +442,7 @@ async fn serve(
         }
         controller = controller.with_providers(providers);
         let (backups, backup_location) =
-            crate::backups::open(data_dir, args.backup_store.as_deref(), logs.syslog_addr())?;
+            crate::backups::open(data_dir, (*site.backup_store).clone(), logs.syslog_addr())?;
         controller = controller.with_backups(backups.clone());
         if let Some(pending) = &restoring {
             let state = controller.state();
@@ -493,6 +497,12 @@ async fn serve(
             router.admin_addr().map_or("-".into(), |a| a.to_string()),
         );
         println!("  backups:  {backup_location}");
+        if let Some((_, _, pg)) = appliances.iter().find(|(kind, _, _)| *kind == "postgres") {
+            println!(
+                "  pitr:     {}",
+                crate::postgres::describe_archive(&site, &pg.dir)?
+            );
+        }
         println!("  data dir: {}", data_dir.display());
         println!("  config:   {}", config_path.display());
         println!("Press Ctrl-C to stop.");
