@@ -130,8 +130,9 @@ pub struct UpArgs {
     pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
     /// Where backups of app resources are kept: a directory, or s3://bucket/prefix
     /// (credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_DEFAULT_REGION, AWS_ENDPOINT; an http:// endpoint is used without TLS).
-    /// Default: DATA_DIR/backups.
+    /// AWS_DEFAULT_REGION, AWS_ENDPOINT_URL or AWS_ENDPOINT; an http:// endpoint is used
+    /// without TLS; AWS_CA_BUNDLE: CAs to trust). With S3 over HTTPS, the Postgres WAL
+    /// archive goes to prefix/pgbackrest there. Default: DATA_DIR/backups.
     #[arg(long, env = "PAAS_BACKUP_STORE")]
     pub backup_store: Option<String>,
     /// IP address this host's jobs listen on and are registered at (as `paas host
