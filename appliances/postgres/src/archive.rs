@@ -43,14 +43,17 @@
 //! <repo>/                    a directory repository (0750, owned by postgres)
 //! <repo>/archive-push.lock  the lock every push takes (directory repository)
 //! <member dir>/pgbackrest.conf
-//! <member dir>/pgbackrest/   pgBackRest's logs and lock files for this member, and
-//!                            archive-push, the member's archive_command (0700), and
-//!                            archive-push.lock with an S3 repository
+//! <member dir>/pgbackrest/   pgBackRest's logs (of pushes: errors only) and lock files
+//!                            for this member, and archive-push, the member's
+//!                            archive_command (0700), and archive-push.lock with an S3
+//!                            repository
 //! <member dir>/run/          the server's Unix socket (pgBackRest's way in)
 //! ```
 
+pub mod failure;
 pub mod repo;
 
+pub use failure::ArchiverStats;
 pub use repo::{Repo, RepoError, S3Keys, S3Repo};
 
 use std::os::unix::fs::PermissionsExt;
@@ -151,7 +154,9 @@ impl ArchiveConfig {
     /// first waits until the file is [`STANDBY_PUSH_DELAY`] old, and keeps pgBackRest's
     /// "already exists with the same checksum" warning out of the server's log; then it
     /// runs `pgbackrest archive-push` with the member's configuration `conf_file`,
-    /// under the push lock ([`Repo::push_lock`]; `work` is the member's pgBackRest
+    /// its errors (only) logged to `<work>/<stanza>-archive-push.log` (pgBackRest keeps no
+    /// file log of pushes otherwise; the member's status reads the reason of a failing
+    /// push there, [`failure`]), under the push lock ([`Repo::push_lock`]; `work` is the member's pgBackRest
     /// directory).
     pub fn push_script(&self, conf_file: &Path, work: &Path) -> String {
         let delay = STANDBY_PUSH_DELAY.as_secs();
@@ -166,7 +171,7 @@ impl ArchiveConfig {
              \x20   if [ \"$age\" -lt {delay} ]; then sleep $(( {delay} - age )); fi\n\
              \x20   quiet=--log-level-console=error\n\
              fi\n\
-             exec flock {lock} {pgbackrest} --config={conf} --stanza={stanza} $quiet archive-push \"$1\"\n",
+             exec flock {lock} {pgbackrest} --config={conf} --stanza={stanza} --log-level-file=error $quiet archive-push \"$1\"\n",
             lock = sh_quote(&self.repo.push_lock(work).display().to_string()),
             pgbackrest = sh_quote(&self.pgbackrest.display().to_string()),
             conf = sh_quote(&conf_file.display().to_string()),
@@ -298,6 +303,7 @@ pub fn parse_info(text: &str, stanza: &str) -> Result<Vec<BaseBackup>, ArchiveEr
 pub struct Archiver {
     config: ArchiveConfig,
     conf_file: PathBuf,
+    work: PathBuf,
     password: String,
 }
 
@@ -344,6 +350,7 @@ impl Archiver {
         Ok(Archiver {
             config: config.clone(),
             conf_file,
+            work,
             password: password.into(),
         })
     }
@@ -351,6 +358,22 @@ impl Archiver {
     /// The configuration file.
     pub fn conf_file(&self) -> &Path {
         &self.conf_file
+    }
+
+    /// The last error in pgBackRest's log of this instance's pushes
+    /// ([`failure::last_error`] over the end of `<work>/<stanza>-archive-push.log`).
+    pub fn last_push_error(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        const TAIL: u64 = 16 * 1024;
+        let log = self
+            .work
+            .join(format!("{}-archive-push.log", self.config.stanza));
+        let mut file = std::fs::File::open(log).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        failure::last_error(&String::from_utf8_lossy(&tail))
     }
 
     /// `pgbackrest <args> <command>` as the server's user.
@@ -539,7 +562,8 @@ mod tests {
         assert!(
             script.ends_with(
                 "exec flock '/data/postgres/pgbackrest/archive-push.lock' '/usr/bin/pgbackrest' \
-                 --config='/d/pg0/pgbackrest.conf' --stanza='main' $quiet archive-push \"$1\"\n"
+                 --config='/d/pg0/pgbackrest.conf' --stanza='main' --log-level-file=error $quiet \
+                 archive-push \"$1\"\n"
             ),
             "{script}"
         );

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
-use crate::archive::{push_script_file, socket_dir, ArchiveConfig, S3Keys};
+use crate::archive::{push_script_file, socket_dir, ArchiveConfig, ArchiverStats, S3Keys};
 
 /// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
 pub const NO_SYNC: &str = "paas_no_sync_standby";
@@ -546,6 +546,28 @@ impl Postgres {
         let client = self.client().await?;
         timed(client.batch_execute("CHECKPOINT")).await?;
         Ok(())
+    }
+
+    /// What the archiver reports (`pg_stat_archiver`).
+    pub async fn archiver_stats(&mut self) -> Result<ArchiverStats, PgError> {
+        let client = self.client().await?;
+        let row = timed(client.query_one(
+            "SELECT failed_count, last_failed_wal, \
+             extract(epoch FROM last_failed_time)::float8, \
+             extract(epoch FROM last_archived_time)::float8 FROM pg_stat_archiver",
+            &[],
+        ))
+        .await?;
+        let at = |secs: Option<f64>| {
+            secs.filter(|s| *s >= 0.0)
+                .map(|s| std::time::UNIX_EPOCH + Duration::from_secs_f64(s))
+        };
+        Ok(ArchiverStats {
+            failed_count: row.get(0),
+            last_failed_wal: row.get(1),
+            last_failed_time: at(row.get(2)),
+            last_archived_time: at(row.get(3)),
+        })
     }
 
     /// What the running server says about itself.

@@ -29,6 +29,29 @@ async fn failed_pushes(h: &Harness) -> i64 {
         .get(0)
 }
 
+/// Waits until `member`'s published archiving status is failing (or, `failing` false,
+/// fine again), and returns it.
+async fn archiving_status(h: &Harness, member: &str, failing: bool) -> Option<String> {
+    let started = Instant::now();
+    loop {
+        let status = h
+            .snapshot()
+            .await
+            .members
+            .get(member)
+            .and_then(|m| m.archiving.clone());
+        if status.is_some() == failing {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{member}'s archiving status is still {status:?}\n{}",
+            h.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_from_s3_finds_the_rows_of_the_moment_also_inside_an_outage() {
     let started = Instant::now();
@@ -165,6 +188,12 @@ async fn a_restore_from_s3_finds_the_rows_of_the_moment_also_inside_an_outage() 
         "S3 down: push failed after {:?}; {ready} segment(s) waiting, last archived {archived:?}",
         outage.elapsed()
     );
+    // The primary's status says so, with pgBackRest's reason.
+    let primary = h.snapshot().await.state.unwrap().0.primary;
+    let said = archiving_status(&h, &primary, true).await.unwrap();
+    eprintln!("{primary} while S3 is down: {said}");
+    assert!(said.starts_with("archiving failing since "), "{said}");
+    assert!(said.contains("TLS error"), "{said}");
     front.accept();
     eprintln!("S3 back after {:?}", outage.elapsed());
 
@@ -177,6 +206,7 @@ async fn a_restore_from_s3_finds_the_rows_of_the_moment_also_inside_an_outage() 
     eprintln!("{said} ({:?})", took.elapsed());
     assert_eq!(ids(&restored_url).await, (1..=30).collect::<Vec<_>>());
     assert_eq!(ids(&url).await, (1..=40).collect::<Vec<_>>());
+    assert_eq!(archiving_status(&h, &primary, false).await, None);
     // Nothing went to a directory of the harness's.
     assert!(!h.dir.path().join("repo").exists());
     eprintln!("whole test: {:?}", started.elapsed());
