@@ -135,6 +135,8 @@ async fn serve(
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors or the like: give it a moment rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         if *refused.borrow() {

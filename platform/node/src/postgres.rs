@@ -134,9 +134,12 @@ impl ApplianceKind for PostgresKind {
                 archive: ArchiveConfig::new(
                     archive_repo(&cluster.dir, &cluster.backup_store, &s3_settings())
                         .map(|(repo, _)| repo)
-                        // Checked when the members were launched; the environment has
-                        // not changed since.
-                        .unwrap_or_else(|_| Repo::Dir(cluster.dir.join("pgbackrest"))),
+                        // Checked when the members were launched (a refusal stops
+                        // `paas up` there), with the same environment.
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "the Postgres archive's repository");
+                            Repo::Dir(cluster.dir.join("pgbackrest"))
+                        }),
                     &cluster.cluster,
                 ),
                 scratch_root: cluster.dir.join("pitr"),
