@@ -3,9 +3,11 @@
 //! `object_store` client for either.
 //!
 //! S3 settings come from the usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` or `AWS_ENDPOINT_URL`
-//! for other S3 servers; an `http://` endpoint is allowed plain HTTP), overridable with
-//! [`S3Options`].
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
+//! `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` for other S3 servers, where an `http://`
+//! endpoint is allowed plain HTTP; `AWS_CA_BUNDLE`, a PEM file of more CAs to trust),
+//! overridable with [`S3Options`]. [`S3Options::settings`] is that reading, for whoever
+//! hands the same store to another S3 client (the Postgres archive's pgBackRest).
 //! Requests are retried a few times only: a backup against a store that is down should
 //! fail within seconds, not hang for minutes.
 
@@ -17,7 +19,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, Certificate, ClientOptions, ObjectStore, RetryConfig};
 
 /// The size of the chunks a directory store reads a file in. object_store's own is
 /// 8 KiB, one trip to the blocking pool each: for a 1 GiB database's dump that is tens
@@ -41,6 +43,14 @@ pub enum LocationError {
     /// object_store refused the settings.
     #[error("backup store: {0}")]
     Store(#[from] object_store::Error),
+    /// The CA bundle (`AWS_CA_BUNDLE`) could not be read.
+    #[error("CA bundle {path}: {reason}")]
+    CaBundle {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// Where backups live.
@@ -68,6 +78,74 @@ pub struct S3Options {
     pub access_key_id: Option<String>,
     /// Secret access key.
     pub secret_access_key: Option<String>,
+}
+
+/// The S3 settings in effect: [`S3Options`] over the `AWS_*` environment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Endpoint of an S3-compatible server; `None`: AWS.
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` unless set).
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+    /// More CAs to trust, a PEM file (`AWS_CA_BUNDLE`).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("ca_bundle", &self.ca_bundle)
+            .finish()
+    }
+}
+
+impl S3Options {
+    /// These options over the variables `env` gives (pure; `std::env::var` in use):
+    /// the endpoint from `AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`; the region from
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1` (object_store's order).
+    pub fn settings(&self, env: impl Fn(&str) -> Option<String>) -> S3Settings {
+        let env = |key: &str| env(key).filter(|v| !v.is_empty());
+        S3Settings {
+            endpoint: self
+                .endpoint
+                .clone()
+                .or_else(|| env("AWS_ENDPOINT_URL"))
+                .or_else(|| env("AWS_ENDPOINT")),
+            region: self
+                .region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: self
+                .access_key_id
+                .clone()
+                .or_else(|| env("AWS_ACCESS_KEY_ID")),
+            secret_access_key: self
+                .secret_access_key
+                .clone()
+                .or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+            session_token: env("AWS_SESSION_TOKEN"),
+            ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
+        }
+    }
+}
+
+/// The process's environment variable `key`.
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
 }
 
 impl Location {
@@ -108,37 +186,41 @@ impl Location {
                 )))
             }
             Location::S3 { bucket, prefix } => {
+                let settings = options.settings(process_env);
+                let mut client = ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120));
+                if let Some(path) = &settings.ca_bundle {
+                    let refused = |reason: String| LocationError::CaBundle {
+                        path: path.clone(),
+                        reason,
+                    };
+                    let pem = std::fs::read(path).map_err(|e| refused(e.to_string()))?;
+                    for ca in
+                        Certificate::from_pem_bundle(&pem).map_err(|e| refused(e.to_string()))?
+                    {
+                        client = client.with_root_certificate(ca);
+                    }
+                }
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_client_options(
-                        ClientOptions::new()
-                            .with_connect_timeout(Duration::from_secs(5))
-                            .with_timeout(Duration::from_secs(120)),
-                    )
+                    .with_client_options(client)
                     .with_retry(RetryConfig {
                         backoff: BackoffConfig::default(),
                         max_retries: 3,
                         retry_timeout: Duration::from_secs(20),
-                    });
-                let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-                let endpoint = options
-                    .endpoint
-                    .clone()
-                    .or_else(|| env("AWS_ENDPOINT_URL"))
-                    .or_else(|| env("AWS_ENDPOINT"));
-                if let Some(endpoint) = &endpoint {
+                    })
+                    .with_region(&settings.region);
+                if let Some(endpoint) = &settings.endpoint {
                     // A plain-HTTP endpoint is a deliberate choice (a local S3 server).
                     builder = builder
                         .with_endpoint(endpoint)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
-                if let Some(region) = &options.region {
-                    builder = builder.with_region(region);
-                }
-                if let Some(key) = &options.access_key_id {
+                if let Some(key) = &settings.access_key_id {
                     builder = builder.with_access_key_id(key);
                 }
-                if let Some(secret) = &options.secret_access_key {
+                if let Some(secret) = &settings.secret_access_key {
                     builder = builder.with_secret_access_key(secret);
                 }
                 let s3: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
@@ -197,5 +279,44 @@ mod tests {
             Location::parse("s3://bk/p").unwrap().to_string(),
             "s3://bk/p"
         );
+    }
+
+    #[test]
+    fn settings_are_the_options_over_the_aws_variables() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = S3Options::default().settings(vars(&[]));
+        assert_eq!(none.region, "us-east-1");
+        assert_eq!(none.endpoint, None);
+        let env = vars(&[
+            ("AWS_ENDPOINT", "https://old:1"),
+            ("AWS_ENDPOINT_URL", "https://localhost:9443"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_REGION", "eu-west-3"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "shh"),
+            ("AWS_SESSION_TOKEN", ""),
+            ("AWS_CA_BUNDLE", "/etc/s3-ca.pem"),
+        ]);
+        let got = S3Options::default().settings(env);
+        assert_eq!(got.endpoint.as_deref(), Some("https://localhost:9443"));
+        assert_eq!(got.region, "eu-west-3");
+        assert_eq!(got.access_key_id.as_deref(), Some("AKID"));
+        assert_eq!(got.secret_access_key.as_deref(), Some("shh"));
+        assert_eq!(got.session_token, None, "empty is unset");
+        assert_eq!(got.ca_bundle, Some(PathBuf::from("/etc/s3-ca.pem")));
+        assert!(!format!("{got:?}").contains("shh"));
+        let over = S3Options {
+            region: Some("ap-south-1".into()),
+            ..Default::default()
+        }
+        .settings(env);
+        assert_eq!(over.region, "ap-south-1");
     }
 }

@@ -75,6 +75,9 @@ pub enum FixtureError {
         /// The status line and body, or the transport error.
         answer: String,
     },
+    /// A test certificate or TLS configuration could not be made.
+    #[error("TLS setup: {0}")]
+    Tls(String),
 }
 
 impl FixtureError {

@@ -13,7 +13,7 @@
 //! | fixture            | binary                      | address helpers              |
 //! |--------------------|-----------------------------|------------------------------|
 //! | [`EtcdServer`]     | `etcd`                      | `endpoint()`                 |
-//! | [`S3Server`]       | `moto_server`               | `endpoint()`, `create_bucket`|
+//! | [`S3Server`]       | `moto_server`               | `endpoint()`, `create_bucket`, `tls()`|
 //! | [`PostgresServer`] | `initdb`, `postgres` (15)   | `url()`, `socket_dir()`      |
 //! | [`RedisServer`]    | `redis-server`              | `url()`                      |
 //! | [`MariaDbServer`]  | `mariadb-install-db`, `mariadbd` | `url()`, `socket()`     |
@@ -27,7 +27,9 @@
 //! Building blocks: [`free_port`], [`ServerProcess`] (the process guard),
 //! [`require_binary`], [`OsUser`], [`Crashable`] (a runtime that dies like kill -9),
 //! [`wait_for`] (poll until a condition holds), [`CutProxy`] (a TCP proxy that cuts a
-//! server off after N bytes, e.g. an S3 store in the middle of an upload). Errors: [`FixtureError`].
+//! server off after N bytes, e.g. an S3 store in the middle of an upload), [`TlsFront`]
+//! (`https://localhost` with a throwaway CA in front of a plain server, which can
+//! refuse for a while: [`S3Server::start_tls`]). Errors: [`FixtureError`].
 //!
 //! Usage, from any crate's tests (`paas-it` as a dev-dependency):
 //!
@@ -51,6 +53,7 @@ mod process;
 mod procs;
 mod redis;
 mod s3;
+mod tls_front;
 mod wait;
 
 pub use crashable::Crashable;
@@ -65,4 +68,5 @@ pub use process::{require_binary, OsUser, ServerProcess, STOP_GRACE};
 pub use procs::processes;
 pub use redis::RedisServer;
 pub use s3::S3Server;
+pub use tls_front::TlsFront;
 pub use wait::wait_for;

@@ -12,6 +12,11 @@
 //! while" tests) brings back an empty server; `restart` re-creates every bucket made
 //! through [`S3Server::create_bucket`], but objects written before the stop are gone.
 //! Tests should read back what they need before stopping the server.
+//!
+//! HTTPS: [`S3Server::start_tls`] puts a [`TlsFront`] before moto (`https://localhost:PORT`
+//! and its CA file, [`S3Server::tls`]), for clients that speak only HTTPS (pgBackRest;
+//! `moto_server --ssl` fails every pgBackRest upload). Its `refuse` is the better "S3 is
+//! down": moto keeps its data.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +27,7 @@ use crate::error::{FixtureError, Result};
 use crate::http;
 use crate::port::free_port;
 use crate::process::{require_binary, retry_port_races, server_dir, ServerProcess};
+use crate::tls_front::TlsFront;
 
 /// How long moto gets to answer (it is a Python server; the first start imports a lot).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,7 +37,9 @@ const INSTALL_HINT: &str = "pip install 'moto[server]'";
 /// A running moto S3 server, stopped and its temp dir deleted on drop.
 #[derive(Debug)]
 pub struct S3Server {
-    // Field order matters: the process must stop before its directory is removed.
+    // Field order matters: the front stops first, the process before its directory is
+    // removed.
+    tls: Option<TlsFront>,
     process: ServerProcess,
     port: u16,
     buckets: Mutex<Vec<String>>,
@@ -48,11 +56,25 @@ impl S3Server {
             Ok((launch(dir.path(), port)?, port))
         })?;
         Ok(S3Server {
+            tls: None,
             process,
             port,
             buckets: Mutex::new(Vec::new()),
             dir,
         })
+    }
+
+    /// [`S3Server::start`] with a TLS terminator in front ([`S3Server::tls`]).
+    pub fn start_tls() -> Result<Self> {
+        let mut server = S3Server::start()?;
+        server.tls = Some(TlsFront::start(server.port)?);
+        Ok(server)
+    }
+
+    /// The TLS terminator of a server made by [`S3Server::start_tls`]: its
+    /// `endpoint()` (`https://localhost:PORT`), `ca_file()`, `refuse()` and `accept()`.
+    pub fn tls(&self) -> Option<&TlsFront> {
+        self.tls.as_ref()
     }
 
     /// The endpoint URL for S3 clients, e.g. `http://127.0.0.1:PORT` (object_store:
@@ -100,6 +122,13 @@ impl S3Server {
     /// The object keys in `bucket` (unsigned `ListObjectsV2`, one page: up to 1,000).
     pub fn keys(&self, bucket: &str) -> Result<Vec<String>> {
         let body = get(self.port, &format!("/{bucket}?list-type=2"))?;
+        Ok(elements(&body, "Key"))
+    }
+
+    /// The object keys in `bucket` that start with `prefix` (one page: up to 1,000).
+    /// `prefix` goes in the query as it is: letters, digits and `/ - _ .` only.
+    pub fn keys_under(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        let body = get(self.port, &format!("/{bucket}?list-type=2&prefix={prefix}"))?;
         Ok(elements(&body, "Key"))
     }
 

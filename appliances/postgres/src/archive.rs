@@ -1,7 +1,8 @@
 //! Continuous archiving with pgBackRest: the WAL of the cluster and its base backups go
-//! to one repository (a directory; all members of `paas up` share the machine), under
-//! one stanza per appliance cluster, so [`crate::pitr`] can rebuild the cluster as it was
-//! at any moment since the first base backup.
+//! to one repository ([`Repo`]: a directory all members of `paas up` share on the
+//! machine, or a path in an S3 bucket), under one stanza per appliance cluster, so
+//! [`crate::pitr`] can rebuild the cluster as it was at any moment since the first base
+//! backup.
 //!
 //! Who does what:
 //! - every member archives (`archive_mode = always`): its `archive_command` is the
@@ -17,11 +18,15 @@
 //!   member's archiver then retries and says so in its log; nothing in the archive is
 //!   overwritten). A standby waits until a segment is [`STANDBY_PUSH_DELAY`] old before
 //!   pushing it, so the primary's copy is normally the one stored and the standby's push
-//!   only compares checksums. Every push takes one lock file in the repository
-//!   (`archive-push.lock`, `flock`): pgBackRest writes every copy of a
-//!   segment through the same temporary file name, which two members writing at once
-//!   would corrupt. pgBackRest's own guard against this (`archive-mode-check`, which
-//!   refuses base backups of a server with `archive_mode = always`) is turned off.
+//!   only compares checksums. Every push takes a lock file ([`Repo::push_lock`]): in a
+//!   directory repository one file in the repository shared by all members, since
+//!   pgBackRest writes every copy of a segment through the same temporary file name,
+//!   which two members writing at once would corrupt; in S3, where a PUT is atomic and
+//!   no temporary object is written, a file of the member's own. pgBackRest's own guard
+//!   against concurrent pushes (`archive-mode-check`, which refuses base backups of a
+//!   server with `archive_mode = always`) is turned off.
+//! - An unreachable repository loses no WAL: the push fails, PostgreSQL keeps the
+//!   segment and retries it until it is accepted (`tests/pitr_s3.rs`).
 //! - the primary's supervisor creates the stanza (idempotent) and takes the base
 //!   backups when [`due`] says so: a full one first and every `full_every`, an
 //!   incremental one every `every` in between. Old backups and the WAL only they need
@@ -29,18 +34,27 @@
 //!
 //! pgBackRest runs as the `postgres` OS user (from root, through `runuser`), with a
 //! configuration file per member, `<member dir>/pgbackrest.conf`; it reaches its server
-//! through a Unix socket in `<member dir>/run`, opened only when archiving is on.
+//! through a Unix socket in `<member dir>/run`, opened only when archiving is on. S3
+//! keys are never written there (see [`repo`]).
 //!
 //! Files:
 //!
 //! ```text
-//! <repo>/                    the repository (0750, owned by postgres)
-//! <repo>/archive-push.lock  the lock every push takes
+//! <repo>/                    a directory repository (0750, owned by postgres)
+//! <repo>/archive-push.lock  the lock every push takes (directory repository)
 //! <member dir>/pgbackrest.conf
-//! <member dir>/pgbackrest/   pgBackRest's logs and lock files for this member, and
-//!                            archive-push, the member's archive_command (0700)
+//! <member dir>/pgbackrest/   pgBackRest's logs (of pushes: errors only) and lock files
+//!                            for this member, and archive-push, the member's
+//!                            archive_command (0700), and archive-push.lock with an S3
+//!                            repository
 //! <member dir>/run/          the server's Unix socket (pgBackRest's way in)
 //! ```
+
+pub mod failure;
+pub mod repo;
+
+pub use failure::ArchiverStats;
+pub use repo::{Repo, RepoError, S3Keys, S3Repo};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -51,9 +65,6 @@ use tokio::process::Command;
 
 /// Where Debian installs pgBackRest.
 pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
-
-/// The lock file in the repository that every push takes (see the module doc).
-const PUSH_LOCK: &str = "archive-push.lock";
 
 /// How old a segment must be before a standby pushes it: the primary's archiver is
 /// woken when the segment completes and pushes it in well under a second, so by then
@@ -95,8 +106,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
 /// The cluster's archive: where the repository is and how often base backups are taken.
 #[derive(Debug, Clone)]
 pub struct ArchiveConfig {
-    /// The repository directory.
-    pub repo: PathBuf,
+    /// Where the repository is.
+    pub repo: Repo,
     /// The stanza (the appliance cluster's name).
     pub stanza: String,
     /// The pgBackRest binary.
@@ -114,9 +125,9 @@ pub struct ArchiveConfig {
 impl ArchiveConfig {
     /// An archive in `repo` under `stanza` with the defaults: WAL forced every 30 s, an
     /// incremental backup daily, a full one weekly, two fulls kept.
-    pub fn new(repo: PathBuf, stanza: &str) -> Self {
+    pub fn new(repo: impl Into<Repo>, stanza: &str) -> Self {
         ArchiveConfig {
-            repo,
+            repo: repo.into(),
             stanza: stanza.into(),
             pgbackrest: PathBuf::from(DEFAULT_PGBACKREST),
             archive_timeout: Duration::from_secs(30),
@@ -143,8 +154,11 @@ impl ArchiveConfig {
     /// first waits until the file is [`STANDBY_PUSH_DELAY`] old, and keeps pgBackRest's
     /// "already exists with the same checksum" warning out of the server's log; then it
     /// runs `pgbackrest archive-push` with the member's configuration `conf_file`,
-    /// under the repository's push lock.
-    pub fn push_script(&self, conf_file: &Path) -> String {
+    /// its errors (only) logged to `<work>/<stanza>-archive-push.log` (pgBackRest keeps no
+    /// file log of pushes otherwise; the member's status reads the reason of a failing
+    /// push there, [`failure`]), under the push lock ([`Repo::push_lock`]; `work` is the member's pgBackRest
+    /// directory).
+    pub fn push_script(&self, conf_file: &Path, work: &Path) -> String {
         let delay = STANDBY_PUSH_DELAY.as_secs();
         format!(
             "#!/bin/sh\n\
@@ -157,8 +171,8 @@ impl ArchiveConfig {
              \x20   if [ \"$age\" -lt {delay} ]; then sleep $(( {delay} - age )); fi\n\
              \x20   quiet=--log-level-console=error\n\
              fi\n\
-             exec flock {lock} {pgbackrest} --config={conf} --stanza={stanza} $quiet archive-push \"$1\"\n",
-            lock = sh_quote(&self.repo.join(PUSH_LOCK).display().to_string()),
+             exec flock {lock} {pgbackrest} --config={conf} --stanza={stanza} --log-level-file=error $quiet archive-push \"$1\"\n",
+            lock = sh_quote(&self.repo.push_lock(work).display().to_string()),
             pgbackrest = sh_quote(&self.pgbackrest.display().to_string()),
             conf = sh_quote(&conf_file.display().to_string()),
             stanza = sh_quote(&self.stanza),
@@ -175,11 +189,11 @@ impl ArchiveConfig {
         work: &Path,
     ) -> String {
         format!(
-            "[global]\nrepo1-path={repo}\nrepo1-retention-full={keep}\ncompress-type=lz4\n\
+            "[global]\n{repo}repo1-retention-full={keep}\ncompress-type=lz4\n\
              start-fast=y\nlog-path={work}\nlock-path={work}/lock\nlog-level-console=warn\n\
              log-level-file=info\narchive-timeout=60\narchive-mode-check=n\n\n\
              [{stanza}]\npg1-path={data}\npg1-port={port}\npg1-socket-path={socket}\npg1-user=postgres\n",
-            repo = self.repo.display(),
+            repo = self.repo.conf_lines(),
             keep = self.retention_full,
             work = work.display(),
             stanza = self.stanza,
@@ -289,6 +303,7 @@ pub fn parse_info(text: &str, stanza: &str) -> Result<Vec<BaseBackup>, ArchiveEr
 pub struct Archiver {
     config: ArchiveConfig,
     conf_file: PathBuf,
+    work: PathBuf,
     password: String,
 }
 
@@ -305,12 +320,13 @@ impl Archiver {
     ) -> Result<Archiver, ArchiveError> {
         let work = dir.join("pgbackrest");
         let socket = socket_dir(dir);
-        for (path, mode) in [
-            (&config.repo, 0o750),
-            (&work, 0o700),
-            (&work.join("lock"), 0o700),
-            (&socket, 0o700),
-        ] {
+        let repo_dir = config.repo.dir().map(|d| (d.to_path_buf(), 0o750));
+        for (path, mode) in repo_dir.into_iter().chain([
+            (work.clone(), 0o700),
+            (work.join("lock"), 0o700),
+            (socket.clone(), 0o700),
+        ]) {
+            let path = &path;
             std::fs::create_dir_all(path).map_err(io(format!("creating {}", path.display())))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                 .map_err(io(format!("chmod {}", path.display())))?;
@@ -324,7 +340,7 @@ impl Archiver {
                 config.pgbackrest_conf(data, port, &socket, &work),
                 0o600,
             ),
-            (&script, config.push_script(&conf_file), 0o700),
+            (&script, config.push_script(&conf_file, &work), 0o700),
         ] {
             std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -334,6 +350,7 @@ impl Archiver {
         Ok(Archiver {
             config: config.clone(),
             conf_file,
+            work,
             password: password.into(),
         })
     }
@@ -341,6 +358,22 @@ impl Archiver {
     /// The configuration file.
     pub fn conf_file(&self) -> &Path {
         &self.conf_file
+    }
+
+    /// The last error in pgBackRest's log of this instance's pushes
+    /// ([`failure::last_error`] over the end of `<work>/<stanza>-archive-push.log`).
+    pub fn last_push_error(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        const TAIL: u64 = 16 * 1024;
+        let log = self
+            .work
+            .join(format!("{}-archive-push.log", self.config.stanza));
+        let mut file = std::fs::File::open(log).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        failure::last_error(&String::from_utf8_lossy(&tail))
     }
 
     /// `pgbackrest <args> <command>` as the server's user.
@@ -358,6 +391,7 @@ impl Archiver {
             .args(args)
             .arg(command)
             .env("PGPASSWORD", &self.password)
+            .envs(self.config.repo.keys().into_iter().flat_map(S3Keys::env))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         cmd
@@ -491,7 +525,7 @@ mod tests {
 
     #[test]
     fn every_member_archives_through_its_push_script() {
-        let config = ArchiveConfig::new("/data/postgres/pgbackrest".into(), "main");
+        let config = ArchiveConfig::new(PathBuf::from("/data/postgres/pgbackrest"), "main");
         let text =
             config.server_settings(Path::new("/d/it's/archive-push"), Path::new("/d/pg0/run"));
         assert!(text.contains("archive_mode = always\n"), "{text}");
@@ -511,8 +545,11 @@ mod tests {
 
     #[test]
     fn the_push_script_delays_standbys_and_pushes_under_the_repository_lock() {
-        let config = ArchiveConfig::new("/data/postgres/pgbackrest".into(), "main");
-        let script = config.push_script(Path::new("/d/pg0/pgbackrest.conf"));
+        let config = ArchiveConfig::new(PathBuf::from("/data/postgres/pgbackrest"), "main");
+        let script = config.push_script(
+            Path::new("/d/pg0/pgbackrest.conf"),
+            Path::new("/d/pg0/pgbackrest"),
+        );
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         assert!(
             script.contains("if [ -f standby.signal ]; then\n"),
@@ -525,10 +562,54 @@ mod tests {
         assert!(
             script.ends_with(
                 "exec flock '/data/postgres/pgbackrest/archive-push.lock' '/usr/bin/pgbackrest' \
-                 --config='/d/pg0/pgbackrest.conf' --stanza='main' $quiet archive-push \"$1\"\n"
+                 --config='/d/pg0/pgbackrest.conf' --stanza='main' --log-level-file=error $quiet \
+                 archive-push \"$1\"\n"
             ),
             "{script}"
         );
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn with_an_s3_repository_a_member_pushes_under_its_own_lock_and_no_key_is_written() {
+        let mut s3 = S3Repo::new(
+            "s3://bk/cluster-a/pgbackrest",
+            Some("https://localhost:9443"),
+            "us-east-1",
+        )
+        .unwrap();
+        s3.keys = Some(S3Keys {
+            key: "AKID".into(),
+            secret: "very-secret".into(),
+            token: None,
+        });
+        let config = ArchiveConfig::new(Repo::S3(s3), "main");
+        let script = config.push_script(
+            Path::new("/d/pg0/pgbackrest.conf"),
+            Path::new("/d/pg0/pgbackrest"),
+        );
+        assert!(
+            script.contains("exec flock '/d/pg0/pgbackrest/archive-push.lock' "),
+            "{script}"
+        );
+        let conf = config.pgbackrest_conf(
+            Path::new("/d/pg0/data"),
+            5432,
+            Path::new("/d/pg0/run"),
+            Path::new("/d/pg0/pgbackrest"),
+        );
+        assert!(
+            conf.starts_with("[global]\nrepo1-type=s3\nrepo1-path=/cluster-a/pgbackrest\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("\nrepo1-retention-full=2\n"), "{conf}");
+        assert!(
+            !conf.contains("AKID") && !conf.contains("very-secret"),
+            "{conf}"
+        );
+        assert!(
+            !script.contains("AKID") && !script.contains("very-secret"),
+            "{script}"
+        );
     }
 }

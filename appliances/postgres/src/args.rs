@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use paas_appliance::args::MemberArgs;
 
-use crate::archive::ArchiveConfig;
+use crate::archive::{ArchiveConfig, Repo, RepoError, S3Repo};
 use crate::supervisor::SupervisorConfig;
 
 /// Supervise one PostgreSQL 15 instance of an HA cluster coordinated through etcd.
@@ -18,10 +18,23 @@ pub struct SupervisorArgs {
     /// PostgreSQL binaries.
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     pub bin_dir: PathBuf,
-    /// Archive the cluster's WAL and base backups with pgBackRest into this repository
-    /// directory (shared by all members), so it can be restored to a point in time.
+    /// Archive the cluster's WAL and base backups with pgBackRest into this repository,
+    /// so it can be restored to a point in time: a directory (shared by all members) or
+    /// s3://bucket/path (keys from PGBACKREST_REPO1_S3_KEY and
+    /// PGBACKREST_REPO1_S3_KEY_SECRET in the environment).
     #[arg(long)]
-    pub archive_repo: Option<PathBuf>,
+    pub archive_repo: Option<String>,
+    /// With an s3:// repository: the S3 endpoint, https://host[:port] (the host as its
+    /// certificate names it); default: AWS's endpoint of the region.
+    #[arg(long)]
+    pub archive_s3_endpoint: Option<String>,
+    /// With an s3:// repository: the region.
+    #[arg(long, default_value = "us-east-1")]
+    pub archive_s3_region: String,
+    /// With an s3:// repository: the CA that the endpoint's certificate is checked
+    /// against (readable by the postgres user); default: the system's.
+    #[arg(long)]
+    pub archive_s3_ca_file: Option<PathBuf>,
     /// Take a base backup at least this often (seconds; incremental after the first full).
     #[arg(long, default_value_t = 24 * 3600)]
     pub base_backup_every_secs: u64,
@@ -42,8 +55,26 @@ pub struct SupervisorArgs {
 pub const PASSWORD_ENV: &str = "PAAS_PG_SUPERUSER_PASSWORD";
 
 impl SupervisorArgs {
-    /// The supervisor's configuration.
-    pub fn into_config(self) -> SupervisorConfig {
+    /// The repository `--archive-repo` and the `--archive-s3-*` flags name, if any.
+    pub fn repo(&self) -> Result<Option<Repo>, RepoError> {
+        let Some(repo) = &self.archive_repo else {
+            return Ok(None);
+        };
+        if !repo.starts_with("s3://") {
+            return Ok(Some(Repo::Dir(PathBuf::from(repo))));
+        }
+        let mut s3 = S3Repo::new(
+            repo,
+            self.archive_s3_endpoint.as_deref(),
+            &self.archive_s3_region,
+        )?;
+        s3.ca_file = self.archive_s3_ca_file.clone();
+        Ok(Some(Repo::S3(s3)))
+    }
+
+    /// The supervisor's configuration; fails when the archive's repository is not one.
+    pub fn into_config(self) -> Result<SupervisorConfig, RepoError> {
+        let repo = self.repo()?;
         let m = self.member;
         let mut config = SupervisorConfig::new(
             &m.cluster,
@@ -60,13 +91,13 @@ impl SupervisorArgs {
         config.ttl = m.ttl();
         config.members = m.members;
         config.tls_dir = m.tls_dir.clone();
-        config.archive = self.archive_repo.map(|repo| {
+        config.archive = repo.map(|repo| {
             let mut archive = ArchiveConfig::new(repo, &m.cluster);
             archive.every = Duration::from_secs(self.base_backup_every_secs);
             archive.full_every = Duration::from_secs(self.full_backup_every_secs);
             archive.archive_timeout = Duration::from_secs(self.archive_timeout_secs);
             archive
         });
-        config
+        Ok(config)
     }
 }

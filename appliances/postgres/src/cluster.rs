@@ -86,6 +86,11 @@ pub struct MemberStatus {
     /// document is missing never bootstraps while any member reports data.
     #[serde(default)]
     pub has_data: bool,
+    /// "archiving failing since T (segment S): <pgBackRest's message>" while this
+    /// member's latest push failed (`crate::archive::failure`); `None`: archiving works
+    /// or is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archiving: Option<String>,
 }
 
 /// The etcd keys of cluster `cluster`: `pg/<cluster>/` under the coord namespace.

@@ -39,6 +39,7 @@ mod tests {
             generation: Some(1),
             decision: String::new(),
             has_data: true,
+            archiving: None,
         }
     }
 

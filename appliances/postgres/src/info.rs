@@ -103,6 +103,11 @@ impl ClusterInfo {
                 m.decision
             );
         }
+        for m in &self.members {
+            if let Some(archiving) = &m.archiving {
+                let _ = writeln!(out, "{}: {archiving}", m.name);
+            }
+        }
         out
     }
 }
@@ -125,6 +130,7 @@ mod tests {
             generation: Some(3),
             decision: "fine".into(),
             has_data: true,
+            archiving: None,
         };
         let info = ClusterInfo {
             cluster: "main".into(),
@@ -136,10 +142,18 @@ mod tests {
             leader: Some(("pg0".into(), "127.0.0.1:5432".into())),
             members: vec![
                 member("pg0", Role::Primary, 0x1_0000_0010, 0),
-                member("pg1", Role::Sync, 0x1_0000_0000, 16),
+                MemberStatus {
+                    archiving: Some("archiving failing since 2026-12-02 08:10:00 UTC: x".into()),
+                    ..member("pg1", Role::Sync, 0x1_0000_0000, 16)
+                },
             ],
         };
         let text = info.render();
+        assert!(
+            text.ends_with("\npg1: archiving failing since 2026-12-02 08:10:00 UTC: x\n"),
+            "{text}"
+        );
+        assert!(!text.contains("pg0: archiving"), "{text}");
         assert!(text.starts_with("postgres cluster main: generation 3, primary pg0, sync pg1\nleader: pg0 at 127.0.0.1:5432\n"), "{text}");
         assert!(
             text.contains("pg1        sync     yes      3      1/0            16 B       fine"),

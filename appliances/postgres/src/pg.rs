@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
-use crate::archive::{push_script_file, socket_dir, ArchiveConfig};
+use crate::archive::{push_script_file, socket_dir, ArchiveConfig, ArchiverStats, S3Keys};
 
 /// The `synchronous_standby_names` of a primary without a confirmed sync: blocks commits.
 pub const NO_SYNC: &str = "paas_no_sync_standby";
@@ -170,7 +170,10 @@ pub struct PgConfig {
     pub superuser_password: String,
     /// The cluster's certificate (`paas_appliance::tls` file names); `None`: no TLS.
     pub tls_dir: Option<PathBuf>,
-    /// Continuous archiving with pgBackRest (`crate::archive`); `None`: no archive.
+    /// Continuous archiving with pgBackRest (`crate::archive`): a primary or standby
+    /// pushes its WAL into it, a scratch instance ([`StartAs::Scratch`]) only fetches WAL
+    /// from it (its S3 keys, if it holds them, go in the server's environment for
+    /// pgBackRest's `restore_command`); `None`: no archive.
     pub archive: Option<ArchiveConfig>,
 }
 
@@ -432,6 +435,8 @@ impl Postgres {
         if ids.is_some() {
             command.env("HOME", self.cfg.dir.as_os_str());
         }
+        let keys = self.cfg.archive.as_ref().and_then(|a| a.repo.keys());
+        command.envs(keys.into_iter().flat_map(S3Keys::env));
         let child = Command::from(command)
             .spawn()
             .map_err(io("spawning postgres"))?;
@@ -541,6 +546,28 @@ impl Postgres {
         let client = self.client().await?;
         timed(client.batch_execute("CHECKPOINT")).await?;
         Ok(())
+    }
+
+    /// What the archiver reports (`pg_stat_archiver`).
+    pub async fn archiver_stats(&mut self) -> Result<ArchiverStats, PgError> {
+        let client = self.client().await?;
+        let row = timed(client.query_one(
+            "SELECT failed_count, last_failed_wal, \
+             extract(epoch FROM last_failed_time)::float8, \
+             extract(epoch FROM last_archived_time)::float8 FROM pg_stat_archiver",
+            &[],
+        ))
+        .await?;
+        let at = |secs: Option<f64>| {
+            secs.filter(|s| *s >= 0.0)
+                .map(|s| std::time::UNIX_EPOCH + Duration::from_secs_f64(s))
+        };
+        Ok(ArchiverStats {
+            failed_count: row.get(0),
+            last_failed_wal: row.get(1),
+            last_failed_time: at(row.get(2)),
+            last_archived_time: at(row.get(3)),
+        })
     }
 
     /// What the running server says about itself.

@@ -182,7 +182,8 @@ pub async fn restore_database(
         port,
         superuser_password: config.superuser_password.clone(),
         tls_dir: None,
-        archive: None,
+        // Read from only: a scratch instance never archives (see `StartAs::Scratch`).
+        archive: Some(config.archive.clone()),
     });
     let mut scratch = Scratch {
         pg,

@@ -97,6 +97,7 @@ mod tests {
             generation: Some(4),
             decision: String::new(),
             has_data,
+            archiving: None,
         }
     }
 

@@ -34,14 +34,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use paas_appliance::fence::Fence;
 use paas_appliance::leader::LeaderRecord;
 use paas_appliance::supervisor::{Ctx, Engine, MemberConfig, RunError, Server, Slot};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::archive::{ArchiveConfig, Archiver};
+use crate::archive::{failure, ArchiveConfig, Archiver, ArchiverStats};
 use crate::cluster::{keys, ClusterState, MemberStatus, Role};
 use crate::decide::{decide, Decision, Leader, Local, Observed, Replica};
 use crate::pg::{PgConfig, PgError, Postgres, Runtime, StartAs};
@@ -264,6 +264,7 @@ pub async fn run(
         generation: None,
         decision: "starting".into(),
         has_data: false,
+        archiving: None,
     };
     let member = MemberConfig {
         kind: "postgres".into(),
@@ -289,6 +290,7 @@ pub async fn run(
         known_addrs: BTreeMap::new(),
         not_streaming_since: None,
         archiving: archiver.map(Archiving::new),
+        archive_failing_since: None,
     };
     paas_appliance::supervisor::run(member, engine, postgres, pid, initial, shutdown).await?;
     Ok(())
@@ -303,6 +305,8 @@ struct PgEngine {
     known_addrs: BTreeMap<String, String>,
     not_streaming_since: Option<Instant>,
     archiving: Option<Archiving>,
+    /// Since when this member's archiving has been failing (`crate::archive::failure`).
+    archive_failing_since: Option<SystemTime>,
 }
 
 /// How often the primary asks the repository whether a base backup is due (and makes
@@ -417,12 +421,16 @@ impl PgEngine {
         }
         ctx.set_leading(if leader == Leader::Me { lease.id } else { 0 });
 
-        let (local, runtime, guard, busy) = match ctx.server() {
+        let (local, runtime, archiver, guard, busy) = match ctx.server() {
             Slot::Free(mut guard) => {
                 let (local, runtime) = self.observe_local(&mut guard, &snapshot).await;
-                (local, runtime, Some(guard), None)
+                let archiver = match (&self.archiving, &runtime) {
+                    (Some(_), Some(_)) => guard.archiver_stats().await.ok(),
+                    _ => None,
+                };
+                (local, runtime, archiver, Some(guard), None)
             }
-            Slot::Busy(action) => (Local::Starting, None, None, Some(action)),
+            Slot::Busy(action) => (Local::Starting, None, None, None, Some(action)),
         };
         let observed = Observed {
             me,
@@ -436,6 +444,9 @@ impl PgEngine {
         let decision = decide(&observed);
         ctx.say(decision.reason());
         self.update_status(&observed, runtime.as_ref(), &snapshot, decision.reason());
+        if let Some(stats) = archiver {
+            self.note_archiving(&stats);
+        }
         ctx.publish(self.status.clone()).await;
         if let Some(archiving) = &mut self.archiving {
             archiving.maybe_run(&self.config.name, leader == Leader::Me, &local);
@@ -514,6 +525,29 @@ impl PgEngine {
                 (Local::Starting, None)
             }
         }
+    }
+
+    /// Puts in the member status whether archiving is failing, from this tick's
+    /// `pg_stat_archiver` (kept as it was when the server did not answer).
+    fn note_archiving(&mut self, stats: &ArchiverStats) {
+        let Some(archiving) = &self.archiving else {
+            return;
+        };
+        let since = failure::failing_since(stats, self.archive_failing_since);
+        let line = since.map(|since| {
+            failure::sentence(
+                since,
+                stats,
+                archiving.archiver.last_push_error().as_deref(),
+            )
+        });
+        if since.is_some() && self.archive_failing_since.is_none() {
+            tracing::warn!(member = %self.config.name, status = line.as_deref().unwrap_or_default(), "archiving is failing; PostgreSQL keeps the WAL and retries");
+        } else if since.is_none() && self.archive_failing_since.is_some() {
+            tracing::info!(member = %self.config.name, "archiving works again");
+        }
+        self.archive_failing_since = since;
+        self.status.archiving = line;
     }
 
     /// The member status for what this tick observed and decided.

@@ -19,6 +19,7 @@ fn member(name: &str, role: Role, running: bool) -> MemberStatus {
         generation: Some(7),
         decision: String::new(),
         has_data: true,
+        archiving: None,
     }
 }
 

@@ -55,9 +55,16 @@ pub trait ApplianceKind: Send + Sync {
     }
     /// Flags of the engine's own added to every member's command; `dir` is the
     /// cluster's directory (where the members' directories are).
-    fn member_args(&self, dir: &Path) -> Vec<String> {
-        let _ = dir;
-        Vec::new()
+    fn member_args(&self, site: &Site, dir: &Path) -> Result<Vec<String>> {
+        let _ = (site, dir);
+        Ok(Vec::new())
+    }
+    /// Variables of the engine's own in every member's environment (secrets, which
+    /// must not be on a command line): each one the kind manages, with its value, or
+    /// `None` for one to remove (a setting no longer in use).
+    fn member_env(&self, site: &Site, dir: &Path) -> Result<Vec<(&'static str, Option<String>)>> {
+        let _ = (site, dir);
+        Ok(Vec::new())
     }
     /// Why the cluster does not take durable writes through `endpoint` yet; `None` when
     /// it does. `ca_file`: the cluster CA, when the members have its certificate.
@@ -89,6 +96,8 @@ pub struct Launched {
     pub ca_file: Option<PathBuf>,
     /// The platform's etcd (what a provider asks about the hosts).
     pub coord: Arc<paas_coord::Coord>,
+    /// Where backups go (`paas up --backup-store`).
+    pub backup_store: Arc<paas_backups::Location>,
 }
 
 /// Whether clients of an endpoint may connect from another machine, so the URLs
@@ -154,6 +163,9 @@ pub struct Site {
     /// How many live hosts a cluster's members wait for before they are placed, so the
     /// scheduler spreads them one per host (`paas up --appliance-hosts`); 1: no wait.
     pub spread_hosts: usize,
+    /// Where backups go (`paas up --backup-store`); engines that archive on their own
+    /// (Postgres's pgBackRest) follow it.
+    pub backup_store: Arc<paas_backups::Location>,
 }
 
 /// Starts (or adopts, after a restart) cluster `cluster` of `kind` with `members`
@@ -211,18 +223,14 @@ pub async fn launch(
         ttl_secs,
         etcd_tls,
         tls_dir.as_deref(),
+        &kind.member_args(site, &dir)?,
     );
     let system_app = system_app(name, cluster);
-    ensure_system_app(
-        store,
-        &system_app,
-        processes,
-        kind.secret_env(),
-        &secret,
-        name,
-    )
-    .await
-    .with_context(|| format!("cannot schedule the {name} members"))?;
+    let mut env = kind.member_env(site, &dir)?;
+    env.push((kind.secret_env(), Some(secret.clone())));
+    ensure_system_app(store, &system_app, processes, &env, name)
+        .await
+        .with_context(|| format!("cannot schedule the {name} members"))?;
     let keys = kind.keys(cluster);
     let endpoint = TcpEndpoint::start(
         listen,
@@ -245,6 +253,7 @@ pub async fn launch(
         system_app,
         ca_file,
         coord: Arc::new(store.coord().clone()),
+        backup_store: site.backup_store.clone(),
     })
 }
 
@@ -408,6 +417,7 @@ fn member_processes(
     ttl_secs: u64,
     etcd_tls: Option<&Path>,
     tls: Option<&Path>,
+    kind_args: &[String],
 ) -> BTreeMap<String, String> {
     let prefix = format!("{}/", paas_model::keys::DEFAULT_PREFIX);
     let members = ports.len();
@@ -431,7 +441,7 @@ fn member_processes(
             if let Some(tls) = tls {
                 command.push_str(&format!(" --tls-dir {}", tls.display()));
             }
-            for arg in kind.member_args(dir) {
+            for arg in kind_args {
                 command.push_str(&format!(" {arg}"));
             }
             (name, command)
@@ -439,15 +449,15 @@ fn member_processes(
         .collect()
 }
 
-/// Makes the system app's release and formation run `processes` (idempotent: an
-/// unchanged configuration makes no new release). Created through the store, which
-/// checks the name like the API does.
+/// Makes the system app's release and formation run `processes` with the variables
+/// `vars` set (or, `None`, removed) in its environment (idempotent: an unchanged
+/// configuration makes no new release). Created through the store, which checks the
+/// name like the API does.
 async fn ensure_system_app(
     store: &Store,
     app: &str,
     processes: BTreeMap<String, String>,
-    secret_env: &str,
-    secret: &str,
+    vars: &[(&str, Option<String>)],
     kind: &str,
 ) -> Result<(), ApiError> {
     match store.create_app(app).await {
@@ -457,7 +467,12 @@ async fn ensure_system_app(
     let current = store.get_app(app).await?;
     let current = store.release(app, current.release).await?;
     let mut env = current.env.clone();
-    env.insert(secret_env.to_string(), secret.to_string());
+    for (key, value) in vars {
+        match value {
+            Some(value) => env.insert(key.to_string(), value.clone()),
+            None => env.remove(*key),
+        };
+    }
     if current.processes != processes || current.env != env {
         store
             .new_release_with(app, |current| {

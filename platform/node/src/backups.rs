@@ -53,17 +53,21 @@ impl Journal for LogJournal {
     }
 }
 
-/// Opens the backup store named by `--backup-store` (default `data_dir/backups`); with
-/// the aggregator's syslog address, backups tell their progress to the app's log.
-pub fn open(
-    data_dir: &Path,
-    store: Option<&str>,
-    log_addr: Option<std::net::SocketAddr>,
-) -> Result<(Backups, Location)> {
-    let location = match store {
+/// The backup store named by `--backup-store` (default `data_dir/backups`).
+pub fn location(data_dir: &Path, store: Option<&str>) -> Result<Location> {
+    Ok(match store {
         Some(text) => Location::parse(text)?,
         None => Location::Dir(data_dir.join("backups")),
-    };
+    })
+}
+
+/// Opens the backup store at `location`; with the aggregator's syslog address, backups
+/// tell their progress to the app's log.
+pub fn open(
+    data_dir: &Path,
+    location: Location,
+    log_addr: Option<std::net::SocketAddr>,
+) -> Result<(Backups, Location)> {
     let objects = location
         .open(&S3Options::default())
         .with_context(|| format!("cannot open the backup store {location}"))?;

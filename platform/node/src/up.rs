@@ -130,8 +130,9 @@ pub struct UpArgs {
     pub appliance_listen: Vec<(String, std::net::SocketAddr)>,
     /// Where backups of app resources are kept: a directory, or s3://bucket/prefix
     /// (credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_DEFAULT_REGION, AWS_ENDPOINT; an http:// endpoint is used without TLS).
-    /// Default: DATA_DIR/backups.
+    /// AWS_DEFAULT_REGION, AWS_ENDPOINT_URL or AWS_ENDPOINT; an http:// endpoint is used
+    /// without TLS; AWS_CA_BUNDLE: CAs to trust). With S3 over HTTPS, the Postgres WAL
+    /// archive goes to prefix/pgbackrest there. Default: DATA_DIR/backups.
     #[arg(long, env = "PAAS_BACKUP_STORE")]
     pub backup_store: Option<String>,
     /// IP address this host's jobs listen on and are registered at (as `paas host
@@ -414,6 +415,10 @@ async fn serve(
             ttl_secs: args.lease_ttl,
             pki: pki.clone(),
             spread_hosts: usize::try_from(args.appliance_hosts).unwrap_or(1),
+            backup_store: std::sync::Arc::new(crate::backups::location(
+                data_dir,
+                args.backup_store.as_deref(),
+            )?),
         };
         for kind in appliance_kinds() {
             let members = args.members(kind.kind());
@@ -438,7 +443,7 @@ async fn serve(
         }
         controller = controller.with_providers(providers);
         let (backups, backup_location) =
-            crate::backups::open(data_dir, args.backup_store.as_deref(), logs.syslog_addr())?;
+            crate::backups::open(data_dir, (*site.backup_store).clone(), logs.syslog_addr())?;
         controller = controller.with_backups(backups.clone());
         if let Some(pending) = &restoring {
             let state = controller.state();
@@ -493,6 +498,12 @@ async fn serve(
             router.admin_addr().map_or("-".into(), |a| a.to_string()),
         );
         println!("  backups:  {backup_location}");
+        if let Some((_, _, pg)) = appliances.iter().find(|(kind, _, _)| *kind == "postgres") {
+            println!(
+                "  pitr:     {}",
+                crate::postgres::describe_archive(&site, &pg.dir)?
+            );
+        }
         println!("  data dir: {}", data_dir.display());
         println!("  config:   {}", config_path.display());
         println!("Press Ctrl-C to stop.");

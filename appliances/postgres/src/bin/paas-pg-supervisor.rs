@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Cli::parse().args;
     args.member.load_etcd_identity()?;
-    let config = args.into_config();
+    let config = args.into_config()?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -46,6 +46,15 @@ impl Harness {
         n: usize,
         more_args: impl FnOnce(&std::path::Path) -> Vec<String>,
     ) -> Harness {
+        Harness::start_with_env(n, more_args, vec![]).await
+    }
+
+    /// [`Harness::start_with`] with more variables in the supervisors' environment.
+    pub async fn start_with_env(
+        n: usize,
+        more_args: impl FnOnce(&std::path::Path) -> Vec<String>,
+        more_env: Vec<(String, String)>,
+    ) -> Harness {
         let etcd = paas_it::EtcdServer::start().expect("etcd");
         let dir = tempfile::Builder::new()
             .prefix("paas-pg-test")
@@ -72,7 +81,11 @@ impl Harness {
                 more_args(dir.path()),
             ]
             .concat(),
-            env: vec![(paas_postgres::args::PASSWORD_ENV.into(), PASSWORD.into())],
+            env: [
+                vec![(paas_postgres::args::PASSWORD_ENV.into(), PASSWORD.into())],
+                more_env,
+            ]
+            .concat(),
             cluster: "main".into(),
             member_prefix: "pg".into(),
             port_base: paas_appliance::addr::POSTGRES_PORT,

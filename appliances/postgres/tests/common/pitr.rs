@@ -37,9 +37,14 @@ pub fn cluster_config(h: &Harness) -> ProviderConfig {
 
 /// A provider that restores to a time from the harness's archive.
 pub fn pitr_provider(h: &Harness) -> PostgresProvider {
+    pitr_provider_from(h, archive_config(h.dir.path()))
+}
+
+/// A provider that restores to a time from `archive`.
+pub fn pitr_provider_from(h: &Harness, archive: ArchiveConfig) -> PostgresProvider {
     let dir = h.dir.path();
     PostgresProvider::new(cluster_config(h)).with_pitr(PitrConfig {
-        archive: archive_config(dir),
+        archive,
         scratch_root: dir.join("scratch"),
         bin_dir: paas_postgres::dump::DEFAULT_BIN_DIR.into(),
         superuser_password: PASSWORD.into(),
@@ -48,16 +53,14 @@ pub fn pitr_provider(h: &Harness) -> PostgresProvider {
 
 /// Waits until the primary has taken its first base backup; returns when it ended.
 pub async fn first_backup(h: &Harness, dir: &Path) -> SystemTime {
-    let probe = dir.join("probe");
+    first_backup_in(h, &archive_config(dir)).await
+}
+
+/// [`first_backup`] in the repository of `archive`.
+pub async fn first_backup_in(h: &Harness, archive: &ArchiveConfig) -> SystemTime {
+    let probe = h.dir.path().join("probe");
     std::fs::create_dir_all(&probe).unwrap();
-    let archiver = Archiver::prepare(
-        &archive_config(dir),
-        &probe,
-        &probe.join("data"),
-        1,
-        PASSWORD,
-    )
-    .unwrap();
+    let archiver = Archiver::prepare(archive, &probe, &probe.join("data"), 1, PASSWORD).unwrap();
     let started = Instant::now();
     loop {
         if let Ok(backups) = archiver.backups().await {
@@ -77,7 +80,12 @@ pub async fn first_backup(h: &Harness, dir: &Path) -> SystemTime {
 /// Waits out the second the first base backup ended in: a backup serves targets from
 /// the second after it ended (pgBackRest's stop times are whole seconds).
 pub async fn after_first_backup(h: &Harness) {
-    let backed_up = first_backup(h, h.dir.path()).await;
+    after_first_backup_in(h, &archive_config(h.dir.path())).await
+}
+
+/// [`after_first_backup`] in the repository of `archive`.
+pub async fn after_first_backup_in(h: &Harness, archive: &ArchiveConfig) {
+    let backed_up = first_backup_in(h, archive).await;
     while SystemTime::now() < backed_up + Duration::from_millis(1100) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
