@@ -1,10 +1,10 @@
 //! Point-in-time restore from a pgBackRest repository in S3 (moto behind a TLS
 //! terminator with a throwaway CA, as pgBackRest reaches S3 only over verified HTTPS),
 //! against a real 3-member cluster: the base backup and the WAL land in the bucket
-//! under the repository's prefix; a restore to a moment finds exactly the rows of that
-//! moment. Then S3 goes away (the terminator refuses every connection) while rows are
+//! under the repository's prefix. Then S3 goes away (the terminator refuses every connection) while rows are
 //! written and segments completed: the pushes fail, PostgreSQL keeps the segments, and
-//! once S3 is back a restore to a moment inside the outage finds its rows.
+//! once S3 is back a restore to a moment inside the outage finds exactly the rows of
+//! that moment.
 
 mod common;
 
@@ -140,17 +140,9 @@ async fn a_restore_from_s3_finds_the_rows_of_the_moment_also_inside_an_outage() 
         "nothing outside the prefix"
     );
 
-    insert(&url, 1..=10).await;
-    let t1 = note_time().await;
-    insert(&url, 11..=20).await;
-    let (restored_url, restored) = into("r1").await;
-    let took = Instant::now();
-    let said = provider
-        .restore_to_time(&data, t1, &restored, &tell)
-        .await
-        .unwrap_or_else(|e| panic!("restore to t1: {e}\n{}", h.logs()));
-    eprintln!("{said} ({:?})", took.elapsed());
-    assert_eq!(ids(&restored_url).await, (1..=10).collect::<Vec<_>>());
+    // One restore, to a moment inside the outage below, checks both that a restore
+    // reads the repository in S3 and that the outage lost nothing (each takes 18-45 s).
+    insert(&url, 1..=20).await;
 
     // S3 goes away: rows written and segments completed meanwhile; every push fails.
     front.refuse();
