@@ -62,6 +62,25 @@ fn utc_now() -> String {
         .to_string()
 }
 
+/// Inserts orders 1-100 into app `shop`'s database, notes the time, then inserts
+/// 101-200 and runs `then`; returns the noted time (UTC, as `--to-time` takes it).
+fn a_moment_between(home: &Path, then: &str) -> String {
+    psql(
+        home,
+        "shop",
+        "insert into orders select generate_series(1, 100)",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let noted = utc_now();
+    std::thread::sleep(Duration::from_millis(200));
+    psql(
+        home,
+        "shop",
+        &format!("insert into orders select generate_series(101, 200); {then}"),
+    );
+    noted
+}
+
 #[test]
 fn a_point_in_time_restore_through_the_cli() {
     let tmp = common::home();
@@ -83,19 +102,7 @@ fn a_point_in_time_restore_through_the_cli() {
     );
     wait_for_base_backup(home);
 
-    psql(
-        home,
-        "shop",
-        "insert into orders select generate_series(1, 100)",
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let noted = utc_now();
-    std::thread::sleep(Duration::from_millis(200));
-    psql(
-        home,
-        "shop",
-        "insert into orders select generate_series(101, 200); drop table gone",
-    );
+    let noted = a_moment_between(home, "drop table gone");
 
     fails(
         paas(
@@ -256,19 +263,7 @@ fn a_point_in_time_restore_from_the_s3_backup_store() {
         "nothing archived into the data dir"
     );
 
-    psql(
-        home,
-        "shop",
-        "insert into orders select generate_series(1, 100)",
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let noted = utc_now();
-    std::thread::sleep(Duration::from_millis(200));
-    psql(
-        home,
-        "shop",
-        "insert into orders select generate_series(101, 200)",
-    );
+    let noted = a_moment_between(home, "select 1");
     let said = ok(paas(
         home,
         &["--json", "pg", "restore", "-a", "shop", "--to-time", &noted],
