@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::pitr::{
-    archive_args, cluster_config, first_backup, ids, insert, note_time, pitr_provider,
+    archive_args, cluster_config, first_backup, ids, insert, new_database, note_time, pitr_provider,
 };
 use common::{connect, Harness};
 use paas_appliance::provider::Provider;
@@ -42,16 +42,7 @@ async fn a_restore_finds_exactly_the_rows_of_the_moment_also_across_a_failover()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tell = |line: &str| eprintln!("restore: {line}");
-    let into = |n: &'static str| {
-        let provider = &provider;
-        async move {
-            let (env, data) = provider.provision_database("shop", n).await.unwrap();
-            (
-                env["DATABASE_URL"].clone(),
-                serde_json::to_value(data).unwrap(),
-            )
-        }
-    };
+    let into = |name| new_database(&provider, name);
 
     // Refusals first: they touch nothing.
     let (_, scratch_data) = into("refused").await;

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::pitr::{first_backup_in, ids, insert, note_time, pitr_provider_from};
+use common::pitr::{first_backup_in, ids, insert, new_database, note_time, pitr_provider_from};
 use common::{connect, endpoint_conninfo, Harness};
 use paas_appliance::provider::Provider;
 use paas_postgres::archive::{ArchiveConfig, Repo, S3Keys, S3Repo};
@@ -102,16 +102,7 @@ async fn a_restore_from_s3_finds_the_rows_of_the_moment_also_inside_an_outage() 
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let into = |n: &'static str| {
-        let provider = &provider;
-        async move {
-            let (env, data) = provider.provision_database("shop", n).await.unwrap();
-            (
-                env["DATABASE_URL"].clone(),
-                serde_json::to_value(data).unwrap(),
-            )
-        }
-    };
+    let into = |name| new_database(&provider, name);
     let tell = |line: &str| eprintln!("restore: {line}");
 
     let backed_up = first_backup_in(&h, &archive).await;

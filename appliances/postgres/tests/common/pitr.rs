@@ -122,3 +122,13 @@ pub async fn note_time() -> SystemTime {
     tokio::time::sleep(Duration::from_millis(100)).await;
     t
 }
+
+/// A new database `name` of app `shop`, the target of a restore: its URL and its
+/// provider data.
+pub async fn new_database(provider: &PostgresProvider, name: &str) -> (String, serde_json::Value) {
+    let (env, data) = provider.provision_database("shop", name).await.unwrap();
+    (
+        env["DATABASE_URL"].clone(),
+        serde_json::to_value(data).unwrap(),
+    )
+}
