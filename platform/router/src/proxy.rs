@@ -223,9 +223,8 @@ impl Proxy {
         };
         headers::to_upstream(&mut parts.headers, &fwd, &request_id, upgrade);
         if !parts.headers.contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                parts.headers.insert(HOST, v);
-            }
+            // HTTP/2: the authority, already a header value in the request's log.
+            parts.headers.insert(HOST, log.host.clone());
         }
         let target = parts
             .uri
