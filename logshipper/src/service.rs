@@ -76,6 +76,7 @@ pub enum ServiceError {
 
 /// A running aggregator.
 pub struct Service {
+    aggregator: Aggregator,
     ingest: Ingest,
     drains: Arc<DrainManager>,
     api_addr: SocketAddr,
@@ -108,7 +109,7 @@ impl Service {
             config.persist_interval,
             stop_persisting.clone(),
         ));
-        let ingest = Ingest::start(config.ingest, aggregator).await?;
+        let ingest = Ingest::start(config.ingest, aggregator.clone()).await?;
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
@@ -147,6 +148,7 @@ impl Service {
         });
         tracing::info!(api = %api_addr, syslog = ?ingest.syslog_addr(), forward = ?ingest.forward_addr(), unauthenticated_syslog = ?ingest.unauthenticated_syslog_addr(), "log aggregator up");
         Ok(Service {
+            aggregator,
             ingest,
             drains,
             api_addr,
@@ -155,6 +157,13 @@ impl Service {
             stop_persisting,
             persister,
         })
+    }
+
+    /// The accept path, for a producer in the same process (the router of `paas up`):
+    /// lines handed to it are journaled and stored as the inputs' are, without a
+    /// connection. Hand nothing to it after [`Service::shutdown`] began.
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
     }
 
     /// The drain manager: add and remove drains while running.

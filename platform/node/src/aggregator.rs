@@ -57,6 +57,7 @@ pub struct Running {
     syslog: Option<SocketAddr>,
     forward: Option<SocketAddr>,
     unauthenticated_syslog: Option<SocketAddr>,
+    accept: paas_logshipper::aggregator::Aggregator,
 }
 
 /// The service with its registration and drain sync (lives on the aggregator runtime).
@@ -80,6 +81,13 @@ impl Running {
     /// The syslog input, where host agents ship job output.
     pub fn syslog_addr(&self) -> Option<SocketAddr> {
         self.syslog
+    }
+
+    /// The accept path itself, for producers in this process (the router's access
+    /// lines): journaled and stored without a connection. Stop them before
+    /// [`Running::shutdown`].
+    pub fn local_input(&self) -> paas_logshipper::aggregator::Aggregator {
+        self.accept.clone()
     }
 
     /// The forward input.
@@ -151,6 +159,7 @@ pub async fn start(
         syslog: inner.service.syslog_addr(),
         forward: inner.service.forward_addr(),
         unauthenticated_syslog: inner.service.unauthenticated_syslog_addr(),
+        accept: inner.service.aggregator().clone(),
         inner: Some(inner),
         runtime: Some(runtime),
     })

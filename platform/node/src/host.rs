@@ -191,7 +191,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
         &args.router,
         &id,
         &data_dir.join("router"),
-        log_addr,
+        log_addr.map(crate::router::AccessLines::Ship),
     )
     .await?;
     let shutdown = CancellationToken::new();

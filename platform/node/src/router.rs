@@ -2,10 +2,14 @@
 //! the one call that starts it (`paas_router::start`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use paas_coord::Coord;
+use paas_logshipper::aggregator::Aggregator;
+use paas_logshipper::shipper::{Shipper, ShipperConfig};
+use paas_router::AccessLogConfig;
 
 /// Flags of the HTTP router.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,25 +32,159 @@ pub struct RouterArgs {
     pub domain: String,
 }
 
-/// Starts the router on this host; access lines go to the aggregator at `log_addr`
-/// through a spool in `data_dir`.
+/// Where the router's access lines go.
+pub enum AccessLines {
+    /// Through a spool in the router's data dir to an aggregator's syslog input (the
+    /// aggregator of another machine: `paas host`).
+    Ship(SocketAddr),
+    /// Into the aggregator running in this process (`paas up`). `syslog` is its input,
+    /// for the lines an earlier version left spooled.
+    Local {
+        /// The aggregator's accept path.
+        aggregator: Aggregator,
+        /// Its syslog input.
+        syslog: Option<SocketAddr>,
+    },
+}
+
+/// How often the shipping of a left-over spool is checked for its end.
+const LEFTOVER_POLL: Duration = Duration::from_millis(500);
+
+/// Starts the router on this host; access lines go where `access` says (none: no
+/// access lines).
 pub async fn start(
     coord: &Coord,
     args: &RouterArgs,
     host: &str,
     data_dir: &Path,
-    log_addr: Option<SocketAddr>,
+    access: Option<AccessLines>,
 ) -> Result<paas_router::Router> {
     let mut config = paas_router::RouterConfig::new(args.router_listen, host);
     config.tls_listen = Some(args.router_tls_listen);
     config.admin_listen = Some(args.router_admin_listen);
     config.proxy_protocol_listen = args.router_proxy_protocol_listen;
     config.domain = args.domain.clone();
-    config.access_log = log_addr.map(|aggregator| paas_router::AccessLogConfig {
-        aggregator,
-        spool_dir: data_dir.join("spool"),
-    });
+    let spool_dir = data_dir.join("spool");
+    config.access_log = match access {
+        Some(AccessLines::Ship(aggregator)) => Some(AccessLogConfig::Ship {
+            aggregator,
+            spool_dir,
+        }),
+        Some(AccessLines::Local { aggregator, syslog }) => {
+            if let Some(syslog) = syslog.filter(|_| spool_dir.exists()) {
+                ship_leftover(spool_dir, syslog)?;
+            }
+            Some(AccessLogConfig::Local(aggregator))
+        }
+        None => None,
+    };
     paas_router::start(coord, config)
         .await
         .context("cannot start the HTTP router (another paas running? use --router-listen)")
+}
+
+/// Ships the access lines a router that spooled them (an earlier version of `paas up`)
+/// left in `spool_dir` to the aggregator's syslog input, in the background, then
+/// removes the spool. Replays the aggregator already holds are dropped by its dedupe; if
+/// the process stops first, the spool stays for the next start.
+fn ship_leftover(spool_dir: PathBuf, syslog: SocketAddr) -> Result<()> {
+    let shipper = Shipper::start(ShipperConfig::new(&spool_dir, syslog.to_string()))
+        .with_context(|| format!("cannot open the router's old spool {}", spool_dir.display()))?;
+    let pending = shipper.status().pending;
+    tracing::info!(
+        spool = %spool_dir.display(),
+        pending,
+        "shipping the access lines left in the router's old spool"
+    );
+    tokio::spawn(async move {
+        loop {
+            let status = shipper.status();
+            if status.pending == 0 {
+                break;
+            }
+            tokio::time::sleep(LEFTOVER_POLL).await;
+        }
+        shipper.shutdown().await;
+        match std::fs::remove_dir_all(&spool_dir) {
+            Ok(()) => {
+                tracing::info!(spool = %spool_dir.display(), "the router's old spool is shipped and removed")
+            }
+            Err(e) => {
+                tracing::warn!(spool = %spool_dir.display(), error = %e, "cannot remove the router's shipped old spool")
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paas_logshipper::ingest::IngestConfig;
+    use paas_logshipper::journal::JournalConfig;
+    use paas_logshipper::service::{Service, ServiceConfig};
+    use paas_logshipper::store::Filter;
+    use paas_logshipper::{LogLine, Stream};
+
+    #[tokio::test]
+    async fn a_left_over_spool_is_shipped_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        // An earlier router spooled lines it never got to send (nothing listens on the
+        // port it was given).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = closed.local_addr().unwrap();
+        drop(closed);
+        let old = Shipper::start(ShipperConfig::new(&spool, nowhere.to_string())).unwrap();
+        let mut lines: Vec<LogLine> = (0..5)
+            .map(|i| LogLine {
+                id: 0,
+                app: "shop".into(),
+                process_type: Some("router".into()),
+                job: Some("h1".into()),
+                host: Some("h1-router".into()),
+                stream: Stream::Stdout,
+                timestamp_ns: 0,
+                message: format!("left over {i}"),
+            })
+            .collect();
+        old.ship(&mut lines).unwrap();
+        old.shutdown().await;
+
+        let service = Service::start(ServiceConfig {
+            data_dir: dir.path().join("logs"),
+            ingest: IngestConfig {
+                syslog_addr: Some("127.0.0.1:0".parse().unwrap()),
+                ..IngestConfig::default()
+            },
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            journal: JournalConfig::default(),
+            lines_per_app: 100,
+            api_bearer: None,
+            persist_interval: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
+        ship_leftover(spool.clone(), service.syslog_addr().unwrap()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while spool.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the old spool is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got: Vec<String> = service
+            .aggregator()
+            .store()
+            .tail("shop", 100, &Filter::default())
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(
+            got,
+            (0..5).map(|i| format!("left over {i}")).collect::<Vec<_>>()
+        );
+        service.shutdown().await;
+    }
 }

@@ -372,7 +372,10 @@ async fn serve(
         &args.router,
         &crate::host::hostname(),
         &data_dir.join("router"),
-        logs.syslog_addr(),
+        Some(crate::router::AccessLines::Local {
+            aggregator: logs.local_input(),
+            syslog: logs.syslog_addr(),
+        }),
     )
     .await?;
 

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         paas_coord::Coord::connect(&[args[1].as_str()], "paas", Duration::from_secs(10)).await?;
     let mut config = paas_router::RouterConfig::new(args[2].parse()?, "bench");
     if args.len() == 5 {
-        config.access_log = Some(paas_router::AccessLogConfig {
+        config.access_log = Some(paas_router::AccessLogConfig::Ship {
             aggregator: args[3].parse()?,
             spool_dir: args[4].clone().into(),
         });

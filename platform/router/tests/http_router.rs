@@ -865,7 +865,7 @@ async fn access_lines_reach_the_log_aggregator_as_syslog() {
     });
     let spool = tempfile::tempdir().unwrap();
     let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
-    config.access_log = Some(paas_router::AccessLogConfig {
+    config.access_log = Some(paas_router::AccessLogConfig::Ship {
         aggregator: syslog_addr,
         spool_dir: spool.path().join("spool"),
     });
@@ -897,6 +897,69 @@ async fn access_lines_reach_the_log_aggregator_as_syslog() {
         "{line}"
     );
     assert!(line.contains(&format!("backend={}", shop.addr)), "{line}");
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn access_lines_go_straight_into_a_local_aggregator() {
+    use paas_logshipper::aggregator::Aggregator;
+    use paas_logshipper::journal::{Journal, JournalConfig};
+    use paas_logshipper::metrics::IngestMetrics;
+    use paas_logshipper::store::{Filter, Store, StoreConfig};
+
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    // The aggregator's accept path as `paas up` hands it over: a real journal and store.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("journal"), JournalConfig::default()).unwrap();
+    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("store"))).unwrap());
+    let metrics = IngestMetrics::default();
+    let aggregator = Aggregator::new(journal.clone(), Arc::clone(&store), metrics.clone());
+    let mut config = RouterConfig::new("127.0.0.1:0".parse().unwrap(), "h1");
+    config.access_log = Some(paas_router::AccessLogConfig::Local(aggregator));
+    let router = paas_router::start(&p.coord, config).await.unwrap();
+    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    for i in 0..20 {
+        send(
+            router.http_addr(),
+            get("shop.localhost", &format!("/item/{i}"))
+                .header("x-request-id", format!("local-{i}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    }
+    let lines = |store: &Store| {
+        store
+            .tail("shop", 100, &Filter::default())
+            .into_iter()
+            .filter(|l| l.message.contains("request_id=local-"))
+            .collect::<Vec<_>>()
+    };
+    paas_it::wait_for("the access lines in the store", WAIT, || {
+        let n = lines(&store).len();
+        async move { n == 20 }
+    })
+    .await;
+    let found = lines(&store);
+    let line = &found[0];
+    assert_eq!(line.process_type.as_deref(), Some("router"));
+    assert_eq!(line.host.as_deref(), Some("h1-router"));
+    assert_eq!(line.job.as_deref(), Some("h1"));
+    assert!(
+        line.message
+            .starts_with(r#"method=GET path="/item/0" host=shop.localhost status=200"#),
+        "{}",
+        line.message
+    );
+    // Journaled (so drains get them), each with its own id, and counted as input `router`.
+    assert!(journal.stats().last_id >= 20);
+    let ids: std::collections::BTreeSet<u64> = found.iter().map(|l| l.id).collect();
+    assert_eq!(ids.len(), 20);
+    let (received, _) = metrics.input_counters(paas_router::access::LOCAL_INPUT);
+    assert!(received.get() >= 20, "{}", received.get());
     router.shutdown().await;
 }
 
