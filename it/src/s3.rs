@@ -103,6 +103,28 @@ impl S3Server {
         "testing"
     }
 
+    /// The `AWS_*` variables that point a process at this server (`paas up
+    /// --backup-store s3://...`): the endpoint (the TLS front's, with its CA in
+    /// `AWS_CA_BUNDLE`, when there is one), the keys and the region.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key_id().to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                self.secret_access_key().to_string(),
+            ),
+            ("AWS_DEFAULT_REGION", self.region().to_string()),
+        ];
+        match &self.tls {
+            Some(front) => {
+                env.push(("AWS_ENDPOINT_URL", front.endpoint()));
+                env.push(("AWS_CA_BUNDLE", front.ca_file().display().to_string()));
+            }
+            None => env.push(("AWS_ENDPOINT_URL", self.endpoint())),
+        }
+        env
+    }
+
     /// The server process (pid, log).
     pub fn process(&self) -> &ServerProcess {
         &self.process

@@ -32,7 +32,6 @@ fn backup_restore_download_schedule_through_the_cli() {
     let home = tmp.path();
     let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
     let pg = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
-    let endpoint = s3.endpoint();
     let (_up, out) = common::start_up_with_env(
         home,
         &listen,
@@ -44,12 +43,7 @@ fn backup_restore_download_schedule_through_the_cli() {
             "--backup-store",
             "s3://paas-backups/cluster-a",
         ],
-        &[
-            ("AWS_ENDPOINT", &endpoint),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ],
+        &s3.aws_env(),
     );
     assert!(
         out.contains("backups:  s3://paas-backups/cluster-a"),

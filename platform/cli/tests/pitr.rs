@@ -194,8 +194,7 @@ fn member_logs(home: &Path) -> String {
 fn a_point_in_time_restore_from_the_s3_backup_store() {
     let s3 = paas_it::S3Server::start_tls().expect("moto behind TLS");
     s3.create_bucket(BUCKET).unwrap();
-    let front = s3.tls().unwrap();
-    let (endpoint, ca_file) = (front.endpoint(), front.ca_file().display().to_string());
+    let endpoint = s3.tls().unwrap().endpoint();
     let tmp = common::home();
     let home = tmp.path();
     let listen = common::free_addr();
@@ -211,13 +210,7 @@ fn a_point_in_time_restore_from_the_s3_backup_store() {
             "--backup-store",
             "s3://paas-backups/cluster-a",
         ],
-        &[
-            ("AWS_ENDPOINT_URL", &endpoint),
-            ("AWS_CA_BUNDLE", &ca_file),
-            ("AWS_ACCESS_KEY_ID", s3.access_key_id()),
-            ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key()),
-            ("AWS_DEFAULT_REGION", s3.region()),
-        ],
+        &s3.aws_env(),
     );
     assert!(
         out.contains(&format!(

@@ -93,15 +93,15 @@ pub fn fails(out: Output, needle: &str) {
 /// Postgres unless `args` say otherwise) and waits until it is ready; returns it and what it
 /// printed.
 pub fn start_up(home: &Path, listen: &str, args: &[&str]) -> (Daemon, String) {
-    start_up_with_env(home, listen, args, &[])
+    start_up_with_env::<&str>(home, listen, args, &[])
 }
 
 /// [`start_up`] with extra environment variables.
-pub fn start_up_with_env(
+pub fn start_up_with_env<V: AsRef<std::ffi::OsStr>>(
     home: &Path,
     listen: &str,
     args: &[&str],
-    env: &[(&str, &str)],
+    env: &[(&str, V)],
 ) -> (Daemon, String) {
     // Its log goes to HOME/paas-up.log (appended across restarts), so a start that
     // fails says why.
@@ -114,15 +114,15 @@ pub fn start_up_with_env(
 }
 
 /// [`start_up_with_env`] with the daemon's log (stderr) sent to `log`.
-pub fn start_up_logged(
+pub fn start_up_logged<V: AsRef<std::ffi::OsStr>>(
     home: &Path,
     listen: &str,
     args: &[&str],
-    env: &[(&str, &str)],
+    env: &[(&str, V)],
     log: Stdio,
 ) -> (Daemon, String) {
     let mut cmd = base(home);
-    cmd.envs(env.iter().copied());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(["up", "--listen", listen]);
     for (flag, default) in [
         ("--syslog-listen", "127.0.0.1:0"),
