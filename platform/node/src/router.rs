@@ -97,11 +97,7 @@ fn ship_leftover(spool_dir: PathBuf, syslog: SocketAddr) -> Result<()> {
         "shipping the access lines left in the router's old spool"
     );
     tokio::spawn(async move {
-        loop {
-            let status = shipper.status();
-            if status.pending == 0 {
-                break;
-            }
+        while shipper.status().pending > 0 {
             tokio::time::sleep(LEFTOVER_POLL).await;
         }
         shipper.shutdown().await;

@@ -60,55 +60,44 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether `name` is hop-by-hop whatever `Connection` says (`Upgrade` included).
-fn always_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        CONNECTION,
-        UPGRADE,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ]
-    .contains(name)
-}
+/// Headers that are hop-by-hop whatever `Connection` says (`Upgrade` too, unless the
+/// request is an upgrade).
+const ALWAYS_HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+];
 
 /// Removes hop-by-hop headers; keeps `Connection: upgrade` and `Upgrade` when `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most requests and responses carry none of them (and so no `Connection` naming
-    // others): one pass over the names spares nine hashed removals.
-    if !headers.keys().any(always_hop_by_hop) {
-        if upgrade {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    // others): one pass over the names spares the hashed removals.
+    if headers
+        .keys()
+        .any(|n| *n == UPGRADE || ALWAYS_HOP_BY_HOP.contains(n))
+    {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
         }
-        return;
-    }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(upgrade && name == UPGRADE) {
+        for name in ALWAYS_HOP_BY_HOP {
             headers.remove(name);
         }
-    }
-    for name in [TE, TRAILER, TRANSFER_ENCODING, CONNECTION] {
-        headers.remove(name);
-    }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+        if !upgrade {
+            headers.remove(UPGRADE);
+        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
