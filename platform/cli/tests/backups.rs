@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,24 +26,9 @@ fn json(out: String) -> serde_json::Value {
 fn backup_restore_download_schedule_through_the_cli() {
     let s3 = paas_it::S3Server::start().expect("moto");
     s3.create_bucket("paas-backups").unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = common::home();
     let home = tmp.path();
-    let listen = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
-    let pg = format!("127.0.0.1:{}", paas_it::free_port().unwrap());
-    let (_up, out) = common::start_up_with_env(
-        home,
-        &listen,
-        &[
-            "--postgres-listen",
-            &pg,
-            "--postgres-members",
-            "2",
-            "--backup-store",
-            "s3://paas-backups/cluster-a",
-        ],
-        &s3.aws_env(),
-    );
+    let (_up, out) = common::start_up_on_s3(home, &s3, "s3://paas-backups/cluster-a");
     assert!(
         out.contains("backups:  s3://paas-backups/cluster-a"),
         "{out}"

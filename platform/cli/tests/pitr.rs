@@ -197,21 +197,7 @@ fn a_point_in_time_restore_from_the_s3_backup_store() {
     let endpoint = s3.tls().unwrap().endpoint();
     let tmp = common::home();
     let home = tmp.path();
-    let listen = common::free_addr();
-    let pg = common::free_addr();
-    let (_up, out) = common::start_up_with_env(
-        home,
-        &listen,
-        &[
-            "--postgres-listen",
-            &pg,
-            "--postgres-members",
-            "2",
-            "--backup-store",
-            "s3://paas-backups/cluster-a",
-        ],
-        &s3.aws_env(),
-    );
+    let (_up, out) = common::start_up_on_s3(home, &s3, "s3://paas-backups/cluster-a");
     assert!(
         out.contains(&format!(
             "pitr:     s3://paas-backups/cluster-a/pgbackrest at {endpoint}"

@@ -113,6 +113,26 @@ pub fn start_up_with_env<V: AsRef<std::ffi::OsStr>>(
     start_up_logged(home, listen, args, env, log.into())
 }
 
+/// [`start_up`] with two Postgres members and the backup store `store` (`s3://...`) on
+/// the S3 server `s3`, which `paas up` finds through the `AWS_*` variables
+/// ([`paas_it::S3Server::aws_env`]).
+pub fn start_up_on_s3(home: &Path, s3: &paas_it::S3Server, store: &str) -> (Daemon, String) {
+    let (listen, pg) = (free_addr(), free_addr());
+    start_up_with_env(
+        home,
+        &listen,
+        &[
+            "--postgres-listen",
+            &pg,
+            "--postgres-members",
+            "2",
+            "--backup-store",
+            store,
+        ],
+        &s3.aws_env(),
+    )
+}
+
 /// [`start_up_with_env`] with the daemon's log (stderr) sent to `log`.
 pub fn start_up_logged<V: AsRef<std::ffi::OsStr>>(
     home: &Path,
