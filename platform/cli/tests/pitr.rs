@@ -81,6 +81,22 @@ fn a_moment_between(home: &Path, then: &str) -> String {
     noted
 }
 
+/// `paas --json pg restore -a shop --to-time AT`: what it answered, the variable the
+/// restored database is attached as, and that variable's URL.
+fn restore_to_time(home: &Path, at: &str) -> (serde_json::Value, String, String) {
+    let said = ok(paas(
+        home,
+        &["--json", "pg", "restore", "-a", "shop", "--to-time", at],
+    ));
+    let restored: serde_json::Value =
+        serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
+    let variable = restored["variable"].as_str().unwrap().to_string();
+    let url = ok(paas(home, &["env", "get", "-a", "shop", &variable]))
+        .trim()
+        .to_string();
+    (restored, variable, url)
+}
+
 #[test]
 fn a_point_in_time_restore_through_the_cli() {
     let tmp = common::home();
@@ -118,20 +134,11 @@ fn a_point_in_time_restore_through_the_cli() {
         ),
         "in the future",
     );
-    let said = ok(paas(
-        home,
-        &["--json", "pg", "restore", "-a", "shop", "--to-time", &noted],
-    ));
-    let restored: serde_json::Value =
-        serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
-    let variable = restored["variable"].as_str().unwrap().to_string();
+    let (restored, variable, url) = restore_to_time(home, &noted);
     assert!(
         variable.starts_with("POSTGRES_") && variable.ends_with("_URL"),
         "{restored}"
     );
-    let url = ok(paas(home, &["env", "get", "-a", "shop", &variable]))
-        .trim()
-        .to_string();
     assert_eq!(
         psql_url(&url, "select count(*), min(id), max(id) from orders"),
         "100|1|100"
@@ -243,16 +250,7 @@ fn a_point_in_time_restore_from_the_s3_backup_store() {
     );
 
     let noted = a_moment_between(home, "select 1");
-    let said = ok(paas(
-        home,
-        &["--json", "pg", "restore", "-a", "shop", "--to-time", &noted],
-    ));
-    let restored: serde_json::Value =
-        serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
-    let variable = restored["variable"].as_str().unwrap().to_string();
-    let url = ok(paas(home, &["env", "get", "-a", "shop", &variable]))
-        .trim()
-        .to_string();
+    let (_, _, url) = restore_to_time(home, &noted);
     assert_eq!(
         psql_url(&url, "select count(*), min(id), max(id) from orders"),
         "101|0|100"
