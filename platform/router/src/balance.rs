@@ -65,34 +65,43 @@ pub fn pick(
     if candidates.is_empty() {
         return Pick::NoBackend;
     }
-    let untried: Vec<usize> = (0..candidates.len())
-        .filter(|&i| !tried.contains(&candidates[i].addr))
-        .collect();
-    let up: Vec<usize> = untried
-        .iter()
-        .copied()
-        .filter(|&i| !candidates[i].down)
-        .collect();
-    let open = if up.is_empty() { untried } else { up };
+    // Open: not tried yet and, while any untried one is up, not marked down. Counted
+    // and indexed by iteration, as the sets are small: nothing is allocated per request.
+    let untried = |c: &Candidate| !tried.contains(&c.addr);
+    let any_up = candidates.iter().any(|c| untried(c) && !c.down);
+    let open = || {
+        candidates
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| untried(c) && !(any_up && c.down))
+            .map(|(i, _)| i)
+    };
     if let Some(want) = sticky {
-        if let Some(&index) = open.iter().find(|&&i| candidates[i].addr == want) {
+        if let Some(index) = open().find(|&i| candidates[i].addr == want) {
             return Pick::Backend {
                 index,
                 reason: PickReason::Sticky,
             };
         }
     }
-    match open.len() {
+    let n = open().count();
+    let nth = |k: usize| open().nth(k);
+    match n {
         0 => Pick::AllTried,
-        1 => Pick::Backend {
-            index: open[0],
-            reason: PickReason::OnlyOne,
+        1 => match nth(0) {
+            Some(index) => Pick::Backend {
+                index,
+                reason: PickReason::OnlyOne,
+            },
+            None => Pick::AllTried,
         },
         n => {
             let first = (draws.0 % n as u64) as usize;
             // A second draw distinct from the first.
             let second = (first + 1 + (draws.1 % (n as u64 - 1)) as usize) % n;
-            let (a, b) = (open[first], open[second]);
+            let (Some(a), Some(b)) = (nth(first), nth(second)) else {
+                return Pick::AllTried;
+            };
             let (chosen, other) = if candidates[b].in_flight < candidates[a].in_flight {
                 (b, a)
             } else {

@@ -33,15 +33,28 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Longest client-given request id kept; longer ones are replaced.
 pub const MAX_REQUEST_ID: usize = 200;
 
-/// What the proxy adds about the client connection.
+/// What the proxy adds about the client connection, as header values made once per
+/// connection (each request then shares them instead of formatting its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
-    /// The client's address.
-    pub client: IpAddr,
+    /// The client's address (the last `X-Forwarded-For` entry).
+    client: HeaderValue,
     /// `http` or `https`.
-    pub proto: &'static str,
+    proto: HeaderValue,
     /// The port the client connected to.
-    pub port: u16,
+    port: HeaderValue,
+}
+
+impl Forwarded {
+    /// The values for a client at `client` connected to `port` over `proto`.
+    pub fn new(client: IpAddr, proto: &'static str, port: u16) -> Self {
+        Forwarded {
+            client: HeaderValue::from_maybe_shared(bytes::Bytes::from(client.to_string()))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(proto),
+            port: HeaderValue::from(port),
+        }
+    }
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -81,12 +94,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .keys()
         .any(|n| *n == UPGRADE || ALWAYS_HOP_BY_HOP.contains(n))
     {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == UPGRADE) {
-                headers.remove(name);
+        // The headers `Connection` names go first, by the names as written (a lookup by
+        // `&str` lowercases on the stack: no name is allocated). Its value is taken out
+        // of the map first, so that the names are not borrowed from it.
+        if headers.get_all(CONNECTION).iter().nth(1).is_none() {
+            if let Some(connection) = headers.remove(CONNECTION) {
+                remove_named(headers, &connection, upgrade);
+            }
+        } else {
+            let values: Vec<HeaderValue> = match headers.entry(CONNECTION) {
+                http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+                http::header::Entry::Vacant(_) => Vec::new(),
+            };
+            for connection in &values {
+                remove_named(headers, connection, upgrade);
             }
         }
         for name in ALWAYS_HOP_BY_HOP {
@@ -98,6 +119,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes the headers one `Connection` value names (all but `Upgrade` when `upgrade`).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
+    let tokens = connection.to_str().unwrap_or("").split(',').map(str::trim);
+    for token in tokens.filter(|t| !t.is_empty()) {
+        if !(upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            headers.remove(token);
+        }
     }
 }
 
@@ -123,20 +154,26 @@ pub fn to_upstream(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
-    use std::fmt::Write;
-    let mut xff = String::new();
-    if let Some(earlier) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        if !earlier.trim().is_empty() {
-            xff.push_str(earlier);
-            xff.push_str(", ");
+    let earlier = headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let xff = match earlier {
+        None => Some(fwd.client.clone()),
+        Some(earlier) => {
+            let client = fwd.client.as_bytes();
+            let mut list = Vec::with_capacity(earlier.len() + 2 + client.len());
+            list.extend_from_slice(earlier.as_bytes());
+            list.extend_from_slice(b", ");
+            list.extend_from_slice(client);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
         }
-    }
-    let _ = write!(xff, "{}", fwd.client);
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    };
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(fwd.port));
+    headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
+    headers.insert(X_FORWARDED_PORT, fwd.port.clone());
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
@@ -170,11 +207,7 @@ mod tests {
     }
 
     fn fwd() -> Forwarded {
-        Forwarded {
-            client: "10.0.0.7".parse().unwrap(),
-            proto: "https",
-            port: 8443,
-        }
+        Forwarded::new("10.0.0.7".parse().unwrap(), "https", 8443)
     }
 
     #[test]
@@ -228,6 +261,32 @@ mod tests {
         assert!(!is_upgrade(&plain));
         strip_hop_by_hop(&mut plain, false);
         assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn every_connection_line_names_headers_to_drop_whatever_their_case() {
+        let mut h = map(&[
+            ("connection", "X-Secret, keep-alive"),
+            ("connection", " x-other ,,"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, map(&[("x-kept", "3")]));
+
+        // An upgrade keeps `Upgrade` even when `Connection` names it, in any case.
+        let mut h = map(&[
+            ("connection", "UPGRADE, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h,
+            map(&[("upgrade", "websocket"), ("connection", "upgrade")])
+        );
     }
 
     #[test]

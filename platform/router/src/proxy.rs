@@ -137,8 +137,14 @@ impl Proxy {
         }
     }
 
-    /// Handles one request from a client connection; never fails (errors are responses).
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// Handles one request from a client connection (`fwd`: its forwarding headers, made
+    /// once per connection); never fails (errors are responses).
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        fwd: &Forwarded,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = headers::request_id(req.headers(), new_request_id);
         let host = request_host(&req);
@@ -216,12 +222,7 @@ impl Proxy {
                 }
             }
         };
-        let fwd = Forwarded {
-            client: conn.peer.ip(),
-            proto: conn.proto,
-            port: conn.local_port,
-        };
-        headers::to_upstream(&mut parts.headers, &fwd, &request_id, upgrade);
+        headers::to_upstream(&mut parts.headers, fwd, &request_id, upgrade);
         if !parts.headers.contains_key(HOST) {
             // HTTP/2: the authority, already a header value in the request's log.
             parts.headers.insert(HOST, log.host.clone());

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::headers::Forwarded;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::proxy_protocol::{self, Header};
@@ -200,9 +201,11 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let fwd = Arc::new(Forwarded::new(info.peer.ip(), info.proto, info.local_port));
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+        let fwd = Arc::clone(&fwd);
+        async move { Ok::<_, Infallible>(proxy.handle(req, info, &fwd).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
