@@ -267,7 +267,16 @@ impl Proxy {
             tried.push(backend.addr);
             log.backend = Some(backend.addr);
             log.attempts = tried.len();
-            let upstream = build_upstream(&parts.method, &parts.headers, &target, body.clone());
+            // The last possible attempt (no attempt or no untried backend left after it)
+            // takes the headers; any other sends a copy, kept for the next.
+            let last = tried.len() >= self.limits.max_attempts
+                || candidates.iter().all(|c| tried.contains(&c.addr));
+            let headers = if last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let upstream = build_upstream(&parts.method, headers, &target, body.clone());
             let in_flight = backend.begin();
             let failure = match tokio::time::timeout(self.limits.backend_timeout, async {
                 if upgrade {
@@ -383,7 +392,7 @@ fn request_host<B>(req: &Request<B>) -> HeaderValue {
 /// headers (with `Host`).
 fn build_upstream(
     method: &Method,
-    headers: &http::HeaderMap,
+    headers: http::HeaderMap,
     target: &Uri,
     body: Bytes,
 ) -> Request<Full<Bytes>> {
@@ -391,7 +400,7 @@ fn build_upstream(
     *req.method_mut() = method.clone();
     *req.uri_mut() = target.clone();
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = headers;
     req
 }
 

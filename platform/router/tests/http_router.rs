@@ -529,10 +529,21 @@ async fn closed_before_response_is_retried_only_for_idempotent_methods() {
     for _ in 0..20 {
         let reply = send(
             router.http_addr(),
-            get("shop.localhost", "/").body(Full::default()).unwrap(),
+            get("shop.localhost", "/")
+                .header("x-order", "7")
+                .header("x-request-id", "order-7")
+                .body(Full::default())
+                .unwrap(),
         )
         .await;
         assert_eq!(reply.status, StatusCode::OK);
+        // Whether it went to the live backend first or after the closing one, it
+        // arrives whole: the attempt before the last sends a copy of the headers.
+        let seen = &reply.json()["headers"];
+        assert_eq!(seen["x-order"], "7", "{}", reply.body);
+        assert_eq!(seen["x-request-id"], "order-7");
+        assert_eq!(seen["host"], "shop.localhost");
+        assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     }
     let gets_closed = closes.load(Ordering::SeqCst);
     assert!(
