@@ -53,16 +53,21 @@ impl StickyKey {
         addr.parse().ok()
     }
 
-    /// The verified backend from a request's `Cookie` headers, if any.
+    /// The verified backend from a request's `Cookie` headers, if any. Read as bytes:
+    /// other cookies may carry bytes beyond ASCII (browsers send back what servers set),
+    /// and they must not hide this one.
     pub fn from_headers(&self, app: &str, headers: &HeaderMap) -> Option<SocketAddr> {
         headers
             .get_all(COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(name, _)| *name == COOKIE_NAME)
-            .find_map(|(_, value)| self.verify(app, value))
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .filter_map(|pair| {
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+                (name.trim_ascii() == COOKIE_NAME.as_bytes()).then_some(value)
+            })
+            .filter_map(|value| std::str::from_utf8(value.trim_ascii()).ok())
+            .find_map(|value| self.verify(app, value))
     }
 
     /// A `Set-Cookie` value for `addr` (whole session, every path, HTTP only).
@@ -109,5 +114,26 @@ mod tests {
         assert!(key
             .set_cookie("shop", addr())
             .starts_with("paas_sticky=127.0.0.1:5001~"));
+    }
+
+    #[test]
+    fn other_cookies_beyond_ascii_do_not_hide_it() {
+        // Found by the `sticky_cookie` fuzz target: a byte beyond ASCII anywhere in the
+        // header made the whole header unreadable as text, and the client lost its
+        // backend.
+        let key = StickyKey::new(b"secret");
+        let mut raw = format!("{COOKIE_NAME}={}; name=caf", key.value("shop", addr())).into_bytes();
+        raw.extend_from_slice(&[0xc3, 0xa9]);
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_bytes(&raw).unwrap());
+        assert_eq!(key.from_headers("shop", &headers), Some(addr()));
+
+        // Not our cookie's value: refused, whatever its bytes.
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"paas_sticky=\xe1~x").unwrap(),
+        );
+        assert_eq!(key.from_headers("shop", &headers), None);
     }
 }
