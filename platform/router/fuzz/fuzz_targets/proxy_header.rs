@@ -18,12 +18,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(Decoded::Complete { header, len }) => {
             assert!(len > 0 && len <= data.len());
             assert!(len <= V1_MAX.max(V2_MAX), "a {len}-byte header");
-            assert_eq!(
-                decode(&data[..len]),
-                Ok(Decoded::Complete { header, len })
-            );
+            assert_eq!(decode(&data[..len]), Ok(Decoded::Complete { header, len }));
             for cut in [len - 1, len / 2, 12.min(len - 1), 16.min(len - 1)] {
-                assert_eq!(decode(&data[..cut]), Ok(Decoded::Incomplete), "cut at {cut}");
+                assert_eq!(
+                    decode(&data[..cut]),
+                    Ok(Decoded::Incomplete),
+                    "cut at {cut}"
+                );
             }
         }
         Ok(Decoded::Incomplete) => {

@@ -36,8 +36,14 @@ fuzz_target!(|data: &[u8]| {
     }
     // A cookie the router set itself, sent back with whatever else the client sends.
     let addr = "10.0.0.1:8080".parse().unwrap();
-    let set = format!("{}={}", paas_router::sticky::COOKIE_NAME, key.value(app, addr));
-    if let Ok(theirs) = HeaderValue::from_str(&format!("{set}; {}", String::from_utf8_lossy(cookie))) {
+    let set = format!(
+        "{}={}",
+        paas_router::sticky::COOKIE_NAME,
+        key.value(app, addr)
+    );
+    if let Ok(theirs) =
+        HeaderValue::from_str(&format!("{set}; {}", String::from_utf8_lossy(cookie)))
+    {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, theirs);
         assert_eq!(key.from_headers(app, &headers), Some(addr));
