@@ -63,12 +63,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// The tokens of every `Connection` value of `headers`.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    headers.get_all(CONNECTION).iter().flat_map(tokens)
+}
+
+/// The tokens of one `Connection` value: comma-separated, trimmed, empty ones skipped
+/// (none when the value is not text).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
@@ -124,8 +130,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Removes the headers one `Connection` value names (all but `Upgrade` when `upgrade`).
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
-    let tokens = connection.to_str().unwrap_or("").split(',').map(str::trim);
-    for token in tokens.filter(|t| !t.is_empty()) {
+    for token in tokens(connection) {
         if !(upgrade && token.eq_ignore_ascii_case("upgrade")) {
             headers.remove(token);
         }
