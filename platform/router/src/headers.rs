@@ -49,7 +49,7 @@ impl Forwarded {
     /// The values for a client at `client` connected to `port` over `proto`.
     pub fn new(client: IpAddr, proto: &'static str, port: u16) -> Self {
         Forwarded {
-            client: HeaderValue::from_maybe_shared(bytes::Bytes::from(client.to_string()))
+            client: HeaderValue::try_from(client.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(proto),
             port: HeaderValue::from(port),
