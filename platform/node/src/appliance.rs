@@ -180,6 +180,11 @@ pub async fn launch(
     let (store, data_dir, etcd, ttl_secs) =
         (&site.store, &site.data_dir, &site.etcd, site.ttl_secs);
     let name = kind.kind();
+    // The endpoint's port first: taken by something else, nothing is set up for nothing
+    // (and a caller that picked the port can pick another).
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for {name}"))?;
     let dir = if cluster == "main" {
         data_dir.join(name)
     } else {
@@ -232,16 +237,15 @@ pub async fn launch(
         .await
         .with_context(|| format!("cannot schedule the {name} members"))?;
     let keys = kind.keys(cluster);
-    let endpoint = TcpEndpoint::start(
-        listen,
+    let endpoint = TcpEndpoint::on_listener(
+        listener,
         EndpointConfig {
             coord: store.coord().clone(),
             leader_key: keys.leader(),
             no_leader_wait: Duration::from_secs(15),
         },
     )
-    .await
-    .with_context(|| format!("cannot listen on {listen} for {name}"))?;
+    .with_context(|| format!("cannot serve {listen} for {name}"))?;
     let addr = endpoint.local_addr();
     wait_ready(kind, store, &keys, addr, &secret, ca_file.as_deref()).await?;
     Ok(Launched {

@@ -45,6 +45,19 @@ fn pick_endpoint_port(
         .find(|p| !used.contains(p) && bindable(*p))
 }
 
+/// How many endpoint ports a new group tries when each is taken between the check and
+/// the bind.
+const PORT_RACES: usize = 20;
+
+/// Whether `err` comes from binding an address something else holds.
+fn address_in_use(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
 /// How often adopting a group found on disk is tried at start.
 const ADOPT_ATTEMPTS: u32 = 12;
 
@@ -215,11 +228,15 @@ impl NodeRunner {
     }
 
     /// A free endpoint port: the lowest above [`ENDPOINT_PORT_BASE`] that no group of
-    /// this node records and that nothing on the machine listens on or holds now (an
-    /// other `paas up` on the same machine counts its own groups only).
-    fn free_endpoint_port(&self) -> Result<u16, ProviderError> {
+    /// this node records, that is not in `taken` (found held at bind time), and that
+    /// nothing on the machine listens on or holds now (an other `paas up` on the same
+    /// machine counts its own groups only).
+    fn free_endpoint_port(
+        &self,
+        taken: &std::collections::BTreeSet<u16>,
+    ) -> Result<u16, ProviderError> {
         let dir = groups_dir(&self.kind.site.data_dir);
-        let mut used = std::collections::BTreeSet::new();
+        let mut used = taken.clone();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Some(file) = read_group_file(&entry.path()) {
                 used.insert(file.endpoint_port);
@@ -332,19 +349,32 @@ impl GroupRunner for NodeRunner {
             spec.secret.clone()
         })
         .map_err(fail)?;
-        let port = self.free_endpoint_port()?;
-        let file = GroupFile {
-            members: spec.members,
-            endpoint_port: port,
-        };
-        std::fs::write(
-            spec.base_dir.join("group.json"),
-            serde_json::to_vec(&file).expect("GroupFile serializes"),
-        )
-        .map_err(|e| ProviderError(format!("writing group.json: {e}")))?;
-        self.launch_group(&self.kind, &spec.group, spec.members, port)
-            .await
-            .map_err(fail)
+        // A port found free can be taken before the launch binds it (another `paas up`
+        // on the machine creating a group at the same moment): the launch binds first
+        // and fails at once then, and the next free port is tried.
+        let mut taken = std::collections::BTreeSet::new();
+        loop {
+            let port = self.free_endpoint_port(&taken)?;
+            let file = GroupFile {
+                members: spec.members,
+                endpoint_port: port,
+            };
+            std::fs::write(
+                spec.base_dir.join("group.json"),
+                serde_json::to_vec(&file).expect("GroupFile serializes"),
+            )
+            .map_err(|e| ProviderError(format!("writing group.json: {e}")))?;
+            match self
+                .launch_group(&self.kind, &spec.group, spec.members, port)
+                .await
+            {
+                Err(e) if address_in_use(&e) && taken.len() < PORT_RACES => {
+                    tracing::info!(group = %spec.group, port, "the endpoint port was taken meanwhile; trying the next free one");
+                    taken.insert(port);
+                }
+                result => return result.map_err(fail),
+            }
+        }
     }
 
     /// The secret in the current release of the group's system app (its members'
@@ -496,6 +526,17 @@ pub async fn supervise(args: SupervisorArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_address_is_told_apart_through_the_context() {
+        let taken = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+            .context("cannot listen on 127.0.0.1:26379 for redis");
+        assert!(address_in_use(&taken));
+        let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("cannot listen on 127.0.0.1:26379 for redis");
+        assert!(!address_in_use(&other));
+        assert!(!address_in_use(&anyhow::anyhow!("address already in use")));
+    }
 
     #[test]
     fn endpoint_ports_skip_recorded_and_busy_ones() {

@@ -43,6 +43,9 @@ pub enum TcpEndpointError {
         #[source]
         source: std::io::Error,
     },
+    /// The listener handed over has no address to report.
+    #[error("reading the listener's address")]
+    LocalAddr(#[source] std::io::Error),
 }
 
 /// What the endpoint needs besides its listener.
@@ -95,12 +98,16 @@ impl TcpEndpoint {
                     addr: listen,
                     source,
                 })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| TcpEndpointError::Bind {
-                addr: listen,
-                source,
-            })?;
+        Self::on_listener(listener, config)
+    }
+
+    /// Serves on a listener bound earlier (so a caller can hold its port while it sets up
+    /// what the endpoint leads to) and starts following the leader key.
+    pub fn on_listener(
+        listener: TcpListener,
+        config: EndpointConfig,
+    ) -> Result<Self, TcpEndpointError> {
+        let local_addr = listener.local_addr().map_err(TcpEndpointError::LocalAddr)?;
         let (tx, rx) = watch::channel(None);
         let key = config.leader_key.clone();
         let coord = config.coord.clone();
