@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 /// How long an operation is retried on connection failures (covers a failover).
@@ -549,6 +550,20 @@ impl paas_appliance::provider::Provider for PostgresProvider {
     }
 }
 
+/// Whether a `CREATE` failed because another session made the same object meanwhile:
+/// `duplicate_object` / `duplicate_database` when it had committed before, a
+/// `unique_violation` on the catalog when both were in flight at once.
+fn created_meanwhile(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        [
+            SqlState::DUPLICATE_OBJECT,
+            SqlState::DUPLICATE_DATABASE,
+            SqlState::UNIQUE_VIOLATION,
+        ]
+        .contains(c)
+    })
+}
+
 /// One idempotent provisioning operation.
 enum Op {
     /// Create (or re-password) role `name` and create database `name` owned by it.
@@ -566,22 +581,38 @@ impl Op {
                     .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[name])
                     .await?
                     .is_some();
-                let verb = if exists { "ALTER" } else { "CREATE" };
-                client
-                    .batch_execute(&format!(
-                        "{verb} ROLE {ident} LOGIN PASSWORD {}",
+                let alter = format!(
+                    "ALTER ROLE {ident} LOGIN PASSWORD {}",
+                    quote_literal(password)
+                );
+                if exists {
+                    client.batch_execute(&alter).await?;
+                } else {
+                    // Another session can create it between the check and this statement:
+                    // an earlier attempt of this very operation, still running on the
+                    // connection a retry gave up on. Then the role is there: set it.
+                    let create = format!(
+                        "CREATE ROLE {ident} LOGIN PASSWORD {}",
                         quote_literal(password)
-                    ))
-                    .await?;
+                    );
+                    match client.batch_execute(&create).await {
+                        Err(e) if created_meanwhile(&e) => client.batch_execute(&alter).await?,
+                        other => other?,
+                    }
+                }
                 if client
                     .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
                     .await?
                     .is_none()
                 {
                     // CREATE DATABASE cannot run inside a transaction: its own statement.
-                    client
+                    match client
                         .batch_execute(&format!("CREATE DATABASE {ident} OWNER {ident}"))
-                        .await?;
+                        .await
+                    {
+                        Err(e) if created_meanwhile(&e) => {}
+                        other => other?,
+                    }
                 }
                 // App roles reach their own database only: not each other's, and not
                 // the maintenance databases, where any role could otherwise list every

@@ -149,4 +149,51 @@ async fn provision_and_remove_an_app_database() {
         .provision_database("shop", "r2")
         .await
         .expect("still provisions after bad input");
+
+    // Another session creates the role while provisioning runs (as an earlier attempt
+    // of the same operation does, still in flight on a connection a retry gave up on):
+    // provisioning's CREATE ROLE waits for it, then sets the role's password instead of
+    // failing on the catalog's unique index.
+    let superuser = format!(
+        "host={} port={} user=postgres password={PASSWORD} dbname=postgres",
+        addr.ip(),
+        addr.port()
+    );
+    let other = connect(&superuser).await.expect("other session");
+    let observer = connect(&superuser).await.expect("observer session");
+    other
+        .batch_execute("BEGIN; CREATE ROLE shop_r4 LOGIN")
+        .await
+        .expect("role created, not committed");
+    let commit_once_blocked = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE query LIKE 'CREATE ROLE \"shop_r4\"%' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "provisioning never waited on the other session's role"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        other.batch_execute("COMMIT").await.expect("commit");
+    };
+    let (raced, ()) = tokio::join!(
+        provider.provision_database("shop", "r4"),
+        commit_once_blocked
+    );
+    let (env4, _) = raced.expect("provisioning while another session creates the role");
+    connect(&env4["DATABASE_URL"])
+        .await
+        .expect("the role has the password handed out");
 }
