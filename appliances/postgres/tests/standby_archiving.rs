@@ -37,6 +37,53 @@ fn archiver_pid(postmaster: i32) -> Option<i32> {
 }
 
 /// What a member's archiver reports: the last segment it pushed and its failure count.
+/// The frozen archiver, SIGKILLed when the test ends, passing or failing. PostgreSQL
+/// makes each of the postmaster's children lead its own process group, so killing the
+/// postmaster's group does not reach it, and a stopped process never notices that its
+/// postmaster died: it would stay behind for good. Held by pidfd, so the signal can only
+/// reach that very process.
+struct FrozenArchiver(std::os::fd::OwnedFd);
+
+impl FrozenArchiver {
+    fn freeze(pid: i32) -> FrozenArchiver {
+        // SAFETY: pidfd_open(2) on the archiver of a test cluster; the returned
+        // descriptor is owned by the guard alone.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let frozen = FrozenArchiver(fd);
+        frozen.signal(libc::SIGSTOP);
+        frozen
+    }
+
+    fn signal(&self, signal: i32) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal(2) on the descriptor this guard holds.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        assert!(
+            sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH),
+            "pidfd_send_signal: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for FrozenArchiver {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
 async fn archiver_stats(h: &Harness, i: usize) -> Option<(String, i64)> {
     let client = connect_direct(h.cluster.members()[i].addr()).await.ok()?;
     let row = client
@@ -75,8 +122,7 @@ async fn a_segment_the_primary_never_pushed_is_archived_by_the_standbys() {
     let i = h.index(&old);
     let postmaster = postmaster_pid(&h.cluster.members()[i].dir).expect("postmaster.pid");
     let archiver = archiver_pid(postmaster).expect("the primary's archiver");
-    // SAFETY: kill(2) on the archiver of a test cluster.
-    assert_eq!(unsafe { libc::kill(archiver, libc::SIGSTOP) }, 0);
+    let frozen = FrozenArchiver::freeze(archiver);
     let (before, _) = archiver_stats(&h, i)
         .await
         .expect("primary's pg_stat_archiver");
@@ -135,11 +181,12 @@ async fn a_segment_the_primary_never_pushed_is_archived_by_the_standbys() {
     assert_eq!(pushed, before, "the frozen archiver pushed nothing");
     assert!(!at_or_after(&pushed, &segment), "{pushed} vs {segment}");
 
-    // kill -9 of the primary: its supervisor and its server's whole process group
-    // (the frozen archiver with it); it stays down.
+    // kill -9 of the primary: its supervisor, its server's process group, and the
+    // frozen archiver (a group of its own); it stays down.
     h.cluster.signal(i, libc::SIGKILL);
     // SAFETY: kill(2) on the process group the test cluster's postmaster leads.
     assert_eq!(unsafe { libc::kill(-postmaster, libc::SIGKILL) }, 0);
+    drop(frozen);
     // The new primary takes writes once promoted with the remaining standby as its sync.
     let killed = Instant::now();
     loop {
