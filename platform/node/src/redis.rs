@@ -332,6 +332,19 @@ fn read_group_file(dir: &Path) -> Option<GroupFile> {
     serde_json::from_str(&text).ok()
 }
 
+/// Records `members` and `endpoint_port` in the group directory `dir`.
+fn write_group_file(dir: &Path, members: usize, endpoint_port: u16) -> Result<(), ProviderError> {
+    let file = GroupFile {
+        members,
+        endpoint_port,
+    };
+    std::fs::write(
+        dir.join("group.json"),
+        serde_json::to_vec(&file).expect("GroupFile serializes"),
+    )
+    .map_err(|e| ProviderError(format!("writing group.json: {e}")))
+}
+
 #[async_trait::async_trait]
 impl GroupRunner for NodeRunner {
     async fn launch(&self, spec: &GroupSpec) -> Result<SocketAddr, ProviderError> {
@@ -355,15 +368,7 @@ impl GroupRunner for NodeRunner {
         let mut taken = std::collections::BTreeSet::new();
         loop {
             let port = self.free_endpoint_port(&taken)?;
-            let file = GroupFile {
-                members: spec.members,
-                endpoint_port: port,
-            };
-            std::fs::write(
-                spec.base_dir.join("group.json"),
-                serde_json::to_vec(&file).expect("GroupFile serializes"),
-            )
-            .map_err(|e| ProviderError(format!("writing group.json: {e}")))?;
+            write_group_file(&spec.base_dir, spec.members, port)?;
             match self
                 .launch_group(&self.kind, &spec.group, spec.members, port)
                 .await
@@ -455,15 +460,7 @@ impl GroupRunner for NodeRunner {
                 spec.base_dir.display()
             )));
         }
-        let file = GroupFile {
-            members: spec.members,
-            endpoint_port: listen.port(),
-        };
-        std::fs::write(
-            spec.base_dir.join("group.json"),
-            serde_json::to_vec(&file).expect("GroupFile serializes"),
-        )
-        .map_err(|e| fail(format!("writing group.json: {e}")))?;
+        write_group_file(&spec.base_dir, spec.members, listen.port()).map_err(|e| fail(e.0))?;
         let kind = RedisKind {
             site: self.kind.site.clone(),
             tls,
