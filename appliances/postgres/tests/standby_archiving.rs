@@ -36,7 +36,6 @@ fn archiver_pid(postmaster: i32) -> Option<i32> {
         })
 }
 
-/// What a member's archiver reports: the last segment it pushed and its failure count.
 /// The frozen archiver, SIGKILLed when the test ends, passing or failing. PostgreSQL
 /// makes each of the postmaster's children lead its own process group, so killing the
 /// postmaster's group does not reach it, and a stopped process never notices that its
@@ -54,11 +53,13 @@ impl FrozenArchiver {
         let fd =
             unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         let frozen = FrozenArchiver(fd);
-        frozen.signal(libc::SIGSTOP);
+        let stopped = frozen.signal(libc::SIGSTOP);
+        assert!(stopped.is_ok(), "SIGSTOP: {stopped:?}");
         frozen
     }
 
-    fn signal(&self, signal: i32) {
+    /// Sends `signal`; a process already gone is not an error.
+    fn signal(&self, signal: i32) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         // SAFETY: pidfd_send_signal(2) on the descriptor this guard holds.
         let sent = unsafe {
@@ -70,20 +71,25 @@ impl FrozenArchiver {
                 0,
             )
         };
-        assert!(
-            sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH),
-            "pidfd_send_signal: {}",
-            std::io::Error::last_os_error()
-        );
+        let error = std::io::Error::last_os_error();
+        if sent == 0 || error.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(error)
+        }
     }
 }
 
 impl Drop for FrozenArchiver {
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        // No panic here: this also runs while a failed test unwinds.
+        if let Err(e) = self.signal(libc::SIGKILL) {
+            eprintln!("cannot SIGKILL the frozen archiver: {e}");
+        }
     }
 }
 
+/// What a member's archiver reports: the last segment it pushed and its failure count.
 async fn archiver_stats(h: &Harness, i: usize) -> Option<(String, i64)> {
     let client = connect_direct(h.cluster.members()[i].addr()).await.ok()?;
     let row = client
