@@ -81,6 +81,38 @@ impl EtcdServer {
     }
 }
 
+impl Drop for EtcdServer {
+    /// A failing test shows etcd's warnings (slow `fdatasync`, requests that took too
+    /// long, lost leadership) before the log goes with the temp dir: a test's etcd read
+    /// that timed out is then explained by etcd's own account of that moment.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let warnings = warnings(&self.dir.path().join("etcd.log"), WARNINGS_SHOWN);
+            if !warnings.is_empty() {
+                eprintln!("etcd's last warnings:\n{warnings}");
+            }
+        }
+    }
+}
+
+/// How many of etcd's warnings a failing test shows.
+const WARNINGS_SHOWN: usize = 20;
+
+/// The last `n` warning-or-worse lines of an etcd (zap, JSON) log.
+fn warnings(log: &Path, n: usize) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["\"warn\"", "\"error\"", "\"fatal\"", "\"panic\""]
+                .iter()
+                .any(|level| l.contains(&format!("\"level\":{level}")))
+        })
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn launch(dir: &Path, client_port: u16, peer_port: u16) -> Result<ServerProcess> {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
@@ -107,4 +139,40 @@ fn launch(dir: &Path, client_port: u16, peer_port: u16) -> Result<ServerProcess>
         }
     })?;
     Ok(process)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_keeps_the_last_warning_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("etcd.log");
+        std::fs::write(
+            &log,
+            concat!(
+                r#"{"level":"info","msg":"ready"}"#,
+                "\n",
+                r#"{"level":"warn","msg":"slow fdatasync","took":"2.1s"}"#,
+                "\n",
+                r#"{"level":"info","msg":"applied"}"#,
+                "\n",
+                r#"{"level":"warn","msg":"apply request took too long","took":"2.4s"}"#,
+                "\n",
+                r#"{"level":"error","msg":"failed to send out heartbeat"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            warnings(&log, 2),
+            concat!(
+                r#"{"level":"warn","msg":"apply request took too long","took":"2.4s"}"#,
+                "\n",
+                r#"{"level":"error","msg":"failed to send out heartbeat"}"#,
+            )
+        );
+        assert_eq!(warnings(&dir.path().join("missing.log"), 5), "");
+    }
 }

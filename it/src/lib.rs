@@ -69,4 +69,4 @@ pub use procs::processes;
 pub use redis::RedisServer;
 pub use s3::S3Server;
 pub use tls_front::TlsFront;
-pub use wait::wait_for;
+pub use wait::{patiently, wait_for};

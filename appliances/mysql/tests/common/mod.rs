@@ -107,9 +107,10 @@ impl Harness {
         harness
     }
 
-    /// Reads the cluster's records.
+    /// Reads the cluster's records, retrying a failed read for a while
+    /// ([`paas_it::patiently`]): the harness's own reads are not what is tested.
     pub async fn snapshot(&self) -> Snapshot {
-        self.store.clone().read().await.expect("etcd read")
+        paas_it::patiently("etcd read", || self.store.read()).await
     }
 
     /// Waits until a primary leads with an acknowledging sync (when there is more than

@@ -138,20 +138,10 @@ impl Harness {
         harness
     }
 
-    /// Reads the group's records; a read that times out (a loaded machine) is retried
-    /// for a while, since the harness's own reads are not what is tested.
+    /// Reads the group's records, retrying a failed read for a while
+    /// ([`paas_it::patiently`]): the harness's own reads are not what is tested.
     pub async fn snapshot(&self) -> Snapshot {
-        let started = Instant::now();
-        loop {
-            match self.store.read().await {
-                Ok(snapshot) => return snapshot,
-                Err(err) if started.elapsed() < Duration::from_secs(20) => {
-                    eprintln!("etcd read failed ({err}); retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => panic!("etcd read: {err}"),
-            }
-        }
+        paas_it::patiently("etcd read", || self.store.read()).await
     }
 
     /// Waits until a primary leads and every member runs, replicas linked to it;
