@@ -1,5 +1,6 @@
 //! The schedule runner: one per cluster, under the `backups` election. While leader it
-//! looks at every schedule each tick, takes the backups that are due ([`due`]), records
+//! looks at every schedule each tick (at the next cron time, or after `tick` at the
+//! latest), takes the backups that are due ([`due`]), records
 //! the run (a write guarded by the leadership), and after each successful backup deletes
 //! what the schedule's retention no longer keeps ([`expired`]). The record of the last
 //! handled cron time is in etcd, so a runner that was down runs a missed time once when
@@ -8,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use paas_coord::{Coord, CoordError, Leadership};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backups::{Backups, Target};
 use crate::manifest::Trigger;
 use crate::retention::expired;
-use crate::schedule::{due, Cron, Run, RunOutcome, Schedule};
+use crate::schedule::{due, next, sleep_until, Cron, Run, RunOutcome, Schedule};
 use crate::schedules::{ScheduleError, Schedules};
 
 /// The election the runners campaign in.
@@ -31,12 +32,17 @@ pub trait Resources: Send + Sync {
     async fn targets(&self, app: &str, resource: Option<&str>) -> Result<Vec<Target>, String>;
 }
 
+/// The shortest pause between two looks (a due time whose record failed is not
+/// retried in a loop).
+const MIN_PAUSE: Duration = Duration::from_secs(1);
+
 /// The runner's settings.
 #[derive(Clone)]
 pub struct RunnerConfig {
     /// This candidate's name in the election (the host id).
     pub id: String,
-    /// How often schedules are looked at.
+    /// The longest pause between two looks at the schedules (a new schedule is seen
+    /// within it); the runner wakes sooner when a cron time comes first.
     pub tick: Duration,
     /// The election lease's TTL.
     pub lease_ttl: Duration,
@@ -76,21 +82,24 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
                 result = tick => result,
             };
-            match result {
-                Ok(()) => {}
+            let pause = match result {
+                Ok(next) => sleep_until(next, Utc::now(), MIN_PAUSE, config.tick),
                 Err(ScheduleError::Coord(e @ CoordError::Fenced { .. })) => {
                     tracing::warn!(error = %e, "backup runner: deposed");
                     break;
                 }
-                Err(e) => tracing::warn!(error = %e, "backup runner: tick failed; retrying"),
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backup runner: tick failed; retrying");
+                    config.tick
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 reason = leadership.lost() => {
                     tracing::warn!(%reason, "backup runner: leadership lost");
                     break;
                 }
-                _ = tokio::time::sleep(config.tick) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         if let Err(e) = leadership.resign().await {
@@ -102,13 +111,21 @@ pub async fn run(
     }
 }
 
-/// Looks at every schedule once; runs those due.
+/// Looks at every schedule once and runs those due. Returns the earliest next cron time
+/// of the schedules (`None` without any), which the runner sleeps until.
 pub async fn tick(
     schedules: &Schedules,
     backups: &Backups,
     resources: &dyn Resources,
     leadership: &Leadership,
-) -> Result<(), ScheduleError> {
+) -> Result<Option<DateTime<Utc>>, ScheduleError> {
+    let mut earliest: Option<DateTime<Utc>> = None;
+    let mut upcoming = |at: Option<DateTime<Utc>>| {
+        earliest = match (earliest, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    };
     for schedule in schedules.list().await? {
         let cron = match Cron::parse(&schedule.cron) {
             Ok(c) => c,
@@ -120,10 +137,11 @@ pub async fn tick(
         let run = schedules.run(&schedule.app).await?;
         let now = Utc::now();
         let Some(slot) = due(&cron, &schedule, &run, now) else {
+            upcoming(next(&cron, &schedule, &run));
             continue;
         };
         if leadership.lost_reason().is_some() {
-            return Ok(());
+            return Ok(earliest);
         }
         tracing::info!(app = %schedule.app, %slot, "scheduled backup due");
         let outcome = run_once(&schedule, backups, resources, now).await;
@@ -132,8 +150,9 @@ pub async fn tick(
             last: Some(outcome),
         };
         schedules.record(&schedule.app, &record, leadership).await?;
+        upcoming(next(&cron, &schedule, &record));
     }
-    Ok(())
+    Ok(earliest)
 }
 
 /// Backs up what `schedule` covers and applies its retention after each success.

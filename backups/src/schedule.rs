@@ -104,14 +104,37 @@ pub fn due(
     run: &Run,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let since = run.handled.unwrap_or(schedule.created);
-    cron.next_after(since).filter(|at| *at <= now)
+    next(cron, schedule, run).filter(|at| *at <= now)
+}
+
+/// The next cron time a run is for, due or not: the first one after the last handled
+/// time (or the schedule's creation). The runner sleeps until the earliest of these, so
+/// a run starts at its time, not at the runner's next look.
+pub fn next(cron: &Cron, schedule: &Schedule, run: &Run) -> Option<DateTime<Utc>> {
+    cron.next_after(run.handled.unwrap_or(schedule.created))
+}
+
+/// How long the runner sleeps from `now`: until the earliest next cron time `next`,
+/// but at least `min` (a time that is due and could not be recorded is not retried in
+/// a loop) and at most `max` (a schedule set meanwhile is seen within it; `max` too
+/// when there is no next time).
+pub fn sleep_until(
+    next: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    match next {
+        None => max,
+        Some(at) => (at - now).to_std().unwrap_or(min).clamp(min, max),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use std::time::Duration;
 
     fn at(d: u32, h: u32, m: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, d, h, m, 0).unwrap()
@@ -198,6 +221,35 @@ mod tests {
             at(5, 23, 0),
             None,
         );
+    }
+
+    #[test]
+    fn the_next_time_is_the_first_after_the_last_handled_one() {
+        let cron = Cron::parse("0 3 * * *").unwrap();
+        let s = schedule("0 3 * * *", at(1, 12, 0));
+        assert_eq!(next(&cron, &s, &Run::default()), Some(at(2, 3, 0)));
+        let handled = Run {
+            handled: Some(at(2, 3, 0)),
+            last: None,
+        };
+        assert_eq!(next(&cron, &s, &handled), Some(at(3, 3, 0)));
+    }
+
+    #[test]
+    fn the_runner_sleeps_until_the_next_time_within_bounds() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(20));
+        let now = at(1, 12, 0);
+        let in_5s = now + chrono::Duration::seconds(5);
+        assert_eq!(
+            sleep_until(Some(in_5s), now, min, max),
+            Duration::from_secs(5)
+        );
+        // Far away: looked at again within `max` (a schedule may be set meanwhile).
+        assert_eq!(sleep_until(Some(at(2, 3, 0)), now, min, max), max);
+        // Due already (its record failed): not sooner than `min`; none: `max`.
+        assert_eq!(sleep_until(Some(at(1, 11, 0)), now, min, max), min);
+        assert_eq!(sleep_until(Some(now), now, min, max), min);
+        assert_eq!(sleep_until(None, now, min, max), max);
     }
 
     #[test]

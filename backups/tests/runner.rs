@@ -12,7 +12,7 @@ use common::Pg;
 use object_store::local::LocalFileSystem;
 use paas_backups::retention::Retention;
 use paas_backups::runner::{tick, Resources};
-use paas_backups::schedule::{RunOutcome, Schedule};
+use paas_backups::schedule::{Cron, RunOutcome, Schedule};
 use paas_backups::schedules::Schedules;
 use paas_backups::{Backups, Target, Trigger};
 use tokio::sync::watch;
@@ -99,10 +99,16 @@ async fn missed_runs_once_then_retention() {
         "keep-last 1 removed the older scheduled backups, not the manual one"
     );
 
-    // Handled: nothing is due until tomorrow 03:00.
-    tick(&schedules, &backups, &resources, &leadership)
+    // Handled: nothing is due until the next 03:00, which the runner sleeps until.
+    let next = tick(&schedules, &backups, &resources, &leadership)
         .await
         .unwrap();
+    let handled = run.handled.expect("the run's start is recorded");
+    let expected = Cron::parse("0 3 * * *").unwrap().next_after(handled);
+    assert!(
+        next == expected && next.is_some_and(|at| at > Utc::now()),
+        "next {next:?}, expected {expected:?}"
+    );
     assert_eq!(schedules.run("shop").await.unwrap(), run);
     assert_eq!(backups.list("shop").await.unwrap().len(), 2);
 

@@ -59,6 +59,23 @@ fn backup_restore_download_schedule_through_the_cli() {
     let table = ok(paas(home, &["backup", "list", "-a", "shop"]));
     assert!(table.contains(&id) && table.contains("complete"), "{table}");
 
+    // A schedule every minute, keeping one scheduled backup. It is set now, so its
+    // first two minutes pass while the rest is checked; its runs are checked last.
+    ok(paas(
+        home,
+        &[
+            "backup",
+            "schedule",
+            "-a",
+            "shop",
+            "--cron",
+            "* * * * *",
+            "--keep-last",
+            "1",
+        ],
+    ));
+    let scheduled_at = Instant::now();
+
     // The backup is in the app's log, like a job.
     let started = Instant::now();
     loop {
@@ -141,22 +158,8 @@ fn backup_restore_download_schedule_through_the_cli() {
     );
     assert!(ok(as_blog(&["--json", "backup", "list", "-a", "blog"])).contains("[]"));
 
-    // A schedule every minute, keeping one scheduled backup: after two runs there is
-    // one scheduled backup and the manual one.
-    ok(paas(
-        home,
-        &[
-            "backup",
-            "schedule",
-            "-a",
-            "shop",
-            "--cron",
-            "* * * * *",
-            "--keep-last",
-            "1",
-        ],
-    ));
-    let started = Instant::now();
+    // The schedule's runs (set above) and its retention: after two runs there is one
+    // scheduled backup, and the manual one.
     let mut seen = std::collections::BTreeSet::new();
     loop {
         let list = json(ok(paas(home, &["--json", "backup", "list", "-a", "shop"])));
@@ -186,6 +189,20 @@ fn backup_restore_download_schedule_through_the_cli() {
                 seen.last().map(String::as_str),
                 "the newest is kept"
             );
+            // The runner wakes at the cron time, not at its next look (every 20 s).
+            let started = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["id"] == kept)
+                .and_then(|b| b["started"].as_str())
+                .unwrap();
+            let second: u32 = started[17..19].parse().unwrap();
+            assert!(second < 10, "a run for a minute's start began at {started}");
+            println!(
+                "schedule: two runs and the retention {:?} after it was set",
+                scheduled_at.elapsed()
+            );
             assert!(
                 list.as_array()
                     .unwrap()
@@ -196,7 +213,7 @@ fn backup_restore_download_schedule_through_the_cli() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(200),
+            scheduled_at.elapsed() < Duration::from_secs(200),
             "two scheduled runs, and the retention keeping one, within 200 s; saw {seen:?}, \
              listed {list}"
         );
