@@ -120,12 +120,7 @@ pub async fn tick(
     leadership: &Leadership,
 ) -> Result<Option<DateTime<Utc>>, ScheduleError> {
     let mut earliest: Option<DateTime<Utc>> = None;
-    let mut upcoming = |at: Option<DateTime<Utc>>| {
-        earliest = match (earliest, at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    };
+    let mut upcoming = |at: Option<DateTime<Utc>>| earliest = earliest.into_iter().chain(at).min();
     for schedule in schedules.list().await? {
         let cron = match Cron::parse(&schedule.cron) {
             Ok(c) => c,

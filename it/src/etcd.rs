@@ -12,7 +12,9 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::http;
 use crate::port::free_port;
-use crate::process::{require_binary, retry_port_races, server_dir, ServerProcess};
+use crate::process::{
+    log_tail_matching, require_binary, retry_port_races, server_dir, ServerProcess,
+};
 
 /// How long etcd gets to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,17 +102,15 @@ const WARNINGS_SHOWN: usize = 20;
 
 /// The last `n` warning-or-worse lines of an etcd (zap, JSON) log.
 fn warnings(log: &Path, n: usize) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            ["\"warn\"", "\"error\"", "\"fatal\"", "\"panic\""]
-                .iter()
-                .any(|level| l.contains(&format!("\"level\":{level}")))
-        })
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    const LEVELS: [&str; 4] = [
+        "\"level\":\"warn\"",
+        "\"level\":\"error\"",
+        "\"level\":\"fatal\"",
+        "\"level\":\"panic\"",
+    ];
+    log_tail_matching(log, n, |line| {
+        LEVELS.iter().any(|level| line.contains(level))
+    })
 }
 
 fn launch(dir: &Path, client_port: u16, peer_port: u16) -> Result<ServerProcess> {

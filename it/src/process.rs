@@ -222,9 +222,15 @@ fn spawn_from_keeper_thread(command: Command) -> io::Result<Child> {
 
 /// The last `lines` lines of a log file (empty when it cannot be read).
 pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    log_tail_matching(path, lines, |_| true)
+}
+
+/// The last `lines` lines of a log file that `keep` accepts (empty when it cannot be
+/// read).
+pub(crate) fn log_tail_matching(path: &Path, lines: usize, keep: impl Fn(&str) -> bool) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let all: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 

@@ -581,20 +581,15 @@ impl Op {
                     .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[name])
                     .await?
                     .is_some();
-                let alter = format!(
-                    "ALTER ROLE {ident} LOGIN PASSWORD {}",
-                    quote_literal(password)
-                );
+                let password = quote_literal(password);
+                let alter = format!("ALTER ROLE {ident} LOGIN PASSWORD {password}");
                 if exists {
                     client.batch_execute(&alter).await?;
                 } else {
                     // Another session can create it between the check and this statement:
                     // an earlier attempt of this very operation, still running on the
                     // connection a retry gave up on. Then the role is there: set it.
-                    let create = format!(
-                        "CREATE ROLE {ident} LOGIN PASSWORD {}",
-                        quote_literal(password)
-                    );
+                    let create = format!("CREATE ROLE {ident} LOGIN PASSWORD {password}");
                     match client.batch_execute(&create).await {
                         Err(e) if created_meanwhile(&e) => client.batch_execute(&alter).await?,
                         other => other?,
