@@ -19,7 +19,7 @@
 //!   input's (the aggregator's journal, fsynced every second), and a stop of the
 //!   process stops the router before the aggregator.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,33 +161,90 @@ pub struct AccessEntry {
 }
 
 /// The line for one entry (logfmt, quoted where values may hold spaces). Pure.
+///
+/// Written piece by piece (`itoa` for the numbers) rather than through `format!`: the
+/// formatting machinery was 4% of the router's CPU samples under `wrk`, for one line
+/// per request. The output is the same as `{:?}` for the path, `Display` for the
+/// addresses and `{:.1}` for the milliseconds (rounded to the nearest 0.1 ms).
 pub fn format(e: &AccessEntry) -> String {
-    use std::fmt::Write;
     let mut line = String::with_capacity(160 + e.path.as_str().len());
-    let _ = write!(
-        line,
-        "method={} path={:?} host={} status={} bytes={} backend=",
-        e.method,
-        e.path.as_str(),
-        e.host.to_str().unwrap_or("-"),
-        e.status,
-        e.bytes,
-    );
+    let mut num = itoa::Buffer::new();
+    line.push_str("method=");
+    line.push_str(e.method.as_str());
+    line.push_str(" path=");
+    push_quoted(&mut line, e.path.as_str());
+    line.push_str(" host=");
+    line.push_str(e.host.to_str().unwrap_or("-"));
+    line.push_str(" status=");
+    line.push_str(num.format(e.status));
+    line.push_str(" bytes=");
+    line.push_str(num.format(e.bytes));
+    line.push_str(" backend=");
     match e.backend {
-        Some(b) => {
-            let _ = write!(line, "{b}");
-        }
+        Some(b) => push_addr(&mut line, b),
         None => line.push('-'),
     }
-    let _ = write!(
-        line,
-        " attempts={} duration_ms={:.1} request_id={} fwd={}",
-        e.attempts,
-        e.duration.as_secs_f64() * 1000.0,
-        e.request_id.to_str().unwrap_or("-"),
-        e.client.ip(),
-    );
+    line.push_str(" attempts=");
+    line.push_str(num.format(e.attempts));
+    line.push_str(" duration_ms=");
+    let tenths = (e.duration.as_nanos() + 50_000) / 100_000;
+    line.push_str(num.format(tenths / 10));
+    line.push('.');
+    line.push_str(num.format(tenths % 10));
+    line.push_str(" request_id=");
+    line.push_str(e.request_id.to_str().unwrap_or("-"));
+    line.push_str(" fwd=");
+    push_ip(&mut line, e.client.ip());
     line
+}
+
+/// Appends `s` quoted and escaped as `{:?}` does; a string of printable ASCII without
+/// quote or backslash (every ordinary path) is copied as it is.
+fn push_quoted(line: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        line.push('"');
+        line.push_str(s);
+        line.push('"');
+    } else {
+        use std::fmt::Write;
+        let _ = write!(line, "{s:?}");
+    }
+}
+
+/// Appends `addr` as its `Display` does.
+fn push_addr(line: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            push_ip(line, IpAddr::V4(*v4.ip()));
+            line.push(':');
+            line.push_str(itoa::Buffer::new().format(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            use std::fmt::Write;
+            let _ = write!(line, "{addr}");
+        }
+    }
+}
+
+/// Appends `ip` as its `Display` does.
+fn push_ip(line: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                line.push_str(num.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(line, "{v6}");
+        }
+    }
 }
 
 /// A line on its way to the sink: formatted by the request's own thread, so that nothing
@@ -315,6 +372,106 @@ mod tests {
             ..e
         };
         assert!(format(&unanswered).contains(" status=503 bytes=12 backend=- attempts=2 "));
+    }
+
+    /// The line as `format!` writes it: what [`format`] must match.
+    fn reference(e: &AccessEntry) -> String {
+        let backend = e.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
+        format!(
+            "method={} path={:?} host={} status={} bytes={} backend={backend} attempts={} duration_ms={:.1} request_id={} fwd={}",
+            e.method,
+            e.path.as_str(),
+            e.host.to_str().unwrap_or("-"),
+            e.status,
+            e.bytes,
+            e.attempts,
+            e.duration.as_secs_f64() * 1000.0,
+            e.request_id.to_str().unwrap_or("-"),
+            e.client.ip(),
+        )
+    }
+
+    #[test]
+    fn line_format_matches_format_macro() {
+        let base = AccessEntry {
+            app: "shop".into(),
+            method: Method::GET,
+            path: PathAndQuery::from_static("/"),
+            host: HeaderValue::from_static("shop.localhost"),
+            status: 200,
+            bytes: 0,
+            backend: Some("127.0.0.1:5001".parse().unwrap()),
+            attempts: 1,
+            duration: Duration::ZERO,
+            request_id: HeaderValue::from_static("r1"),
+            client: "10.0.0.1:4000".parse().unwrap(),
+        };
+        let paths = [
+            "/",
+            "/a%20b?x=1&y=%22",
+            "/caf%C3%A9/{x}|~",
+            "/\\back",
+            "/q?\"=1",
+        ];
+        let backends = [
+            None,
+            Some("255.0.10.1:65535".parse().unwrap()),
+            Some("[::1]:8080".parse().unwrap()),
+            Some("[2001:db8::7]:80".parse().unwrap()),
+        ];
+        let clients = ["0.0.0.0:1", "[fe80::1]:9", "192.168.100.200:4"];
+        let durations = [
+            0,
+            49_999,
+            50_000,
+            149_999,
+            999_951,
+            1_234_567_890,
+            86_400_000_000_000,
+        ];
+        let methods = [Method::GET, Method::from_bytes(b"PURGE").unwrap()];
+        for path in paths {
+            let Ok(path) = PathAndQuery::try_from(path) else {
+                continue;
+            };
+            for backend in backends {
+                for client in clients {
+                    for nanos in durations {
+                        for method in &methods {
+                            let e = AccessEntry {
+                                path: path.clone(),
+                                backend,
+                                client: client.parse().unwrap(),
+                                duration: Duration::from_nanos(nanos),
+                                method: method.clone(),
+                                status: 504,
+                                bytes: u64::MAX,
+                                attempts: 3,
+                                ..base.clone()
+                            };
+                            assert_eq!(format(&e), reference(&e), "{e:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quoting_escapes_as_debug_does() {
+        for s in [
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "caf\u{e9}",
+            "\u{7f}",
+            "",
+        ] {
+            let mut line = String::new();
+            push_quoted(&mut line, s);
+            assert_eq!(line, format!("{s:?}"));
+        }
     }
 
     #[test]
