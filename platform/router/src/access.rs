@@ -374,6 +374,23 @@ mod tests {
         assert!(format(&unanswered).contains(" status=503 bytes=12 backend=- attempts=2 "));
     }
 
+    /// An entry for a plain GET of `/` that got a 200.
+    fn entry() -> AccessEntry {
+        AccessEntry {
+            app: "shop".into(),
+            method: Method::GET,
+            path: PathAndQuery::from_static("/"),
+            host: HeaderValue::from_static("shop.localhost"),
+            status: 200,
+            bytes: 0,
+            backend: None,
+            attempts: 1,
+            duration: Duration::ZERO,
+            request_id: HeaderValue::from_static("r"),
+            client: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
     /// The line as `format!` writes it: what [`format`] must match.
     fn reference(e: &AccessEntry) -> String {
         let backend = e.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
@@ -393,19 +410,7 @@ mod tests {
 
     #[test]
     fn line_format_matches_format_macro() {
-        let base = AccessEntry {
-            app: "shop".into(),
-            method: Method::GET,
-            path: PathAndQuery::from_static("/"),
-            host: HeaderValue::from_static("shop.localhost"),
-            status: 200,
-            bytes: 0,
-            backend: Some("127.0.0.1:5001".parse().unwrap()),
-            attempts: 1,
-            duration: Duration::ZERO,
-            request_id: HeaderValue::from_static("r1"),
-            client: "10.0.0.1:4000".parse().unwrap(),
-        };
+        let base = entry();
         let paths = [
             "/",
             "/a%20b?x=1&y=%22",
@@ -482,19 +487,7 @@ mod tests {
             tx,
             dropped: dropped.clone(),
         };
-        let entry = AccessEntry {
-            app: "shop".into(),
-            method: Method::GET,
-            path: PathAndQuery::from_static("/"),
-            host: HeaderValue::from_static("shop.localhost"),
-            status: 200,
-            bytes: 0,
-            backend: None,
-            attempts: 1,
-            duration: Duration::ZERO,
-            request_id: HeaderValue::from_static("r"),
-            client: "127.0.0.1:1".parse().unwrap(),
-        };
+        let entry = entry();
         log.record(entry.clone());
         assert_eq!(dropped.get(), 0);
         log.record(entry);
