@@ -19,6 +19,7 @@
 //!   input's (the aggregator's journal, fsynced every second), and a stop of the
 //!   process stops the router before the aggregator.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -208,7 +209,6 @@ fn push_quoted(line: &mut String, s: &str) {
         line.push_str(s);
         line.push('"');
     } else {
-        use std::fmt::Write;
         let _ = write!(line, "{s:?}");
     }
 }
@@ -222,7 +222,6 @@ fn push_addr(line: &mut String, addr: SocketAddr) {
             line.push_str(itoa::Buffer::new().format(v4.port()));
         }
         SocketAddr::V6(_) => {
-            use std::fmt::Write;
             let _ = write!(line, "{addr}");
         }
     }
@@ -241,7 +240,6 @@ fn push_ip(line: &mut String, ip: IpAddr) {
             }
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write;
             let _ = write!(line, "{v6}");
         }
     }
@@ -411,13 +409,7 @@ mod tests {
     #[test]
     fn line_format_matches_format_macro() {
         let base = entry();
-        let paths = [
-            "/",
-            "/a%20b?x=1&y=%22",
-            "/caf%C3%A9/{x}|~",
-            "/\\back",
-            "/q?\"=1",
-        ];
+        let paths = ["/", "/a%20b?x=1&y=%22", "/caf%C3%A9/{x}|~", "/\\back?q=\\"];
         let backends = [
             None,
             Some("255.0.10.1:65535".parse().unwrap()),
@@ -436,9 +428,7 @@ mod tests {
         ];
         let methods = [Method::GET, Method::from_bytes(b"PURGE").unwrap()];
         for path in paths {
-            let Ok(path) = PathAndQuery::try_from(path) else {
-                continue;
-            };
+            let path = PathAndQuery::try_from(path).expect(path);
             for backend in backends {
                 for client in clients {
                     for nanos in durations {
