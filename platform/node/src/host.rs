@@ -127,6 +127,7 @@ fn split_urls(urls: &str) -> Vec<String> {
 /// SIGINT/SIGTERM.
 pub async fn run(args: HostArgs) -> Result<()> {
     crate::up::init_tracing();
+    crate::fd_limit::raise();
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => crate::up::default_data_dir()?.join("host"),

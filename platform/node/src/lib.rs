@@ -8,6 +8,8 @@
 //! - [`aggregator`]: the log aggregator on its own runtime, registered in discovery,
 //!   its drains kept equal to etcd;
 //! - [`backups`]: the backup store handed to the controller and the schedule runner;
+//! - [`fd_limit`]: the open-file limit raised to its hard value when a daemon starts
+//!   (a thousand idle connections must not lock everyone else out of the router);
 //! - [`router`]: the HTTP router's flags and the one call that starts it on a host;
 //! - [`appliance`]: any appliance's members as jobs of a system app (`paas-<kind>`),
 //!   with fixed addresses and data dirs, the leader-following endpoint and the
@@ -28,6 +30,7 @@
 pub mod aggregator;
 pub mod appliance;
 pub mod backups;
+pub mod fd_limit;
 pub mod host;
 pub mod join;
 pub mod mysql;

@@ -245,6 +245,7 @@ pub async fn run(
     save_config: impl FnOnce(&str, &str) -> Result<PathBuf>,
 ) -> Result<()> {
     init_tracing();
+    crate::fd_limit::raise();
     let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => default_data_dir()?,
