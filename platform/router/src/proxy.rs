@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -45,8 +44,55 @@ use crate::state::{Backend, InFlight, Snapshot};
 use crate::sticky::StickyKey;
 use crate::upstream::{self, ConnSettings, SendError, UpstreamBody};
 
-/// The body type of every response the proxy sends.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// The body of every response the proxy sends: a backend's body on its way through, or
+/// the proxy's own (an error's text, an upgrade's empty body). An enum rather than a
+/// boxed body: no allocation per response.
+pub struct ProxyBody(BodyKind);
+
+// Nearly every response is the large variant: boxing it would bring back the
+// allocation per response that this enum takes away.
+#[allow(clippy::large_enum_variant)]
+enum BodyKind {
+    Backend(Observed),
+    Own(Full<Bytes>),
+}
+
+impl ProxyBody {
+    fn own(bytes: Bytes) -> Self {
+        ProxyBody(BodyKind::Own(Full::new(bytes)))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            BodyKind::Backend(b) => Pin::new(b).poll_frame(cx),
+            BodyKind::Own(f) => Pin::new(f)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|never: Infallible| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Backend(b) => b.is_end_stream(),
+            BodyKind::Own(f) => f.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Backend(b) => b.size_hint(),
+            BodyKind::Own(f) => f.size_hint(),
+        }
+    }
+}
 
 /// Size and time limits.
 #[derive(Debug, Clone)]
@@ -238,7 +284,7 @@ impl Proxy {
         let empty = Vec::new();
         let backends = snapshot.backends.get(&*route.app).unwrap_or(&empty);
 
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
         let mut last_error = String::new();
         loop {
             let candidates = crate::state::candidates(backends);
@@ -302,7 +348,7 @@ impl Proxy {
                         headers::to_client(&mut head.headers, &request_id, true);
                         let status = head.status.as_u16();
                         log.finish(status, 0);
-                        return Response::from_parts(head, empty_body());
+                        return Response::from_parts(head, ProxyBody::own(Bytes::new()));
                     }
                     let (mut head, incoming) = resp.into_parts();
                     headers::to_client(&mut head.headers, &request_id, false);
@@ -322,7 +368,7 @@ impl Proxy {
                         done: Some((log, status)),
                         _in_flight: in_flight,
                     };
-                    return Response::from_parts(head, BoxBody::new(body));
+                    return Response::from_parts(head, ProxyBody(BodyKind::Backend(body)));
                 }
                 Ok(Err(e)) => {
                     last_error = error_chain(&e);
@@ -364,7 +410,10 @@ impl Proxy {
     }
 }
 
-/// A random request id (32 hex digits), written straight into its header value.
+/// A random request id (32 hex digits), written straight into its header value. The
+/// digits are the value's owner (`Bytes::from_owner`): one allocation, and the clones
+/// (the backend's request, the response, the access line) only count references, where
+/// bytes copied from a slice take a second allocation at the first clone.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = rand::random::<u128>();
@@ -373,7 +422,8 @@ fn new_request_id() -> HeaderValue {
         *digit = HEX[(id & 0xf) as usize];
         id >>= 4;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The request's host: the `Host` header, else the URI's authority (HTTP/2); empty
@@ -474,12 +524,6 @@ fn splice(
     });
 }
 
-fn empty_body() -> ProxyBody {
-    Full::new(Bytes::new())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
-}
-
 /// A request's log and metrics, recorded once when its response ends.
 struct Pending {
     started: Instant,
@@ -535,11 +579,7 @@ impl Pending {
             status.canonical_reason().unwrap_or("")
         );
         self.finish(status.as_u16(), text.len() as u64);
-        let mut resp = Response::new(
-            Full::new(Bytes::from(text))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        );
+        let mut resp = Response::new(ProxyBody::own(Bytes::from(text)));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             CONTENT_TYPE,

@@ -100,8 +100,12 @@ impl Backend {
     }
 }
 
+/// Backends of one app as `balance::pick` sees them, on the stack for the usual few
+/// (one request builds one such list per attempt).
+pub type Candidates = smallvec::SmallVec<[crate::balance::Candidate; 8]>;
+
 /// What `balance::pick` knows of each of `backends` now (in-flight count, down mark).
-pub fn candidates(backends: &[Arc<Backend>]) -> Vec<crate::balance::Candidate> {
+pub fn candidates(backends: &[Arc<Backend>]) -> Candidates {
     let now = now_ms();
     backends
         .iter()
