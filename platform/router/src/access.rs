@@ -1,10 +1,15 @@
 //! Access lines: one per request, into the app's log stream as process type `router`
 //! (`paas log -a shop --type router`), in the spirit of Heroku's router lines.
 //!
-//! Handlers format their [`AccessEntry`] ([`format`], pure) and hand the line to a
-//! bounded channel (never blocking a request: a full channel drops the line and counts
-//! it); one task takes the first line waiting, lets the lines of the next [`WINDOW`]
-//! gather, and passes the batch on, one of two ways ([`AccessLogConfig`]):
+//! Each router worker thread has its own [`AccessLog`]: a request's thread formats its
+//! [`AccessEntry`] ([`format`], pure) into the worker's batch, one string holding the
+//! app names and lines back to back. The batch goes to a bounded channel when it holds
+//! [`BATCH`] lines or [`WINDOW`] after its first line (a task on the worker's runtime
+//! keeps that time), never blocking a request: a full channel drops the batch and
+//! counts its lines. So a request costs no channel operation and no allocation of its
+//! own, and the worker shares nothing per request with other threads; the writing task
+//! makes each line's `String` on its own thread, where the store later frees it. The
+//! writing task passes each batch on, one of two ways ([`AccessLogConfig`]):
 //!
 //! - `Ship` (a `paas host`): spooled through the log shipper
 //!   (`paas_logshipper::shipper`), which delivers it to the aggregator as RFC 5424
@@ -22,7 +27,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -31,16 +36,19 @@ use paas_logshipper::aggregator::Aggregator;
 use paas_logshipper::shipper::{Shipper, ShipperConfig, ShipperError};
 use paas_logshipper::{LogLine, Stream};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use smol_str::SmolStr;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-/// Lines waiting for the spool before new ones are dropped.
-const QUEUE: usize = 16 * 1024;
-/// Lines spooled per append at most.
-const BATCH: usize = 512;
-/// How long the task lets lines gather after the first one before spooling them: under
-/// load, one append to the spool, one syslog write and one journal append per window
-/// instead of per request (and no wakeup of this task per request).
+/// Batches waiting for the writing task before new ones are dropped (at most
+/// `QUEUE * BATCH` lines; under light load a batch per worker per [`WINDOW`], so a
+/// stall of the sink of ~1 s before any is lost).
+const QUEUE: usize = 256;
+/// Lines per worker batch at most.
+pub const BATCH: usize = 256;
+/// How long a worker lets lines gather after the first one before handing them on:
+/// under load, one channel send, one append to the spool, one syslog write and one
+/// journal append per window instead of per request.
 pub const WINDOW: Duration = Duration::from_millis(10);
 
 /// Where access lines go.
@@ -171,11 +179,17 @@ pub fn format(e: &AccessEntry) -> String {
     // The fixed part of a line with an IPv4 backend and client is about 170 bytes: room
     // for it, the path and the host, so the line is written without growing.
     let mut line = String::with_capacity(192 + e.path.as_str().len() + e.host.len());
+    format_into(&mut line, e);
+    line
+}
+
+/// [`format`], appended to `line`.
+pub fn format_into(line: &mut String, e: &AccessEntry) {
     let mut num = itoa::Buffer::new();
     line.push_str("method=");
     line.push_str(e.method.as_str());
     line.push_str(" path=");
-    push_quoted(&mut line, e.path.as_str());
+    push_quoted(line, e.path.as_str());
     line.push_str(" host=");
     line.push_str(e.host.to_str().unwrap_or("-"));
     line.push_str(" status=");
@@ -184,7 +198,7 @@ pub fn format(e: &AccessEntry) -> String {
     line.push_str(num.format(e.bytes));
     line.push_str(" backend=");
     match e.backend {
-        Some(b) => push_addr(&mut line, b),
+        Some(b) => push_addr(line, b),
         None => line.push('-'),
     }
     line.push_str(" attempts=");
@@ -197,8 +211,7 @@ pub fn format(e: &AccessEntry) -> String {
     line.push_str(" request_id=");
     line.push_str(e.request_id.to_str().unwrap_or("-"));
     line.push_str(" fwd=");
-    push_ip(&mut line, e.client.ip());
-    line
+    push_ip(line, e.client.ip());
 }
 
 /// Appends `s` quoted and escaped as `{:?}` does; a string of printable ASCII without
@@ -247,44 +260,168 @@ fn push_ip(line: &mut String, ip: IpAddr) {
     }
 }
 
-/// A line on its way to the sink: formatted by the request's own thread, so that nothing
-/// in the queue refers to the request's buffers (hyper reuses a connection's read buffer
-/// in place only when no slice of it is alive; a slice held for the [`WINDOW`] made it
-/// allocate a new buffer per request, freed later by the spooling thread).
-#[derive(Debug)]
-struct Formatted {
-    app: Arc<str>,
-    message: String,
+/// Lines of one worker on their way to the sink: app names and lines back to back in
+/// one string (formatted by the requests' own thread, so nothing in it refers to a
+/// request's buffers: hyper reuses a connection's read buffer in place only when no
+/// slice of it is alive).
+#[derive(Debug, Default)]
+struct Batch {
+    text: String,
+    /// Per line, the ends of its app name and of its message in `text` (each line
+    /// starts where the previous one ends), and when it was recorded (nanoseconds
+    /// since the Unix epoch).
+    ends: Vec<(usize, usize, i64)>,
 }
 
-/// The sending half handlers use; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AccessLog {
-    tx: mpsc::Sender<Formatted>,
-    dropped: Counter,
-}
+impl Batch {
+    /// An empty batch with room for `bytes` of text and `lines` lines.
+    fn with_capacity(bytes: usize, lines: usize) -> Batch {
+        Batch {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(lines),
+        }
+    }
 
-impl AccessLog {
-    /// Formats and queues a line; drops it (counted) if the queue is full.
-    pub fn record(&self, entry: AccessEntry) {
-        let line = Formatted {
-            message: format(&entry),
-            app: entry.app,
-        };
-        if self.tx.try_send(line).is_err() {
-            self.dropped.inc();
+    /// Takes the lines out, leaving an empty batch with the same room (a full batch's
+    /// text would otherwise grow again from nothing, copying itself each time).
+    fn take(&mut self) -> Batch {
+        let room = Batch::with_capacity(self.text.capacity(), self.ends.capacity());
+        std::mem::replace(self, room)
+    }
+
+    /// The lines as the aggregator takes them, sent as `job` by `sender` (made once: a
+    /// name longer than 23 bytes is an allocation, cloning it is not).
+    fn into_lines(self, job: &SmolStr, sender: &SmolStr, lines: &mut Vec<LogLine>) {
+        let mut start = 0;
+        for (app_end, end, at) in self.ends {
+            lines.push(LogLine {
+                id: 0,
+                app: self.text[start..app_end].into(),
+                process_type: Some("router".into()),
+                job: Some(job.clone()),
+                host: Some(sender.clone()),
+                stream: Stream::Stdout,
+                timestamp_ns: at,
+                message: self.text[app_end..end].to_string(),
+            });
+            start = end;
         }
     }
 }
 
-/// The spooling task and its sink.
+/// What the [`AccessLog`]s of one worker share.
+#[derive(Debug)]
+struct WorkerQueue {
+    batch: Mutex<Batch>,
+    /// Signalled by the first line of a batch, for the flushing task.
+    first: Notify,
+    tx: mpsc::Sender<Batch>,
+    dropped: Counter,
+}
+
+impl WorkerQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, batch: Batch) {
+        if let Err(e) = self.tx.try_send(batch) {
+            let lost = match e {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => {
+                    b.ends.len()
+                }
+            };
+            self.dropped.inc_by(lost as u64);
+        }
+    }
+}
+
+/// One worker thread's access log: lines go into its batch. Cheap to clone (the clones
+/// share the batch); every clone should be used on the worker's thread only, or its
+/// lines share a cache line with another thread's.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    queue: Arc<WorkerQueue>,
+}
+
+impl AccessLog {
+    /// Formats `entry` into the batch, stamped with the time now; hands the batch on
+    /// when it is full.
+    pub fn record(&self, entry: &AccessEntry) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let full = {
+            let mut batch = self.queue.lock();
+            let first = batch.ends.is_empty();
+            batch.text.push_str(&entry.app);
+            let app_end = batch.text.len();
+            format_into(&mut batch.text, entry);
+            let end = batch.text.len();
+            batch.ends.push((app_end, end, at));
+            if first {
+                self.queue.first.notify_one();
+            }
+            (batch.ends.len() >= BATCH).then(|| batch.take())
+        };
+        if let Some(batch) = full {
+            self.queue.send(batch);
+        }
+    }
+
+    /// Hands on the lines in the batch now, if any.
+    pub fn flush(&self) {
+        let batch = {
+            let mut batch = self.queue.lock();
+            if batch.ends.is_empty() {
+                return;
+            }
+            batch.take()
+        };
+        self.queue.send(batch);
+    }
+
+    /// Hands the batch on [`WINDOW`] after each first line, forever: a worker runs it on
+    /// its runtime (and calls [`AccessLog::flush`] once more when it stops).
+    pub async fn flush_after_window(self) {
+        loop {
+            self.queue.first.notified().await;
+            tokio::time::sleep(WINDOW).await;
+            self.flush();
+        }
+    }
+}
+
+/// Makes each worker's [`AccessLog`]; all of them feed one writing task.
+#[derive(Debug, Clone)]
+pub struct AccessLogs {
+    tx: mpsc::Sender<Batch>,
+    dropped: Counter,
+}
+
+impl AccessLogs {
+    /// A new worker's access log, with a batch of its own.
+    pub fn worker(&self) -> AccessLog {
+        AccessLog {
+            queue: Arc::new(WorkerQueue {
+                batch: Mutex::new(Batch::default()),
+                first: Notify::new(),
+                tx: self.tx.clone(),
+                dropped: self.dropped.clone(),
+            }),
+        }
+    }
+}
+
+/// The writing task and its sink.
 pub struct AccessWriter {
     task: JoinHandle<Sink>,
 }
 
 impl AccessWriter {
-    /// Waits for queued lines to be handed on (after every [`AccessLog`] is dropped),
-    /// then stops the shipper, if any (unsent lines stay spooled for the next start).
+    /// Waits for queued lines to be handed on (after every [`AccessLog`] and
+    /// [`AccessLogs`] is dropped), then stops the shipper, if any (unsent lines stay
+    /// spooled for the next start).
     pub async fn shutdown(self) {
         if let Ok(sink) = self.task.await {
             sink.shutdown().await;
@@ -293,54 +430,40 @@ impl AccessWriter {
 }
 
 /// Opens the sink (the spool and its shipper, or the local aggregator) and starts the
-/// task; `host` is this router's host id. Lines lost (queue full, or the sink refused
-/// them) are counted in `dropped` (`router_access_lines_dropped_total`).
+/// writing task; `host` is this router's host id. Lines lost (queue full, or the sink
+/// refused them) are counted in `dropped` (`router_access_lines_dropped_total`).
 pub fn start(
     config: &AccessLogConfig,
     host: &str,
     dropped: Counter,
-) -> Result<(AccessLog, AccessWriter), ShipperError> {
+) -> Result<(AccessLogs, AccessWriter), ShipperError> {
     let sink = Sink::open(config)?;
-    let (tx, mut rx) = mpsc::channel::<Formatted>(QUEUE);
-    let job = host.to_string();
-    let sender = format!("{host}-router");
+    let (tx, mut rx) = mpsc::channel::<Batch>(QUEUE);
+    let job = SmolStr::new(host);
+    let sender = SmolStr::new(format!("{host}-router"));
     let lost = dropped.clone();
     let task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            if batch.len() < BATCH {
-                tokio::time::sleep(WINDOW).await;
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(entry) => batch.push(entry),
-                        Err(_) => break,
-                    }
-                }
+        let mut batches = Vec::with_capacity(16);
+        let mut lines: Vec<LogLine> = Vec::new();
+        while rx.recv_many(&mut batches, 16).await > 0 {
+            let several = batches.len() > 1;
+            for batch in batches.drain(..) {
+                batch.into_lines(&job, &sender, &mut lines);
             }
-            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-            let mut lines: Vec<LogLine> = batch
-                .drain(..)
-                .map(|line| LogLine {
-                    id: 0,
-                    app: (*line.app).into(),
-                    process_type: Some("router".into()),
-                    job: Some(job.as_str().into()),
-                    host: Some(sender.as_str().into()),
-                    stream: Stream::Stdout,
-                    timestamp_ns: now,
-                    message: line.message,
-                })
-                .collect();
+            if several {
+                // Each worker's lines are in order; interleave the workers' by time.
+                lines.sort_by_key(|l| l.timestamp_ns);
+            }
             let n = lines.len();
             if let Err(e) = sink.put(&mut lines) {
                 lost.inc_by(n as u64);
                 tracing::warn!(error = %e, lines = n, "access lines lost: their sink refused them");
             }
+            lines.clear();
         }
         sink
     });
-    let log = AccessLog { tx, dropped };
-    Ok((log, AccessWriter { task }))
+    Ok((AccessLogs { tx, dropped }, AccessWriter { task }))
 }
 
 #[cfg(test)]
@@ -471,18 +594,92 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts() {
-        let (tx, _rx) = mpsc::channel(1);
+    fn logs(capacity: usize) -> (AccessLogs, mpsc::Receiver<Batch>, Counter) {
+        let (tx, rx) = mpsc::channel(capacity);
         let dropped = Counter::default();
-        let log = AccessLog {
+        let logs = AccessLogs {
             tx,
             dropped: dropped.clone(),
         };
-        let entry = entry();
-        log.record(entry.clone());
+        (logs, rx, dropped)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (logs, _rx, dropped) = logs(1);
+        let log = logs.worker();
+        let e = entry();
+        // The first full batch takes the queue's one place.
+        for _ in 0..BATCH {
+            log.record(&e);
+        }
         assert_eq!(dropped.get(), 0);
-        log.record(entry);
-        assert_eq!(dropped.get(), 1);
+        for _ in 0..BATCH {
+            log.record(&e);
+        }
+        assert_eq!(dropped.get(), BATCH as u64);
+    }
+
+    #[test]
+    fn a_batch_becomes_the_lines_it_holds() {
+        let (logs, mut rx, _) = logs(4);
+        let log = logs.worker();
+        let other = AccessEntry {
+            app: "blog".into(),
+            status: 404,
+            path: PathAndQuery::from_static("/a%20b?q=1"),
+            ..entry()
+        };
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64
+        };
+        let before = now();
+        log.record(&entry());
+        log.record(&other);
+        let after = now();
+        log.flush();
+        log.flush(); // nothing left: no empty batch
+        let batch = rx.try_recv().unwrap();
+        assert!(rx.try_recv().is_err());
+        let mut lines = Vec::new();
+        batch.into_lines(&"host1".into(), &"host1-router".into(), &mut lines);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].app, "shop");
+        assert_eq!(lines[0].message, format(&entry()));
+        assert_eq!(lines[1].app, "blog");
+        assert_eq!(lines[1].message, format(&other));
+        assert!(lines[0].timestamp_ns <= lines[1].timestamp_ns);
+        for line in &lines {
+            assert_eq!(line.process_type.as_deref(), Some("router"));
+            assert_eq!(line.job.as_deref(), Some("host1"));
+            assert_eq!(line.host.as_deref(), Some("host1-router"));
+            assert!((before..=after).contains(&line.timestamp_ns), "{line:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_a_window_after_its_first_line() {
+        let (logs, mut rx, _) = logs(4);
+        let log = logs.worker();
+        tokio::spawn(log.clone().flush_after_window());
+        let sent = std::time::Instant::now();
+        log.record(&entry());
+        log.record(&entry());
+        let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a batch within 5 s")
+            .unwrap();
+        assert!(sent.elapsed() >= WINDOW);
+        assert_eq!(batch.ends.len(), 2);
+        // The next line starts a new window.
+        log.record(&entry());
+        let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a second batch within 5 s")
+            .unwrap();
+        assert_eq!(batch.ends.len(), 1);
     }
 }

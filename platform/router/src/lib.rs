@@ -14,6 +14,8 @@
 //!   app's log) and `metrics`.
 //!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
 //!   `state` turns the etcd watches into the snapshot every request reads.
+//!   Each worker thread has its own `Proxy` (a copy of the snapshot, its access log
+//!   batch) and its own shard of the metrics and of every backend's pool (`worker`).
 //! - [`tcp_routes`]: TCP routes (`paas route add --tcp PORT`), one listener per routed
 //!   port on the router's TCP address, each connection to one of the app's `web` jobs.
 //! - [`tcp`], the leader-following TCP endpoint: a stable address forwarding each
@@ -45,6 +47,7 @@ pub mod tcp;
 pub mod tcp_routes;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,12 +202,14 @@ async fn timer_floor() {
 }
 
 /// Starts worker `index`: a thread with a single-threaded runtime serving the
-/// connections `queue` brings until `stop`, then letting them finish (for up to
-/// [`CONNECTION_DRAIN`]).
+/// connections `queue` brings through its own `proxy` until `stop`, then letting them
+/// finish (for up to [`CONNECTION_DRAIN`]) and handing on the last lines of its
+/// `access` log.
 fn spawn_worker(
     index: usize,
     queue: tokio::sync::mpsc::UnboundedReceiver<server::Accepted>,
     proxy: Arc<proxy::Proxy>,
+    access: Option<access::AccessLog>,
     max_header: usize,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, RouterError> {
@@ -219,9 +224,13 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("paas-router-{index}"))
         .spawn(move || {
-            upstream::set_worker(index);
+            worker::set_index(index);
+            let flusher = access.clone();
             runtime.block_on(async move {
                 tokio::spawn(timer_floor());
+                if let Some(log) = flusher {
+                    tokio::spawn(log.flush_after_window());
+                }
                 let connections = tokio_util::task::TaskTracker::new();
                 server::work(queue, proxy, max_header, stop, connections.clone()).await;
                 connections.close();
@@ -236,6 +245,12 @@ fn spawn_worker(
                     );
                 }
             });
+            // Dropping the runtime ends the connections still open, which record their
+            // lines as they go; then the batch holds everything.
+            drop(runtime);
+            if let Some(log) = access {
+                log.flush();
+            }
         })
         .map_err(fail)
 }
@@ -280,20 +295,13 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     };
     let follower = state::follow(coord, config.domain.clone(), Arc::clone(&metrics)).await?;
     let key = sticky_key(coord).await?;
-    let (access_log, access) = match &config.access_log {
+    let (access_logs, access) = match &config.access_log {
         Some(cfg) => {
-            let (log, writer) = access::start(cfg, &config.host, metrics.access_dropped())?;
-            (Some(log), Some(writer))
+            let (logs, writer) = access::start(cfg, &config.host, metrics.access_dropped())?;
+            (Some(logs), Some(writer))
         }
         None => (None, None),
     };
-    let proxy = Arc::new(proxy::Proxy::new(
-        follower.subscribe(),
-        config.limits.clone(),
-        key,
-        Arc::clone(&metrics),
-        access_log,
-    ));
     let local = |l: &TcpListener| l.local_addr().unwrap_or(config.listen);
     let http_addr = local(&http);
     let tls_addr = tls.as_ref().map(local);
@@ -304,10 +312,19 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let mut workers = Vec::new();
     for index in 0..config.workers.max(1) {
         let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let access_log = access_logs.as_ref().map(access::AccessLogs::worker);
+        let proxy = Arc::new(proxy::Proxy::new(
+            follower.subscribe(),
+            config.limits.clone(),
+            key.clone(),
+            Arc::clone(&metrics),
+            access_log.clone(),
+        ));
         let worker = spawn_worker(
             index,
             incoming,
-            Arc::clone(&proxy),
+            proxy,
+            access_log,
             config.limits.max_header_bytes,
             stop.clone(),
         );
@@ -320,7 +337,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
         }
         queues.push(queue);
     }
-    drop(proxy);
+    drop(access_logs);
     let dispatch = Arc::new(server::Dispatch::new(queues));
     let mut tasks = vec![tokio::spawn(server::serve(
         http,

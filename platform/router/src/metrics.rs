@@ -9,18 +9,25 @@
 //! | `router_access_lines_dropped_total`   | counter   |               |
 //!
 //! `app` is `-` for requests that matched no route.
+//!
+//! The two families every request counts into (requests, duration) are kept per worker
+//! thread ([`RequestStats`]): each worker adds to its own shard, alone on its cache
+//! lines, and a scrape sums the shards. The other families change rarely and are
+//! `prometheus_client`'s own.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::state::Backends;
+use crate::worker::{self, Padded};
 
 /// Labels of a request count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,34 +54,156 @@ pub struct RetryLabels {
     pub reason: String,
 }
 
-type HistogramFamily = Family<AppLabel, Histogram, fn() -> Histogram>;
+/// Upper bounds of the latency buckets: 0.5 ms .. ~16 s (then +Inf).
+const BUCKETS: [f64; 16] = {
+    let mut b = [0.0005; 16];
+    let mut i = 1;
+    while i < 16 {
+        b[i] = b[i - 1] * 2.0;
+        i += 1;
+    }
+    b
+};
 
-fn latency_histogram() -> Histogram {
-    // 0.5 ms .. ~16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+/// Worker shards of [`RequestStats`] (worker index modulo).
+const SHARDS: usize = 16;
+
+/// One app's requests as one worker counted them.
+#[derive(Debug, Default, Clone)]
+struct AppStats {
+    /// Requests by status (a handful per app).
+    statuses: Vec<(u16, u64)>,
+    /// Requests per latency bucket ([`BUCKETS`], then +Inf), not cumulative.
+    buckets: [u64; BUCKETS.len() + 1],
+    /// Sum of the latencies, in seconds.
+    sum: f64,
 }
 
-/// One app's request metrics, taken from the families once: counting a request then
-/// costs one map lookup by the app's name, with no label built.
-#[derive(Clone)]
-struct AppHandles {
-    duration: Histogram,
-    /// Request counters by status (a handful per app).
-    statuses: Vec<(u16, Counter)>,
+impl AppStats {
+    fn add(&mut self, status: u16, seconds: f64) {
+        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => self.statuses.push((status, 1)),
+        }
+        let bucket = BUCKETS
+            .iter()
+            .position(|&upper| seconds <= upper)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum += seconds;
+    }
+
+    fn merge(&mut self, other: &AppStats) {
+        for &(status, n) in &other.statuses {
+            match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, total)) => *total += n,
+                None => self.statuses.push((status, n)),
+            }
+        }
+        for (total, n) in self.buckets.iter_mut().zip(other.buckets) {
+            *total += n;
+        }
+        self.sum += other.sum;
+    }
+}
+
+/// One worker's counts, by app.
+type Shard = HashMap<Box<str>, AppStats>;
+
+/// Requests by app and status, and their latency by app, counted per worker thread and
+/// summed when scraped (`router_requests_total`, `router_request_duration_seconds`).
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    shards: [Padded<Mutex<Shard>>; SHARDS],
+}
+
+impl RequestStats {
+    /// Counts one request into the calling worker's shard.
+    fn add(&self, app: &str, status: u16, seconds: f64) {
+        let mut shard = lock(&self.shards[worker::index() % SHARDS]);
+        match shard.get_mut(app) {
+            Some(stats) => stats.add(status, seconds),
+            None => shard.entry(app.into()).or_default().add(status, seconds),
+        }
+    }
+
+    /// Every app's counts, summed over the shards, by app name.
+    fn totals(&self) -> BTreeMap<Box<str>, AppStats> {
+        let mut totals: BTreeMap<Box<str>, AppStats> = BTreeMap::new();
+        for shard in &self.shards {
+            for (app, stats) in lock(shard).iter() {
+                match totals.get_mut(app) {
+                    Some(total) => total.merge(stats),
+                    None => {
+                        totals.insert(app.clone(), stats.clone());
+                    }
+                }
+            }
+        }
+        totals
+    }
+}
+
+impl Collector for RequestStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.totals();
+        let mut requests = encoder.encode_descriptor(
+            "requests",
+            "Requests by app and status sent",
+            None,
+            MetricType::Counter,
+        )?;
+        for (app, stats) in &totals {
+            let mut statuses = stats.statuses.clone();
+            statuses.sort_unstable();
+            for (status, n) in statuses {
+                let labels = RequestLabels {
+                    app: app.to_string(),
+                    status,
+                };
+                requests
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut duration = encoder.encode_descriptor(
+            "request_duration_seconds",
+            "Time from request to the end of the response, by app",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (app, stats) in &totals {
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::MAX))
+                .zip(stats.buckets)
+                .collect();
+            let count = stats.buckets.iter().sum();
+            let labels = AppLabel {
+                app: app.to_string(),
+            };
+            duration
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(stats.sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The router's metric families and their registry.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    duration: HistogramFamily,
+    requests: Arc<RequestStats>,
     retries: Family<RetryLabels, Counter>,
     backends: Family<AppLabel, Gauge>,
     access_dropped: Counter,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
-    /// Handles of the families' series per app (they share the families' values).
-    apps: RwLock<HashMap<String, AppHandles>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,20 +222,10 @@ impl Metrics {
     /// Fresh families in a new registry.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("router");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let requests = Arc::new(RequestStats::default());
         let retries = Family::<RetryLabels, Counter>::default();
         let backends = Family::<AppLabel, Gauge>::default();
-        registry.register(
-            "requests",
-            "Requests by app and status sent",
-            requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from request to the end of the response, by app",
-            duration.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&requests)));
         registry.register(
             "retries",
             "Requests sent again to another backend",
@@ -122,12 +241,10 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            duration,
             retries,
             backends,
             access_dropped,
             gauged: Mutex::new(Vec::new()),
-            apps: RwLock::new(HashMap::new()),
         }
     }
 
@@ -136,42 +253,9 @@ impl Metrics {
         self.access_dropped.clone()
     }
 
-    /// Counts one finished request.
+    /// Counts one finished request (into the calling worker's shard).
     pub fn request(&self, app: &str, status: u16, seconds: f64) {
-        {
-            let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(handles) = apps.get(app) {
-                if let Some((_, counter)) = handles.statuses.iter().find(|(s, _)| *s == status) {
-                    counter.inc();
-                    handles.duration.observe(seconds);
-                    return;
-                }
-            }
-        }
-        let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
-        let handles = apps.entry(app.to_string()).or_insert_with(|| AppHandles {
-            duration: self
-                .duration
-                .get_or_create(&AppLabel {
-                    app: app.to_string(),
-                })
-                .clone(),
-            statuses: Vec::new(),
-        });
-        if !handles.statuses.iter().any(|(s, _)| *s == status) {
-            let counter = self
-                .requests
-                .get_or_create(&RequestLabels {
-                    app: app.to_string(),
-                    status,
-                })
-                .clone();
-            handles.statuses.push((status, counter));
-        }
-        if let Some((_, counter)) = handles.statuses.iter().find(|(s, _)| *s == status) {
-            counter.inc();
-        }
-        handles.duration.observe(seconds);
+        self.requests.add(app, status, seconds);
     }
 
     /// Counts one retry.
@@ -244,6 +328,42 @@ mod tests {
             r#"router_retries_total{app="shop",reason="connect"} 1"#,
             r#"router_backends{app="shop"} 0"#,
             r#"router_request_duration_seconds_count{app="shop"} 3"#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_shards_of_every_worker_are_summed() {
+        let m = Arc::new(Metrics::new());
+        let workers: Vec<_> = (0..3)
+            .map(|index| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    crate::worker::set_index(index);
+                    for _ in 0..10 {
+                        m.request("shop", 200, 0.001);
+                    }
+                    m.request("shop", 503, 20.0);
+                    m.request("-", 404, 0.0);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let text = m.encode();
+        for needle in [
+            r#"router_requests_total{app="shop",status="200"} 30"#,
+            r#"router_requests_total{app="shop",status="503"} 3"#,
+            r#"router_requests_total{app="-",status="404"} 3"#,
+            r#"router_request_duration_seconds_count{app="shop"} 33"#,
+            r#"router_request_duration_seconds_bucket{le="0.0005",app="shop"} 0"#,
+            r#"router_request_duration_seconds_bucket{le="0.001",app="shop"} 30"#,
+            r#"router_request_duration_seconds_bucket{le="16.384",app="shop"} 30"#,
+            r#"router_request_duration_seconds_bucket{le="+Inf",app="shop"} 33"#,
+            "# TYPE router_request_duration_seconds histogram",
+            "# TYPE router_requests counter",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

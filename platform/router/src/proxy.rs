@@ -146,9 +146,12 @@ pub struct ConnInfo {
     pub proto: &'static str,
 }
 
-/// Shared by every connection of every listener.
+/// One per router worker thread, shared by the connections that worker serves: what a
+/// request reads and counts into is the worker's own (its copy of the snapshot, its
+/// access log batch, its shard of the metrics), never a cache line another worker
+/// writes.
 pub struct Proxy {
-    state: watch::Receiver<Arc<Snapshot>>,
+    state: std::sync::Mutex<SnapshotCache>,
     conn: ConnSettings,
     limits: Limits,
     sticky: StickyKey,
@@ -156,13 +159,21 @@ pub struct Proxy {
     access: Option<AccessLog>,
 }
 
+/// A worker's copy of the routing snapshot and the watch it follows.
+struct SnapshotCache {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    /// A copy of the latest snapshot in an `Arc` of this worker's own: cloning it per
+    /// request counts references on no line another worker writes.
+    current: Arc<Snapshot>,
+}
+
 /// Label for requests that matched no route.
 const NO_APP: &str = "-";
 
 impl Proxy {
-    /// A proxy reading routes and backends from `state`.
+    /// A worker's proxy, reading routes and backends from `state`.
     pub fn new(
-        state: watch::Receiver<Arc<Snapshot>>,
+        mut state: watch::Receiver<Arc<Snapshot>>,
         limits: Limits,
         sticky: StickyKey,
         metrics: Arc<Metrics>,
@@ -173,8 +184,9 @@ impl Proxy {
             ack_timeout: limits.backend_ack_timeout,
             idle_timeout: limits.pool_idle_timeout,
         };
+        let current = Arc::new(state.borrow_and_update().localized());
         Proxy {
-            state,
+            state: std::sync::Mutex::new(SnapshotCache { rx: state, current }),
             conn,
             limits,
             sticky,
@@ -183,10 +195,20 @@ impl Proxy {
         }
     }
 
+    /// The current routing snapshot: the worker's copy, renewed when the watch changed.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let mut cache = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.rx.has_changed().unwrap_or(false) {
+            let fresh = Arc::new(cache.rx.borrow_and_update().localized());
+            cache.current = fresh;
+        }
+        Arc::clone(&cache.current)
+    }
+
     /// Handles one request from a client connection (`fwd`: its forwarding headers, made
     /// once per connection); never fails (errors are responses).
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         conn: ConnInfo,
         fwd: &Forwarded,
@@ -208,12 +230,11 @@ impl Proxy {
             attempts: 0,
             request_id: request_id.clone(),
             client: conn.peer,
-            metrics: Arc::clone(&self.metrics),
-            access: self.access.clone(),
+            proxy: Arc::clone(self),
         };
         let host = host.to_str().unwrap_or("");
 
-        let snapshot = Arc::clone(&self.state.borrow());
+        let snapshot = self.snapshot();
         let Some(route) = snapshot.table.lookup(host, req.uri().path()) else {
             return log.finish_error(StatusCode::NOT_FOUND, &request_id, "no route for this host");
         };
@@ -536,21 +557,21 @@ struct Pending {
     attempts: usize,
     request_id: HeaderValue,
     client: SocketAddr,
-    metrics: Arc<Metrics>,
-    access: Option<AccessLog>,
+    /// The worker's proxy: its metrics and access log.
+    proxy: Arc<Proxy>,
 }
 
 impl Pending {
     /// Records the finished request.
     fn finish(self, status: u16, bytes: u64) {
         let duration = self.started.elapsed();
-        self.metrics.request(
+        self.proxy.metrics.request(
             self.app.as_deref().unwrap_or(NO_APP),
             status,
             duration.as_secs_f64(),
         );
-        if let (Some(access), Some(app)) = (&self.access, self.app) {
-            access.record(AccessEntry {
+        if let (Some(access), Some(app)) = (&self.proxy.access, self.app) {
+            access.record(&AccessEntry {
                 app,
                 method: self.method,
                 path: self.path,

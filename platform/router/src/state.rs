@@ -143,6 +143,20 @@ pub struct Snapshot {
     pub tcp: BTreeMap<u16, String>,
 }
 
+impl Snapshot {
+    /// A router worker's copy: the same backends (their in-flight counts and pools are
+    /// shared by every worker), the routes with app names of its own
+    /// ([`RouteTable::localized`]).
+    pub fn localized(&self) -> Snapshot {
+        Snapshot {
+            table: self.table.localized(),
+            backends: self.backends.clone(),
+            certs: self.certs.clone(),
+            tcp: self.tcp.clone(),
+        }
+    }
+}
+
 /// The TCP routes among `routes`: port -> app. Pure.
 pub fn tcp_routes<'a>(routes: impl IntoIterator<Item = &'a Route>) -> BTreeMap<u16, String> {
     routes

@@ -93,6 +93,26 @@ impl RouteTable {
         entries.push(entry);
     }
 
+    /// A copy whose app names are allocations of its own: a router worker's copy, so
+    /// that counting references to an entry's app touches nothing another worker's
+    /// copy shares.
+    pub fn localized(&self) -> RouteTable {
+        let mut apps: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut by_domain = HashMap::with_capacity(self.by_domain.len());
+        for (domain, entries) in &self.by_domain {
+            let mut local = Vec::with_capacity(entries.len());
+            for e in entries {
+                let app = apps.entry(&*e.app).or_insert_with(|| Arc::from(&*e.app));
+                local.push(RouteEntry {
+                    app: Arc::clone(app),
+                    ..e.clone()
+                });
+            }
+            by_domain.insert(domain.clone(), local);
+        }
+        RouteTable { by_domain }
+    }
+
     /// The route for a request with this `Host` (or `:authority`) and path, if any.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&RouteEntry> {
         let host = normalize_host(host)?;
@@ -186,6 +206,19 @@ mod tests {
         let t = table();
         let got = t.lookup(host, path).map(|e| (e.id.as_str(), &*e.app));
         assert_eq!(got, expected, "{host} {path}");
+    }
+
+    #[test]
+    fn a_localized_copy_routes_the_same_with_app_names_of_its_own() {
+        let t = table();
+        let local = t.localized();
+        assert_eq!(local, t);
+        let shop = t.lookup("shop.example.com", "/").unwrap();
+        let local_shop = local.lookup("shop.example.com", "/").unwrap();
+        assert!(!Arc::ptr_eq(&shop.app, &local_shop.app));
+        // One allocation per app within the copy.
+        let again = local.lookup("shop.localhost", "/").unwrap();
+        assert!(Arc::ptr_eq(&local_shop.app, &again.app));
     }
 
     #[test]

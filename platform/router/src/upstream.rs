@@ -37,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::state::Backend;
+use crate::worker::{self, Padded};
 
 /// The request body type sent to backends (bodies are read in full first, to replay).
 pub type UpstreamRequest = Request<Full<Bytes>>;
@@ -88,21 +89,10 @@ struct Idle {
 /// connections it opened, whose sockets its own reactor watches.
 const SHARDS: usize = 16;
 
-thread_local! {
-    /// The shard of the calling thread: its router worker's index (0 elsewhere).
-    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Makes the calling thread use shard `worker` of every pool: a router worker calls it
-/// once at start.
-pub fn set_worker(worker: usize) {
-    SHARD.with(|s| s.set(worker % SHARDS));
-}
-
 /// A backend's idle keep-alive connections, sharded by worker thread.
 #[derive(Default)]
 pub struct Pool {
-    shards: [Mutex<Vec<Idle>>; SHARDS],
+    shards: [Padded<Mutex<Vec<Idle>>>; SHARDS],
 }
 
 impl std::fmt::Debug for Pool {
@@ -127,7 +117,7 @@ impl Pool {
 
     /// The calling thread's shard.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        lock(&self.shards[SHARD.with(|s| s.get())])
+        lock(&self.shards[worker::index() % SHARDS])
     }
 
     /// The most recently used idle connection younger than `timeout`, if any.
