@@ -204,12 +204,11 @@ async fn timer_floor() {
 /// Starts worker `index`: a thread with a single-threaded runtime serving the
 /// connections `queue` brings through its own `proxy` until `stop`, then letting them
 /// finish (for up to [`CONNECTION_DRAIN`]) and handing on the last lines of its
-/// `access` log.
+/// access log.
 fn spawn_worker(
     index: usize,
     queue: tokio::sync::mpsc::UnboundedReceiver<server::Accepted>,
     proxy: Arc<proxy::Proxy>,
-    access: Option<access::AccessLog>,
     max_header: usize,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, RouterError> {
@@ -225,6 +224,7 @@ fn spawn_worker(
         .name(format!("paas-router-{index}"))
         .spawn(move || {
             worker::set_index(index);
+            let access = proxy.access_log().cloned();
             let flusher = access.clone();
             runtime.block_on(async move {
                 tokio::spawn(timer_floor());
@@ -312,19 +312,17 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let mut workers = Vec::new();
     for index in 0..config.workers.max(1) {
         let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
-        let access_log = access_logs.as_ref().map(access::AccessLogs::worker);
         let proxy = Arc::new(proxy::Proxy::new(
             follower.subscribe(),
             config.limits.clone(),
             key.clone(),
             Arc::clone(&metrics),
-            access_log.clone(),
+            access_logs.as_ref().map(access::AccessLogs::worker),
         ));
         let worker = spawn_worker(
             index,
             incoming,
             proxy,
-            access_log,
             config.limits.max_header_bytes,
             stop.clone(),
         );

@@ -27,7 +27,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::state::Backends;
-use crate::worker::{self, Padded};
+use crate::worker::Shards;
 
 /// Labels of a request count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,9 +65,6 @@ const BUCKETS: [f64; 16] = {
     b
 };
 
-/// Worker shards of [`RequestStats`] (worker index modulo).
-const SHARDS: usize = 16;
-
 /// One app's requests as one worker counted them.
 #[derive(Debug, Default, Clone)]
 struct AppStats {
@@ -80,11 +77,15 @@ struct AppStats {
 }
 
 impl AppStats {
-    fn add(&mut self, status: u16, seconds: f64) {
+    fn count_status(&mut self, status: u16, n: u64) {
         match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += 1,
-            None => self.statuses.push((status, 1)),
+            Some((_, total)) => *total += n,
+            None => self.statuses.push((status, n)),
         }
+    }
+
+    fn add(&mut self, status: u16, seconds: f64) {
+        self.count_status(status, 1);
         let bucket = BUCKETS
             .iter()
             .position(|&upper| seconds <= upper)
@@ -95,10 +96,7 @@ impl AppStats {
 
     fn merge(&mut self, other: &AppStats) {
         for &(status, n) in &other.statuses {
-            match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-                Some((_, total)) => *total += n,
-                None => self.statuses.push((status, n)),
-            }
+            self.count_status(status, n);
         }
         for (total, n) in self.buckets.iter_mut().zip(other.buckets) {
             *total += n;
@@ -107,20 +105,17 @@ impl AppStats {
     }
 }
 
-/// One worker's counts, by app.
-type Shard = HashMap<Box<str>, AppStats>;
-
 /// Requests by app and status, and their latency by app, counted per worker thread and
 /// summed when scraped (`router_requests_total`, `router_request_duration_seconds`).
 #[derive(Debug, Default)]
 pub struct RequestStats {
-    shards: [Padded<Mutex<Shard>>; SHARDS],
+    shards: Shards<HashMap<Box<str>, AppStats>>,
 }
 
 impl RequestStats {
     /// Counts one request into the calling worker's shard.
     fn add(&self, app: &str, status: u16, seconds: f64) {
-        let mut shard = lock(&self.shards[worker::index() % SHARDS]);
+        let mut shard = self.shards.mine();
         match shard.get_mut(app) {
             Some(stats) => stats.add(status, seconds),
             None => shard.entry(app.into()).or_default().add(status, seconds),
@@ -130,8 +125,8 @@ impl RequestStats {
     /// Every app's counts, summed over the shards, by app name.
     fn totals(&self) -> BTreeMap<Box<str>, AppStats> {
         let mut totals: BTreeMap<Box<str>, AppStats> = BTreeMap::new();
-        for shard in &self.shards {
-            for (app, stats) in lock(shard).iter() {
+        for shard in self.shards.each() {
+            for (app, stats) in shard.iter() {
                 match totals.get_mut(app) {
                     Some(total) => total.merge(stats),
                     None => {
@@ -189,10 +184,6 @@ impl Collector for RequestStats {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The router's metric families and their registry.

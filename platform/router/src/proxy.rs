@@ -195,6 +195,11 @@ impl Proxy {
         }
     }
 
+    /// The worker's access log, if access lines are on.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access.as_ref()
+    }
+
     /// The current routing snapshot: the worker's copy, renewed when the watch changed.
     fn snapshot(&self) -> Arc<Snapshot> {
         let mut cache = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -24,7 +24,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::state::Backend;
-use crate::worker::{self, Padded};
+use crate::worker::Shards;
 
 /// The request body type sent to backends (bodies are read in full first, to replay).
 pub type UpstreamRequest = Request<Full<Bytes>>;
@@ -85,14 +85,11 @@ struct Idle {
     since: Instant,
 }
 
-/// Shards of a pool: one per router worker thread (modulo), so a worker takes back the
-/// connections it opened, whose sockets its own reactor watches.
-const SHARDS: usize = 16;
-
-/// A backend's idle keep-alive connections, sharded by worker thread.
+/// A backend's idle keep-alive connections, sharded by worker thread, so a worker takes
+/// back the connections it opened, whose sockets its own reactor watches.
 #[derive(Default)]
 pub struct Pool {
-    shards: [Padded<Mutex<Vec<Idle>>>; SHARDS],
+    shards: Shards<Vec<Idle>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -104,26 +101,21 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.each().map(|s| s.len()).sum()
     }
 
     /// Closes the connections idle for longer than `timeout`.
     pub fn sweep(&self, timeout: Duration) {
         let now = Instant::now();
-        for shard in &self.shards {
-            lock(shard).retain(|i| now.duration_since(i.since) < timeout);
+        for mut shard in self.shards.each() {
+            shard.retain(|i| now.duration_since(i.since) < timeout);
         }
-    }
-
-    /// The calling thread's shard.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        lock(&self.shards[worker::index() % SHARDS])
     }
 
     /// The most recently used idle connection younger than `timeout`, if any.
     fn take(&self, timeout: Duration) -> Option<Conn> {
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.shards.mine();
         while let Some(i) = idle.pop() {
             if now.duration_since(i.since) < timeout {
                 return Some(i.conn);
@@ -133,7 +125,7 @@ impl Pool {
     }
 
     fn put(&self, conn: Conn) {
-        let mut idle = self.lock();
+        let mut idle = self.shards.mine();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 conn,
@@ -141,10 +133,6 @@ impl Pool {
             });
         }
     }
-}
-
-fn lock(shard: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether `conn` can take a request now: its I/O is polled (a close the backend sent
