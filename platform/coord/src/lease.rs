@@ -26,6 +26,11 @@
 //! Keepers run on the process's lease keeper runtime (`crate::keeper`), over their own
 //! connection, so a busy process does not delay its renewals.
 //!
+//! A grant is timed from when it was sent, so a grant answered late (etcd electing a
+//! leader after a restart, a slow disk) proves only a short life; such a lease is renewed
+//! once before [`Coord::grant_lease`] returns it ([`renew_at_once`]), or its keeper would
+//! give it up at the first renewal and its holder would register again for nothing.
+//!
 //! The decisions (when to renew next, when to give up) are the pure function
 //! [`after_attempt`]; the task around it only does I/O.
 
@@ -122,6 +127,13 @@ pub(crate) fn attempt_deadline(sent_at: Instant, valid_until: Instant, ttl: Dura
     (sent_at + attempt_timeout(ttl)).min(safe_deadline(valid_until, ttl))
 }
 
+/// Whether a lease granted by a request sent at `sent_at`, answered at `now`, is renewed
+/// before it is handed out: when the answer took more than a third of the TTL, the
+/// first scheduled renewal is already due and the provable life left is short. Pure.
+pub(crate) fn renew_at_once(sent_at: Instant, now: Instant, ttl: Duration) -> bool {
+    now >= sent_at + ttl / 3
+}
+
 /// How long to wait before retrying a failed renewal.
 fn retry_delay(ttl: Duration) -> Duration {
     (ttl / 10).min(Duration::from_millis(200))
@@ -184,15 +196,56 @@ impl Coord {
             .read(|c| async move { c.lease_client().grant(secs, None).await })
             .await?;
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
-        let valid_until = sent_at + ttl;
+        let mut keeping = Keeping {
+            valid_until: sent_at + ttl,
+            next: sent_at + ttl / 3,
+            stream: None,
+            generation: None,
+        };
+        if renew_at_once(sent_at, Instant::now(), ttl) {
+            // The grant was slow (etcd electing a leader, a slow disk): only a short
+            // life is provable from its send time. One renewal now, over the keeper's
+            // connection, starts the holder with a full TTL instead of a lease the
+            // keeper would give up as lost at its first renewal.
+            let renew_sent = Instant::now();
+            let attempt = match tokio::time::timeout(
+                attempt_timeout(ttl),
+                renew(
+                    self,
+                    granted.id(),
+                    ttl,
+                    &mut keeping.stream,
+                    &mut keeping.generation,
+                ),
+            )
+            .await
+            {
+                Ok(attempt) => attempt,
+                Err(_) => Attempt::Failed("no answer to the first renewal".into()),
+            };
+            if matches!(attempt, Attempt::Failed(_)) {
+                keeping.stream = None;
+                if let Some(g) = keeping.generation.take() {
+                    self.keeper.reset(g).await;
+                }
+            }
+            if let Next::RenewAt { at, valid_until } = after_attempt(
+                renew_sent,
+                Instant::now(),
+                attempt,
+                keeping.valid_until,
+                ttl,
+            ) {
+                keeping.next = at;
+                keeping.valid_until = valid_until;
+            }
+            // Otherwise the keeper starts from the grant's bound, retries at once and
+            // reports the lease lost if that bound runs out first.
+        }
+        let valid_until = keeping.valid_until;
         let (tx, state) = watch::channel(LeaseState::Held { valid_until });
-        let keeper = crate::keeper::handle().spawn(keep_alive(
-            self.clone(),
-            granted.id(),
-            ttl,
-            valid_until,
-            tx,
-        ));
+        let keeper =
+            crate::keeper::handle().spawn(keep_alive(self.clone(), granted.id(), ttl, keeping, tx));
         tracing::debug!(
             lease = format_args!("{:x}", granted.id()),
             ?ttl,
@@ -302,18 +355,32 @@ pub(crate) async fn wait_lost(mut state: watch::Receiver<LeaseState>) -> LostRea
     }
 }
 
+/// Where a keeper starts: what the grant (and a renewal right after it) established.
+struct Keeping {
+    /// The renewal-based lower bound of the lease's life.
+    valid_until: Instant,
+    /// When to send the next renewal (at once if already past).
+    next: Instant,
+    /// The keep-alive stream, when one is open.
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// The keeper connection the stream is on (see `KeeperClient::reset`).
+    generation: Option<u64>,
+}
+
 /// The keeper task: renews until the lease is lost, publishing every state change.
 async fn keep_alive(
     coord: Coord,
     id: i64,
     ttl: Duration,
-    mut valid_until: Instant,
+    keeping: Keeping,
     state: watch::Sender<LeaseState>,
 ) {
-    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
-    // The keeper connection the stream is on (see `KeeperClient::reset`).
-    let mut generation: Option<u64> = None;
-    let mut next = Instant::now() + ttl / 3;
+    let Keeping {
+        mut valid_until,
+        mut next,
+        mut stream,
+        mut generation,
+    } = keeping;
     loop {
         tokio::time::sleep_until(next).await;
         let sent_at = Instant::now();
@@ -416,6 +483,16 @@ mod tests {
                 valid_until: t0 + TTL
             }
         );
+    }
+
+    #[test]
+    fn a_slow_grant_is_renewed_before_it_is_handed_out() {
+        let t0 = Instant::now();
+        assert!(!renew_at_once(t0, t0 + ms(50), TTL));
+        assert!(!renew_at_once(t0, t0 + ms(1300), TTL));
+        // An answer after a third of the TTL: the first renewal is already due.
+        assert!(renew_at_once(t0, t0 + ms(1334), TTL));
+        assert!(renew_at_once(t0, t0 + ms(3500), TTL));
     }
 
     #[test]

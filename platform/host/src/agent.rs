@@ -98,8 +98,12 @@ pub(crate) async fn run(
                         tracing::info!(host = %cfg.id, failed_attempts = failed_registrations, "host registered again");
                         failed_registrations = 0;
                         lease = new;
-                        lease_tx.send_replace(Arc::clone(&lease));
+                        // The status writer commits on `shared.lease`: it must hold the
+                        // new lease before the job tasks hear of it and queue their keys
+                        // again, or those keys could land on the lost lease and vanish
+                        // with it.
                         *shared.lease.write().expect("lease lock") = Some(Arc::clone(&lease));
+                        lease_tx.send_replace(Arc::clone(&lease));
                     }
                     Err(e) => {
                         // One warning per outage; the retries every poll interval go to debug.

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paas_coord::Batch;
+use paas_coord::{Batch, LeaseState};
 use tokio::sync::mpsc;
 
 use crate::Shared;
@@ -108,6 +108,12 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String
             tokio::time::sleep(RETRY_DELAY).await;
             continue;
         };
+        if matches!(lease.state(), LeaseState::Lost(_)) {
+            // Keys written on a lost lease vanish with it: wait for the agent to
+            // register on a new one.
+            tokio::time::sleep(RETRY_DELAY).await;
+            continue;
+        }
         let batch_wishes = take_batch(&mut pending, OPS_PER_TXN);
         let mut batch = Batch::new();
         for (key, wish) in &batch_wishes {
