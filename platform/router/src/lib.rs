@@ -42,6 +42,7 @@ pub mod retry;
 pub mod server;
 pub mod state;
 pub mod sticky;
+pub mod stop;
 pub mod table;
 pub mod tcp;
 pub mod tcp_routes;

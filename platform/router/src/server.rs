@@ -31,6 +31,7 @@ use crate::headers::Forwarded;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::proxy_protocol::{self, Header};
+use crate::stop::{StopSignal, Stopped};
 
 /// How long a client has for its TLS handshake, or a balancer for its PROXY header.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +125,7 @@ pub async fn work(
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
+    let connections_stop = StopSignal::new();
     loop {
         let accepted = tokio::select! {
             accepted = queue.recv() => match accepted {
@@ -146,7 +148,7 @@ pub async fn work(
             }
         };
         let proxy = Arc::clone(&proxy);
-        let stop = stop.clone();
+        let stop = connections_stop.subscribe();
         connections.spawn(async move {
             let mut info = ConnInfo {
                 peer,
@@ -190,6 +192,7 @@ pub async fn work(
             }
         });
     }
+    connections_stop.stop();
 }
 
 async fn serve_connection<S>(
@@ -197,7 +200,7 @@ async fn serve_connection<S>(
     proxy: Arc<Proxy>,
     info: ConnInfo,
     max_header_bytes: usize,
-    stop: CancellationToken,
+    stop: Stopped,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -221,7 +224,7 @@ async fn serve_connection<S>(
                 tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
             }
         }
-        () = stop.cancelled() => {
+        () = stop => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
