@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
@@ -271,6 +271,11 @@ struct Batch {
     /// starts where the previous one ends), and when it was recorded (nanoseconds
     /// since the Unix epoch).
     ends: Vec<(usize, usize, i64)>,
+    /// A monotonic instant and the wall-clock time read with it, when the batch took
+    /// its first line: each line's time comes from them and the instant its request
+    /// finished, which the request had read already (a batch lives at most
+    /// [`WINDOW`], far too short for the wall clock to be slewed measurably).
+    anchor: Option<(Instant, i64)>,
 }
 
 impl Batch {
@@ -279,6 +284,19 @@ impl Batch {
         Batch {
             text: String::with_capacity(bytes),
             ends: Vec::with_capacity(lines),
+            anchor: None,
+        }
+    }
+
+    /// The wall-clock time (nanoseconds since the Unix epoch) of `at`.
+    fn wall_time(&mut self, at: Instant) -> i64 {
+        let (mono, wall) = *self
+            .anchor
+            .get_or_insert_with(|| (Instant::now(), unix_nanos_now()));
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match at.checked_duration_since(mono) {
+            Some(after) => wall.saturating_add(nanos(after)),
+            None => wall.saturating_sub(nanos(mono - at)),
         }
     }
 
@@ -307,6 +325,13 @@ impl Batch {
             start = end;
         }
     }
+}
+
+/// The wall clock now, in nanoseconds since the Unix epoch.
+fn unix_nanos_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// What the [`AccessLog`]s of one worker share.
@@ -345,15 +370,13 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Formats `entry` into the batch, stamped with the time now; hands the batch on
-    /// when it is full.
-    pub fn record(&self, entry: &AccessEntry) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    /// Formats `entry` into the batch, stamped with the time of `finished` (when its
+    /// request ended, as the caller read it); hands the batch on when it is full.
+    pub fn record(&self, entry: &AccessEntry, finished: Instant) {
         let full = {
             let mut batch = self.queue.lock();
             let first = batch.ends.is_empty();
+            let at = batch.wall_time(finished);
             batch.text.push_str(&entry.app);
             let app_end = batch.text.len();
             format_into(&mut batch.text, entry);
@@ -611,11 +634,11 @@ mod tests {
         let e = entry();
         // The first full batch takes the queue's one place.
         for _ in 0..BATCH {
-            log.record(&e);
+            log.record(&e, Instant::now());
         }
         assert_eq!(dropped.get(), 0);
         for _ in 0..BATCH {
-            log.record(&e);
+            log.record(&e, Instant::now());
         }
         assert_eq!(dropped.get(), BATCH as u64);
     }
@@ -637,8 +660,8 @@ mod tests {
                 .as_nanos() as i64
         };
         let before = now();
-        log.record(&entry());
-        log.record(&other);
+        log.record(&entry(), Instant::now());
+        log.record(&other, Instant::now());
         let after = now();
         log.flush();
         log.flush(); // nothing left: no empty batch
@@ -656,8 +679,29 @@ mod tests {
             assert_eq!(line.process_type.as_deref(), Some("router"));
             assert_eq!(line.job.as_deref(), Some("host1"));
             assert_eq!(line.host.as_deref(), Some("host1-router"));
-            assert!((before..=after).contains(&line.timestamp_ns), "{line:?}");
+            // Within the run, give or take how long the batch's two clock reads were
+            // apart (the thread can be preempted between them).
+            let slack = 1_000_000_000;
+            assert!(
+                (before - slack..=after + slack).contains(&line.timestamp_ns),
+                "{line:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_line_is_dated_from_the_instant_its_request_finished() {
+        let mono = Instant::now();
+        let wall = 1_800_000_000_000_000_000;
+        let mut batch = Batch {
+            anchor: Some((mono, wall)),
+            ..Batch::default()
+        };
+        let ms = Duration::from_millis(1);
+        assert_eq!(batch.wall_time(mono + 3 * ms), wall + 3_000_000);
+        assert_eq!(batch.wall_time(mono), wall);
+        // A request that finished before the anchor was read (the first line's).
+        assert_eq!(batch.wall_time(mono - 2 * ms), wall - 2_000_000);
     }
 
     #[tokio::test]
@@ -666,8 +710,8 @@ mod tests {
         let log = logs.worker();
         tokio::spawn(log.clone().flush_after_window());
         let sent = std::time::Instant::now();
-        log.record(&entry());
-        log.record(&entry());
+        log.record(&entry(), Instant::now());
+        log.record(&entry(), Instant::now());
         let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a batch within 5 s")
@@ -675,7 +719,7 @@ mod tests {
         assert!(sent.elapsed() >= WINDOW);
         assert_eq!(batch.ends.len(), 2);
         // The next line starts a new window.
-        log.record(&entry());
+        log.record(&entry(), Instant::now());
         let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a second batch within 5 s")

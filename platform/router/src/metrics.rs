@@ -15,7 +15,7 @@
 //! lines, and a scrape sums the shards. The other families change rarely and are
 //! `prometheus_client`'s own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -109,7 +109,7 @@ impl AppStats {
 /// summed when scraped (`router_requests_total`, `router_request_duration_seconds`).
 #[derive(Debug, Default)]
 pub struct RequestStats {
-    shards: Shards<HashMap<Box<str>, AppStats>>,
+    shards: Shards<foldhash::HashMap<Box<str>, AppStats>>,
 }
 
 impl RequestStats {
@@ -292,7 +292,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     #[test]
@@ -302,7 +301,7 @@ mod tests {
         m.request("shop", 200, 0.004);
         m.request("shop", 502, 0.001);
         m.retry("shop", "connect");
-        let mut backends: Backends = HashMap::new();
+        let mut backends = Backends::default();
         backends.insert(
             "shop".into(),
             vec![Arc::new(crate::state::Backend::new(
@@ -311,7 +310,7 @@ mod tests {
             ))],
         );
         m.set_backends(&backends);
-        m.set_backends(&HashMap::new());
+        m.set_backends(&Backends::default());
         let text = m.encode();
         for needle in [
             r#"router_requests_total{app="shop",status="200"} 2"#,

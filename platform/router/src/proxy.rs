@@ -267,13 +267,12 @@ impl Proxy {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let body = if upgrade {
+        let body = if upgrade || body.is_end_stream() {
             Bytes::new()
         } else {
-            match Limited::new(body, self.limits.max_body_bytes)
-                .collect()
-                .await
-            {
+            // Boxed, like the upgrade below: a request future is moved whole more than
+            // once per request, so the paths most requests skip stay out of its size.
+            match Box::pin(Limited::new(body, self.limits.max_body_bytes).collect()).await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e)
                     if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -352,7 +351,7 @@ impl Proxy {
             let in_flight = backend.begin();
             let failure = match tokio::time::timeout(self.limits.backend_timeout, async {
                 if upgrade {
-                    upstream::send_upgrade(backend.addr, upstream, &self.conn).await
+                    Box::pin(upstream::send_upgrade(backend.addr, upstream, &self.conn)).await
                 } else {
                     upstream::send(backend, upstream, &self.conn).await
                 }
@@ -569,26 +568,30 @@ struct Pending {
 impl Pending {
     /// Records the finished request.
     fn finish(self, status: u16, bytes: u64) {
-        let duration = self.started.elapsed();
+        let finished = Instant::now();
+        let duration = finished.saturating_duration_since(self.started);
         self.proxy.metrics.request(
             self.app.as_deref().unwrap_or(NO_APP),
             status,
             duration.as_secs_f64(),
         );
         if let (Some(access), Some(app)) = (&self.proxy.access, self.app) {
-            access.record(&AccessEntry {
-                app,
-                method: self.method,
-                path: self.path,
-                host: self.host,
-                status,
-                bytes,
-                backend: self.backend,
-                attempts: self.attempts,
-                duration,
-                request_id: self.request_id,
-                client: self.client,
-            });
+            access.record(
+                &AccessEntry {
+                    app,
+                    method: self.method,
+                    path: self.path,
+                    host: self.host,
+                    status,
+                    bytes,
+                    backend: self.backend,
+                    attempts: self.attempts,
+                    duration,
+                    request_id: self.request_id,
+                    client: self.client,
+                },
+                finished,
+            );
         }
     }
 

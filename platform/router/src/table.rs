@@ -32,7 +32,7 @@ pub struct RouteEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     /// Domain -> entries, longest path first.
-    by_domain: HashMap<String, Vec<RouteEntry>>,
+    by_domain: foldhash::HashMap<String, Vec<RouteEntry>>,
 }
 
 /// The id of the default route of every app.
@@ -98,7 +98,8 @@ impl RouteTable {
     /// copy shares.
     pub fn localized(&self) -> RouteTable {
         let mut apps: HashMap<&str, Arc<str>> = HashMap::new();
-        let mut by_domain = HashMap::with_capacity(self.by_domain.len());
+        let mut by_domain =
+            foldhash::HashMap::with_capacity_and_hasher(self.by_domain.len(), Default::default());
         for (domain, entries) in &self.by_domain {
             let mut local = Vec::with_capacity(entries.len());
             for e in entries {

@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -36,7 +36,7 @@ use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::state::Backend;
+use crate::state::{now_ms, Backend};
 use crate::worker::Shards;
 
 /// The request body type sent to backends (bodies are read in full first, to replay).
@@ -82,7 +82,8 @@ struct Conn {
 /// An idle connection and since when.
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When it went idle ([`crate::state::now_ms`]).
+    since_ms: u64,
 }
 
 /// A backend's idle keep-alive connections, sharded by worker thread, so a worker takes
@@ -106,18 +107,18 @@ impl Pool {
 
     /// Closes the connections idle for longer than `timeout`.
     pub fn sweep(&self, timeout: Duration) {
-        let now = Instant::now();
+        let now = now_ms();
         for mut shard in self.shards.each() {
-            shard.retain(|i| now.duration_since(i.since) < timeout);
+            shard.retain(|i| young(i, now, timeout));
         }
     }
 
     /// The most recently used idle connection younger than `timeout`, if any.
     fn take(&self, timeout: Duration) -> Option<Conn> {
-        let now = Instant::now();
+        let now = now_ms();
         let mut idle = self.shards.mine();
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < timeout {
+            if young(&i, now, timeout) {
                 return Some(i.conn);
             }
         }
@@ -129,10 +130,15 @@ impl Pool {
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since_ms: now_ms(),
             });
         }
     }
+}
+
+/// Whether `idle` has been idle for less than `timeout` at `now` (milliseconds).
+fn young(idle: &Idle, now: u64, timeout: Duration) -> bool {
+    (now.saturating_sub(idle.since_ms) as u128) < timeout.as_millis()
 }
 
 /// Whether `conn` can take a request now: its I/O is polled (a close the backend sent
@@ -202,7 +208,10 @@ pub async fn send(
         let mut conn = match pooled {
             Some(conn) => conn,
             None => {
-                let (sender, io) = connect(backend.addr, settings).await?;
+                // Boxed: a new connection is the rare case, and its handshake future
+                // would otherwise make every request's future (moved whole, more than
+                // once, per request) larger.
+                let (sender, io) = Box::pin(connect(backend.addr, settings)).await?;
                 Conn {
                     sender,
                     io: Box::pin(io),
