@@ -208,27 +208,15 @@ impl Coord {
             // connection, starts the holder with a full TTL instead of a lease the
             // keeper would give up as lost at its first renewal.
             let renew_sent = Instant::now();
-            let attempt = match tokio::time::timeout(
-                attempt_timeout(ttl),
-                renew(
+            let attempt = keeping
+                .attempt(
                     self,
                     granted.id(),
                     ttl,
-                    &mut keeping.stream,
-                    &mut keeping.generation,
-                ),
-            )
-            .await
-            {
-                Ok(attempt) => attempt,
-                Err(_) => Attempt::Failed("no answer to the first renewal".into()),
-            };
-            if matches!(attempt, Attempt::Failed(_)) {
-                keeping.stream = None;
-                if let Some(g) = keeping.generation.take() {
-                    self.keeper.reset(g).await;
-                }
-            }
+                    renew_sent,
+                    renew_sent + attempt_timeout(ttl),
+                )
+                .await;
             if let Next::RenewAt { at, valid_until } = after_attempt(
                 renew_sent,
                 Instant::now(),
@@ -367,25 +355,19 @@ struct Keeping {
     generation: Option<u64>,
 }
 
-/// The keeper task: renews until the lease is lost, publishing every state change.
-async fn keep_alive(
-    coord: Coord,
-    id: i64,
-    ttl: Duration,
-    keeping: Keeping,
-    state: watch::Sender<LeaseState>,
-) {
-    let Keeping {
-        mut valid_until,
-        mut next,
-        mut stream,
-        mut generation,
-    } = keeping;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let sent_at = Instant::now();
-        let deadline = attempt_deadline(sent_at, valid_until, ttl);
-        let renewal = renew(&coord, id, ttl, &mut stream, &mut generation);
+impl Keeping {
+    /// One renewal sent at `sent_at`, given up at `deadline`. A failed or unanswered
+    /// one drops the stream and its keeper connection: it may be to a member that died
+    /// silently, and the next attempt opens another.
+    async fn attempt(
+        &mut self,
+        coord: &Coord,
+        id: i64,
+        ttl: Duration,
+        sent_at: Instant,
+        deadline: Instant,
+    ) -> Attempt {
+        let renewal = renew(coord, id, ttl, &mut self.stream, &mut self.generation);
         let attempt = match tokio::time::timeout_at(deadline, renewal).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Failed(format!(
@@ -394,21 +376,33 @@ async fn keep_alive(
             )),
         };
         if matches!(attempt, Attempt::Failed(_)) {
-            stream = None;
-            // The connection may be to a member that died silently: the next attempt
-            // opens another.
-            if let Some(g) = generation.take() {
+            self.stream = None;
+            if let Some(g) = self.generation.take() {
                 coord.keeper.reset(g).await;
             }
         }
-        match after_attempt(sent_at, Instant::now(), attempt, valid_until, ttl) {
-            Next::RenewAt {
-                at,
-                valid_until: until,
-            } => {
-                next = at;
-                if until != valid_until {
-                    valid_until = until;
+        attempt
+    }
+}
+
+/// The keeper task: renews until the lease is lost, publishing every state change.
+async fn keep_alive(
+    coord: Coord,
+    id: i64,
+    ttl: Duration,
+    mut keeping: Keeping,
+    state: watch::Sender<LeaseState>,
+) {
+    loop {
+        tokio::time::sleep_until(keeping.next).await;
+        let sent_at = Instant::now();
+        let deadline = attempt_deadline(sent_at, keeping.valid_until, ttl);
+        let attempt = keeping.attempt(&coord, id, ttl, sent_at, deadline).await;
+        match after_attempt(sent_at, Instant::now(), attempt, keeping.valid_until, ttl) {
+            Next::RenewAt { at, valid_until } => {
+                keeping.next = at;
+                if valid_until != keeping.valid_until {
+                    keeping.valid_until = valid_until;
                     state.send_replace(LeaseState::Held { valid_until });
                 }
             }

@@ -99,21 +99,22 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String
         if open {
             open = drain(&mut rx, &mut pending);
         }
-        let lease = shared.lease.read().expect("lease lock").clone();
+        // A lost lease counts as none: keys written on it would vanish with it.
+        let lease = shared
+            .lease
+            .read()
+            .expect("lease lock")
+            .clone()
+            .filter(|l| !matches!(l.state(), LeaseState::Lost(_)));
         let Some(lease) = lease else {
             if !open {
-                // Shutting down: the lease is revoked, and its keys with it.
+                // Shutting down: the lease is revoked (or lost), and its keys with it.
                 return;
             }
+            // Wait for the agent to register on a new one.
             tokio::time::sleep(RETRY_DELAY).await;
             continue;
         };
-        if matches!(lease.state(), LeaseState::Lost(_)) {
-            // Keys written on a lost lease vanish with it: wait for the agent to
-            // register on a new one.
-            tokio::time::sleep(RETRY_DELAY).await;
-            continue;
-        }
         let batch_wishes = take_batch(&mut pending, OPS_PER_TXN);
         let mut batch = Batch::new();
         for (key, wish) in &batch_wishes {

@@ -293,7 +293,6 @@ impl Batch {
         let (mono, wall) = *self
             .anchor
             .get_or_insert_with(|| (Instant::now(), unix_nanos_now()));
-        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         match at.checked_duration_since(mono) {
             Some(after) => wall.saturating_add(nanos(after)),
             None => wall.saturating_sub(nanos(mono - at)),
@@ -331,7 +330,12 @@ impl Batch {
 fn unix_nanos_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .map_or(0, nanos)
+}
+
+/// `d` in nanoseconds, as far as an `i64` holds them.
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// What the [`AccessLog`]s of one worker share.
@@ -653,16 +657,10 @@ mod tests {
             path: PathAndQuery::from_static("/a%20b?q=1"),
             ..entry()
         };
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as i64
-        };
-        let before = now();
+        let before = unix_nanos_now();
         log.record(&entry(), Instant::now());
         log.record(&other, Instant::now());
-        let after = now();
+        let after = unix_nanos_now();
         log.flush();
         log.flush(); // nothing left: no empty batch
         let batch = rx.try_recv().unwrap();
