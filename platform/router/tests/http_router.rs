@@ -849,6 +849,60 @@ async fn https_by_sni_with_h2_and_http11() {
     router.shutdown().await;
 }
 
+/// The plain listener also speaks HTTP/2 to a client that starts with its preface (h2c
+/// by prior knowledge, as gRPC clients and `curl --http2-prior-knowledge` do): the
+/// host comes from the `:authority`, and streams on one connection are proxied at once.
+#[tokio::test]
+async fn plain_listener_serves_h2c_by_prior_knowledge() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+
+    let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let requests = (0..4).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let req = Request::get(format!("http://shop.localhost/h2/{i}"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    });
+    let seen = futures::future::join_all(requests).await;
+    for (i, seen) in seen.iter().enumerate() {
+        assert_eq!(seen["backend"], "shop");
+        assert_eq!(seen["path"], format!("/h2/{i}"));
+        assert_eq!(seen["headers"]["host"], "shop.localhost");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+    }
+    assert!(shop.hits.load(Ordering::SeqCst) >= 4);
+
+    // An authority no route knows is a 404 on the stream, not a dead connection.
+    let mut sender = sender;
+    let req = Request::get("http://nobody.example.com/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn access_lines_reach_the_log_aggregator_as_syslog() {
     let p = platform().await;
