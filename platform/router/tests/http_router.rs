@@ -266,6 +266,18 @@ async fn get_ok(router: &Router, host: &str) -> bool {
         == StatusCode::OK
 }
 
+/// App `shop` with one backend registered, and a router that has been seen to reach it
+/// over HTTP/1.1; the registration lives as long as the returned value.
+async fn shop_behind_a_router() -> (Platform, Backend, Registration, Router) {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let registration = p.register("shop", "j1", shop.addr).await;
+    let router = p.router(Limits::default()).await;
+    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    (p, shop, registration, router)
+}
+
 #[tokio::test]
 async fn routes_by_host_and_path_and_sets_forwarding_headers() {
     let p = platform().await;
@@ -850,16 +862,11 @@ async fn https_by_sni_with_h2_and_http11() {
 }
 
 /// The plain listener also speaks HTTP/2 to a client that starts with its preface (h2c
-/// by prior knowledge, as gRPC clients and `curl --http2-prior-knowledge` do): the
+/// by prior knowledge, as `curl --http2-prior-knowledge` does): the
 /// host comes from the `:authority`, and streams on one connection are proxied at once.
 #[tokio::test]
 async fn plain_listener_serves_h2c_by_prior_knowledge() {
-    let p = platform().await;
-    p.app("shop").await;
-    let shop = backend("shop").await;
-    let _r = p.register("shop", "j1", shop.addr).await;
-    let router = p.router(Limits::default()).await;
-    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let (_p, shop, _r, router) = shop_behind_a_router().await;
 
     let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
@@ -1047,12 +1054,7 @@ async fn raw_exchange(addr: SocketAddr, chunks: &[&[u8]]) -> String {
 
 #[tokio::test]
 async fn proxy_protocol_listener_takes_the_client_from_the_header() {
-    let p = platform().await;
-    p.app("shop").await;
-    let shop = backend("shop").await;
-    let _r = p.register("shop", "j1", shop.addr).await;
-    let router = p.router(Limits::default()).await;
-    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let (_p, shop, _r, router) = shop_behind_a_router().await;
     let addr = router.proxy_protocol_addr().unwrap();
     let request = &b"GET /pp HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"[..];
     let body_of = |reply: &str| -> Value {
