@@ -745,12 +745,7 @@ async fn sticky_cookie_keeps_the_backend_and_falls_back_when_it_is_gone() {
 
 #[tokio::test]
 async fn websocket_upgrade_is_passed_through() {
-    let p = platform().await;
-    p.app("shop").await;
-    let ws = backend("ws").await;
-    let _r = p.register("shop", "j1", ws.addr).await;
-    let router = p.router(Limits::default()).await;
-    paas_it::wait_for("the backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let (_p, _shop, _r, router) = shop_behind_a_router().await;
 
     let mut stream = TcpStream::connect(router.http_addr()).await.unwrap();
     stream
@@ -862,8 +857,8 @@ async fn https_by_sni_with_h2_and_http11() {
 }
 
 /// The plain listener also speaks HTTP/2 to a client that starts with its preface (h2c
-/// by prior knowledge, as `curl --http2-prior-knowledge` does): the
-/// host comes from the `:authority`, and streams on one connection are proxied at once.
+/// by prior knowledge, as `curl --http2-prior-knowledge` does): the host comes from the
+/// `:authority`, and streams on one connection are proxied at once.
 #[tokio::test]
 async fn plain_listener_serves_h2c_by_prior_knowledge() {
     let (_p, shop, _r, router) = shop_behind_a_router().await;
