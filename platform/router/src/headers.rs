@@ -57,10 +57,23 @@ impl Forwarded {
     }
 }
 
-/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+/// Whether the request asks for a protocol upgrade the router passes through
+/// (`Connection: upgrade` + `Upgrade`, as websockets do).
+///
+/// An upgrade that offers `h2c` is not one: it is forwarded as a plain request, its
+/// `Upgrade` and `Connection` stripped. A backend that accepted it would speak HTTP/2
+/// on a spliced connection the router no longer reads, so every request the client
+/// then sent on it would reach the backend unrouted, unlogged and without forwarding
+/// headers ("h2c smuggling"). Clients that want HTTP/2 get it from the router itself.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    let Some(upgrade) = headers.get(UPGRADE) else {
+        return false;
+    };
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && !tokens(upgrade).any(|protocol| {
+            let name = protocol.split('/').next().unwrap_or(protocol);
+            name.trim().eq_ignore_ascii_case("h2c")
+        })
 }
 
 /// The tokens of every `Connection` value of `headers`.
@@ -275,6 +288,27 @@ mod tests {
         assert!(!is_upgrade(&plain));
         strip_hop_by_hop(&mut plain, false);
         assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
+        for offer in ["h2c", "H2C", "websocket, h2c", "h2c/1"] {
+            let mut h = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", offer),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("accept", "*/*"),
+            ]);
+            assert!(!is_upgrade(&h), "{offer}");
+            to_upstream(&mut h, &fwd(), &HeaderValue::from_static("x"), false);
+            for gone in ["connection", "upgrade", "http2-settings"] {
+                assert!(!h.contains_key(gone), "{offer}: {gone} forwarded");
+            }
+            assert_eq!(h["accept"], "*/*");
+        }
+        // Names that merely contain it are other protocols.
+        let h = map(&[("connection", "upgrade"), ("upgrade", "h2cx")]);
+        assert!(is_upgrade(&h));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   route `<app>.<domain>` per app; backends from discovery (`services/<app>-web/`),
 //!   both followed with watches. Module map, in the order a request meets them:
 //!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
-//!   handler) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
+//!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
 //!   `sticky` (signed backend cookie) -> `balance` (power of two choices) ->
 //!   `upstream` (keep-alive backend connections, pooled per backend, driven by the
 //!   request's task) -> `retry` (retry verdicts) -> `access` (access lines to the
@@ -23,8 +23,8 @@
 //!   `DATABASE_URL`).
 //!
 //! Invariants:
-//! - The decisions (`table::RouteTable::lookup`, `balance::pick`, `retry::verdict`,
-//!   `headers::*`, `sticky::StickyKey::verify`, `proxy_protocol::decode`,
+//! - The decisions (`refuse::check`, `table::RouteTable::lookup`, `balance::pick`,
+//!   `retry::verdict`, `headers::*`, `sticky::StickyKey::verify`, `proxy_protocol::decode`,
 //!   `access::format`) do no I/O.
 //! - A request is sent to a second backend only when the first cannot have acted on it
 //!   or the method is idempotent (`retry`), and never after a byte of the response
@@ -38,6 +38,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod refuse;
 pub mod retry;
 pub mod server;
 pub mod state;

@@ -1,7 +1,9 @@
 //! The request handler: route, check limits, choose a backend, forward, retry.
 //!
 //! Flow of one request ([`Proxy::handle`]):
-//! 1. `X-Request-Id` (kept or generated); the route from host and path (404 if none);
+//! 1. `X-Request-Id` (kept or generated); requests refused whatever their route
+//!    ([`refuse`]: two `Host` headers, `CONNECT`, `TRACE`); the route from host (the
+//!    target's authority, else `Host`) and path (404 if none);
 //!    header bytes (431) and `Content-Length` (413) against the limits.
 //! 2. The body is read into memory up to the body limit (413 beyond it), so a failed
 //!    attempt can be sent again; upgrade requests send no body.
@@ -27,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,6 +41,7 @@ use crate::access::{AccessEntry, AccessLog};
 use crate::balance::{self, Pick};
 use crate::headers::{self, Forwarded};
 use crate::metrics::Metrics;
+use crate::refuse::{self, Refusal};
 use crate::retry::{self, Failure, GiveUpReason, RetryVerdict};
 use crate::state::{Backend, InFlight, Snapshot};
 use crate::sticky::StickyKey;
@@ -237,6 +240,13 @@ impl Proxy {
             client: conn.peer,
             proxy: Arc::clone(self),
         };
+        if let Some(refusal) = refuse::check(req.method(), req.headers()) {
+            let mut resp = log.finish_error(refusal.status(), &request_id, refusal.message());
+            if refusal == Refusal::Method {
+                resp.headers_mut().insert(ALLOW, refuse::ALLOWED);
+            }
+            return resp;
+        }
         let host = host.to_str().unwrap_or("");
 
         let snapshot = self.snapshot();
@@ -294,8 +304,9 @@ impl Proxy {
             }
         };
         headers::to_upstream(&mut parts.headers, fwd, &request_id, upgrade);
-        if !parts.headers.contains_key(HOST) {
-            // HTTP/2: the authority, already a header value in the request's log.
+        if parts.uri.authority().is_some() || !parts.headers.contains_key(HOST) {
+            // The target's authority (HTTP/2, or an absolute-form target, whose `Host`
+            // RFC 9112 3.2.2 says to replace), already a header value in the log.
             parts.headers.insert(HOST, log.host.clone());
         }
         let target = parts
@@ -451,16 +462,20 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The request's host: the `Host` header, else the URI's authority (HTTP/2); empty
-/// when neither is there. A clone of the header value shares its bytes.
+/// The request's host: the target's authority when it has one (HTTP/2's `:authority`,
+/// or an absolute-form target, which RFC 9112 3.2.2 says wins over `Host`, as nginx
+/// has it), without any user info; else the `Host` header; empty when neither is
+/// there. A clone of the header value shares its bytes.
 fn request_host<B>(req: &Request<B>) -> HeaderValue {
-    if let Some(v) = req.headers().get(HOST) {
-        return v.clone();
+    if let Some(authority) = req.uri().authority() {
+        let text = authority.as_str();
+        let host_port = text.rsplit_once('@').map_or(text, |(_, after)| after);
+        return HeaderValue::from_str(host_port).unwrap_or_else(|_| HeaderValue::from_static(""));
     }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .unwrap_or_else(|| HeaderValue::from_static(""))
+    match req.headers().get(HOST) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_static(""),
+    }
 }
 
 /// The request to send to a backend: HTTP/1.1, origin-form `target`, the prepared

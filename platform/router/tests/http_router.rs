@@ -1091,6 +1091,77 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
     router.shutdown().await;
 }
 
+/// Requests that read one way to the router and another to a backend: two `Host`
+/// headers, an absolute-form target naming another host than `Host`, `CONNECT`,
+/// `TRACE`, and an `h2c` upgrade (a tunnel past the router if a backend took it).
+#[tokio::test]
+async fn ambiguous_and_tunnelling_requests_are_refused_or_made_plain() {
+    let (_p, shop, _r, router) = shop_behind_a_router().await;
+    let addr = router.http_addr();
+    let body_of = |reply: &str| -> Value {
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    let hits = shop.hits.load(Ordering::SeqCst);
+
+    let two_hosts = raw_exchange(
+        addr,
+        &[b"GET / HTTP/1.1\r\nHost: shop.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n"],
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    assert!(
+        two_hosts.contains("more than one Host header"),
+        "{two_hosts}"
+    );
+    for method in ["CONNECT shop.localhost:443", "TRACE /"] {
+        let request =
+            format!("{method} HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n");
+        let reply = raw_exchange(addr, &[request.as_bytes()]).await;
+        assert!(reply.starts_with("HTTP/1.1 405"), "{method}: {reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("\r\nallow: get, head,"),
+            "{method}: {reply}"
+        );
+    }
+    assert_eq!(
+        shop.hits.load(Ordering::SeqCst),
+        hits,
+        "refused requests reached the backend"
+    );
+
+    // An absolute-form target wins over Host (RFC 9112 3.2.2), user info dropped: routed
+    // by it, and the backend is told it as its Host.
+    for target in [
+        "http://shop.localhost/abs",
+        "http://someone@shop.localhost:8080/abs",
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\n\r\n");
+        let seen = body_of(&raw_exchange(addr, &[request.as_bytes()]).await);
+        assert_eq!(seen["path"], "/abs", "{target}");
+        let host = target.split('/').nth(2).unwrap();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        assert_eq!(seen["headers"]["host"], host, "{target}");
+    }
+
+    // h2c: forwarded as a plain request (the test backend would answer any upgrade 101).
+    let seen = body_of(
+        &raw_exchange(
+            addr,
+            &[b"GET /h2c HTTP/1.1\r\nHost: shop.localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"],
+        )
+        .await,
+    );
+    for gone in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            seen["headers"].get(gone).is_none(),
+            "{gone} forwarded: {seen}"
+        );
+    }
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn send_failures_are_classified_for_the_retry_verdict() {
     use paas_router::retry::Failure;
