@@ -7,11 +7,11 @@
 //!   route `<app>.<domain>` per app; backends from discovery (`services/<app>-web/`),
 //!   both followed with watches. Module map, in the order a request meets them:
 //!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
-//!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `table` (route match) -> `headers` (forwarding headers, limits) ->
-//!   `sticky` (signed backend cookie) -> `balance` (power of two choices) ->
-//!   `upstream` (keep-alive backend connections, pooled per backend, driven by the
-//!   request's task) -> `retry` (retry verdicts) -> `access` (access lines to the
-//!   app's log) and `metrics`.
+//!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `table` (route match)
+//!   -> `headers` (forwarding headers, limits) -> `sticky` (signed backend cookie) ->
+//!   `balance` (power of two choices) -> `upstream` (keep-alive backend connections,
+//!   pooled per backend, driven by the request's task) -> `retry` (retry verdicts) ->
+//!   `access` (access lines to the app's log) and `metrics`.
 //!   An optional listener takes a PROXY protocol header first (`proxy_protocol`).
 //!   `state` turns the etcd watches into the snapshot every request reads.
 //!   Each worker thread has its own `Proxy` (a copy of the snapshot, its access log
@@ -24,8 +24,8 @@
 //!
 //! Invariants:
 //! - The decisions (`refuse::check`, `table::RouteTable::lookup`, `balance::pick`,
-//!   `retry::verdict`, `headers::*`, `sticky::StickyKey::verify`, `proxy_protocol::decode`,
-//!   `access::format`) do no I/O.
+//!   `retry::verdict`, `headers::*`, `sticky::StickyKey::verify`,
+//!   `proxy_protocol::decode`, `access::format`) do no I/O.
 //! - A request is sent to a second backend only when the first cannot have acted on it
 //!   or the method is idempotent (`retry`), and never after a byte of the response
 //!   reached the client.
