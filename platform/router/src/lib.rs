@@ -7,7 +7,8 @@
 //!   route `<app>.<domain>` per app; backends from discovery (`services/<app>-web/`),
 //!   both followed with watches. Module map, in the order a request meets them:
 //!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
-//!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `table` (route match)
+//!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `body` (request
+//!   bodies read within limits and a router-wide budget) -> `table` (route match)
 //!   -> `headers` (forwarding headers, limits) -> `sticky` (signed backend cookie) ->
 //!   `balance` (power of two choices) -> `upstream` (keep-alive backend connections,
 //!   pooled per backend, driven by the request's task) -> `retry` (retry verdicts) ->
@@ -34,6 +35,7 @@
 
 pub mod access;
 pub mod balance;
+pub mod body;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
@@ -312,6 +314,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let stop = CancellationToken::new();
     let mut queues = Vec::new();
     let mut workers = Vec::new();
+    let bodies = body::BodyBudget::new(config.limits.max_buffered_body_bytes, metrics.body_bytes());
     for index in 0..config.workers.max(1) {
         let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
         let proxy = Arc::new(proxy::Proxy::new(
@@ -320,6 +323,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             key.clone(),
             Arc::clone(&metrics),
             access_logs.as_ref().map(access::AccessLogs::worker),
+            Arc::clone(&bodies),
         ));
         let worker = spawn_worker(
             index,

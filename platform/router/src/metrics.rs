@@ -7,6 +7,7 @@
 //! | `router_retries_total`                | counter   | app, reason   |
 //! | `router_backends`                     | gauge     | app           |
 //! | `router_access_lines_dropped_total`   | counter   |               |
+//! | `router_request_body_bytes`           | gauge     |               |
 //!
 //! `app` is `-` for requests that matched no route.
 //!
@@ -16,6 +17,7 @@
 //! `prometheus_client`'s own.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -193,6 +195,7 @@ pub struct Metrics {
     retries: Family<RetryLabels, Counter>,
     backends: Family<AppLabel, Gauge>,
     access_dropped: Counter,
+    body_bytes: Gauge<i64, AtomicI64>,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
 }
@@ -229,12 +232,19 @@ impl Metrics {
             "Access lines lost: the queue to the spool was full, or the spool refused them",
             access_dropped.clone(),
         );
+        let body_bytes = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "request_body_bytes",
+            "Bytes of request bodies the router holds (read whole so a retry can resend them)",
+            body_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
             retries,
             backends,
             access_dropped,
+            body_bytes,
             gauged: Mutex::new(Vec::new()),
         }
     }
@@ -242,6 +252,11 @@ impl Metrics {
     /// The counter of lost access lines, for the access log's writer to count into.
     pub fn access_dropped(&self) -> Counter {
         self.access_dropped.clone()
+    }
+
+    /// The gauge of request body bytes held, for the router's body budget to count in.
+    pub fn body_bytes(&self) -> Gauge<i64, AtomicI64> {
+        self.body_bytes.clone()
     }
 
     /// Counts one finished request (into the calling worker's shard).

@@ -3,10 +3,11 @@
 //! Flow of one request ([`Proxy::handle`]):
 //! 1. `X-Request-Id` (kept or generated); requests refused whatever their route
 //!    ([`refuse`]: two `Host` headers, `CONNECT`, `TRACE`); the route from host (the
-//!    target's authority, else `Host`) and path (404 if none);
-//!    header bytes (431) and `Content-Length` (413) against the limits.
-//! 2. The body is read into memory up to the body limit (413 beyond it), so a failed
-//!    attempt can be sent again; upgrade requests send no body.
+//!    target's authority, else `Host`) and path (404 if none); header bytes (431) and
+//!    `Content-Length` (413) against the limits.
+//! 2. The body is read into memory ([`body`]: 413 beyond the body limit, 503 beyond
+//!    the router-wide budget, 408 when it stalls), so a failed attempt can be sent
+//!    again; upgrade requests send no body.
 //! 3. Attempts: [`balance::pick`] (sticky cookie, else power of two choices on
 //!    in-flight requests, never a backend already tried, none that refused a connection
 //!    in the last `down_after_refusal` while another is left), send on one of its
@@ -29,16 +30,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::access::{AccessEntry, AccessLog};
 use crate::balance::{self, Pick};
+use crate::body::{self, BodyBudget, BodyError};
 use crate::headers::{self, Forwarded};
 use crate::metrics::Metrics;
 use crate::refuse::{self, Refusal};
@@ -102,6 +104,10 @@ impl Body for ProxyBody {
 pub struct Limits {
     /// Largest request body (413 beyond).
     pub max_body_bytes: usize,
+    /// Bytes of request bodies all workers hold at most (503 for a body beyond).
+    pub max_buffered_body_bytes: usize,
+    /// Longest wait for the next bytes of a request body (408 after).
+    pub body_read_timeout: Duration,
     /// Largest request header block (431 beyond).
     pub max_header_bytes: usize,
     /// How long a backend may take to send response headers (504 after).
@@ -127,6 +133,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 10 << 20,
+            max_buffered_body_bytes: 256 << 20,
+            body_read_timeout: Duration::from_secs(60),
             max_header_bytes: 32 << 10,
             backend_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
@@ -160,6 +168,8 @@ pub struct Proxy {
     sticky: StickyKey,
     metrics: Arc<Metrics>,
     access: Option<AccessLog>,
+    /// The router-wide budget request bodies are read within.
+    bodies: Arc<BodyBudget>,
 }
 
 /// A worker's copy of the routing snapshot and the watch it follows.
@@ -174,13 +184,15 @@ struct SnapshotCache {
 const NO_APP: &str = "-";
 
 impl Proxy {
-    /// A worker's proxy, reading routes and backends from `state`.
+    /// A worker's proxy, reading routes and backends from `state`, request bodies within
+    /// `bodies` (one budget for all workers).
     pub fn new(
         mut state: watch::Receiver<Arc<Snapshot>>,
         limits: Limits,
         sticky: StickyKey,
         metrics: Arc<Metrics>,
         access: Option<AccessLog>,
+        bodies: Arc<BodyBudget>,
     ) -> Self {
         let conn = ConnSettings {
             connect_timeout: limits.connect_timeout,
@@ -195,6 +207,7 @@ impl Proxy {
             sticky,
             metrics,
             access,
+            bodies,
         }
     }
 
@@ -277,29 +290,22 @@ impl Proxy {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let body = if upgrade || body.is_end_stream() {
-            Bytes::new()
+        // The body's bytes stay leased from the router's budget until the request is
+        // done with them (its last attempt sent or failed).
+        let (body, _lease) = if upgrade || body.is_end_stream() {
+            (Bytes::new(), None)
         } else {
             // Boxed, like the upgrade below: a request future is moved whole more than
             // once per request, so the paths most requests skip stay out of its size.
-            match Box::pin(Limited::new(body, self.limits.max_body_bytes).collect()).await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    return log.finish_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &request_id,
-                        "request body too large",
-                    );
-                }
+            match Box::pin(body::read(body, &self.limits, &self.bodies)).await {
+                Ok((bytes, lease)) => (bytes, Some(lease)),
                 Err(e) => {
-                    return log.finish_error(
-                        StatusCode::BAD_REQUEST,
-                        &request_id,
-                        &format!("reading the request body: {e}"),
-                    );
+                    let mut resp = log.finish_error(e.status(), &request_id, &e.to_string());
+                    if matches!(e, BodyError::Busy) {
+                        resp.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    return resp;
                 }
             }
         };

@@ -476,6 +476,99 @@ async fn enforces_body_and_header_limits_and_backend_timeout() {
     router.shutdown().await;
 }
 
+/// Request bodies are held within a router-wide budget (a body beyond it gets a 503, not
+/// the host's memory) and must keep arriving (408 for a stalled one, whose bytes are
+/// then given back).
+#[tokio::test]
+async fn request_bodies_are_held_within_a_budget_and_must_keep_arriving() {
+    let p = platform().await;
+    p.app("shop").await;
+    let shop = backend("shop").await;
+    let _r = p.register("shop", "j1", shop.addr).await;
+    let read_timeout = Duration::from_secs(3);
+    let limits = Limits {
+        max_body_bytes: 1024,
+        max_buffered_body_bytes: 1500,
+        body_read_timeout: read_timeout,
+        ..Limits::default()
+    };
+    let router = p.router(limits).await;
+    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    let post = || {
+        Request::post("/")
+            .header("host", "shop.localhost")
+            .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+            .unwrap()
+    };
+    assert_eq!(
+        send(router.http_addr(), post()).await.status,
+        StatusCode::OK
+    );
+    let hits = shop.hits.load(Ordering::SeqCst);
+
+    // A client sends 1000 of the 1024 bytes it announced, then nothing.
+    let mut stalled = TcpStream::connect(router.http_addr()).await.unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: shop.localhost\r\nContent-Length: 1024\r\n\r\n")
+        .await
+        .unwrap();
+    stalled.write_all(&[b'y'; 1000]).await.unwrap();
+    let stalled_at = std::time::Instant::now();
+    let admin = router.admin_addr().unwrap();
+    let body_bytes = || async move {
+        let metrics = send(
+            admin,
+            Request::get("/metrics").body(Full::default()).unwrap(),
+        )
+        .await;
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("router_request_body_bytes "))
+            .map(str::to_string)
+    };
+    paas_it::wait_for("the router to hold the stalled bytes", WAIT, || async {
+        body_bytes().await.as_deref() == Some("1000")
+    })
+    .await;
+    // While they are held, another 1000-byte body does not fit the budget.
+    let busy = send(router.http_addr(), post()).await;
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.body
+    );
+    assert_eq!(busy.headers["retry-after"], "1");
+    assert!(
+        busy.body.contains("too many request bodies"),
+        "{}",
+        busy.body
+    );
+
+    // The stalled body gets a 408 after the read timeout, and its bytes are given back.
+    let mut reply = Vec::new();
+    let _ = stalled.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        stalled_at.elapsed() >= read_timeout,
+        "{:?}",
+        stalled_at.elapsed()
+    );
+    assert_eq!(body_bytes().await.as_deref(), Some("0"));
+    assert_eq!(
+        send(router.http_addr(), post()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        shop.hits.load(Ordering::SeqCst),
+        hits + 1,
+        "the stalled and the refused bodies did not reach the backend"
+    );
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn retries_on_another_backend_when_one_refuses_connections() {
     let p = platform().await;
