@@ -269,11 +269,16 @@ async fn get_ok(router: &Router, host: &str) -> bool {
 /// App `shop` with one backend registered, and a router that has been seen to reach it
 /// over HTTP/1.1; the registration lives as long as the returned value.
 async fn shop_behind_a_router() -> (Platform, Backend, Registration, Router) {
+    shop_behind_a_router_with(Limits::default()).await
+}
+
+/// [`shop_behind_a_router`] with a router of `limits`.
+async fn shop_behind_a_router_with(limits: Limits) -> (Platform, Backend, Registration, Router) {
     let p = platform().await;
     p.app("shop").await;
     let shop = backend("shop").await;
     let registration = p.register("shop", "j1", shop.addr).await;
-    let router = p.router(Limits::default()).await;
+    let router = p.router(limits).await;
     paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
     (p, shop, registration, router)
 }
@@ -481,19 +486,14 @@ async fn enforces_body_and_header_limits_and_backend_timeout() {
 /// then given back).
 #[tokio::test]
 async fn request_bodies_are_held_within_a_budget_and_must_keep_arriving() {
-    let p = platform().await;
-    p.app("shop").await;
-    let shop = backend("shop").await;
-    let _r = p.register("shop", "j1", shop.addr).await;
     let read_timeout = Duration::from_secs(3);
-    let limits = Limits {
+    let (_p, shop, _r, router) = shop_behind_a_router_with(Limits {
         max_body_bytes: 1024,
         max_buffered_body_bytes: 1500,
         body_read_timeout: read_timeout,
         ..Limits::default()
-    };
-    let router = p.router(limits).await;
-    paas_it::wait_for("shop's backend", WAIT, || get_ok(&router, "shop.localhost")).await;
+    })
+    .await;
     let post = || {
         Request::post("/")
             .header("host", "shop.localhost")
