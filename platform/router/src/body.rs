@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -79,6 +79,11 @@ impl Lease {
         }
     }
 
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Takes `n` more bytes; false (and nothing taken) if the budget has no room.
     pub fn grow(&mut self, n: usize) -> bool {
         if self.budget.take(n) {
@@ -133,9 +138,7 @@ pub async fn read(
     budget: &Arc<BodyBudget>,
 ) -> Result<(Bytes, Lease), BodyError> {
     let mut lease = Lease::new(budget);
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    let mut total = 0usize;
+    let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         let frame = match tokio::time::timeout(limits.body_read_timeout, body.frame()).await {
             Err(_) => return Err(BodyError::Stalled(limits.body_read_timeout)),
@@ -149,25 +152,21 @@ pub async fn read(
         if data.is_empty() {
             continue;
         }
-        total += data.len();
-        if total > limits.max_body_bytes {
+        // The lease holds every byte read so far: it is the body's length.
+        if lease.bytes() + data.len() > limits.max_body_bytes {
             return Err(BodyError::TooLarge);
         }
         if !lease.grow(data.len()) {
             return Err(BodyError::Busy);
         }
-        // One frame (most bodies) is kept as it came; more are joined into one buffer.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(earlier) => {
-                joined.reserve(earlier.len() + data.len());
-                joined.extend_from_slice(&earlier);
-                joined.extend_from_slice(&data);
-            }
-        }
+        chunks.push(data);
     }
-    let bytes = first.unwrap_or_else(|| joined.freeze());
+    // One frame (most bodies) is kept as it came; more are joined into one buffer.
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    };
     Ok((bytes, lease))
 }
 

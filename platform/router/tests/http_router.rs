@@ -504,6 +504,26 @@ async fn request_bodies_are_held_within_a_budget_and_must_keep_arriving() {
         send(router.http_addr(), post()).await.status,
         StatusCode::OK
     );
+    // A body in several frames (chunked) reaches the backend whole.
+    let frames = futures::stream::iter(
+        (0..4).map(|_| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'z'; 250])))),
+    );
+    let chunked = Request::post("/")
+        .header("host", "shop.localhost")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(chunked).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["body_len"],
+        1000
+    );
     let hits = shop.hits.load(Ordering::SeqCst);
 
     // A client sends 1000 of the 1024 bytes it announced, then nothing.
@@ -1140,15 +1160,17 @@ async fn raw_exchange(addr: SocketAddr, chunks: &[&[u8]]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The JSON body of a raw HTTP/1.1 reply, which must be a 200.
+fn ok_json(reply: &str) -> Value {
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn proxy_protocol_listener_takes_the_client_from_the_header() {
     let (_p, shop, _r, router) = shop_behind_a_router().await;
     let addr = router.proxy_protocol_addr().unwrap();
     let request = &b"GET /pp HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"[..];
-    let body_of = |reply: &str| -> Value {
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-    };
 
     // v1, header and request in one write.
     let v1 = [
@@ -1156,7 +1178,7 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
         request,
     ]
     .concat();
-    let seen = body_of(&raw_exchange(addr, &[&v1]).await);
+    let seen = ok_json(&raw_exchange(addr, &[&v1]).await);
     assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7");
     assert_eq!(seen["headers"]["x-forwarded-port"], "80");
 
@@ -1171,7 +1193,7 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
     v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
     v2.extend_from_slice(&4000u16.to_be_bytes());
     v2.extend_from_slice(&443u16.to_be_bytes());
-    let seen = body_of(&raw_exchange(addr, &[&v2[..10], &v2[10..], request]).await);
+    let seen = ok_json(&raw_exchange(addr, &[&v2[..10], &v2[10..], request]).await);
     assert_eq!(seen["headers"]["x-forwarded-for"], "2001:db8::7");
     assert_eq!(seen["headers"]["x-forwarded-port"], "443");
 
@@ -1191,10 +1213,6 @@ async fn proxy_protocol_listener_takes_the_client_from_the_header() {
 async fn ambiguous_and_tunnelling_requests_are_refused_or_made_plain() {
     let (_p, shop, _r, router) = shop_behind_a_router().await;
     let addr = router.http_addr();
-    let body_of = |reply: &str| -> Value {
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-    };
     let hits = shop.hits.load(Ordering::SeqCst);
 
     let two_hosts = raw_exchange(
@@ -1231,7 +1249,7 @@ async fn ambiguous_and_tunnelling_requests_are_refused_or_made_plain() {
     ] {
         let request =
             format!("GET {target} HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\n\r\n");
-        let seen = body_of(&raw_exchange(addr, &[request.as_bytes()]).await);
+        let seen = ok_json(&raw_exchange(addr, &[request.as_bytes()]).await);
         assert_eq!(seen["path"], "/abs", "{target}");
         let host = target.split('/').nth(2).unwrap();
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
@@ -1239,7 +1257,7 @@ async fn ambiguous_and_tunnelling_requests_are_refused_or_made_plain() {
     }
 
     // h2c: forwarded as a plain request (the test backend would answer any upgrade 101).
-    let seen = body_of(
+    let seen = ok_json(
         &raw_exchange(
             addr,
             &[b"GET /h2c HTTP/1.1\r\nHost: shop.localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"],
