@@ -230,6 +230,16 @@ impl Reply {
 
 /// Sends `req` on a fresh HTTP/1.1 connection to `addr`.
 async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    send_body(addr, req).await
+}
+
+/// [`send`] with a body of any type (a stream, for chunked requests).
+async fn send_body<B>(addr: SocketAddr, req: Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -247,6 +257,21 @@ async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
         headers: head.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
+}
+
+/// A POST to `shop.localhost` whose body is `frames` chunks of `len` bytes, sent
+/// chunked (no `Content-Length`).
+fn chunked_post(
+    frames: usize,
+    len: usize,
+) -> Request<impl hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static> {
+    let chunks = futures::stream::iter(
+        (0..frames).map(move |_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'c'; len])))),
+    );
+    Request::post("/")
+        .header("host", "shop.localhost")
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap()
 }
 
 fn get(host: &str, path: &str) -> http::request::Builder {
@@ -428,20 +453,8 @@ async fn enforces_body_and_header_limits_and_backend_timeout() {
     let big = send(router.http_addr(), post(vec![b'x'; 1025])).await;
     assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
     // Chunked (no Content-Length), too large while reading.
-    let stream = futures::stream::iter(
-        (0..4).map(|_| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 512])))),
-    );
-    let chunked = Request::post("/")
-        .header("host", "shop.localhost")
-        .body(http_body_util::StreamBody::new(stream))
-        .unwrap();
-    let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender.send_request(chunked).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let chunked = send_body(router.http_addr(), chunked_post(4, 512)).await;
+    assert_eq!(chunked.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         shop.hits.load(Ordering::SeqCst),
         2,
@@ -505,25 +518,9 @@ async fn request_bodies_are_held_within_a_budget_and_must_keep_arriving() {
         StatusCode::OK
     );
     // A body in several frames (chunked) reaches the backend whole.
-    let frames = futures::stream::iter(
-        (0..4).map(|_| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'z'; 250])))),
-    );
-    let chunked = Request::post("/")
-        .header("host", "shop.localhost")
-        .body(http_body_util::StreamBody::new(frames))
-        .unwrap();
-    let tcp = TcpStream::connect(router.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender.send_request(chunked).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(
-        serde_json::from_slice::<Value>(&body).unwrap()["body_len"],
-        1000
-    );
+    let chunked = send_body(router.http_addr(), chunked_post(4, 250)).await;
+    assert_eq!(chunked.status, StatusCode::OK);
+    assert_eq!(chunked.json()["body_len"], 1000);
     let hits = shop.hits.load(Ordering::SeqCst);
 
     // A client sends 1000 of the 1024 bytes it announced, then nothing.
