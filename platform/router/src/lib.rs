@@ -6,7 +6,9 @@
 //!   optional path prefix -> app) come from `routes/<id>` in etcd plus one default
 //!   route `<app>.<domain>` per app; backends from discovery (`services/<app>-web/`),
 //!   both followed with watches. Module map, in the order a request meets them:
-//!   `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in `tls`) -> `proxy` (the
+//!   `admission` (connections per client address and in all) -> `idle` (silent
+//!   connections closed) -> `server` (listeners, HTTP/1.1 + HTTP/2, TLS by SNI in
+//!   `tls`) -> `proxy` (the
 //!   handler) -> `refuse` (ambiguous or tunnelling requests) -> `body` (request
 //!   bodies read within limits and a router-wide budget) -> `table` (route match)
 //!   -> `headers` (forwarding headers, limits) -> `sticky` (signed backend cookie) ->
@@ -34,9 +36,11 @@
 //!   after the router saw the deletion (`state`).
 
 pub mod access;
+pub mod admission;
 pub mod balance;
 pub mod body;
 pub mod headers;
+pub mod idle;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -213,7 +217,7 @@ fn spawn_worker(
     index: usize,
     queue: tokio::sync::mpsc::UnboundedReceiver<server::Accepted>,
     proxy: Arc<proxy::Proxy>,
-    max_header: usize,
+    admission: Arc<admission::Admission>,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, RouterError> {
     let fail = |source| RouterError::Worker {
@@ -236,7 +240,7 @@ fn spawn_worker(
                     tokio::spawn(log.flush_after_window());
                 }
                 let connections = tokio_util::task::TaskTracker::new();
-                server::work(queue, proxy, max_header, stop, connections.clone()).await;
+                server::work(queue, proxy, admission, stop, connections.clone()).await;
                 connections.close();
                 if tokio::time::timeout(CONNECTION_DRAIN, connections.wait())
                     .await
@@ -315,6 +319,12 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let mut queues = Vec::new();
     let mut workers = Vec::new();
     let bodies = body::BodyBudget::new(config.limits.max_buffered_body_bytes, metrics.body_bytes());
+    let admission = admission::Admission::new(
+        config.limits.max_connections_per_client,
+        config.limits.max_connections,
+        metrics.client_connections(),
+        metrics.connections_refused(),
+    );
     for index in 0..config.workers.max(1) {
         let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
         let proxy = Arc::new(proxy::Proxy::new(
@@ -325,13 +335,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             access_logs.as_ref().map(access::AccessLogs::worker),
             Arc::clone(&bodies),
         ));
-        let worker = spawn_worker(
-            index,
-            incoming,
-            proxy,
-            config.limits.max_header_bytes,
-            stop.clone(),
-        );
+        let worker = spawn_worker(index, incoming, proxy, Arc::clone(&admission), stop.clone());
         match worker {
             Ok(thread) => workers.push(thread),
             Err(e) => {
@@ -347,6 +351,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
         http,
         server::Mode::Plain,
         Arc::clone(&dispatch),
+        Arc::clone(&admission),
         stop.clone(),
     ))];
     if let Some(listener) = proxied {
@@ -354,6 +359,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             listener,
             server::Mode::ProxyProtocol,
             Arc::clone(&dispatch),
+            Arc::clone(&admission),
             stop.clone(),
         )));
     }
@@ -364,6 +370,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             listener,
             server::Mode::Tls(acceptor),
             Arc::clone(&dispatch),
+            Arc::clone(&admission),
             stop.clone(),
         )));
     }

@@ -8,6 +8,8 @@
 //! | `router_backends`                     | gauge     | app           |
 //! | `router_access_lines_dropped_total`   | counter   |               |
 //! | `router_request_body_bytes`           | gauge     |               |
+//! | `router_client_connections`           | gauge     |               |
+//! | `router_connections_refused_total`    | counter   |               |
 //!
 //! `app` is `-` for requests that matched no route.
 //!
@@ -196,6 +198,8 @@ pub struct Metrics {
     backends: Family<AppLabel, Gauge>,
     access_dropped: Counter,
     body_bytes: Gauge<i64, AtomicI64>,
+    client_connections: Gauge,
+    connections_refused: Counter,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
 }
@@ -238,6 +242,18 @@ impl Metrics {
             "Bytes of request bodies the router holds (read whole so a retry can resend them)",
             body_bytes.clone(),
         );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open",
+            client_connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once: their client address held its most connections",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -245,6 +261,8 @@ impl Metrics {
             backends,
             access_dropped,
             body_bytes,
+            client_connections,
+            connections_refused,
             gauged: Mutex::new(Vec::new()),
         }
     }
@@ -257,6 +275,16 @@ impl Metrics {
     /// The gauge of request body bytes held, for the router's body budget to count in.
     pub fn body_bytes(&self) -> Gauge<i64, AtomicI64> {
         self.body_bytes.clone()
+    }
+
+    /// The gauge of open client connections, for the router's admission to set.
+    pub fn client_connections(&self) -> Gauge {
+        self.client_connections.clone()
+    }
+
+    /// The counter of client connections refused for their client's limit.
+    pub fn connections_refused(&self) -> Counter {
+        self.connections_refused.clone()
     }
 
     /// Counts one finished request (into the calling worker's shard).

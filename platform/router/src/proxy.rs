@@ -127,6 +127,14 @@ pub struct Limits {
     /// fails within this time and an idempotent request goes to another backend. A live
     /// backend's kernel acknowledges within milliseconds, however slow its answer.
     pub backend_ack_timeout: Duration,
+    /// Client connections open from one client address (an IPv6 /64) at most; beyond,
+    /// a new one is closed at once ([`crate::admission`]).
+    pub max_connections_per_client: usize,
+    /// Client connections open at most; at this many, accepting waits until one closes.
+    pub max_connections: usize,
+    /// A client connection on which no byte moves for this long is asked to close, and
+    /// dropped if it stays silent for as long again ([`crate::idle`]).
+    pub client_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -142,6 +150,9 @@ impl Default for Limits {
             pool_idle_timeout: Duration::from_secs(60),
             down_after_refusal: Duration::from_secs(2),
             backend_ack_timeout: Duration::from_secs(2),
+            max_connections_per_client: 1000,
+            max_connections: crate::admission::default_total(),
+            client_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -209,6 +220,11 @@ impl Proxy {
             access,
             bodies,
         }
+    }
+
+    /// The limits its requests are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The worker's access log, if access lines are on.

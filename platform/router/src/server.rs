@@ -1,15 +1,18 @@
 //! Listeners: plain HTTP, HTTPS (rustls, SNI), plain HTTP behind a PROXY protocol
 //! header, and the admin endpoint (`/metrics`).
 //!
-//! The accept loops hand each connection to one of the router's worker threads in turn
-//! ([`Dispatch`]); there it is served by hyper-util's auto builder (HTTP/1.1 with
-//! upgrades, or HTTP/2 by preface or ALPN) in its own task. On shutdown the accept
-//! loops stop and every connection is asked to finish gracefully (in-flight requests
+//! The accept loops wait for room among the router's connections before they accept
+//! ([`Admission`]: at the total they wait, and a client over its own limit is closed at
+//! once), then hand each connection to one of the router's worker threads in
+//! turn ([`Dispatch`]); there it is served by hyper-util's auto builder (HTTP/1.1 with
+//! upgrades, or HTTP/2 by preface or ALPN) in its own task, and asked to close when
+//! nothing moves on it for the idle timeout ([`idle`]). On shutdown the accept loops
+//! stop and every connection is asked to finish gracefully (in-flight requests
 //! complete, idle keep-alive connections close).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +30,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, ClientPermit, Slot};
 use crate::headers::Forwarded;
+use crate::idle::{self, Watched};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::proxy_protocol::{self, Header};
@@ -53,6 +58,11 @@ pub struct Accepted {
     peer: SocketAddr,
     local_port: u16,
     mode: Mode,
+    /// Its place among the router's connections.
+    slot: Slot,
+    /// Its place among its client's (none yet behind a PROXY header, which names the
+    /// client).
+    client: Option<ClientPermit>,
 }
 
 /// Hands accepted connections to the router's worker threads in turn (each then serves
@@ -79,16 +89,21 @@ impl Dispatch {
     }
 }
 
-/// Accepts connections on `listener` until `stop`, handing each to a worker through
-/// `dispatch`.
+/// Accepts connections on `listener` until `stop`, each within `admission`'s limits,
+/// handing each to a worker through `dispatch`.
 pub async fn serve(
     listener: TcpListener,
     mode: Mode,
     dispatch: Arc<Dispatch>,
+    admission: Arc<Admission>,
     stop: CancellationToken,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
+        tokio::select! {
+            () = admission.room() => {}
+            () = stop.cancelled() => break,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -101,6 +116,15 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
+        let slot = admission.slot();
+        // Behind a PROXY header the peer is the balancer: its client is known later.
+        let client = match mode {
+            Mode::ProxyProtocol => None,
+            _ => match admission.client(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => continue,
+            },
+        };
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(stream) => dispatch.send(Accepted {
@@ -108,6 +132,8 @@ pub async fn serve(
                 peer,
                 local_port,
                 mode: mode.clone(),
+                slot,
+                client,
             }),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "cannot hand a connection over; closing it")
@@ -117,14 +143,19 @@ pub async fn serve(
 }
 
 /// A worker's loop: serves the connections `queue` brings, each in a task of
-/// `connections`, through `proxy`, until `stop`.
+/// `connections`, through `proxy`, until `stop`; a client behind a PROXY header is
+/// admitted by `admission` once the header names it.
 pub async fn work(
     mut queue: mpsc::UnboundedReceiver<Accepted>,
     proxy: Arc<Proxy>,
-    max_header_bytes: usize,
+    admission: Arc<Admission>,
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
+    let serving = Serving {
+        max_header_bytes: proxy.limits().max_header_bytes,
+        idle_timeout: proxy.limits().client_idle_timeout,
+    };
     let connections_stop = StopSignal::new();
     loop {
         let accepted = tokio::select! {
@@ -139,6 +170,8 @@ pub async fn work(
             peer,
             local_port,
             mode,
+            slot,
+            client,
         } = accepted;
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -148,6 +181,7 @@ pub async fn work(
             }
         };
         let proxy = Arc::clone(&proxy);
+        let admission = Arc::clone(&admission);
         let stop = connections_stop.subscribe();
         connections.spawn(async move {
             let mut info = ConnInfo {
@@ -160,20 +194,29 @@ pub async fn work(
                 },
             };
             match mode {
-                Mode::Plain => serve_connection(stream, proxy, info, max_header_bytes, stop).await,
+                Mode::Plain => {
+                    let stream = Watched::new(stream, slot, client);
+                    let activity = stream.activity();
+                    serve_connection(stream, activity, proxy, info, serving, stop).await
+                }
                 Mode::ProxyProtocol => {
                     let mut stream = stream;
                     match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
-                        Ok(Header::Proxied {
-                            source,
-                            destination,
-                        }) => {
-                            info.peer = source;
-                            info.local_port = destination.port();
-                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
-                        }
-                        Ok(Header::Local) => {
-                            serve_connection(stream, proxy, info, max_header_bytes, stop).await
+                        Ok(header) => {
+                            if let Header::Proxied {
+                                source,
+                                destination,
+                            } = header
+                            {
+                                info.peer = source;
+                                info.local_port = destination.port();
+                            }
+                            let Some(client) = admission.client(info.peer.ip()) else {
+                                return;
+                            };
+                            let stream = Watched::new(stream, slot, Some(client));
+                            let activity = stream.activity();
+                            serve_connection(stream, activity, proxy, info, serving, stop).await
                         }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "closing a connection without a PROXY header")
@@ -181,9 +224,12 @@ pub async fn work(
                     }
                 }
                 Mode::Tls(acceptor) => {
+                    let stream = Watched::new(stream, slot, client);
+                    let activity = stream.activity();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, proxy, info, max_header_bytes, stop).await
+                            serve_connection(tls_stream, activity, proxy, info, serving, stop)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -195,12 +241,25 @@ pub async fn work(
     connections_stop.stop();
 }
 
+/// How a worker serves its client connections.
+#[derive(Debug, Clone, Copy)]
+struct Serving {
+    /// Largest request header block hyper reads.
+    max_header_bytes: usize,
+    /// A connection on which no byte moves for this long is asked to close ([`idle`]).
+    idle_timeout: Duration,
+}
+
+/// Serves one client connection until it closes, `stop` asks it to, or `activity` (its
+/// socket's count of reads and writes) stays still for the idle timeout: then it is
+/// asked to close, and dropped if it stays still for another.
 async fn serve_connection<S>(
     stream: S,
+    activity: Arc<AtomicU64>,
     proxy: Arc<Proxy>,
     info: ConnInfo,
-    max_header_bytes: usize,
-    stop: Stopped,
+    serving: Serving,
+    mut stop: Stopped,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -214,19 +273,37 @@ async fn serve_connection<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .max_buf_size(max_header_bytes.max(8192));
+        .max_buf_size(serving.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+    let quiet = idle::quiet(&activity, serving.idle_timeout);
+    tokio::pin!(quiet);
+    let (mut stopping, mut asked_idle) = (false, false);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+                }
+                return;
             }
-        }
-        () = stop => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = quiet.as_mut() => {
+                if asked_idle {
+                    tracing::debug!(peer = %info.peer, timeout = ?serving.idle_timeout,
+                        "dropping a client connection still silent after it was asked to close");
+                    return;
+                }
+                tracing::debug!(peer = %info.peer, timeout = ?serving.idle_timeout,
+                    "closing a client connection silent for the idle timeout");
+                asked_idle = true;
+                conn.as_mut().graceful_shutdown();
+                quiet.set(idle::quiet(&activity, serving.idle_timeout));
+            }
         }
     }
 }

@@ -67,6 +67,11 @@ async fn describe(
             .body(Full::new(Bytes::new()))
             .unwrap();
     }
+    if let Some(size) = req.uri().query().and_then(|q| q.strip_prefix("size=")) {
+        // A body of that many bytes, for a client that does not read it.
+        let size: usize = size.parse().unwrap_or(0);
+        return Response::new(Full::new(Bytes::from(vec![b'x'; size])));
+    }
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
@@ -1398,5 +1403,159 @@ async fn tcp_routes_forward_connections_to_the_apps_web_jobs() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    router.shutdown().await;
+}
+
+/// The router's metric `name` (no labels) as its text shows it.
+fn metric(router: &Router, name: &str) -> Option<String> {
+    router
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_string))
+}
+
+/// Waits until the router counts `n` open client connections.
+async fn wait_for_connections(router: &Router, n: usize) {
+    let want = n.to_string();
+    paas_it::wait_for(&format!("{n} client connections"), WAIT, || {
+        let open = metric(router, "router_client_connections");
+        let matches = open.as_deref() == Some(want.as_str());
+        async move { matches }
+    })
+    .await;
+}
+
+/// Whether the router closes `stream` without a byte (within `WAIT`).
+async fn closed_unanswered(mut stream: TcpStream) -> bool {
+    let mut out = Vec::new();
+    matches!(
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// One client address holds at most its limit of connections, whichever listener they
+/// came in on; behind a PROXY header, the header's client is counted.
+#[tokio::test]
+async fn connections_from_one_client_address_are_limited() {
+    let (_p, _shop, _r, router) = shop_behind_a_router_with(Limits {
+        max_connections_per_client: 3,
+        ..Limits::default()
+    })
+    .await;
+    wait_for_connections(&router, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(router.http_addr()).await.unwrap());
+    }
+    wait_for_connections(&router, 3).await;
+
+    // A fourth from the same address, on any listener: closed without an answer.
+    for fourth in [router.http_addr(), router.tls_addr().unwrap()] {
+        let fourth = TcpStream::connect(fourth).await.unwrap();
+        assert!(
+            closed_unanswered(fourth).await,
+            "a fourth connection was kept"
+        );
+    }
+    assert_eq!(
+        metric(&router, "router_connections_refused_total").as_deref(),
+        Some("2")
+    );
+    wait_for_connections(&router, 3).await;
+
+    // The held ones are served; once one closes, another is taken.
+    let request = &b"GET / HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"[..];
+    let mut first = held.remove(0);
+    first.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    first.read_to_end(&mut reply).await.unwrap();
+    ok_json(&String::from_utf8_lossy(&reply));
+    wait_for_connections(&router, 2).await;
+    ok_json(&raw_exchange(router.http_addr(), &[request]).await);
+
+    // Behind a PROXY header the client it names is counted, not the balancer.
+    let proxied = router.proxy_protocol_addr().unwrap();
+    let header = &b"PROXY TCP4 203.0.113.7 198.51.100.1 5555 80\r\n"[..];
+    let mut from_one = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(proxied).await.unwrap();
+        stream.write_all(header).await.unwrap();
+        from_one.push(stream);
+    }
+    wait_for_connections(&router, 5).await;
+    let mut fourth = TcpStream::connect(proxied).await.unwrap();
+    fourth.write_all(header).await.unwrap();
+    assert!(
+        closed_unanswered(fourth).await,
+        "a fourth from 203.0.113.7 was kept"
+    );
+    assert_eq!(
+        metric(&router, "router_connections_refused_total").as_deref(),
+        Some("3")
+    );
+    drop((held, from_one));
+    wait_for_connections(&router, 0).await;
+    router.shutdown().await;
+}
+
+/// A connection that sends nothing is closed after the idle timeout; one that keeps
+/// sending requests is not; one whose client stopped reading a response is dropped
+/// after twice the timeout (it never finishes otherwise).
+#[tokio::test]
+async fn silent_client_connections_are_closed() {
+    let timeout = Duration::from_secs(2);
+    let (_p, _shop, _r, router) = shop_behind_a_router_with(Limits {
+        client_idle_timeout: timeout,
+        ..Limits::default()
+    })
+    .await;
+    let addr = router.http_addr();
+    let silent = async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            closed_unanswered(stream).await,
+            "a silent connection stayed open"
+        );
+        started.elapsed()
+    };
+    let busy = async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        // Requests every 250 ms for longer than a timeout and a quarter.
+        for _ in 0..14 {
+            let resp = sender
+                .send_request(get("shop.localhost", "/").body(Full::default()).unwrap())
+                .await
+                .expect("a connection in use was closed");
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.into_body().collect().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let (took, ()) = tokio::join!(silent, busy);
+    assert!(took >= timeout, "closed after {took:?}");
+    wait_for_connections(&router, 0).await;
+
+    // A client that asks for 64 MiB and reads none of it.
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    stuck
+        .write_all(b"GET /big?size=67108864 HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_connections(&router, 1).await;
+    wait_for_connections(&router, 0).await;
+    let mut got = Vec::new();
+    let _ = stuck.read_to_end(&mut got).await;
+    assert!(
+        got.len() < 64 << 20,
+        "the whole body arrived: {} bytes",
+        got.len()
+    );
     router.shutdown().await;
 }
