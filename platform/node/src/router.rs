@@ -30,6 +30,49 @@ pub struct RouterArgs {
     /// Every app is served at <app>.<domain>.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
+    /// Client connections the router keeps open from one client address (an IPv6 /64)
+    /// at most; a new one beyond is closed at once. Behind a load balancer, use
+    /// --router-proxy-protocol-listen, so the limit counts the real clients.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub router_max_connections_per_client: u64,
+    /// Client connections the router keeps open at most; at this many it accepts again
+    /// when one closes (default: half the open-file limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub router_max_connections: Option<u64>,
+    /// Seconds a client connection may stay silent (no byte either way) before the
+    /// router asks it to close; one silent for as long again is dropped.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub router_idle_timeout: u64,
+    /// Seconds a backend has to send its response's head (504 after).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub router_backend_timeout: u64,
+    /// Largest request body in bytes (413 beyond). Bodies are held whole, so a failed
+    /// attempt can be sent to another backend.
+    #[arg(long, default_value_t = 10 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub router_max_body_bytes: u64,
+    /// Bytes of request bodies the router holds at once, all requests together (503
+    /// with Retry-After for a body beyond).
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub router_max_buffered_body_bytes: u64,
+}
+
+impl RouterArgs {
+    /// The router's limits: these flags over [`paas_router::Limits`]' defaults.
+    pub fn limits(&self) -> paas_router::Limits {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let defaults = paas_router::Limits::default();
+        paas_router::Limits {
+            max_connections_per_client: size(self.router_max_connections_per_client),
+            max_connections: self
+                .router_max_connections
+                .map_or(defaults.max_connections, size),
+            client_idle_timeout: Duration::from_secs(self.router_idle_timeout),
+            backend_timeout: Duration::from_secs(self.router_backend_timeout),
+            max_body_bytes: size(self.router_max_body_bytes),
+            max_buffered_body_bytes: size(self.router_max_buffered_body_bytes),
+            ..defaults
+        }
+    }
 }
 
 /// Where the router's access lines go.
@@ -64,6 +107,7 @@ pub async fn start(
     config.admin_listen = Some(args.router_admin_listen);
     config.proxy_protocol_listen = args.router_proxy_protocol_listen;
     config.domain = args.domain.clone();
+    config.limits = args.limits();
     let spool_dir = data_dir.join("spool");
     config.access_log = match access {
         Some(AccessLines::Ship(aggregator)) => Some(AccessLogConfig::Ship {
