@@ -36,9 +36,14 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub router_max_connections_per_client: u64,
     /// Client connections the router keeps open at most; at this many it accepts again
-    /// when one closes (default: half the open-file limit).
+    /// when one closes (default: two fifths of the open-file limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub router_max_connections: Option<u64>,
+    /// Backend connections the router keeps open at most (pooled, in use, upgraded); a
+    /// request that needs another gets a 503 (default: two fifths of the open-file
+    /// limit: one HTTP/2 client connection can carry 200 requests at once).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub router_max_backend_connections: Option<u64>,
     /// Seconds a client connection may stay silent (no byte either way) before the
     /// router asks it to close; one silent for as long again is dropped.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -66,6 +71,9 @@ impl RouterArgs {
             max_connections: self
                 .router_max_connections
                 .map_or(defaults.max_connections, size),
+            max_backend_connections: self
+                .router_max_backend_connections
+                .map_or(defaults.max_backend_connections, size),
             client_idle_timeout: Duration::from_secs(self.router_idle_timeout),
             backend_timeout: Duration::from_secs(self.router_backend_timeout),
             max_body_bytes: size(self.router_max_body_bytes),

@@ -37,10 +37,16 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The default total: half the process's open-file limit (its soft limit, as raised
-/// at start), leaving the other half for the backend connections those clients' requests
-/// use and for the rest of the process; at least 64.
+/// The default total of client connections: two fifths of the process's open-file
+/// limit. Another two fifths are the backend connections' (their requests use one each,
+/// [`crate::upstream::BackendConns`]), and a fifth is left for the rest of the process
+/// (in `paas up`: the controller, the log aggregator's inputs, etcd).
 pub fn default_total() -> usize {
+    open_file_limit() / 5 * 2
+}
+
+/// The process's open-file limit (its soft limit, as raised at start), at least 160.
+pub fn open_file_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -51,7 +57,7 @@ pub fn default_total() -> usize {
     } else {
         1024
     };
-    (soft / 2).max(64)
+    soft.max(160)
 }
 
 /// The connection limits and the counts they are checked against, shared by the accept

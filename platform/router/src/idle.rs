@@ -12,9 +12,10 @@
 //! none happened for a whole timeout. The connection is then shut down gracefully (idle:
 //! closed at once; a request in progress still gets its response), and dropped if it
 //! stays silent for another timeout (nginx's `client_header_timeout` and `send_timeout`
-//! do the same, 60 s each by default). The connection's [`Slot`] and [`ClientPermit`]
-//! live in its socket's wrapper, so they are held for as long as the socket is open,
-//! an upgraded (websocket) connection's included.
+//! do the same, 60 s each by default). The connection's places in the router's limits
+//! (its `admission` slot and permit; a backend connection's count) live in its socket's
+//! wrapper, so they are held for as long as the socket is open, an upgraded (websocket)
+//! connection's included.
 
 use std::io;
 use std::pin::Pin;
@@ -25,29 +26,25 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::admission::{ClientPermit, Slot};
-
 /// Checks of the activity count per idle timeout: a silent connection is found silent
 /// between one timeout and a quarter more after its last byte.
 const CHECKS: u32 = 4;
 
-/// A client's socket, counting the reads and writes that move bytes, and holding the
-/// connection's places in the router's connection limits.
-pub struct Watched<S> {
+/// A socket, counting the reads and writes that move bytes, and holding `H` (the
+/// connection's places in the router's connection limits) until it is dropped.
+pub struct Watched<S, H> {
     inner: S,
     activity: Arc<AtomicU64>,
-    _slot: Slot,
-    _client: Option<ClientPermit>,
+    _holds: H,
 }
 
-impl<S> Watched<S> {
-    /// `inner`, counted, holding `slot` and `client` until it is dropped.
-    pub fn new(inner: S, slot: Slot, client: Option<ClientPermit>) -> Self {
+impl<S, H> Watched<S, H> {
+    /// `inner`, counted, holding `holds` until it is dropped.
+    pub fn new(inner: S, holds: H) -> Self {
         Watched {
             inner,
             activity: Arc::new(AtomicU64::new(0)),
-            _slot: slot,
-            _client: client,
+            _holds: holds,
         }
     }
 
@@ -63,7 +60,7 @@ impl<S> Watched<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+impl<S: AsyncRead + Unpin, H: Unpin> AsyncRead for Watched<S, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -78,7 +75,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Watched<S, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -168,7 +165,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(64);
         let slot = admission.slot();
         let permit = admission.client("192.0.2.1".parse().unwrap());
-        let mut watched = Watched::new(server, slot, permit);
+        let mut watched = Watched::new(server, (slot, permit));
         let activity = watched.activity();
         let mut client = client;
         client.write_all(b"ping").await.unwrap();

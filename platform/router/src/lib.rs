@@ -319,6 +319,10 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
     let mut queues = Vec::new();
     let mut workers = Vec::new();
     let bodies = body::BodyBudget::new(config.limits.max_buffered_body_bytes, metrics.body_bytes());
+    let backend_conns = upstream::BackendConns::new(
+        config.limits.max_backend_connections,
+        metrics.backend_connections(),
+    );
     let admission = admission::Admission::new(
         config.limits.max_connections_per_client,
         config.limits.max_connections,
@@ -334,6 +338,7 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
             Arc::clone(&metrics),
             access_logs.as_ref().map(access::AccessLogs::worker),
             Arc::clone(&bodies),
+            Arc::clone(&backend_conns),
         ));
         let worker = spawn_worker(index, incoming, proxy, Arc::clone(&admission), stop.clone());
         match worker {

@@ -10,6 +10,7 @@
 //! | `router_request_body_bytes`           | gauge     |               |
 //! | `router_client_connections`           | gauge     |               |
 //! | `router_connections_refused_total`    | counter   |               |
+//! | `router_backend_connections`          | gauge     |               |
 //!
 //! `app` is `-` for requests that matched no route.
 //!
@@ -200,6 +201,7 @@ pub struct Metrics {
     body_bytes: Gauge<i64, AtomicI64>,
     client_connections: Gauge,
     connections_refused: Counter,
+    backend_connections: Gauge,
     /// Apps with a backend gauge, so apps that lose every backend drop to 0.
     gauged: Mutex<Vec<String>>,
 }
@@ -254,8 +256,15 @@ impl Metrics {
             "Client connections closed at once: their client address held its most connections",
             connections_refused.clone(),
         );
+        let backend_connections = Gauge::default();
+        registry.register(
+            "backend_connections",
+            "Connections to backends open (pooled, in use and upgraded)",
+            backend_connections.clone(),
+        );
         Metrics {
             registry,
+            backend_connections,
             requests,
             retries,
             backends,
@@ -285,6 +294,11 @@ impl Metrics {
     /// The counter of client connections refused for their client's limit.
     pub fn connections_refused(&self) -> Counter {
         self.connections_refused.clone()
+    }
+
+    /// The gauge of open backend connections, which is their count.
+    pub fn backend_connections(&self) -> Gauge {
+        self.backend_connections.clone()
     }
 
     /// Counts one finished request (into the calling worker's shard).

@@ -47,7 +47,7 @@ use crate::refuse::{self, Refusal};
 use crate::retry::{self, Failure, GiveUpReason, RetryVerdict};
 use crate::state::{Backend, InFlight, Snapshot};
 use crate::sticky::StickyKey;
-use crate::upstream::{self, ConnSettings, SendError, UpstreamBody};
+use crate::upstream::{self, BackendConns, ConnSettings, SendError, UpstreamBody};
 
 /// The body of every response the proxy sends: a backend's body on its way through, or
 /// the proxy's own (an error's text, an upgrade's empty body). An enum rather than a
@@ -132,6 +132,9 @@ pub struct Limits {
     pub max_connections_per_client: usize,
     /// Client connections open at most; at this many, accepting waits until one closes.
     pub max_connections: usize,
+    /// Backend connections open at most (pooled, in use and upgraded, all backends); a
+    /// request that needs another gets a 503 ([`crate::upstream::BackendConns`]).
+    pub max_backend_connections: usize,
     /// A client connection on which no byte moves for this long is asked to close, and
     /// dropped if it stays silent for as long again ([`crate::idle`]).
     pub client_idle_timeout: Duration,
@@ -152,6 +155,7 @@ impl Default for Limits {
             backend_ack_timeout: Duration::from_secs(2),
             max_connections_per_client: 1000,
             max_connections: crate::admission::default_total(),
+            max_backend_connections: crate::admission::default_total(),
             client_idle_timeout: Duration::from_secs(60),
         }
     }
@@ -196,7 +200,8 @@ const NO_APP: &str = "-";
 
 impl Proxy {
     /// A worker's proxy, reading routes and backends from `state`, request bodies within
-    /// `bodies` (one budget for all workers).
+    /// `bodies` and backend connections within `backend_conns` (one budget and one count
+    /// for all workers).
     pub fn new(
         mut state: watch::Receiver<Arc<Snapshot>>,
         limits: Limits,
@@ -204,11 +209,13 @@ impl Proxy {
         metrics: Arc<Metrics>,
         access: Option<AccessLog>,
         bodies: Arc<BodyBudget>,
+        backend_conns: Arc<BackendConns>,
     ) -> Self {
         let conn = ConnSettings {
             connect_timeout: limits.connect_timeout,
             ack_timeout: limits.backend_ack_timeout,
             idle_timeout: limits.pool_idle_timeout,
+            open: backend_conns,
         };
         let current = Arc::new(state.borrow_and_update().localized());
         Proxy {
@@ -455,13 +462,19 @@ impl Proxy {
                     tracing::debug!(app = %route.app, backend = %backend.addr, ?reason, error = %last_error, "request failed");
                     let status = match reason {
                         GiveUpReason::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                        GiveUpReason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
                         _ => StatusCode::BAD_GATEWAY,
                     };
-                    return log.finish_error(
+                    let mut resp = log.finish_error(
                         status,
                         &request_id,
                         &format!("backend failed: {last_error}"),
                     );
+                    if reason == GiveUpReason::Overloaded {
+                        resp.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    return resp;
                 }
             }
         }
@@ -521,6 +534,7 @@ pub fn classify(e: &SendError) -> Failure {
     match e {
         SendError::Connect(_) => Failure::Connect,
         SendError::Closed => Failure::ClosedBeforeResponse,
+        SendError::Busy => Failure::Overloaded,
         SendError::Http(h) => classify_cause(h),
     }
 }

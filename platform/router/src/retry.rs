@@ -18,6 +18,9 @@ pub enum Failure {
     ClosedBeforeResponse,
     /// No response headers within the backend timeout.
     Timeout,
+    /// The router holds its most backend connections and this attempt needed another:
+    /// nothing was sent, and no other backend would fare better.
+    Overloaded,
     /// Anything else (a malformed response...).
     Other,
 }
@@ -62,6 +65,8 @@ pub enum GiveUpReason {
     NotIdempotent,
     /// The backend did not answer in time (504).
     TimedOut,
+    /// The router is out of backend connections (503).
+    Overloaded,
     /// A failure that retrying does not cure.
     Failed,
 }
@@ -75,6 +80,7 @@ pub fn verdict(
 ) -> RetryVerdict {
     let reason = match failure {
         Failure::Timeout => return RetryVerdict::GiveUp(GiveUpReason::TimedOut),
+        Failure::Overloaded => return RetryVerdict::GiveUp(GiveUpReason::Overloaded),
         Failure::Other => return RetryVerdict::GiveUp(GiveUpReason::Failed),
         Failure::ClosedBeforeResponse if !is_idempotent(method) => {
             return RetryVerdict::GiveUp(GiveUpReason::NotIdempotent)
@@ -162,6 +168,7 @@ mod tests {
             GiveUp(NotIdempotent),
         );
         check(Failure::Timeout, Method::GET, 1, GiveUp(TimedOut));
+        check(Failure::Overloaded, Method::GET, 1, GiveUp(Overloaded));
         check(Failure::Other, Method::GET, 1, GiveUp(Failed));
     }
 

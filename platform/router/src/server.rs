@@ -195,7 +195,7 @@ pub async fn work(
             };
             match mode {
                 Mode::Plain => {
-                    let stream = Watched::new(stream, slot, client);
+                    let stream = Watched::new(stream, (slot, client));
                     let activity = stream.activity();
                     serve_connection(stream, activity, proxy, info, serving, stop).await
                 }
@@ -214,7 +214,7 @@ pub async fn work(
                             let Some(client) = admission.client(info.peer.ip()) else {
                                 return;
                             };
-                            let stream = Watched::new(stream, slot, Some(client));
+                            let stream = Watched::new(stream, (slot, Some(client)));
                             let activity = stream.activity();
                             serve_connection(stream, activity, proxy, info, serving, stop).await
                         }
@@ -224,7 +224,7 @@ pub async fn work(
                     }
                 }
                 Mode::Tls(acceptor) => {
-                    let stream = Watched::new(stream, slot, client);
+                    let stream = Watched::new(stream, (slot, client));
                     let activity = stream.activity();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {

@@ -19,11 +19,19 @@
 //!
 //! Upgrade requests (websockets) get a connection of their own, served by a spawned
 //! task with upgrades, never pooled.
+//!
+//! Every backend connection, pooled, in use or upgraded, is counted in
+//! [`BackendConns`], which refuses a new one beyond its limit: one HTTP/2 client
+//! connection can carry 200 requests at once, each on a backend connection of its own,
+//! so the limit on client connections alone does not bound the descriptors requests
+//! take. A request refused so gets a 503, as the backends' capacity, not theirs, is
+//! what ran out.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,21 +42,79 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
+use crate::idle::Watched;
 use crate::state::{now_ms, Backend};
 use crate::worker::Shards;
 
 /// The request body type sent to backends (bodies are read in full first, to replay).
 pub type UpstreamRequest = Request<Full<Bytes>>;
 
-type Io = TokioIo<TcpStream>;
+/// A backend connection's socket, holding its place in [`BackendConns`] for as long as
+/// it is open (its reads and writes are counted too, unread).
+type Io = TokioIo<Watched<TcpStream, Counted>>;
 
 /// Idle connections kept per backend at most; beyond, a returned one is closed.
 const MAX_IDLE: usize = 512;
 
+/// The router's open backend connections (all workers, all backends), within a limit.
+/// The count is the `router_backend_connections` gauge itself.
+#[derive(Debug)]
+pub struct BackendConns {
+    open: Gauge,
+    max: i64,
+    /// Whether a refusal was logged since the count was last under the limit.
+    warned: AtomicBool,
+}
+
+impl BackendConns {
+    /// At most `max` connections (at least 1), counted in `open`.
+    pub fn new(max: usize, open: Gauge) -> Arc<Self> {
+        Arc::new(BackendConns {
+            open,
+            max: i64::try_from(max).unwrap_or(i64::MAX).max(1),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts one more connection until the returned value is dropped; `None` at the
+    /// limit.
+    fn take(self: &Arc<Self>) -> Option<Counted> {
+        if self.open.inc() >= self.max {
+            self.open.dec();
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    limit = self.max,
+                    "the router holds its most backend connections: requests needing another get 503"
+                );
+            }
+            return None;
+        }
+        Some(Counted(Arc::clone(self)))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> i64 {
+        self.open.get()
+    }
+}
+
+/// One backend connection's place in [`BackendConns`], given back on drop.
+#[derive(Debug)]
+struct Counted(Arc<BackendConns>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.open.dec() <= self.0.max {
+            self.0.warned.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How connections to backends are made and kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnSettings {
     /// How long connecting may take (a failure to connect, after).
     pub connect_timeout: Duration,
@@ -57,6 +123,8 @@ pub struct ConnSettings {
     pub ack_timeout: Duration,
     /// Idle connections are closed after this.
     pub idle_timeout: Duration,
+    /// The router's count of backend connections, and its limit.
+    pub open: Arc<BackendConns>,
 }
 
 /// Why a request could not be sent or got no response head.
@@ -71,6 +139,9 @@ pub enum SendError {
     /// The connection ended without a response and without an error of its own.
     #[error("the connection closed before a response")]
     Closed,
+    /// A new connection was needed and the router holds its most ([`BackendConns`]).
+    #[error("the router holds its most backend connections")]
+    Busy,
 }
 
 /// One open connection: the request half and the I/O future.
@@ -150,11 +221,13 @@ fn ready(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
     matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(())))
 }
 
-/// Opens a connection to `addr`: `TCP_NODELAY`, `TCP_USER_TIMEOUT`, HTTP/1.1 handshake.
+/// Opens a connection to `addr`, counted in the router's backend connections:
+/// `TCP_NODELAY`, `TCP_USER_TIMEOUT`, HTTP/1.1 handshake.
 async fn connect(
     addr: SocketAddr,
     settings: &ConnSettings,
 ) -> Result<(SendRequest<Full<Bytes>>, Connection<Io, Full<Bytes>>), SendError> {
+    let counted = settings.open.take().ok_or(SendError::Busy)?;
     let stream =
         match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -169,7 +242,7 @@ async fn connect(
     stream.set_nodelay(true).map_err(SendError::Connect)?;
     set_user_timeout(&stream, settings.ack_timeout).map_err(SendError::Connect)?;
     http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(Watched::new(stream, counted)))
         .await
         .map_err(SendError::Http)
 }

@@ -1278,19 +1278,21 @@ async fn ambiguous_and_tunnelling_requests_are_refused_or_made_plain() {
 #[tokio::test]
 async fn send_failures_are_classified_for_the_retry_verdict() {
     use paas_router::retry::Failure;
-    use paas_router::upstream::{self, ConnSettings};
+    use paas_router::upstream::{self, BackendConns, ConnSettings};
     let settings = ConnSettings {
         connect_timeout: Duration::from_secs(2),
         ack_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
+        open: BackendConns::new(100, Default::default()),
     };
+    let settings = &settings;
     let send = |addr: SocketAddr| async move {
         let backend = Arc::new(paas_router::state::Backend::new(addr, "j".into()));
         let req = Request::get("/")
             .header("host", "shop.localhost")
             .body(Full::default())
             .unwrap();
-        upstream::send(&backend, req, &settings).await.map(|_| ())
+        upstream::send(&backend, req, settings).await.map(|_| ())
     };
     // A backend that answers garbage.
     let garbage = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1556,6 +1558,56 @@ async fn silent_client_connections_are_closed() {
         got.len() < 64 << 20,
         "the whole body arrived: {} bytes",
         got.len()
+    );
+    router.shutdown().await;
+}
+
+/// A request that needs a backend connection beyond the router's limit gets a 503 with
+/// `Retry-After`; once a connection closes, the next one is served.
+#[tokio::test]
+async fn backend_connections_beyond_the_limit_get_503() {
+    let (p, _shop, shop_registration, router) = shop_behind_a_router_with(Limits {
+        max_backend_connections: 1,
+        ..Limits::default()
+    })
+    .await;
+    // shop's kept-alive connection holds the one place.
+    assert_eq!(
+        metric(&router, "router_backend_connections").as_deref(),
+        Some("1")
+    );
+    p.app("cart").await;
+    let cart = backend("cart").await;
+    let _cart_registration = p.register("cart", "j2", cart.addr).await;
+    let cart_get = || {
+        send(
+            router.http_addr(),
+            get("cart.localhost", "/").body(Full::default()).unwrap(),
+        )
+    };
+    paas_it::wait_for("cart's route", WAIT, || async {
+        cart_get().await.status != StatusCode::NOT_FOUND
+    })
+    .await;
+    let refused = cart_get().await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(cart.hits.load(Ordering::SeqCst), 0);
+
+    // shop's backend leaves the set, its pooled connection with it.
+    drop(shop_registration);
+    paas_it::wait_for("cart served", WAIT, || async {
+        cart_get().await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        metric(&router, "router_backend_connections").as_deref(),
+        Some("1")
     );
     router.shutdown().await;
 }

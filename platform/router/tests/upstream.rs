@@ -14,16 +14,23 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use paas_router::state::Backend;
-use paas_router::upstream::{self, ConnSettings};
+use paas_router::upstream::{self, BackendConns, ConnSettings, SendError};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 fn settings() -> ConnSettings {
+    settings_within(1000)
+}
+
+/// Settings with at most `max` backend connections.
+fn settings_within(max: usize) -> ConnSettings {
     ConnSettings {
         connect_timeout: Duration::from_secs(2),
         ack_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
+        open: BackendConns::new(max, Gauge::default()),
     }
 }
 
@@ -150,4 +157,43 @@ async fn an_idle_connection_the_backend_closed_does_not_fail_a_post() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn backend_connections_are_counted_and_refused_beyond_the_limit() {
+    let settings = settings_within(1);
+    let (first_addr, _) = keep_alive_backend().await;
+    let (second_addr, accepted) = keep_alive_backend().await;
+    let first = Arc::new(Backend::new(first_addr, "web.1".into()));
+    let second = Arc::new(Backend::new(second_addr, "web.2".into()));
+    let resp = upstream::send(&first, request("GET", "/hello", ""), &settings)
+        .await
+        .unwrap();
+    resp.into_body().collect().await.unwrap();
+    assert_eq!(settings.open.open(), 1, "the pooled connection counts");
+
+    // Another backend needs a connection of its own: refused, nothing sent.
+    let refused = upstream::send(&second, request("GET", "/hello", ""), &settings).await;
+    assert!(
+        matches!(refused, Err(SendError::Busy)),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    // The first backend's pooled one still serves.
+    let resp = upstream::send(&first, request("GET", "/again", ""), &settings)
+        .await
+        .unwrap();
+    resp.into_body().collect().await.unwrap();
+
+    // Its backend gone (the registration, and the pool with it), the place is free.
+    drop(first);
+    assert_eq!(settings.open.open(), 0);
+    let resp = upstream::send(&second, request("GET", "/hello", ""), &settings)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "GET /hello"
+    );
 }
