@@ -10,12 +10,16 @@
 //!   (counted in `router_connections_refused_total`, logged once per episode). IPv6
 //!   addresses count by /64, the block one subscriber usually holds whole;
 //! - at the total limit, the accept loops stop accepting until a connection closes: new
-//!   connections wait in the kernel's backlog instead of taking descriptors.
+//!   connections wait in the kernel's backlog instead of taking descriptors. Meanwhile
+//!   the router is [`Admission::pressed`], and connections silent for a quarter of the
+//!   idle timeout are closed ([`crate::idle::quiet`]), as nginx reuses idle keep-alive
+//!   connections when it runs out.
 //!
 //! The counts change once per connection, never per request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +72,8 @@ pub struct Admission {
     counts: Mutex<Counts>,
     /// Signalled when a connection closes, for an accept loop waiting at the total.
     freed: Notify,
+    /// Whether an accept loop waits at the total (read by silent connections).
+    pressed: AtomicBool,
     open: Gauge,
     refused: Counter,
 }
@@ -107,6 +113,7 @@ impl Admission {
             total: total.max(1),
             counts: Mutex::new(Counts::default()),
             freed: Notify::new(),
+            pressed: AtomicBool::new(false),
             open,
             refused,
         })
@@ -128,10 +135,12 @@ impl Admission {
                 let mut counts = self.lock();
                 if counts.open < self.total {
                     counts.waiting = false;
+                    self.pressed.store(false, Ordering::Relaxed);
                     return;
                 }
                 if !counts.waiting {
                     counts.waiting = true;
+                    self.pressed.store(true, Ordering::Relaxed);
                     tracing::warn!(
                         open = counts.open,
                         limit = self.total,
@@ -171,6 +180,11 @@ impl Admission {
             admission: Arc::clone(self),
             key,
         })
+    }
+
+    /// Whether an accept loop waits at the total: silent connections then make room.
+    pub fn pressed(&self) -> bool {
+        self.pressed.load(Ordering::Relaxed)
     }
 
     /// Connections open now (the total the slots count).
@@ -280,5 +294,6 @@ mod tests {
             .expect("room once the first closed")
             .unwrap();
         assert_eq!((a.open(), open.get()), (1, 1));
+        assert!(!a.pressed());
     }
 }

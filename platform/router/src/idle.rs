@@ -114,8 +114,9 @@ impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Watched<S, H> {
 }
 
 /// Resolves once `activity` has not changed for `timeout` (checked [`CHECKS`] times per
-/// timeout, so between `timeout` and a quarter more after the last change).
-pub async fn quiet(activity: &AtomicU64, timeout: Duration) {
+/// timeout, so between `timeout` and a quarter more after the last change), or for one
+/// check while `pressed` says the router is out of connections.
+pub async fn quiet(activity: &AtomicU64, timeout: Duration, pressed: impl Fn() -> bool) {
     let step = timeout / CHECKS;
     let mut seen = activity.load(Ordering::Relaxed);
     let mut unchanged = 0;
@@ -124,7 +125,7 @@ pub async fn quiet(activity: &AtomicU64, timeout: Duration) {
         let now = activity.load(Ordering::Relaxed);
         if now == seen {
             unchanged += 1;
-            if unchanged >= CHECKS {
+            if unchanged >= CHECKS || pressed() {
                 return;
             }
         } else {
@@ -149,7 +150,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let watcher = tokio::spawn({
             let activity = Arc::clone(&activity);
-            async move { quiet(&activity, timeout).await }
+            async move { quiet(&activity, timeout, || false).await }
         });
         // Activity at 200 ms: silence is counted from then.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,6 +158,16 @@ mod tests {
         watcher.await.unwrap();
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(600), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn under_pressure_one_silent_check_is_enough() {
+        let activity = AtomicU64::new(0);
+        let timeout = Duration::from_secs(8);
+        let started = tokio::time::Instant::now();
+        quiet(&activity, timeout, || true).await;
+        let took = started.elapsed();
+        assert!(took >= timeout / CHECKS && took < timeout, "{took:?}");
     }
 
     #[tokio::test]

@@ -197,7 +197,7 @@ pub async fn work(
                 Mode::Plain => {
                     let stream = Watched::new(stream, (slot, client));
                     let activity = stream.activity();
-                    serve_connection(stream, activity, proxy, info, serving, stop).await
+                    serve_connection(stream, activity, admission, proxy, info, serving, stop).await
                 }
                 Mode::ProxyProtocol => {
                     let mut stream = stream;
@@ -216,7 +216,7 @@ pub async fn work(
                             };
                             let stream = Watched::new(stream, (slot, Some(client)));
                             let activity = stream.activity();
-                            serve_connection(stream, activity, proxy, info, serving, stop).await
+                            serve_connection(stream, activity, admission, proxy, info, serving, stop).await
                         }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "closing a connection without a PROXY header")
@@ -228,7 +228,7 @@ pub async fn work(
                     let activity = stream.activity();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, activity, proxy, info, serving, stop)
+                            serve_connection(tls_stream, activity, admission, proxy, info, serving, stop)
                                 .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -251,11 +251,13 @@ struct Serving {
 }
 
 /// Serves one client connection until it closes, `stop` asks it to, or `activity` (its
-/// socket's count of reads and writes) stays still for the idle timeout: then it is
-/// asked to close, and dropped if it stays still for another.
+/// socket's count of reads and writes) stays still for the idle timeout (a quarter of
+/// it while `admission` is pressed): then it is asked to close, and dropped if it stays
+/// still for as long again.
 async fn serve_connection<S>(
     stream: S,
     activity: Arc<AtomicU64>,
+    admission: Arc<Admission>,
     proxy: Arc<Proxy>,
     info: ConnInfo,
     serving: Serving,
@@ -277,7 +279,8 @@ async fn serve_connection<S>(
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let quiet = idle::quiet(&activity, serving.idle_timeout);
+    let pressed = || admission.pressed();
+    let quiet = idle::quiet(&activity, serving.idle_timeout, pressed);
     tokio::pin!(quiet);
     let (mut stopping, mut asked_idle) = (false, false);
     loop {
@@ -302,7 +305,7 @@ async fn serve_connection<S>(
                     "closing a client connection silent for the idle timeout");
                 asked_idle = true;
                 conn.as_mut().graceful_shutdown();
-                quiet.set(idle::quiet(&activity, serving.idle_timeout));
+                quiet.set(idle::quiet(&activity, serving.idle_timeout, pressed));
             }
         }
     }
