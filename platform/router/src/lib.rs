@@ -400,6 +400,10 @@ pub async fn start(coord: &Coord, config: RouterConfig) -> Result<Router, Router
                 connect_timeout: config.limits.connect_timeout,
                 down_after_refusal: config.limits.down_after_refusal,
             },
+            tcp_routes::Counts {
+                clients: Arc::clone(&admission),
+                backends: Arc::clone(&backend_conns),
+            },
             stop.clone(),
         )));
     }

@@ -10,7 +10,8 @@
 //! backend that refuses or does not answer the connect within the limit is marked down
 //! and the next one is tried, up to [`MAX_ATTEMPTS`]; nothing was sent to it yet, so
 //! retrying is always safe. Once connected, the connection stays with its backend until
-//! either side closes.
+//! either side closes. Connections count in the HTTP router's limits: the client's in
+//! [`Admission`] (per client address and in all), the backend's in [`BackendConns`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -22,8 +23,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::balance::{self, Pick};
 use crate::state::{Backend, Snapshot};
+use crate::upstream::BackendConns;
 
 /// Backends tried per connection.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -49,11 +52,21 @@ pub fn plan(routed: &BTreeMap<u16, String>, open: &BTreeSet<u16>) -> (Vec<u16>, 
     )
 }
 
+/// The router's connection counts a TCP route connection takes its places in.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// Client connections, per client address and in all.
+    pub clients: Arc<Admission>,
+    /// Backend connections.
+    pub backends: Arc<BackendConns>,
+}
+
 /// Follows `snapshots` and serves every TCP route on `ip` until `stop`.
 pub async fn run(
     ip: IpAddr,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     limits: TcpLimits,
+    counts: Counts,
     stop: CancellationToken,
 ) {
     let mut listeners: HashMap<u16, (CancellationToken, JoinHandle<()>)> = HashMap::new();
@@ -79,6 +92,7 @@ pub async fn run(
                         port,
                         snapshots.clone(),
                         limits,
+                        counts.clone(),
                         token.clone(),
                     ));
                     listeners.insert(port, (token, task));
@@ -107,9 +121,14 @@ async fn accept(
     port: u16,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     limits: TcpLimits,
+    counts: Counts,
     stop: CancellationToken,
 ) {
     loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = counts.clients.room() => {}
+        }
         let (client, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -121,12 +140,18 @@ async fn accept(
                 }
             },
         };
+        let slot = counts.clients.slot();
+        let Some(permit) = counts.clients.client(peer.ip()) else {
+            continue;
+        };
         let snapshot = Arc::clone(&snapshots.borrow());
         let stop = stop.clone();
+        let backends = Arc::clone(&counts.backends);
         tokio::spawn(async move {
+            let _places = (slot, permit);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = forward(client, peer, port, &snapshot, limits) => {}
+                _ = forward(client, peer, port, &snapshot, limits, &backends) => {}
             }
         });
     }
@@ -139,8 +164,13 @@ async fn forward(
     port: u16,
     snapshot: &Snapshot,
     limits: TcpLimits,
+    counted_in: &Arc<BackendConns>,
 ) {
     let Some(app) = snapshot.tcp.get(&port) else {
+        return;
+    };
+    let Some(_counted) = counted_in.take() else {
+        tracing::debug!(%app, port, %peer, "TCP route: the router holds its most backend connections; closing it");
         return;
     };
     let empty = Vec::new();

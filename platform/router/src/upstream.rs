@@ -81,7 +81,7 @@ impl BackendConns {
 
     /// Counts one more connection until the returned value is dropped; `None` at the
     /// limit.
-    fn take(self: &Arc<Self>) -> Option<Counted> {
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Counted> {
         if self.open.inc() >= self.max {
             self.open.dec();
             if !self.warned.swap(true, Ordering::Relaxed) {
@@ -103,7 +103,7 @@ impl BackendConns {
 
 /// One backend connection's place in [`BackendConns`], given back on drop.
 #[derive(Debug)]
-struct Counted(Arc<BackendConns>);
+pub(crate) struct Counted(Arc<BackendConns>);
 
 impl Drop for Counted {
     fn drop(&mut self) {

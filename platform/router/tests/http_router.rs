@@ -1436,13 +1436,23 @@ async fn closed_unanswered(mut stream: TcpStream) -> bool {
     )
 }
 
-/// One client address holds at most its limit of connections, whichever listener they
-/// came in on; behind a PROXY header, the header's client is counted.
+/// One client address holds at most its limit of connections, whichever listener (or
+/// TCP route) they came in on; behind a PROXY header, the header's client is counted.
 #[tokio::test]
 async fn connections_from_one_client_address_are_limited() {
-    let (_p, _shop, _r, router) = shop_behind_a_router_with(Limits {
+    let (p, _shop, _r, router) = shop_behind_a_router_with(Limits {
         max_connections_per_client: 3,
         ..Limits::default()
+    })
+    .await;
+    // A TCP route on the router's address (127.0.0.1): its connections count too.
+    p.app("tcpapp").await;
+    let _echo = p.register("tcpapp", "j9", echo_backend("tcp").await).await;
+    let route = json!({"id": "t9", "app": "tcpapp", "domain": "", "tcp_port": 3457, "sticky": false, "created_at": "2026-12-01T00:00:00Z"});
+    p.coord.create(&keys::route("t9"), &route).await.unwrap();
+    let tcp_route = SocketAddr::new(router.http_addr().ip(), 3457);
+    paas_it::wait_for("the TCP route", WAIT, || async {
+        tcp_exchange(tcp_route, "up").await.is_ok()
     })
     .await;
     wait_for_connections(&router, 0).await;
@@ -1475,6 +1485,8 @@ async fn connections_from_one_client_address_are_limited() {
     ok_json(&String::from_utf8_lossy(&reply));
     wait_for_connections(&router, 2).await;
     ok_json(&raw_exchange(router.http_addr(), &[request]).await);
+    wait_for_connections(&router, 2).await;
+    assert_eq!(tcp_exchange(tcp_route, "hi").await.unwrap(), "tcp hi");
 
     // Behind a PROXY header the client it names is counted, not the balancer.
     let proxied = router.proxy_protocol_addr().unwrap();
