@@ -21,10 +21,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
+
+/// How often waiting at the total is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whom a per-client limit counts: an IPv4 address, or an IPv6 /64 (IPv4-mapped IPv6
 /// addresses count as their IPv4 address). Pure.
@@ -83,6 +87,9 @@ struct Counts {
     open: usize,
     /// Whether the accept loops were told to wait, and have not accepted since.
     waiting: bool,
+    /// When waiting at the total was last logged: at most once per [`LOG_EVERY`], as
+    /// under a flood the loops go from waiting to accepting one and back all the time.
+    logged: Option<Instant>,
     by_client: HashMap<IpAddr, ClientCount>,
 }
 
@@ -141,6 +148,9 @@ impl Admission {
                 if !counts.waiting {
                     counts.waiting = true;
                     self.pressed.store(true, Ordering::Relaxed);
+                }
+                if counts.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    counts.logged = Some(Instant::now());
                     tracing::warn!(
                         open = counts.open,
                         limit = self.total,
