@@ -285,6 +285,8 @@ async fn serve_connection<S>(
     let (mut stopping, mut asked_idle) = (false, false);
     loop {
         tokio::select! {
+            // In this order, without drawing a random one per wake of the connection.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
