@@ -24,7 +24,7 @@
 //! [`BackendConns`], which refuses a new one beyond its limit: one HTTP/2 client
 //! connection can carry 200 requests at once, each on a backend connection of its own,
 //! so the limit on client connections alone does not bound the descriptors requests
-//! take. A request refused so gets a 503, as the backends' capacity, not theirs, is
+//! take. A request refused so gets a 503: the router's capacity, not a backend's, is
 //! what ran out.
 
 use std::future::{poll_fn, Future};
