@@ -173,15 +173,25 @@ impl Coord {
         &self,
         prefix: &str,
     ) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
+        self.read_prefix_at(prefix, None).await
+    }
+
+    /// [`read_prefix`](Coord::read_prefix) as the store was at revision `at` (`None`:
+    /// now).
+    pub(crate) async fn read_prefix_at(
+        &self,
+        prefix: &str,
+        at: Option<i64>,
+    ) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
         let start = self.ns.full(prefix);
-        let end = crate::keys::prefix_end(&start);
+        let mut options =
+            etcd_client::GetOptions::new().with_range(crate::keys::prefix_end(&start));
+        if let Some(at) = at {
+            options = options.with_revision(at);
+        }
         self.read(|c| {
-            let (start, end) = (start.clone(), end.clone());
-            async move {
-                c.kv_client()
-                    .get(start, Some(etcd_client::GetOptions::new().with_range(end)))
-                    .await
-            }
+            let (start, options) = (start.clone(), options.clone());
+            async move { c.kv_client().get(start, Some(options)).await }
         })
         .await
     }

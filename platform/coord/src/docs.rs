@@ -285,6 +285,23 @@ impl Coord {
         }
     }
 
+    /// The store's current revision (one read of nothing): the `at` of reads of several
+    /// prefixes that must agree with each other.
+    pub async fn revision(&self) -> Result<i64> {
+        let key = self.ns.full("");
+        let response = self
+            .read(|c| {
+                let key = key.clone();
+                async move {
+                    c.kv_client()
+                        .get(key, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
     /// Every document whose key starts with `prefix`, in key order, with its revision.
     /// All are read at one revision (a consistent snapshot).
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T, i64)>> {
@@ -302,7 +319,22 @@ impl Coord {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T, i64)>> {
-        let raw = self.list_raw(prefix).await?;
+        self.list_decodable_at(prefix, None).await
+    }
+
+    /// [`Coord::list_decodable`] as the store was at revision `at` (`None`: now): lists
+    /// of several prefixes read at one [`Coord::revision`] agree with each other.
+    pub async fn list_decodable_at<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        at: Option<i64>,
+    ) -> Result<Vec<(String, T, i64)>> {
+        let raw: Vec<(String, Vec<u8>, i64)> = self
+            .entries_at(prefix, at)
+            .await?
+            .into_iter()
+            .map(|e| (e.key, e.value, e.mod_revision))
+            .collect();
         Ok(raw
             .into_iter()
             .filter_map(|(key, bytes, revision)| match decode(&key, &bytes) {
@@ -319,7 +351,12 @@ impl Coord {
     /// and lease: for records whose holder matters (leader keys) and readers that must
     /// decode each kind of key differently.
     pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let response = self.read_prefix(prefix).await?;
+        self.entries_at(prefix, None).await
+    }
+
+    /// [`Coord::entries`] as the store was at revision `at` (`None`: now).
+    async fn entries_at(&self, prefix: &str, at: Option<i64>) -> Result<Vec<Entry>> {
+        let response = self.read_prefix_at(prefix, at).await?;
         Ok(response
             .kvs()
             .iter()

@@ -30,7 +30,7 @@ use crate::docs::{decode, encode};
 use crate::error::Result;
 use crate::lease::{wait_lost, Lease, LeaseState, LostReason};
 use crate::task::AbortOnDrop;
-use crate::watch::PrefixWatch;
+use crate::watch::{Advance, PrefixWatch};
 
 /// Pause before retrying after a failed watch or read.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -371,6 +371,11 @@ async fn key_taken(coord: &Coord, key: &str, token: FencingToken) {
         }
         tokio::time::sleep(RETRY_DELAY).await;
     }
+}
+
+/// The leader carries no revision tag: nothing to move on.
+impl<T> Advance for Option<Leader<T>> {
+    fn advance(&mut self, _revision: i64) {}
 }
 
 /// A live view of an election's leader, updated in the background until dropped.

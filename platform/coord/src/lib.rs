@@ -123,4 +123,4 @@ pub use error::{CoordError, Result};
 pub use lease::{Lease, LeaseState, LostReason};
 pub use maintenance::SnapshotInfo;
 pub use registry::{Registration, ServiceSnapshot, ServiceWatch};
-pub use watch::{DocWatch, Snapshot};
+pub use watch::{DocWatch, Held, Snapshot};

@@ -22,7 +22,7 @@ use crate::coord::Coord;
 use crate::docs::encode;
 use crate::error::{CoordError, Result};
 use crate::lease::{Lease, LeaseState};
-use crate::watch::{decode_entries, PrefixWatch};
+use crate::watch::{decode_entries, Advance, PrefixWatch};
 
 /// The key prefix of a service's instances.
 fn service_prefix(service: &str) -> String {
@@ -146,6 +146,12 @@ pub struct ServiceSnapshot<T> {
     pub revision: i64,
     /// Instance id -> registered value.
     pub instances: BTreeMap<String, T>,
+}
+
+impl<T> Advance for ServiceSnapshot<T> {
+    fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
 }
 
 /// A live view of a service's instances, updated in the background until dropped.

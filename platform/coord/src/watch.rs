@@ -12,6 +12,15 @@
 //! watcher lists again and publishes the re-listed state if it differs, then watches
 //! from the new list's revision. Snapshot revisions never go backwards.
 //!
+//! A snapshot tagged `r` holds exactly what etcd held under the prefix at `r`. A watch
+//! response that changed nothing (a value put again as it was) still moves the tag on,
+//! without waking readers ([`Advance`]); so does a re-list that found nothing new.
+//!
+//! Watches of different prefixes run on their own streams, and one may deliver a later
+//! revision before another delivers an earlier one: a reader that combines several
+//! (the scheduler's view of formations and hosts) checks that they agree at one revision
+//! with [`Coord::held_at`] before acting on them.
+//!
 //! [`Coord::watch_prefix`] is the public face: a [`DocWatch`] publishing [`Snapshot`]s
 //! of JSON documents. A value that does not decode as the requested type is logged and
 //! left out of the snapshot ([`decode_entries`]); it never stops the watch.
@@ -19,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{EventType, KeyValue, WatchOptions};
+use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -83,13 +92,20 @@ enum WatchEnd {
     Broken(String),
 }
 
+/// A published view whose revision tag can move on without being rebuilt: a watch
+/// response that changed nothing still shows the entries held through its revision.
+pub(crate) trait Advance {
+    /// Tags the view with `revision` (never lower than its own).
+    fn advance(&mut self, revision: i64);
+}
+
 /// A background watcher publishing `project(revision, entries)` after every change.
 pub(crate) struct PrefixWatch<S> {
     pub(crate) rx: watch::Receiver<S>,
     _task: AbortOnDrop,
 }
 
-impl<S: Send + Sync + 'static> PrefixWatch<S> {
+impl<S: Advance + Send + Sync + 'static> PrefixWatch<S> {
     /// Lists `prefix` (a caller key prefix), publishes the first snapshot and starts
     /// watching. Fails only if the first list fails.
     pub(crate) async fn start<F>(coord: &Coord, prefix: &str, project: F) -> Result<Self>
@@ -120,6 +136,38 @@ pub struct Snapshot<T> {
     pub revision: i64,
     /// Key (relative to the watched prefix) -> document.
     pub docs: BTreeMap<String, T>,
+    /// How many keys the prefix held; more than `docs` when some did not decode.
+    pub keys: usize,
+}
+
+impl<T> Advance for Snapshot<T> {
+    fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+}
+
+impl<T> Snapshot<T> {
+    /// What [`Coord::held_at`] checks for this snapshot of `prefix` (the prefix it
+    /// watches).
+    pub fn held<'a>(&self, prefix: &'a str) -> Held<'a> {
+        Held {
+            prefix,
+            revision: self.revision,
+            keys: self.keys,
+        }
+    }
+}
+
+/// A snapshot of `prefix` tagged `revision`, holding `keys` keys: whether it still
+/// held at a later revision is one range read ([`Coord::held_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held<'a> {
+    /// The watched prefix.
+    pub prefix: &'a str,
+    /// The snapshot's revision.
+    pub revision: i64,
+    /// The keys it held.
+    pub keys: usize,
 }
 
 /// Decodes every entry as `T`, logging and leaving out those that do not decode.
@@ -155,9 +203,59 @@ impl Coord {
         let inner = PrefixWatch::start(self, prefix, move |revision, entries| Snapshot {
             revision,
             docs: decode_entries(&label, entries),
+            keys: entries.len(),
         })
         .await?;
         Ok(DocWatch { inner })
+    }
+
+    /// Whether every snapshot in `checks` still held at revision `at` (no key under its
+    /// prefix written after the snapshot's revision up to `at`, none deleted), in one
+    /// read. Snapshots of several watches agree at `at` when all of them held there:
+    /// a reader acting on them together asks this first (a watch may lag another by a
+    /// few milliseconds, and a view half before and half after a change is a view that
+    /// never was). A `false` means a change is still on its way to some watch.
+    pub async fn held_at(&self, at: i64, checks: &[Held<'_>]) -> Result<bool> {
+        let reads: Vec<TxnOp> = checks
+            .iter()
+            .filter(|c| c.revision < at)
+            .map(|c| {
+                let start = self.ns.full(c.prefix);
+                let options = GetOptions::new()
+                    .with_range(prefix_end(&start))
+                    .with_revision(at)
+                    .with_keys_only()
+                    .with_min_mod_revision(c.revision + 1);
+                TxnOp::get(start, Some(options))
+            })
+            .collect();
+        if reads.is_empty() {
+            return Ok(true);
+        }
+        let expected: Vec<usize> = checks
+            .iter()
+            .filter(|c| c.revision < at)
+            .map(|c| c.keys)
+            .collect();
+        let response = self
+            .read(|c| {
+                let txn = Txn::new().and_then(reads.clone());
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await?;
+        // Each range answers the keys written after its snapshot (none if it held) and,
+        // as `count`, every key there at `at` (the snapshot's count if none was deleted
+        // or added).
+        Ok(response
+            .op_responses()
+            .iter()
+            .zip(expected)
+            .all(|(answer, keys)| match answer {
+                TxnOpResponse::Get(range) => {
+                    range.kvs().is_empty() && usize::try_from(range.count()) == Ok(keys)
+                }
+                _ => false,
+            }))
     }
 }
 
@@ -222,6 +320,7 @@ async fn run<S, F>(
     tx: watch::Sender<S>,
     project: F,
 ) where
+    S: Advance,
     F: Fn(i64, &Entries) -> S,
 {
     loop {
@@ -241,6 +340,11 @@ async fn run<S, F>(
                     if fresh != entries {
                         entries = fresh;
                         tx.send_replace(project(at, &entries));
+                    } else {
+                        tx.send_if_modified(|view| {
+                            view.advance(at);
+                            false
+                        });
                     }
                     revision = revision.max(at);
                     break;
@@ -261,6 +365,7 @@ async fn follow<S, F>(
     project: &F,
 ) -> WatchEnd
 where
+    S: Advance,
     F: Fn(i64, &Entries) -> S,
 {
     let start = coord.ns.full(prefix);
@@ -310,6 +415,11 @@ where
         }
         if apply(entries, changes) {
             tx.send_replace(project(*revision, entries));
+        } else {
+            tx.send_if_modified(|view| {
+                view.advance(*revision);
+                false
+            });
         }
     }
 }

@@ -2,7 +2,8 @@
 //! exactly what etcd held under the prefix at the snapshot's revision (checked with a
 //! historical read), revisions never go backwards, and the last snapshot is the final
 //! state. The writes mix leased registrations, plain documents and multi-key batches
-//! (several events in one revision).
+//! (several events in one revision). Snapshots of several watches are checked to agree
+//! at one revision (`held_at`) only where each held, deletions included.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -154,4 +155,103 @@ async fn document_watch_follows_a_prefix_and_skips_bad_values() {
         next.docs,
         BTreeMap::from([("b".to_string(), 2u32), ("c".to_string(), 3u32)])
     );
+}
+
+/// Waits until the watch's current snapshot is tagged at least `revision`.
+async fn tagged(watch: &paas_coord::DocWatch<u32>, revision: i64) -> paas_coord::Snapshot<u32> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let now = watch.current();
+            if now.revision >= revision {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the watch reached the revision")
+}
+
+#[tokio::test]
+async fn snapshots_of_several_watches_agree_only_where_each_held() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let coord = Coord::connect(&[etcd.endpoint()], "t", Duration::from_secs(5))
+        .await
+        .unwrap();
+    coord.create("hosts/h1", &1u32).await.unwrap();
+    coord.create("hosts/bad", &"not a number").await.unwrap();
+    let first_rev = coord.create("formations/shop", &3u32).await.unwrap();
+    let hosts = coord.watch_prefix::<u32>("hosts/").await.unwrap();
+    let mut formations = coord.watch_prefix::<u32>("formations/").await.unwrap();
+    let (h, f) = (hosts.current(), formations.current());
+    assert_eq!(
+        (h.docs.len(), h.keys),
+        (1, 2),
+        "an undecodable key still counts"
+    );
+    let now = coord.revision().await.unwrap();
+    assert!(now >= first_rev);
+    assert!(coord
+        .held_at(now, &[h.held("hosts/"), f.held("formations/")])
+        .await
+        .unwrap());
+
+    // A host joins, then the formation changes: a view that saw the second but not
+    // the first never was. The old hosts snapshot no longer holds at the formation's
+    // revision; the formations snapshot of before still holds at the host's.
+    let joined = coord.create("hosts/h2", &2u32).await.unwrap();
+    let scaled = coord
+        .cas("formations/shop", &4u32, first_rev)
+        .await
+        .unwrap();
+    let f2 = tagged(&formations, scaled).await;
+    assert!(!coord
+        .held_at(scaled, &[h.held("hosts/"), f2.held("formations/")])
+        .await
+        .unwrap());
+    assert!(coord
+        .held_at(joined, &[f.held("formations/")])
+        .await
+        .unwrap());
+    let h2 = tagged(&hosts, joined).await;
+    assert!(coord
+        .held_at(scaled, &[h2.held("hosts/"), f2.held("formations/")])
+        .await
+        .unwrap());
+
+    // A value put again as it was moves the tag on without waking readers, so the
+    // snapshot goes on holding.
+    formations.changed().await.unwrap();
+    let again = coord.cas("formations/shop", &4u32, scaled).await.unwrap();
+    let f3 = tagged(&formations, again).await;
+    assert_eq!(f3.docs, f2.docs);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), formations.changed())
+            .await
+            .is_err(),
+        "an unchanged value woke the reader"
+    );
+    assert!(coord
+        .held_at(again, &[f3.held("formations/")])
+        .await
+        .unwrap());
+
+    // Deletions count too: one host gone, or one gone and another new in one batch.
+    let mut batch = Batch::new();
+    batch.remove("hosts/h1").put("hosts/h3", &3u32).unwrap();
+    let swapped = coord.commit(batch).await.unwrap();
+    assert!(!coord.held_at(swapped, &[h2.held("hosts/")]).await.unwrap());
+    let h4 = tagged(&hosts, swapped).await;
+    let mut batch = Batch::new();
+    batch.remove("hosts/h3");
+    let left = coord.commit(batch).await.unwrap();
+    assert!(!coord.held_at(left, &[h4.held("hosts/")]).await.unwrap());
+
+    // Lists read at one revision show the store as it was then.
+    let then: Vec<(String, u32, i64)> = coord
+        .list_decodable_at("hosts/", Some(joined))
+        .await
+        .unwrap();
+    let names: Vec<&str> = then.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(names, ["hosts/h1", "hosts/h2"]);
 }

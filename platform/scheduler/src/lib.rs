@@ -152,7 +152,7 @@ async fn lead(
     loop {
         let started = tokio::time::Instant::now();
         let tick = async {
-            let view = match triggers.parts(written).await {
+            let view = match triggers.parts(coord, written).await {
                 Some(parts) => view_of(parts, coord, releases).await?,
                 None => read_view(coord, releases).await?,
             };
@@ -210,9 +210,9 @@ struct ReleaseCache {
     by_version: HashMap<(String, u64), Release>,
 }
 
-/// Reads apps, formations, live hosts, placements and statuses from etcd (the five
-/// prefixes concurrently: one round trip instead of five), when the watches cannot
-/// serve the view.
+/// Reads apps, formations, live hosts, placements and statuses from etcd when the
+/// watches cannot serve the view: the five prefixes as they were at one revision (so
+/// they agree with each other), read concurrently.
 async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, CoordError> {
     let prefixes = [
         keys::apps(),
@@ -221,12 +221,13 @@ async fn read_view(coord: &Coord, cache: &mut ReleaseCache) -> Result<View, Coor
         keys::placements(),
         keys::job_statuses(),
     ];
+    let at = Some(coord.revision().await?);
     let (apps, formations, hosts, placements, statuses) = tokio::try_join!(
-        coord.list_decodable::<App>(&prefixes[0]),
-        coord.list_decodable::<Formation>(&prefixes[1]),
-        coord.list_decodable::<Host>(&prefixes[2]),
-        coord.list_decodable::<Job>(&prefixes[3]),
-        coord.list_decodable::<JobStatus>(&prefixes[4]),
+        coord.list_decodable_at::<App>(&prefixes[0], at),
+        coord.list_decodable_at::<Formation>(&prefixes[1], at),
+        coord.list_decodable_at::<Host>(&prefixes[2], at),
+        coord.list_decodable_at::<Job>(&prefixes[3], at),
+        coord.list_decodable_at::<JobStatus>(&prefixes[4], at),
     )?;
     let parts = Parts {
         apps: docs(apps),

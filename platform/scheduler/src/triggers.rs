@@ -8,12 +8,22 @@
 //! twice): [`Triggers::parts`] hands out the snapshots only once the placements watch
 //! has seen the revision of the scheduler's last commit, and the caller reads from etcd
 //! when that takes longer than a moment or when a watch could not start.
+//!
+//! Nor on a view that never was: each watch runs on its own stream, and the formations
+//! watch may deliver a scale before the hosts watch delivers the host that joined just
+//! before it (all three jobs of a `web=3` then went to the one host in view, once, on a
+//! busy CI machine). So the apps, formations and hosts snapshots are handed out only
+//! once one read shows they all held at the newest revision among the five
+//! ([`Coord::held_at`]); while a change is on its way to one of them, `parts` waits for
+//! it. Placements are the scheduler's own writes (guarded above) and job statuses are
+//! reports that may lag anyway: neither is checked, so a burst of status writes never
+//! holds a tick back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::select_all;
-use paas_coord::{Coord, DocWatch, Snapshot};
+use paas_coord::{Coord, DocWatch, Held, Snapshot};
 use paas_model::{keys, App, Formation, Host, Job, JobStatus};
 use tokio::sync::watch;
 
@@ -52,8 +62,32 @@ type Watches = (
     DocWatch<JobStatus>,
 );
 
-fn docs<T: Clone>(rx: &watch::Receiver<Snapshot<T>>) -> Vec<T> {
-    rx.borrow().docs.values().cloned().collect()
+/// One watch's current snapshot, copied out (and marked seen, so a wait for the next
+/// change waits for one after it).
+struct Taken<T> {
+    revision: i64,
+    keys: usize,
+    docs: Vec<T>,
+}
+
+impl<T: Clone> Taken<T> {
+    fn of(rx: &mut watch::Receiver<Snapshot<T>>) -> Taken<T> {
+        let s = rx.borrow_and_update();
+        Taken {
+            revision: s.revision,
+            keys: s.keys,
+            docs: s.docs.values().cloned().collect(),
+        }
+    }
+
+    /// What [`Coord::held_at`] checks for it.
+    fn held<'a>(&self, prefix: &'a str) -> Held<'a> {
+        Held {
+            prefix,
+            revision: self.revision,
+            keys: self.keys,
+        }
+    }
 }
 
 impl Triggers {
@@ -91,10 +125,13 @@ impl Triggers {
     }
 
     /// The view's documents once the placements watch has seen `written` (the revision
-    /// of this scheduler's last commit); `None`: read etcd instead.
-    pub(crate) async fn parts(&mut self, written: i64) -> Option<Parts> {
+    /// of this scheduler's last commit) and the apps, formations and hosts snapshots
+    /// agree; `None`: read etcd instead (a watch is gone, etcd did not answer, or they
+    /// did not catch up within [`CATCH_UP`]).
+    pub(crate) async fn parts(&mut self, coord: &Coord, written: i64) -> Option<Parts> {
         let w = self.watched.as_mut()?;
-        let caught_up = tokio::time::timeout(CATCH_UP, async {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let caught_up = tokio::time::timeout_at(deadline, async {
             w.placements
                 .wait_for(|s| s.revision >= written)
                 .await
@@ -112,13 +149,66 @@ impl Triggers {
                 return None;
             }
         }
-        Some(Parts {
-            apps: docs(&w.apps),
-            formations: docs(&w.formations),
-            hosts: docs(&w.hosts),
-            placements: docs(&w.placements),
-            statuses: docs(&w.statuses),
-        })
+        loop {
+            let apps = Taken::of(&mut w.apps);
+            let formations = Taken::of(&mut w.formations);
+            let hosts = Taken::of(&mut w.hosts);
+            let placements = Taken::of(&mut w.placements);
+            let statuses = Taken::of(&mut w.statuses);
+            let at = [
+                apps.revision,
+                formations.revision,
+                hosts.revision,
+                placements.revision,
+                statuses.revision,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+            let (apps_prefix, formations_prefix, hosts_prefix) =
+                (keys::apps(), keys::formations(), keys::hosts());
+            let checks = [
+                apps.held(&apps_prefix),
+                formations.held(&formations_prefix),
+                hosts.held(&hosts_prefix),
+            ];
+            match coord.held_at(at, &checks).await {
+                Ok(true) => {
+                    return Some(Parts {
+                        apps: apps.docs,
+                        formations: formations.docs,
+                        hosts: hosts.docs,
+                        placements: placements.docs,
+                        statuses: statuses.docs,
+                    })
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "scheduler: cannot check the watches agree; reading etcd");
+                    return None;
+                }
+            }
+            // A change up to `at` has not reached one of the three yet: wait for it.
+            let arrived = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    r = w.apps.changed() => r.is_ok(),
+                    r = w.formations.changed() => r.is_ok(),
+                    r = w.hosts.changed() => r.is_ok(),
+                }
+            })
+            .await;
+            match arrived {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(_) => {
+                    tracing::debug!(
+                        at,
+                        "scheduler: watches disagree past the catch-up time; reading etcd"
+                    );
+                    return None;
+                }
+            }
+        }
     }
 
     /// Waits until any watched prefix changes. Never returns if no watch is alive.
@@ -148,4 +238,90 @@ impl Triggers {
 /// Keys by id, as the view wants them.
 pub(crate) fn by_id<T>(items: Vec<T>, id: impl Fn(&T) -> String) -> BTreeMap<String, T> {
     items.into_iter().map(|t| (id(&t), t)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paas_it::EtcdServer;
+    use std::time::Duration;
+
+    fn host(id: &str) -> Host {
+        Host {
+            id: id.to_string(),
+            api_addr: "127.0.0.1:1".to_string(),
+            job_ip: "127.0.0.1".to_string(),
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    fn formation(web: u32) -> Formation {
+        Formation {
+            app: "shop".to_string(),
+            processes: BTreeMap::from([("web".to_string(), web)]),
+            limits: BTreeMap::new(),
+        }
+    }
+
+    /// A host joins, then the formation scales; the hosts watch is held back (its
+    /// receiver replaced by one that still shows only the first host), as a stream
+    /// that delivers later than the formations one does. The view must not be handed
+    /// out with the scale but without the host.
+    #[tokio::test]
+    async fn a_view_waits_for_a_lagging_watch_and_never_mixes_revisions() {
+        let etcd = EtcdServer::start().expect("etcd");
+        let coord = Coord::connect(&[etcd.endpoint()], "t", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let first = coord.create(&keys::host("h1"), &host("h1")).await.unwrap();
+        let mut triggers = Triggers::start(&coord).await;
+        let stale = Snapshot {
+            revision: first,
+            docs: BTreeMap::from([("h1".to_string(), host("h1"))]),
+            keys: 1,
+        };
+        let (lagging, rx) = watch::channel(stale);
+        triggers.watched.as_mut().unwrap().hosts = rx;
+
+        let joined = coord.create(&keys::host("h2"), &host("h2")).await.unwrap();
+        let scaled = coord
+            .create(&keys::formation("shop"), &formation(3))
+            .await
+            .unwrap();
+        assert!(scaled > joined);
+        // The formations watch has the scale; the hosts "watch" is behind.
+        let w = triggers.watched.as_mut().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            w.formations.wait_for(|s| s.revision >= scaled),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+        // Behind for good: no view from the watches (the caller reads etcd).
+        let started = tokio::time::Instant::now();
+        assert!(triggers.parts(&coord, 0).await.is_none());
+        assert!(started.elapsed() >= CATCH_UP);
+
+        // Behind for a moment: the view waits for the host, then has both.
+        let catch_up = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let both = Snapshot {
+                revision: joined,
+                docs: BTreeMap::from([
+                    ("h1".to_string(), host("h1")),
+                    ("h2".to_string(), host("h2")),
+                ]),
+                keys: 2,
+            };
+            lagging.send_replace(both);
+            lagging
+        });
+        let parts = triggers.parts(&coord, 0).await.expect("a view");
+        let _lagging = catch_up.await.unwrap();
+        let ids: Vec<&str> = parts.hosts.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["h1", "h2"]);
+        assert_eq!(parts.formations, vec![formation(3)]);
+    }
 }
