@@ -9,7 +9,10 @@
 //! let go.
 //!
 //! [`Watched`] counts the reads and writes of a client's socket; [`quiet`] resolves once
-//! none happened for a whole timeout. The connection is then shut down gracefully (idle:
+//! none happened for a whole timeout while no request of the connection was waiting for
+//! its backend's answer ([`Pending`]: that silence is the backend's, and the backend
+//! timeout ends it with a 504; counting it as the client's cut requests on backends
+//! slower than twice the idle timeout, and under pressure those slower than half of it). The connection is then shut down gracefully (idle:
 //! closed at once; a request in progress still gets its response), and dropped if it
 //! stays silent for another timeout (nginx's `client_header_timeout` and `send_timeout`
 //! do the same, 60 s each by default). The connection's places in the router's limits
@@ -19,7 +22,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -113,17 +116,49 @@ impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Watched<S, H> {
     }
 }
 
+/// The requests of one connection that wait for their backend's response head.
+#[derive(Debug, Default)]
+pub struct Pending(AtomicUsize);
+
+impl Pending {
+    /// Counts one request until the guard drops (answered, or given up).
+    pub fn enter(&self) -> Entered<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Entered(&self.0)
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One request counted in a [`Pending`] until dropped.
+#[derive(Debug)]
+pub struct Entered<'a>(&'a AtomicUsize);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Resolves once `activity` has not changed for `timeout` (checked [`CHECKS`] times per
 /// timeout, so between `timeout` and a quarter more after the last change), or for one
-/// check while `pressed` says the router is out of connections.
-pub async fn quiet(activity: &AtomicU64, timeout: Duration, pressed: impl Fn() -> bool) {
+/// check while `pressed` says the router is out of connections; a check that finds a
+/// request `pending` counts as a change.
+pub async fn quiet(
+    activity: &AtomicU64,
+    pending: &Pending,
+    timeout: Duration,
+    pressed: impl Fn() -> bool,
+) {
     let step = timeout / CHECKS;
     let mut seen = activity.load(Ordering::Relaxed);
     let mut unchanged = 0;
     loop {
         tokio::time::sleep(step).await;
         let now = activity.load(Ordering::Relaxed);
-        if now == seen {
+        if now == seen && !pending.any() {
             unchanged += 1;
             if unchanged >= CHECKS || pressed() {
                 return;
@@ -150,7 +185,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let watcher = tokio::spawn({
             let activity = Arc::clone(&activity);
-            async move { quiet(&activity, timeout, || false).await }
+            async move { quiet(&activity, &Pending::default(), timeout, || false).await }
         });
         // Activity at 200 ms: silence is counted from then.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -165,9 +200,30 @@ mod tests {
         let activity = AtomicU64::new(0);
         let timeout = Duration::from_secs(8);
         let started = tokio::time::Instant::now();
-        quiet(&activity, timeout, || true).await;
+        quiet(&activity, &Pending::default(), timeout, || true).await;
         let took = started.elapsed();
         assert!(took >= timeout / CHECKS && took < timeout, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_its_backend_is_not_silence() {
+        let activity = AtomicU64::new(0);
+        let pending = Pending::default();
+        let timeout = Duration::from_millis(200);
+        let waiting = pending.enter();
+        let started = tokio::time::Instant::now();
+        let quiet = quiet(&activity, &pending, timeout, || true);
+        tokio::pin!(quiet);
+        // Even under pressure: nothing resolves while the request waits.
+        assert!(
+            tokio::time::timeout(timeout * 3, quiet.as_mut())
+                .await
+                .is_err(),
+            "quiet while a request waited"
+        );
+        drop(waiting);
+        quiet.await;
+        assert!(started.elapsed() >= timeout * 3);
     }
 
     #[tokio::test]

@@ -250,10 +250,17 @@ struct Serving {
     idle_timeout: Duration,
 }
 
+/// What a connection's requests share: its forwarding headers, and the count of those
+/// waiting for their backend (which keeps the connection from counting as silent).
+struct Shared {
+    fwd: Forwarded,
+    pending: idle::Pending,
+}
+
 /// Serves one client connection until it closes, `stop` asks it to, or `activity` (its
 /// socket's count of reads and writes) stays still for the idle timeout (a quarter of
-/// it while `admission` is pressed): then it is asked to close, and dropped if it stays
-/// still for as long again.
+/// it while `admission` is pressed) with no request waiting for its backend: then it is
+/// asked to close, and dropped if it stays still for as long again.
 async fn serve_connection<S>(
     stream: S,
     activity: Arc<AtomicU64>,
@@ -265,11 +272,20 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let fwd = Arc::new(Forwarded::new(info.peer.ip(), info.proto, info.local_port));
-    let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let fwd = Arc::clone(&fwd);
-        async move { Ok::<_, Infallible>(proxy.handle(req, info, &fwd).await) }
+    let shared = Arc::new(Shared {
+        fwd: Forwarded::new(info.peer.ip(), info.proto, info.local_port),
+        pending: idle::Pending::default(),
+    });
+    let service = service_fn({
+        let shared = Arc::clone(&shared);
+        move |req: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            let shared = Arc::clone(&shared);
+            async move {
+                let _waiting = shared.pending.enter();
+                Ok::<_, Infallible>(proxy.handle(req, info, &shared.fwd).await)
+            }
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -280,7 +296,7 @@ async fn serve_connection<S>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let pressed = || admission.pressed();
-    let quiet = idle::quiet(&activity, serving.idle_timeout, pressed);
+    let quiet = idle::quiet(&activity, &shared.pending, serving.idle_timeout, pressed);
     tokio::pin!(quiet);
     let (mut stopping, mut asked_idle) = (false, false);
     loop {
@@ -307,7 +323,7 @@ async fn serve_connection<S>(
                     "closing a client connection silent for the idle timeout");
                 asked_idle = true;
                 conn.as_mut().graceful_shutdown();
-                quiet.set(idle::quiet(&activity, serving.idle_timeout, pressed));
+                quiet.set(idle::quiet(&activity, &shared.pending, serving.idle_timeout, pressed));
             }
         }
     }

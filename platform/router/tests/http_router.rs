@@ -67,6 +67,11 @@ async fn describe(
             .body(Full::new(Bytes::new()))
             .unwrap();
     }
+    if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("wait=")) {
+        // A slow backend: the head comes after that many milliseconds.
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(size) = req.uri().query().and_then(|q| q.strip_prefix("size=")) {
         // A body of that many bytes, for a client that does not read it.
         let size: usize = size.parse().unwrap_or(0);
@@ -1495,6 +1500,16 @@ async fn connections_from_one_client_address_are_limited() {
     for _ in 0..3 {
         let mut stream = TcpStream::connect(proxied).await.unwrap();
         stream.write_all(header).await.unwrap();
+        // Answered, so its header was read and its place taken: the workers read the
+        // headers of connections in parallel, and without this the fourth's could be
+        // read first and one of these three be the one refused.
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
         from_one.push(stream);
     }
     wait_for_connections(&router, 5).await;
@@ -1571,6 +1586,29 @@ async fn silent_client_connections_are_closed() {
         "the whole body arrived: {} bytes",
         got.len()
     );
+    router.shutdown().await;
+}
+
+/// A request waiting for a slow backend's answer is not a silent client: it gets its
+/// answer after more than twice the idle timeout (the backend timeout bounds the wait).
+#[tokio::test]
+async fn a_request_on_a_slow_backend_outlives_the_idle_timeout() {
+    let timeout = Duration::from_secs(1);
+    let (_p, _shop, _r, router) = shop_behind_a_router_with(Limits {
+        client_idle_timeout: timeout,
+        ..Limits::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let answer = send(
+        router.http_addr(),
+        get("shop.localhost", "/slow?wait=3500")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(started.elapsed() >= Duration::from_millis(3500));
     router.shutdown().await;
 }
 
