@@ -18,8 +18,8 @@
 //!
 //! Watches of different prefixes run on their own streams, and one may deliver a later
 //! revision before another delivers an earlier one: a reader that combines several
-//! (the scheduler's view of formations and hosts) checks that they agree at one revision
-//! with [`Coord::held_at`] before acting on them.
+//! (the scheduler's view of formations and hosts) checks that each still holds with
+//! [`Coord::still_held`] before acting on them.
 //!
 //! [`Coord::watch_prefix`] is the public face: a [`DocWatch`] publishing [`Snapshot`]s
 //! of JSON documents. A value that does not decode as the requested type is logged and
@@ -147,7 +147,7 @@ impl<T> Advance for Snapshot<T> {
 }
 
 impl<T> Snapshot<T> {
-    /// What [`Coord::held_at`] checks for this snapshot of `prefix` (the prefix it
+    /// What [`Coord::still_held`] checks for this snapshot of `prefix` (the prefix it
     /// watches).
     pub fn held<'a>(&self, prefix: &'a str) -> Held<'a> {
         Held {
@@ -159,7 +159,7 @@ impl<T> Snapshot<T> {
 }
 
 /// A snapshot of `prefix` tagged `revision`, holding `keys` keys: whether it still
-/// held at a later revision is one range read ([`Coord::held_at`]).
+/// holds is one range read ([`Coord::still_held`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held<'a> {
     /// The watched prefix.
@@ -209,21 +209,21 @@ impl Coord {
         Ok(DocWatch { inner })
     }
 
-    /// Whether every snapshot in `checks` still held at revision `at` (no key under its
-    /// prefix written after the snapshot's revision up to `at`, none deleted), in one
-    /// read. Snapshots of several watches agree at `at` when all of them held there:
-    /// a reader acting on them together asks this first (a watch may lag another by a
-    /// few milliseconds, and a view half before and half after a change is a view that
-    /// never was). A `false` means a change is still on its way to some watch.
-    pub async fn held_at(&self, at: i64, checks: &[Held<'_>]) -> Result<bool> {
+    /// Whether every snapshot in `checks` still holds (etcd holds under its prefix
+    /// now what it held at the snapshot's revision: no key written since, none
+    /// deleted), in one read. A reader acting on several watches together asks this
+    /// first: each watch runs on its own stream and may lag another by a few
+    /// milliseconds, and a view half before and half after a change is a view that
+    /// never was. `false` means a change is still on its way to one of the watches.
+    /// (Read at the current revision, not at one of the snapshots': an old one may be
+    /// compacted away.)
+    pub async fn still_held(&self, checks: &[Held<'_>]) -> Result<bool> {
         let reads: Vec<TxnOp> = checks
             .iter()
-            .filter(|c| c.revision < at)
             .map(|c| {
                 let start = self.ns.full(c.prefix);
                 let options = GetOptions::new()
                     .with_range(prefix_end(&start))
-                    .with_revision(at)
                     .with_keys_only()
                     .with_min_mod_revision(c.revision + 1);
                 TxnOp::get(start, Some(options))
@@ -232,20 +232,16 @@ impl Coord {
         if reads.is_empty() {
             return Ok(true);
         }
-        let expected: Vec<usize> = checks
-            .iter()
-            .filter(|c| c.revision < at)
-            .map(|c| c.keys)
-            .collect();
+        let expected: Vec<usize> = checks.iter().map(|c| c.keys).collect();
         let response = self
             .read(|c| {
                 let txn = Txn::new().and_then(reads.clone());
                 async move { c.kv_client().txn(txn).await }
             })
             .await?;
-        // Each range answers the keys written after its snapshot (none if it held) and,
-        // as `count`, every key there at `at` (the snapshot's count if none was deleted
-        // or added).
+        // Each range answers the keys written after its snapshot (none if it holds)
+        // and, as `count`, every key there now (the snapshot's count if none was
+        // deleted or added).
         Ok(response
             .op_responses()
             .iter()

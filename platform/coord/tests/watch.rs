@@ -2,8 +2,8 @@
 //! exactly what etcd held under the prefix at the snapshot's revision (checked with a
 //! historical read), revisions never go backwards, and the last snapshot is the final
 //! state. The writes mix leased registrations, plain documents and multi-key batches
-//! (several events in one revision). Snapshots of several watches are checked to agree
-//! at one revision (`held_at`) only where each held, deletions included.
+//! (several events in one revision). A snapshot still holds (`still_held`) until a key
+//! under its prefix is written or deleted.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -173,7 +173,7 @@ async fn tagged(watch: &paas_coord::DocWatch<u32>, revision: i64) -> paas_coord:
 }
 
 #[tokio::test]
-async fn snapshots_of_several_watches_agree_only_where_each_held() {
+async fn a_snapshot_still_holds_until_its_prefix_changes() {
     let etcd = EtcdServer::start().expect("etcd");
     let coord = Coord::connect(&[etcd.endpoint()], "t", Duration::from_secs(5))
         .await
@@ -189,16 +189,13 @@ async fn snapshots_of_several_watches_agree_only_where_each_held() {
         (1, 2),
         "an undecodable key still counts"
     );
-    let now = coord.revision().await.unwrap();
-    assert!(now >= first_rev);
     assert!(coord
-        .held_at(now, &[h.held("hosts/"), f.held("formations/")])
+        .still_held(&[h.held("hosts/"), f.held("formations/")])
         .await
         .unwrap());
 
-    // A host joins, then the formation changes: a view that saw the second but not
-    // the first never was. The old hosts snapshot no longer holds at the formation's
-    // revision; the formations snapshot of before still holds at the host's.
+    // A host joins, then the formation changes: a view that has the second but not
+    // the first never was. The old hosts snapshot no longer holds.
     let joined = coord.create("hosts/h2", &2u32).await.unwrap();
     let scaled = coord
         .cas("formations/shop", &4u32, first_rev)
@@ -206,16 +203,13 @@ async fn snapshots_of_several_watches_agree_only_where_each_held() {
         .unwrap();
     let f2 = tagged(&formations, scaled).await;
     assert!(!coord
-        .held_at(scaled, &[h.held("hosts/"), f2.held("formations/")])
+        .still_held(&[h.held("hosts/"), f2.held("formations/")])
         .await
         .unwrap());
-    assert!(coord
-        .held_at(joined, &[f.held("formations/")])
-        .await
-        .unwrap());
+    assert!(!coord.still_held(&[f.held("formations/")]).await.unwrap());
     let h2 = tagged(&hosts, joined).await;
     assert!(coord
-        .held_at(scaled, &[h2.held("hosts/"), f2.held("formations/")])
+        .still_held(&[h2.held("hosts/"), f2.held("formations/")])
         .await
         .unwrap());
 
@@ -231,21 +225,19 @@ async fn snapshots_of_several_watches_agree_only_where_each_held() {
             .is_err(),
         "an unchanged value woke the reader"
     );
-    assert!(coord
-        .held_at(again, &[f3.held("formations/")])
-        .await
-        .unwrap());
+    assert!(coord.still_held(&[f3.held("formations/")]).await.unwrap());
 
-    // Deletions count too: one host gone, or one gone and another new in one batch.
+    // Deletions count too: one host gone and another new in one batch, or one gone.
     let mut batch = Batch::new();
     batch.remove("hosts/h1").put("hosts/h3", &3u32).unwrap();
     let swapped = coord.commit(batch).await.unwrap();
-    assert!(!coord.held_at(swapped, &[h2.held("hosts/")]).await.unwrap());
+    assert!(!coord.still_held(&[h2.held("hosts/")]).await.unwrap());
     let h4 = tagged(&hosts, swapped).await;
+    assert!(coord.still_held(&[h4.held("hosts/")]).await.unwrap());
     let mut batch = Batch::new();
     batch.remove("hosts/h3");
-    let left = coord.commit(batch).await.unwrap();
-    assert!(!coord.held_at(left, &[h4.held("hosts/")]).await.unwrap());
+    coord.commit(batch).await.unwrap();
+    assert!(!coord.still_held(&[h4.held("hosts/")]).await.unwrap());
 
     // Lists read at one revision show the store as it was then.
     let then: Vec<(String, u32, i64)> = coord
@@ -254,4 +246,5 @@ async fn snapshots_of_several_watches_agree_only_where_each_held() {
         .unwrap();
     let names: Vec<&str> = then.iter().map(|(k, _, _)| k.as_str()).collect();
     assert_eq!(names, ["hosts/h1", "hosts/h2"]);
+    assert!(coord.revision().await.unwrap() > swapped);
 }

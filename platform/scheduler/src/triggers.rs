@@ -13,9 +13,9 @@
 //! watch may deliver a scale before the hosts watch delivers the host that joined just
 //! before it (all three jobs of a `web=3` then went to the one host in view, once, on a
 //! busy CI machine). So the apps, formations and hosts snapshots are handed out only
-//! once one read shows they all held at the newest revision among the five
-//! ([`Coord::held_at`]); while a change is on its way to one of them, `parts` waits for
-//! it. Placements are the scheduler's own writes (guarded above) and job statuses are
+//! once one read shows each still holds, etcd having nothing newer under their prefixes
+//! ([`Coord::still_held`]); while a change is on its way to one of them, `parts` waits
+//! for it. Placements are the scheduler's own writes (guarded above) and job statuses are
 //! reports that may lag anyway: neither is checked, so a burst of status writes never
 //! holds a tick back.
 
@@ -80,7 +80,7 @@ impl<T: Clone> Taken<T> {
         }
     }
 
-    /// What [`Coord::held_at`] checks for it.
+    /// What [`Coord::still_held`] checks for it.
     fn held<'a>(&self, prefix: &'a str) -> Held<'a> {
         Held {
             prefix,
@@ -155,16 +155,6 @@ impl Triggers {
             let hosts = Taken::of(&mut w.hosts);
             let placements = Taken::of(&mut w.placements);
             let statuses = Taken::of(&mut w.statuses);
-            let at = [
-                apps.revision,
-                formations.revision,
-                hosts.revision,
-                placements.revision,
-                statuses.revision,
-            ]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
             let (apps_prefix, formations_prefix, hosts_prefix) =
                 (keys::apps(), keys::formations(), keys::hosts());
             let checks = [
@@ -172,7 +162,7 @@ impl Triggers {
                 formations.held(&formations_prefix),
                 hosts.held(&hosts_prefix),
             ];
-            match coord.held_at(at, &checks).await {
+            match coord.still_held(&checks).await {
                 Ok(true) => {
                     return Some(Parts {
                         apps: apps.docs,
@@ -188,7 +178,7 @@ impl Triggers {
                     return None;
                 }
             }
-            // A change up to `at` has not reached one of the three yet: wait for it.
+            // A change has not reached one of the three yet: wait for it.
             let arrived = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
                     r = w.apps.changed() => r.is_ok(),
@@ -202,8 +192,7 @@ impl Triggers {
                 Ok(false) => return None,
                 Err(_) => {
                     tracing::debug!(
-                        at,
-                        "scheduler: watches disagree past the catch-up time; reading etcd"
+                        "scheduler: watches behind etcd past the catch-up time; reading etcd"
                     );
                     return None;
                 }
