@@ -215,9 +215,14 @@ impl Coord {
     /// first: each watch runs on its own stream and may lag another by a few
     /// milliseconds, and a view half before and half after a change is a view that
     /// never was. `false` means a change is still on its way to one of the watches.
-    /// (Read at the current revision, not at one of the snapshots': an old one may be
-    /// compacted away.)
-    pub async fn still_held(&self, checks: &[Held<'_>]) -> Result<bool> {
+    ///
+    /// `seen` is the newest revision the reader's other watches delivered. The read is
+    /// served from the member's own state, without the quorum round a linearizable
+    /// read costs on a cluster of several members, and counts only if that state is at
+    /// least `seen`: then "still holds" covers every revision the other watches showed.
+    /// It reads the current state, not history at one revision, which etcd may have
+    /// compacted away.
+    pub async fn still_held(&self, checks: &[Held<'_>], seen: i64) -> Result<bool> {
         let reads: Vec<TxnOp> = checks
             .iter()
             .map(|c| {
@@ -225,6 +230,7 @@ impl Coord {
                 let options = GetOptions::new()
                     .with_range(prefix_end(&start))
                     .with_keys_only()
+                    .with_serializable()
                     .with_min_mod_revision(c.revision + 1);
                 TxnOp::get(start, Some(options))
             })
@@ -242,16 +248,18 @@ impl Coord {
         // Each range answers the keys written after its snapshot (none if it holds)
         // and, as `count`, every key there now (the snapshot's count if none was
         // deleted or added).
-        Ok(response
-            .op_responses()
-            .iter()
-            .zip(expected)
-            .all(|(answer, keys)| match answer {
-                TxnOpResponse::Get(range) => {
-                    range.kvs().is_empty() && usize::try_from(range.count()) == Ok(keys)
-                }
-                _ => false,
-            }))
+        let state = response.header().map_or(0, |h| h.revision());
+        Ok(state >= seen
+            && response
+                .op_responses()
+                .iter()
+                .zip(expected)
+                .all(|(answer, keys)| match answer {
+                    TxnOpResponse::Get(range) => {
+                        range.kvs().is_empty() && usize::try_from(range.count()) == Ok(keys)
+                    }
+                    _ => false,
+                }))
     }
 }
 

@@ -190,7 +190,7 @@ async fn a_snapshot_still_holds_until_its_prefix_changes() {
         "an undecodable key still counts"
     );
     assert!(coord
-        .still_held(&[h.held("hosts/"), f.held("formations/")])
+        .still_held(&[h.held("hosts/"), f.held("formations/")], 0)
         .await
         .unwrap());
 
@@ -203,13 +203,13 @@ async fn a_snapshot_still_holds_until_its_prefix_changes() {
         .unwrap();
     let f2 = tagged(&formations, scaled).await;
     assert!(!coord
-        .still_held(&[h.held("hosts/"), f2.held("formations/")])
+        .still_held(&[h.held("hosts/"), f2.held("formations/")], 0)
         .await
         .unwrap());
-    assert!(!coord.still_held(&[f.held("formations/")]).await.unwrap());
+    assert!(!coord.still_held(&[f.held("formations/")], 0).await.unwrap());
     let h2 = tagged(&hosts, joined).await;
     assert!(coord
-        .still_held(&[h2.held("hosts/"), f2.held("formations/")])
+        .still_held(&[h2.held("hosts/"), f2.held("formations/")], 0)
         .await
         .unwrap());
 
@@ -225,19 +225,32 @@ async fn a_snapshot_still_holds_until_its_prefix_changes() {
             .is_err(),
         "an unchanged value woke the reader"
     );
-    assert!(coord.still_held(&[f3.held("formations/")]).await.unwrap());
+    assert!(coord
+        .still_held(&[f3.held("formations/")], 0)
+        .await
+        .unwrap());
 
     // Deletions count too: one host gone and another new in one batch, or one gone.
     let mut batch = Batch::new();
     batch.remove("hosts/h1").put("hosts/h3", &3u32).unwrap();
     let swapped = coord.commit(batch).await.unwrap();
-    assert!(!coord.still_held(&[h2.held("hosts/")]).await.unwrap());
+    assert!(!coord.still_held(&[h2.held("hosts/")], 0).await.unwrap());
     let h4 = tagged(&hosts, swapped).await;
-    assert!(coord.still_held(&[h4.held("hosts/")]).await.unwrap());
+    assert!(coord.still_held(&[h4.held("hosts/")], 0).await.unwrap());
+    // A member whose state is older than what the other watches showed cannot vouch.
+    let newest = coord.revision().await.unwrap();
+    assert!(coord
+        .still_held(&[h4.held("hosts/")], newest)
+        .await
+        .unwrap());
+    assert!(!coord
+        .still_held(&[h4.held("hosts/")], newest + 1)
+        .await
+        .unwrap());
     let mut batch = Batch::new();
     batch.remove("hosts/h3");
     coord.commit(batch).await.unwrap();
-    assert!(!coord.still_held(&[h4.held("hosts/")]).await.unwrap());
+    assert!(!coord.still_held(&[h4.held("hosts/")], 0).await.unwrap());
 
     // Lists read at one revision show the store as it was then.
     let then: Vec<(String, u32, i64)> = coord
